@@ -1,0 +1,4 @@
+"""sketchsearch: search collections by drawing."""
+
+__version__ = "0.1.0"
+
