@@ -1,0 +1,135 @@
+"""Turn drawings into the tensors a method's :class:`~sketchsearch.methods.base.Preprocessing` asks for.
+
+Training, evaluation, the CLI and the service all build batches here, so a query meets the encoder in
+exactly the frame its training data did.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..methods.base import Batch, Preprocessing
+from .render import image_to_raster, rasterize
+from .sketch import Sketch
+
+__all__ = ["sketch_points", "SketchDataset", "RasterDataset", "collate", "make_batch", "query_to_batch"]
+
+
+def sketch_points(sketch: Sketch, max_points: int) -> np.ndarray:
+    """4-d stroke points (dx, dy, pen_down, pen_up) of the sketch normalised to the unit box, at most
+    ``max_points`` rows (RDP-simplified with a growing tolerance first, then cut)."""
+    s = sketch.normalise(1.0)
+    eps = 0.005
+    while s.n_points > max_points and eps < 0.2:
+        s = sketch.normalise(1.0).simplify(eps)
+        eps *= 1.6
+    pts = s.to_4d()
+    return pts[:max_points]
+
+
+def _raster_of(x: Sketch | np.ndarray | Image.Image, pre: Preprocessing) -> np.ndarray:
+    if isinstance(x, Sketch):
+        return rasterize(x, size=pre.raster_size, line_width=pre.line_width)
+    if isinstance(x, Image.Image):
+        return image_to_raster(x, size=pre.raster_size)
+    arr = np.asarray(x)
+    if arr.dtype == np.uint8:  # a bitmap (e.g. QuickDraw 28x28: ink = 255)
+        arr = arr.astype(np.float32) / 255.0
+    if arr.shape != (pre.raster_size, pre.raster_size):
+        img = Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8))
+        arr = np.asarray(img.resize((pre.raster_size, pre.raster_size), Image.BILINEAR), dtype=np.float32) / 255.0
+    return arr.astype(np.float32)
+
+
+def make_example(x: Sketch | np.ndarray | Image.Image, pre: Preprocessing, label: int = -1) -> dict[str, Any]:
+    """One example dict (numpy) holding what ``pre.inputs`` asks for."""
+    ex: dict[str, Any] = {"label": label}
+    if "raster" in pre.inputs:
+        ex["raster"] = _raster_of(x, pre)
+    if "points" in pre.inputs:
+        if not isinstance(x, Sketch):
+            raise TypeError("this method reads stroke order: give it a Sketch, not an image")
+        ex["points"] = sketch_points(x, pre.max_points)
+    return ex
+
+
+def collate(examples: Sequence[dict[str, Any]]) -> Batch:
+    """Stack examples; ``points`` are zero-padded to the longest with ``lengths``."""
+    out: Batch = {"label": torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)}
+    if "raster" in examples[0]:
+        out["raster"] = torch.from_numpy(np.stack([e["raster"] for e in examples]))[:, None]
+    if "points" in examples[0]:
+        lengths = [len(e["points"]) for e in examples]
+        T = max(max(lengths), 1)
+        pts = np.zeros((len(examples), T, 4), dtype=np.float32)
+        for i, e in enumerate(examples):
+            pts[i, : len(e["points"])] = e["points"]
+        out["points"] = torch.from_numpy(pts)
+        out["lengths"] = torch.tensor(lengths, dtype=torch.long)
+    if "domain" in examples[0]:
+        out["domain"] = torch.tensor([int(e["domain"]) for e in examples], dtype=torch.long)
+    return out
+
+
+def make_batch(items: Sequence[Sketch | np.ndarray | Image.Image], pre: Preprocessing, labels: Sequence[int] | None = None) -> Batch:
+    labels = labels if labels is not None else [-1] * len(items)
+    return collate([make_example(x, pre, int(y)) for x, y in zip(items, labels)])
+
+
+def query_to_batch(query: Sketch | np.ndarray | Image.Image, pre: Preprocessing) -> Batch:
+    """A single query (validated) as a batch of one."""
+    if isinstance(query, Sketch):
+        query.validate()
+    return make_batch([query], pre)
+
+
+class SketchDataset(Dataset[dict[str, Any]]):
+    """Drawings + integer labels, rendered lazily (and cached when ``cache``) per the method's preprocessing.
+
+    ``augment``: optional callable on the rendered raster tensor (e.g. kornia augmentation) applied per batch
+    by the caller; kept out of here so rendering stays cacheable.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Sketch | np.ndarray | Image.Image],
+        labels: Sequence[int] | None,
+        pre: Preprocessing,
+        cache: bool = True,
+    ) -> None:
+        self.items = list(items)
+        self.labels = list(labels) if labels is not None else [-1] * len(self.items)
+        if len(self.labels) != len(self.items):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.items)} items")
+        self.pre = pre
+        self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        ex = make_example(self.items[i], self.pre, int(self.labels[i]))
+        if self._cache is not None:
+            self._cache[i] = ex
+        return ex
+
+
+class RasterDataset(Dataset[dict[str, Any]]):
+    """Pre-rendered rasters float32 (N, H, W) + labels: the fastest feed for raster-only methods."""
+
+    def __init__(self, rasters: np.ndarray, labels: Sequence[int] | None = None) -> None:
+        self.rasters = np.asarray(rasters, dtype=np.float32)
+        self.labels = np.asarray(labels if labels is not None else [-1] * len(self.rasters), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rasters)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"raster": self.rasters[i], "label": int(self.labels[i])}
