@@ -166,3 +166,11 @@ def _import_all() -> None:
 _METHOD_MODULES: list[str] = ["baselines", "gan_encoder", "sketchmate", "dsml", "doodle2search", "gdh"]
 
 __all__ = ["Batch", "Preprocessing", "Method", "METHODS", "create_method", "list_methods", "total_loss", "field"]
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+# A recipe turns a data path into a trained method: it builds the dataset the method needs, runs the one
+# training loop (once per stage for multi-stage methods) and returns what the model card records.
+# ``sketchsearch train METHOD --data PATH`` is just: recipe -> save_model. Signature:
+#     recipe(data: str, cfg: TrainConfig, **method_kwargs) -> tuple[Method, dict training_info, dict metrics]
+RECIPES: Registry[Any] = Registry("training recipe")
