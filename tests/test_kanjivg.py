@@ -63,9 +63,31 @@ def test_first_stroke_of_one_matches_its_path_data() -> None:
 
 def test_iter_filters_by_chars_and_limit() -> None:
     got = list(iter_kanjivg(chars="口木一"))
-    assert sorted(s.label for s in got) == sorted("口木一")
+    assert sorted(it.label for it in got) == sorted("口木一")
+    assert all(it.modality == "sketch" and it.sketch is not None and it.id == it.sketch.id for it in got)
     assert len(list(iter_kanjivg(limit=3))) == 3
-    assert all(s.meta["variant"] is None for s in iter_kanjivg(limit=20))
+    assert all(it.meta["variant"] is None for it in iter_kanjivg(limit=20))
+    assert any(it.meta["variant"] for it in iter_kanjivg(chars="主", variants=True))
+
+
+def test_registered_as_a_reader() -> None:
+    from sketchsearch.data.formats.base import READERS
+
+    assert READERS.get("kanjivg") is iter_kanjivg
+
+
+def test_folder_with_a_bad_file_skips_or_raises(tmp_path: Path) -> None:
+    (tmp_path / "04e00.svg").write_bytes(_file("一").read_bytes())
+    (tmp_path / "05340.svg").write_text(_doc("M1,2 c3"), encoding="utf-8")
+    (tmp_path / "05341.svg").write_bytes(_file("十").read_bytes())
+    errors: list[FormatError] = []
+    got = list(iter_kanjivg(tmp_path, on_error=errors.append))
+    assert [it.label for it in got] == ["一", "十"]
+    assert len(errors) == 1 and errors[0].file.endswith("05340.svg") and errors[0].record == "kvg:04e00-s1"
+    with pytest.raises(FormatError, match="05340.svg"):
+        list(iter_kanjivg(tmp_path, strict=True))
+    with pytest.raises(FormatError, match="no such file"):
+        list(iter_kanjivg(tmp_path / "absent"))
 
 
 def test_path_data_grammar() -> None:

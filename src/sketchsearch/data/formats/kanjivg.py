@@ -27,6 +27,7 @@ from svg.path.path import PathSegment
 
 from ...errors import FormatError
 from ..sketch import Sketch
+from .base import READERS, Item, OnError, check_limit, report, require_exists
 
 __all__ = ["KANJIVG_BOX", "kanjivg_files", "iter_kanjivg", "read_kanjivg", "parse_kanjivg_svg", "path_to_polylines"]
 
@@ -178,20 +179,42 @@ def read_kanjivg(path: str | Path, step: float = 2.0) -> Sketch:
     return parse_kanjivg_svg(data, file=p, step=step)
 
 
+def _svg_files(path: str | Path | None) -> list[Path]:
+    if path is None:
+        return kanjivg_files()
+    p = Path(path)
+    require_exists(p)
+    if p.is_file():
+        return [p]
+    return sorted(p.glob("*.svg"), key=lambda f: f.name)
+
+
+@READERS.register("kanjivg")
 def iter_kanjivg(
+    path: str | Path | None = None,
+    *,
+    strict: bool = False,
+    on_error: OnError | None = None,
     limit: int | None = None,
     chars: Iterable[str] | None = None,
     variants: bool = False,
     step: float = 2.0,
-) -> Iterator[Sketch]:
-    """Stream the installed KanjiVG characters as :class:`Sketch` objects, in file-name (code point) order.
+) -> Iterator[Item]:
+    """Stream KanjiVG characters as :class:`Item` objects (``modality='sketch'``), in file-name order.
 
-    ``chars`` keeps only those characters; ``variants=False`` (default) skips the alternative forms
-    (``<hex>-Kaisho.svg`` etc.) so each character comes once; ``limit`` stops after that many sketches.
+    ``path``: None (default) reads the installed ``kanjivg`` package; else a folder of KanjiVG SVGs (a clone
+    of the KanjiVG repository's ``kanji/``) or one file. ``chars`` keeps only those characters;
+    ``variants=False`` skips the alternative forms (``<hex>-Kaisho.svg`` ...) so each character comes once;
+    ``limit`` stops after that many items. A malformed file is a bad record: raised under ``strict``,
+    else handed to ``on_error`` and skipped.
+
+    Item: ``id`` = file stem (``'06f22'``), ``label`` = the character, ``sketch`` in the 109 x 109 box,
+    ``source`` = the file path, ``meta`` = the sketch's meta (variant, n_strokes, stroke_types).
     """
+    check_limit(limit)
     wanted = None if chars is None else set(chars)
     count = 0
-    for f in kanjivg_files():
+    for f in _svg_files(path):
         if limit is not None and count >= limit:
             return
         stem = f.stem
@@ -199,5 +222,12 @@ def iter_kanjivg(
             continue
         if wanted is not None and _char_of(stem) not in wanted:
             continue
-        yield read_kanjivg(f, step=step)
+        try:
+            sketch = read_kanjivg(f, step=step)
+        except FormatError as e:
+            report(e, strict, on_error)
+            continue
+        yield Item(
+            id=stem, label=sketch.label, modality="sketch", source=str(f), sketch=sketch, meta=dict(sketch.meta)
+        )
         count += 1
