@@ -1,0 +1,136 @@
+"""Omniglot (brendenlake/omniglot): ``strokes_*/<alphabet>/<character>/<code>_<drawer>.txt`` pen
+trajectories and ``images_*/<alphabet>/<character>/<code>_<drawer>.png`` 105x105 binary images.
+
+A stroke file is ``START``, then lines ``x,y,t_ms``, with ``BREAK`` closing each stroke. Omniglot's
+stroke y axis points **up** (y values are negative on the 105x105 canvas; the dataset's own
+``demo.py`` negates y in ``space_motor_to_img`` before drawing over the image). The reader negates y so
+that, as everywhere in sketchsearch, y points down; the strokes then lie on the image's pixel frame
+(checked on the data: the flipped strokes fall on the ink of the matching image).
+
+Label = ``"<alphabet>/<character>"``; ``pair`` = ``"<alphabet>/<character>/<code>_<drawer>"`` links a
+stroke file to the image of the same drawing. A stroke file or image of a folder is one record: a bad one
+follows the bad-record rule (``FormatError(file, line, reason)``).
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ...errors import FormatError, InvalidSketchError
+from ..sketch import Sketch
+from .base import READERS, Item, OnError, check_limit, report, require_exists
+from .images import load_image
+
+__all__ = ["read_omniglot", "parse_omniglot_strokes", "omniglot_roots"]
+
+
+def parse_omniglot_strokes(path: str | Path) -> Sketch:
+    """One Omniglot stroke ``.txt`` -> Sketch (y flipped to point down; times in ms).
+
+    Raises FormatError(path, line, reason) for a malformed line, FormatError(path, None, ...) when the file
+    has no points.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FormatError(path, None, f"cannot read as text: {e}") from e
+    strokes: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    current: list[tuple[float, float, float]] = []
+
+    def close() -> None:
+        if current:
+            a = np.asarray(current, dtype=np.float64)
+            strokes.append(np.stack([a[:, 0], -a[:, 1]], axis=1))
+            times.append(a[:, 2])
+            current.clear()
+
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line == "START":
+            continue
+        if line == "BREAK":
+            close()
+            continue
+        parts = line.split(",")
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            x, y, t = (float(p) for p in parts)
+        except ValueError:
+            raise FormatError(path, lineno, f"expected 'x,y,t', START or BREAK, got {line[:40]!r}") from None
+        if not all(np.isfinite((x, y, t))):
+            raise FormatError(path, lineno, f"non-finite value in {line[:40]!r}")
+        current.append((x, y, t))
+    close()  # a file may end without its last BREAK
+    try:
+        sketch = Sketch(strokes, times)
+    except InvalidSketchError as e:  # pragma: no cover - guarded above
+        raise FormatError(path, None, str(e)) from e
+    if sketch.is_empty:
+        raise FormatError(path, None, "no points (expected START, lines 'x,y,t' and BREAK)")
+    return sketch
+
+
+def omniglot_roots(path: str | Path) -> list[tuple[str, Path]]:
+    """(kind, folder) pairs, kind 'strokes' or 'images': ``path`` itself when it is a ``strokes_*`` /
+    ``images_*`` folder, else its children that are."""
+    path = Path(path)
+    require_exists(path)
+    def kind(p: Path) -> str | None:
+        for k in ("strokes", "images"):
+            if p.is_dir() and p.name.startswith(k):
+                return k
+        return None
+
+    if kind(path):
+        return [(kind(path), path)]  # type: ignore[list-item]
+    return [(k, p) for p in sorted(path.iterdir()) if (k := kind(p))]
+
+
+def _items(kind: str, root: Path, strict: bool, on_error: OnError | None) -> Iterator[Item]:
+    suffix = ".txt" if kind == "strokes" else ".png"
+    for f in sorted(root.glob(f"*/*/*{suffix}")):
+        alphabet, character = f.parent.parent.name, f.parent.name
+        label = f"{alphabet}/{character}"
+        pair = f"{label}/{f.stem}"
+        drawer = f.stem.rsplit("_", 1)[-1]
+        meta = {"set": root.name.split("_", 1)[-1], "alphabet": alphabet, "drawer": int(drawer) if drawer.isdigit() else drawer}
+        try:
+            if kind == "strokes":
+                sketch = parse_omniglot_strokes(f)
+                sketch.label, sketch.id = label, f"strokes:{pair}"
+                yield Item(sketch.id, label, "sketch", str(f), sketch=sketch, pair=pair, meta=meta)
+            else:
+                img = load_image(f)
+                yield Item(f"images:{pair}", label, "sketch", str(f), image=img, pair=pair, meta=meta)
+        except FormatError as e:
+            report(e, strict, on_error)
+
+
+def read_omniglot(
+    path: str | Path,
+    *,
+    strict: bool = False,
+    on_error: OnError | None = None,
+    limit: int | None = None,
+    kinds: Sequence[str] = ("strokes", "images"),
+) -> Iterator[Item]:
+    """Omniglot drawings under ``path`` (the folder holding ``strokes_*`` / ``images_*``, or one of those).
+
+    Stroke items carry ``sketch`` (y down, times in ms); image items carry ``image`` uint8 (105, 105), black
+    ink (0) on white (255), as on disk. ``kinds`` selects 'strokes' and/or 'images'.
+    """
+    roots = [(k, r) for k, r in omniglot_roots(path) if k in kinds]
+    if not roots:
+        raise FormatError(path, None, "no Omniglot 'strokes_*' or 'images_*' folder here")
+    items = (it for k, r in roots for it in _items(k, r, strict, on_error))
+    yield from islice(items, check_limit(limit))
+
+
+READERS.register("omniglot")(read_omniglot)

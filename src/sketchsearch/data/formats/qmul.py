@@ -1,0 +1,179 @@
+"""QMUL fine-grained sketch-based image retrieval data.
+
+* **V1 shoes / chairs** (``<category>/<category>_{sketch,edge}_db_{train,test}.mat``, MATLAB v5 read by
+  ``scipy.io.loadmat``): key ``data`` (N, 256, 256) uint8, black lines on white; sketch i was drawn from
+  the photo whose edge map is i. Sketches are yielded as ``modality="sketch"`` and edge maps as
+  ``modality="photo"`` (``meta['kind'] = 'edge_map'``); both share ``pair``. When
+  ``<category>_annotation.json`` lists the split's photo names (``"305.jpg"``), the pair is
+  ``"<category>/<photo stem>"``, else ``"<category>/<split>/<i>"`` (0-based).
+* **ChairV2 coordinates** (``ChairV2_Coordinate``): a pickled dict ``'/<split>/<photo_id>_<k>'`` -> float
+  (P, 3) rows ``[x, y, pen_lifted_after_point]`` on a 256 canvas (y down), read with the restricted
+  unpickler. ``pair`` = photo id (the instance), ``id`` = key without the leading '/'.
+
+A ``.mat`` file is read whole (``loadmat`` cannot stream; the files are <= 10 MB); items are yielded one
+at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ...errors import FormatError, InvalidSketchError
+from ..sketch import Sketch
+from .base import READERS, Item, OnError, check_limit, report, require_exists
+from .safe_pickle import load_pickle_untrusted
+
+__all__ = ["read_qmul_v1", "read_qmul_chairv2", "load_mat_images", "qmul_v1_categories", "CHAIRV2_FILE"]
+
+CHAIRV2_FILE = "ChairV2_Coordinate"
+_SPLITS = ("train", "test")
+
+
+def load_mat_images(path: str | Path, key: str = "data") -> np.ndarray:
+    """``key`` of a MATLAB v5 ``.mat`` as uint8 (N, H, W). Raises FormatError(path, None, ...) otherwise."""
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path, variable_names=[key])
+    except NotImplementedError as e:  # MATLAB v7.3 (HDF5)
+        raise FormatError(path, None, f"MATLAB v7.3 files are not supported, expected v5 ({e})") from e
+    except (OSError, ValueError, TypeError, EOFError) as e:
+        raise FormatError(path, None, f"not a readable MATLAB v5 .mat file ({e})") from e
+    if key not in mat:
+        raise FormatError(path, None, f"no variable {key!r} in the .mat file")
+    arr = mat[key]
+    if not isinstance(arr, np.ndarray) or arr.ndim != 3 or arr.dtype != np.uint8:
+        raise FormatError(path, None, f"{key!r} must be uint8 (N, H, W), got {getattr(arr, 'shape', '?')} "
+                                      f"{getattr(arr, 'dtype', type(arr).__name__)}")  # fmt: skip
+    return arr
+
+
+def qmul_v1_categories(path: str | Path) -> list[Path]:
+    """Category folders (holding ``*_sketch_db_*.mat``): ``path`` itself, or its subfolders."""
+    path = Path(path)
+    require_exists(path)
+    if path.is_dir() and any(path.glob("*_sketch_db_*.mat")):
+        return [path]
+    return sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("*_sketch_db_*.mat"))) if path.is_dir() else []
+
+
+def _photo_names(folder: Path, category: str, split: str, n: int) -> list[str] | None:
+    ann = folder / f"{category}_annotation.json"
+    if not ann.is_file():
+        return None
+    try:
+        names = json.loads(ann.read_text(encoding="utf-8"))[split]["images"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(names, list) or len(names) != n or not all(isinstance(x, str) for x in names):
+        return None
+    return [Path(x).stem for x in names]
+
+
+def _v1_items(folder: Path, splits: Sequence[str]) -> Iterator[Item]:
+    category = folder.name
+    for split in splits:
+        sk_path = folder / f"{category}_sketch_db_{split}.mat"
+        ed_path = folder / f"{category}_edge_db_{split}.mat"
+        if not sk_path.is_file():
+            continue
+        sketches = load_mat_images(sk_path)
+        edges = load_mat_images(ed_path) if ed_path.is_file() else None
+        if edges is not None and len(edges) != len(sketches):
+            raise FormatError(ed_path, None, f"{len(edges)} edge maps for {len(sketches)} sketches in {sk_path.name}; "
+                                             "expected one edge map per sketch")  # fmt: skip
+        names = _photo_names(folder, category, split, len(sketches))
+        for i in range(len(sketches)):
+            pair = f"{category}/{names[i]}" if names else f"{category}/{split}/{i}"
+            meta = {"split": split, "index": i}
+            yield Item(f"{category}/{split}/sketch/{i}", category, "sketch", f"{sk_path}:{i}",
+                       image=np.ascontiguousarray(sketches[i]), pair=pair, meta=meta)  # fmt: skip
+            if edges is not None:
+                yield Item(f"{category}/{split}/edge/{i}", category, "photo", f"{ed_path}:{i}",
+                           image=np.ascontiguousarray(edges[i]), pair=pair,
+                           meta={**meta, "kind": "edge_map"})  # fmt: skip
+
+
+def read_qmul_v1(
+    path: str | Path,
+    *,
+    strict: bool = False,
+    on_error: OnError | None = None,
+    limit: int | None = None,
+    splits: Sequence[str] = _SPLITS,
+) -> Iterator[Item]:
+    """QMUL V1 sketches and photo edge maps under ``path`` (the folder of categories, or one category).
+
+    Label = category (``shoes`` / ``chairs``); the instance is ``pair``. ``.mat`` problems are whole-file
+    errors (a .mat holds one array: there is no record to skip).
+    """
+    cats = qmul_v1_categories(path)
+    if not cats:
+        raise FormatError(path, None, "no QMUL V1 '<category>_sketch_db_<split>.mat' files here")
+    items = (it for c in cats for it in _v1_items(c, tuple(splits)))
+    yield from islice(items, check_limit(limit))
+
+
+READERS.register("qmul_v1")(read_qmul_v1)
+
+
+def _chairv2_sketch(value: Any) -> Sketch:
+    """(P, 3) ``[x, y, pen_lifted_after_point]`` -> Sketch; ValueError when it is not such an array."""
+    if not isinstance(value, np.ndarray) or value.ndim != 2 or value.shape[1] != 3 or value.dtype.kind not in "iuf":
+        raise ValueError(f"expected a numeric (P, 3) array [x, y, pen_lifted], got {getattr(value, 'shape', type(value).__name__)}")
+    if len(value) == 0:
+        raise ValueError("empty drawing (no points)")
+    xy = value[:, :2].astype(np.float64)
+    ends = np.flatnonzero(value[:, 2] > 0.5) + 1
+    bounds = np.concatenate([[0], ends[ends < len(value)], [len(value)]])
+    try:
+        return Sketch([xy[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
+    except InvalidSketchError as e:
+        raise ValueError(str(e)) from e
+
+
+def read_qmul_chairv2(
+    path: str | Path, *, strict: bool = False, on_error: OnError | None = None, limit: int | None = None
+) -> Iterator[Item]:
+    """ChairV2 stroke sketches: ``path`` is the ``ChairV2_Coordinate`` pickle or a folder holding it.
+
+    Each key ``'/<split>/<photo_id>_<k>'`` is one record; a bad key or value follows the bad-record rule.
+    ``meta`` has ``split`` and ``k`` (the sketch number for that photo).
+    """
+    path = Path(path)
+    require_exists(path)
+    if path.is_dir():
+        path = path / CHAIRV2_FILE
+        require_exists(path)
+    data = load_pickle_untrusted(path)
+    if not isinstance(data, dict):
+        raise FormatError(path, None, f"expected a pickled dict of '/<split>/<photo_id>_<k>' -> (P, 3) arrays, "
+                                      f"got {type(data).__name__}")  # fmt: skip
+    n = 0
+    limit = check_limit(limit)
+    for key, value in data.items():
+        if limit is not None and n >= limit:
+            return
+        parts = key.strip("/").split("/") if isinstance(key, str) else []
+        if len(parts) != 2 or "_" not in parts[1]:
+            report(FormatError(path, repr(key), "key must look like '/<split>/<photo_id>_<k>'"), strict, on_error)
+            continue
+        split, name = parts
+        photo, k = name.rsplit("_", 1)
+        try:
+            sketch = _chairv2_sketch(value)
+        except ValueError as e:
+            report(FormatError(path, key, str(e)), strict, on_error)
+            continue
+        sketch.id, sketch.label = f"{split}/{name}", "chair"
+        meta = {"split": split, "k": int(k) if k.isdigit() else k}
+        yield Item(sketch.id, "chair", "sketch", f"{path}:{key}", sketch=sketch, pair=photo, meta=meta)
+        n += 1
+
+
+READERS.register("qmul_chairv2")(read_qmul_chairv2)
