@@ -1,0 +1,37 @@
+# The README's commands. `make demo` and `make test` each set everything up first (idempotent).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, pinned, so that no later requirement pulls a larger (CUDA) build on a CPU machine.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-slow test-all bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: setup
+	$(BIN)/sketchsearch demo
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/bench_hamming.py
+	$(BIN)/python benchmarks/bench_render.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,220 @@
+"""Core commands: data info, train, index build / info, search, models."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from ..errors import InvalidSketchError
+from .app import app, console, data_app, friendly_errors, index_app, parse_sets, print_json
+
+
+# ---------------------------------------------------------------------------------------------- data
+@data_app.command("info")
+@friendly_errors
+def data_info(
+    path: str = typer.Argument(..., help="A data file or folder (any supported format), or 'default'."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad record; exit non-zero if any."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: items, classes, skipped, errors, format."),
+) -> None:
+    """Count items and classes; list skipped records with file and line."""
+    from ..data.inspect import inspect_dataset
+
+    if path == "default":
+        from ..data.sources import load_items
+
+        res = load_items(path)
+        labels = {i.label for i in res.items}
+        info: dict[str, Any] = {"format": "default", "items": len(res.items), "classes": len(labels), "skipped": 0, "errors": []}
+    else:
+        info = inspect_dataset(path, strict=strict)
+    if as_json:
+        print_json(info)
+    else:
+        t = Table(title=f"{path}", show_header=False)
+        for k in ("format", "items", "classes", "skipped"):
+            t.add_row(k, str(info.get(k)))
+        for k, v in (info.get("modalities") or {}).items():
+            t.add_row(f"  {k}", str(v))
+        console.print(t)
+        for e in info.get("errors", [])[:20]:
+            console.print(f"[yellow]skipped[/] {e['file']}: record {e['record']}: {e['reason']}", highlight=False)
+    if strict and info.get("skipped"):
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------- train
+@app.command("train")
+@friendly_errors
+def train_cmd(
+    method: str = typer.Argument(..., help="Method name (see `sketchsearch models --methods`)."),
+    data: str = typer.Option(..., "--data", help="Training data path, or 'default' for the embedded default."),
+    out: Path = typer.Option(..., "--out", help="Artifact path stem: writes OUT.safetensors and OUT.json."),
+    iterations: Optional[int] = typer.Option(None, help="Training iterations (method's recipe default if unset)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate."),
+    seed: int = typer.Option(0, help="Random seed (data order, init)."),
+    device: Optional[str] = typer.Option(None, help="cuda / cpu (default: cuda when present)."),
+    workdir: Optional[Path] = typer.Option(None, help="Folder for logs, checkpoints and sample grids (default runs/OUTNAME)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Method/recipe kwargs as key=value (repeatable)."),
+) -> None:
+    """Train a method with its recipe and save a model artifact (weights + card)."""
+    import shlex
+    import sys
+
+    from ..methods.base import RECIPES, list_methods
+    from ..model import save_model
+    from ..train import TrainConfig
+
+    list_methods()  # imports every method module, so their recipes are registered
+    recipe = RECIPES.get(method)
+    cfg = TrainConfig(seed=seed, device=device, out=str(workdir or Path("runs") / Path(out).name))
+    for k, v in (("iterations", iterations), ("batch_size", batch_size), ("lr", lr)):
+        if v is not None:
+            setattr(cfg, k, v)
+    cfg.extra["explicit"] = [k for k, v in (("iterations", iterations), ("batch_size", batch_size), ("lr", lr)) if v is not None]
+    t0 = time.perf_counter()
+    m, training, metrics = recipe(data, cfg, **parse_sets(set_))
+    training = {
+        "command": "sketchsearch " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "data": data,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - t0, 1),
+        **training,
+    }
+    card = save_model(m, out, training=training, metrics=metrics)
+    console.print(f"saved [bold]{out}[/] ({card.model_id}); metrics: {json.dumps(metrics)}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------- index
+@index_app.command("build")
+@friendly_errors
+def index_build(
+    model: str = typer.Option(..., "--model", help="Model artifact name or path."),
+    data: str = typer.Option(..., "--data", help="Data path, or 'default'."),
+    out: Path = typer.Option(..., "--out", help="Index folder to write (replaced atomically)."),
+    limit: Optional[int] = typer.Option(None, help="Index at most this many items."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record."),
+    backend: str = typer.Option("sketchsearch", help="Hamming backend: sketchsearch, faiss or numpy."),
+    modality: Optional[str] = typer.Option(None, help="Index only sketch or photo items."),
+) -> None:
+    """Encode a collection with a model and write an on-disk index (codes, ids, items with thumbnails)."""
+    from ..data.sources import item_query, load_items
+    from ..retrieval import Retriever
+
+    res = load_items(data, strict=strict, limit=limit)
+    items = [i for i in res.items if modality is None or i.modality == modality]
+    if not items:
+        raise InvalidSketchError(f"{data}: no items to index", "data")
+    r = Retriever.from_model(model, backend=backend)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("encoding", total=len(items))
+        step = 512
+        for s in range(0, len(items), step):
+            chunk = items[s : s + step]
+            r.add(
+                [item_query(i) for i in chunk],
+                labels=[i.label for i in chunk],
+                sources=[i.source for i in chunk],
+                modality=chunk[0].modality if len({i.modality for i in chunk}) == 1 else "sketch",
+                thumbnails=True,
+            )
+            bar.update(task, advance=len(chunk))
+    r.model_name = str(model)
+    r.save(out)
+    console.print(f"indexed {len(r)} items into {out} (skipped {res.skipped} bad records)", highlight=False)
+    for e in res.errors[:10]:
+        console.print(f"[yellow]skipped[/] {e}", highlight=False)
+
+
+@index_app.command("info")
+@friendly_errors
+def index_info(folder: Path = typer.Argument(..., help="Index folder.")) -> None:
+    """Print an index's manifest."""
+    from ..index.store import read_manifest
+
+    print_json(read_manifest(folder))
+
+
+# ---------------------------------------------------------------------------------------------- search
+def _read_query(path: Path, record: int) -> Any:
+    """A query file: an image, a JSON strokes file ([[[x,y(,t)],...],...] or {"strokes": ...}) or ndjson (record N)."""
+    from ..data.sources import item_query
+
+    suffix = path.suffix.lower()
+    if suffix in (".json",):
+        from ..data.sketch import Sketch
+
+        obj = json.loads(path.read_text())
+        strokes = obj["strokes"] if isinstance(obj, dict) else obj
+        return Sketch([[p[:2] for p in s] for s in strokes])
+    from ..data.formats import read_any
+
+    for n, item in enumerate(read_any(path, strict=True)):
+        if n == record:
+            return item_query(item)
+    raise InvalidSketchError(f"{path} has no record {record}", "record")
+
+
+@app.command("search")
+@friendly_errors
+def search_cmd(
+    query: Path = typer.Argument(..., help="Query: image, JSON strokes, or a data file (see --record)."),
+    index: Path = typer.Option(..., "--index", help="Index folder."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model (default: the one named in the index)."),
+    k: int = typer.Option(10, "-k", min=1, max=10000, help="Number of results."),
+    record: int = typer.Option(0, help="Which record of a data file is the query (0-based)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Search an index with a drawing."""
+    from ..retrieval import Retriever
+
+    r = Retriever.load(index, model)
+    q = _read_query(query, record)
+    t0 = time.perf_counter()
+    hits = r.search(q, k=k)
+    ms = (time.perf_counter() - t0) * 1000
+    if as_json:
+        print_json({"ms": ms, "hits": [h.__dict__ for h in hits]})
+        return
+    t = Table(title=f"top {k} for {query} ({ms:.1f} ms)")
+    for c in ("rank", "id", "distance", "label", "source"):
+        t.add_column(c)
+    for h in hits:
+        t.add_row(str(h.rank), str(h.id), f"{h.distance:.4g}", str(h.label), str(h.source))
+    console.print(t)
+
+
+# ---------------------------------------------------------------------------------------------- models
+@app.command("models")
+@friendly_errors
+def models_cmd(
+    as_json: bool = typer.Option(False, "--json"),
+    methods: bool = typer.Option(False, "--methods", help="List registered methods instead."),
+) -> None:
+    """List shipped and local model artifacts (or the registered methods)."""
+    from ..methods.base import list_methods
+    from ..model import list_models
+
+    if methods:
+        names = list_methods()
+        print_json(names) if as_json else console.print("\n".join(names))
+        return
+    rows = list_models()
+    if as_json:
+        print_json(rows)
+        return
+    t = Table(title="models")
+    for c in ("name", "where", "method", "output", "code size", "metrics"):
+        t.add_column(c)
+    for r in rows:
+        m = r.get("metrics") or {}
+        summary = ", ".join(f"{k}={v:.3f}" for k, v in m.items() if isinstance(v, float))[:60]
+        t.add_row(r["name"], r["where"], str(r.get("method")), str(r.get("output")), str(r.get("code_size")), summary)
+    console.print(t)

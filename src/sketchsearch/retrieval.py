@@ -1,0 +1,238 @@
+"""The Retriever: model + index (+ item store). The only search path: evaluation, the CLI and the web
+service all call :meth:`Retriever.search` / :meth:`Retriever.search_many`.
+
+Binary methods are searched by Hamming distance over packed codes; float methods by cosine similarity
+(reported as ``distance = 1 - cosine`` so that smaller is always closer). Ties are broken by id, ascending.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.batching import make_batch
+from .data.render import rasterize
+from .data.sketch import Sketch
+from .errors import IndexError_, InvalidSketchError
+from .methods.base import Method
+
+__all__ = ["Hit", "Retriever", "Query", "thumbnail_png"]
+
+Query = Sketch | np.ndarray | Image.Image
+
+
+@dataclass
+class Hit:
+    id: int
+    rank: int
+    distance: float
+    label: str | None = None
+    source: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def thumbnail_png(item: Query, size: int = 96) -> bytes:
+    """A small PNG for result grids: dark ink on white for drawings, the photo itself otherwise."""
+    if isinstance(item, Sketch):
+        ink = rasterize(item, size=size, line_width=max(1.5, size / 48))
+        img = Image.fromarray(((1.0 - ink) * 255).astype(np.uint8))
+    elif isinstance(item, Image.Image):
+        img = item.convert("RGB")
+        img.thumbnail((size, size))
+    else:
+        arr = np.asarray(item)
+        if arr.dtype != np.uint8:
+            arr = (np.clip(arr, 0, 1) * 255).astype(np.uint8)
+        if arr.ndim == 2:  # a raster: ink = high; show dark on light
+            arr = 255 - arr
+        img = Image.fromarray(arr)
+        img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+class Retriever:
+    """Encode drawings (or photos) with a method and search them in an index.
+
+    >>> r = Retriever(method)              # an empty in-memory index of the right kind
+    >>> r.add(sketches, labels=labels)     # ids 0..n-1 unless given
+    >>> r.search(query_sketch, k=10)       # -> [Hit(id, rank, distance, label, source), ...]
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        index: Any | None = None,
+        *,
+        model_id: str = "unsaved",
+        backend: str = "sketchsearch",
+        batch_size: int = 256,
+        store: Any | None = None,
+    ) -> None:
+        self.method = method.eval()
+        self.model_id = model_id
+        self.batch_size = batch_size
+        self.backend = backend
+        self.store = store  # an on-disk item store (labels, sources, thumbnails) when loaded from a folder
+        self._meta: dict[int, dict[str, Any]] = {}
+        if index is None:
+            if method.output == "binary":
+                from .index.hamming import create_index
+
+                index = create_index(backend, nbits=method.code_size)
+            else:
+                from .index.dense import DenseIndex
+
+                index = DenseIndex(method.code_size)
+        self.index = index
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_model(cls, name_or_path: str | Path, **kw: Any) -> "Retriever":
+        from .model import load_model
+
+        method, card = load_model(name_or_path)
+        return cls(method, model_id=card.model_id, **kw)
+
+    @property
+    def binary(self) -> bool:
+        return self.method.output == "binary"
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    # ------------------------------------------------------------------ encoding
+    @torch.no_grad()
+    def embed(self, items: Sequence[Query], modality: str = "sketch") -> np.ndarray:
+        """Float (n, code_size): relaxed codes (binary methods) or L2-normalised embeddings."""
+        pre = self.method.preprocessing
+        if modality == "photo":
+            from dataclasses import replace
+
+            pre = replace(pre, inputs=("photo",))
+        device = next(iter(self.method.parameters()), torch.zeros(0)).device
+        out = []
+        for i in range(0, len(items), self.batch_size):
+            chunk = list(items[i : i + self.batch_size])
+            for j, it in enumerate(chunk):
+                if isinstance(it, Sketch) and it.is_empty:
+                    raise InvalidSketchError(f"item {i + j} has no points", "strokes")
+            batch = {k: v.to(device) for k, v in make_batch(chunk, pre).items()}
+            z = self.method.encode(batch, modality=modality).float()
+            if not self.binary:
+                z = torch.nn.functional.normalize(z, dim=1)
+            out.append(z.cpu().numpy())
+        if not out:
+            return np.zeros((0, self.method.code_size), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+    def encode(self, items: Sequence[Query], modality: str = "sketch") -> np.ndarray:
+        """Packed uint8 codes (binary methods) or float32 L2-normalised embeddings (float methods)."""
+        z = self.embed(items, modality)
+        return self.method.binarize(torch.from_numpy(z)) if self.binary else z
+
+    # ------------------------------------------------------------------ indexing
+    def add(
+        self,
+        items: Sequence[Query],
+        ids: Sequence[int] | np.ndarray | None = None,
+        labels: Sequence[str | None] | None = None,
+        sources: Sequence[str | None] | None = None,
+        modality: str = "sketch",
+        thumbnails: bool = False,
+        encoded: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Encode ``items`` (unless ``encoded`` is given) and add them; returns their int64 ids."""
+        n = len(items) if encoded is None else len(encoded)
+        if ids is None:
+            start = (max(self._meta) + 1) if self._meta else len(self.index)
+            ids = np.arange(start, start + n, dtype=np.int64)
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) != n:
+            raise ValueError(f"{len(ids)} ids for {n} items")
+        codes = self.encode(items, modality) if encoded is None else encoded
+        self.index.add(codes, ids)
+        for j, i in enumerate(ids.tolist()):
+            meta: dict[str, Any] = {
+                "label": labels[j] if labels is not None else None,
+                "source": sources[j] if sources is not None else None,
+                "modality": modality,
+            }
+            if thumbnails and encoded is None:
+                meta["thumbnail"] = thumbnail_png(items[j])
+            self._meta[i] = meta
+        return ids
+
+    def remove(self, ids: Sequence[int]) -> None:
+        self.index.remove(np.asarray(ids, dtype=np.int64))
+        for i in ids:
+            self._meta.pop(int(i), None)
+
+    # ------------------------------------------------------------------ search
+    def search_encoded(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances (nq, k), ids int64 (nq, k)); -1 ids pad missing hits. Float methods: 1 - cosine."""
+        if len(self.index) == 0:
+            raise IndexError_("the index is empty: add items before searching")
+        d, ids = self.index.search(codes, k)
+        if not self.binary:
+            d = (1.0 - d).astype(np.float32)
+        return d, ids
+
+    def search_many(self, queries: Sequence[Query], k: int, modality: str = "sketch") -> tuple[np.ndarray, np.ndarray]:
+        return self.search_encoded(self.encode(queries, modality), k)
+
+    def search(self, query: Query, k: int = 10, modality: str = "sketch") -> list[Hit]:
+        if isinstance(query, Sketch):
+            query.validate()
+        d, ids = self.search_many([query], k, modality)
+        return self.hits(d[0], ids[0])
+
+    def hits(self, dist: np.ndarray, ids: np.ndarray) -> list[Hit]:
+        """Ranked ids -> Hits with labels and sources (from memory or the on-disk store)."""
+        valid = [(float(dd), int(i)) for dd, i in zip(dist, ids) if i >= 0]
+        meta = self.item_meta([i for _, i in valid])
+        return [
+            Hit(id=i, rank=r + 1, distance=dd, label=meta.get(i, {}).get("label"), source=meta.get(i, {}).get("source"))
+            for r, (dd, i) in enumerate(valid)
+        ]
+
+    def item_meta(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        if self.store is not None:
+            return {int(r["id"]): r for r in self.store.items(list(ids))}
+        return {i: self._meta[i] for i in ids if i in self._meta}
+
+    def thumbnail(self, item_id: int) -> bytes | None:
+        if self.store is not None:
+            return self.store.thumbnail(int(item_id))
+        m = self._meta.get(int(item_id))
+        return None if m is None else m.get("thumbnail")
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | Path) -> None:
+        from .index.store import save_index
+
+        items = [{"id": i, **m} for i, m in sorted(self._meta.items())]
+        save_index(self.index, folder, model_id=self.model_id, items=items)
+
+    @classmethod
+    def load(cls, folder: str | Path, model: str | Path | Method | None = None, verify: bool = True) -> "Retriever":
+        """Open an index folder with its model (by default the model named in the index's manifest)."""
+        from .index.store import load_index, read_manifest
+        from .model import load_model
+
+        manifest = read_manifest(folder)
+        if isinstance(model, Method):
+            method, model_id = model, manifest.get("model_id", "unsaved")
+        else:
+            method, card = load_model(model if model is not None else manifest["model_name"])
+            model_id = card.model_id
+        index, store = load_index(folder, expected_model_id=model_id, verify=verify)
+        return cls(method, index, model_id=model_id, store=store)
