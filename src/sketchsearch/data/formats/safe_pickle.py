@@ -26,10 +26,12 @@ from ...errors import FormatError
 
 __all__ = ["RestrictedUnpickler", "ALLOWED_GLOBALS", "load_pickle_untrusted", "load_npz_untrusted", "loads_untrusted"]
 
-try:  # numpy >= 2 moved the implementation; pickles written by numpy 1.x name numpy.core.multiarray
+try:  # numpy >= 2 moved the implementation; pickles written by numpy 1.x name numpy.core.*
     from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
+    from numpy.core import numeric as _numeric  # type: ignore[no-redef]
 
 _TEXT_CODECS = {"latin1", "latin-1", "iso-8859-1", "utf-8", "utf8", "ascii"}
 
@@ -55,6 +57,9 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
     ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
     ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
+    # pickle protocol 5 rebuilds arrays with _frombuffer(buffer, dtype, shape, order): a view on bytes
+    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _text_encode,
