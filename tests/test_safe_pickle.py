@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import pickletools
 import zipfile
 from pathlib import Path
 
@@ -55,8 +54,6 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path: Path) -> None
     bad = tmp_path / "ChairV2_Coordinate"
     bad.write_bytes(pickle.dumps({"/train/x_1": _RunsCode(marker)}))
     # the payload is real: it names os.system (posix.system), which plain pickle.load would call
-    globals_named = [arg for op, arg, _ in pickletools.genops(bad.read_bytes()) if op.name in ("GLOBAL", "STACK_GLOBAL")]
-    assert globals_named or b"system" in bad.read_bytes()
     assert b"system" in bad.read_bytes()
     with pytest.raises(FormatError) as ei:
         load_pickle_untrusted(bad)

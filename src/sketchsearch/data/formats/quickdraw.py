@@ -115,7 +115,7 @@ def parse_quickdraw_record(obj: Any, *, default_label: str | None = None) -> tup
 
 def _json_reason(e: json.JSONDecodeError, text: str, last_line: bool) -> str:
     # An error at the very end of the text means the record stopped before it was complete.
-    if e.pos >= len(text.rstrip()):
+    if e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string"):
         where = "at the end of the file" if last_line else "(cut short)"
         return f"truncated record {where}: JSON ends after {len(text.rstrip())} characters ({e.msg})"
     return f"not valid JSON at column {e.colno}: {e.msg}"

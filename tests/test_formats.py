@@ -1,0 +1,357 @@
+"""Readers on tiny files written here: good records parse exactly, each bad record gives a FormatError that
+names the file and the record, and is skipped (and reported) unless strict."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sketchsearch.data.formats import (
+    READERS,
+    detect_format,
+    load_image,
+    read_any,
+    read_images,
+    read_omniglot,
+    read_qmul_chairv2,
+    read_qmul_v1,
+    read_quickdraw,
+    read_quickdraw_bin,
+    read_quickdraw_bitmap,
+    read_quickdraw_ndjson,
+    read_sketchrnn,
+    read_sketchy,
+)
+from sketchsearch.data.inspect import inspect_dataset
+from sketchsearch.errors import FormatError
+
+RAW = {"word": "cat", "key_id": "42", "countrycode": "FR", "recognized": True,
+       "drawing": [[[0.5, 10.0, 20.0], [1.0, 2.0, 3.5], [0, 15, 31]], [[5, 6], [7, 8], [40, 52]]]}  # fmt: skip
+SIMPLE = {"word": "cat", "key_id": 7, "drawing": [[[0, 255], [10, 20]], [[3], [4]]]}
+
+
+def _ndjson(path: Path, lines: list[str], trailing_newline: bool = True) -> Path:
+    path.write_text("\n".join(lines) + ("\n" if trailing_newline else ""), encoding="utf-8")
+    return path
+
+
+def _collect(reader: Any, path: Path, **kw: Any) -> tuple[list[Any], list[FormatError]]:
+    errors: list[FormatError] = []
+    items = list(reader(path, on_error=errors.append, **kw))
+    return items, errors
+
+
+# ---------------------------------------------------------------------------------------------- QuickDraw ndjson
+def test_raw_and_simplified_lines_parse_exactly(tmp_path: Path) -> None:
+    f = _ndjson(tmp_path / "cat.ndjson", [json.dumps(RAW), json.dumps(SIMPLE)])
+    raw, simple = read_quickdraw_ndjson(f)
+    assert (raw.id, raw.label, raw.modality, raw.source) == ("42", "cat", "sketch", f"{f}:1")
+    np.testing.assert_allclose(raw.sketch.strokes[0], [[0.5, 1.0], [10.0, 2.0], [20.0, 3.5]])
+    np.testing.assert_array_equal(raw.sketch.times[1], [40, 52])
+    assert raw.meta == {"countrycode": "FR", "recognized": True, "quickdraw_format": "raw"}
+    assert simple.id == "7" and simple.sketch.times is None and simple.meta["quickdraw_format"] == "simplified"
+    np.testing.assert_array_equal(simple.sketch.strokes[1], [[3, 4]])
+
+
+def test_label_falls_back_to_file_stem_and_id_to_line(tmp_path: Path) -> None:
+    f = _ndjson(tmp_path / "hot dog.ndjson", [json.dumps({"drawing": SIMPLE["drawing"]})])
+    (item,) = read_quickdraw_ndjson(f)
+    assert item.label == "hot dog" and item.id == "hot dog:1"
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (json.dumps(RAW)[:-25], "truncated"),  # a line cut short (then more lines follow)
+        ("this is not json", "not valid JSON"),
+        (json.dumps({"word": "cat", "drawing": []}), "empty drawing"),
+        (json.dumps({"word": "cat", "drawing": [[[], []]]}), "empty drawing"),
+        (json.dumps({"word": "cat"}), "missing field 'drawing'"),
+        (json.dumps({"word": 3, "drawing": SIMPLE["drawing"]}), "'word' must be a string"),
+        (json.dumps({"drawing": [[[1, 2, 3], [4, 5]]]}), "3 x values but 2 y values"),
+        (json.dumps({"drawing": [[["1", "2"], [4, 5]]]}), "must be a list of numbers"),
+        (json.dumps({"drawing": [[[1, 2], [4, 5], [0]]]}), "2 points but 1 times"),
+        (json.dumps([1, 2]), "expected a JSON object"),
+    ],
+)
+def test_bad_ndjson_line_names_file_and_line(tmp_path: Path, line: str, reason: str) -> None:
+    f = _ndjson(tmp_path / "cat.ndjson", [json.dumps(SIMPLE), line, json.dumps(RAW)])
+    with pytest.raises(FormatError) as ei:
+        list(read_quickdraw_ndjson(f, strict=True))
+    assert ei.value.file == str(f) and ei.value.record == 2 and reason in ei.value.reason
+    assert f"{f}: record 2" in str(ei.value)
+    items, errors = _collect(read_quickdraw_ndjson, f)
+    assert [it.source for it in items] == [f"{f}:1", f"{f}:3"]  # the good lines around it are kept
+    assert [(e.file, e.record) for e in errors] == [(str(f), 2)]
+
+
+def test_truncated_last_line(tmp_path: Path) -> None:
+    f = _ndjson(tmp_path / "cat.ndjson", [json.dumps(SIMPLE), json.dumps(RAW)[:40]], trailing_newline=False)
+    items, errors = _collect(read_quickdraw_ndjson, f)
+    assert len(items) == 1 and errors[0].record == 2
+    assert "truncated record at the end of the file" in errors[0].reason
+
+
+def test_blank_lines_are_not_records_and_limit_stops(tmp_path: Path) -> None:
+    f = _ndjson(tmp_path / "cat.ndjson", [json.dumps(SIMPLE), "", json.dumps(SIMPLE), json.dumps(SIMPLE)])
+    items, errors = _collect(read_quickdraw_ndjson, f)
+    assert [it.source.rsplit(":", 1)[1] for it in items] == ["1", "3", "4"] and not errors
+    assert len(list(read_quickdraw_ndjson(f, limit=2))) == 2
+
+
+def test_ndjson_folder_reads_every_file(tmp_path: Path) -> None:
+    _ndjson(tmp_path / "a.ndjson", [json.dumps({"drawing": SIMPLE["drawing"]})])
+    _ndjson(tmp_path / "b.ndjson", [json.dumps({"drawing": SIMPLE["drawing"]})] * 2)
+    assert [it.label for it in read_quickdraw_ndjson(tmp_path)] == ["a", "b", "b"]
+    assert detect_format(tmp_path) == "quickdraw_ndjson"
+
+
+# ---------------------------------------------------------------------------------------------- QuickDraw binary
+def _bin_record(key: int, strokes: list[tuple[list[int], list[int]]]) -> bytes:
+    out = struct.pack("<Q2sBIH", key, b"US", 1, 1490000000, len(strokes))
+    for xs, ys in strokes:
+        out += struct.pack("<H", len(xs)) + bytes(xs) + bytes(ys)
+    return out
+
+
+def test_binary_format(tmp_path: Path) -> None:
+    f = tmp_path / "apple.bin"
+    f.write_bytes(_bin_record(5, [([1, 2, 3], [4, 5, 6]), ([9], [8])]) + _bin_record(6, [([0, 255], [7, 7])]))
+    a, b = read_quickdraw_bin(f)
+    assert (a.id, a.label, a.meta["countrycode"], a.meta["recognized"]) == ("5", "apple", "US", True)
+    np.testing.assert_array_equal(a.sketch.strokes[0], [[1, 4], [2, 5], [3, 6]])
+    np.testing.assert_array_equal(b.sketch.strokes[0], [[0, 7], [255, 7]])
+    assert detect_format(f) == "quickdraw_bin"
+
+
+def test_truncated_binary_record(tmp_path: Path) -> None:
+    f = tmp_path / "apple.bin"
+    good = _bin_record(5, [([1, 2], [3, 4])])
+    f.write_bytes(good + _bin_record(6, [([1, 2, 3], [4, 5, 6])])[:-2])
+    items, errors = _collect(read_quickdraw_bin, f)
+    assert len(items) == 1 and errors[0].file == str(f) and errors[0].record == 1
+    assert "truncated" in errors[0].reason
+    with pytest.raises(FormatError, match="record 1"):
+        list(read_quickdraw_bin(f, strict=True))
+
+
+# ---------------------------------------------------------------------------------------------- QuickDraw bitmaps
+def test_npy_bitmaps_both_shapes(tmp_path: Path, rng: np.random.Generator) -> None:
+    a = rng.integers(0, 256, size=(3, 1, 784), dtype=np.uint8)
+    np.save(tmp_path / "eye.npy", a)
+    np.save(tmp_path / "fish.npy", a[:2, 0])
+    items = list(read_quickdraw_bitmap(tmp_path))
+    assert [(it.label, it.id) for it in items] == [("eye", "eye.npy:0"), ("eye", "eye.npy:1"), ("eye", "eye.npy:2"),
+                                                   ("fish", "fish.npy:0"), ("fish", "fish.npy:1")]  # fmt: skip
+    np.testing.assert_array_equal(items[1].image, a[1, 0].reshape(28, 28))
+    assert items[0].image.dtype == np.uint8 and items[0].image.shape == (28, 28)
+
+
+def test_npz_bitmaps_labels_from_stem(tmp_path: Path) -> None:
+    images = np.zeros((4, 1, 28, 28), dtype=np.uint8)
+    f = tmp_path / "cat_fish.npz"
+    np.savez(f, images=images, labels=np.array([0, 1, 1, 0], dtype=np.int16))
+    assert [it.label for it in read_quickdraw(f)] == ["cat", "fish", "fish", "cat"]
+    g = tmp_path / "mixed.npz"
+    np.savez(g, images=images, labels=np.array([0, 1, 2, 0]))
+    assert [it.label for it in read_quickdraw_bitmap(g)] == ["0", "1", "2", "0"]
+    assert detect_format(f) == "quickdraw_bitmap"
+
+
+def test_npy_with_wrong_shape_is_a_whole_file_error(tmp_path: Path) -> None:
+    f = tmp_path / "eye.npy"
+    np.save(f, np.zeros((3, 100), dtype=np.uint8))
+    with pytest.raises(FormatError) as ei:
+        list(read_quickdraw_bitmap(f))
+    assert ei.value.file == str(f) and ei.value.record is None and "(N, 784)" in ei.value.reason
+
+
+# ---------------------------------------------------------------------------------------------- sketch-rnn
+def test_sketchrnn_npz(tmp_path: Path) -> None:
+    def arr(*ds: np.ndarray) -> np.ndarray:
+        out = np.empty(len(ds), dtype=object)
+        out[:] = list(ds)
+        return out
+
+    s3 = np.array([[1, 2, 0], [3, 0, 1], [0, 5, 0], [1, 1, 1]], dtype=np.int16)
+    f = tmp_path / "tiny.npz"
+    np.savez(f, train=arr(s3, np.zeros((0, 3), np.int16), s3), valid=arr(s3), test=arr(np.zeros((2, 2))))
+    items, errors = _collect(read_sketchrnn, f)
+    assert [it.id for it in items] == ["tiny.npz:train:0", "tiny.npz:train:2", "tiny.npz:valid:0"]
+    np.testing.assert_array_equal(items[0].sketch.strokes[0], [[1, 2], [4, 2]])
+    np.testing.assert_array_equal(items[0].sketch.strokes[1], [[4, 7], [5, 8]])
+    assert items[0].label is None and items[2].meta == {"split": "valid"}
+    assert [(e.record, e.file) for e in errors] == [("train:1", str(f)), ("test:0", str(f))]
+    assert detect_format(f) == "sketchrnn"
+
+
+# ---------------------------------------------------------------------------------------------- Omniglot
+def test_omniglot_strokes_flip_y_and_pair_with_images(tmp_path: Path) -> None:
+    sdir = tmp_path / "strokes_background_x" / "Greek" / "character01"
+    idir = tmp_path / "images_background_x" / "Greek" / "character01"
+    sdir.mkdir(parents=True)
+    idir.mkdir(parents=True)
+    (sdir / "0110_01.txt").write_text("START\n1.5,-2,0\n3,-4,17\nBREAK\n5,-6,30\nBREAK\n")
+    (sdir / "0110_02.txt").write_text("START\n1,-2,0\noops\nBREAK\n")
+    Image.new("1", (105, 105), 1).save(idir / "0110_01.png")
+    items, errors = _collect(read_omniglot, tmp_path)
+    strokes = [it for it in items if it.sketch is not None]
+    images = [it for it in items if it.image is not None]
+    assert len(strokes) == 1 and len(images) == 1
+    s = strokes[0]
+    assert s.label == "Greek/character01" and s.pair == images[0].pair == "Greek/character01/0110_01"
+    np.testing.assert_allclose(s.sketch.strokes[0], [[1.5, 2.0], [3.0, 4.0]])  # y now points down
+    np.testing.assert_array_equal(s.sketch.times[0], [0, 17])
+    assert images[0].image.shape == (105, 105) and images[0].image.dtype == np.uint8
+    assert errors[0].file == str(sdir / "0110_02.txt") and errors[0].record == 3 and "x,y,t" in errors[0].reason
+    assert detect_format(tmp_path) == "omniglot"
+
+
+# ---------------------------------------------------------------------------------------------- Sketchy
+def test_sketchy_pairs(tmp_path: Path) -> None:
+    for sub, name in [("sketch", "n01_10-1.png"), ("sketch", "n01_10-2.png"), ("photo", "n01_10.jpg"), ("photo", "n01_11.jpg")]:
+        d = tmp_path / sub / "cat"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (255, 255, 255)).save(d / name)
+    (tmp_path / "sketch" / "cat" / "n01_12-1.png").write_bytes(b"not a png at all")
+    items, errors = _collect(read_sketchy, tmp_path)
+    assert [(it.modality, it.pair, it.label) for it in items] == [
+        ("sketch", "n01_10", "cat"), ("sketch", "n01_10", "cat"), ("photo", "n01_10", "cat"), ("photo", "n01_11", "cat")
+    ]  # fmt: skip
+    assert items[0].image.shape == (8, 8, 3)
+    assert errors[0].file == str(tmp_path / "sketch" / "cat" / "n01_12-1.png")
+    assert detect_format(tmp_path) == "sketchy"
+
+
+# ---------------------------------------------------------------------------------------------- QMUL
+def test_qmul_v1_mat_pairs(tmp_path: Path) -> None:
+    import scipy.io
+
+    d = tmp_path / "shoes"
+    d.mkdir()
+    sk = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    scipy.io.savemat(d / "shoes_sketch_db_train.mat", {"data": sk})
+    scipy.io.savemat(d / "shoes_edge_db_train.mat", {"data": 255 - sk})
+    scipy.io.savemat(d / "shoes_sketch_db_test.mat", {"data": sk[:1]})
+    scipy.io.savemat(d / "shoes_edge_db_test.mat", {"data": sk[:2]})
+    (d / "shoes_annotation.json").write_text(json.dumps({"train": {"images": ["1.jpg", "2.jpg", "3.jpg"]}}))
+    it = read_qmul_v1(tmp_path)
+    items = [next(it) for _ in range(6)]
+    assert [(i.modality, i.pair) for i in items[:2]] == [("sketch", "shoes/1"), ("photo", "shoes/1")]
+    np.testing.assert_array_equal(items[2].image, sk[1])
+    np.testing.assert_array_equal(items[3].image, 255 - sk[1])
+    with pytest.raises(FormatError) as ei:  # test split: 2 edge maps for 1 sketch
+        next(it)
+    assert ei.value.file == str(d / "shoes_edge_db_test.mat") and "one edge map per sketch" in ei.value.reason
+    assert detect_format(tmp_path) == "qmul_v1"
+
+
+def test_qmul_chairv2(tmp_path: Path) -> None:
+    pts = np.array([[0, 0, 0], [1, 1, 1], [5, 5, 0], [6, 7, 1]], dtype=np.float64)
+    f = tmp_path / "ChairV2_Coordinate"
+    f.write_bytes(pickle.dumps({"/train/a_b-1_2": pts, "/test/c_1": np.zeros((3, 2)), "bad": pts}))
+    items, errors = _collect(read_qmul_chairv2, f)
+    (item,) = items
+    assert (item.id, item.pair, item.meta) == ("train/a_b-1_2", "a_b-1", {"split": "train", "k": 2})
+    assert [len(s) for s in item.sketch.strokes] == [2, 2]
+    assert [e.record for e in errors] == ["/test/c_1", "'bad'"]
+    assert detect_format(tmp_path) == "qmul_chairv2"
+
+
+# ---------------------------------------------------------------------------------------------- images
+def test_file_that_claims_to_be_png_and_is_not(tmp_path: Path) -> None:
+    (tmp_path / "cat").mkdir()
+    Image.new("L", (4, 4), 200).save(tmp_path / "cat" / "good.png")
+    fake = tmp_path / "cat" / "fake.png"
+    fake.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    items, errors = _collect(read_images, tmp_path)
+    assert [(it.label, it.id) for it in items] == [("cat", "cat/good")] and items[0].image.shape == (4, 4)
+    assert errors[0].file == str(fake)
+    with pytest.raises(FormatError) as ei:
+        list(read_images(tmp_path, strict=True))
+    assert ei.value.file == str(fake)
+
+
+def test_truncated_jpeg(tmp_path: Path, rng: np.random.Generator) -> None:
+    f = tmp_path / "photo.jpg"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(f)
+    f.write_bytes(f.read_bytes()[:300])
+    with pytest.raises(FormatError) as ei:
+        load_image(f)
+    assert ei.value.file == str(f) and "corrupt" in ei.value.reason
+
+
+def test_decompression_bomb_header_is_refused(tmp_path: Path) -> None:
+    """A valid small PNG whose header declares 100000 x 100000 pixels: refused before decoding."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "bomb.png"
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    items, errors = _collect(read_images, tmp_path)
+    assert items == [] and errors[0].file == str(bomb) and "decompression bomb" in errors[0].reason
+
+
+def test_pillow_limit_lowered_refuses_real_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "big.png"
+    Image.new("L", (300, 300), 255).save(f)  # compresses to a few hundred bytes
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    with pytest.raises(FormatError, match="decompression bomb"):
+        load_image(f)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    assert load_image(f, max_pixels=None).shape == (300, 300)
+    with pytest.raises(FormatError, match="300 x 300"):
+        load_image(f, max_pixels=1000)
+
+
+def test_images_rgba_composited_on_white(tmp_path: Path) -> None:
+    f = tmp_path / "a.png"
+    Image.new("RGBA", (2, 2), (0, 0, 0, 0)).save(f)
+    np.testing.assert_array_equal(load_image(f), np.full((2, 2, 3), 255, np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- registry / detect / inspect
+def test_registry_lists_every_reader() -> None:
+    for name in ["quickdraw", "quickdraw_ndjson", "quickdraw_bin", "quickdraw_bitmap", "sketchrnn", "omniglot",
+                 "sketchy", "qmul_v1", "qmul_chairv2", "images"]:  # fmt: skip
+        assert name in READERS
+    with pytest.raises(ValueError, match="valid names: .*quickdraw"):
+        READERS.get("nope")
+
+
+def test_detect_format_unknown_lists_known_formats(tmp_path: Path) -> None:
+    f = tmp_path / "notes.txt"
+    f.write_text("hello")
+    with pytest.raises(FormatError) as ei:
+        detect_format(f)
+    assert ei.value.file == str(f) and "known formats: " in ei.value.reason and "sketchy" in ei.value.reason
+    with pytest.raises(FormatError, match="no such file"):
+        detect_format(tmp_path / "missing")
+
+
+def test_inspect_dataset_counts_and_caps_errors(tmp_path: Path) -> None:
+    lines = [json.dumps(SIMPLE), json.dumps({"word": "dog", "drawing": SIMPLE["drawing"]})] + ["{bad"] * 5
+    f = _ndjson(tmp_path / "cat.ndjson", lines)
+    info = inspect_dataset(f, max_errors=3)
+    assert (info["items"], info["classes"], info["skipped"], info["format"]) == (2, 2, 5, "quickdraw_ndjson")
+    assert info["modalities"] == {"sketch": 2, "photo": 0} and info["class_counts"] == {"cat": 1, "dog": 1}
+    assert len(info["errors"]) == 3 and info["errors"][0] == {"file": str(f), "record": 3, "reason": info["errors"][0]["reason"]}
+    json.dumps(info)  # serialisable for --json
+    with pytest.raises(FormatError, match="record 3"):
+        inspect_dataset(f, strict=True)
+
+
+def test_read_any_uses_detected_reader(tmp_path: Path) -> None:
+    f = _ndjson(tmp_path / "cat.ndjson", [json.dumps(SIMPLE)])
+    assert [it.id for it in read_any(f)] == ["7"]
+    assert [it.id for it in read_any(f, fmt="quickdraw")] == ["7"]
