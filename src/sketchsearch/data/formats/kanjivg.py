@@ -29,7 +29,14 @@ from ...errors import FormatError
 from ..sketch import Sketch
 from .base import READERS, Item, OnError, check_limit, report, require_exists
 
-__all__ = ["KANJIVG_BOX", "kanjivg_files", "iter_kanjivg", "read_kanjivg", "parse_kanjivg_svg", "path_to_polylines"]
+__all__ = [
+    "KANJIVG_BOX",
+    "kanjivg_files",
+    "iter_kanjivg",
+    "read_kanjivg",
+    "parse_kanjivg_svg",
+    "path_to_polylines",
+]
 
 #: Side of the coordinate box every KanjiVG drawing lives in (viewBox 0 0 109 109, y down).
 KANJIVG_BOX = 109.0
@@ -47,7 +54,8 @@ def kanjivg_files() -> list[Path]:
         dist = importlib.metadata.distribution(_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError as e:
         raise FileNotFoundError(
-            f"the '{_DISTRIBUTION}' package is not installed (pip install {_DISTRIBUTION}); it ships the SVG files"
+            f"the '{_DISTRIBUTION}' package is not installed (pip install {_DISTRIBUTION}); "
+            "it ships the SVG files"
         ) from e
     files = [f for f in (dist.files or []) if f.parts[:1] == ("kanji",) and f.name.endswith(".svg")]
     return sorted((Path(str(dist.locate_file(f))) for f in files), key=lambda p: p.name)
@@ -82,7 +90,7 @@ def _n_samples(polygon_length: float, step: float) -> int:
 
 
 def path_to_polylines(d: str, step: float = 2.0) -> list[np.ndarray]:
-    """Flatten SVG path data into polylines: one float32 (n, 2) array per sub-path (a ``M``/``m`` starts a new one).
+    """Flatten SVG path data into polylines: one float32 (n, 2) array per sub-path (``M``/``m`` starts one).
 
     Curves are sampled so consecutive points are about ``step`` units apart (at most 64 points a segment).
     Raises ``ValueError`` (svg.path's ``InvalidPathError`` is one) on malformed data or non-finite numbers.
@@ -126,7 +134,7 @@ def path_to_polylines(d: str, step: float = 2.0) -> list[np.ndarray]:
 def parse_kanjivg_svg(text: str | bytes, file: str | Path = "<string>", step: float = 2.0) -> Sketch:
     """Parse one KanjiVG SVG document into a :class:`Sketch`.
 
-    ``file`` names the source in errors and sets ``id`` (the file stem, e.g. ``'06f22'`` or ``'04e14-Kaisho'``)
+    ``file`` names the source in errors and sets ``id`` (the file stem, e.g. ``'06f22'``, ``'04e14-Kaisho'``)
     and ``label`` (the character; None when the stem is not a hex code point). Coordinates stay in the
     109 x 109 box, y down; each stroke is float32 (n, 2). ``meta`` holds ``source='kanjivg'``, the
     ``variant`` suffix (or None), ``n_strokes`` and each stroke's KanjiVG ``stroke_types`` (e.g. ``'㇐'``).
@@ -160,12 +168,19 @@ def parse_kanjivg_svg(text: str | bytes, file: str | Path = "<string>", step: fl
         except ValueError as e:
             raise FormatError(file, record, f"bad path data {d[:60]!r}: {e}") from e
         if not polylines or all(len(p) < 2 for p in polylines):
-            raise FormatError(file, record, f"path data {d[:60]!r} draws nothing (expected a move then a curve)")
+            raise FormatError(
+                file, record, f"path data {d[:60]!r} draws nothing (expected a move then a curve)"
+            )
         strokes.extend(p for p in polylines if len(p) >= 2)
         types.append(next((v for key, v in el.attrib.items() if key.endswith("type")), None))
     stem = Path(str(file)).stem
     variant = stem.split("-", 1)[1] if "-" in stem else None
-    meta: dict[str, object] = {"source": "kanjivg", "variant": variant, "n_strokes": len(paths), "stroke_types": types}
+    meta: dict[str, object] = {
+        "source": "kanjivg",
+        "variant": variant,
+        "n_strokes": len(paths),
+        "stroke_types": types,
+    }
     return Sketch(strokes, label=_char_of(stem), id=stem, meta=meta)
 
 
@@ -228,6 +243,11 @@ def iter_kanjivg(
             report(e, strict, on_error)
             continue
         yield Item(
-            id=stem, label=sketch.label, modality="sketch", source=str(f), sketch=sketch, meta=dict(sketch.meta)
+            id=stem,
+            label=sketch.label,
+            modality="sketch",
+            source=str(f),
+            sketch=sketch,
+            meta=dict(sketch.meta),
         )
         count += 1
