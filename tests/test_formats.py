@@ -56,7 +56,9 @@ def test_raw_and_simplified_lines_parse_exactly(tmp_path: Path) -> None:
     np.testing.assert_allclose(raw.sketch.strokes[0], [[0.5, 1.0], [10.0, 2.0], [20.0, 3.5]])
     np.testing.assert_array_equal(raw.sketch.times[1], [40, 52])
     assert raw.meta == {"countrycode": "FR", "recognized": True, "quickdraw_format": "raw"}
-    assert simple.id == "7" and simple.sketch.times is None and simple.meta["quickdraw_format"] == "simplified"
+    assert (
+        simple.id == "7" and simple.sketch.times is None and simple.meta["quickdraw_format"] == "simplified"
+    )
     np.testing.assert_array_equal(simple.sketch.strokes[1], [[3, 4]])
 
 
@@ -210,13 +212,20 @@ def test_omniglot_strokes_flip_y_and_pair_with_images(tmp_path: Path) -> None:
     np.testing.assert_allclose(s.sketch.strokes[0], [[1.5, 2.0], [3.0, 4.0]])  # y now points down
     np.testing.assert_array_equal(s.sketch.times[0], [0, 17])
     assert images[0].image.shape == (105, 105) and images[0].image.dtype == np.uint8
-    assert errors[0].file == str(sdir / "0110_02.txt") and errors[0].record == 3 and "x,y,t" in errors[0].reason
+    assert (
+        errors[0].file == str(sdir / "0110_02.txt") and errors[0].record == 3 and "x,y,t" in errors[0].reason
+    )
     assert detect_format(tmp_path) == "omniglot"
 
 
 # ---------------------------------------------------------------------------------------------- Sketchy
 def test_sketchy_pairs(tmp_path: Path) -> None:
-    for sub, name in [("sketch", "n01_10-1.png"), ("sketch", "n01_10-2.png"), ("photo", "n01_10.jpg"), ("photo", "n01_11.jpg")]:
+    for sub, name in [
+        ("sketch", "n01_10-1.png"),
+        ("sketch", "n01_10-2.png"),
+        ("photo", "n01_10.jpg"),
+        ("photo", "n01_11.jpg"),
+    ]:
         d = tmp_path / sub / "cat"
         d.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8), (255, 255, 255)).save(d / name)
@@ -297,7 +306,12 @@ def test_decompression_bomb_header_is_refused(tmp_path: Path) -> None:
 
     bomb = tmp_path / "bomb.png"
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+        + chunk(b"IEND", b"")
+    )
     items, errors = _collect(read_images, tmp_path)
     assert items == [] and errors[0].file == str(bomb) and "decompression bomb" in errors[0].reason
 
@@ -345,7 +359,11 @@ def test_inspect_dataset_counts_and_caps_errors(tmp_path: Path) -> None:
     info = inspect_dataset(f, max_errors=3)
     assert (info["items"], info["classes"], info["skipped"], info["format"]) == (2, 2, 5, "quickdraw_ndjson")
     assert info["modalities"] == {"sketch": 2, "photo": 0} and info["class_counts"] == {"cat": 1, "dog": 1}
-    assert len(info["errors"]) == 3 and info["errors"][0] == {"file": str(f), "record": 3, "reason": info["errors"][0]["reason"]}
+    assert len(info["errors"]) == 3 and info["errors"][0] == {
+        "file": str(f),
+        "record": 3,
+        "reason": info["errors"][0]["reason"],
+    }
     json.dumps(info)  # serialisable for --json
     with pytest.raises(FormatError, match="record 3"):
         inspect_dataset(f, strict=True)

@@ -30,7 +30,12 @@ def _strict_labels(items) -> Counter[str | None]:  # type: ignore[no-untyped-def
 
 def test_quickdraw_raw(shared_data: Path) -> None:
     info = inspect_dataset(shared_data / "quickdraw" / "raw", strict=True)
-    assert (info["format"], info["items"], info["classes"], info["skipped"]) == ("quickdraw_ndjson", 8359, 300, 0)
+    assert (info["format"], info["items"], info["classes"], info["skipped"]) == (
+        "quickdraw_ndjson",
+        8359,
+        300,
+        0,
+    )
     assert info["with_strokes"] == 8359
     assert 11 <= min(info["class_counts"].values()) and max(info["class_counts"].values()) <= 114
     first = next(read_quickdraw_ndjson(shared_data / "quickdraw" / "raw" / "cat.ndjson"))
@@ -55,7 +60,9 @@ def test_quickdraw_bitmaps(shared_data: Path) -> None:
 
 
 def test_sketchrnn_omniglot(shared_data: Path) -> None:
-    splits = Counter(it.meta["split"] for it in read_sketchrnn(shared_data / "sketchrnn" / "omniglot.npz", strict=True))
+    splits = Counter(
+        it.meta["split"] for it in read_sketchrnn(shared_data / "sketchrnn" / "omniglot.npz", strict=True)
+    )
     assert splits == {"train": 30000, "valid": 1000, "test": 1000}
 
 
@@ -81,7 +88,13 @@ def test_omniglot_strokes_and_images(shared_data: Path) -> None:
     assert len({it.label for it in strokes}) == len({it.label for it in images}) == 136
     assert Counter(it.label for it in strokes).most_common()[-1][1] == 20  # 20 drawers per character
     assert {it.pair for it in strokes} == {it.pair for it in images}  # every trajectory has its image
-    assert {it.label.split("/")[0] for it in strokes} == {"Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"}
+    assert {it.label.split("/")[0] for it in strokes} == {
+        "Balinese",
+        "Early_Aramaic",
+        "Greek",
+        "Korean",
+        "Latin",
+    }
     assert {it.image.shape for it in images} == {(105, 105)}
     # The reader negates Omniglot's y: the points must then lie on the black ink of the paired image.
     by_pair = {it.pair: it.image for it in images}
@@ -105,7 +118,9 @@ def test_sketchy_instance_pairs(shared_data: Path) -> None:
 
 
 def test_qmul_v1(shared_data: Path) -> None:
-    counts = Counter((it.label, it.meta["split"], it.modality) for it in read_qmul_v1(shared_data / "qmul_v1", strict=True))
+    counts = Counter(
+        (it.label, it.meta["split"], it.modality) for it in read_qmul_v1(shared_data / "qmul_v1", strict=True)
+    )
     assert counts == {
         ("shoes", "train", "sketch"): 304, ("shoes", "train", "photo"): 304,
         ("shoes", "test", "sketch"): 115, ("shoes", "test", "photo"): 115,

@@ -13,8 +13,8 @@ import numpy as np
 import numpy.lib.format as npformat
 import pytest
 
-from sketchsearch.errors import FormatError
 from sketchsearch.data.formats.safe_pickle import load_npz_untrusted, load_pickle_untrusted, loads_untrusted
+from sketchsearch.errors import FormatError
 
 
 class _RunsCode:

@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import FormatError
 from .formats import detect_format, read_any
 
-__all__ = ["inspect_dataset", "MAX_ERRORS"]
+__all__ = ["MAX_ERRORS", "inspect_dataset"]
 
 #: At most this many errors are listed in the result; ``skipped`` always holds the full count.
 MAX_ERRORS = 100

@@ -24,8 +24,9 @@ images            any folder of images; label = parent folder
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ...errors import FormatError
 from . import images, omniglot, qmul, quickdraw, sketchrnn, sketchy
@@ -33,7 +34,13 @@ from .base import READERS, Item, Modality, OnError, Reader
 from .images import IMAGE_SUFFIXES, load_image, read_images
 from .omniglot import read_omniglot
 from .qmul import CHAIRV2_FILE, read_qmul_chairv2, read_qmul_v1
-from .quickdraw import iter_quickdraw_files, read_quickdraw, read_quickdraw_bin, read_quickdraw_bitmap, read_quickdraw_ndjson
+from .quickdraw import (
+    iter_quickdraw_files,
+    read_quickdraw,
+    read_quickdraw_bin,
+    read_quickdraw_bitmap,
+    read_quickdraw_ndjson,
+)
 from .safe_pickle import load_npz_untrusted, load_pickle_untrusted
 from .sketchrnn import is_sketchrnn_npz, read_sketchrnn
 from .sketchy import is_sketchy_root, read_sketchy
@@ -45,11 +52,29 @@ except ModuleNotFoundError as e:  # pragma: no cover
         raise
 
 __all__ = [
-    "Item", "Modality", "OnError", "Reader", "READERS", "FormatError",
-    "detect_format", "read_any", "known_formats",
-    "read_quickdraw", "read_quickdraw_ndjson", "read_quickdraw_bin", "read_quickdraw_bitmap", "iter_quickdraw_files",
-    "read_sketchrnn", "read_omniglot", "read_sketchy", "read_qmul_v1", "read_qmul_chairv2", "read_images",
-    "load_image", "load_npz_untrusted", "load_pickle_untrusted",
+    "READERS",
+    "FormatError",
+    "Item",
+    "Modality",
+    "OnError",
+    "Reader",
+    "detect_format",
+    "iter_quickdraw_files",
+    "known_formats",
+    "load_image",
+    "load_npz_untrusted",
+    "load_pickle_untrusted",
+    "read_any",
+    "read_images",
+    "read_omniglot",
+    "read_qmul_chairv2",
+    "read_qmul_v1",
+    "read_quickdraw",
+    "read_quickdraw_bin",
+    "read_quickdraw_bitmap",
+    "read_quickdraw_ndjson",
+    "read_sketchrnn",
+    "read_sketchy",
 ]  # fmt: skip
 
 _ = (images, omniglot, qmul, quickdraw, sketchrnn, sketchy)  # imported for their registrations
@@ -105,7 +130,9 @@ def _detect_folder(p: Path) -> str | None:
         return "quickdraw_ndjson"
     if ".bin" in suffixes:
         return "quickdraw_bin"
-    if ".npy" in suffixes or any(f.suffix.lower() == ".npz" and _detect_file(f) == "quickdraw_bitmap" for f in files):
+    if ".npy" in suffixes or any(
+        f.suffix.lower() == ".npz" and _detect_file(f) == "quickdraw_bitmap" for f in files
+    ):
         return "quickdraw_bitmap"
     if any(f.suffix.lower() == ".npz" and is_sketchrnn_npz(f) for f in files):
         return "sketchrnn"

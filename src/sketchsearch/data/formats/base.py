@@ -10,9 +10,10 @@ Every reader is a generator ``read_xxx(path, *, strict=False, on_error=None, lim
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -20,7 +21,17 @@ from ...errors import FormatError
 from ...registry import Registry
 from ..sketch import Sketch
 
-__all__ = ["Item", "Modality", "OnError", "Reader", "READERS", "report", "FormatError", "check_limit", "require_exists"]
+__all__ = [
+    "READERS",
+    "FormatError",
+    "Item",
+    "Modality",
+    "OnError",
+    "Reader",
+    "check_limit",
+    "report",
+    "require_exists",
+]
 
 Modality = Literal["sketch", "photo"]
 OnError = Callable[[FormatError], None]
@@ -49,7 +60,12 @@ class Item:
 
 class Reader(Protocol):
     def __call__(
-        self, path: str | Path, *, strict: bool = False, on_error: OnError | None = None, limit: int | None = None
+        self,
+        path: str | Path,
+        *,
+        strict: bool = False,
+        on_error: OnError | None = None,
+        limit: int | None = None,
     ) -> Iterator[Item]: ...
 
 

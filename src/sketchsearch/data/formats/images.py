@@ -12,9 +12,8 @@ error as well.
 from __future__ import annotations
 
 import warnings
-from itertools import islice
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -22,14 +21,16 @@ from PIL import Image, UnidentifiedImageError
 from ...errors import FormatError
 from .base import READERS, Item, Modality, OnError, check_limit, report, require_exists
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "load_image", "iter_image_files", "read_images"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "iter_image_files", "load_image", "read_images"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 #: Default ceiling on width x height (64 Mpx: 8000 x 8000). Drawings and photos in the datasets are <= 256 px.
 MAX_PIXELS = 64 * 1024 * 1024
 
 
-def load_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS, record: int | str | None = None) -> np.ndarray:
+def load_image(
+    path: str | Path, *, max_pixels: int | None = MAX_PIXELS, record: int | str | None = None
+) -> np.ndarray:
     """Decode ``path`` to uint8: (H, W) for grey / bilevel images, (H, W, 3) RGB otherwise (alpha is
     composited on white, palettes expanded). ``record`` is used in the error (None: the file itself).
 
@@ -64,7 +65,11 @@ def load_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS, record:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise FormatError(path, record, f"refused as a decompression bomb: {e}") from e
     except UnidentifiedImageError:
-        raise FormatError(path, record, f"not an image file (Pillow cannot identify it; its name ends {Path(path).suffix!r})") from None
+        raise FormatError(
+            path,
+            record,
+            f"not an image file (Pillow cannot identify it; its name ends {Path(path).suffix!r})",
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated / corrupt data, unreadable file
         raise FormatError(path, record, f"corrupt or unreadable image: {e}") from e
     return np.array(arr, dtype=np.uint8)
@@ -79,7 +84,11 @@ def iter_image_files(folder: str | Path) -> Iterator[Path]:
         return
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not any(s.startswith(".") for s in rel.parts):
+        if (
+            p.suffix.lower() in IMAGE_SUFFIXES
+            and p.is_file()
+            and not any(s.startswith(".") for s in rel.parts)
+        ):
             yield p
 
 

@@ -14,9 +14,9 @@ follows the bad-record rule (``FormatError(file, line, reason)``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from ..sketch import Sketch
 from .base import READERS, Item, OnError, check_limit, report, require_exists
 from .images import load_image
 
-__all__ = ["read_omniglot", "parse_omniglot_strokes", "omniglot_roots"]
+__all__ = ["omniglot_roots", "parse_omniglot_strokes", "read_omniglot"]
 
 
 def parse_omniglot_strokes(path: str | Path) -> Sketch:
@@ -82,6 +82,7 @@ def omniglot_roots(path: str | Path) -> list[tuple[str, Path]]:
     ``images_*`` folder, else its children that are."""
     path = Path(path)
     require_exists(path)
+
     def kind(p: Path) -> str | None:
         for k in ("strokes", "images"):
             if p.is_dir() and p.name.startswith(k):
@@ -100,7 +101,11 @@ def _items(kind: str, root: Path, strict: bool, on_error: OnError | None) -> Ite
         label = f"{alphabet}/{character}"
         pair = f"{label}/{f.stem}"
         drawer = f.stem.rsplit("_", 1)[-1]
-        meta = {"set": root.name.split("_", 1)[-1], "alphabet": alphabet, "drawer": int(drawer) if drawer.isdigit() else drawer}
+        meta = {
+            "set": root.name.split("_", 1)[-1],
+            "alphabet": alphabet,
+            "drawer": int(drawer) if drawer.isdigit() else drawer,
+        }
         try:
             if kind == "strokes":
                 sketch = parse_omniglot_strokes(f)

@@ -17,9 +17,10 @@ at a time.
 from __future__ import annotations
 
 import json
-from itertools import islice
+from collections.abc import Iterator, Sequence
+from itertools import islice, pairwise
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from ..sketch import Sketch
 from .base import READERS, Item, OnError, check_limit, report, require_exists
 from .safe_pickle import load_pickle_untrusted
 
-__all__ = ["read_qmul_v1", "read_qmul_chairv2", "load_mat_images", "qmul_v1_categories", "CHAIRV2_FILE"]
+__all__ = ["CHAIRV2_FILE", "load_mat_images", "qmul_v1_categories", "read_qmul_chairv2", "read_qmul_v1"]
 
 CHAIRV2_FILE = "ChairV2_Coordinate"
 _SPLITS = ("train", "test")
@@ -59,7 +60,11 @@ def qmul_v1_categories(path: str | Path) -> list[Path]:
     require_exists(path)
     if path.is_dir() and any(path.glob("*_sketch_db_*.mat")):
         return [path]
-    return sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("*_sketch_db_*.mat"))) if path.is_dir() else []
+    return (
+        sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("*_sketch_db_*.mat")))
+        if path.is_dir()
+        else []
+    )
 
 
 def _photo_names(folder: Path, category: str, split: str, n: int) -> list[str] | None:
@@ -124,15 +129,22 @@ READERS.register("qmul_v1")(read_qmul_v1)
 
 def _chairv2_sketch(value: Any) -> Sketch:
     """(P, 3) ``[x, y, pen_lifted_after_point]`` -> Sketch; ValueError when it is not such an array."""
-    if not isinstance(value, np.ndarray) or value.ndim != 2 or value.shape[1] != 3 or value.dtype.kind not in "iuf":
-        raise ValueError(f"expected a numeric (P, 3) array [x, y, pen_lifted], got {getattr(value, 'shape', type(value).__name__)}")
+    if (
+        not isinstance(value, np.ndarray)
+        or value.ndim != 2
+        or value.shape[1] != 3
+        or value.dtype.kind not in "iuf"
+    ):
+        raise ValueError(
+            f"expected a numeric (P, 3) array [x, y, pen_lifted], got {getattr(value, 'shape', type(value).__name__)}"
+        )
     if len(value) == 0:
         raise ValueError("empty drawing (no points)")
     xy = value[:, :2].astype(np.float64)
     ends = np.flatnonzero(value[:, 2] > 0.5) + 1
     bounds = np.concatenate([[0], ends[ends < len(value)], [len(value)]])
     try:
-        return Sketch([xy[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
+        return Sketch([xy[a:b] for a, b in pairwise(bounds) if b > a])
     except InvalidSketchError as e:
         raise ValueError(str(e)) from e
 
@@ -161,7 +173,9 @@ def read_qmul_chairv2(
             return
         parts = key.strip("/").split("/") if isinstance(key, str) else []
         if len(parts) != 2 or "_" not in parts[1]:
-            report(FormatError(path, repr(key), "key must look like '/<split>/<photo_id>_<k>'"), strict, on_error)
+            report(
+                FormatError(path, repr(key), "key must look like '/<split>/<photo_id>_<k>'"), strict, on_error
+            )
             continue
         split, name = parts
         photo, k = name.rsplit("_", 1)

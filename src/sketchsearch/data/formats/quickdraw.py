@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -29,13 +30,13 @@ from ..sketch import Sketch
 from .base import READERS, Item, OnError, check_limit, report, require_exists
 
 __all__ = [
-    "read_quickdraw",
-    "read_quickdraw_ndjson",
-    "read_quickdraw_bin",
-    "read_quickdraw_bitmap",
+    "QUICKDRAW_SUFFIXES",
     "iter_quickdraw_files",
     "parse_quickdraw_record",
-    "QUICKDRAW_SUFFIXES",
+    "read_quickdraw",
+    "read_quickdraw_bin",
+    "read_quickdraw_bitmap",
+    "read_quickdraw_ndjson",
 ]
 
 QUICKDRAW_SUFFIXES = (".ndjson", ".bin", ".npy", ".npz")
@@ -60,25 +61,27 @@ def iter_quickdraw_files(folder: str | Path, suffixes: Iterable[str] = QUICKDRAW
 def _numbers(values: Any, what: str) -> np.ndarray:
     """A JSON list of numbers -> float64 (n,); raises ValueError naming ``what`` otherwise."""
     if not isinstance(values, list):
-        raise ValueError(f"{what} must be a list of numbers, got {type(values).__name__}")
+        raise ValueError(f"{what} must be a list of numbers, got {type(values).__name__}")  # noqa: TRY004 - bad data, not a bad call
     arr = np.asarray(values) if values else np.zeros(0)
     if arr.ndim != 1 or arr.dtype.kind not in "iuf":
         raise ValueError(f"{what} must be a list of numbers")
     return arr.astype(np.float64)
 
 
-def parse_quickdraw_record(obj: Any, *, default_label: str | None = None) -> tuple[Sketch, str, dict[str, Any]]:
+def parse_quickdraw_record(
+    obj: Any, *, default_label: str | None = None
+) -> tuple[Sketch, str, dict[str, Any]]:
     """One decoded QuickDraw JSON object -> (sketch, format name ``"raw"``/``"simplified"``, meta).
 
     Raises ValueError with the offending field named when the record is not a QuickDraw drawing.
     """
     if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")  # noqa: TRY004
     if "drawing" not in obj:
         raise ValueError("missing field 'drawing'")
     drawing = obj["drawing"]
     if not isinstance(drawing, list):
-        raise ValueError(f"field 'drawing' must be a list of strokes, got {type(drawing).__name__}")
+        raise ValueError(f"field 'drawing' must be a list of strokes, got {type(drawing).__name__}")  # noqa: TRY004
     if not drawing:
         raise ValueError("empty drawing (no strokes)")
     word = obj.get("word", default_label)
@@ -124,7 +127,7 @@ def _json_reason(e: json.JSONDecodeError, text: str, last_line: bool) -> str:
 def _read_ndjson_file(path: Path, strict: bool, on_error: OnError | None) -> Iterator[Item]:
     stem = path.stem
     try:
-        fp: BinaryIO = open(path, "rb")
+        fp: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by the `with fp` below
     except OSError as e:
         raise FormatError(path, None, f"cannot open: {e.strerror or e}") from e
     with fp:
@@ -135,7 +138,11 @@ def _read_ndjson_file(path: Path, strict: bool, on_error: OnError | None) -> Ite
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                report(FormatError(path, lineno, f"not UTF-8 text ({e.reason} at byte {e.start})"), strict, on_error)
+                report(
+                    FormatError(path, lineno, f"not UTF-8 text ({e.reason} at byte {e.start})"),
+                    strict,
+                    on_error,
+                )
                 continue
             try:
                 obj = json.loads(text)
@@ -148,7 +155,9 @@ def _read_ndjson_file(path: Path, strict: bool, on_error: OnError | None) -> Ite
                 report(FormatError(path, lineno, str(e)), strict, on_error)
                 continue
             key = obj.get("key_id")
-            item_id = str(key) if isinstance(key, (str, int)) and not isinstance(key, bool) else f"{stem}:{lineno}"
+            item_id = (
+                str(key) if isinstance(key, (str, int)) and not isinstance(key, bool) else f"{stem}:{lineno}"
+            )
             sketch.id = item_id
             meta["quickdraw_format"] = kind
             yield Item(item_id, sketch.label, "sketch", f"{path}:{lineno}", sketch=sketch, meta=meta)
@@ -185,7 +194,7 @@ def _read_exact(fp: BinaryIO, n: int, what: str) -> bytes:
 def _read_bin_file(path: Path, strict: bool, on_error: OnError | None) -> Iterator[Item]:
     stem = path.stem
     try:
-        fp: BinaryIO = open(path, "rb")
+        fp: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by the `with fp` below
     except OSError as e:
         raise FormatError(path, None, f"cannot open: {e.strerror or e}") from e
     with fp:
@@ -245,7 +254,9 @@ def _as_bitmaps(arr: np.ndarray, path: Path, key: str | None) -> np.ndarray:
         raise FormatError(path, None, f"{what} has dtype {arr.dtype}, expected uint8 28x28 bitmaps")
     if arr.ndim >= 2 and int(np.prod(arr.shape[1:])) == 784 and arr.shape[-1] in (784, 28):
         return arr.reshape(len(arr), 28, 28)
-    raise FormatError(path, None, f"{what} has shape {arr.shape}, expected (N, 784), (N, 1, 784) or (N, 1, 28, 28)")
+    raise FormatError(
+        path, None, f"{what} has shape {arr.shape}, expected (N, 784), (N, 1, 784) or (N, 1, 28, 28)"
+    )
 
 
 def _npz_label_names(path: Path, data: Any, labels: np.ndarray) -> list[str] | None:
@@ -266,12 +277,16 @@ def _read_bitmap_file(path: Path, strict: bool, on_error: OnError | None) -> Ite
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 if "images" not in data.files or "labels" not in data.files:
-                    raise FormatError(path, None, f"expected arrays 'images' and 'labels', found {data.files}")
+                    raise FormatError(
+                        path, None, f"expected arrays 'images' and 'labels', found {data.files}"
+                    )
                 images = _as_bitmaps(data["images"], path, "images")
                 labels = np.asarray(data["labels"]).reshape(-1)
                 if len(labels) != len(images) or labels.dtype.kind not in "iu":
                     raise FormatError(
-                        path, None, f"'labels' must hold {len(images)} integers, got {labels.shape} {labels.dtype}"
+                        path,
+                        None,
+                        f"'labels' must hold {len(images)} integers, got {labels.shape} {labels.dtype}",
                     )
                 names = _npz_label_names(path, data, labels)
         else:
@@ -289,7 +304,9 @@ def _read_bitmap_file(path: Path, strict: bool, on_error: OnError | None) -> Ite
             li = int(labels[i])
             label = names[li] if names is not None and 0 <= li < len(names) else str(li)
         img = np.array(images[i])  # copy out of the memory map
-        yield Item(f"{path.name}:{i}", label, "sketch", f"{path}:{i}", image=img, meta={"quickdraw_format": "bitmap"})
+        yield Item(
+            f"{path.name}:{i}", label, "sketch", f"{path}:{i}", image=img, meta={"quickdraw_format": "bitmap"}
+        )
 
 
 def read_quickdraw_bitmap(

@@ -16,15 +16,22 @@ import collections
 import io
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import numpy as np
 import numpy.lib.format as npformat
 
 from ...errors import FormatError
 
-__all__ = ["RestrictedUnpickler", "ALLOWED_GLOBALS", "load_pickle_untrusted", "load_npz_untrusted", "loads_untrusted"]
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "RestrictedUnpickler",
+    "load_npz_untrusted",
+    "load_pickle_untrusted",
+    "loads_untrusted",
+]
 
 try:  # numpy >= 2 moved the implementation; pickles written by numpy 1.x name numpy.core.*
     from numpy._core import multiarray as _multiarray
@@ -47,8 +54,18 @@ def _text_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> b
 
 
 _BUILTIN_CONTAINERS: dict[str, Any] = {
-    "set": set, "frozenset": frozenset, "list": list, "dict": dict, "tuple": tuple, "bytearray": bytearray,
-    "bytes": bytes, "str": str, "int": int, "float": float, "complex": complex, "bool": bool,
+    "set": set,
+    "frozenset": frozenset,
+    "list": list,
+    "dict": dict,
+    "tuple": tuple,
+    "bytearray": bytearray,
+    "bytes": bytes,
+    "str": str,
+    "int": int,
+    "float": float,
+    "complex": complex,
+    "bool": bool,
 }
 
 #: (module, name) -> object. Everything here only builds data: none of it calls back into user code.
@@ -101,7 +118,7 @@ def _unpickle(fp: IO[bytes], source: str | Path, record: str | None) -> Any:
         return RestrictedUnpickler(fp, source=source, record=record).load()
     except FormatError:
         raise
-    except Exception as e:  # noqa: BLE001 - a corrupt pickle can raise almost anything; report, never crash
+    except Exception as e:
         raise FormatError(source, record, f"not a readable pickle ({type(e).__name__}: {e})") from e
 
 
@@ -117,7 +134,7 @@ def load_pickle_untrusted(path: str | Path) -> Any:
     """
     path = Path(path)
     try:
-        fp = open(path, "rb")
+        fp = open(path, "rb")  # noqa: SIM115 - closed by the `with fp` below
     except OSError as e:
         raise FormatError(path, None, f"cannot open: {e.strerror or e}") from e
     with fp:
@@ -136,7 +153,9 @@ def _read_header(fp: IO[bytes], path: Path, member: str) -> tuple[tuple[int, ...
     raise FormatError(path, member, f".npy format version {version} is not supported (expected 1.0 or 2.0)")
 
 
-def load_npz_untrusted(path: str | Path, *, keys: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
+def load_npz_untrusted(
+    path: str | Path, *, keys: Callable[[str], bool] | None = None
+) -> dict[str, np.ndarray]:
     """All arrays of an ``.npz``, object arrays included, without trusting pickle.
 
     Plain arrays are read by numpy with ``allow_pickle=False``; object arrays (``dtype=object``) are
@@ -172,7 +191,9 @@ def load_npz_untrusted(path: str | Path, *, keys: Callable[[str], bool] | None =
                     raise
                 raise FormatError(path, key, f"unreadable array: {e}") from e
             if not isinstance(arr, np.ndarray):
-                raise FormatError(path, key, f"the pickled payload is a {type(arr).__name__}, expected an array")
+                raise FormatError(
+                    path, key, f"the pickled payload is a {type(arr).__name__}, expected an array"
+                )
             if arr.size != int(np.prod(shape)):
                 raise FormatError(path, key, f"array has {arr.size} elements, its header says shape {shape}")
             out[key] = arr.reshape(shape, order="F" if fortran else "C")

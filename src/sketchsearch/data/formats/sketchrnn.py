@@ -9,9 +9,9 @@ Ids are ``"<file name>:<split>:<index>"`` with 0-based indices; labels are None 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from ..sketch import Sketch
 from .base import READERS, Item, OnError, check_limit, report, require_exists
 from .safe_pickle import load_npz_untrusted
 
-__all__ = ["read_sketchrnn", "SPLITS", "is_sketchrnn_npz"]
+__all__ = ["SPLITS", "is_sketchrnn_npz", "read_sketchrnn"]
 
 SPLITS = ("train", "valid", "test")
 
@@ -41,7 +41,9 @@ def _read_file(path: Path, splits: Sequence[str], strict: bool, on_error: OnErro
     arrays = load_npz_untrusted(path, keys=lambda k: k in splits)
     missing = [s for s in splits if s not in arrays]
     if len(missing) == len(splits):
-        raise FormatError(path, None, f"no stroke-3 split in the file; expected arrays named {', '.join(splits)}")
+        raise FormatError(
+            path, None, f"no stroke-3 split in the file; expected arrays named {', '.join(splits)}"
+        )
     for split in splits:
         if split not in arrays:
             continue

@@ -8,15 +8,15 @@ An unreadable image is a bad record (see ``formats.base``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from ...errors import FormatError
 from .base import READERS, Item, Modality, OnError, check_limit, report, require_exists
 from .images import IMAGE_SUFFIXES, load_image
 
-__all__ = ["read_sketchy", "is_sketchy_root", "sketchy_photo_id"]
+__all__ = ["is_sketchy_root", "read_sketchy", "sketchy_photo_id"]
 
 _FOLDERS: dict[str, Modality] = {"sketch": "sketch", "photo": "photo"}
 
@@ -61,7 +61,9 @@ def read_sketchy(
     root = Path(path)
     require_exists(root)
     if not is_sketchy_root(root):
-        raise FormatError(root, None, "not a Sketchy folder: expected subfolders 'sketch/<class>/' and 'photo/<class>/'")
+        raise FormatError(
+            root, None, "not a Sketchy folder: expected subfolders 'sketch/<class>/' and 'photo/<class>/'"
+        )
     bad = [m for m in modalities if m not in _FOLDERS]
     if bad:
         raise ValueError(f"unknown Sketchy modalities {bad}; valid: {', '.join(_FOLDERS)}")
