@@ -1,0 +1,88 @@
+"""``sketchsearch serve``: the drawing page and the REST API over one or more collections."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .app import console, friendly_errors
+
+__all__ = ["register", "serve", "run_server", "collection_specs"]
+
+
+def collection_specs(
+    indexes: list[Path], models: list[str] | None, names: list[str] | None
+) -> list[tuple[str, str | None, Path]]:
+    """Pair ``--index`` folders with ``--model`` and ``--name`` options, in the order given.
+
+    No ``--model``: each index's own model (named in its manifest). One: used for every index. Otherwise one
+    per index. Names default to the index folder's name.
+    """
+    models = list(models or [])
+    names = list(names or [])
+    if len(models) not in (0, 1, len(indexes)):
+        raise typer.BadParameter(
+            f"{len(models)} --model for {len(indexes)} --index: give none (each index's own model), one, or one per index"
+        )
+    if names and len(names) != len(indexes):
+        raise typer.BadParameter(f"{len(names)} --name for {len(indexes)} --index: give one name per index, or none")
+    per_index: list[str | None] = models * len(indexes) if len(models) == 1 else (models or [None] * len(indexes))  # type: ignore[list-item]
+    chosen = names or [Path(p).resolve().name or "collection" for p in indexes]
+    dupes = sorted({n for n in chosen if chosen.count(n) > 1})
+    if dupes:
+        raise typer.BadParameter(f"collection names {dupes} repeat: name each index with --name")
+    return [(n, m, Path(p)) for n, m, p in zip(chosen, per_index, indexes)]
+
+
+def run_server(app: Any, host: str, port: int, log_level: str = "warning") -> None:
+    """Serve ``app`` with uvicorn, printing the address to open first."""
+    import uvicorn
+
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        console.print(
+            f"[yellow]warning:[/] listening on {host}: reachable from other machines, with no authentication", highlight=False
+        )
+    print(f"sketchsearch: open http://{shown}:{port}/ in a browser (API docs at /docs; Ctrl+C stops)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+
+
+@friendly_errors
+def serve(
+    index: list[Path] = typer.Option(..., "--index", help="Index folder; repeat to serve several collections."),
+    model: Optional[list[str]] = typer.Option(
+        None, "--model", help="Model name or path for the indexes (one for all, or one per --index); default: each index's own."
+    ),
+    name: Optional[list[str]] = typer.Option(None, "--name", help="Collection name per --index (default: folder name)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind: loopback by default."),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
+    cors_origin: Optional[list[str]] = typer.Option(
+        None, "--cors-origin", help="Allow API calls from pages on this origin (repeatable); CORS is off without it."
+    ),
+    max_k: int = typer.Option(200, min=1, help="Most hits one search may ask for."),
+    log_level: str = typer.Option("warning", help="uvicorn log level."),
+) -> None:
+    """Serve the drawing page and the REST API (POST /api/search, GET /api/collections, /docs)."""
+    from ..service.app import Limits, create_app, load_collections
+
+    specs = collection_specs(index, model, name)
+    try:
+        collections = load_collections(specs)
+    except ValueError as e:  # a collection name that cannot be served
+        raise typer.BadParameter(str(e)) from None
+    for n, r in collections.items():
+        console.print(f"collection [bold]{n}[/]: {len(r):,} items, model {r.model_id}", highlight=False)
+    app = create_app(collections, cors_origins=cors_origin or None, limits=Limits(max_k=max_k))
+    run_server(app, host, port, log_level)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``serve`` command to ``app``."""
+    app.command("serve")(serve)

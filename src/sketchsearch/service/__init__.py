@@ -1,0 +1,9 @@
+"""The web service: FastAPI app (REST API + the drawing page) over :class:`~sketchsearch.retrieval.Retriever`.
+
+>>> from sketchsearch.service import create_app, load_collections
+>>> app = create_app(load_collections([("quickdraw", None, "indexes/quickdraw")]))
+"""
+
+from .app import Limits, create_app, load_collections
+
+__all__ = ["Limits", "create_app", "load_collections"]
