@@ -260,6 +260,14 @@ def test_qmul_v1_mat_pairs(tmp_path: Path) -> None:
         next(it)
     assert ei.value.file == str(d / "shoes_edge_db_test.mat") and "one edge map per sketch" in ei.value.reason
     assert detect_format(tmp_path) == "qmul_v1"
+    one = list(read_qmul_v1(d / "shoes_edge_db_train.mat"))  # one file: only its images, same ids and pairs
+    assert [(i.id, i.pair, i.modality) for i in one] == [
+        (f"shoes/train/edge/{k}", f"shoes/{k + 1}", "photo") for k in range(3)
+    ]
+    assert detect_format(d / "shoes_edge_db_train.mat") == "qmul_v1"
+    scipy.io.savemat(d / "shoes_train_triplets.mat", {"One": np.zeros((2, 1))})
+    with pytest.raises(FormatError, match="not a QMUL V1 image file"):
+        list(read_any(d / "shoes_train_triplets.mat"))
 
 
 def test_qmul_chairv2(tmp_path: Path) -> None:

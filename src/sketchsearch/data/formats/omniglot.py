@@ -82,6 +82,8 @@ def omniglot_roots(path: str | Path) -> list[tuple[str, Path]]:
     ``images_*`` folder, else its children that are."""
     path = Path(path)
     require_exists(path)
+    if path.is_file():
+        return []
 
     def kind(p: Path) -> str | None:
         for k in ("strokes", "images"):

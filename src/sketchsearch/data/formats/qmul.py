@@ -17,6 +17,7 @@ at a time.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from itertools import islice, pairwise
 from pathlib import Path
@@ -80,28 +81,40 @@ def _photo_names(folder: Path, category: str, split: str, n: int) -> list[str] |
     return [Path(x).stem for x in names]
 
 
-def _v1_items(folder: Path, splits: Sequence[str]) -> Iterator[Item]:
+_V1_FILE = re.compile(r"^(?P<category>.+)_(?P<kind>sketch|edge)_db_(?P<split>[A-Za-z]+)\.mat$")
+
+
+def _v1_items(
+    folder: Path, splits: Sequence[str], kinds: Sequence[str] = ("sketch", "edge")
+) -> Iterator[Item]:
     category = folder.name
     for split in splits:
         sk_path = folder / f"{category}_sketch_db_{split}.mat"
         ed_path = folder / f"{category}_edge_db_{split}.mat"
-        if not sk_path.is_file():
-            continue
-        sketches = load_mat_images(sk_path)
-        edges = load_mat_images(ed_path) if ed_path.is_file() else None
-        if edges is not None and len(edges) != len(sketches):
-            raise FormatError(ed_path, None, f"{len(edges)} edge maps for {len(sketches)} sketches in {sk_path.name}; "
-                                             "expected one edge map per sketch")  # fmt: skip
-        names = _photo_names(folder, category, split, len(sketches))
-        for i in range(len(sketches)):
+        sketches = load_mat_images(sk_path) if "sketch" in kinds and sk_path.is_file() else None
+        edges = load_mat_images(ed_path) if "edge" in kinds and ed_path.is_file() else None
+        if sketches is not None and edges is not None and len(edges) != len(sketches):
+            raise FormatError(
+                ed_path,
+                None,
+                f"{len(edges)} edge maps for {len(sketches)} sketches in {sk_path.name}; "
+                "expected one edge map per sketch",
+            )
+        n = len(sketches) if sketches is not None else len(edges) if edges is not None else 0
+        names = _photo_names(folder, category, split, n)
+        for i in range(n):
             pair = f"{category}/{names[i]}" if names else f"{category}/{split}/{i}"
             meta = {"split": split, "index": i}
-            yield Item(f"{category}/{split}/sketch/{i}", category, "sketch", f"{sk_path}:{i}",
-                       image=np.ascontiguousarray(sketches[i]), pair=pair, meta=meta)  # fmt: skip
+            if sketches is not None:
+                yield Item(
+                    f"{category}/{split}/sketch/{i}", category, "sketch", f"{sk_path}:{i}",
+                    image=np.ascontiguousarray(sketches[i]), pair=pair, meta=meta,
+                )  # fmt: skip
             if edges is not None:
-                yield Item(f"{category}/{split}/edge/{i}", category, "photo", f"{ed_path}:{i}",
-                           image=np.ascontiguousarray(edges[i]), pair=pair,
-                           meta={**meta, "kind": "edge_map"})  # fmt: skip
+                yield Item(
+                    f"{category}/{split}/edge/{i}", category, "photo", f"{ed_path}:{i}",
+                    image=np.ascontiguousarray(edges[i]), pair=pair, meta={**meta, "kind": "edge_map"},
+                )  # fmt: skip
 
 
 def read_qmul_v1(
@@ -112,15 +125,28 @@ def read_qmul_v1(
     limit: int | None = None,
     splits: Sequence[str] = _SPLITS,
 ) -> Iterator[Item]:
-    """QMUL V1 sketches and photo edge maps under ``path`` (the folder of categories, or one category).
+    """QMUL V1 sketches and photo edge maps under ``path``: the folder of categories, one category folder,
+    or one ``<category>_{sketch,edge}_db_<split>.mat`` file (only its images; ids and pairs as in the folder).
 
     Label = category (``shoes`` / ``chairs``); the instance is ``pair``. ``.mat`` problems are whole-file
     errors (a .mat holds one array: there is no record to skip).
     """
-    cats = qmul_v1_categories(path)
-    if not cats:
-        raise FormatError(path, None, "no QMUL V1 '<category>_sketch_db_<split>.mat' files here")
-    items = (it for c in cats for it in _v1_items(c, tuple(splits)))
+    p = Path(path)
+    require_exists(p)
+    if p.is_file():
+        m = _V1_FILE.match(p.name)
+        if not m:
+            raise FormatError(
+                p, None, "not a QMUL V1 image file; expected '<category>_{sketch,edge}_db_<split>.mat'"
+            )
+        if m["category"] != p.parent.name:  # ids and pairs are named by the category folder
+            raise FormatError(p, None, f"expected the file inside a folder named {m['category']!r}")
+        items = _v1_items(p.parent, (m["split"],), (m["kind"],))
+    else:
+        cats = qmul_v1_categories(p)
+        if not cats:
+            raise FormatError(p, None, "no QMUL V1 '<category>_sketch_db_<split>.mat' files here")
+        items = (it for c in cats for it in _v1_items(c, tuple(splits)))
     yield from islice(items, check_limit(limit))
 
 
