@@ -37,10 +37,7 @@ def default_items(seed: int = 0) -> list[Item]:
     """The embedded default collection (generated; see :mod:`sketchsearch.data.synthetic`) as Items."""
     from .synthetic import default_collection
 
-    out = []
-    for s in default_collection(seed=seed):
-        out.append(Item(id=str(s.id), label=s.label, modality="sketch", source=f"default:{s.id}", sketch=s))
-    return out
+    return list(default_collection(seed=seed).items)
 
 
 def load_items(spec: str | Path, *, strict: bool = False, limit: int | None = None, seed: int = 0) -> LoadResult:
