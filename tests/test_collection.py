@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sketchsearch.data.collection import Collection, Splits, load_splits, make_splits
@@ -128,8 +129,11 @@ def test_sketch_queries_against_photo_gallery() -> None:
 
 def test_unseen_classes_by_name_and_bad_parameters() -> None:
     c = _coll(SIZES)
-    s = make_splits(c, unseen_classes=["c03", "c07"])
-    assert s.unseen_classes == ["c03", "c07"]
+    s = make_splits(c, unseen_classes=["c07", "c03"])
+    assert s.unseen_classes == ["c03", "c07"] and s.params["unseen_classes"] == ["c03", "c07"]
+    # numpy scalars are recorded as plain numbers (the file stays JSON)
+    assert make_splits(c, unseen_classes=np.int64(2)).to_json() == make_splits(c, unseen_classes=2).to_json()
+    assert len(make_splits(c, unseen_classes=np.float32(0.25)).unseen_classes) == 5
     with pytest.raises(ValueError, match="not in the collection"):
         make_splits(c, unseen_classes=["nope"])
     with pytest.raises(ValueError, match="collection has 20 classes"):

@@ -241,12 +241,13 @@ def _choose_unseen(classes: list[str], unseen: int | float | Sequence[str], seed
         )
     if isinstance(unseen, (int, np.integer)):
         k = int(unseen)
-    elif isinstance(unseen, float):
+    elif isinstance(unseen, (float, np.floating)):
+        unseen = float(unseen)
         if not 0.0 <= unseen < 1.0:
             raise ValueError(f"unseen_classes as a fraction must be in [0, 1), got {unseen}")
         k = int(round(unseen * len(classes)))
     else:
-        names = [str(c) for c in unseen]
+        names = [unseen] if isinstance(unseen, str) else [str(c) for c in unseen]
         unknown = sorted(set(names) - set(classes))
         if unknown:
             raise ValueError(f"unseen_classes names classes not in the collection: {unknown[:10]}")
@@ -255,6 +256,15 @@ def _choose_unseen(classes: list[str], unseen: int | float | Sequence[str], seed
         raise ValueError(f"unseen_classes={k} but the collection has {len(classes)} classes")
     pick = np.random.default_rng([seed, 0x5EE]).choice(len(classes), size=k, replace=False)
     return sorted(classes[i] for i in pick)
+
+
+def _param_of_unseen(unseen: int | float | Sequence[str]) -> int | float | list[str]:
+    """JSON-safe record of the ``unseen_classes`` argument (numpy scalars -> Python numbers)."""
+    if isinstance(unseen, (int, np.integer)):
+        return int(unseen)
+    if isinstance(unseen, (float, np.floating)):
+        return float(unseen)
+    return [unseen] if isinstance(unseen, str) else sorted(str(c) for c in unseen)
 
 
 def make_splits(
@@ -325,9 +335,7 @@ def make_splits(
         "query_per_class": query_per_class,
         "gallery_per_class": gallery_per_class,
         "train_fraction": train_fraction,
-        "unseen_classes": unseen_classes
-        if isinstance(unseen_classes, (int, float))
-        else sorted(unseen_classes),
+        "unseen_classes": _param_of_unseen(unseen_classes),
         "query_modality": query_modality,
         "gallery_modality": gallery_modality,
         "n_items": len(collection),

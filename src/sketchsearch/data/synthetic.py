@@ -394,11 +394,14 @@ def kanji_variants(n_classes: int, per_class: int, seed: int = 0, max_strokes: i
         raise ValueError(f"n_classes={n_classes} but only {len(pool)} kanji have 2..{max_strokes} strokes")
     pick = np.random.default_rng([seed, _FAM_KANJI]).choice(len(pool), size=n_classes, replace=False)
     chosen = sorted(pool[i] for i in pick)
-    designs = {it.label: it.sketch for it in iter_kanjivg(chars=chosen)}
+    designs = {it.label: it.sketch for it in iter_kanjivg(chars=chosen, strict=True)}
     out: list[Sketch] = []
     for c, ch in enumerate(chosen):
-        design = designs[ch]
-        assert design is not None  # iter_kanjivg always attaches the sketch
+        design = designs.get(ch)
+        if design is None:
+            raise FileNotFoundError(
+                f"KanjiVG has no file for {ch!r} (U+{ord(ch):04X}); is 'kanjivg' installed?"
+            )
         label = ch
         for j in range(per_class):
             strokes, times = redraw(
