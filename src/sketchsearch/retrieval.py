@@ -76,9 +76,12 @@ class Retriever:
         backend: str = "sketchsearch",
         batch_size: int = 256,
         store: Any | None = None,
+        model_name: str | None = None,
     ) -> None:
         self.method = method.eval()
         self.model_id = model_id
+        #: how to load the model again (artifact name or path); recorded in a saved index's manifest
+        self.model_name = model_name
         self.batch_size = batch_size
         self.backend = backend
         self.store = store  # an on-disk item store (labels, sources, thumbnails) when loaded from a folder
@@ -100,7 +103,7 @@ class Retriever:
         from .model import load_model
 
         method, card = load_model(name_or_path)
-        return cls(method, model_id=card.model_id, **kw)
+        return cls(method, model_id=card.model_id, model_name=str(name_or_path), **kw)
 
     @property
     def binary(self) -> bool:

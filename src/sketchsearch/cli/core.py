@@ -22,6 +22,7 @@ def data_info(
     path: str = typer.Argument(..., help="A data file or folder (any supported format), or 'default'."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad record; exit non-zero if any."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: items, classes, skipped, errors, format."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Reader name (default: detected from the path)."),
 ) -> None:
     """Count items and classes; list skipped records with file and line."""
     from ..data.inspect import inspect_dataset
@@ -33,7 +34,7 @@ def data_info(
         labels = {i.label for i in res.items}
         info: dict[str, Any] = {"format": "default", "items": len(res.items), "classes": len(labels), "skipped": 0, "errors": []}
     else:
-        info = inspect_dataset(path, strict=strict)
+        info = inspect_dataset(path, strict=strict, fmt=fmt)
     if as_json:
         print_json(info)
     else:
@@ -126,7 +127,6 @@ def index_build(
                 thumbnails=True,
             )
             bar.update(task, advance=len(chunk))
-    r.model_name = str(model)
     r.save(out)
     console.print(f"indexed {len(r)} items into {out} (skipped {res.skipped} bad records)", highlight=False)
     for e in res.errors[:10]:

@@ -58,12 +58,18 @@ def build_demo(workdir: Path, model: str | None = None, seed: int = 0) -> tuple[
     gallery = [col[i] for i in splits.gallery]
     queries = [col[i] for i in splits.query]
     method, model_id, desc = _pick_model(model, train, workdir, seed)
-    r = Retriever(method, model_id=model_id)
-    r.model_name = desc
+    # Evaluation fills its own fresh index (ids = gallery positions); the served index carries labels and thumbnails.
+    metrics = evaluate_retrieval(
+        method,
+        [g.sketch for g in gallery],
+        [g.label for g in gallery],
+        [q.sketch for q in queries],
+        [q.label for q in queries],
+        ks=(1, 5, 10),
+    )
+    r = Retriever(method, model_id=model_id, model_name=desc)
     r.add([g.sketch for g in gallery], labels=[g.label for g in gallery], sources=[g.id for g in gallery], thumbnails=True)
     r.save(workdir / "index")
-    metrics = evaluate_retrieval(r, gallery=None, gallery_labels=[g.label for g in gallery],
-                                 queries=[q.sketch for q in queries], query_labels=[q.label for q in queries], ks=(1, 5, 10))
     try:
         from ..eval.plots import retrieval_grid
         from ..retrieval import thumbnail_png  # noqa: F401
@@ -76,7 +82,7 @@ def build_demo(workdir: Path, model: str | None = None, seed: int = 0) -> tuple[
             [rasterize(q.sketch, 64) for q in queries[:8]],
             [[rasterize(by_id[int(j)].sketch, 64) for j in row if j >= 0] for row in ids],
             workdir / "retrieval.png",
-            relevant=[[by_id[int(j)].label == q.label for j in row if j >= 0] for q, row in zip(queries[:8], ids)],
+            relevant=np.array([[by_id[int(j)].label == q.label for j in row] for q, row in zip(queries[:8], ids)]),
         )
     except (ImportError, TypeError) as e:  # the figure is a bonus; the numbers above are the demo's result
         console.print(f"[yellow]no retrieval figure:[/] {e}")
