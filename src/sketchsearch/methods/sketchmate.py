@@ -353,7 +353,7 @@ def recognition_accuracy(method: SketchMate, sketches: Sequence[Sketch], labels:
 @torch.no_grad()
 def _codes(method: Method, items: Sequence[Any]) -> np.ndarray:
     method.eval()
-    device = next(method.parameters()).device
+    device = next(iter([*method.parameters(), *method.buffers()]), torch.zeros(0)).device
     zs = [method.encode_sketch({k: v.to(device) for k, v in b.items()}) for b in batches_of(method, items, [-1] * len(items))]
     # bit order is irrelevant to Hamming distances; faiss packs little-endian, as index.codes does
     return np.packbits((torch.cat(zs) > method.code_threshold).cpu().numpy(), axis=1, bitorder="little")

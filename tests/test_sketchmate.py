@@ -1,0 +1,251 @@
+"""SketchMate: network shapes, 4-d strokes, noise removal, losses by hand, one step per stage, artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sketchsearch.data.batching import make_batch, sketch_points
+from sketchsearch.data.sketch import Sketch
+from sketchsearch.encoders import create_encoder
+from sketchsearch.errors import ModelError
+from sketchsearch.losses.hashing import class_centres, quantization_loss, sketch_centre_loss
+from sketchsearch.methods.base import create_method
+from sketchsearch.methods.sketchmate import PHASES, SketchMate, entropy_filter, prediction_entropy
+
+TINY = dict(cnn_width=0.125, rnn_hidden=8, n_classes=3, nbits=16)
+
+
+def _sketches(rng: np.random.Generator, n: int) -> list[Sketch]:
+    out = []
+    for _ in range(n):
+        k = int(rng.integers(1, 4))
+        out.append(Sketch([rng.uniform(0, 100, (int(rng.integers(2, 12)), 2)) for _ in range(k)]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+def test_branch_and_fused_shapes(rng: np.random.Generator) -> None:
+    cnn = create_encoder("sketch_a_net", raster_size=64, width=0.25)
+    assert cnn(torch.rand(2, 1, 64, 64)).shape == (2, cnn.out_dim)
+    rnn = create_encoder("stroke_rnn", hidden=8)
+    assert rnn(torch.rand(3, 7, 4), torch.tensor([7, 2, 5])).shape == (3, 16)
+    m = SketchMate(**TINY)
+    b = make_batch(_sketches(rng, 5), m.preprocessing, [0, 1, 2, 0, 1])
+    f = m.encode_sketch(b)
+    assert f.shape == (5, 16) and bool(((f > 0) & (f < 1)).all())
+    assert m.logits(b).shape == (5, 3)
+    if _has_codes():
+        assert m.binarize(f).shape == (5, 2) and m.binarize(f).dtype == np.uint8
+
+
+def _has_codes() -> bool:
+    try:
+        import sketchsearch.index.codes  # noqa: F401
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
+def test_rnn_ignores_padding() -> None:
+    torch.manual_seed(0)
+    rnn = create_encoder("stroke_rnn", hidden=8).eval()
+    x = torch.randn(1, 5, 4)
+    padded = torch.cat([x, torch.zeros(1, 4, 4)], dim=1)
+    a = rnn(x, torch.tensor([5]))
+    b = rnn(padded, torch.tensor([5]))
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, rnn(padded, torch.tensor([9])))
+
+
+def test_single_branch_models_and_bad_kwargs() -> None:
+    assert SketchMate(branches="cnn", **TINY).rnn is None
+    assert SketchMate(branches="rnn", **TINY).cnn is None
+    with pytest.raises(ValueError, match="branches"):
+        SketchMate(branches="gru", **TINY)
+    from sketchsearch.methods.base import Preprocessing
+
+    with pytest.raises(ValueError, match="points"):
+        SketchMate(preprocessing=Preprocessing(inputs=("raster",)), **TINY)
+
+
+# ---------------------------------------------------------------------------------------------- 4-d strokes
+def test_four_d_encoding_by_hand() -> None:
+    s = Sketch([[[0, 0], [1, 0]], [[1, 1], [0, 1]]])  # already in the unit box: normalise keeps it
+    expected = np.array(
+        [[0, 0, 1, 0],  # first point, offset from the origin, pen stays down
+         [1, 0, 0, 1],  # end of stroke 1: pen up after it
+         [0, 1, 1, 0],  # jump to stroke 2's start
+         [-1, 0, 0, 1]],  # end of the sketch (no end-of-sketch state in SketchMate's 4-d form)
+        dtype=np.float32,
+    )  # fmt: skip
+    np.testing.assert_allclose(s.to_4d(), expected)
+    np.testing.assert_allclose(sketch_points(s, max_points=100), expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- noise removal
+def test_entropy_filter_keeps_middle_90_percent(rng: np.random.Generator) -> None:
+    # class 0: 100 sketches, class 1: 20; entropy grows with t (a one-hot mixed with uniform by t)
+    sizes = {0: 100, 1: 20}
+    labels, ts = [], []
+    for c, n in sizes.items():
+        t = rng.permutation(np.linspace(0.01, 0.99, n))
+        labels += [c] * n
+        ts += list(t)
+    t = torch.tensor(ts, dtype=torch.float64)[:, None]
+    one_hot = torch.zeros(len(ts), 4, dtype=torch.float64)
+    one_hot[:, 0] = 1
+    probs = (1 - t) * one_hot + t * torch.full_like(one_hot, 0.25)
+    y = torch.tensor(labels)
+    ent = prediction_entropy(probs)
+    mask = entropy_filter(probs, y, keep=0.9)
+    for c, n in sizes.items():
+        idx = (y == c).nonzero().flatten()
+        drop = round(n * 0.05)
+        order = idx[torch.argsort(ent[idx])]
+        assert mask[idx].sum() == n - 2 * drop
+        assert not mask[order[:drop]].any() and not mask[order[n - drop :]].any()
+        assert mask[order[drop : n - drop]].all()
+    # unknown labels never kept; keep=1 keeps every known one
+    y2 = y.clone()
+    y2[:3] = -1
+    m2 = entropy_filter(probs, y2, keep=1.0)
+    assert not m2[:3].any() and m2[3:].all()
+    with pytest.raises(ValueError, match="keep"):
+        entropy_filter(probs, y, keep=0.0)
+
+
+def test_prediction_entropy_by_hand() -> None:
+    p = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    torch.testing.assert_close(prediction_entropy(p), torch.tensor([np.log(2.0), 0.0], dtype=torch.float32))
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def test_centre_and_quantization_losses_by_hand() -> None:
+    f = torch.tensor([[0.2, 0.8], [0.6, 0.4]])
+    centres = torch.tensor([[0.5, 0.5], [0.0, 1.0]])
+    y = torch.tensor([1, 0])
+    # sample 0 vs centre 1: (0.2, -0.2) -> 0.08; sample 1 vs centre 0: (0.1, -0.1) -> 0.02; mean of half
+    torch.testing.assert_close(sketch_centre_loss(f, y, centres), torch.tensor((0.5 * 0.08 + 0.5 * 0.02) / 2))
+    # unknown labels are ignored
+    torch.testing.assert_close(sketch_centre_loss(f, torch.tensor([1, -1]), centres), torch.tensor(0.5 * 0.08))
+    # b = [[0, 1], [1, 0]] -> (0.04 + 0.04), (0.16 + 0.16) -> mean 0.2
+    torch.testing.assert_close(quantization_loss(f), torch.tensor(0.2))
+    with pytest.raises(ValueError, match="centres"):
+        sketch_centre_loss(f, y, torch.zeros(2, 3))
+
+
+def test_class_centres_with_mask() -> None:
+    f = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.5, 0.0], [0.9, 0.1]])
+    y = torch.tensor([0, 0, 1, 1])
+    mask = torch.tensor([True, True, True, False])
+    c, n = class_centres(f, y, 3, mask)
+    torch.testing.assert_close(c, torch.tensor([[0.5, 1.0], [0.5, 0.0], [0.5, 0.5]]))
+    assert n.tolist() == [2, 1, 0]
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _dataset(rng: np.random.Generator, n: int = 12):  # type: ignore[no-untyped-def]
+    from sketchsearch.data.batching import SketchDataset
+
+    m = SketchMate(**TINY)
+    return SketchDataset(_sketches(rng, n), [i % 3 for i in range(n)], m.preprocessing)
+
+
+def _snapshot(module: torch.nn.Module | None) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()] if module is not None else []
+
+
+def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_one_training_step_per_stage(phase: str, rng: np.random.Generator, tmp_path: Path) -> None:
+    from sketchsearch.methods.sketchmate import batches_of
+    from sketchsearch.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    m = SketchMate(**TINY)
+    data = _dataset(rng)
+    if phase == "full":
+        with pytest.raises(ModelError, match="centres"):
+            m.training_losses(next(iter(batches_of(m, data.items, data.labels))), phase="full")
+        info = m.compute_centres(batches_of(m, data.items, data.labels, batch_size=5))
+        assert info["sketches"] == 12 and bool(m.centres_ready)
+    cnn0, rnn0, hash0 = _snapshot(m.cnn), _snapshot(m.rnn), _snapshot(m.hash)
+    res = train(m, data, TrainConfig(iterations=1, batch_size=6, phase=phase, progress=False, log_every=1, out=str(tmp_path)))
+    last = res.history[-1]
+    assert np.isfinite(last["loss"]) and "ce_loss" in last
+    assert m.cnn is not None and m.rnn is not None
+    assert _changed(cnn0, m.cnn) == (phase != "pretrain_rnn")
+    assert _changed(rnn0, m.rnn) == (phase != "pretrain_cnn")
+    assert _changed(hash0, m.hash) == (phase in ("pretrain_fused", "full"))
+    if phase == "full":
+        assert {"quantization_loss", "centre_loss"} <= set(last)
+    assert (tmp_path / "log.jsonl").read_text().strip()
+
+
+def test_unknown_phase_and_missing_branch(rng: np.random.Generator) -> None:
+    m = SketchMate(branches="cnn", **TINY)
+    b = make_batch(_sketches(rng, 2), m.preprocessing, [0, 1])
+    with pytest.raises(ValueError, match="valid phases"):
+        m.training_losses(b, phase="warmup")
+    with pytest.raises(ValueError, match="branch"):
+        m.training_losses(b, phase="pretrain_rnn")
+    # without the centre loss the full objective needs no centres
+    m2 = SketchMate(use_centre_loss=False, branches="cnn", **TINY)
+    assert set(m2.training_losses(b, phase="full")) >= {"ce_loss", "quantization_loss"}
+
+
+def test_save_load_round_trip(rng: np.random.Generator, tmp_path: Path) -> None:
+    from sketchsearch.methods.sketchmate import batches_of
+    from sketchsearch.model import load_model, save_model
+
+    torch.manual_seed(1)
+    m = create_method("sketchmate", **TINY)
+    assert isinstance(m, SketchMate)
+    data = _dataset(rng)
+    m.compute_centres(batches_of(m, data.items, data.labels), noise_removal=False)
+    card = save_model(m.eval(), tmp_path / "sm")
+    m2, card2 = load_model(tmp_path / "sm")
+    assert card2.model_id == card.model_id and card2.code_size == 16 and card2.output == "binary"
+    assert isinstance(m2, SketchMate) and bool(m2.centres_ready)
+    torch.testing.assert_close(m2.centres, m.centres)
+    b = make_batch(data.items[:4], m.preprocessing)
+    torch.testing.assert_close(m2.encode_sketch(b), m.encode_sketch(b))
+    assert json.loads((tmp_path / "sm.json").read_text())["preprocessing"]["inputs"] == ["raster", "points"]
+
+
+# ---------------------------------------------------------------------------------------------- recipe
+def _write_ndjson(folder: Path, rng: np.random.Generator, classes: int = 4, per_class: int = 8) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for c in range(classes):
+        with open(folder / f"class{c}.ndjson", "w") as f:
+            for i in range(per_class):
+                strokes = []
+                for _ in range(int(rng.integers(1, 3))):
+                    n = int(rng.integers(2, 8))
+                    xs = (rng.uniform(0, 200, n) + 20 * c).round().tolist()
+                    ys = rng.uniform(0, 200, n).round().tolist()
+                    strokes.append([xs, ys, sorted(rng.uniform(0, 3000, n).round().tolist())])
+                f.write(json.dumps({"word": f"class{c}", "key_id": f"{c}{i}", "drawing": strokes}) + "\n")
+            f.write('{"word": "class0", "drawing": [[[1, 2], [3]]]}\n')  # a bad record: skipped and counted
+
+
+def test_recipe_end_to_end(rng: np.random.Generator, tmp_path: Path) -> None:
+    from sketchsearch.methods.base import RECIPES
+    from sketchsearch.train import TrainConfig
+
+    _write_ndjson(tmp_path / "qd", rng)
+    recipe = RECIPES.get("sketchmate")
+    cfg = TrainConfig(iterations=1, batch_size=8, progress=False)
+    method, info, metrics = recipe(str(tmp_path / "qd"), cfg, unseen=1, pretrain_iterations=1, fused_iterations=1,
+                                   cnn_width=0.125, rnn_hidden=8, nbits=16)  # fmt: skip
+    assert method.n_classes == 3 and info["split"]["unseen_classes"] == 1 and info["split"]["skipped_records"] == 4
+    assert set(info["stages"]) == set(PHASES)
+    assert 0.0 <= metrics["mAP@all"] <= 1.0 and "zero_shot" in metrics and 0.0 <= metrics["recognition_acc"] <= 1.0
