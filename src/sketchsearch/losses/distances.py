@@ -94,14 +94,19 @@ def distance_name(distance: BaseDistance) -> str:
 
 
 def knn(
-    query: Tensor, reference: Tensor, k: int | None, distance: BaseDistance | str, batch_size: int = 1024
+    query: Tensor,
+    reference: Tensor,
+    k: int | None,
+    distance: BaseDistance | str,
+    batch_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Exact k nearest neighbours by brute force with a PML distance.
 
     ``query`` float (nq, D), ``reference`` float (n, D); ``k`` None = the whole reference. Returns
     ``distances`` float (nq, k) (the distance's own values: similarities for ``cosine``, in decreasing
     order) and ``indices`` int64 (nq, k), nearest first; ties are broken by reference position, ascending
-    (a stable sort, unlike ``torch.topk``).
+    (a stable sort, unlike ``torch.topk``). ``batch_size``: queries per block (None: as many as keep PML's
+    (block, n, D) pairwise-difference tensor of the SNR distance near 32 M elements).
     """
     dist = get_distance(distance)
     if query.ndim != 2 or reference.ndim != 2 or query.shape[1] != reference.shape[1]:
@@ -112,6 +117,8 @@ def knn(
     k = n if k is None else int(k)
     if not 0 < k <= n:
         raise ValueError(f"k must be in 1..{n} (the reference size), got {k}")
+    if batch_size is None:
+        batch_size = max(1, (1 << 25) // max(1, n * query.shape[1]))
     out_d, out_i = [], []
     with torch.no_grad():
         for s in range(0, query.shape[0], batch_size):

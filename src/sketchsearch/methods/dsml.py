@@ -200,10 +200,12 @@ def collate_groups(groups: Sequence[Sequence[dict[str, Any]]]) -> Batch:
 
 
 # ------------------------------------------------------------------------------------------ recipe
-def load_labelled_drawings(path: str | Path, limit: int | None = None) -> tuple[list[Any], list[str]]:
+def load_labelled_drawings(
+    path: str | Path, limit: int | None = None
+) -> tuple[list[Any], list[str], list[str]]:
     """Drawings and class names from a QuickDraw file/folder (.ndjson/.bin/.npy/.npz) or a folder of
     sketch images in class sub-folders (e.g. Sketchy's ``sketch/``). Returns (Sketch | PIL image items,
-    labels). Unlabelled items are skipped; an empty result raises ValueError naming the path."""
+    labels, item ids). Unlabelled items are skipped; an empty result raises ValueError naming the path."""
     from ..data.formats import images, quickdraw
 
     p = Path(path)
@@ -220,6 +222,7 @@ def load_labelled_drawings(path: str | Path, limit: int | None = None) -> tuple[
     )
     drawings: list[Any] = []
     labels: list[str] = []
+    ids: list[str] = []
     for it in reader:
         if it.label is None:
             continue
@@ -230,11 +233,12 @@ def load_labelled_drawings(path: str | Path, limit: int | None = None) -> tuple[
         else:
             continue
         labels.append(it.label)
+        ids.append(it.id)
     if not drawings:
         raise ValueError(
             f"{p}: no labelled drawings found (expected QuickDraw files or class folders of images)"
         )
-    return drawings, labels
+    return drawings, labels, ids
 
 
 @RECIPES.register("dsml")
@@ -246,7 +250,7 @@ def dsml_recipe(
     from ..train import train
 
     method = create_method_dsml(**method_kwargs)
-    drawings, names = load_labelled_drawings(data)
+    drawings, names, _ = load_labelled_drawings(data)
     classes = sorted(set(names))
     labels = [classes.index(n) for n in names]
     base = SketchDataset(drawings, labels, method.preprocessing)
