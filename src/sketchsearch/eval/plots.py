@@ -1,0 +1,158 @@
+"""Matplotlib figures: invariance curves and shift heat maps, retrieval grids, image grids.
+
+Every function writes one PNG (atomically: temp file, then rename) and returns its path. The Agg backend
+is used so figures render on machines without a display.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+__all__ = ["curves", "heat_maps", "retrieval_grid", "image_grid"]
+
+
+def _save(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def curves(
+    x: Sequence[float] | np.ndarray,
+    series: Mapping[str, Sequence[float] | np.ndarray],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str = "similarity (normalised dot product)",
+    title: str = "",
+    spread: Mapping[str, Sequence[float] | np.ndarray] | None = None,
+) -> Path:
+    """One line per entry of ``series`` (name -> y, same length as ``x``); ``spread`` (name -> std)
+    draws a shaded band of +-1 std."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    xs = np.asarray(x, dtype=float)
+    for name, y in series.items():
+        ys = np.asarray(y, dtype=float)
+        if ys.shape != xs.shape:
+            raise ValueError(f"series {name!r} has {ys.shape[0] if ys.ndim else 0} values for {len(xs)} x values")
+        ax.plot(xs, ys, label=name)
+        if spread and name in spread:
+            s = np.asarray(spread[name], dtype=float)
+            ax.fill_between(xs, ys - s, ys + s, alpha=0.15)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def heat_maps(
+    maps: Mapping[str, np.ndarray],
+    path: str | Path,
+    *,
+    extent: tuple[float, float, float, float] | None = None,
+    xlabel: str = "shift x (pixels)",
+    ylabel: str = "shift y (pixels)",
+    vmin: float | None = None,
+    vmax: float | None = 1.0,
+) -> Path:
+    """Side-by-side heat maps (name -> 2-D array, row = y), one shared colour scale and colour bar."""
+    if not maps:
+        raise ValueError("no heat maps to draw")
+    lo = vmin if vmin is not None else float(min(np.min(m) for m in maps.values()))
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 3.8), squeeze=False)
+    im = None
+    for ax, (name, m) in zip(axes[0], maps.items()):
+        im = ax.imshow(np.asarray(m, dtype=float), origin="lower", extent=extent, vmin=lo, vmax=vmax, cmap="viridis")
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.85, label="similarity")
+    return _save(fig, path)
+
+
+def _thumb(ax: plt.Axes, img: np.ndarray, edge: str | None) -> None:
+    ax.imshow(1.0 - np.clip(np.asarray(img, dtype=float), 0, 1), cmap="gray", vmin=0, vmax=1)  # ink dark on white
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for sp in ax.spines.values():
+        sp.set_visible(edge is not None)
+        if edge is not None:
+            sp.set_edgecolor(edge)
+            sp.set_linewidth(2.5)
+
+
+def retrieval_grid(
+    query_images: Sequence[np.ndarray] | np.ndarray,
+    result_images: Sequence[Sequence[np.ndarray]] | np.ndarray,
+    path: str | Path,
+    *,
+    relevant: np.ndarray | None = None,
+    title: str = "",
+    row_labels: Sequence[str] | None = None,
+) -> Path:
+    """A row per query: the query (purple frame, as in the sketch-GAN paper's Fig. 6) then its top-k results.
+
+    ``query_images``: nq rasters (H, W), ink = 1; ``result_images``: nq rows of k rasters (rows may be shorter
+    when fewer hits came back); ``relevant``: optional bool (nq, k): green frame = relevant, red = not.
+    """
+    nq = len(query_images)
+    if len(result_images) != nq:
+        raise ValueError(f"{len(result_images)} result rows for {nq} queries")
+    k = max((len(r) for r in result_images), default=0)
+    fig, axes = plt.subplots(nq, k + 1, figsize=(0.9 * (k + 1), 0.9 * nq + (0.3 if title else 0)), squeeze=False)
+    for i in range(nq):
+        _thumb(axes[i, 0], query_images[i], "purple")
+        if row_labels is not None:
+            axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=7)
+        for j in range(k):
+            ax = axes[i, j + 1]
+            if j < len(result_images[i]):
+                edge = None if relevant is None else ("green" if relevant[i][j] else "red")
+                _thumb(ax, result_images[i][j], edge)
+            else:
+                ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return _save(fig, path)
+
+
+def image_grid(images: Sequence[np.ndarray] | np.ndarray, path: str | Path, *, ncol: int = 8, title: str = "") -> Path:
+    """A grid of rasters (H, W), ink = 1 drawn dark on white (e.g. a GAN's generated samples)."""
+    n = len(images)
+    if n == 0:
+        raise ValueError("no images to draw")
+    nrow = (n + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(0.8 * ncol, 0.8 * nrow + (0.3 if title else 0)), squeeze=False)
+    for idx, ax in enumerate(axes.flat):
+        if idx < n:
+            _thumb(ax, images[idx], None)
+        else:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return _save(fig, path)

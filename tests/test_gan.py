@@ -1,0 +1,194 @@
+"""sketch-GAN / thin-GAN: Table 1 shapes and parameter counts, GAN losses by hand, one training step,
+save/load round trip, binary codes, the recipe end to end on tiny synthetic data."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sketchsearch.encoders import ENCODERS, create_encoder, list_encoders
+from sketchsearch.encoders.sketch_gan import GAN, count_parameters
+from sketchsearch.losses.gan import discriminator_loss, generator_loss
+from sketchsearch.methods.base import RECIPES, create_method, list_methods
+from sketchsearch.methods.gan_encoder import GANBinaryEncoder, GANEncoder, binary_variant, encode_rasters
+from sketchsearch.model import load_model, save_model
+
+# (generator, discriminator) trainable parameters of Table 1 as built (see encoders/sketch_gan.py docstring)
+EXPECTED_PARAMS = {"sketch-gan": (22_225, 17_825), "thin-gan": (27_505, 25_633)}
+
+
+def _hand_count(arch: str) -> tuple[int, int]:
+    """Recount from Table 1 by hand: conv = out*in*k*k + out; BN = 2*out; fc = in*out + out."""
+    conv = lambda o, i, k, bn=True: o * i * k * k + o + (2 * o if bn else 0)  # noqa: E731
+    if arch == "thin-gan":
+        g = 2 * 1024 + 1024 + conv(32, 64, 3) + conv(16, 32, 3) + conv(8, 16, 3) + conv(1, 8, 3, False)
+        d = conv(8, 1, 3, False) + conv(16, 8, 3) + conv(32, 16, 3) + conv(64, 32, 3) + 1024 + 1
+    else:
+        g = 2 * 128 + 128 + conv(16, 8, 3) + 3 * conv(16, 16, 5) + conv(1, 16, 9, False)
+        d = conv(8, 1, 9, False) + conv(16, 8, 5) + 2 * conv(16, 16, 5) + 1024 + 1
+    return g, d
+
+
+@pytest.mark.parametrize("arch", ["sketch-gan", "thin-gan"])
+def test_parameter_counts_match_table_1(arch: str) -> None:
+    gan = create_encoder(arch)
+    assert isinstance(gan, GAN)
+    counts = (count_parameters(gan.generator), count_parameters(gan.discriminator))
+    assert counts == EXPECTED_PARAMS[arch] == _hand_count(arch)
+
+
+@pytest.mark.parametrize("arch", ["sketch-gan", "thin-gan"])
+@pytest.mark.parametrize("dz", [2, 5])
+def test_shapes(arch: str, dz: int) -> None:
+    torch.manual_seed(0)
+    gan = create_encoder(arch, dz=dz)
+    with torch.no_grad():
+        x = gan.generator(torch.randn(3, dz))
+    assert x.shape == (3, 1, 64, 64)
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0  # sigmoid output
+    assert gan.discriminator(x).shape == (3,)
+    f = gan.discriminator.features(x)
+    assert f.shape == (3, 1024) and float(f.min()) >= 0.0  # ReLU features
+    with pytest.raises(ValueError, match=r"\(B, 1, 64, 64\)"):
+        gan.discriminator.features(torch.zeros(2, 1, 32, 32))
+
+
+def test_registry_lists_both_and_rejects_unknown() -> None:
+    assert {"sketch-gan", "thin-gan"} <= set(list_encoders())
+    assert "sketch-gan" in ENCODERS
+    with pytest.raises(ValueError, match="sketch-gan"):
+        create_encoder("no-such-gan")
+    assert "gan" in list_methods()
+    with pytest.raises(ValueError, match="arch"):
+        create_method("gan", arch="fat-gan")
+
+
+def test_gan_losses_by_hand() -> None:
+    real = torch.tensor([2.0, -1.0, 0.5])
+    fake = torch.tensor([-3.0, 0.0, 1.0])
+    sig = torch.sigmoid
+    jd = -(1 / 6) * (torch.log(sig(real)).sum() + torch.log(1 - sig(fake)).sum())
+    jg = -(1 / 3) * torch.log(sig(fake)).sum()
+    assert torch.allclose(discriminator_loss(real, fake), jd, atol=1e-6)
+    assert torch.allclose(generator_loss(fake), jg, atol=1e-6)
+    # saturated logits stay finite (log-sum-exp form)
+    assert math.isfinite(float(discriminator_loss(torch.tensor([-200.0]), torch.tensor([200.0]))))
+    with pytest.raises(ValueError, match="empty"):
+        generator_loss(torch.zeros(0))
+
+
+def _rasters(n: int, seed: int = 0) -> torch.Tensor:
+    """n tiny seeded line drawings (random segments) as float (n, 1, 64, 64), ink 1."""
+    from sketchsearch.data.render import rasterize
+    from sketchsearch.data.sketch import Sketch
+
+    rng = np.random.default_rng(seed)
+    out = [rasterize(Sketch([rng.uniform(0, 1, (4, 2)) for _ in range(2)]), 64, 1.25) for _ in range(n)]
+    return torch.from_numpy(np.stack(out))[:, None]
+
+
+@pytest.mark.parametrize("arch", ["sketch-gan", "thin-gan"])
+def test_one_training_step_gives_finite_losses_and_moves_both_networks(arch: str) -> None:
+    torch.manual_seed(0)
+    m = create_method("gan", arch=arch)
+    assert isinstance(m, GANEncoder)
+    opts = m.configure_optimizers(0.002)
+    assert set(opts) == {"d", "g"}
+    d0 = [p.detach().clone() for p in m.gan.discriminator.parameters()]
+    g0 = [p.detach().clone() for p in m.gan.generator.parameters()]
+    m.train()
+    stats = m.step(lambda b, **kw: m(b, **kw), {"raster": _rasters(8)}, opts)
+    for k in ("d_loss", "g_loss", "d_real", "d_fake"):
+        assert math.isfinite(stats[k]), k
+    assert 0.0 < stats["d_loss"] and 0.0 < stats["g_loss"]
+    assert any(not torch.equal(a, b) for a, b in zip(d0, m.gan.discriminator.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(g0, m.gan.generator.parameters()))
+    with pytest.raises(ValueError, match="phase"):
+        m({"raster": _rasters(2)}, phase="all")
+
+
+def test_save_load_round_trip_gives_identical_encodings(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    m = create_method("gan", arch="thin-gan")
+    x = _rasters(16, seed=1)
+    m.calibrate(x)
+    before = encode_rasters(m, x)
+    assert before.shape == (16, 1024)
+    np.testing.assert_allclose(np.linalg.norm(before, axis=1), 1.0, rtol=1e-5)
+    card = save_model(m, tmp_path / "tg", training={"data": "test"})
+    assert card.output == "float" and card.code_size == 1024 and card.kwargs == {"arch": "thin-gan", "dz": 2}
+    loaded, card2 = load_model(tmp_path / "tg")
+    assert isinstance(loaded, GANEncoder) and card2.model_id == card.model_id
+    np.testing.assert_array_equal(encode_rasters(loaded, x), before)
+
+
+def test_binary_codes_are_centred_features() -> None:
+    torch.manual_seed(0)
+    m = create_method("gan", arch="sketch-gan")
+    x = _rasters(32, seed=2)
+    with pytest.raises(ValueError, match="calibrated"):
+        binary_variant(m).encode_sketch({"raster": x})
+    m.calibrate(x)
+    b = binary_variant(m)
+    assert isinstance(b, GANBinaryEncoder) and b.output == "binary" and b.code_size == 1024
+    z = b.encode_sketch({"raster": x})
+    feats = m.features(x)
+    assert torch.allclose(z, feats - m.centre)
+    # plain sign of ReLU features is (almost) all ones; centred bits are balanced-ish
+    assert float((feats > 0).float().mean()) > float((z > 0).float().mean())
+    pytest.importorskip("sketchsearch.index.codes", reason="packed codes come from the index package (colleague)")
+    codes = b.binarize(z)
+    assert codes.dtype == np.uint8 and codes.shape == (32, 128)
+    assert b.hparams == {"arch": "sketch-gan", "dz": 2, "binary": True}
+
+
+def test_calibrate_reestimates_batch_norm_on_real_data() -> None:
+    torch.manual_seed(0)
+    m = create_method("gan", arch="thin-gan")
+    x = _rasters(24, seed=3)
+    m.calibrate(x)
+    bn = next(mod for mod in m.gan.discriminator.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+    conv = m.gan.discriminator.net[0:2]  # conv 1 + ReLU feed the first BN's conv
+    with torch.no_grad():
+        pre_bn = m.gan.discriminator.net[2](conv(x))
+    torch.testing.assert_close(bn.running_mean, pre_bn.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not m.training
+
+
+def test_recipe_trains_on_default_data(tmp_path: Path) -> None:
+    from sketchsearch.train import TrainConfig
+
+    cfg = TrainConfig(iterations=2, batch_size=16, out=str(tmp_path / "run"), progress=False, log_every=1, extra={"limit": 40})
+    method, training, metrics = RECIPES.get("gan")(data="default", cfg=cfg, arch="thin-gan")
+    assert training["drawings"] == 40 and training["iterations"] == 2
+    assert math.isfinite(training["final_losses"]["d_loss"]) and math.isfinite(training["final_losses"]["g_loss"])
+    assert (tmp_path / "run" / "samples.png").stat().st_size > 0
+    assert float(method.centre.abs().sum()) > 0
+
+
+def test_recipe_reports_missing_data(tmp_path: Path) -> None:
+    from sketchsearch.errors import FormatError
+    from sketchsearch.train import TrainConfig
+
+    with pytest.raises(FormatError, match="no such file"):
+        RECIPES.get("gan")(data=str(tmp_path / "nothing.npz"), cfg=TrainConfig(iterations=1, progress=False))
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("name", ["sketch-gan", "thin-gan"])
+def test_shipped_models_load_and_encode(name: str) -> None:
+    from sketchsearch.model import resolve_model
+    from sketchsearch.errors import ModelError
+
+    try:
+        resolve_model(name)
+    except ModelError:
+        pytest.skip(f"shipped artifact {name} not present")
+    m, card = load_model(name)
+    assert card.method == "gan" and card.kwargs["arch"] == name and card.training["iterations"] > 0
+    z = encode_rasters(m, _rasters(4))
+    assert z.shape == (4, 1024) and np.isfinite(z).all()
