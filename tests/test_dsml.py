@@ -3,12 +3,25 @@ class-balanced batches, the model card round trip."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from sketchsearch.data.sketch import Sketch
 from sketchsearch.methods.base import RECIPES, create_method, list_methods
-from sketchsearch.methods.dsml import DSML, ClassGroupDataset, DSMLHash, collate_groups, quantization_loss
+from sketchsearch.methods.dsml import (
+    DSML,
+    ClassGroupDataset,
+    DSMLHash,
+    collate_groups,
+    load_labelled_drawings,
+    quantization_loss,
+)
+from sketchsearch.train import TrainConfig
 
 
 def _batch(n_classes: int = 4, m: int = 4, size: int = 64) -> dict[str, torch.Tensor]:
@@ -104,3 +117,48 @@ def test_class_groups_hold_one_class_and_are_seeded() -> None:
     assert batch["raster"].shape == (8, 1, 4, 4) and batch["label"].tolist() == [0] * 4 + [1] * 4
     with pytest.raises(ValueError, match=">= 2"):
         ClassGroupDataset(base, labels, m=1)  # type: ignore[arg-type]
+
+
+def _write_quickdraw(path: Path, word: str, n: int, rng: np.random.Generator) -> None:
+    lines = []
+    for i in range(n):
+        xs = rng.uniform(0, 255, size=6).round(1).tolist()
+        ys = rng.uniform(0, 255, size=6).round(1).tolist()
+        ts = list(range(0, 60, 10))
+        lines.append(json.dumps({"word": word, "key_id": f"{word}{i}", "drawing": [[xs, ys, ts]]}))
+    lines.append("{not json")  # a bad record is skipped, not fatal
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_load_labelled_drawings_quickdraw_and_image_folders(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    qd = tmp_path / "qd"
+    qd.mkdir()
+    _write_quickdraw(qd / "cat.ndjson", "cat", 3, rng)
+    _write_quickdraw(qd / "dog.ndjson", "dog", 2, rng)
+    drawings, labels, ids = load_labelled_drawings(qd)
+    assert labels == ["cat"] * 3 + ["dog"] * 2 and ids[0] == "cat0"
+    assert all(isinstance(d, Sketch) for d in drawings)
+    imgs = tmp_path / "img"
+    for cls in ("a", "b"):
+        (imgs / cls).mkdir(parents=True)
+        for k in range(2):
+            arr = np.full((32, 32), 255, dtype=np.uint8)
+            arr[8 + k : 20, 10] = 0
+            Image.fromarray(arr).save(imgs / cls / f"p{k}-1.png")
+    drawings, labels, ids = load_labelled_drawings(imgs)
+    assert labels == ["a", "a", "b", "b"] and ids == ["a/p0-1", "a/p1-1", "b/p0-1", "b/p1-1"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no labelled drawings"):
+        load_labelled_drawings(tmp_path / "empty")
+
+
+def test_recipe_trains_a_few_steps(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for word in ("cat", "dog", "sun"):
+        _write_quickdraw(tmp_path / f"{word}.ndjson", word, 4, rng)
+    cfg = TrainConfig(iterations=2, batch_size=8, seed=0, device="cpu", progress=False, log_every=1)
+    method, info, metrics = RECIPES.get("dsml")(str(tmp_path), cfg, width=0.125, embedding_dim=16)
+    assert isinstance(method, DSML) and method.code_size == 16
+    assert info["n_classes"] == 3 and info["n_drawings"] == 12 and info["iterations"] == 2
+    assert np.isfinite(metrics["final_train_loss"])
