@@ -81,6 +81,7 @@
   canvas.addEventListener("pointerdown", (e) => {
     if (e.pointerType === "mouse" && e.button !== 0) return;
     e.preventDefault();
+    canvas.classList.add("pointer-focus");  // focus for the shortcuts, without the keyboard focus ring
     canvas.focus({ preventScroll: true });
     canvas.setPointerCapture(e.pointerId);
     keyPen.active = false;
@@ -96,6 +97,7 @@
 
   // Keyboard drawing: arrows move a pen, Space puts it down / lifts it.
   canvas.addEventListener("keydown", (e) => {
+    canvas.classList.remove("pointer-focus");
     const r = canvas.getBoundingClientRect();
     const step = e.shiftKey ? KEY_STEP_FINE : KEY_STEP;
     const moves = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] };
@@ -116,7 +118,8 @@
       redraw();
     }
   });
-  canvas.addEventListener("blur", () => { if (keyPen.down) { keyPen.down = false; endStroke(); } keyPen.active = false; redraw(); });
+  canvas.addEventListener("blur", () => {
+    canvas.classList.remove("pointer-focus"); if (keyPen.down) { keyPen.down = false; endStroke(); } keyPen.active = false; redraw(); });
 
   document.addEventListener("keydown", (e) => {
     if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") { e.preventDefault(); undo(); }
