@@ -155,3 +155,19 @@ def test_verify_ndjson(tmp_path: Path) -> None:
         verify_ndjson(p)
     p.write_bytes(_ndjson(3, "cat"))
     assert verify_ndjson(p) == 3
+
+
+def test_cli_download_quickdraw(server: _Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sketchsearch.cli import main
+
+    server.files["/simplified/cat.ndjson"] = _ndjson(4, "cat")
+    server.files["/simplified/dog.ndjson"] = _ndjson(6, "dog")
+    with pytest.raises(SystemExit) as e:
+        main(["data", "download", "quickdraw", "--classes", "cat,dog", "--kind", "simplified", "--out", str(tmp_path),
+              "--base-url", server.url, "--json"])  # fmt: skip
+    assert e.value.code in (0, None)
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["class"], r["records"], r["status"]) for r in rows] == [("cat", 4, "downloaded"), ("dog", 6, "downloaded")]
+    with pytest.raises(SystemExit) as e:
+        main(["data", "download", "quickdraw", "-c", "unicorn", "--out", str(tmp_path), "--base-url", server.url, "--retries", "0"])
+    assert e.value.code == 2
