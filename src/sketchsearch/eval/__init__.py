@@ -1,10 +1,4 @@
-"""Evaluation: metrics on ranked relevance (:mod:`.metrics`) and the retrieval protocol (:mod:`.protocol`).
-
-``protocol`` is imported on first use (it pulls in the retriever and the data readers)."""
-
-from __future__ import annotations
-
-from typing import Any
+"""Evaluation: metrics on ranked relevance (:mod:`.metrics`) and the retrieval protocol (:mod:`.protocol`)."""
 
 from .metrics import (
     acc_at_k,
@@ -17,17 +11,7 @@ from .metrics import (
     precision_at_k,
     relevance_from_labels,
 )
-
-_PROTOCOL = ("evaluate_retrieval", "run_benchmark", "evaluate_baseline", "category_split", "load_labelled")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PROTOCOL:
-        from . import protocol
-
-        return getattr(protocol, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from .protocol import category_split, evaluate_baseline, evaluate_retrieval, load_labelled, run_benchmark
 
 __all__ = [
     "acc_at_k",
@@ -39,5 +23,9 @@ __all__ = [
     "n_relevant_from_labels",
     "precision_at_k",
     "relevance_from_labels",
-    *_PROTOCOL,
+    "category_split",
+    "evaluate_baseline",
+    "evaluate_retrieval",
+    "load_labelled",
+    "run_benchmark",
 ]
