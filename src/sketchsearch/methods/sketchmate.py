@@ -350,22 +350,6 @@ def recognition_accuracy(method: SketchMate, sketches: Sequence[Sketch], labels:
     return right / max(total, 1)
 
 
-@torch.no_grad()
-def _codes(method: Method, items: Sequence[Any]) -> np.ndarray:
-    method.eval()
-    device = next(iter([*method.parameters(), *method.buffers()]), torch.zeros(0)).device
-    zs = [method.encode_sketch({k: v.to(device) for k, v in b.items()}) for b in batches_of(method, items, [-1] * len(items))]
-    # bit order is irrelevant to Hamming distances; faiss packs little-endian, as index.codes does
-    return np.packbits((torch.cat(zs) > method.code_threshold).cpu().numpy(), axis=1, bitorder="little")
-
-
-def _hamming_rank(q: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Full ranking (nq, ng) int64 of packed codes by Hamming distance, ties by id (position) ascending."""
-    qb, gb = np.unpackbits(q, axis=1).astype(np.int32), np.unpackbits(g, axis=1).astype(np.int32)
-    dist = qb.sum(1)[:, None] + gb.sum(1)[None, :] - 2 * qb @ gb.T
-    return np.argsort(dist, axis=1, kind="stable").astype(np.int64)
-
-
 def retrieval_metrics(
     method: Method,
     queries: Sequence[Any],
@@ -373,35 +357,18 @@ def retrieval_metrics(
     gallery: Sequence[Any],
     gallery_labels: Sequence[object],
     ks: Sequence[int] = (10,),
-) -> dict[str, float]:
-    """mAP@all and P@k of class-level retrieval (same label = relevant), searched through the Retriever.
+) -> dict[str, Any]:
+    """Class-level retrieval (same label = relevant) through the shared protocol
+    (:func:`sketchsearch.eval.protocol.evaluate_retrieval`, i.e. the Retriever and eval.metrics).
 
-    Returns ``{"mAP@all": ..., "P@k": ..., "queries": nq, "gallery": ng, "encode_seconds": ...}``.
+    Returns ``{"mAP@all", "P@k" per k, "queries", "gallery", "encode_per_second", "protocol": <full result>}``.
     """
-    from ..eval.metrics import map_at_all, n_relevant_from_labels, precision_at_k, relevance_from_labels
-    from ..retrieval import Retriever
+    from ..eval.protocol import evaluate_retrieval
 
-    t0 = time.perf_counter()
-    try:
-        r = Retriever(method)
-    except ModuleNotFoundError as e:  # the index package is not in this checkout yet: rank exactly in numpy
-        if not (e.name or "").startswith("sketchsearch.index"):
-            raise
-        gcodes, qcodes = (_codes(method, xs) for xs in (gallery, queries))
-        enc = time.perf_counter() - t0
-        ids = _hamming_rank(qcodes, gcodes)
-    else:
-        r.add(list(gallery))
-        qcodes = r.encode(list(queries))
-        enc = time.perf_counter() - t0
-        _, ids = r.search_encoded(qcodes, len(gallery))
-    rel = relevance_from_labels(ids, list(gallery_labels), list(query_labels))
-    n_rel = n_relevant_from_labels(list(gallery_labels), list(query_labels))
-    out = {"mAP@all": map_at_all(rel, n_rel)}
-    for k in ks:
-        out[f"P@{k}"] = precision_at_k(rel, k, n_rel)
-    out.update({"queries": len(queries), "gallery": len(gallery), "encode_seconds": enc,
-                "encode_per_second": (len(queries) + len(gallery)) / max(enc, 1e-9)})  # fmt: skip
+    res = evaluate_retrieval(method, list(gallery), list(gallery_labels), list(queries), list(query_labels), ks=tuple(ks))
+    out: dict[str, Any] = {"mAP@all": res["mAP@all"], **{f"P@{k}": res[f"P@{k}"] for k in ks}}
+    out.update({"queries": res["n_queries"], "gallery": res["n_gallery"], "encode_per_second": res["encode_per_s"],
+                "protocol": res})  # fmt: skip
     return out
 
 
@@ -453,6 +420,10 @@ def train_sketchmate(
     return info
 
 
+#: full-stage iterations, batch size and learning rate of the recipe when the command line does not set them
+RECIPE_DEFAULTS: dict[str, Any] = {"iterations": 350, "batch_size": 64, "lr": 1e-3}
+
+
 @RECIPES.register("sketchmate")
 def sketchmate_recipe(
     data: str,
@@ -470,6 +441,11 @@ def sketchmate_recipe(
     **method_kwargs: Any,
 ) -> tuple[SketchMate, dict[str, Any], dict[str, Any]]:
     """QuickDraw ndjson folder -> trained SketchMate, its training record and held-out metrics."""
+    explicit = set(getattr(cfg, "extra", {}).get("explicit", ["iterations", "batch_size", "lr"]))
+    # CPU-sized defaults (those of the shipped 64-bit model) unless the command line set them
+    cfg = replace(cfg, **{k: v for k, v in RECIPE_DEFAULTS.items() if k not in explicit})
+    if pretrain_iterations is None and "iterations" not in explicit:
+        pretrain_iterations, fused_iterations = 400, 120 if fused_iterations is None else fused_iterations
     by_class, skipped = load_quickdraw_sketches(data)
     split = split_by_class(by_class, unseen=unseen, query_frac=query_frac, gallery_frac=gallery_frac, seed=split_seed)
     split.skipped = skipped
