@@ -225,7 +225,8 @@ def evaluate_retrieval(
 
     Returns floats ``mAP@all``, ``MAP@R``, and per k in ``ks``: ``mAP@k`` (normalised by #relevant),
     ``mAP@k_min`` (by min(k, #relevant)), ``P@k``, ``acc@k``; ints ``n_queries`` (all queries),
-    ``n_excluded`` (queries without any relevant item, left out of every mean), ``n_gallery``; timings
+    ``n_excluded`` (queries without any relevant item, left out of every mean), ``n_gallery``;
+    ``mean_relevant`` (mean #relevant of the counted queries: P@k cannot exceed min(R, k) / k); timings
     ``ms_per_query`` (search only, per query) and ``encode_per_s`` (drawings encoded per second, gallery and
     queries, rendering included).
     """
@@ -272,6 +273,7 @@ def evaluate_retrieval(
         metric_fns[f"P@{k}"] = lambda rel, n, k=k: precision_at_k(rel, k, n)
         metric_fns[f"acc@{k}"] = lambda rel, n, k=k: acc_at_k(rel, k, n)
     sums = dict.fromkeys(metric_fns, 0.0)
+    r.search_encoded(q_codes[:1], 1)  # untimed warm-up: a backend may compile its kernels on first use (numba)
     t_search = 0.0
     for s in range(0, n_q, chunk):
         e = min(s + chunk, n_q)
@@ -299,6 +301,7 @@ def evaluate_retrieval(
             "n_queries": int(n_q),
             "n_excluded": int(n_q - n_valid_all),
             "n_gallery": int(n_g),
+            "mean_relevant": float(n_rel_all[n_rel_all > 0].mean()) if n_valid_all else 0.0,
             "leave_one_out": bool(leave_one_out),
             "ks": list(ks),
             "ms_per_query": 1000.0 * t_search / max(n_q, 1),
@@ -380,6 +383,7 @@ def run_benchmark(
     columns: Sequence[str] = ("mAP@all", "P@100"),
     title: str = "Retrieval benchmark",
     notes: Sequence[str] = (),
+    meta: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every row on one dataset split; write JSON and a markdown table (atomically) when paths are given.
@@ -387,7 +391,8 @@ def run_benchmark(
     ``rows``: dicts with ``label`` and either ``method`` (+ ``kwargs``; closed-form methods are fitted on the
     gallery part) or ``model`` (a trained artifact). ``dataset``: a path, or ``{"path", "fmt", "limit"}``.
     ``split``: ``{"queries_per_class": 10, "seed": 0, "file": optional split JSON (loaded if present, else
-    written)}``. Returns ``{"title", "dataset", "split", "rows": [{label, ..., metrics}], "environment", ...}``.
+    written)}``. ``meta`` (e.g. the command line, the machine) is stored as is. Returns ``{"title", "dataset",
+    "split", "rows": [{label, ..., metrics}], "environment", "meta", ...}``.
     """
     ks = tuple(ks)
     ds, ds_desc = _dataset(dataset)
@@ -421,6 +426,7 @@ def run_benchmark(
         "split": sp.describe(),
         "ks": list(ks),
         "notes": list(notes),
+        "meta": dict(meta or {}),
         "rows": results,
         "environment": {"sketchsearch": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
                         "numpy": np.__version__, "platform": platform.platform(), "torch_threads": torch.get_num_threads()},
