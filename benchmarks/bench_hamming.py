@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, markdown_table, write_atomic  # noqa: E402
+from _common import machine, markdown_table, write_atomic
 
-from sketchsearch.index.hamming import create_index  # noqa: E402
+from sketchsearch.index.hamming import create_index
 
 BACKENDS = ("sketchsearch", "faiss", "numpy")
 

@@ -12,7 +12,14 @@ from sketchsearch.errors import IndexError_, InvalidSketchError
 from sketchsearch.index import store
 from sketchsearch.index.dense import DenseIndex
 from sketchsearch.index.hamming import create_index
-from sketchsearch.index.store import add_items, load_index, open_index, read_manifest, remove_items, save_index
+from sketchsearch.index.store import (
+    add_items,
+    load_index,
+    open_index,
+    read_manifest,
+    remove_items,
+    save_index,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
@@ -41,7 +48,8 @@ def test_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
     q = index.codes[:5]
     for a, b in zip(loaded.search(q, 7), index.search(q, 7)):
         np.testing.assert_array_equal(a, b)
-    odd, even = [i for i in index.ids.tolist() if i % 2][0], [i for i in index.ids.tolist() if i % 2 == 0][0]
+    odd = next(i for i in index.ids.tolist() if i % 2)
+    even = next(i for i in index.ids.tolist() if i % 2 == 0)
     got = items_store.items([odd, 123456, even])
     assert [r["id"] for r in got] == [odd, even]
     assert got[0]["label"] == f"c{odd % 3}" and got[0]["split"] == "gallery" and got[0]["has_thumbnail"]

@@ -8,13 +8,13 @@ from .codes import pack_bits, sign_to_codes, unpack_bits, validate_codes
 from .hamming import MISSING_DISTANCE, HammingIndex, create_index, knn_hamming, list_indexes
 
 __all__ = [
-    "pack_bits",
-    "unpack_bits",
-    "sign_to_codes",
-    "validate_codes",
+    "MISSING_DISTANCE",
     "HammingIndex",
     "create_index",
-    "list_indexes",
     "knn_hamming",
-    "MISSING_DISTANCE",
+    "list_indexes",
+    "pack_bits",
+    "sign_to_codes",
+    "unpack_bits",
+    "validate_codes",
 ]

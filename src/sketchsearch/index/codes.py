@@ -12,7 +12,7 @@ import numpy as np
 
 from sketchsearch.errors import InvalidSketchError
 
-__all__ = ["pack_bits", "unpack_bits", "sign_to_codes", "validate_codes", "code_size"]
+__all__ = ["code_size", "pack_bits", "sign_to_codes", "unpack_bits", "validate_codes"]
 
 
 def code_size(nbits: int, field: str = "nbits") -> int:

@@ -33,15 +33,15 @@ from sketchsearch.registry import Registry
 from .codes import code_size, validate_codes
 
 __all__ = [
-    "MISSING_DISTANCE",
-    "HammingIndex",
-    "SketchsearchHammingIndex",
-    "FaissHammingIndex",
-    "NumpyHammingIndex",
-    "create_index",
-    "list_indexes",
-    "knn_hamming",
     "INDEXES",
+    "MISSING_DISTANCE",
+    "FaissHammingIndex",
+    "HammingIndex",
+    "NumpyHammingIndex",
+    "SketchsearchHammingIndex",
+    "create_index",
+    "knn_hamming",
+    "list_indexes",
 ]
 
 #: Distance reported with id -1 for a missing hit (k > number of codes), as faiss does.

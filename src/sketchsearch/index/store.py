@@ -43,7 +43,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -57,12 +57,12 @@ __all__ = [
     "FORMAT_VERSION",
     "ItemStore",
     "StoredIndex",
-    "save_index",
+    "add_items",
     "load_index",
     "open_index",
     "read_manifest",
-    "add_items",
     "remove_items",
+    "save_index",
 ]
 
 FORMAT = "sketchsearch-index"
@@ -72,7 +72,7 @@ CODES, IDS, ITEMS = "codes.npy", "ids.npy", "items.sqlite"
 DATA_FILES = (CODES, IDS, ITEMS)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-AnyIndex = Union[HammingIndex, DenseIndex]
+AnyIndex = HammingIndex | DenseIndex
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -257,7 +257,7 @@ def _write_folder(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": kind,
-        "count": int(len(index)),
+        "count": len(index),
         "model_id": model_id,
         "model_name": model_name,
         "metric": metric,
@@ -401,7 +401,7 @@ def load_index(
     mmap: bool = True,
     verify: bool = True,
     backend: str | None = None,
-) -> tuple[AnyIndex, "ItemStore"]:
+) -> tuple[AnyIndex, ItemStore]:
     """Open an index folder: returns (index, item store).
 
     expected_model_id: refuse (IndexError_) an index whose codes another model made.
