@@ -223,7 +223,7 @@ class Retriever:
         from .index.store import save_index
 
         items = [{"id": i, **m} for i, m in sorted(self._meta.items())]
-        save_index(self.index, folder, model_id=self.model_id, items=items)
+        save_index(self.index, folder, model_id=self.model_id, items=items, model_name=self.model_name)
 
     @classmethod
     def load(cls, folder: str | Path, model: str | Path | Method | None = None, verify: bool = True) -> "Retriever":
@@ -235,7 +235,10 @@ class Retriever:
         if isinstance(model, Method):
             method, model_id = model, manifest.get("model_id", "unsaved")
         else:
-            method, card = load_model(model if model is not None else manifest["model_name"])
+            name = model if model is not None else manifest.get("model_name")
+            if not name:
+                raise IndexError_(f"{folder}: the index does not name its model; pass one (--model)")
+            method, card = load_model(name)
             model_id = card.model_id
         index, store = load_index(folder, expected_model_id=model_id, verify=verify)
-        return cls(method, index, model_id=model_id, store=store)
+        return cls(method, index, model_id=model_id, store=store, model_name=str(model) if model is not None and not isinstance(model, Method) else manifest.get("model_name"))
