@@ -51,14 +51,20 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"label": f"LSH {b}", "method": "lsh", "kwargs": {"nbits": b, "seed": args.seed}})
     rows += [{"label": f"PCA {d} (float, cosine)", "method": "pca", "kwargs": {"dim": d}} for d in args.pca_dims]
     notes = [
-        "Pixels: 32x32 rasters (line width 1.5 px), flattened and centred; LSH = sign of seeded Gaussian projections;"
-        " ITQ = PCA to the code length + 50 ITQ iterations (Gong & Lazebnik 2011).",
+        (
+            "Pixels: 32x32 rasters (line width 1.5 px), flattened and centred; LSH = sign of seeded Gaussian"
+            " projections; ITQ = PCA to the code length + 50 ITQ iterations (Gong & Lazebnik 2011)."
+        ),
         "ITQ, LSH (mean) and PCA are fitted on the gallery part of the split (unsupervised: no labels used).",
-        "Full ranking of the gallery per query; ties in distance broken by id; queries without any relevant "
-        "gallery item would be excluded (none here).",
+        (
+            "Full ranking of the gallery per query; ties in distance broken by id; queries without any relevant"
+            " gallery item would be excluded (none here)."
+        ),
         "mAP@k is normalised by #relevant, mAP@k_min by min(k, #relevant); MAP@R after Musgrave et al. 2020.",
-        "QuickDraw raw has few drawings per class, so P@100 is bounded by the mean min(R, 100) / 100 "
-        "(R = relevant gallery items of a query; mean R is in the JSON as mean_relevant).",
+        (
+            "QuickDraw raw has few drawings per class, so P@100 is bounded by the mean min(R, 100) / 100"
+            " (R = relevant gallery items of a query; mean R is in the JSON as mean_relevant)."
+        ),
         "Search ms/query: exact Hamming scan (cosine for PCA) on one thread of a shared 2-core machine.",
     ]
     meta = {"command": " ".join([Path(sys.argv[0]).name if argv is None else "baseline_quickdraw.py", *(argv or sys.argv[1:])])}

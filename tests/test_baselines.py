@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
-
 from threadpoolctl import threadpool_limits
 
 from sketchsearch.data.batching import RasterDataset
@@ -64,7 +65,7 @@ def test_itq_rotation_is_orthogonal_and_lowers_quantization_loss() -> None:
     rot, losses = itq_rotation(v, 50, seed=0)
     np.testing.assert_allclose(rot.T @ rot, np.eye(16), atol=1e-9)
     assert len(losses) == 50
-    assert all(b <= a + 1e-9 for a, b in zip(losses, losses[1:]))  # each Procrustes step cannot increase it
+    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(losses))  # each Procrustes step cannot increase it
     # better than the PCA axes themselves (identity rotation), which is the point of ITQ
     b0 = np.where(v >= 0, 1.0, -1.0)
     assert losses[-1] < ((b0 - v) ** 2).sum() / len(v)

@@ -4,7 +4,8 @@ splits; the real Retriever (when the index is in the tree) for the baselines and
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -163,6 +164,7 @@ def test_baselines_through_the_retriever(name: str) -> None:
     d1, i1 = r.search_many(list(q), len(g))
     d2, i2 = r.search_encoded(r.encode(list(q)), len(g))
     np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)
     rel = relevance_from_labels(i1, gl, ql)
     assert res["mAP@all"] == pytest.approx(map_at_all(rel, n_relevant_from_labels(gl, ql)))
 

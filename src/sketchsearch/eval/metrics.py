@@ -38,22 +38,23 @@ mean mAP@all.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
 __all__ = [
     "Norm",
+    "acc_at_k",
     "average_precision",
+    "count_excluded",
     "map_at_all",
     "map_at_k",
     "map_at_r",
-    "precision_at_k",
-    "acc_at_k",
-    "relevance_from_labels",
     "n_relevant_from_labels",
+    "precision_at_k",
+    "relevance_from_labels",
     "valid_queries",
-    "count_excluded",
 ]
 
 Norm = Literal["relevant", "min", "retrieved"]

@@ -30,9 +30,10 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,14 +54,14 @@ __all__ = [
     "DEFAULT_KS",
     "LabelledSet",
     "Split",
-    "load_labelled",
     "category_split",
-    "save_split",
-    "load_split",
-    "evaluate_retrieval",
-    "run_benchmark",
     "evaluate_baseline",
+    "evaluate_retrieval",
+    "load_labelled",
+    "load_split",
     "markdown_table",
+    "run_benchmark",
+    "save_split",
 ]
 
 #: cut-offs reported by default: acc@1 (nearest neighbour), @10, P@100 (baseline tables), @200 (DSH / GDH)
@@ -126,7 +127,7 @@ class Split:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "category", "queries_per_class": self.queries_per_class, "seed": self.seed,
-                "n_query": int(len(self.query)), "n_gallery": int(len(self.gallery))}  # fmt: skip
+                "n_query": len(self.query), "n_gallery": len(self.gallery)}  # fmt: skip
 
 
 def category_split(labels: Sequence[str], queries_per_class: int = 10, seed: int = 0) -> Split:
@@ -157,6 +158,7 @@ def _atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be read by others
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -417,6 +419,8 @@ def run_benchmark(
         entry = {"label": row["label"], "method": row.get("method", res["method"]), "model": row.get("model"),
                  "kwargs": dict(row.get("kwargs", {})), "trained_on": "gallery" if fit else row.get("trained_on"),
                  "fit": fit_info, **res}  # fmt: skip
+        if g_items is not gallery:  # raster cache: encode_per_s then excludes rendering
+            entry["encode_per_s_note"] = "drawings rendered once beforehand; encode_per_s excludes rendering"
         results.append(entry)
         if progress:
             progress(f"{row['label']}: " + ", ".join(f"{c} {res.get(c, float('nan')):.4f}" for c in columns))
@@ -452,9 +456,9 @@ def markdown_table(doc: Mapping[str, Any], columns: Sequence[str] = ("mAP@all", 
     per result (label, code size, the chosen metric columns, search ms/query), then the notes."""
     ds, sp = doc["dataset"], doc["split"]
     lines = [f"# {doc['title']}", "",
-             f"Data: `{ds['path']}` ({ds['n_items']} drawings, {ds['n_classes']} classes, {ds['skipped']} skipped). "
-             f"Split: {sp['queries_per_class']} queries per class, the rest gallery, seed {sp['seed']} "
-             f"({sp['n_query']} queries, {sp['n_gallery']} gallery).", "",
+             (f"Data: `{ds['path']}` ({ds['n_items']} drawings, {ds['n_classes']} classes, {ds['skipped']} skipped). "
+              f"Split: {sp['queries_per_class']} queries per class, the rest gallery, seed {sp['seed']} "
+              f"({sp['n_query']} queries, {sp['n_gallery']} gallery)."), "",
              "| method | bits/dim | " + " | ".join(columns) + " | search ms/query |",
              "|---|---:|" + "---:|" * len(columns) + "---:|"]  # fmt: skip
     for r in doc["rows"]:

@@ -18,7 +18,8 @@ also L2-normalises its inputs and sub-samples the training set, and hides its ma
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -29,7 +30,7 @@ from torch.utils.data import Dataset
 from ..errors import ModelError
 from .base import METHODS, RECIPES, Batch, Method, Preprocessing
 
-__all__ = ["PixelLSH", "PixelITQ", "PixelPCA", "training_rasters", "itq_rotation", "pca_basis"]
+__all__ = ["PixelITQ", "PixelLSH", "PixelPCA", "itq_rotation", "pca_basis", "training_rasters"]
 
 #: Raster side of the pixel baselines (32 x 32 = 1024 dimensions).
 DEFAULT_RASTER_SIZE = 32
