@@ -6,8 +6,9 @@ import hashlib
 import http.server
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ class _Server:
             def log_message(self, *a: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 body = server.files.get(self.path)
                 rng = self.headers.get("Range")
                 server.ranges.append((self.path, rng))
@@ -122,7 +123,7 @@ def test_server_ignoring_range_restarts(server: _Server, tmp_path: Path) -> None
     server.files["/f.ndjson"] = body
     (tmp_path / "f.ndjson.part").write_bytes(b"garbage that must not survive")
     server.honour_range = False
-    size, resumed = download_file(server.url + "/f.ndjson", tmp_path / "f.ndjson", retries=0)
+    _, resumed = download_file(server.url + "/f.ndjson", tmp_path / "f.ndjson", retries=0)
     assert not resumed and (tmp_path / "f.ndjson").read_bytes() == body
 
 

@@ -17,7 +17,7 @@ from sketchsearch.losses.hashing import class_centres, quantization_loss, sketch
 from sketchsearch.methods.base import create_method
 from sketchsearch.methods.sketchmate import PHASES, SketchMate, entropy_filter, prediction_entropy
 
-TINY = dict(cnn_width=0.125, rnn_hidden=8, n_classes=3, nbits=16)
+TINY = {"cnn_width": 0.125, "rnn_hidden": 8, "n_classes": 3, "nbits": 16}
 
 
 def _sketches(rng: np.random.Generator, n: int) -> list[Sketch]:

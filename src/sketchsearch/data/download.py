@@ -26,13 +26,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Literal
 
 from ..errors import SketchSearchError
 
-__all__ = ["DownloadError", "DownloadResult", "download_file", "download_quickdraw", "verify_ndjson", "QUICKDRAW_BASE_URL"]
+__all__ = ["QUICKDRAW_BASE_URL", "DownloadError", "DownloadResult", "download_file", "download_quickdraw", "verify_ndjson"]
 
 QUICKDRAW_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full"
 _CHUNK = 1 << 20

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["quantization_loss", "sketch_centre_loss", "class_centres"]
+__all__ = ["class_centres", "quantization_loss", "sketch_centre_loss"]
 
 
 def _check_codes(f: Tensor, what: str = "f") -> None:

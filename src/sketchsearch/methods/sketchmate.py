@@ -30,9 +30,10 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -48,18 +49,18 @@ from ..losses.hashing import class_centres, quantization_loss, sketch_centre_los
 from .base import METHODS, RECIPES, Batch, Method, Preprocessing
 
 __all__ = [
-    "SketchMate",
     "PHASES",
-    "entropy_filter",
-    "prediction_entropy",
     "QuickDrawSplit",
-    "load_quickdraw_sketches",
-    "split_by_class",
-    "retrieval_metrics",
-    "recognition_accuracy",
+    "SketchMate",
     "batches_of",
-    "train_sketchmate",
+    "entropy_filter",
+    "load_quickdraw_sketches",
+    "prediction_entropy",
+    "recognition_accuracy",
+    "retrieval_metrics",
     "sketchmate_recipe",
+    "split_by_class",
+    "train_sketchmate",
 ]
 
 PHASES = ("pretrain_cnn", "pretrain_rnn", "pretrain_fused", "full")
@@ -236,7 +237,7 @@ class SketchMate(Method):
         self.centres.copy_(centres)
         self.centres_ready.fill_(True)
         self.train(was_training)
-        return {"sketches": int(len(y)), "kept": int(mask.sum()), "classes_with_centre": int((counts > 0).sum()),
+        return {"sketches": len(y), "kept": int(mask.sum()), "classes_with_centre": int((counts > 0).sum()),
                 "noise_removal": noise_removal, "keep": keep}  # fmt: skip
 
 
@@ -298,7 +299,7 @@ def load_quickdraw_sketches(path: str | Path, limit_per_class: int | None = None
 
 def split_by_class(
     by_class: dict[str, list[Sketch]],
-    unseen: float | int = 0.0,
+    unseen: float = 0.0,
     query_frac: float = 0.1,
     gallery_frac: float = 0.3,
     seed: int = 0,
