@@ -44,6 +44,11 @@ def friendly_errors(fn: F) -> F:
         except FileNotFoundError as e:
             console.print(f"[bold red]error:[/] no such file: {e.filename}", highlight=False)
             raise typer.Exit(2) from None
+        except (ValueError, TypeError) as e:
+            # Bad parameters reach the library as ValueError/TypeError (e.g. too few items for 64 bits,
+            # an unknown name: the message lists the valid ones); a user sees the message, not a traceback.
+            console.print(f"[bold red]error:[/] {e}", highlight=False, markup=False)
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -76,3 +81,26 @@ def parse_sets(values: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[k.strip().replace("-", "_")] = raw
     return out
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The running command as a canonical, re-runnable line (recorded on model cards and results):
+    rebuilt from the parsed parameters, so it is the same whether the CLI ran from a shell or in-process."""
+    import shlex
+
+    root = ctx.find_root().info_name or ""
+    words = ["sketchsearch", *ctx.command_path[len(root) :].split()]
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name or "")
+        if value is None or value == p.default or (isinstance(value, (list, tuple)) and not value):
+            continue
+        if p.param_type_name == "argument":
+            words.append(str(value))
+            continue
+        opt = max(p.opts, key=len)
+        if getattr(p, "is_flag", False):
+            words.append(opt if value else (p.secondary_opts[0] if p.secondary_opts else ""))
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            words += [opt, str(v)]
+    return " ".join(shlex.quote(w) for w in words if w)

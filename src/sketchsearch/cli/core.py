@@ -12,7 +12,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..errors import InvalidSketchError
-from .app import app, console, data_app, friendly_errors, index_app, parse_sets, print_json
+from .app import app, command_line, console, data_app, friendly_errors, index_app, parse_sets, print_json
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -54,6 +54,7 @@ def data_info(
 @app.command("train")
 @friendly_errors
 def train_cmd(
+    ctx: typer.Context,
     method: str = typer.Argument(..., help="Method name (see `sketchsearch models --methods`)."),
     data: str = typer.Option(..., "--data", help="Training data path, or 'default' for the embedded default."),
     out: Path = typer.Option(..., "--out", help="Artifact path stem: writes OUT.safetensors and OUT.json."),
@@ -66,9 +67,6 @@ def train_cmd(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Method/recipe kwargs as key=value (repeatable)."),
 ) -> None:
     """Train a method with its recipe and save a model artifact (weights + card)."""
-    import shlex
-    import sys
-
     from ..methods.base import RECIPES, list_methods
     from ..model import save_model
     from ..train import TrainConfig
@@ -83,7 +81,7 @@ def train_cmd(
     t0 = time.perf_counter()
     m, training, metrics = recipe(data, cfg, **parse_sets(set_))
     training = {
-        "command": "sketchsearch " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": command_line(ctx),
         "data": data,
         "seed": seed,
         "seconds": round(time.perf_counter() - t0, 1),

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.table import Table
 
-from .app import console, friendly_errors, print_json
+from .app import command_line, console, friendly_errors, print_json
 
 __all__ = ["register", "evaluate"]
 
@@ -19,6 +17,7 @@ SHOWN = ("mAP@all", "MAP@R", "P@1", "P@100", "acc@1", "ms_per_query")
 
 @friendly_errors
 def evaluate(
+    ctx: typer.Context,
     data: str = typer.Option(..., "--data", help="Labelled data (file or folder in any supported format)."),
     model: Optional[list[str]] = typer.Option(None, "--model", help="Trained model artifact name or path (repeatable)."),
     method: Optional[list[str]] = typer.Option(None, "--method", help="Closed-form baseline fitted on the gallery: itq, lsh, pca (repeatable)."),
@@ -48,7 +47,7 @@ def evaluate(
         md_path=out.with_suffix(".md") if out else None,
         columns=SHOWN[:-1],
         title=f"Category retrieval on {data}",
-        meta={"command": "sketchsearch " + " ".join(shlex.quote(a) for a in sys.argv[1:])},
+        meta={"command": command_line(ctx)},
         progress=None if as_json else (lambda line: console.print(line, highlight=False)),
     )
     if as_json:

@@ -40,8 +40,10 @@ def default_items(seed: int = 0) -> list[Item]:
     return list(default_collection(seed=seed).items)
 
 
-def load_items(spec: str | Path, *, strict: bool = False, limit: int | None = None, seed: int = 0) -> LoadResult:
-    """Read every item of ``spec`` (a path any reader understands, or ``"default"``)."""
+def load_items(
+    spec: str | Path, *, strict: bool = False, limit: int | None = None, seed: int = 0, fmt: str | None = None
+) -> LoadResult:
+    """Read every item of ``spec`` (a path any reader understands, or ``"default"``); ``fmt`` forces a reader."""
     if str(spec) == DEFAULT:
         items = default_items(seed)
         return LoadResult(items[:limit] if limit is not None else items)
@@ -54,7 +56,7 @@ def load_items(spec: str | Path, *, strict: bool = False, limit: int | None = No
         if len(res.errors) < MAX_ERRORS_KEPT:
             res.errors.append(e)
 
-    for item in read_any(Path(spec), strict=strict, on_error=on_error, limit=limit):
+    for item in read_any(Path(spec), fmt=fmt, strict=strict, on_error=on_error, limit=limit):
         res.items.append(item)
     return res
 

@@ -92,22 +92,18 @@ def load_labelled(path: str | Path, *, fmt: str | None = None, limit: int | None
     label or without content (no strokes and no image) are skipped and counted too. Raises FormatError when
     nothing usable is left.
     """
-    from ..data.formats import read_any
+    from ..data.sources import item_query, load_items
 
-    errors: list[str] = []
-    ds = LabelledSet(items=[], labels=[], ids=[], path=str(path))
-
-    def on_error(e: FormatError) -> None:
-        ds.skipped += 1
-        if len(errors) < 20:
-            errors.append(str(e))
-
-    for it in read_any(path, fmt=fmt, strict=strict, on_error=on_error, limit=limit):
-        content = it.sketch if it.sketch is not None and not it.sketch.is_empty else it.image
-        if it.label is None or content is None:
+    res = load_items(path, fmt=fmt, strict=strict, limit=limit)
+    ds = LabelledSet(items=[], labels=[], ids=[], path=str(path), skipped=res.skipped)
+    errors = [str(e) for e in res.errors[:20]]
+    for it in res.items:
+        has_content = (it.sketch is not None and not it.sketch.is_empty) or it.image is not None
+        if it.label is None or not has_content:
             ds.skipped += 1
             continue
-        ds.items.append(content)
+        # strokes, or the image as PIL (ink polarity decided from its border, see data.sources.item_query)
+        ds.items.append(item_query(it))
         ds.labels.append(str(it.label))
         ds.ids.append(str(it.id))
     ds.errors = errors

@@ -1,0 +1,152 @@
+"""The CLI end to end, in-process (typer's CliRunner), on tiny files written here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sketchsearch.cli import app
+
+runner = CliRunner()
+
+
+def _drawing(rng: np.random.Generator, shape: str) -> list[list[list[int]]]:
+    t = np.linspace(0, 2 * np.pi, 24)
+    if shape == "circle":
+        x, y = 128 + 90 * np.cos(t), 128 + 90 * np.sin(t)
+        strokes = [(x, y)]
+    elif shape == "cross":
+        strokes = [(np.linspace(30, 220, 12), np.linspace(30, 220, 12)), (np.linspace(220, 30, 12), np.linspace(30, 220, 12))]
+    else:  # bar
+        strokes = [(np.linspace(20, 235, 12), np.full(12, 128.0))]
+    out = []
+    for sx, sy in strokes:
+        sx = sx + rng.normal(0, 3, len(sx))
+        sy = sy + rng.normal(0, 3, len(sy))
+        out.append([np.clip(sx, 0, 255).round().astype(int).tolist(), np.clip(sy, 0, 255).round().astype(int).tolist()])
+    return out
+
+
+@pytest.fixture
+def qd_folder(tmp_path: Path) -> Path:
+    """A QuickDraw-simplified-style folder: 3 classes x 12 drawings."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "qd"
+    folder.mkdir()
+    for shape in ("circle", "cross", "bar"):
+        with open(folder / f"{shape}.ndjson", "w") as f:
+            for i in range(12):
+                rec = {"word": shape, "key_id": f"{shape}{i}", "countrycode": "GB", "recognized": True, "drawing": _drawing(rng, shape)}
+                f.write(json.dumps(rec) + "\n")
+    return folder
+
+
+def run(*args: str) -> tuple[int, str]:
+    res = runner.invoke(app, list(args))
+    out = res.output
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        import traceback
+
+        out += "".join(traceback.format_exception(res.exception))  # an unhandled error: show it in the failure
+    return res.exit_code, out
+
+
+def test_data_info_json_counts(qd_folder: Path) -> None:
+    code, out = run("data", "info", str(qd_folder), "--json")
+    assert code == 0, out
+    info = json.loads(out)
+    assert (info["items"], info["classes"], info["skipped"], info["errors"]) == (36, 3, 0, [])
+
+
+def test_data_info_reports_bad_lines_and_strict_fails(qd_folder: Path) -> None:
+    with open(qd_folder / "bar.ndjson", "a") as f:
+        f.write('{"word": "bar", "drawing": [[[1, 2], [3, 4]]]\n')  # truncated
+        f.write("not json at all\n")
+    code, out = run("data", "info", str(qd_folder), "--json")
+    assert code == 0, out
+    info = json.loads(out)
+    assert info["items"] == 36 and info["skipped"] == 2
+    assert {(Path(e["file"]).name, e["record"]) for e in info["errors"]} == {("bar.ndjson", 13), ("bar.ndjson", 14)}
+    code, out = run("data", "info", str(qd_folder), "--strict")
+    assert code != 0
+    assert "bar.ndjson" in out and "13" in out and "Traceback" not in out
+
+
+def test_unreadable_data_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    fake = tmp_path / "imgs" / "cls"
+    fake.mkdir(parents=True)
+    (fake / "a.png").write_bytes(b"this is not a png")
+    code, out = run("data", "info", str(tmp_path / "imgs"), "--strict")
+    assert code != 0 and "a.png" in out and "Traceback" not in out
+    code, out = run("data", "info", str(tmp_path / "missing"))
+    assert code == 2 and "missing" in out
+
+
+def test_train_index_search_models_evaluate(qd_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SKETCHSEARCH_MODELS", str(tmp_path / "models"))
+    code, out = run("train", "itq", "--data", str(qd_folder), "--out", str(tmp_path / "models" / "itq16"), "--set", "bits=16",
+                    "--set", "queries_per_class=2")
+    assert code == 0, out
+    card = json.loads((tmp_path / "models" / "itq16.json").read_text())
+    assert card["method"] == "itq" and card["code_size"] == 16 and card["training"]["command"].startswith("sketchsearch train itq")
+
+    code, out = run("models", "--json")
+    assert code == 0 and any(r["name"] == "itq16" and r["where"] == "local" for r in json.loads(out))
+
+    code, out = run("index", "build", "--model", "itq16", "--data", str(qd_folder), "--out", str(tmp_path / "idx"))
+    assert code == 0, out
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["count"] == 36 and manifest["model_id"] == card["model_id"]
+
+    code, out = run("search", str(qd_folder / "circle.ndjson"), "--record", "3", "--index", str(tmp_path / "idx"), "-k", "5", "--json")
+    assert code == 0, out
+    hits = json.loads(out)["hits"]
+    assert len(hits) == 5 and hits[0]["distance"] == 0 and hits[0]["label"] == "circle"
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+
+    code, out = run("evaluate", "--model", "itq16", "--method", "lsh", "--bits", "16", "--data", str(qd_folder),
+                    "--queries-per-class", "3", "--json")  # fmt: skip
+    assert code == 0, out
+    doc = json.loads(out)
+    assert [r["label"] for r in doc["rows"]] == ["itq16", "lsh 16"]
+    for r in doc["rows"]:
+        assert 0.0 < r["mAP@all"] <= 1.0 and r["n_queries"] == 9 and r["n_gallery"] == 27
+
+
+def test_evaluate_single_baseline_has_top_level_map(qd_folder: Path) -> None:
+    code, out = run("evaluate", "--method", "itq", "--bits", "16", "--data", str(qd_folder), "--queries-per-class", "2", "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert 0.0 < doc["mAP@all"] <= 1.0 and doc["code_size"] == 16
+
+
+def test_search_refuses_an_index_from_another_model(qd_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKETCHSEARCH_MODELS", str(tmp_path / "models"))
+    for seed in ("0", "1"):
+        code, out = run("train", "lsh", "--data", str(qd_folder), "--out", str(tmp_path / "models" / f"lsh{seed}"), "--set", "bits=16", "--seed", seed,
+                        "--set", f"seed={seed}", "--set", "queries_per_class=2")
+        assert code == 0, out
+    code, out = run("index", "build", "--model", "lsh0", "--data", str(qd_folder), "--out", str(tmp_path / "idx"))
+    assert code == 0, out
+    code, out = run("search", str(qd_folder / "bar.ndjson"), "--index", str(tmp_path / "idx"), "--model", "lsh1")
+    assert code == 2 and "model" in out.lower() and "Traceback" not in out
+
+
+def test_unknown_method_lists_valid_names(qd_folder: Path, tmp_path: Path) -> None:
+    code, out = run("train", "nosuch", "--data", str(qd_folder), "--out", str(tmp_path / "m"))
+    assert code != 0
+    assert "itq" in out and "lsh" in out
+
+
+def test_demo_without_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKETCHSEARCH_MODELS", str(tmp_path / "none"))
+    code, out = run("demo", "--no-serve", "--workdir", str(tmp_path / "demo"))
+    assert code == 0, out
+    assert (tmp_path / "demo" / "index" / "manifest.json").is_file()
+    assert (tmp_path / "demo" / "retrieval.png").stat().st_size > 1000
+    assert "mAP@all" in out
