@@ -186,18 +186,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md = [
         "# Service load benchmark",
         "",
-        f"`{out['command'].strip()}` — uvicorn (1 worker) on 127.0.0.1, {out['clients']} concurrent httpx clients, "
+        (f"`{out['command'].strip()}` — uvicorn (1 worker) on 127.0.0.1, {out['clients']} concurrent httpx clients, "
         f"{out['items']:,} items of {out['nbits']}-bit codes ({out['codes']}), k = {out['k']}, "
         f"{out['machine']['cpus']} CPUs ({out['machine']['platform']}), "
-        f"1-minute load average {out['machine']['load_average_1min_before']} before the run (a shared machine).",
+        f"1-minute load average {out['machine']['load_average_1min_before']} before the run (a shared machine)."),
         "",
         "| searches ok | errors | throughput (searches/s) | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | server search p50 / p99 (ms) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {n_ok:,} | {n_err} | {out['throughput_per_s']} | {L['p50']} | {L['p90']} | {L['p99']} | {L['max']} | "
-        f"{out['server_search_ms']['p50']} / {out['server_search_ms']['p99']} |",
+        (f"| {n_ok:,} | {n_err} | {out['throughput_per_s']} | {L['p50']} | {L['p90']} | {L['p99']} | {L['max']} | "
+        f"{out['server_search_ms']['p50']} / {out['server_search_ms']['p99']} |"),
         "",
-        "Latency is client-side (request sent to answer parsed), under full concurrency, so it includes queueing; "
-        "the server search time is encode + Hamming search + labels for one query (the API's `took_ms`).",
+        ("Latency is client-side (request sent to answer parsed), under full concurrency, so it includes queueing; "
+        "the server search time is encode + Hamming search + labels for one query (the API's `took_ms`)."),
         "",
     ]
     args.out.with_suffix(".md").write_text("\n".join(md))

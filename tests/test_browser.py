@@ -11,11 +11,11 @@ import math
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from test_service import build_retriever  # the same tiny shapes collection as the API tests
 
 from sketchsearch.service import create_app

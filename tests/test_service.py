@@ -11,7 +11,8 @@ import io
 import json
 import struct
 import zlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from sketchsearch.data.sketch import Sketch
 from sketchsearch.errors import IndexError_
 from sketchsearch.methods.base import Method, Preprocessing
 from sketchsearch.retrieval import Retriever
-from sketchsearch.service import Limits, create_app, load_collections
+from sketchsearch.service import Limits, create_app, load_collections, warm_up
 
 SHAPES = ("circle", "square", "triangle", "plus", "zigzag")
 
@@ -355,6 +356,16 @@ def test_unreadable_images(client: TestClient, data: bytes, word: str) -> None:
     assert_4xx(_post_image(client, data), 422, word)
 
 
+def test_transparent_png_is_read_as_ink_on_white(client: TestClient) -> None:
+    # What a canvas exports: dark strokes on fully transparent (0, 0, 0, 0) pixels.
+    ink = rasterize(shape_sketch("triangle", 42), size=160, line_width=5)
+    rgba = np.zeros((160, 160, 4), np.uint8)
+    rgba[..., 3] = (ink * 255).astype(np.uint8)
+    resp = _post_image(client, png_bytes(Image.fromarray(rgba, "RGBA")), k="3")
+    assert resp.status_code == 200, resp.text
+    assert [h["label"] for h in resp.json()["hits"]] == ["triangle"] * 3
+
+
 def test_gif_is_not_accepted_even_when_valid(client: TestClient) -> None:
     assert_4xx(_post_image(client, png_bytes(drawing_image("circle"), "GIF"), "image/gif"), 422, "png or jpeg")
 
@@ -469,3 +480,46 @@ def test_json_roundtrip_of_a_real_page_payload(client: TestClient) -> None:
     resp = client.post("/api/search", content=json.dumps({"strokes": [pts], "k": 12, "collection": "shapes"}),
                        headers={"content-type": "application/json"})
     assert resp.status_code == 200 and resp.json()["hits"][0]["label"] == "circle"
+
+
+# ----------------------------------------------------------------------------------------------- binary codes
+def test_binary_collection_reports_hamming_distances() -> None:
+    from sketchsearch.methods import create_method
+
+    method = create_method("lsh", nbits=64)
+    items = [shape_sketch(kind, seed) for kind in SHAPES for seed in range(6)]
+    method.fit(items)
+    r = Retriever(method, model_id="test-lsh-64")
+    r.add(items, labels=[s.label for s in items], thumbnails=True)
+    with TestClient(create_app({"lsh": r}), raise_server_exceptions=False) as c:
+        q = shape_sketch("zigzag", 500)
+        body = c.post("/api/search", json={"strokes": strokes_json(q), "k": 8}).json()
+        assert body["metric"] == "hamming"
+        hits = body["hits"]
+        direct = r.search(q, k=8)
+        assert [(h["id"], h["distance"]) for h in hits] == [(h.id, float(h.distance)) for h in direct]
+        assert all(float(h["distance"]).is_integer() and 0 <= h["distance"] <= 64 for h in hits)
+        assert all(abs(h["similarity"] - (1 - h["distance"] / 64)) < 1e-9 for h in hits)
+        assert c.get("/api/collections").json()[0]["code_size"] == 64
+
+
+def test_saved_index_served_through_load_collections(tmp_path: Any) -> None:
+    pytest.importorskip("sketchsearch.index.store", reason="the on-disk index store is not in the tree yet")
+    from sketchsearch.methods import create_method
+    from sketchsearch.model import save_model
+
+    method = create_method("lsh", nbits=64)
+    items = [shape_sketch(kind, seed) for kind in SHAPES for seed in range(4)]
+    method.fit(items)
+    save_model(method, tmp_path / "lsh64")
+    r = Retriever.from_model(tmp_path / "lsh64")
+    r.add(items, labels=[s.label for s in items], thumbnails=True)
+    r.save(tmp_path / "index")
+    cols = load_collections([("saved", tmp_path / "lsh64", tmp_path / "index")])
+    with TestClient(create_app(cols), raise_server_exceptions=False) as c:
+        q = shape_sketch("circle", 77)
+        hits = c.post("/api/search", json={"strokes": strokes_json(q), "k": 5}).json()["hits"]
+        assert [h["id"] for h in hits] == [h.id for h in r.search(q, k=5)]
+        assert set(warm_up(cols)) == {"saved"}
+        thumb = c.get(hits[0]["thumbnail_url"])
+        assert thumb.status_code == 200 and thumb.content == r.thumbnail(hits[0]["id"])

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
 from .app import console, friendly_errors
 
-__all__ = ["register", "serve", "run_server", "collection_specs"]
+__all__ = ["collection_specs", "register", "run_server", "serve"]
 
 
 def collection_specs(
@@ -57,20 +57,20 @@ def run_server(app: Any, host: str, port: int, log_level: str = "warning") -> No
 @friendly_errors
 def serve(
     index: list[Path] = typer.Option(..., "--index", help="Index folder; repeat to serve several collections."),
-    model: Optional[list[str]] = typer.Option(
+    model: list[str] | None = typer.Option(
         None, "--model", help="Model name or path for the indexes (one for all, or one per --index); default: each index's own."
     ),
-    name: Optional[list[str]] = typer.Option(None, "--name", help="Collection name per --index (default: folder name)."),
+    name: list[str] | None = typer.Option(None, "--name", help="Collection name per --index (default: folder name)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind: loopback by default."),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
-    cors_origin: Optional[list[str]] = typer.Option(
+    cors_origin: list[str] | None = typer.Option(
         None, "--cors-origin", help="Allow API calls from pages on this origin (repeatable); CORS is off without it."
     ),
     max_k: int = typer.Option(200, min=1, help="Most hits one search may ask for."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
 ) -> None:
     """Serve the drawing page and the REST API (POST /api/search, GET /api/collections, /docs)."""
-    from ..service.app import Limits, create_app, load_collections
+    from ..service.app import Limits, create_app, load_collections, warm_up
 
     specs = collection_specs(index, model, name)
     try:
@@ -79,6 +79,7 @@ def serve(
         raise typer.BadParameter(str(e)) from None
     for n, r in collections.items():
         console.print(f"collection [bold]{n}[/]: {len(r):,} items, model {r.model_id}", highlight=False)
+    warm_up(collections)
     app = create_app(collections, cors_origins=cors_origin or None, limits=Limits(max_k=max_k))
     run_server(app, host, port, log_level)
 

@@ -4,6 +4,6 @@
 >>> app = create_app(load_collections([("quickdraw", None, "indexes/quickdraw")]))
 """
 
-from .app import Limits, create_app, load_collections
+from .app import Limits, create_app, load_collections, warm_up
 
-__all__ = ["Limits", "create_app", "load_collections"]
+__all__ = ["Limits", "create_app", "load_collections", "warm_up"]

@@ -22,10 +22,11 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 from urllib.parse import quote
 
 import numpy as np
@@ -37,7 +38,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,16 +49,17 @@ from ..errors import IndexError_, InvalidSketchError, SketchSearchError
 from ..retrieval import Retriever
 
 __all__ = [
+    "CollectionInfo",
+    "CollectionSpec",
+    "Health",
+    "HitOut",
     "Limits",
+    "SearchRequest",
+    "SearchResponse",
+    "StrokePoint",
     "create_app",
     "load_collections",
-    "CollectionSpec",
-    "StrokePoint",
-    "SearchRequest",
-    "HitOut",
-    "SearchResponse",
-    "CollectionInfo",
-    "Health",
+    "warm_up",
 ]
 
 STATIC_DIR = Path(str(resources.files("sketchsearch.service") / "static"))
@@ -162,9 +164,23 @@ def load_collections(specs: Sequence[CollectionSpec]) -> dict[str, Retriever]:
             raise IndexError_(f"collection {name!r} is given twice; give each --index its own --name")
         try:
             out[name] = Retriever.load(folder, model)
-        except Exception as e:  # noqa: BLE001 - any failure to open stops the start, with its cause named
+        except Exception as e:
             what = f"model {str(model)!r} and index {str(folder)!r}" if model else f"index {str(folder)!r}"
-            raise IndexError_(f"collection {name!r}: cannot load {what}: {type(e).__name__}: {e}") from e
+            cause = str(e) if isinstance(e, SketchSearchError) else f"{type(e).__name__}: {e}"
+            raise IndexError_(f"collection {name!r}: cannot load {what}: {cause}") from e
+    return out
+
+
+def warm_up(collections: Mapping[str, Retriever]) -> dict[str, float]:
+    """Run one small search per non-empty collection so the first visitor does not pay for lazy set-up
+    (JIT-compiled search kernels, index caches). Returns the ms each took."""
+    probe = Sketch([np.array([[0, 0], [10, 10], [20, 0]], dtype=np.float32)])
+    out = {}
+    for name, r in collections.items():
+        if len(r):
+            t0 = time.perf_counter()
+            r.search(probe, k=1)
+            out[name] = (time.perf_counter() - t0) * 1000.0
     return out
 
 
@@ -342,7 +358,7 @@ def create_app(
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img.load()
-            return img
+            return _flatten_image(img)
         except HTTPException:
             raise
         except UnidentifiedImageError as e:
@@ -462,8 +478,7 @@ def create_app(
         collection: str | None = Query(default=None, max_length=64),
     ) -> Response:
         col = pick(collection)
-        with col.lock:
-            png = col.retriever.thumbnail(item_id)
+        png = col.retriever.thumbnail(item_id)  # read-only: a dict lookup, or the store (which has its own lock)
         if png is None:
             raise _error(404, f"item {item_id} has no thumbnail in collection {col.name!r}")
         return Response(
@@ -524,6 +539,17 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _flatten_image(img: Image.Image) -> Image.Image:
+    """Upright RGB on white: EXIF rotation applied (phone photos), transparency composited on white (a canvas
+    exported as PNG is dark ink on transparent black, which would otherwise read as an all-dark image)."""
+    img = ImageOps.exif_transpose(img) or img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB") if img.mode not in ("RGB", "L") else img
 
 
 def _form_int(value: Any, field: str, default: int) -> int:
