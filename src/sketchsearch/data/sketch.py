@@ -117,8 +117,9 @@ class Sketch:
         for i, s in enumerate(self.strokes):
             seg = np.linalg.norm(np.diff(s, axis=0), axis=1) if len(s) > 1 else np.zeros(0)
             arc = np.concatenate([[0.0], np.cumsum(seg)])
-            n = max(int(np.floor(arc[-1] / spacing)), 0) + 1
-            target = np.linspace(0.0, arc[-1], n + (1 if arc[-1] > 0 and n * spacing < arc[-1] else 0))
+            # ceil: steps are equal and never wider than ``spacing`` (tolerance for float round-off)
+            steps = max(int(np.ceil(arc[-1] / spacing - 1e-6)), 1)
+            target = np.linspace(0.0, arc[-1], steps + 1)
             if len(s) == 1 or arc[-1] == 0:
                 strokes.append(s[:1].copy())
                 if times is not None and self.times is not None:
