@@ -32,6 +32,7 @@ test-all: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_hamming.py
 	$(BIN)/python benchmarks/bench_render.py
+	$(BIN)/python benchmarks/bench_service.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
