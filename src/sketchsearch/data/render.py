@@ -79,7 +79,7 @@ def image_to_raster(img: Image.Image, size: int = 64, invert: bool | None = None
         border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
         invert = bool(border.mean() > 0.5)
     ink = 1.0 - g if invert else g
-    if float(ink.max(initial=0.0)) < 0.1:
+    if float(ink.max() - ink.min()) < 0.1:  # no contrast: blank, or one uniform colour
         raise InvalidSketchError("the image has no ink: it is blank (or all one colour)", "image")
     if fit:
         ys, xs = np.nonzero(ink > 0.1)
