@@ -198,7 +198,10 @@ def load_model(name_or_path: str | Path, map_location: str = "cpu", verify: bool
         state = load_file(str(wpath), device=map_location)
     except (SafetensorError, OSError) as e:
         raise ModelError(f"{wpath}: unreadable safetensors file ({e})") from None
-    missing, unexpected = method.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = method.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even with strict=False
+        raise ModelError(f"{wpath}: weights do not fit {card.method} built from {card_path}: {e}") from None
     if missing or unexpected:
         raise ModelError(f"{wpath}: weights do not fit {card.method}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     method.eval()
