@@ -249,3 +249,26 @@ def test_recipe_end_to_end(rng: np.random.Generator, tmp_path: Path) -> None:
     assert method.n_classes == 3 and info["split"]["unseen_classes"] == 1 and info["split"]["skipped_records"] == 4
     assert set(info["stages"]) == set(PHASES)
     assert 0.0 <= metrics["mAP@all"] <= 1.0 and "zero_shot" in metrics and 0.0 <= metrics["recognition_acc"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------- shipped model
+@pytest.mark.data
+def test_shipped_model_zero_shot_beats_chance(shared_data: Path) -> None:
+    """The shipped 64-bit model on 10 of the classes it never saw: mAP@all well above a random ranking."""
+    from sketchsearch.eval.protocol import evaluate_retrieval
+    from sketchsearch.methods.sketchmate import load_quickdraw_sketches
+    from sketchsearch.model import load_model
+
+    method, card = load_model("sketchmate-quickdraw-64")
+    assert (card.method, card.code_size, card.output) == ("sketchmate", 64, "binary")
+    unseen = card.training["unseen_classes"][:10]
+    assert not set(unseen) & set(card.training["classes"])
+    sketches, labels = [], []
+    for c in unseen:
+        by_class, _ = load_quickdraw_sketches(shared_data / "quickdraw" / "raw" / f"{c}.ndjson")
+        sketches += by_class[c]
+        labels += [c] * len(by_class[c])
+    res = evaluate_retrieval(method, sketches, labels, leave_one_out=True, ks=(10,))
+    counts = np.array([labels.count(c) for c in labels]) - 1
+    chance = float(np.mean(counts / (len(labels) - 1)))  # a random ranking's expected AP is about R / N
+    assert res["mAP@all"] > 1.5 * chance, (res["mAP@all"], chance)
