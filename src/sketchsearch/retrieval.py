@@ -156,7 +156,8 @@ class Retriever:
         """Encode ``items`` (unless ``encoded`` is given) and add them; returns their int64 ids."""
         n = len(items) if encoded is None else len(encoded)
         if ids is None:
-            start = (max(self._meta) + 1) if self._meta else len(self.index)
+            # after the largest id in use (a loaded index has ids but no in-memory items)
+            start = max(int(np.max(np.asarray(self.index.ids), initial=-1)), max(self._meta, default=-1)) + 1
             ids = np.arange(start, start + n, dtype=np.int64)
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) != n:
@@ -208,21 +209,33 @@ class Retriever:
         ]
 
     def item_meta(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        # items added since loading live in memory, the rest in the on-disk store
+        out: dict[int, dict[str, Any]] = {}
         if self.store is not None:
-            return {int(r["id"]): r for r in self.store.items(list(ids))}
-        return {i: self._meta[i] for i in ids if i in self._meta}
+            out = {int(r["id"]): r for r in self.store.items([i for i in ids if i not in self._meta])}
+        out.update({i: self._meta[i] for i in ids if i in self._meta})
+        return out
 
     def thumbnail(self, item_id: int) -> bytes | None:
-        if self.store is not None:
-            return self.store.thumbnail(int(item_id))
         m = self._meta.get(int(item_id))
+        if m is None and self.store is not None:
+            return self.store.thumbnail(int(item_id))
         return None if m is None else m.get("thumbnail")
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> None:
         from .index.store import save_index
 
-        items = [{"id": i, **m} for i, m in sorted(self._meta.items())]
+        rows: dict[int, dict[str, Any]] = {}
+        if self.store is not None:  # keep the stored items (labels, thumbnails) of a loaded index
+            live = [int(i) for i in np.asarray(self.index.ids).tolist() if int(i) not in self._meta]
+            for r in self.store.items(live):
+                row = {k: v for k, v in r.items() if k != "has_thumbnail"}
+                if r.get("has_thumbnail"):
+                    row["thumbnail"] = self.store.thumbnail(int(r["id"]))
+                rows[int(r["id"])] = row
+        rows.update({i: {"id": i, **m} for i, m in self._meta.items()})
+        items = [rows[i] for i in sorted(rows)]
         save_index(self.index, folder, model_id=self.model_id, items=items, model_name=self.model_name)
 
     @classmethod
