@@ -3,6 +3,8 @@ antialiasing, invariance of the normalised frame, and images -> rasters (polarit
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -61,7 +63,7 @@ def test_antialiasing_gives_intermediate_values() -> None:
 def test_line_width_increases_ink(rng: np.random.Generator) -> None:
     sk = random_sketch(rng)
     inks = [rasterize(sk, line_width=w).sum() for w in (1.0, 1.5, 2.5, 4.0)]
-    assert all(a < b for a, b in zip(inks, inks[1:]))
+    assert all(a < b for a, b in itertools.pairwise(inks))
 
 
 def test_single_point_stroke_renders_a_centred_dot() -> None:

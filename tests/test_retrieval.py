@@ -4,6 +4,7 @@ a toy float method's embeddings; ties by id; labels/sources in hits; persistence
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,12 @@ class ToyFloat(Method):
 
 
 def walk(rng: np.random.Generator) -> Sketch:
-    return Sketch([np.cumsum(rng.normal(size=(int(rng.integers(3, 12)), 2)), axis=0) for _ in range(int(rng.integers(1, 4)))])
+    return Sketch(
+        [
+            np.cumsum(rng.normal(size=(int(rng.integers(3, 12)), 2)), axis=0)
+            for _ in range(int(rng.integers(1, 4)))
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +86,12 @@ def oracle(dist_row: np.ndarray, ids: np.ndarray, k: int) -> list[tuple[float, i
 def filled(method: Method, sketches: list[Sketch], ids: np.ndarray | None = None) -> Retriever:
     r = Retriever(method)
     n = len(sketches)
-    r.add(sketches, ids=ids, labels=[f"c{i % 5}" for i in range(n)], sources=[f"src/{i}.ndjson" for i in range(n)])
+    r.add(
+        sketches,
+        ids=ids,
+        labels=[f"c{i % 5}" for i in range(n)],
+        sources=[f"src/{i}.ndjson" for i in range(n)],
+    )
     return r
 
 
@@ -124,7 +135,7 @@ def test_k_larger_than_index_pads_nothing_into_hits(itq: Method, sketches: list[
     r = filled(itq, sketches[:4])
     hits = r.search(sketches[5], k=10)
     assert sorted(h.id for h in hits) == [0, 1, 2, 3]
-    d, ids = r.search_many([sketches[5]], k=10)
+    _, ids = r.search_many([sketches[5]], k=10)
     assert ids.shape == (1, 10) and ids.dtype == np.int64 and (ids[0, 4:] == -1).all()
 
 
@@ -142,7 +153,7 @@ def test_float_search_matches_cosine_oracle(sketches: list[Sketch]) -> None:
         want = oracle(1.0 - g @ qz[q], np.arange(30), 10)
         assert [h.id for h in hits] == [i for _, i in want]
         np.testing.assert_allclose([h.distance for h in hits], [d for d, _ in want], atol=1e-5)
-        assert all(a.distance <= b.distance for a, b in zip(hits, hits[1:]))
+        assert all(a.distance <= b.distance for a, b in itertools.pairwise(hits))
         assert [h.label for h in hits] == [f"c{h.id % 5}" for h in hits]
 
 
@@ -246,7 +257,9 @@ def _results(r: Retriever, queries: list[Sketch]) -> list[list[tuple[int, float,
     return [[(h.id, h.distance, h.label, h.source) for h in r.search(q, k=8)] for q in queries]
 
 
-def test_save_load_round_trip_with_manifest_model(artifacts: tuple[Path, Path], sketches: list[Sketch], tmp_path: Path) -> None:
+def test_save_load_round_trip_with_manifest_model(
+    artifacts: tuple[Path, Path], sketches: list[Sketch], tmp_path: Path
+) -> None:
     a, _ = artifacts
     r = Retriever.from_model(a)
     r.add(sketches[:30], ids=np.arange(100, 130), labels=[f"c{i % 5}" for i in range(30)],
@@ -261,7 +274,9 @@ def test_save_load_round_trip_with_manifest_model(artifacts: tuple[Path, Path], 
     assert all(isinstance(h, Hit) for h in loaded.search(sketches[0], k=3))
 
 
-def test_load_with_another_model_is_refused(artifacts: tuple[Path, Path], sketches: list[Sketch], tmp_path: Path) -> None:
+def test_load_with_another_model_is_refused(
+    artifacts: tuple[Path, Path], sketches: list[Sketch], tmp_path: Path
+) -> None:
     a, b = artifacts
     r = Retriever.from_model(a)
     r.add(sketches[:10])
@@ -271,7 +286,9 @@ def test_load_with_another_model_is_refused(artifacts: tuple[Path, Path], sketch
     assert len(Retriever.load(tmp_path / "idx", model=a)) == 10
 
 
-def test_unsaved_model_index_needs_a_model_to_load(itq: Method, sketches: list[Sketch], tmp_path: Path) -> None:
+def test_unsaved_model_index_needs_a_model_to_load(
+    itq: Method, sketches: list[Sketch], tmp_path: Path
+) -> None:
     r = filled(itq, sketches[:5])
     r.save(tmp_path / "idx")
     with pytest.raises(IndexError_, match="does not name its model"):
@@ -286,11 +303,15 @@ def test_float_index_round_trip_with_a_method_object(sketches: list[Sketch], tmp
     loaded = Retriever.load(tmp_path / "dense", model=m)
     got = _results(loaded, sketches[30:33])
     assert [[x[0] for x in row] for row in got] == [[x[0] for x in row] for row in before]
-    np.testing.assert_allclose([[x[1] for x in row] for row in got], [[x[1] for x in row] for row in before], atol=1e-6)
+    np.testing.assert_allclose(
+        [[x[1] for x in row] for row in got], [[x[1] for x in row] for row in before], atol=1e-6
+    )
     assert [[x[2:] for x in row] for row in got] == [[x[2:] for x in row] for row in before]
 
 
-def test_add_to_a_loaded_index_then_save_keeps_the_old_items(artifacts: tuple[Path, Path], sketches: list[Sketch], tmp_path: Path) -> None:
+def test_add_to_a_loaded_index_then_save_keeps_the_old_items(
+    artifacts: tuple[Path, Path], sketches: list[Sketch], tmp_path: Path
+) -> None:
     a, _ = artifacts
     r = Retriever.from_model(a)
     old_ids = [0, 1, 2, 5, 6]  # a gap: automatic ids must not collide with 5 and 6

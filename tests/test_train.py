@@ -5,8 +5,9 @@ several optimisers, and is deterministic for a seed."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,12 +64,22 @@ class TwoOptimisers(ToyLinear):
     def training_losses(self, batch: Batch, phase: str = "all") -> dict[str, Tensor]:
         self.phases.append(phase)
         head = self.fc if phase == "a" else self.other
-        return {f"{phase}_loss": nn.functional.cross_entropy(head(batch["raster"].flatten(1)), batch["label"])}
+        return {
+            f"{phase}_loss": nn.functional.cross_entropy(head(batch["raster"].flatten(1)), batch["label"])
+        }
 
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
-        return {"a": torch.optim.SGD(self.fc.parameters(), lr=lr), "b": torch.optim.SGD(self.other.parameters(), lr=lr)}
+        return {
+            "a": torch.optim.SGD(self.fc.parameters(), lr=lr),
+            "b": torch.optim.SGD(self.other.parameters(), lr=lr),
+        }
 
-    def step(self, model: Callable[..., dict[str, Tensor]], batch: Batch, optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, float]:
+    def step(
+        self,
+        model: Callable[..., dict[str, Tensor]],
+        batch: Batch,
+        optimizers: Mapping[str, torch.optim.Optimizer],
+    ) -> dict[str, float]:
         out: dict[str, float] = {}
         for phase in ("a", "b"):
             losses = model(batch, phase=phase)
@@ -90,7 +101,15 @@ def toy_data(n: int = 64, seed: int = 0) -> RasterDataset:
 
 
 def cfg(**kw: Any) -> TrainConfig:
-    base: dict[str, Any] = dict(iterations=10, batch_size=16, lr=0.05, seed=0, progress=False, log_every=1, device="cpu")
+    base: dict[str, Any] = {
+        "iterations": 10,
+        "batch_size": 16,
+        "lr": 0.05,
+        "seed": 0,
+        "progress": False,
+        "log_every": 1,
+        "device": "cpu",
+    }
     base.update(kw)
     return TrainConfig(**base)
 
@@ -147,7 +166,9 @@ def test_checkpoint_and_resume(tmp_path: Path) -> None:
     assert all("ce_loss" in r and "loss" in r for r in log)
 
 
-def test_checkpoint_every_writes_intermediate_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoint_every_writes_intermediate_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     saved: list[int] = []
     real_save = torch.save
 
