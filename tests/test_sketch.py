@@ -214,6 +214,13 @@ def test_rdp_epsilon_zero_keeps_every_non_collinear_point() -> None:
     np.testing.assert_array_equal(rdp(pts, 0.0), np.arange(20))
 
 
+def test_rdp_epsilon_zero_drops_exactly_collinear_points() -> None:
+    # distance 0 is not > 0: points exactly on the chord (and repeated points) carry nothing
+    pts = np.array([[0, 0], [1, 1], [2, 2], [2, 2], [3, 0]], np.float32)
+    np.testing.assert_array_equal(rdp(pts, 0.0), [0, 2, 4])
+    np.testing.assert_array_equal(rdp(pts, 0.0), _rdp_reference(pts, 0.0))
+
+
 def test_rdp_short_inputs() -> None:
     np.testing.assert_array_equal(rdp(np.zeros((1, 2)), 1.0), [0])
     np.testing.assert_array_equal(rdp(np.array([[0, 0], [1, 1]]), 1.0), [0, 1])

@@ -25,9 +25,12 @@ class ToyLinear(Method):
     name = "toy-linear"
     output = "float"
 
-    def __init__(self, preprocessing: Preprocessing | None = None, init_seed: int = 0) -> None:
+    def __init__(
+        self, preprocessing: Preprocessing | None = None, init_seed: int = 0, dropout: float = 0.0
+    ) -> None:
         super().__init__(preprocessing or Preprocessing(raster_size=4))
-        self.save_hparams(init_seed=init_seed)
+        self.save_hparams(init_seed=init_seed, dropout=dropout)
+        self.dropout = nn.Dropout(dropout)  # the only randomness inside a step: seeded by train()
         g = torch.Generator().manual_seed(init_seed)
         self.fc = nn.Linear(16, 2)
         with torch.no_grad():
@@ -40,7 +43,7 @@ class ToyLinear(Method):
         return 2
 
     def logits(self, batch: Batch) -> Tensor:
-        return self.fc(batch["raster"].flatten(1))
+        return self.fc(self.dropout(batch["raster"].flatten(1)))
 
     def training_losses(self, batch: Batch, phase: str = "all") -> dict[str, Tensor]:
         self.phases.append(phase)
@@ -223,9 +226,12 @@ def test_step_override_with_two_optimisers() -> None:
 
 def test_same_seed_same_weights_other_seed_other_weights() -> None:
     data = toy_data()
+    seen: list[int] = []
 
     def run(seed: int) -> dict[str, Tensor]:
-        m = ToyLinear()
+        m = ToyLinear(dropout=0.5)
+        torch.manual_seed(1000 + len(seen))  # train() must reseed, whatever the global state was
+        seen.append(seed)
         train(m, data, cfg(iterations=8, seed=seed, batch_size=8))
         return m.state_dict()
 
