@@ -50,8 +50,9 @@ def test_shapes(arch: str, dz: int) -> None:
         x = gan.generator(torch.randn(3, dz))
     assert x.shape == (3, 1, 64, 64)
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0  # sigmoid output
-    assert gan.discriminator(x).shape == (3,)
-    f = gan.discriminator.features(x)
+    with torch.no_grad():
+        assert gan.discriminator(x).shape == (3,)
+        f = gan.discriminator.features(x)
     assert f.shape == (3, 1024) and float(f.min()) >= 0.0  # ReLU features
     with pytest.raises(ValueError, match=r"\(B, 1, 64, 64\)"):
         gan.discriminator.features(torch.zeros(2, 1, 32, 32))
@@ -178,7 +179,6 @@ def test_recipe_reports_missing_data(tmp_path: Path) -> None:
         RECIPES.get("gan")(data=str(tmp_path / "nothing.npz"), cfg=TrainConfig(iterations=1, progress=False))
 
 
-@pytest.mark.data
 @pytest.mark.parametrize("name", ["sketch-gan", "thin-gan"])
 def test_shipped_models_load_and_encode(name: str) -> None:
     from sketchsearch.model import resolve_model
@@ -192,3 +192,29 @@ def test_shipped_models_load_and_encode(name: str) -> None:
     assert card.method == "gan" and card.kwargs["arch"] == name and card.training["iterations"] > 0
     z = encode_rasters(m, _rasters(4))
     assert z.shape == (4, 1024) and np.isfinite(z).all()
+
+
+def test_invariance_command_writes_json_and_figures(tmp_path: Path) -> None:
+    import json
+
+    from sketchsearch.cli import main
+
+    models = []
+    for arch in ("sketch-gan", "thin-gan"):
+        torch.manual_seed(0)
+        m = create_method("gan", arch=arch)
+        m.calibrate(_rasters(8))
+        save_model(m, tmp_path / arch)
+        models += ["--model", str(tmp_path / arch)]
+    out = tmp_path / "inv"
+    with pytest.raises(SystemExit) as e:
+        main(["invariance", *models, "--data", "default", "--samples", "2", "--out", str(out)])
+    assert e.value.code in (0, None)
+    doc = json.loads((out / "invariance.json").read_text())
+    assert set(doc["results"]) == {"sketch-gan", "thin-gan"} and doc["samples"] == 2
+    r = doc["results"]["thin-gan"]
+    assert len(r["rotation"]["mean"]) == 41 and len(r["scale"]["mean"]) == 21 and len(r["shift"]["mean"]) == 21
+    assert r["rotation"]["mean"][20] == pytest.approx(1.0, abs=1e-5)  # angle 0 = the drawing itself
+    assert 0.0 < r["summary"]["rotation"] <= 1.0
+    for png in ("rotation.png", "scale.png", "shift.png"):
+        assert (out / png).stat().st_size > 0

@@ -28,6 +28,7 @@ __all__ = [
     "scale_curve",
     "shift_map",
     "summary",
+    "study",
     "ROTATION_ANGLES",
     "SCALE_FACTORS",
     "SHIFTS",
@@ -133,3 +134,26 @@ def shift_map(
 def summary(curve: dict[str, list[float]] | dict[str, list[float] | list[list[float]]]) -> float:
     """The one-number summary: the mean similarity over the whole range (all cells of a shift map)."""
     return float(np.mean(np.asarray(curve["mean"], dtype=float)))
+
+
+def study(
+    encoders: dict[str, EncodeFn],
+    rasters: np.ndarray | Tensor,
+    angles: Sequence[float] = tuple(ROTATION_ANGLES),
+    factors: Sequence[float] = tuple(SCALE_FACTORS),
+    shifts: Sequence[int] = tuple(SHIFTS),
+) -> dict[str, dict[str, object]]:
+    """All three measurements for every encoder on the same rasters:
+    ``{name: {"rotation": curve, "scale": curve, "shift": map, "summary": {"rotation", "scale", "shift"}}}``."""
+    out: dict[str, dict[str, object]] = {}
+    for name, fn in encoders.items():
+        rot = rotation_curve(fn, rasters, angles)
+        sc = scale_curve(fn, rasters, factors)
+        sh = shift_map(fn, rasters, shifts)
+        out[name] = {
+            "rotation": rot,
+            "scale": sc,
+            "shift": sh,
+            "summary": {"rotation": summary(rot), "scale": summary(sc), "shift": summary(sh)},
+        }
+    return out

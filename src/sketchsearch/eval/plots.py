@@ -135,8 +135,8 @@ def retrieval_grid(
             else:
                 ax.axis("off")
     if title:
-        fig.suptitle(title)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+        fig.suptitle(title, y=1.0 - 0.05 / fig.get_figheight(), va="top")
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, top=1.0 - (0.35 if title else 0.0) / fig.get_figheight())
     return _save(fig, path)
 
 

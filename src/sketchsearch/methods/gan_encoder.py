@@ -272,22 +272,25 @@ def render_drawings(sketches: Iterable[Sketch], pre: Preprocessing) -> tuple[np.
 def gan_recipe(data: str, cfg: Any, **method_kwargs: Any) -> tuple[Method, dict[str, Any], dict[str, Any]]:
     """Render ``data`` at 64x64, train with Algorithm 1 in the one training loop, calibrate, save samples.
 
-    ``cfg``: :class:`sketchsearch.train.TrainConfig` (paper: 2,000 iterations, batch 128, lr 0.002);
-    ``cfg.extra['limit']`` caps the number of training drawings. Writes ``samples.png`` (64 draws of G)
-    into ``cfg.out`` when set.
+    ``cfg``: :class:`sketchsearch.train.TrainConfig` (paper: 2,000 iterations, batch 128, lr 0.002).
+    Recipe options besides the method's kwargs (``--set`` on the CLI, or ``cfg.extra``): ``limit`` caps the
+    number of training drawings (seeded subset); ``calibrate_on`` (10,000) the drawings used by
+    :meth:`GANEncoder.calibrate`. Writes ``samples.png`` (64 draws of G) into ``cfg.out`` when set.
     """
     import time
 
     from ..eval.plots import image_grid
     from ..train import train
 
+    limit = method_kwargs.pop("limit", cfg.extra.get("limit"))
+    calibrate_on = int(method_kwargs.pop("calibrate_on", cfg.extra.get("calibrate_on", 10_000)))
     method = gan(**method_kwargs)
     t0 = time.perf_counter()
-    sketches, skipped = load_drawings(data, limit=cfg.extra.get("limit"), seed=cfg.seed)
+    sketches, skipped = load_drawings(data, limit=limit, seed=cfg.seed)
     rasters, bad = render_drawings(sketches, method.preprocessing)
     render_s = time.perf_counter() - t0
     result = train(method, RasterDataset(rasters), cfg)
-    cal_n = min(len(rasters), int(cfg.extra.get("calibrate_on", 10_000)))
+    cal_n = min(len(rasters), calibrate_on)
     cal_idx = np.sort(np.random.default_rng(cfg.seed).choice(len(rasters), size=cal_n, replace=False))
     calib = method.calibrate(torch.from_numpy(rasters[cal_idx])[:, None])
     if cfg.out:
