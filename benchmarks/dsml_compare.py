@@ -139,11 +139,12 @@ def train_one(
 
 
 @torch.no_grad()
-def encode(method: Any, rasters: np.ndarray) -> torch.Tensor:
+def encode(method: Any, rasters: np.ndarray, raw: bool = False) -> torch.Tensor:
+    """Embeddings as the Retriever sees them (``encode_sketch``), or with ``raw`` what the loss saw (``embed``)."""
     method.eval()
+    fn = method.embed if raw else method.encode_sketch
     out = [
-        method.encode_sketch({"raster": torch.from_numpy(rasters[i : i + 512])[:, None]})
-        for i in range(0, len(rasters), 512)
+        fn({"raster": torch.from_numpy(rasters[i : i + 512])[:, None]}) for i in range(0, len(rasters), 512)
     ]
     return torch.cat(out).float()
 
@@ -189,6 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--distances", nargs="+", default=["euclidean", "snr"])
     ap.add_argument("--datasets", nargs="+", default=["quickdraw", "sketchy"])
+    ap.add_argument(
+        "--normalize",
+        nargs="+",
+        choices=["raw", "l2"],
+        default=["raw", "l2"],
+        help="embeddings the loss sees: raw (the paper's DSML: scale left free, zero-mean regulariser) "
+        "and/or l2 (PML's default; then SNR = 2 - 2 cos on zero-mean vectors, nearly the Euclidean loss)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "dsml_compare")
     ap.add_argument(
         "--render", type=Path, default=None, help="only re-write the markdown of this results JSON"
@@ -216,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     common = {
         "loss": "contrastive",
         "miner": "multi_similarity",
-        "normalize": True,
         "embedding_dim": 128,
         "encoder": "small_cnn",
         "width": 0.25,
@@ -235,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             "split_seed": a.split_seed,
             "query_fraction": QUERY_FRACTION,
             "method_kwargs": common,
+            "normalize": a.normalize,
             "splits_file": "benchmarks/results/dsml_splits.json",
         },
         "datasets": {},
@@ -252,51 +261,56 @@ def main(argv: list[str] | None = None) -> int:
             "queries": len(qi),
             "gallery": len(gi),
         }
-        for seed in a.seeds:
-            for dist in a.distances:
-                m, info = train_one(rasters[gi], lab[gi], seed, a.iterations, distance=dist, **common)
-                q, g = encode(m, rasters[qi]), encode(m, rasters[gi])
-                for search in ("cosine", "snr"):
-                    _, order = knn(q, g, None, search)
-                    row = {
-                        "dataset": name,
-                        "seed": seed,
-                        "trained with": dist,
-                        "code": "float 128",
-                        "searched by": search,
-                    }
-                    row |= scores(order.numpy(), lab[gi], lab[qi])
-                    if search == "cosine":  # cross-check of the metrics (SNR ranking is checked in tests)
-                        row["PML MAP@R"] = pml_map_at_r(q, g, lab[qi], lab[gi], search)
-                    row |= info
-                    payload["rows"].append(row)
-                    print(row, flush=True)
-                write(a.out, payload)
-            for nbits in a.bits:
+        for norm in a.normalize:
+            kw = common | {"normalize": norm == "l2"}
+            for seed in a.seeds:
                 for dist in a.distances:
-                    m, info = train_one(
-                        rasters[gi],
-                        lab[gi],
-                        seed,
-                        hash_its,
-                        distance=dist,
-                        hashing=True,
-                        nbits=nbits,
-                        **common,
-                    )
-                    order = hamming_order(encode(m, rasters[qi]), encode(m, rasters[gi]))
-                    row = {
-                        "dataset": name,
-                        "seed": seed,
-                        "trained with": dist,
-                        "code": f"{nbits} bits",
-                        "searched by": "hamming",
-                    }
-                    row |= scores(order, lab[gi], lab[qi], full=False)
-                    row |= info
-                    payload["rows"].append(row)
-                    print(row, flush=True)
+                    m, info = train_one(rasters[gi], lab[gi], seed, a.iterations, distance=dist, **kw)
+                    raw = norm == "raw"
+                    q, g = encode(m, rasters[qi], raw), encode(m, rasters[gi], raw)
+                    for search in ("cosine", "snr") if norm == "l2" else ("euclidean", "cosine", "snr"):
+                        _, order = knn(q, g, None, search)
+                        row = {
+                            "dataset": name,
+                            "seed": seed,
+                            "embedding": norm,
+                            "trained with": dist,
+                            "code": "float 128",
+                            "searched by": search,
+                        }
+                        row |= scores(order.numpy(), lab[gi], lab[qi])
+                        if search != "snr":  # cross-check of the metrics (SNR ranking is checked in tests)
+                            row["PML MAP@R"] = pml_map_at_r(q, g, lab[qi], lab[gi], search)
+                        row |= info
+                        payload["rows"].append(row)
+                        print(row, flush=True)
                     write(a.out, payload)
+                for nbits in a.bits:
+                    for dist in a.distances:
+                        m, info = train_one(
+                            rasters[gi],
+                            lab[gi],
+                            seed,
+                            hash_its,
+                            distance=dist,
+                            hashing=True,
+                            nbits=nbits,
+                            **kw,
+                        )
+                        order = hamming_order(encode(m, rasters[qi]), encode(m, rasters[gi]))
+                        row = {
+                            "dataset": name,
+                            "seed": seed,
+                            "embedding": norm,
+                            "trained with": dist,
+                            "code": f"{nbits} bits",
+                            "searched by": "hamming",
+                        }
+                        row |= scores(order, lab[gi], lab[qi], full=False)
+                        row |= info
+                        payload["rows"].append(row)
+                        print(row, flush=True)
+                        write(a.out, payload)
     payload["seconds"] = round(time.perf_counter() - t0, 1)
     write(a.out, payload)
     print(f"done in {payload['seconds']}s -> {a.out}.{{json,md}}")
@@ -304,7 +318,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write(stem: Path, payload: dict[str, Any]) -> None:
-    cols = ["dataset", "seed", "trained with", "code", "searched by", "MAP@R", "P@1", "mAP@all", "train s"]
+    cols = [
+        "dataset",
+        "seed",
+        "embedding",
+        "trained with",
+        "code",
+        "searched by",
+        "MAP@R",
+        "P@1",
+        "mAP@all",
+        "train s",
+    ]
     write_results(stem, payload, cols, payload["title"])
     p = payload["protocol"]
     ds = "; ".join(
@@ -319,9 +344,11 @@ def write(stem: Path, payload: dict[str, Any]) -> None:
         f"Adam lr {p['lr']}; `dsml` kwargs {p['method_kwargs']}: only `distance` changes between paired rows. "
         "Margins: PML's contrastive defaults (pos 0, neg 1) for both distances; zero-mean regulariser weight 0.1 "
         "in both. Queries are unseen drawings of the training classes; the gallery is the training set.\n\n"
-        "`searched by cosine` = the shared Retriever's rule for float methods (cosine on L2-normalised "
-        "embeddings; for the Euclidean-trained model identical to Euclidean ranking). `searched by snr` = "
-        "brute-force PML SNRDistance on the same normalised embeddings. Hashing: sign codes, Hamming ranking, "
+        "`embedding raw` = the paper's DSML: the loss sees the raw embedding (scale free, zero-mean regulariser); "
+        "`l2` = PML's default, the loss sees L2-normalised embeddings, where on zero-mean vectors "
+        "SNR = 2 - 2 cos, i.e. nearly the Euclidean loss. Float rows are searched on the embedding the loss saw: "
+        "`cosine` = the shared Retriever's rule for float methods; `euclidean` / `snr` = brute-force PML "
+        "distances (on l2 rows Euclidean ranking equals cosine ranking). Hashing: sign codes, Hamming ranking, "
         "ties by gallery position. MAP@R / P@1 / mAP@all from `sketchsearch.eval.metrics` (PML's "
         "AccuracyCalculator's MAP@R on the cosine rows is stored in the JSON as a cross-check).\n"
     )
