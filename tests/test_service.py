@@ -417,8 +417,17 @@ def test_page_is_served_offline_with_a_strict_csp(client: TestClient) -> None:
     assert "http://" not in page.text and "https://" not in page.text
 
 
+def test_api_docs_are_served_offline(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text
+    assert "https://" not in page.text and "http://" not in page.text, "/docs must not load a CDN"
+    for asset in ("/docs-static/swagger-ui-bundle.js", "/docs-static/swagger-ui.css"):
+        r = client.get(asset)
+        assert r.status_code == 200 and len(r.content) > 10_000, asset
+    assert client.get("/redoc").status_code == 404
+
+
 def test_openapi_documents_both_request_bodies(client: TestClient) -> None:
-    assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/api/search"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}

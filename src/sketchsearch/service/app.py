@@ -35,9 +35,11 @@ from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
@@ -287,6 +289,8 @@ def create_app(
         version=__version__,
         description="Search collections by drawing. Draw at `/`; the API is below.",
         responses={400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+        docs_url=None,  # served below from the swagger-ui-bundle package: FastAPI's default loads a CDN
+        redoc_url=None,  # ReDoc has no offline bundle on PyPI; /docs is the one API page
     )
     app.state.collections = cols
     app.state.limits = limits
@@ -525,6 +529,19 @@ def create_app(
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=page_headers)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    # Swagger UI from the installed swagger-ui-bundle wheel, so /docs works offline like the page does.
+    app.mount("/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url="/docs-static/swagger-ui-bundle.js",
+            swagger_css_url="/docs-static/swagger-ui.css",
+            swagger_favicon_url="/docs-static/favicon-32x32.png",
+        )
 
     # OpenAPI: the JSON request body is read by hand (to take JSON or multipart on one route), so add its schema.
     def openapi() -> dict[str, Any]:
