@@ -38,18 +38,27 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pca-dims", type=int, nargs="*", default=[64], help="float PCA rows (none: --pca-dims)")
     ap.add_argument("--queries-per-class", type=int, default=10)
     ap.add_argument("--split-seed", type=int, default=0)
-    ap.add_argument("--seed", type=int, default=0, help="seed of the LSH hyperplanes and the ITQ initial rotation")
-    ap.add_argument("--split-file", default=None, help="default: results/quickdraw_raw_split_q{Q}_seed{S}.json")
+    ap.add_argument(
+        "--seed", type=int, default=0, help="seed of the LSH hyperplanes and the ITQ initial rotation"
+    )
+    ap.add_argument(
+        "--split-file", default=None, help="default: results/quickdraw_raw_split_q{Q}_seed{S}.json"
+    )
     ap.add_argument("--limit", type=int, default=None, help="read at most this many drawings (smoke runs)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(1)
-    split_file = args.split_file or HERE / "results" / f"quickdraw_raw_split_q{args.queries_per_class}_seed{args.split_seed}.json"
+    split_file = (
+        args.split_file
+        or HERE / "results" / f"quickdraw_raw_split_q{args.queries_per_class}_seed{args.split_seed}.json"
+    )
     rows = []
     for b in args.bits:
         rows.append({"label": f"ITQ {b}", "method": "itq", "kwargs": {"nbits": b, "seed": args.seed}})
         rows.append({"label": f"LSH {b}", "method": "lsh", "kwargs": {"nbits": b, "seed": args.seed}})
-    rows += [{"label": f"PCA {d} (float, cosine)", "method": "pca", "kwargs": {"dim": d}} for d in args.pca_dims]
+    rows += [
+        {"label": f"PCA {d} (float, cosine)", "method": "pca", "kwargs": {"dim": d}} for d in args.pca_dims
+    ]
     notes = [
         (
             "Pixels: 32x32 rasters (line width 1.5 px), flattened and centred; LSH = sign of seeded Gaussian"
@@ -67,7 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         "Search ms/query: exact Hamming scan (cosine for PCA) on one thread of a shared 2-core machine.",
     ]
-    meta = {"command": " ".join([Path(sys.argv[0]).name if argv is None else "baseline_quickdraw.py", *(argv or sys.argv[1:])])}
+    meta = {
+        "command": " ".join(
+            [Path(sys.argv[0]).name if argv is None else "baseline_quickdraw.py", *(argv or sys.argv[1:])]
+        )
+    }
     try:
         sys.path.insert(0, str(HERE))
         from _common import machine

@@ -29,7 +29,9 @@ from sketchsearch.index.hamming import create_index
 BACKENDS = ("sketchsearch", "faiss", "numpy")
 
 
-def best_ms_per_query(index: Any, q: np.ndarray, k: int, repeats: int) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
+def best_ms_per_query(
+    index: Any, q: np.ndarray, k: int, repeats: int
+) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
     best = float("inf")
     out = None
     for _ in range(repeats):
@@ -40,7 +42,9 @@ def best_ms_per_query(index: Any, q: np.ndarray, k: int, repeats: int) -> tuple[
     return best, out
 
 
-def run(sizes: list[int], bits: list[int], nq: int, k: int, repeats: int, numpy_max_work: float) -> list[dict[str, Any]]:
+def run(
+    sizes: list[int], bits: list[int], nq: int, k: int, repeats: int, numpy_max_work: float
+) -> list[dict[str, Any]]:
     import faiss
     import numba
 
@@ -68,7 +72,9 @@ def run(sizes: list[int], bits: list[int], nq: int, k: int, repeats: int, numpy_
             for name in BACKENDS:
                 r = res[name]
                 m = r["nq"]
-                agree = bool(np.array_equal(r["ids"], ref["ids"][:m]) and np.array_equal(r["d"], ref["d"][:m]))
+                agree = bool(
+                    np.array_equal(r["ids"], ref["ids"][:m]) and np.array_equal(r["d"], ref["d"][:m])
+                )
                 rows.append(
                     {
                         "backend": name,
@@ -93,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--queries", type=int, default=64)
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--numpy-max-work", type=float, default=2e7, help="n x queries above which numpy is sampled")
+    ap.add_argument(
+        "--numpy-max-work", type=float, default=2e7, help="n x queries above which numpy is sampled"
+    )
     here = Path(__file__).resolve().parent / "results"
     ap.add_argument("--json", default=str(here / "hamming.json"))
     ap.add_argument("--md", default=str(here / "hamming.md"))
@@ -103,7 +111,17 @@ def main(argv: list[str] | None = None) -> None:
 
     payload = {"benchmark": "hamming_knn", "k": a.k, "threads": 1, "machine": machine(), "rows": rows}
     write_atomic(a.json, json.dumps(payload, indent=2) + "\n")
-    cols = ["backend", "n", "bits", "queries", "ms_per_query", "speedup_vs_faiss", "speedup_vs_numpy", "same_results_as_faiss", "note"]
+    cols = [
+        "backend",
+        "n",
+        "bits",
+        "queries",
+        "ms_per_query",
+        "speedup_vs_faiss",
+        "speedup_vs_numpy",
+        "same_results_as_faiss",
+        "note",
+    ]
     md = f"# Exact top-{a.k} Hamming search, 1 thread\n\n" + markdown_table(rows, cols)
     md += f"\nMachine: {payload['machine']['cpu']}, {payload['machine']['cores']} cores (others' jobs may share them).\n"
     write_atomic(a.md, md)

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_results  # noqa: E402
+from _common import machine, write_results
 
-from sketchsearch.data.render import rasterize  # noqa: E402
-from sketchsearch.data.synthetic import default_collection  # noqa: E402
+from sketchsearch.data.render import rasterize
+from sketchsearch.data.synthetic import default_collection
 
 
 def rate(fn, items, repeats: int = 3) -> float:
@@ -40,13 +40,40 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for size in a.sizes:
         lw = 1.5 * size / 64
-        ours = rate(lambda s: rasterize(s, size=size, line_width=lw), sketches)
-        ref = rate(lambda s: rasterize(s, size=size, line_width=lw, supersample=1), sketches)
-        rows.append({"renderer": "sketchsearch (4x supersampled, antialiased)", "size": size, "sketches_per_s": ours, "ratio_vs_aliased": ours / ref})
-        rows.append({"renderer": "reference: aliased Pillow draw", "size": size, "sketches_per_s": ref, "ratio_vs_aliased": 1.0})
+        ours = rate(lambda s, size=size, lw=lw: rasterize(s, size=size, line_width=lw), sketches)
+        ref = rate(
+            lambda s, size=size, lw=lw: rasterize(s, size=size, line_width=lw, supersample=1), sketches
+        )
+        rows.append(
+            {
+                "renderer": "sketchsearch (4x supersampled, antialiased)",
+                "size": size,
+                "sketches_per_s": ours,
+                "ratio_vs_aliased": ours / ref,
+            }
+        )
+        rows.append(
+            {
+                "renderer": "reference: aliased Pillow draw",
+                "size": size,
+                "sketches_per_s": ref,
+                "ratio_vs_aliased": 1.0,
+            }
+        )
         print(f"{size}x{size}: {ours:,.0f} sketches/s antialiased, {ref:,.0f} aliased", flush=True)
-    payload = {"machine": machine(), "n_sketches": len(sketches), "mean_points": pts, "threads": 1, "rows": rows}
-    write_results(a.out, payload, ["renderer", "size", "sketches_per_s", "ratio_vs_aliased"], "Rasterisation throughput (one core)")
+    payload = {
+        "machine": machine(),
+        "n_sketches": len(sketches),
+        "mean_points": pts,
+        "threads": 1,
+        "rows": rows,
+    }
+    write_results(
+        a.out,
+        payload,
+        ["renderer", "size", "sketches_per_s", "ratio_vs_aliased"],
+        "Rasterisation throughput (one core)",
+    )
 
 
 if __name__ == "__main__":

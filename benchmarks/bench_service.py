@@ -69,7 +69,10 @@ def query_payloads(n_distinct: int, k: int, seed: int) -> list[bytes]:
     for s in merchant_marks(max(1, n_distinct // 5), 5, seed=seed + 1)[:n_distinct]:
         times = s.times or [np.arange(len(st)) * 16.0 for st in s.strokes]
         strokes = [
-            [{"x": round(float(x), 1), "y": round(float(y), 1), "t": round(float(t), 1)} for (x, y), t in zip(st, ts)]
+            [
+                {"x": round(float(x), 1), "y": round(float(y), 1), "t": round(float(t), 1)}
+                for (x, y), t in zip(st, ts)
+            ]
             for st, ts in zip(s.strokes, times)
         ]
         out.append(json.dumps({"strokes": strokes, "k": k, "collection": "bench"}).encode())
@@ -91,7 +94,11 @@ async def load(url: str, payloads: list[bytes], total: int, clients: int, deadli
             next_i += 1
             t0 = time.perf_counter()
             try:
-                r = await c.post("/api/search", content=payloads[i % len(payloads)], headers={"content-type": "application/json"})
+                r = await c.post(
+                    "/api/search",
+                    content=payloads[i % len(payloads)],
+                    headers={"content-type": "application/json"},
+                )
                 dt = (time.perf_counter() - t0) * 1000
                 if r.status_code == 200 and r.json()["hits"]:
                     latencies.append(dt)
@@ -124,7 +131,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--distinct-queries", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--time-limit", type=float, default=300.0, help="seconds for the whole run, set-up included")
+    ap.add_argument(
+        "--time-limit", type=float, default=300.0, help="seconds for the whole run, set-up included"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "service")
     args = ap.parse_args(argv)
     deadline = time.monotonic() + args.time_limit
@@ -134,7 +143,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # loopback only
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    proc = mp.get_context("spawn").Process(target=_serve, args=(sock, args.items, args.nbits, args.seed), daemon=True)
+    proc = mp.get_context("spawn").Process(
+        target=_serve, args=(sock, args.items, args.nbits, args.seed), daemon=True
+    )
     t_setup = time.perf_counter()
     proc.start()
     try:
@@ -172,13 +183,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "k": args.k,
         "wall_s": round(res["wall_s"], 3),
         "throughput_per_s": round(n_ok / res["wall_s"], 1) if res["wall_s"] > 0 else None,
-        "latency_ms": {"p50": round(pct(lat, 50), 2), "p90": round(pct(lat, 90), 2), "p99": round(pct(lat, 99), 2),
-                       "max": round(max(lat), 2) if lat else None, "mean": round(statistics.fmean(lat), 2) if lat else None},
-        "server_search_ms": {"p50": round(pct(res["server_ms"], 50), 3), "p99": round(pct(res["server_ms"], 99), 3)},
+        "latency_ms": {
+            "p50": round(pct(lat, 50), 2),
+            "p90": round(pct(lat, 90), 2),
+            "p99": round(pct(lat, 99), 2),
+            "max": round(max(lat), 2) if lat else None,
+            "mean": round(statistics.fmean(lat), 2) if lat else None,
+        },
+        "server_search_ms": {
+            "p50": round(pct(res["server_ms"], 50), 3),
+            "p99": round(pct(res["server_ms"], 99), 3),
+        },
         "server_setup_s": round(setup_s, 1),
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
-                    "load_average_1min_before": round(load_before, 2)},
-        "command": "python benchmarks/bench_service.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "load_average_1min_before": round(load_before, 2),
+        },
+        "command": "python benchmarks/bench_service.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
@@ -186,18 +210,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md = [
         "# Service load benchmark",
         "",
-        (f"`{out['command'].strip()}` — uvicorn (1 worker) on 127.0.0.1, {out['clients']} concurrent httpx clients, "
-        f"{out['items']:,} items of {out['nbits']}-bit codes ({out['codes']}), k = {out['k']}, "
-        f"{out['machine']['cpus']} CPUs ({out['machine']['platform']}), "
-        f"1-minute load average {out['machine']['load_average_1min_before']} before the run (a shared machine)."),
+        (
+            f"`{out['command'].strip()}` — uvicorn (1 worker) on 127.0.0.1, {out['clients']} concurrent httpx clients, "
+            f"{out['items']:,} items of {out['nbits']}-bit codes ({out['codes']}), k = {out['k']}, "
+            f"{out['machine']['cpus']} CPUs ({out['machine']['platform']}), "
+            f"1-minute load average {out['machine']['load_average_1min_before']} before the run (a shared machine)."
+        ),
         "",
         "| searches ok | errors | throughput (searches/s) | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | server search p50 / p99 (ms) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        (f"| {n_ok:,} | {n_err} | {out['throughput_per_s']} | {L['p50']} | {L['p90']} | {L['p99']} | {L['max']} | "
-        f"{out['server_search_ms']['p50']} / {out['server_search_ms']['p99']} |"),
+        (
+            f"| {n_ok:,} | {n_err} | {out['throughput_per_s']} | {L['p50']} | {L['p90']} | {L['p99']} | {L['max']} | "
+            f"{out['server_search_ms']['p50']} / {out['server_search_ms']['p99']} |"
+        ),
         "",
-        ("Latency is client-side (request sent to answer parsed), under full concurrency, so it includes queueing; "
-        "the server search time is encode + Hamming search + labels for one query (the API's `took_ms`)."),
+        (
+            "Latency is client-side (request sent to answer parsed), under full concurrency, so it includes queueing; "
+            "the server search time is encode + Hamming search + labels for one query (the API's `took_ms`)."
+        ),
         "",
     ]
     args.out.with_suffix(".md").write_text("\n".join(md))

@@ -37,26 +37,28 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_atomic, write_results  # noqa: E402
+from _common import machine, write_results
 
-from sketchsearch.eval.plots import retrieval_grid  # noqa: E402
-from sketchsearch.eval.protocol import evaluate_retrieval, load_labelled  # noqa: E402
-from sketchsearch.methods.base import Method, create_method  # noqa: E402
-from sketchsearch.methods.gan_encoder import (  # noqa: E402
+from sketchsearch.eval.plots import retrieval_grid
+from sketchsearch.eval.protocol import evaluate_retrieval, load_labelled
+from sketchsearch.methods.base import Method, create_method
+from sketchsearch.methods.gan_encoder import (
     GANEncoder,
     binary_variant,
     encode_rasters,
     load_drawings,
     render_drawings,
 )
-from sketchsearch.model import load_model, resolve_model, save_model  # noqa: E402
-from sketchsearch.retrieval import Retriever  # noqa: E402
+from sketchsearch.model import load_model, resolve_model, save_model
+from sketchsearch.retrieval import Retriever
 
 ROOT = Path(__file__).resolve().parents[1]
 KS = (1, 8, 100)
 
 
-def _eval(label: str, method: Method, sketches: list[Any], labels: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+def _eval(
+    label: str, method: Method, sketches: list[Any], labels: list[str], extra: dict[str, Any]
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = evaluate_retrieval(method, sketches, labels, ks=KS, leave_one_out=True)
     row = {
@@ -71,7 +73,9 @@ def _eval(label: str, method: Method, sketches: list[Any], labels: list[str], ex
         "seconds": time.perf_counter() - t0,
         **extra,
     }
-    print(f"{label:32s} mAP@all {row['mAP@all']:.4f}  P@8 {row['P@8']:.4f}  ({row['seconds']:.0f}s)", flush=True)
+    print(
+        f"{label:32s} mAP@all {row['mAP@all']:.4f}  P@8 {row['P@8']:.4f}  ({row['seconds']:.0f}s)", flush=True
+    )
     return row
 
 
@@ -82,7 +86,9 @@ def _network_throughput(method: Method, rasters: np.ndarray) -> float:
     return len(rasters) / (time.perf_counter() - t0)
 
 
-def _grid(method: Method, rasters: np.ndarray, labels: list[str], queries: np.ndarray, path: Path, title: str) -> dict[str, Any]:
+def _grid(
+    method: Method, rasters: np.ndarray, labels: list[str], queries: np.ndarray, path: Path, title: str
+) -> dict[str, Any]:
     r = Retriever(method)
     codes = r.encode(list(rasters))
     r.add(list(rasters), ids=np.arange(len(rasters), dtype=np.int64), encoded=codes)
@@ -95,11 +101,17 @@ def _grid(method: Method, rasters: np.ndarray, labels: list[str], queries: np.nd
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--omniglot", default=str(ROOT / ".." / "shared" / "data" / "omniglot" / "strokes_background_small1"))
+    ap.add_argument(
+        "--omniglot", default=str(ROOT / ".." / "shared" / "data" / "omniglot" / "strokes_background_small1")
+    )
     ap.add_argument("--train", default=str(ROOT / ".." / "shared" / "data" / "sketchrnn" / "omniglot.npz"))
     ap.add_argument("--models", nargs="+", default=["sketch-gan", "thin-gan"])
-    ap.add_argument("--fit-on", type=int, default=10_000, help="unlabelled drawings for baselines / untrained calibration")
-    ap.add_argument("--update-cards", action="store_true", help="write the measured metrics into the models' cards")
+    ap.add_argument(
+        "--fit-on", type=int, default=10_000, help="unlabelled drawings for baselines / untrained calibration"
+    )
+    ap.add_argument(
+        "--update-cards", action="store_true", help="write the measured metrics into the models' cards"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gan_omniglot"))
     ap.add_argument("--figures", default=str(ROOT / "docs" / "gan"))
@@ -108,7 +120,10 @@ def main(argv: list[str] | None = None) -> None:
 
     ds = load_labelled(args.omniglot)
     sketches, labels = ds.items, ds.labels
-    print(f"omniglot: {len(sketches)} drawings, {len(set(labels))} characters ({ds.skipped} skipped)", flush=True)
+    print(
+        f"omniglot: {len(sketches)} drawings, {len(set(labels))} characters ({ds.skipped} skipped)",
+        flush=True,
+    )
     train_sketches, _ = load_drawings(args.train, limit=args.fit_on, seed=0)
     rng = np.random.default_rng(0)
     chars = sorted(set(labels))
@@ -122,17 +137,33 @@ def main(argv: list[str] | None = None) -> None:
         assert isinstance(method, GANEncoder)
         rasters, _ = render_drawings(sketches, method.preprocessing)
         info = {"model": card.name, "model_id": card.model_id, "iterations": card.training.get("iterations")}
-        rows.append(_eval(f"{card.name} (float)", method, sketches, labels, {**info, "network_per_s": _network_throughput(method, rasters)}))
+        rows.append(
+            _eval(
+                f"{card.name} (float)",
+                method,
+                sketches,
+                labels,
+                {**info, "network_per_s": _network_throughput(method, rasters)},
+            )
+        )
         rows.append(_eval(f"{card.name} (1024-bit centred)", binary_variant(method), sketches, labels, info))
         grids[card.name] = _grid(
-            method, rasters, labels, queries, Path(args.figures) / f"retrieval_{card.name}.png",
+            method,
+            rasters,
+            labels,
+            queries,
+            Path(args.figures) / f"retrieval_{card.name}.png",
             f"{card.name}: query (purple) + top 8 (green = same character)",
         )
         if args.update_cards:
             row = rows[-2]
             metrics = {
-                "omniglot_small1_leave_one_out": {k: round(float(row[k]), 4) for k in ("mAP@all", "P@8", "P@1", "MAP@R")},
-                "omniglot_small1_leave_one_out_binary_1024": {k: round(float(rows[-1][k]), 4) for k in ("mAP@all", "P@8")},
+                "omniglot_small1_leave_one_out": {
+                    k: round(float(row[k]), 4) for k in ("mAP@all", "P@8", "P@1", "MAP@R")
+                },
+                "omniglot_small1_leave_one_out_binary_1024": {
+                    k: round(float(rows[-1][k]), 4) for k in ("mAP@all", "P@8")
+                },
                 "measured_by": "python benchmarks/gan_omniglot.py --update-cards",
             }
             stem = resolve_model(name)
@@ -143,10 +174,26 @@ def main(argv: list[str] | None = None) -> None:
         assert isinstance(untrained, GANEncoder)
         train_r, _ = render_drawings(train_sketches, untrained.preprocessing)
         untrained.calibrate(torch.from_numpy(train_r)[:, None])
-        rows.append(_eval(f"{arch} untrained D (float)", untrained, sketches, labels, {"network_per_s": _network_throughput(untrained, rasters)}))
-        rows.append(_eval(f"{arch} untrained D (1024-bit centred)", binary_variant(untrained), sketches, labels, {}))
+        rows.append(
+            _eval(
+                f"{arch} untrained D (float)",
+                untrained,
+                sketches,
+                labels,
+                {"network_per_s": _network_throughput(untrained, rasters)},
+            )
+        )
+        rows.append(
+            _eval(f"{arch} untrained D (1024-bit centred)", binary_variant(untrained), sketches, labels, {})
+        )
 
-    for method_name, kw in (("itq", {"nbits": 64}), ("itq", {"nbits": 256}), ("lsh", {"nbits": 64}), ("lsh", {"nbits": 256}), ("pca", {"dim": 256})):
+    for method_name, kw in (
+        ("itq", {"nbits": 64}),
+        ("itq", {"nbits": 256}),
+        ("lsh", {"nbits": 64}),
+        ("lsh", {"nbits": 256}),
+        ("pca", {"dim": 256}),
+    ):
         try:
             m = create_method(method_name, **kw)
         except ValueError as e:
@@ -156,11 +203,24 @@ def main(argv: list[str] | None = None) -> None:
         m.fit(train_sketches)
         fit_s = time.perf_counter() - t0
         size = m.preprocessing.raster_size
-        rows.append(_eval(f"pixel {method_name.upper()} {list(kw.values())[0]} ({size}x{size})", m, sketches, labels, {"fit_seconds": fit_s}))
+        rows.append(
+            _eval(
+                f"pixel {method_name.upper()} {next(iter(kw.values()))} ({size}x{size})",
+                m,
+                sketches,
+                labels,
+                {"fit_seconds": fit_s},
+            )
+        )
 
     payload = {
         "benchmark": "gan_omniglot",
-        "dataset": {"path": args.omniglot, "drawings": len(sketches), "characters": len(chars), "relevant": "same character"},
+        "dataset": {
+            "path": args.omniglot,
+            "drawings": len(sketches),
+            "characters": len(chars),
+            "relevant": "same character",
+        },
         "protocol": "leave-one-out: each drawing queries the other 2,719; complete rankings; ties by gallery position",
         "unlabelled_training_data": {"path": args.train, "fit_on": len(train_sketches)},
         "machine": machine(),
@@ -168,7 +228,12 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "retrieval_figures": grids,
     }
-    write_results(args.out, payload, ["label", "output", "code_size", "mAP@all", "P@8", "P@1", "MAP@R", "encode_per_s"], "GAN encoders on Omniglot (leave-one-out)")
+    write_results(
+        args.out,
+        payload,
+        ["label", "output", "code_size", "mAP@all", "P@8", "P@1", "MAP@R", "encode_per_s"],
+        "GAN encoders on Omniglot (leave-one-out)",
+    )
     print(f"wrote {args.out}.json / .md", flush=True)
 
 

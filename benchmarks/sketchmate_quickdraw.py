@@ -77,7 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     y_train = split.label_ids(split.train)
     held = split.query + split.gallery
     print(f"data: {split.summary()} (read in {time.perf_counter() - t_load:.1f}s)", flush=True)
-    cfg = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=False, log_every=50)
+    cfg = TrainConfig(
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        progress=False,
+        log_every=50,
+    )
     report: dict[str, Any] = {
         "benchmark": "sketchmate_quickdraw",
         "command": "python benchmarks/sketchmate_quickdraw.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -122,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             b = create_method(name, nbits=bits)
             t0 = time.perf_counter()
             b.fit(split.train)
-            evaluate(f"{name.upper()} (pixels 32x32)", bits, b, {"train_seconds": round(time.perf_counter() - t0, 1)})
+            evaluate(
+                f"{name.upper()} (pixels 32x32)",
+                bits,
+                b,
+                {"train_seconds": round(time.perf_counter() - t0, 1)},
+            )
     # ---- stage 1, shared: each branch pretrained once for recognition
     from sketchsearch.data.batching import SketchDataset
 
@@ -131,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     data_both = SketchDataset(split.train, y_train, base.preprocessing)
     shared: dict[str, float] = {}
     for phase in ("pretrain_cnn", "pretrain_rnn"):
-        res = train(base, data_both, TrainConfig(**{**vars(cfg), "phase": phase, "iterations": args.pretrain_iterations}))
+        res = train(
+            base,
+            data_both,
+            TrainConfig(**{**vars(cfg), "phase": phase, "iterations": args.pretrain_iterations}),
+        )
         shared[phase] = round(res.seconds, 1)
         print(f"{phase}: {res.seconds:.0f}s, last {res.history[-1] if res.history else {}}", flush=True)
     branch_state = {k: v.clone() for k, v in base.state_dict().items() if k.startswith(("cnn", "rnn"))}
@@ -143,8 +159,20 @@ def main(argv: list[str] | None = None) -> int:
         return m
 
     def run(m: SketchMate, **kw: Any) -> dict[str, Any]:
-        info = train_sketchmate(m, split.train, y_train, cfg, skip_branch_pretraining=True, fused_iterations=args.fused_iterations, **kw)
-        branches = {"both": ("pretrain_cnn", "pretrain_rnn"), "cnn": ("pretrain_cnn",), "rnn": ("pretrain_rnn",)}[m.branches]
+        info = train_sketchmate(
+            m,
+            split.train,
+            y_train,
+            cfg,
+            skip_branch_pretraining=True,
+            fused_iterations=args.fused_iterations,
+            **kw,
+        )
+        branches = {
+            "both": ("pretrain_cnn", "pretrain_rnn"),
+            "cnn": ("pretrain_cnn",),
+            "rnn": ("pretrain_rnn",),
+        }[m.branches]
         info["shared_pretraining_seconds"] = {p: shared[p] for p in branches}
         info["train_seconds"] = round(info["train_seconds"] + sum(shared[p] for p in branches), 1)
         return info
@@ -159,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                          ("no noise removal", {}, False)):  # fmt: skip
         m = SketchMate(nbits=64, n_classes=n_classes, **kw)
         m.load_state_dict(fused_state)
-        info = train_sketchmate(m, split.train, y_train, cfg, skip_branch_pretraining=True, fused_iterations=0, noise_removal=nr)
+        info = train_sketchmate(
+            m, split.train, y_train, cfg, skip_branch_pretraining=True, fused_iterations=0, noise_removal=nr
+        )
         info["stages"]["pretrain_fused"] = info64["stages"]["pretrain_fused"]
         info["shared_pretraining_seconds"] = dict(shared)
         info["train_seconds"] = round(info["train_seconds"] + fused_secs + sum(shared.values()), 1)
@@ -206,11 +236,13 @@ def markdown(rep: dict[str, Any]) -> str:
         "",
         f"Command: `{rep['command']}`",
         "",
-        f"Split: {s['seen_classes']} seen classes ({s['train']} train / {s['gallery']} gallery / {s['query']} query sketches), "
-        f"{s['unseen_classes']} unseen classes ({s['unseen_gallery']} gallery / {s['unseen_query']} query) for zero-shot. "
-        f"P@{k}: see the script's docstring. Train seconds: CPU, {rep['machine']['threads']} thread(s), shared machine, "
-        "all stages of that row (shared pretraining counted in every row that uses it). Encode/s: sketches encoded "
-        "per second on CPU, rendering and stroke encoding included.",
+        (
+            f"Split: {s['seen_classes']} seen classes ({s['train']} train / {s['gallery']} gallery / {s['query']} query sketches), "
+            f"{s['unseen_classes']} unseen classes ({s['unseen_gallery']} gallery / {s['unseen_query']} query) for zero-shot. "
+            f"P@{k}: see the script's docstring. Train seconds: CPU, {rep['machine']['threads']} thread(s), shared machine, "
+            "all stages of that row (shared pretraining counted in every row that uses it). Encode/s: sketches encoded "
+            "per second on CPU, rendering and stroke encoding included."
+        ),
         "",
         f"| row | bits | mAP@all | P@{k} | zero-shot mAP@all | zero-shot P@{k} | recognition acc | train s | encode/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -11,14 +11,18 @@ import torch
 
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(os.environ.get("SKETCHSEARCH_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+SHARED_DATA = Path(
+    os.environ.get("SKETCHSEARCH_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+).resolve()
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real datasets at ../shared/data (see its README); tests using this are marked `data`."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (set SKETCHSEARCH_SHARED_DATA or run beside ../shared)")
+        pytest.skip(
+            f"real data folder {SHARED_DATA} is absent (set SKETCHSEARCH_SHARED_DATA or run beside ../shared)"
+        )
     return SHARED_DATA
 
 

@@ -24,12 +24,16 @@ def _one_blas_thread():  # type: ignore[no-untyped-def]
         yield
 
 
-def clustered_rasters(n_classes: int = 4, per_class: int = 40, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def clustered_rasters(
+    n_classes: int = 4, per_class: int = 40, size: int = 32, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """float32 (N, size, size) in [0, 1]: a random blob template per class plus pixel noise."""
     rng = np.random.default_rng(seed)
     templates = (rng.random((n_classes, size, size)) < 0.15).astype(np.float32)
     labels = np.repeat(np.arange(n_classes), per_class)
-    x = templates[labels] * (rng.random((len(labels), size, size)) < 0.8) + 0.1 * rng.random((len(labels), size, size))
+    x = templates[labels] * (rng.random((len(labels), size, size)) < 0.8) + 0.1 * rng.random(
+        (len(labels), size, size)
+    )
     return np.clip(x, 0, 1).astype(np.float32), labels
 
 
@@ -65,7 +69,9 @@ def test_itq_rotation_is_orthogonal_and_lowers_quantization_loss() -> None:
     rot, losses = itq_rotation(v, 50, seed=0)
     np.testing.assert_allclose(rot.T @ rot, np.eye(16), atol=1e-9)
     assert len(losses) == 50
-    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(losses))  # each Procrustes step cannot increase it
+    assert all(
+        b <= a + 1e-9 for a, b in itertools.pairwise(losses)
+    )  # each Procrustes step cannot increase it
     # better than the PCA axes themselves (identity rotation), which is the point of ITQ
     b0 = np.where(v >= 0, 1.0, -1.0)
     assert losses[-1] < ((b0 - v) ** 2).sum() / len(v)
@@ -176,7 +182,9 @@ def test_recipe_reads_data_fits_on_gallery_and_scores_itself(name: str, tmp_path
     from sketchsearch.train import TrainConfig
 
     _write_quickdraw_folder(tmp_path / "qd")
-    method, info, metrics = RECIPES.get(name)(str(tmp_path / "qd"), TrainConfig(seed=0), bits=16, queries_per_class=4)
+    method, info, metrics = RECIPES.get(name)(
+        str(tmp_path / "qd"), TrainConfig(seed=0), bits=16, queries_per_class=4
+    )
     assert method.code_size == 16 and info["n_train"] == 3 * 10 and info["split"]["n_query"] == 12
     assert metrics["n_queries"] == 12 and metrics["n_gallery"] == 30
     assert metrics["mAP@all"] > 0.5  # three clearly different shapes; chance is 1/3

@@ -55,7 +55,9 @@ def server_url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run browser tests")
+        pytest.skip(
+            f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run browser tests"
+        )
     sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
@@ -85,13 +87,18 @@ def test_draw_a_circle_and_find_circles(browser: Any, server_url: str) -> None:
     page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
     page.goto(server_url + "/")
     page.wait_for_selector("#collection option", state="attached")  # collections loaded
-    assert "shapes" in page.locator("#collection-info").inner_text() or page.locator("#collection").input_value() == "shapes"
+    assert (
+        "shapes" in page.locator("#collection-info").inner_text()
+        or page.locator("#collection").input_value() == "shapes"
+    )
 
     box = page.locator("#canvas").bounding_box()
     draw_circle(page, box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["width"] * 0.33)
     page.wait_for_selector("#results .hit", timeout=10_000)  # debounced search-while-drawing fired
-    page.wait_for_function("document.querySelectorAll('#results .hit img.thumb').length > 0 && "
-                           "[...document.querySelectorAll('#results .hit img.thumb')].every(i => i.complete)")
+    page.wait_for_function(
+        "document.querySelectorAll('#results .hit img.thumb').length > 0 && "
+        "[...document.querySelectorAll('#results .hit img.thumb')].every(i => i.complete)"
+    )
     labels = result_labels(page)
     assert len(labels) == 12, labels  # the page's default k
     assert labels[0] == "circle" and labels[:5].count("circle") >= 4, labels
@@ -145,7 +152,9 @@ def test_keyboard_only_drawing_and_search(browser: Any, server_url: str) -> None
 
 
 def test_phone_sized_screen(browser: Any, server_url: str) -> None:
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=2)
+    ctx = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=2
+    )
     page = ctx.new_page()
     page.goto(server_url + "/")
     page.wait_for_selector("#collection option", state="attached")

@@ -20,14 +20,22 @@ def _drawing(rng: np.random.Generator, shape: str) -> list[list[list[int]]]:
         x, y = 128 + 90 * np.cos(t), 128 + 90 * np.sin(t)
         strokes = [(x, y)]
     elif shape == "cross":
-        strokes = [(np.linspace(30, 220, 12), np.linspace(30, 220, 12)), (np.linspace(220, 30, 12), np.linspace(30, 220, 12))]
+        strokes = [
+            (np.linspace(30, 220, 12), np.linspace(30, 220, 12)),
+            (np.linspace(220, 30, 12), np.linspace(30, 220, 12)),
+        ]
     else:  # bar
         strokes = [(np.linspace(20, 235, 12), np.full(12, 128.0))]
     out = []
     for sx, sy in strokes:
         sx = sx + rng.normal(0, 3, len(sx))
         sy = sy + rng.normal(0, 3, len(sy))
-        out.append([np.clip(sx, 0, 255).round().astype(int).tolist(), np.clip(sy, 0, 255).round().astype(int).tolist()])
+        out.append(
+            [
+                np.clip(sx, 0, 255).round().astype(int).tolist(),
+                np.clip(sy, 0, 255).round().astype(int).tolist(),
+            ]
+        )
     return out
 
 
@@ -40,7 +48,13 @@ def qd_folder(tmp_path: Path) -> Path:
     for shape in ("circle", "cross", "bar"):
         with open(folder / f"{shape}.ndjson", "w") as f:
             for i in range(12):
-                rec = {"word": shape, "key_id": f"{shape}{i}", "countrycode": "GB", "recognized": True, "drawing": _drawing(rng, shape)}
+                rec = {
+                    "word": shape,
+                    "key_id": f"{shape}{i}",
+                    "countrycode": "GB",
+                    "recognized": True,
+                    "drawing": _drawing(rng, shape),
+                }
                 f.write(json.dumps(rec) + "\n")
     return folder
 
@@ -51,7 +65,9 @@ def run(*args: str) -> tuple[int, str]:
     if res.exception is not None and not isinstance(res.exception, SystemExit):
         import traceback
 
-        out += "".join(traceback.format_exception(res.exception))  # an unhandled error: show it in the failure
+        out += "".join(
+            traceback.format_exception(res.exception)
+        )  # an unhandled error: show it in the failure
     return res.exit_code, out
 
 
@@ -70,7 +86,10 @@ def test_data_info_reports_bad_lines_and_strict_fails(qd_folder: Path) -> None:
     assert code == 0, out
     info = json.loads(out)
     assert info["items"] == 36 and info["skipped"] == 2
-    assert {(Path(e["file"]).name, e["record"]) for e in info["errors"]} == {("bar.ndjson", 13), ("bar.ndjson", 14)}
+    assert {(Path(e["file"]).name, e["record"]) for e in info["errors"]} == {
+        ("bar.ndjson", 13),
+        ("bar.ndjson", 14),
+    }
     code, out = run("data", "info", str(qd_folder), "--strict")
     assert code != 0
     assert "bar.ndjson" in out and "13" in out and "Traceback" not in out
@@ -86,24 +105,52 @@ def test_unreadable_data_is_a_clear_error_not_a_traceback(tmp_path: Path) -> Non
     assert code == 2 and "missing" in out
 
 
-def test_train_index_search_models_evaluate(qd_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_index_search_models_evaluate(
+    qd_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SKETCHSEARCH_MODELS", str(tmp_path / "models"))
-    code, out = run("train", "itq", "--data", str(qd_folder), "--out", str(tmp_path / "models" / "itq16"), "--set", "bits=16",
-                    "--set", "queries_per_class=2")
+    code, out = run(
+        "train",
+        "itq",
+        "--data",
+        str(qd_folder),
+        "--out",
+        str(tmp_path / "models" / "itq16"),
+        "--set",
+        "bits=16",
+        "--set",
+        "queries_per_class=2",
+    )
     assert code == 0, out
     card = json.loads((tmp_path / "models" / "itq16.json").read_text())
-    assert card["method"] == "itq" and card["code_size"] == 16 and card["training"]["command"].startswith("sketchsearch train itq")
+    assert (
+        card["method"] == "itq"
+        and card["code_size"] == 16
+        and card["training"]["command"].startswith("sketchsearch train itq")
+    )
 
     code, out = run("models", "--json")
     assert code == 0 and any(r["name"] == "itq16" and r["where"] == "local" for r in json.loads(out))
 
-    code, out = run("index", "build", "--model", "itq16", "--data", str(qd_folder), "--out", str(tmp_path / "idx"))
+    code, out = run(
+        "index", "build", "--model", "itq16", "--data", str(qd_folder), "--out", str(tmp_path / "idx")
+    )
     assert code == 0, out
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert manifest["count"] == 36 and manifest["model_id"] == card["model_id"]
 
-    code, out = run("search", str(qd_folder / "circle.ndjson"), "--record", "3", "--index", str(tmp_path / "idx"), "-k", "5", "--json")
+    code, out = run(
+        "search",
+        str(qd_folder / "circle.ndjson"),
+        "--record",
+        "3",
+        "--index",
+        str(tmp_path / "idx"),
+        "-k",
+        "5",
+        "--json",
+    )
     assert code == 0, out
     hits = json.loads(out)["hits"]
     assert len(hits) == 5 and hits[0]["distance"] == 0 and hits[0]["label"] == "circle"
@@ -119,21 +166,52 @@ def test_train_index_search_models_evaluate(qd_folder: Path, tmp_path: Path, mon
 
 
 def test_evaluate_single_baseline_has_top_level_map(qd_folder: Path) -> None:
-    code, out = run("evaluate", "--method", "itq", "--bits", "16", "--data", str(qd_folder), "--queries-per-class", "2", "--json")
+    code, out = run(
+        "evaluate",
+        "--method",
+        "itq",
+        "--bits",
+        "16",
+        "--data",
+        str(qd_folder),
+        "--queries-per-class",
+        "2",
+        "--json",
+    )
     assert code == 0, out
     doc = json.loads(out)
     assert 0.0 < doc["mAP@all"] <= 1.0 and doc["code_size"] == 16
 
 
-def test_search_refuses_an_index_from_another_model(qd_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_search_refuses_an_index_from_another_model(
+    qd_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SKETCHSEARCH_MODELS", str(tmp_path / "models"))
     for seed in ("0", "1"):
-        code, out = run("train", "lsh", "--data", str(qd_folder), "--out", str(tmp_path / "models" / f"lsh{seed}"), "--set", "bits=16", "--seed", seed,
-                        "--set", f"seed={seed}", "--set", "queries_per_class=2")
+        code, out = run(
+            "train",
+            "lsh",
+            "--data",
+            str(qd_folder),
+            "--out",
+            str(tmp_path / "models" / f"lsh{seed}"),
+            "--set",
+            "bits=16",
+            "--seed",
+            seed,
+            "--set",
+            f"seed={seed}",
+            "--set",
+            "queries_per_class=2",
+        )
         assert code == 0, out
-    code, out = run("index", "build", "--model", "lsh0", "--data", str(qd_folder), "--out", str(tmp_path / "idx"))
+    code, out = run(
+        "index", "build", "--model", "lsh0", "--data", str(qd_folder), "--out", str(tmp_path / "idx")
+    )
     assert code == 0, out
-    code, out = run("search", str(qd_folder / "bar.ndjson"), "--index", str(tmp_path / "idx"), "--model", "lsh1")
+    code, out = run(
+        "search", str(qd_folder / "bar.ndjson"), "--index", str(tmp_path / "idx"), "--model", "lsh1"
+    )
     assert code == 2 and "model" in out.lower() and "Traceback" not in out
 
 

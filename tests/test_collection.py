@@ -83,7 +83,7 @@ def test_collection_refuses_duplicate_ids() -> None:
 
 def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
     c = _coll(SIZES)
-    kw = dict(query_per_class=2, gallery_per_class=None, train_fraction=0.5, unseen_classes=0.25)
+    kw = {"query_per_class": 2, "gallery_per_class": None, "train_fraction": 0.5, "unseen_classes": 0.25}
     a = make_splits(c, seed=3, **kw).save(tmp_path / "a" / "splits.json")
     # items given in another order: same splits
     b = make_splits(Collection(c.items[::-1]), seed=3, **kw).save(tmp_path / "b" / "splits.json")

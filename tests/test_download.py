@@ -16,7 +16,10 @@ from sketchsearch.data.download import DownloadError, download_file, download_qu
 
 
 def _ndjson(n: int, word: str) -> bytes:
-    lines = [json.dumps({"word": word, "key_id": str(i), "drawing": [[[i, i + 5], [0, 9], [0, 30]]]}) for i in range(n)]
+    lines = [
+        json.dumps({"word": word, "key_id": str(i), "drawing": [[[i, i + 5], [0, 9], [0, 30]]]})
+        for i in range(n)
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -168,7 +171,24 @@ def test_cli_download_quickdraw(server: _Server, tmp_path: Path, capsys: pytest.
               "--base-url", server.url, "--json"])  # fmt: skip
     assert e.value.code in (0, None)
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["class"], r["records"], r["status"]) for r in rows] == [("cat", 4, "downloaded"), ("dog", 6, "downloaded")]
+    assert [(r["class"], r["records"], r["status"]) for r in rows] == [
+        ("cat", 4, "downloaded"),
+        ("dog", 6, "downloaded"),
+    ]
     with pytest.raises(SystemExit) as e:
-        main(["data", "download", "quickdraw", "-c", "unicorn", "--out", str(tmp_path), "--base-url", server.url, "--retries", "0"])
+        main(
+            [
+                "data",
+                "download",
+                "quickdraw",
+                "-c",
+                "unicorn",
+                "--out",
+                str(tmp_path),
+                "--base-url",
+                server.url,
+                "--retries",
+                "0",
+            ]
+        )
     assert e.value.code == 2

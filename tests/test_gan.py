@@ -23,7 +23,7 @@ EXPECTED_PARAMS = {"sketch-gan": (22_225, 17_825), "thin-gan": (27_505, 25_633)}
 
 def _hand_count(arch: str) -> tuple[int, int]:
     """Recount from Table 1 by hand: conv = out*in*k*k + out; BN = 2*out; fc = in*out + out."""
-    conv = lambda o, i, k, bn=True: o * i * k * k + o + (2 * o if bn else 0)  # noqa: E731
+    conv = lambda o, i, k, bn=True: o * i * k * k + o + (2 * o if bn else 0)
     if arch == "thin-gan":
         g = 2 * 1024 + 1024 + conv(32, 64, 3) + conv(16, 32, 3) + conv(8, 16, 3) + conv(1, 8, 3, False)
         d = conv(8, 1, 3, False) + conv(16, 8, 3) + conv(32, 16, 3) + conv(64, 32, 3) + 1024 + 1
@@ -141,7 +141,9 @@ def test_binary_codes_are_centred_features() -> None:
     assert torch.allclose(z, feats - m.centre)
     # plain sign of ReLU features is (almost) all ones; centred bits are balanced-ish
     assert float((feats > 0).float().mean()) > float((z > 0).float().mean())
-    pytest.importorskip("sketchsearch.index.codes", reason="packed codes come from the index package (colleague)")
+    pytest.importorskip(
+        "sketchsearch.index.codes", reason="packed codes come from the index package (colleague)"
+    )
     codes = b.binarize(z)
     assert codes.dtype == np.uint8 and codes.shape == (32, 128)
     assert b.hparams == {"arch": "sketch-gan", "dz": 2, "binary": True}
@@ -163,10 +165,19 @@ def test_calibrate_reestimates_batch_norm_on_real_data() -> None:
 def test_recipe_trains_on_default_data(tmp_path: Path) -> None:
     from sketchsearch.train import TrainConfig
 
-    cfg = TrainConfig(iterations=2, batch_size=16, out=str(tmp_path / "run"), progress=False, log_every=1, extra={"limit": 40})
-    method, training, metrics = RECIPES.get("gan")(data="default", cfg=cfg, arch="thin-gan")
+    cfg = TrainConfig(
+        iterations=2,
+        batch_size=16,
+        out=str(tmp_path / "run"),
+        progress=False,
+        log_every=1,
+        extra={"limit": 40},
+    )
+    method, training, _metrics = RECIPES.get("gan")(data="default", cfg=cfg, arch="thin-gan")
     assert training["drawings"] == 40 and training["iterations"] == 2
-    assert math.isfinite(training["final_losses"]["d_loss"]) and math.isfinite(training["final_losses"]["g_loss"])
+    assert math.isfinite(training["final_losses"]["d_loss"]) and math.isfinite(
+        training["final_losses"]["g_loss"]
+    )
     assert (tmp_path / "run" / "samples.png").stat().st_size > 0
     assert float(method.centre.abs().sum()) > 0
 
@@ -181,8 +192,8 @@ def test_recipe_reports_missing_data(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["sketch-gan", "thin-gan"])
 def test_shipped_models_load_and_encode(name: str) -> None:
-    from sketchsearch.model import resolve_model
     from sketchsearch.errors import ModelError
+    from sketchsearch.model import resolve_model
 
     try:
         resolve_model(name)
@@ -213,7 +224,9 @@ def test_invariance_command_writes_json_and_figures(tmp_path: Path) -> None:
     doc = json.loads((out / "invariance.json").read_text())
     assert set(doc["results"]) == {"sketch-gan", "thin-gan"} and doc["samples"] == 2
     r = doc["results"]["thin-gan"]
-    assert len(r["rotation"]["mean"]) == 41 and len(r["scale"]["mean"]) == 21 and len(r["shift"]["mean"]) == 21
+    assert (
+        len(r["rotation"]["mean"]) == 41 and len(r["scale"]["mean"]) == 21 and len(r["shift"]["mean"]) == 21
+    )
     assert r["rotation"]["mean"][20] == pytest.approx(1.0, abs=1e-5)  # angle 0 = the drawing itself
     assert 0.0 < r["summary"]["rotation"] <= 1.0
     for png in ("rotation.png", "scale.png", "shift.png"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -63,7 +65,9 @@ def test_rotation_invariant_encoder_gives_flat_curve() -> None:
     assert sharp["mean"][i0] == pytest.approx(1.0, abs=1e-6)
     assert sharp["mean"][0] < 0.85 and sharp["mean"][-1] < 0.85  # a thin L rotated 10 degrees overlaps little
     left, right = sharp["mean"][: i0 + 1], sharp["mean"][i0:]
-    assert all(a <= b + 1e-6 for a, b in zip(left, left[1:])) and all(a >= b - 1e-6 for a, b in zip(right, right[1:]))
+    assert all(a <= b + 1e-6 for a, b in itertools.pairwise(left)) and all(
+        a >= b - 1e-6 for a, b in itertools.pairwise(right)
+    )
     assert inv.summary(flat) > inv.summary(sharp)
 
 

@@ -41,7 +41,9 @@ class BruteRetriever:
     def encode(self, items: Sequence[Any], modality: str = "sketch") -> np.ndarray:
         return np.asarray(items, dtype=np.float64).reshape(len(items), -1)
 
-    def add(self, items: Sequence[Any], ids: np.ndarray, labels: Any = None, encoded: np.ndarray | None = None) -> np.ndarray:
+    def add(
+        self, items: Sequence[Any], ids: np.ndarray, labels: Any = None, encoded: np.ndarray | None = None
+    ) -> np.ndarray:
         codes = self.encode(items) if encoded is None else encoded
         self.codes = codes if len(self.ids) == 0 else np.concatenate([self.codes, codes])
         self.ids = np.concatenate([self.ids, np.asarray(ids, dtype=np.int64)])
@@ -83,7 +85,9 @@ def test_leave_one_out_removes_each_query_itself() -> None:
 
 
 def test_queries_without_relevant_items_are_excluded_and_counted() -> None:
-    res = evaluate_retrieval(BruteRetriever(), [[0.0], [1.0]], ["a", "b"], [[0.1], [0.2]], ["a", "zebra"], ks=(1,))
+    res = evaluate_retrieval(
+        BruteRetriever(), [[0.0], [1.0]], ["a", "b"], [[0.1], [0.2]], ["a", "zebra"], ks=(1,)
+    )
     assert res["n_excluded"] == 1 and res["mAP@all"] == pytest.approx(1.0)
 
 
@@ -140,7 +144,9 @@ def _clustered(n_classes: int = 5, per_class: int = 30, seed: int = 0) -> tuple[
     rng = np.random.default_rng(seed)
     templates = (rng.random((n_classes, 32, 32)) < 0.15).astype(np.float32)
     lab = np.repeat(np.arange(n_classes), per_class)
-    x = np.clip(templates[lab] * (rng.random((len(lab), 32, 32)) < 0.7) + 0.1 * rng.random((len(lab), 32, 32)), 0, 1)
+    x = np.clip(
+        templates[lab] * (rng.random((len(lab), 32, 32)) < 0.7) + 0.1 * rng.random((len(lab), 32, 32)), 0, 1
+    )
     return x.astype(np.float32), [f"c{i}" for i in lab]
 
 
@@ -183,5 +189,7 @@ def test_run_benchmark_writes_json_and_markdown(tmp_path) -> None:  # type: igno
     md = (tmp_path / "out.md").read_text()
     assert "| ITQ 16 | 16 |" in md and md == markdown_table(doc)
     assert (tmp_path / "split.json").is_file()  # reused by the next run
-    again = run_benchmark(rows[:1], tmp_path / "qd", {"queries_per_class": 4, "seed": 0, "file": tmp_path / "split.json"})
+    again = run_benchmark(
+        rows[:1], tmp_path / "qd", {"queries_per_class": 4, "seed": 0, "file": tmp_path / "split.json"}
+    )
     assert again["rows"][0]["mAP@all"] == doc["rows"][0]["mAP@all"]

@@ -78,7 +78,9 @@ class PixelCosine(Method):
     name = "test-pixels"
     output = "float"
 
-    def __init__(self, preprocessing: Preprocessing | None = None, pool: int = 4, reads_points: bool = False) -> None:
+    def __init__(
+        self, preprocessing: Preprocessing | None = None, pool: int = 4, reads_points: bool = False
+    ) -> None:
         inputs = ("raster", "points") if reads_points else ("raster",)
         super().__init__(preprocessing or Preprocessing(inputs=inputs, raster_size=64, line_width=3.0))
         self.pool = pool
@@ -111,7 +113,9 @@ class _NumpyCosine:
         order = np.lexsort((np.broadcast_to(self.ids, sims.shape), -sims), axis=1)[:, :k]
         d, i = np.take_along_axis(sims, order, 1), self.ids[order]
         pad = k - d.shape[1]
-        return np.pad(d, ((0, 0), (0, pad)), constant_values=-np.inf), np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+        return np.pad(d, ((0, 0), (0, pad)), constant_values=-np.inf), np.pad(
+            i, ((0, 0), (0, pad)), constant_values=-1
+        )
 
 
 def build_retriever(per_class: int = 6, reads_points: bool = False) -> Retriever:
@@ -153,10 +157,17 @@ def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width`` x ``height`` (a decompression-bomb shape) with one tiny IDAT."""
 
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -167,9 +178,17 @@ def shapes() -> Retriever:
 
 @pytest.fixture(scope="module")
 def client(shapes: Retriever) -> Iterator[TestClient]:
-    limits = Limits(max_body_bytes=200_000, max_strokes=20, max_points=2_000, max_image_side=1024,
-                    max_image_pixels=600_000, max_k=50)
-    app = create_app({"shapes": shapes, "ordered": build_retriever(per_class=2, reads_points=True)}, limits=limits)
+    limits = Limits(
+        max_body_bytes=200_000,
+        max_strokes=20,
+        max_points=2_000,
+        max_image_side=1024,
+        max_image_pixels=600_000,
+        max_k=50,
+    )
+    app = create_app(
+        {"shapes": shapes, "ordered": build_retriever(per_class=2, reads_points=True)}, limits=limits
+    )
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -187,7 +206,11 @@ def test_health_and_collections(client: TestClient) -> None:
     h = client.get("/api/health").json()
     assert h["status"] == "ok" and h["collections"] == 2 and h["items"] == 6 * len(SHAPES) + 2 * len(SHAPES)
     cols = {c["name"]: c for c in client.get("/api/collections").json()}
-    assert cols["shapes"]["items"] == 30 and cols["shapes"]["metric"] == "cosine" and cols["shapes"]["accepts_images"]
+    assert (
+        cols["shapes"]["items"] == 30
+        and cols["shapes"]["metric"] == "cosine"
+        and cols["shapes"]["accepts_images"]
+    )
     assert cols["shapes"]["code_size"] == 256 and cols["shapes"]["method"] == "test-pixels"
     assert not cols["ordered"]["accepts_images"]
 
@@ -212,8 +235,10 @@ def test_search_by_strokes_finds_the_class(client: TestClient, shapes: Retriever
 
 
 def test_thumbnail_of_a_hit(client: TestClient, shapes: Retriever) -> None:
-    hit = client.post("/api/search", json={"strokes": strokes_json(shape_sketch("plus", 7)), "k": 1}
-                      | {"collection": "shapes"}).json()["hits"][0]
+    hit = client.post(
+        "/api/search",
+        json={"strokes": strokes_json(shape_sketch("plus", 7)), "k": 1} | {"collection": "shapes"},
+    ).json()["hits"][0]
     resp = client.get(hit["thumbnail_url"])
     assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
     assert resp.content == shapes.thumbnail(hit["id"])
@@ -232,8 +257,11 @@ def test_strokes_without_times_and_single_points(client: TestClient) -> None:
 @pytest.mark.parametrize("kind", ["circle", "triangle"])
 def test_search_by_image(client: TestClient, kind: str, fmt: str) -> None:
     data = png_bytes(drawing_image(kind), fmt)
-    resp = client.post("/api/search", files={"image": (f"q.{fmt.lower()}", data, f"image/{fmt.lower()}")},
-                       data={"k": "3", "collection": "shapes"})
+    resp = client.post(
+        "/api/search",
+        files={"image": (f"q.{fmt.lower()}", data, f"image/{fmt.lower()}")},
+        data={"k": "3", "collection": "shapes"},
+    )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["query"] == {"width": 200, "height": 200}
@@ -248,7 +276,9 @@ def test_unknown_collection_is_404_listing_known_ones(client: TestClient) -> Non
 
 
 def test_collection_required_when_several(client: TestClient) -> None:
-    assert_4xx(client.post("/api/search", json={"strokes": [[{"x": 1, "y": 2}]]}), 422, "collection", "shapes")
+    assert_4xx(
+        client.post("/api/search", json={"strokes": [[{"x": 1, "y": 2}]]}), 422, "collection", "shapes"
+    )
 
 
 def test_single_collection_is_the_default(shapes: Retriever) -> None:
@@ -261,15 +291,20 @@ def test_single_collection_is_the_default(shapes: Retriever) -> None:
 
 
 def test_image_query_refused_by_a_stroke_order_model(client: TestClient) -> None:
-    resp = client.post("/api/search", files={"image": ("q.png", png_bytes(drawing_image("circle")), "image/png")},
-                       data={"collection": "ordered"})
+    resp = client.post(
+        "/api/search",
+        files={"image": ("q.png", png_bytes(drawing_image("circle")), "image/png")},
+        data={"collection": "ordered"},
+    )
     assert_4xx(resp, 422, "stroke order")
 
 
 def test_empty_index_is_a_conflict_not_a_crash() -> None:
     empty = Retriever(PixelCosine(), _NumpyCosine(256), model_id="empty")
     with TestClient(create_app({"empty": empty}), raise_server_exceptions=False) as c:
-        assert_4xx(c.post("/api/search", json={"strokes": [[{"x": 1, "y": 2}, {"x": 3, "y": 4}]]}), 409, "empty")
+        assert_4xx(
+            c.post("/api/search", json={"strokes": [[{"x": 1, "y": 2}, {"x": 3, "y": 4}]]}), 409, "empty"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- malformed input
@@ -290,7 +325,12 @@ MALFORMED_JSON: list[tuple[str, Any, int, str]] = [
     ("strokes missing", {"k": 3}, 422, "strokes"),
     ("coordinate too large for float32", {"strokes": [[{"x": 1e300, "y": 2}]]}, 422, "32-bit"),
     ("too many strokes", {"strokes": [[{"x": 1, "y": 2}]] * 21}, 413, "at most 20 strokes"),
-    ("too many points", {"strokes": [[{"x": i, "y": 2} for i in range(1001)]] * 2}, 413, "at most 2000 points"),
+    (
+        "too many points",
+        {"strokes": [[{"x": i, "y": 2} for i in range(1001)]] * 2},
+        413,
+        "at most 2000 points",
+    ),
 ]
 
 
@@ -305,9 +345,13 @@ def test_malformed_json_gets_a_clear_4xx(client: TestClient, case: tuple[str, An
 
 @pytest.mark.parametrize(
     "raw, word",
-    [(b"{not json", "not valid JSON"), (b"", "not valid JSON"), (b"\xff\xfe\x00", "not valid JSON"),
-     (b'{"strokes": [[{"x": NaN, "y": 1}]], "collection": "shapes"}', "finite"),
-     (b'{"strokes": [[{"x": Infinity, "y": 1}]], "collection": "shapes"}', "finite")],
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"\xff\xfe\x00", "not valid JSON"),
+        (b'{"strokes": [[{"x": NaN, "y": 1}]], "collection": "shapes"}', "finite"),
+        (b'{"strokes": [[{"x": Infinity, "y": 1}]], "collection": "shapes"}', "finite"),
+    ],
 )
 def test_bad_json_text(client: TestClient, raw: bytes, word: str) -> None:
     resp = client.post("/api/search", content=raw, headers={"content-type": "application/json"})
@@ -315,13 +359,21 @@ def test_bad_json_text(client: TestClient, raw: bytes, word: str) -> None:
 
 
 def test_unsupported_content_type(client: TestClient) -> None:
-    assert_4xx(client.post("/api/search", content=b"x=1", headers={"content-type": "text/plain"}), 415, "application/json")
+    assert_4xx(
+        client.post("/api/search", content=b"x=1", headers={"content-type": "text/plain"}),
+        415,
+        "application/json",
+    )
     assert_4xx(client.post("/api/search", content=b"x=1"), 415, "multipart/form-data")
 
 
 def test_body_size_limit_declared_and_streamed(client: TestClient) -> None:
     big = b'{"strokes": [' + b" " * 250_000 + b"]}"
-    assert_4xx(client.post("/api/search", content=big, headers={"content-type": "application/json"}), 413, "200000 bytes")
+    assert_4xx(
+        client.post("/api/search", content=big, headers={"content-type": "application/json"}),
+        413,
+        "200000 bytes",
+    )
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer, counted as it arrives
         yield b'{"strokes": ['
@@ -329,14 +381,25 @@ def test_body_size_limit_declared_and_streamed(client: TestClient) -> None:
             yield b" " * 10_000
         yield b"]}"
 
-    assert_4xx(client.post("/api/search", content=chunks(), headers={"content-type": "application/json"}), 413, "bytes")
-    assert_4xx(client.post("/api/search", content=b"{}", headers={"content-type": "application/json", "content-length": "x"}),
-               400, "content-length")
+    assert_4xx(
+        client.post("/api/search", content=chunks(), headers={"content-type": "application/json"}),
+        413,
+        "bytes",
+    )
+    assert_4xx(
+        client.post(
+            "/api/search", content=b"{}", headers={"content-type": "application/json", "content-length": "x"}
+        ),
+        400,
+        "content-length",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- images
 def _post_image(client: TestClient, data: bytes, ctype: str = "image/png", **form: str) -> Any:
-    return client.post("/api/search", files={"image": ("q", data, ctype)}, data={"collection": "shapes", **form})
+    return client.post(
+        "/api/search", files={"image": ("q", data, ctype)}, data={"collection": "shapes", **form}
+    )
 
 
 def test_decompression_bomb_refused_from_the_header(client: TestClient) -> None:
@@ -348,8 +411,12 @@ def test_decompression_bomb_refused_from_the_header(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "data, word",
-    [(b"", "empty"), (b"GIF89a not allowed", "png or jpeg"), (b"hello", "png or jpeg"),
-     (png_bytes(Image.new("L", (40, 40), 255))[:60], "damaged")],
+    [
+        (b"", "empty"),
+        (b"GIF89a not allowed", "png or jpeg"),
+        (b"hello", "png or jpeg"),
+        (png_bytes(Image.new("L", (40, 40), 255))[:60], "damaged"),
+    ],
     ids=["empty", "gif", "text", "truncated"],
 )
 def test_unreadable_images(client: TestClient, data: bytes, word: str) -> None:
@@ -367,33 +434,60 @@ def test_transparent_png_is_read_as_ink_on_white(client: TestClient) -> None:
 
 
 def test_gif_is_not_accepted_even_when_valid(client: TestClient) -> None:
-    assert_4xx(_post_image(client, png_bytes(drawing_image("circle"), "GIF"), "image/gif"), 422, "png or jpeg")
+    assert_4xx(
+        _post_image(client, png_bytes(drawing_image("circle"), "GIF"), "image/gif"), 422, "png or jpeg"
+    )
 
 
 def test_blank_image_is_refused_as_having_no_ink(client: TestClient) -> None:
     assert_4xx(_post_image(client, png_bytes(Image.new("RGB", (64, 64), "white"))), 422, "no ink")
 
 
-@pytest.mark.parametrize("form, word", [({"k": "many"}, "integer"), ({"k": "0"}, ">= 1"), ({"k": "99"}, "at most 50"),
-                                        ({"k": "1e3"}, "integer")])
+@pytest.mark.parametrize(
+    "form, word",
+    [
+        ({"k": "many"}, "integer"),
+        ({"k": "0"}, ">= 1"),
+        ({"k": "99"}, "at most 50"),
+        ({"k": "1e3"}, "integer"),
+    ],
+)
 def test_image_form_fields(client: TestClient, form: dict[str, str], word: str) -> None:
     assert_4xx(_post_image(client, png_bytes(drawing_image("circle")), **form), 422, word)
 
 
 def test_multipart_without_image(client: TestClient) -> None:
-    assert_4xx(client.post("/api/search", data={"k": "3", "collection": "shapes"},
-                           files={"other": ("x", b"1", "text/plain")}), 422, "'image'")
-    assert_4xx(client.post("/api/search", data={"image": "not a file", "collection": "shapes"},
-                           files={"x": ("x", b"1")}), 422, "'image'")
+    assert_4xx(
+        client.post(
+            "/api/search", data={"k": "3", "collection": "shapes"}, files={"other": ("x", b"1", "text/plain")}
+        ),
+        422,
+        "'image'",
+    )
+    assert_4xx(
+        client.post(
+            "/api/search", data={"image": "not a file", "collection": "shapes"}, files={"x": ("x", b"1")}
+        ),
+        422,
+        "'image'",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- thumbnails
 @pytest.mark.parametrize(
     "path, status",  # %2F decodes to '/', so those paths match no route at all: 404
-    [("/api/items/..%2F..%2Fpyproject.toml/thumbnail", 404), ("/api/items/%2Fetc%2Fpasswd/thumbnail", 404),
-     ("/api/items/-1/thumbnail", 422), ("/api/items/1.5/thumbnail", 422), ("/api/items/abc/thumbnail", 422),
-     (f"/api/items/{2**70}/thumbnail", 422), ("/api/items/999999/thumbnail", 404),
-     ("/api/items/../../pyproject.toml", 404), ("/static/..%2F..%2Fapp.py", 404), ("/static/../app.py", 404)],
+    [
+        ("/api/items/..%2F..%2Fpyproject.toml/thumbnail", 404),
+        ("/api/items/%2Fetc%2Fpasswd/thumbnail", 404),
+        ("/api/items/-1/thumbnail", 422),
+        ("/api/items/1.5/thumbnail", 422),
+        ("/api/items/abc/thumbnail", 422),
+        (f"/api/items/{2**70}/thumbnail", 422),
+        ("/api/items/999999/thumbnail", 404),
+        ("/api/items/../../pyproject.toml", 404),
+        ("/static/..%2F..%2Fapp.py", 404),
+        ("/static/../app.py", 404),
+    ],
 )
 def test_path_like_ids_never_reach_the_file_system(client: TestClient, path: str, status: int) -> None:
     resp = client.get(path, params={"collection": "shapes"})
@@ -441,7 +535,10 @@ def test_cors_off_unless_asked(shapes: Retriever) -> None:
     with TestClient(create_app({"s": shapes})) as c:
         assert "access-control-allow-origin" not in c.get("/api/health", headers=hdr).headers
     with TestClient(create_app({"s": shapes}, cors_origins=["https://elsewhere.example"])) as c:
-        assert c.get("/api/health", headers=hdr).headers["access-control-allow-origin"] == "https://elsewhere.example"
+        assert (
+            c.get("/api/health", headers=hdr).headers["access-control-allow-origin"]
+            == "https://elsewhere.example"
+        )
 
 
 def test_create_app_checks_its_arguments(shapes: Retriever) -> None:
@@ -483,10 +580,15 @@ def test_serve_command_stops_with_a_clear_message(tmp_path: Any) -> None:
 def test_json_roundtrip_of_a_real_page_payload(client: TestClient) -> None:
     # What app.js sends: CSS pixels, y down, t in ms (rounded to 0.1), plus collection and k.
     a = np.linspace(0, 2 * np.pi, 60)
-    pts = [{"x": round(200 + 120 * np.cos(t), 1), "y": round(180 + 110 * np.sin(t), 1), "t": round(i * 16.7, 1)}
-           for i, t in enumerate(a)]
-    resp = client.post("/api/search", content=json.dumps({"strokes": [pts], "k": 12, "collection": "shapes"}),
-                       headers={"content-type": "application/json"})
+    pts = [
+        {"x": round(200 + 120 * np.cos(t), 1), "y": round(180 + 110 * np.sin(t), 1), "t": round(i * 16.7, 1)}
+        for i, t in enumerate(a)
+    ]
+    resp = client.post(
+        "/api/search",
+        content=json.dumps({"strokes": [pts], "k": 12, "collection": "shapes"}),
+        headers={"content-type": "application/json"},
+    )
     assert resp.status_code == 200 and resp.json()["hits"][0]["label"] == "circle"
 
 

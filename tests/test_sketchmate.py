@@ -132,7 +132,9 @@ def test_centre_and_quantization_losses_by_hand() -> None:
     # sample 0 vs centre 1: (0.2, -0.2) -> 0.08; sample 1 vs centre 0: (0.1, -0.1) -> 0.02; mean of half
     torch.testing.assert_close(sketch_centre_loss(f, y, centres), torch.tensor((0.5 * 0.08 + 0.5 * 0.02) / 2))
     # unknown labels are ignored
-    torch.testing.assert_close(sketch_centre_loss(f, torch.tensor([1, -1]), centres), torch.tensor(0.5 * 0.08))
+    torch.testing.assert_close(
+        sketch_centre_loss(f, torch.tensor([1, -1]), centres), torch.tensor(0.5 * 0.08)
+    )
     # b = [[0, 1], [1, 0]] -> (0.04 + 0.04), (0.16 + 0.16) -> mean 0.2
     torch.testing.assert_close(quantization_loss(f), torch.tensor(0.2))
     with pytest.raises(ValueError, match="centres"):
@@ -178,7 +180,11 @@ def test_one_training_step_per_stage(phase: str, rng: np.random.Generator, tmp_p
         info = m.compute_centres(batches_of(m, data.items, data.labels, batch_size=5))
         assert info["sketches"] == 12 and bool(m.centres_ready)
     cnn0, rnn0, hash0 = _snapshot(m.cnn), _snapshot(m.rnn), _snapshot(m.hash)
-    res = train(m, data, TrainConfig(iterations=1, batch_size=6, phase=phase, progress=False, log_every=1, out=str(tmp_path)))
+    res = train(
+        m,
+        data,
+        TrainConfig(iterations=1, batch_size=6, phase=phase, progress=False, log_every=1, out=str(tmp_path)),
+    )
     last = res.history[-1]
     assert np.isfinite(last["loss"]) and "ce_loss" in last
     assert m.cnn is not None and m.rnn is not None
@@ -246,9 +252,17 @@ def test_recipe_end_to_end(rng: np.random.Generator, tmp_path: Path) -> None:
     cfg = TrainConfig(iterations=1, batch_size=8, progress=False)
     method, info, metrics = recipe(str(tmp_path / "qd"), cfg, unseen=1, pretrain_iterations=1, fused_iterations=1,
                                    cnn_width=0.125, rnn_hidden=8, nbits=16)  # fmt: skip
-    assert method.n_classes == 3 and info["split"]["unseen_classes"] == 1 and info["split"]["skipped_records"] == 4
+    assert (
+        method.n_classes == 3
+        and info["split"]["unseen_classes"] == 1
+        and info["split"]["skipped_records"] == 4
+    )
     assert set(info["stages"]) == set(PHASES)
-    assert 0.0 <= metrics["mAP@all"] <= 1.0 and "zero_shot" in metrics and 0.0 <= metrics["recognition_acc"] <= 1.0
+    assert (
+        0.0 <= metrics["mAP@all"] <= 1.0
+        and "zero_shot" in metrics
+        and 0.0 <= metrics["recognition_acc"] <= 1.0
+    )
 
 
 # ---------------------------------------------------------------------------------------------- shipped model

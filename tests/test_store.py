@@ -29,7 +29,13 @@ def make(rng: np.random.Generator, n: int = 40, nbits: int = 64) -> tuple[object
     ids = rng.permutation(1000)[:n]
     index.add(rng.integers(0, 256, size=(n, nbits // 8), dtype=np.uint8), ids)
     items = [
-        {"id": int(i), "label": f"c{int(i) % 3}", "source": f"file.ndjson:{int(i)}", "thumbnail": PNG if i % 2 else None, "split": "gallery"}
+        {
+            "id": int(i),
+            "label": f"c{int(i) % 3}",
+            "source": f"file.ndjson:{int(i)}",
+            "thumbnail": PNG if i % 2 else None,
+            "split": "gallery",
+        }
         for i in ids
     ]
     return index, items
@@ -38,9 +44,20 @@ def make(rng: np.random.Generator, n: int = 40, nbits: int = 64) -> tuple[object
 def test_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
     index, items = make(rng)
     folder = save_index(index, tmp_path / "idx", model_id="model-a", items=items, model_name="tiny")
-    assert sorted(p.name for p in folder.iterdir()) == ["codes.npy", "ids.npy", "items.sqlite", "manifest.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "codes.npy",
+        "ids.npy",
+        "items.sqlite",
+        "manifest.json",
+    ]
     m = read_manifest(folder)
-    assert (m["kind"], m["nbits"], m["count"], m["model_id"], m["format_version"]) == ("binary", 64, 40, "model-a", 1)
+    assert (m["kind"], m["nbits"], m["count"], m["model_id"], m["format_version"]) == (
+        "binary",
+        64,
+        40,
+        "model-a",
+        1,
+    )
     loaded, items_store = load_index(folder, expected_model_id="model-a")
     assert isinstance(np.load(folder / "codes.npy", mmap_mode="r"), np.memmap)
     np.testing.assert_array_equal(loaded.codes, index.codes)
@@ -106,7 +123,9 @@ def test_wrong_format_version_and_model(tmp_path: Path, rng: np.random.Generator
         load_index(folder)
 
 
-def test_failed_save_leaves_old_index_intact(tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_save_leaves_old_index_intact(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     old, items = make(rng)
     folder = save_index(old, tmp_path / "idx", model_id="old", items=items)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -146,7 +165,9 @@ def test_add_and_remove_on_a_stored_index(tmp_path: Path, rng: np.random.Generat
     index, items = make(rng, n=20)
     folder = save_index(index, tmp_path / "idx", model_id="m", items=items)
     new_codes = rng.integers(0, 256, size=(3, 8), dtype=np.uint8)
-    new_ids = add_items(folder, new_codes, model_id="m", items=[{"label": "x"}, {"label": "y"}, {"label": "z"}])
+    new_ids = add_items(
+        folder, new_codes, model_id="m", items=[{"label": "x"}, {"label": "y"}, {"label": "z"}]
+    )
     assert new_ids.tolist() == [int(index.ids.max()) + 1 + i for i in range(3)]
     loaded, st = load_index(folder)
     assert len(loaded) == 23 and [r["label"] for r in st.items(new_ids.tolist())] == ["x", "y", "z"]

@@ -169,6 +169,12 @@ def test_checkpoint_and_resume(tmp_path: Path) -> None:
     assert all("ce_loss" in r and "loss" in r for r in log)
 
 
+def test_a_fresh_run_restarts_the_log(tmp_path: Path) -> None:
+    train(ToyLinear(), toy_data(), cfg(iterations=5, out=str(tmp_path)))
+    train(ToyLinear(), toy_data(), cfg(iterations=3, out=str(tmp_path)))  # not resumed: a new run
+    assert [r["iteration"] for r in read_log(tmp_path)] == [1, 2, 3]
+
+
 def test_checkpoint_every_writes_intermediate_checkpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,4 +1,3 @@
 """sketchsearch: search collections by drawing."""
 
 __version__ = "0.1.0"
-

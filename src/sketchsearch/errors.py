@@ -36,7 +36,7 @@ class InvalidSketchError(SketchSearchError, ValueError):
         super().__init__(f"{field}: {reason}" if field else reason)
 
 
-class IndexError_(SketchSearchError):  # noqa: N801 - avoid shadowing builtin IndexError
+class IndexError_(SketchSearchError):
     """An index folder is corrupt, incomplete, or was made by another model."""
 
 
@@ -44,4 +44,4 @@ class ModelError(SketchSearchError):
     """A model artifact is missing, corrupt, or does not match the code that loads it."""
 
 
-__all__ = ["SketchSearchError", "FormatError", "InvalidSketchError", "IndexError_", "ModelError"]
+__all__ = ["FormatError", "IndexError_", "InvalidSketchError", "ModelError", "SketchSearchError"]

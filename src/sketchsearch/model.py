@@ -33,7 +33,7 @@ from . import __version__
 from .errors import ModelError
 from .methods.base import Method, Preprocessing, create_method
 
-__all__ = ["ModelCard", "save_model", "load_model", "resolve_model", "list_models", "model_id_of"]
+__all__ = ["ModelCard", "list_models", "load_model", "model_id_of", "resolve_model", "save_model"]
 
 FORMAT = 1
 
@@ -173,10 +173,14 @@ def resolve_model(name_or_path: str | Path) -> Path:
         if c.with_suffix(".json").is_file() and c.with_suffix(".safetensors").is_file():
             return c
     known = ", ".join(sorted({r["name"] for r in list_models()})) or "(none)"
-    raise ModelError(f"no model artifact {str(name_or_path)!r} (need NAME.json + NAME.safetensors); known models: {known}")
+    raise ModelError(
+        f"no model artifact {str(name_or_path)!r} (need NAME.json + NAME.safetensors); known models: {known}"
+    )
 
 
-def load_model(name_or_path: str | Path, map_location: str = "cpu", verify: bool = True) -> tuple[Method, ModelCard]:
+def load_model(
+    name_or_path: str | Path, map_location: str = "cpu", verify: bool = True
+) -> tuple[Method, ModelCard]:
     """Rebuild the method from its card and load the weights (safetensors: no code runs on load)."""
     stem = resolve_model(name_or_path)
     card_path = stem.with_suffix(".json")
@@ -191,9 +195,13 @@ def load_model(name_or_path: str | Path, map_location: str = "cpu", verify: bool
     if verify and _sha256(wpath) != card.weights_sha256:
         raise ModelError(f"{wpath}: weights do not match the card's sha256 (corrupt or replaced file)")
     try:
-        method = create_method(card.method, preprocessing=Preprocessing.from_dict(card.preprocessing), **card.kwargs)
+        method = create_method(
+            card.method, preprocessing=Preprocessing.from_dict(card.preprocessing), **card.kwargs
+        )
     except (ValueError, TypeError) as e:
-        raise ModelError(f"{card_path}: cannot build method {card.method!r} with {card.kwargs}: {e}") from None
+        raise ModelError(
+            f"{card_path}: cannot build method {card.method!r} with {card.kwargs}: {e}"
+        ) from None
     try:
         state = load_file(str(wpath), device=map_location)
     except (SafetensorError, OSError) as e:
@@ -203,6 +211,8 @@ def load_model(name_or_path: str | Path, map_location: str = "cpu", verify: bool
     except RuntimeError as e:  # shape mismatches raise even with strict=False
         raise ModelError(f"{wpath}: weights do not fit {card.method} built from {card_path}: {e}") from None
     if missing or unexpected:
-        raise ModelError(f"{wpath}: weights do not fit {card.method}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ModelError(
+            f"{wpath}: weights do not fit {card.method}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     method.eval()
     return method, card

@@ -5,7 +5,8 @@ Hand-written because it is ten lines and every library that has one (timm, mmeng
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 

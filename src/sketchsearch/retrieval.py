@@ -8,10 +8,10 @@ Binary methods are searched by Hamming distance over packed codes; float methods
 from __future__ import annotations
 
 import io
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from .data.sketch import Sketch
 from .errors import IndexError_, InvalidSketchError
 from .methods.base import Method
 
-__all__ = ["Hit", "Retriever", "Query", "thumbnail_png"]
+__all__ = ["Hit", "Query", "Retriever", "thumbnail_png"]
 
 Query = Sketch | np.ndarray | Image.Image
 
@@ -99,7 +99,7 @@ class Retriever:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_model(cls, name_or_path: str | Path, **kw: Any) -> "Retriever":
+    def from_model(cls, name_or_path: str | Path, **kw: Any) -> Retriever:
         from .model import load_model
 
         method, card = load_model(name_or_path)
@@ -190,7 +190,9 @@ class Retriever:
             d = (1.0 - d).astype(np.float32)
         return d, ids
 
-    def search_many(self, queries: Sequence[Query], k: int, modality: str = "sketch") -> tuple[np.ndarray, np.ndarray]:
+    def search_many(
+        self, queries: Sequence[Query], k: int, modality: str = "sketch"
+    ) -> tuple[np.ndarray, np.ndarray]:
         return self.search_encoded(self.encode(queries, modality), k)
 
     def search(self, query: Query, k: int = 10, modality: str = "sketch") -> list[Hit]:
@@ -204,7 +206,13 @@ class Retriever:
         valid = [(float(dd), int(i)) for dd, i in zip(dist, ids) if i >= 0]
         meta = self.item_meta([i for _, i in valid])
         return [
-            Hit(id=i, rank=r + 1, distance=dd, label=meta.get(i, {}).get("label"), source=meta.get(i, {}).get("source"))
+            Hit(
+                id=i,
+                rank=r + 1,
+                distance=dd,
+                label=meta.get(i, {}).get("label"),
+                source=meta.get(i, {}).get("source"),
+            )
             for r, (dd, i) in enumerate(valid)
         ]
 
@@ -239,7 +247,9 @@ class Retriever:
         save_index(self.index, folder, model_id=self.model_id, items=items, model_name=self.model_name)
 
     @classmethod
-    def load(cls, folder: str | Path, model: str | Path | Method | None = None, verify: bool = True) -> "Retriever":
+    def load(
+        cls, folder: str | Path, model: str | Path | Method | None = None, verify: bool = True
+    ) -> Retriever:
         """Open an index folder with its model (by default the model named in the index's manifest)."""
         from .index.store import load_index, read_manifest
         from .model import load_model
@@ -254,4 +264,12 @@ class Retriever:
             method, card = load_model(name)
             model_id = card.model_id
         index, store = load_index(folder, expected_model_id=model_id, verify=verify)
-        return cls(method, index, model_id=model_id, store=store, model_name=str(model) if model is not None and not isinstance(model, Method) else manifest.get("model_name"))
+        return cls(
+            method,
+            index,
+            model_id=model_id,
+            store=store,
+            model_name=str(model)
+            if model is not None and not isinstance(model, Method)
+            else manifest.get("model_name"),
+        )

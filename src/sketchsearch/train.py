@@ -14,9 +14,10 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from .data.batching import collate
 from .methods.base import Batch, Method
 
-__all__ = ["TrainConfig", "TrainResult", "train", "pick_device", "seed_everything"]
+__all__ = ["TrainConfig", "TrainResult", "pick_device", "seed_everything", "train"]
 
 
 @dataclass
@@ -68,7 +69,7 @@ def pick_device(requested: str | None = None) -> torch.device:
     if requested:
         return torch.device(requested)
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 
 
@@ -114,7 +115,9 @@ def train(
     optimizers = method.configure_optimizers(cfg.lr)
 
     g = torch.Generator().manual_seed(cfg.seed)
-    sampler: Any = DistributedSampler(data, seed=cfg.seed, drop_last=True) if ddp else RandomSampler(data, generator=g)
+    sampler: Any = (
+        DistributedSampler(data, seed=cfg.seed, drop_last=True) if ddp else RandomSampler(data, generator=g)
+    )
     loader = DataLoader(
         data,
         batch_size=min(cfg.batch_size, len(data)),
@@ -143,14 +146,20 @@ def train(
             return
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save(
-            {"model": method.state_dict(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()}, "iteration": it},
+            {
+                "model": method.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                "iteration": it,
+            },
             tmp,
         )
         os.replace(tmp, ckpt_path)
 
     history: list[dict[str, float]] = []
     evaluations: list[dict[str, Any]] = []
-    log = open(out / "log.jsonl", "a") if out and rank == 0 else None
+    # A fresh run starts a fresh log; a resumed run appends to the one it continues.
+    # (Closed after the loop; a context manager would indent the whole loop for an optional file.)
+    log = open(out / "log.jsonl", "a" if start_it else "w") if out and rank == 0 else None  # noqa: SIM115
     batches = _infinite(loader, sampler)
     use_amp = cfg.amp and device.type == "cuda"
     t0 = time.perf_counter()
@@ -168,7 +177,9 @@ def train(
         for it in range(start_it, cfg.iterations):
             batch = _to(next(batches), device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                stats = method.step(lambda b, **kw: model(b, phase=kw.pop("phase", cfg.phase), **kw), batch, optimizers)
+                stats = method.step(
+                    lambda b, **kw: model(b, phase=kw.pop("phase", cfg.phase), **kw), batch, optimizers
+                )
             stats["iteration"] = it + 1
             if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.iterations:
                 history.append(stats)

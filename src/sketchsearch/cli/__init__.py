@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import importlib
 
-from .app import app, data_app
-
 # Modules whose commands are plain decorators on `app` / `data_app`.
-from . import core  # noqa: F401,E402
+from . import core  # noqa: F401
+from .app import app, data_app
 
 # Modules that expose `register(app)`, owned by the method / service code they drive.
 for _mod, _target in (("gan", app), ("serve", app), ("evaluate", app), ("demo", app), ("download", data_app)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.progress import Progress
@@ -20,9 +20,13 @@ from .app import app, command_line, console, data_app, friendly_errors, index_ap
 @friendly_errors
 def data_info(
     path: str = typer.Argument(..., help="A data file or folder (any supported format), or 'default'."),
-    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad record; exit non-zero if any."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: items, classes, skipped, errors, format."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="Reader name (default: detected from the path)."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first bad record; exit non-zero if any."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON: items, classes, skipped, errors, format."
+    ),
+    fmt: str | None = typer.Option(None, "--format", help="Reader name (default: detected from the path)."),
 ) -> None:
     """Count items and classes; list skipped records with file and line."""
     from ..data.inspect import inspect_dataset
@@ -32,7 +36,13 @@ def data_info(
 
         res = load_items(path)
         labels = {i.label for i in res.items}
-        info: dict[str, Any] = {"format": "default", "items": len(res.items), "classes": len(labels), "skipped": 0, "errors": []}
+        info: dict[str, Any] = {
+            "format": "default",
+            "items": len(res.items),
+            "classes": len(labels),
+            "skipped": 0,
+            "errors": [],
+        }
     else:
         info = inspect_dataset(path, strict=strict, fmt=fmt)
     if as_json:
@@ -45,7 +55,9 @@ def data_info(
             t.add_row(f"  {k}", str(v))
         console.print(t)
         for e in info.get("errors", [])[:20]:
-            console.print(f"[yellow]skipped[/] {e['file']}: record {e['record']}: {e['reason']}", highlight=False)
+            console.print(
+                f"[yellow]skipped[/] {e['file']}: record {e['record']}: {e['reason']}", highlight=False
+            )
     if strict and info.get("skipped"):
         raise typer.Exit(1)
 
@@ -56,15 +68,23 @@ def data_info(
 def train_cmd(
     ctx: typer.Context,
     method: str = typer.Argument(..., help="Method name (see `sketchsearch models --methods`)."),
-    data: str = typer.Option(..., "--data", help="Training data path, or 'default' for the embedded default."),
+    data: str = typer.Option(
+        ..., "--data", help="Training data path, or 'default' for the embedded default."
+    ),
     out: Path = typer.Option(..., "--out", help="Artifact path stem: writes OUT.safetensors and OUT.json."),
-    iterations: Optional[int] = typer.Option(None, help="Training iterations (method's recipe default if unset)."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate."),
+    iterations: int | None = typer.Option(
+        None, help="Training iterations (method's recipe default if unset)."
+    ),
+    batch_size: int | None = typer.Option(None, help="Batch size."),
+    lr: float | None = typer.Option(None, help="Learning rate."),
     seed: int = typer.Option(0, help="Random seed (data order, init)."),
-    device: Optional[str] = typer.Option(None, help="cuda / cpu (default: cuda when present)."),
-    workdir: Optional[Path] = typer.Option(None, help="Folder for logs, checkpoints and sample grids (default runs/OUTNAME)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Method/recipe kwargs as key=value (repeatable)."),
+    device: str | None = typer.Option(None, help="cuda / cpu (default: cuda when present)."),
+    workdir: Path | None = typer.Option(
+        None, help="Folder for logs, checkpoints and sample grids (default runs/OUTNAME)."
+    ),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="Method/recipe kwargs as key=value (repeatable)."
+    ),
 ) -> None:
     """Train a method with its recipe and save a model artifact (weights + card)."""
     from ..methods.base import RECIPES, list_methods
@@ -77,7 +97,9 @@ def train_cmd(
     for k, v in (("iterations", iterations), ("batch_size", batch_size), ("lr", lr)):
         if v is not None:
             setattr(cfg, k, v)
-    cfg.extra["explicit"] = [k for k, v in (("iterations", iterations), ("batch_size", batch_size), ("lr", lr)) if v is not None]
+    cfg.extra["explicit"] = [
+        k for k, v in (("iterations", iterations), ("batch_size", batch_size), ("lr", lr)) if v is not None
+    ]
     t0 = time.perf_counter()
     m, training, metrics = recipe(data, cfg, **parse_sets(set_))
     training = {
@@ -98,10 +120,10 @@ def index_build(
     model: str = typer.Option(..., "--model", help="Model artifact name or path."),
     data: str = typer.Option(..., "--data", help="Data path, or 'default'."),
     out: Path = typer.Option(..., "--out", help="Index folder to write (replaced atomically)."),
-    limit: Optional[int] = typer.Option(None, help="Index at most this many items."),
+    limit: int | None = typer.Option(None, help="Index at most this many items."),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record."),
     backend: str = typer.Option("sketchsearch", help="Hamming backend: sketchsearch, faiss or numpy."),
-    modality: Optional[str] = typer.Option(None, help="Index only sketch or photo items."),
+    modality: str | None = typer.Option(None, help="Index only sketch or photo items."),
 ) -> None:
     """Encode a collection with a model and write an on-disk index (codes, ids, items with thumbnails)."""
     from ..data.sources import item_query, load_items
@@ -165,7 +187,7 @@ def _read_query(path: Path, record: int) -> Any:
 def search_cmd(
     query: Path = typer.Argument(..., help="Query: image, JSON strokes, or a data file (see --record)."),
     index: Path = typer.Option(..., "--index", help="Index folder."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model (default: the one named in the index)."),
+    model: str | None = typer.Option(None, "--model", help="Model (default: the one named in the index)."),
     k: int = typer.Option(10, "-k", min=1, max=10000, help="Number of results."),
     record: int = typer.Option(0, help="Which record of a data file is the query (0-based)."),
     as_json: bool = typer.Option(False, "--json"),
@@ -214,5 +236,12 @@ def models_cmd(
     for r in rows:
         m = r.get("metrics") or {}
         summary = ", ".join(f"{k}={v:.3f}" for k, v in m.items() if isinstance(v, float))[:60]
-        t.add_row(r["name"], r["where"], str(r.get("method")), str(r.get("output")), str(r.get("code_size")), summary)
+        t.add_row(
+            r["name"],
+            r["where"],
+            str(r.get("method")),
+            str(r.get("output")),
+            str(r.get("code_size")),
+            summary,
+        )
     console.print(t)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import typer
@@ -17,7 +17,7 @@ from rich.table import Table
 
 from .app import console, friendly_errors
 
-__all__ = ["register", "demo", "build_demo"]
+__all__ = ["build_demo", "demo", "register"]
 
 #: shipped models tried in order for the embedded default (the first that exists is used)
 DEMO_MODELS = ("sketch-gan-default", "sketch-gan")
@@ -25,7 +25,9 @@ DEMO_MODELS = ("sketch-gan-default", "sketch-gan")
 DEMO_METRICS = ("mAP@all", "MAP@R", "P@1", "P@5", "acc@5", "ms_per_query", "encode_per_s")
 
 
-def _pick_model(model: str | None, train_items: list[Any], workdir: Path, seed: int) -> tuple[Any, str, str, str]:
+def _pick_model(
+    model: str | None, train_items: list[Any], workdir: Path, seed: int
+) -> tuple[Any, str, str, str]:
     """(method, model_id, how to load it, description). Falls back to fitting ITQ-64 on the training split
     (seconds) when no model is given and none ships."""
     from ..model import list_models, load_model, save_model
@@ -42,14 +44,19 @@ def _pick_model(model: str | None, train_items: list[Any], workdir: Path, seed: 
     method.fit(batch["raster"][:, 0].numpy())
     stem = workdir / "itq-64-default"
     card = save_model(method, stem, training={"data": "default", "split": "train", "seed": seed})
-    return method, card.model_id, str(stem), "itq-64 fitted on the embedded default's training split (no shipped model found)"
+    return (
+        method,
+        card.model_id,
+        str(stem),
+        "itq-64 fitted on the embedded default's training split (no shipped model found)",
+    )
 
 
 def build_demo(workdir: Path, model: str | None = None, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """Build everything the demo serves; returns (retriever, report)."""
     from ..data.collection import make_splits
-    from ..data.synthetic import default_collection
     from ..data.render import rasterize
+    from ..data.synthetic import default_collection
     from ..eval.plots import retrieval_grid
     from ..eval.protocol import evaluate_retrieval
     from ..retrieval import Retriever
@@ -74,7 +81,12 @@ def build_demo(workdir: Path, model: str | None = None, seed: int = 0) -> tuple[
         ks=(1, 5, 10),
     )
     r = Retriever(method, model_id=model_id, model_name=model_ref)
-    r.add([g.sketch for g in gallery], labels=[g.label for g in gallery], sources=[g.id for g in gallery], thumbnails=True)
+    r.add(
+        [g.sketch for g in gallery],
+        labels=[g.label for g in gallery],
+        sources=[g.id for g in gallery],
+        thumbnails=True,
+    )
     r.save(workdir / "index")
     # A figure like the sketch-GAN paper's Fig. 6: queries spread over marks and kanji, each with its top 8.
     shown = queries[:: max(1, len(queries) // 8)][:8]
@@ -99,8 +111,12 @@ def build_demo(workdir: Path, model: str | None = None, seed: int = 0) -> tuple[
 
 @friendly_errors
 def demo(
-    model: Optional[str] = typer.Option(None, "--model", help="Model artifact (default: the shipped demo model)."),
-    workdir: Path = typer.Option(Path("runs/demo"), help="Where the collection, index and figure are written."),
+    model: str | None = typer.Option(
+        None, "--model", help="Model artifact (default: the shipped demo model)."
+    ),
+    workdir: Path = typer.Option(
+        Path("runs/demo"), help="Where the collection, index and figure are written."
+    ),
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the drawing page when done."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, help="Port."),

@@ -11,19 +11,27 @@ from .app import console, friendly_errors, print_json
 
 def register(data_app: typer.Typer) -> None:
     """Add the ``download`` group (``download quickdraw``) to the ``data`` app."""
-    download_app = typer.Typer(help="Download public sketch datasets (needs network access).", no_args_is_help=True)
+    download_app = typer.Typer(
+        help="Download public sketch datasets (needs network access).", no_args_is_help=True
+    )
     data_app.add_typer(download_app, name="download")
 
     @download_app.command("quickdraw")
     @friendly_errors
     def quickdraw(
-        classes: list[str] = typer.Option(..., "--classes", "-c", help="class names; repeat or comma-separate ('cat,The Eiffel Tower')"),
+        classes: list[str] = typer.Option(
+            ..., "--classes", "-c", help="class names; repeat or comma-separate ('cat,The Eiffel Tower')"
+        ),
         out: Path = typer.Option(Path("data/quickdraw"), "--out", "-o", help="folder for <class>.ndjson"),
         kind: str = typer.Option("raw", help="raw (with timing) or simplified (RDP, 0-255 box)"),
-        base_url: str = typer.Option(None, help="mirror of https://storage.googleapis.com/quickdraw_dataset/full"),
+        base_url: str = typer.Option(
+            None, help="mirror of https://storage.googleapis.com/quickdraw_dataset/full"
+        ),
         retries: int = typer.Option(3, help="retries (each resumes with a Range request)"),
         overwrite: bool = typer.Option(False, help="download again even when the file is present"),
-        no_check: bool = typer.Option(False, "--no-check", help="skip the per-line ndjson check (huge files)"),
+        no_check: bool = typer.Option(
+            False, "--no-check", help="skip the per-line ndjson check (huge files)"
+        ),
         as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
     ) -> None:
         """Download per-class QuickDraw ndjson files; rerun to resume an interrupted download."""
@@ -46,4 +54,7 @@ def register(data_app: typer.Typer) -> None:
             print_json(rows)
         else:
             for r in rows:
-                console.print(f"{r['class']}: {r['status']} {r['bytes']} bytes, {r['records']} records -> {r['path']}", highlight=False)
+                console.print(
+                    f"{r['class']}: {r['status']} {r['bytes']} bytes, {r['records']} records -> {r['path']}",
+                    highlight=False,
+                )

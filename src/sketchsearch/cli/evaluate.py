@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from .app import command_line, console, friendly_errors, print_json
 
-__all__ = ["register", "evaluate"]
+__all__ = ["evaluate", "register"]
 
 SHOWN = ("mAP@all", "MAP@R", "P@1", "P@100", "acc@1", "ms_per_query")
 
@@ -19,15 +19,23 @@ SHOWN = ("mAP@all", "MAP@R", "P@1", "P@100", "acc@1", "ms_per_query")
 def evaluate(
     ctx: typer.Context,
     data: str = typer.Option(..., "--data", help="Labelled data (file or folder in any supported format)."),
-    model: Optional[list[str]] = typer.Option(None, "--model", help="Trained model artifact name or path (repeatable)."),
-    method: Optional[list[str]] = typer.Option(None, "--method", help="Closed-form baseline fitted on the gallery: itq, lsh, pca (repeatable)."),
-    bits: Optional[list[int]] = typer.Option(None, "--bits", help="Code length(s) for --method (repeatable; default 64)."),
-    queries_per_class: int = typer.Option(10, help="Queries per class; the rest of each class is the gallery."),
+    model: list[str] | None = typer.Option(
+        None, "--model", help="Trained model artifact name or path (repeatable)."
+    ),
+    method: list[str] | None = typer.Option(
+        None, "--method", help="Closed-form baseline fitted on the gallery: itq, lsh, pca (repeatable)."
+    ),
+    bits: list[int] | None = typer.Option(
+        None, "--bits", help="Code length(s) for --method (repeatable; default 64)."
+    ),
+    queries_per_class: int = typer.Option(
+        10, help="Queries per class; the rest of each class is the gallery."
+    ),
     seed: int = typer.Option(0, help="Split seed."),
-    split_file: Optional[Path] = typer.Option(None, help="Split JSON: loaded when it exists, else written."),
-    limit: Optional[int] = typer.Option(None, help="Read at most this many items."),
+    split_file: Path | None = typer.Option(None, help="Split JSON: loaded when it exists, else written."),
+    limit: int | None = typer.Option(None, help="Read at most this many items."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
-    out: Optional[Path] = typer.Option(None, help="Write OUT.json and OUT.md."),
+    out: Path | None = typer.Option(None, help="Write OUT.json and OUT.md."),
 ) -> None:
     """Evaluate models and/or baselines: mAP@all, MAP@R, mAP@k (two normalisations), P@k, acc@k, time per query."""
     from ..eval.protocol import run_benchmark
@@ -42,7 +50,11 @@ def evaluate(
     doc = run_benchmark(
         rows,
         {"path": data, "limit": limit},
-        {"queries_per_class": queries_per_class, "seed": seed, "file": str(split_file) if split_file else None},
+        {
+            "queries_per_class": queries_per_class,
+            "seed": seed,
+            "file": str(split_file) if split_file else None,
+        },
         json_path=out.with_suffix(".json") if out else None,
         md_path=out.with_suffix(".md") if out else None,
         columns=SHOWN[:-1],

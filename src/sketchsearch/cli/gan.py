@@ -9,16 +9,18 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
 from .app import console, friendly_errors
 
-__all__ = ["register", "invariance", "run_invariance"]
+__all__ = ["invariance", "register", "run_invariance"]
 
 
-def run_invariance(models: list[str], data: str, samples: int = 100, seed: int = 0, out: Path = Path("invariance")) -> dict[str, Any]:
+def run_invariance(
+    models: list[str], data: str, samples: int = 100, seed: int = 0, out: Path = Path("invariance")
+) -> dict[str, Any]:
     """Load each model, render ``samples`` seeded random drawings of ``data`` with that model's preprocessing,
     measure rotation / scale / shift similarity; write ``invariance.json``, ``rotation.png``, ``scale.png``
     and ``shift.png`` into ``out``. Returns the JSON document."""
@@ -38,7 +40,7 @@ def run_invariance(models: list[str], data: str, samples: int = 100, seed: int =
     for name in models:
         method, card = load_model(name)
         method.eval()
-        rasters, bad = render_drawings(sketches, method.preprocessing)
+        rasters, _bad = render_drawings(sketches, method.preprocessing)
 
         def encode(x: torch.Tensor, m: Any = method) -> torch.Tensor:
             with torch.no_grad():
@@ -92,7 +94,7 @@ def run_invariance(models: list[str], data: str, samples: int = 100, seed: int =
 
 @friendly_errors
 def invariance(
-    model: Optional[list[str]] = typer.Option(
+    model: list[str] | None = typer.Option(
         None, "--model", help="Model name or path (repeatable). Default: the shipped sketch-gan and thin-gan."
     ),
     data: str = typer.Option("default", "--data", help="Drawings to sample: a data path or 'default'."),

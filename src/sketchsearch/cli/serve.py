@@ -28,8 +28,12 @@ def collection_specs(
             f"{len(models)} --model for {len(indexes)} --index: give none (each index's own model), one, or one per index"
         )
     if names and len(names) != len(indexes):
-        raise typer.BadParameter(f"{len(names)} --name for {len(indexes)} --index: give one name per index, or none")
-    per_index: list[str | None] = models * len(indexes) if len(models) == 1 else (models or [None] * len(indexes))  # type: ignore[list-item]
+        raise typer.BadParameter(
+            f"{len(names)} --name for {len(indexes)} --index: give one name per index, or none"
+        )
+    per_index: list[str | None] = (
+        models * len(indexes) if len(models) == 1 else (models or [None] * len(indexes))
+    )  # type: ignore[list-item]
     chosen = names or [Path(p).resolve().name or "collection" for p in indexes]
     dupes = sorted({n for n in chosen if chosen.count(n) > 1})
     if dupes:
@@ -48,23 +52,35 @@ def run_server(app: Any, host: str, port: int, log_level: str = "warning") -> No
         loopback = host == "localhost"
     if not loopback:
         console.print(
-            f"[yellow]warning:[/] listening on {host}: reachable from other machines, with no authentication", highlight=False
+            f"[yellow]warning:[/] listening on {host}: reachable from other machines, with no authentication",
+            highlight=False,
         )
-    print(f"sketchsearch: open http://{shown}:{port}/ in a browser (API docs at /docs; Ctrl+C stops)", flush=True)
+    print(
+        f"sketchsearch: open http://{shown}:{port}/ in a browser (API docs at /docs; Ctrl+C stops)",
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
 
 
 @friendly_errors
 def serve(
-    index: list[Path] = typer.Option(..., "--index", help="Index folder; repeat to serve several collections."),
-    model: list[str] | None = typer.Option(
-        None, "--model", help="Model name or path for the indexes (one for all, or one per --index); default: each index's own."
+    index: list[Path] = typer.Option(
+        ..., "--index", help="Index folder; repeat to serve several collections."
     ),
-    name: list[str] | None = typer.Option(None, "--name", help="Collection name per --index (default: folder name)."),
+    model: list[str] | None = typer.Option(
+        None,
+        "--model",
+        help="Model name or path for the indexes (one for all, or one per --index); default: each index's own.",
+    ),
+    name: list[str] | None = typer.Option(
+        None, "--name", help="Collection name per --index (default: folder name)."
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to bind: loopback by default."),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
     cors_origin: list[str] | None = typer.Option(
-        None, "--cors-origin", help="Allow API calls from pages on this origin (repeatable); CORS is off without it."
+        None,
+        "--cors-origin",
+        help="Allow API calls from pages on this origin (repeatable); CORS is off without it.",
     ),
     max_k: int = typer.Option(200, min=1, help="Most hits one search may ask for."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),

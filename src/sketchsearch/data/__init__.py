@@ -3,4 +3,4 @@
 from .render import image_to_raster, rasterize, rasterize_batch
 from .sketch import Sketch
 
-__all__ = ["Sketch", "rasterize", "rasterize_batch", "image_to_raster"]
+__all__ = ["Sketch", "image_to_raster", "rasterize", "rasterize_batch"]

@@ -6,7 +6,8 @@ exactly the frame its training data did.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from ..methods.base import Batch, Preprocessing
 from .render import image_to_raster, rasterize
 from .sketch import Sketch
 
-__all__ = ["sketch_points", "SketchDataset", "RasterDataset", "collate", "make_batch", "query_to_batch"]
+__all__ = ["RasterDataset", "SketchDataset", "collate", "make_batch", "query_to_batch", "sketch_points"]
 
 
 def sketch_points(sketch: Sketch, max_points: int) -> np.ndarray:
@@ -42,7 +43,10 @@ def _raster_of(x: Sketch | np.ndarray | Image.Image, pre: Preprocessing) -> np.n
         arr = arr.astype(np.float32) / 255.0
     if arr.shape != (pre.raster_size, pre.raster_size):
         img = Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8))
-        arr = np.asarray(img.resize((pre.raster_size, pre.raster_size), Image.BILINEAR), dtype=np.float32) / 255.0
+        arr = (
+            np.asarray(img.resize((pre.raster_size, pre.raster_size), Image.BILINEAR), dtype=np.float32)
+            / 255.0
+        )
     return arr.astype(np.float32)
 
 
@@ -76,7 +80,11 @@ def collate(examples: Sequence[dict[str, Any]]) -> Batch:
     return out
 
 
-def make_batch(items: Sequence[Sketch | np.ndarray | Image.Image], pre: Preprocessing, labels: Sequence[int] | None = None) -> Batch:
+def make_batch(
+    items: Sequence[Sketch | np.ndarray | Image.Image],
+    pre: Preprocessing,
+    labels: Sequence[int] | None = None,
+) -> Batch:
     labels = labels if labels is not None else [-1] * len(items)
     return collate([make_example(x, pre, int(y)) for x, y in zip(items, labels)])
 

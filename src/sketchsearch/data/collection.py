@@ -30,9 +30,10 @@ import math
 import os
 import tempfile
 import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,9 +45,9 @@ __all__ = [
     "SPLITS_FORMAT",
     "Collection",
     "Splits",
-    "make_splits",
-    "load_splits",
     "atomic_write_text",
+    "load_splits",
+    "make_splits",
 ]
 
 #: Columns of a manifest, in file order.
@@ -119,7 +120,7 @@ class Collection:
         """Sorted distinct labels (unlabelled items have none)."""
         return sorted({it.label for it in self.items if it.label is not None})
 
-    def subset(self, ids: Iterable[str]) -> "Collection":
+    def subset(self, ids: Iterable[str]) -> Collection:
         """The items with these ids, in the given order (unknown id -> KeyError naming it)."""
         return Collection([self[i] for i in ids], name=self.name)
 
@@ -145,7 +146,7 @@ class Collection:
         return atomic_write_text(p, text)
 
     @classmethod
-    def load_manifest(cls, path: str | Path) -> "Collection":
+    def load_manifest(cls, path: str | Path) -> Collection:
         """Read a manifest written by :meth:`save_manifest` (or by hand). Raises :class:`FormatError` naming
         file and the 1-based line for a bad row (not an object, missing id, bad modality, duplicate id)."""
         p = Path(path)
@@ -234,11 +235,9 @@ class Splits:
         return atomic_write_text(path, self.to_json())
 
 
-def _choose_unseen(classes: list[str], unseen: int | float | Sequence[str], seed: int) -> list[str]:
+def _choose_unseen(classes: list[str], unseen: float | Sequence[str], seed: int) -> list[str]:
     if isinstance(unseen, bool):
-        raise ValueError(
-            f"unseen_classes must be an int, a fraction or a list of class names, got {unseen!r}"
-        )
+        raise TypeError(f"unseen_classes must be an int, a fraction or a list of class names, got {unseen!r}")
     if isinstance(unseen, (int, np.integer)):
         k = int(unseen)
     elif isinstance(unseen, (float, np.floating)):
@@ -258,7 +257,7 @@ def _choose_unseen(classes: list[str], unseen: int | float | Sequence[str], seed
     return sorted(classes[i] for i in pick)
 
 
-def _param_of_unseen(unseen: int | float | Sequence[str]) -> int | float | list[str]:
+def _param_of_unseen(unseen: float | Sequence[str]) -> int | float | list[str]:
     """JSON-safe record of the ``unseen_classes`` argument (numpy scalars -> Python numbers)."""
     if isinstance(unseen, (int, np.integer)):
         return int(unseen)
@@ -273,7 +272,7 @@ def make_splits(
     query_per_class: int = 1,
     gallery_per_class: int | None = None,
     train_fraction: float = 0.5,
-    unseen_classes: int | float | Sequence[str] = 0,
+    unseen_classes: float | Sequence[str] = 0,
     query_modality: str | None = None,
     gallery_modality: str | None = None,
 ) -> Splits:

@@ -33,7 +33,14 @@ from typing import Literal
 
 from ..errors import SketchSearchError
 
-__all__ = ["QUICKDRAW_BASE_URL", "DownloadError", "DownloadResult", "download_file", "download_quickdraw", "verify_ndjson"]
+__all__ = [
+    "QUICKDRAW_BASE_URL",
+    "DownloadError",
+    "DownloadResult",
+    "download_file",
+    "download_quickdraw",
+    "verify_ndjson",
+]
 
 QUICKDRAW_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full"
 _CHUNK = 1 << 20
@@ -71,9 +78,13 @@ def verify_ndjson(path: str | Path, require: str = "drawing") -> int:
             try:
                 obj = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise DownloadError("", path, f"line {lineno} is not JSON ({e}); truncated or not an ndjson file") from None
+                raise DownloadError(
+                    "", path, f"line {lineno} is not JSON ({e}); truncated or not an ndjson file"
+                ) from None
             if not isinstance(obj, dict) or require not in obj:
-                raise DownloadError("", path, f"line {lineno} is not a QuickDraw record (no {require!r} field)")
+                raise DownloadError(
+                    "", path, f"line {lineno} is not a QuickDraw record (no {require!r} field)"
+                )
             n += 1
     if n == 0:
         raise DownloadError("", path, "no records (empty file)")
@@ -128,7 +139,11 @@ def download_file(
                 if have and r.status == 206:
                     m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
                     if not m or int(m.group(1)) != have:
-                        raise DownloadError(url, dest, f"server answered range {r.headers.get('Content-Range')!r} to a resume at byte {have}")
+                        raise DownloadError(
+                            url,
+                            dest,
+                            f"server answered range {r.headers.get('Content-Range')!r} to a resume at byte {have}",
+                        )
                     total = int(m.group(3)) if m.group(3) != "*" else None
                     mode, resumed = "ab", True
                 else:  # 200: the server ignored the Range (or there was none): start over
@@ -149,20 +164,32 @@ def download_file(
                 m = _CONTENT_RANGE.match(e.headers.get("Content-Range", "") or "")
                 total = int(m.group(3)) if m and m.group(3) != "*" else have
             elif e.code in (404, 403, 401, 400):
-                raise DownloadError(url, dest, f"HTTP {e.code} {e.reason} (check the class name and the base URL)") from None
+                raise DownloadError(
+                    url, dest, f"HTTP {e.code} {e.reason} (check the class name and the base URL)"
+                ) from None
             elif attempt < retries:
                 attempt += 1
                 time.sleep(backoff * attempt)
                 continue
             else:
-                raise DownloadError(url, dest, f"HTTP {e.code} {e.reason} after {attempt + 1} attempts; rerun to resume") from None
-        except (urllib.error.URLError, OSError, ConnectionError) as e:  # incl. IncompleteRead, timeouts, resets
+                raise DownloadError(
+                    url, dest, f"HTTP {e.code} {e.reason} after {attempt + 1} attempts; rerun to resume"
+                ) from None
+        except (
+            urllib.error.URLError,
+            OSError,
+            ConnectionError,
+        ) as e:  # incl. IncompleteRead, timeouts, resets
             if attempt < retries:
                 attempt += 1
                 time.sleep(backoff * attempt)
                 continue
             kept = part.stat().st_size if part.exists() else 0
-            raise DownloadError(url, dest, f"{e} after {attempt + 1} attempts; {kept} bytes kept in {part.name}, rerun to resume") from None
+            raise DownloadError(
+                url,
+                dest,
+                f"{e} after {attempt + 1} attempts; {kept} bytes kept in {part.name}, rerun to resume",
+            ) from None
         size = part.stat().st_size
         if total is not None and size < total:
             if attempt < retries:  # the connection closed early without an error
@@ -171,13 +198,17 @@ def download_file(
             raise DownloadError(url, dest, f"incomplete: {size} of {total} bytes; rerun to resume")
         if total is not None and size != total:
             part.unlink()
-            raise DownloadError(url, dest, f"size {size} does not match the server's {total} bytes; partial file removed")
+            raise DownloadError(
+                url, dest, f"size {size} does not match the server's {total} bytes; partial file removed"
+            )
         break
     if sha256 is not None:
         got = _sha256(part)
         if got != sha256.lower():
             part.unlink()
-            raise DownloadError(url, dest, f"sha256 {got} does not match the expected {sha256}; partial file removed")
+            raise DownloadError(
+                url, dest, f"sha256 {got} does not match the expected {sha256}; partial file removed"
+            )
     os.replace(part, dest)
     return size, resumed
 
@@ -217,7 +248,9 @@ def download_quickdraw(
             continue
         expected = (sha256 or {}).get(name) or _published_sha256(url, timeout)
         cb = (lambda done, total, _n=name: progress(_n, done, total)) if progress else None
-        size, resumed = download_file(url, dest, sha256=expected, retries=retries, timeout=timeout, progress=cb)
+        size, resumed = download_file(
+            url, dest, sha256=expected, retries=retries, timeout=timeout, progress=cb
+        )
         lines = None
         if check_lines:
             try:

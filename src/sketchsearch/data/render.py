@@ -7,7 +7,7 @@ be an extra native dependency for the same result.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from ..errors import InvalidSketchError
 from .sketch import Sketch
 
-__all__ = ["rasterize", "rasterize_batch", "image_to_raster"]
+__all__ = ["image_to_raster", "rasterize", "rasterize_batch"]
 
 
 def rasterize(
@@ -67,7 +67,9 @@ def rasterize_batch(
     return np.stack(rows)
 
 
-def image_to_raster(img: Image.Image, size: int = 64, invert: bool | None = None, fit: bool = True) -> np.ndarray:
+def image_to_raster(
+    img: Image.Image, size: int = 64, invert: bool | None = None, fit: bool = True
+) -> np.ndarray:
     """A drawing given as an image -> float32 (size, size), ink = 1.
 
     ``invert=None`` guesses: images whose border is mostly light are dark-ink-on-light and get inverted.

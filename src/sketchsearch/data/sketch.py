@@ -11,8 +11,8 @@ Conversions between the stroke formats in use:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class Sketch:
     def is_empty(self) -> bool:
         return self.n_points == 0
 
-    def validate(self) -> "Sketch":
+    def validate(self) -> Sketch:
         """Raise :class:`InvalidSketchError` if the sketch has no points; return self otherwise."""
         if self.is_empty:
             raise InvalidSketchError("the sketch has no points (draw something first)", "strokes")
@@ -76,11 +76,11 @@ class Sketch:
         pts = np.concatenate(self.validate().strokes)
         return float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())
 
-    def _with(self, strokes: list[np.ndarray], times: list[np.ndarray] | None = None) -> "Sketch":
+    def _with(self, strokes: list[np.ndarray], times: list[np.ndarray] | None = None) -> Sketch:
         return Sketch(strokes, times, label=self.label, id=self.id, meta=dict(self.meta))
 
     # ------------------------------------------------------------------ geometry
-    def normalise(self, size: float = 1.0, keep_aspect: bool = True) -> "Sketch":
+    def normalise(self, size: float = 1.0, keep_aspect: bool = True) -> Sketch:
         """Translate and scale so the drawing fits the box [0, size]^2, centred; aspect kept by default."""
         x0, y0, x1, y1 = self.bounds()
         w, h = x1 - x0, y1 - y0
@@ -98,7 +98,7 @@ class Sketch:
         ]
         return self._with(out, self.times)
 
-    def simplify(self, epsilon: float) -> "Sketch":
+    def simplify(self, epsilon: float) -> Sketch:
         """Ramer-Douglas-Peucker simplification of each stroke (QuickDraw's 'simplified' uses epsilon=2.0
         on a 0-255 box). Times follow the kept points."""
         strokes, times = [], [] if self.times is not None else None
@@ -109,7 +109,7 @@ class Sketch:
                 times.append(self.times[i][keep])
         return self._with(strokes, times)
 
-    def resample(self, spacing: float) -> "Sketch":
+    def resample(self, spacing: float) -> Sketch:
         """Resample each stroke at equal arc-length ``spacing`` (end points kept). Times are interpolated."""
         if spacing <= 0:
             raise InvalidSketchError(f"spacing must be > 0, got {spacing}", "spacing")
@@ -132,7 +132,7 @@ class Sketch:
                 times.append(np.interp(target, arc, self.times[i]))
         return self._with(strokes, times)
 
-    def transformed(self, matrix: np.ndarray) -> "Sketch":
+    def transformed(self, matrix: np.ndarray) -> Sketch:
         """Apply a 2x3 affine matrix to every point."""
         m = np.asarray(matrix, dtype=np.float32)
         out = [s @ m[:, :2].T + m[:, 2] for s in self.strokes]
@@ -140,7 +140,7 @@ class Sketch:
 
     # ------------------------------------------------------------------ formats
     @classmethod
-    def from_stroke3(cls, arr: np.ndarray, **kw: object) -> "Sketch":
+    def from_stroke3(cls, arr: np.ndarray, **kw: object) -> Sketch:
         """From sketch-rnn stroke-3 rows ``(dx, dy, pen_lifted_after)``."""
         a = np.asarray(arr, dtype=np.float64)
         if a.ndim != 2 or a.shape[1] != 3:
@@ -162,7 +162,7 @@ class Sketch:
         return np.column_stack([d, lift]).astype(np.float32)
 
     @classmethod
-    def from_stroke5(cls, arr: np.ndarray, **kw: object) -> "Sketch":
+    def from_stroke5(cls, arr: np.ndarray, **kw: object) -> Sketch:
         """From stroke-5 rows ``(dx, dy, p_down, p_up, p_end)``; rows from the first end state are dropped."""
         a = np.asarray(arr, dtype=np.float64)
         if a.ndim != 2 or a.shape[1] != 5:
@@ -178,7 +178,9 @@ class Sketch:
         n = len(s3)
         length = n + 1 if max_len is None else max_len
         if n > length - 1 and max_len is not None:
-            raise InvalidSketchError(f"{n} points do not fit max_len={max_len} (one row is the end)", "max_len")
+            raise InvalidSketchError(
+                f"{n} points do not fit max_len={max_len} (one row is the end)", "max_len"
+            )
         out = np.zeros((length, 5), dtype=np.float32)
         out[:n, :2] = s3[:, :2]
         out[:n, 2] = 1.0 - s3[:, 2]
@@ -191,14 +193,14 @@ class Sketch:
         return self.to_stroke5()[:-1, :4].copy()
 
     @classmethod
-    def from_4d(cls, arr: np.ndarray, **kw: object) -> "Sketch":
+    def from_4d(cls, arr: np.ndarray, **kw: object) -> Sketch:
         a = np.asarray(arr, dtype=np.float64)
         if a.ndim != 2 or a.shape[1] != 4:
             raise InvalidSketchError(f"4-d form must be (n, 4), got shape {a.shape}", "points4d")
         return cls.from_stroke3(np.column_stack([a[:, :2], a[:, 3]]), **kw)
 
     @classmethod
-    def from_polylines(cls, polylines: Iterable[Sequence[Sequence[float]]], **kw: object) -> "Sketch":
+    def from_polylines(cls, polylines: Iterable[Sequence[Sequence[float]]], **kw: object) -> Sketch:
         return cls([np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in polylines], **kw)  # type: ignore[arg-type]
 
 

@@ -17,7 +17,7 @@ from ..errors import FormatError
 from .formats.base import Item
 from .sketch import Sketch
 
-__all__ = ["LoadResult", "load_items", "item_query", "DEFAULT"]
+__all__ = ["DEFAULT", "LoadResult", "item_query", "load_items"]
 
 DEFAULT = "default"
 MAX_ERRORS_KEPT = 100

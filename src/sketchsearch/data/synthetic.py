@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,12 +31,12 @@ from .sketch import Sketch
 
 __all__ = [
     "LETTERS",
-    "redraw",
-    "design_mark",
-    "merchant_marks",
-    "simple_kanji",
-    "kanji_variants",
     "default_collection",
+    "design_mark",
+    "kanji_variants",
+    "merchant_marks",
+    "redraw",
+    "simple_kanji",
 ]
 
 Strokes = list[np.ndarray]  # float64 (n, 2) polylines in design units, y down

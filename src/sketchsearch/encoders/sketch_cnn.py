@@ -69,8 +69,11 @@ class SketchANet(nn.Module):
         k1, s1 = first_kernel or k1, first_stride or s1
         c1, c2, c3 = (max(8, int(round(c * width))) for c in (64, 128, 256))
         self.out_dim = int(out_dim or max(16, int(round(512 * width))))
+
         def conv(cin: int, cout: int, k: int, stride: int = 1, pad: int = 0) -> list[nn.Module]:
-            layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride=stride, padding=pad, bias=not batch_norm)]
+            layers: list[nn.Module] = [
+                nn.Conv2d(cin, cout, k, stride=stride, padding=pad, bias=not batch_norm)
+            ]
             return layers + ([nn.BatchNorm2d(cout)] if batch_norm else []) + [nn.ReLU(inplace=True)]
 
         self.features = nn.Sequential(

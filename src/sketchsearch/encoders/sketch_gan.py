@@ -27,15 +27,15 @@ from torch import Tensor, nn
 from . import ENCODERS
 
 __all__ = [
-    "ConvSpec",
-    "GANSpec",
-    "SPECS",
-    "Generator",
-    "Discriminator",
     "GAN",
+    "SPECS",
+    "ConvSpec",
+    "Discriminator",
+    "GANSpec",
+    "Generator",
+    "count_parameters",
     "sketch_gan",
     "thin_gan",
-    "count_parameters",
 ]
 
 
@@ -77,7 +77,12 @@ SPECS: dict[str, GANSpec] = {
             ConvSpec(16, 16, 5),
             ConvSpec(1, 16, 9, stride=1, bn=False),
         ),
-        d_layers=(ConvSpec(8, 1, 9, stride=1, bn=False), ConvSpec(16, 8, 5), ConvSpec(16, 16, 5), ConvSpec(16, 16, 5)),
+        d_layers=(
+            ConvSpec(8, 1, 9, stride=1, bn=False),
+            ConvSpec(16, 8, 5),
+            ConvSpec(16, 16, 5),
+            ConvSpec(16, 16, 5),
+        ),
     ),
 }
 
@@ -100,7 +105,11 @@ class Generator(nn.Module):
         layers: list[nn.Module] = []
         for i, s in enumerate(spec.g_layers):
             if s.stride == 2:
-                layers.append(nn.ConvTranspose2d(s.in_ch, s.out_ch, s.k, stride=2, padding=(s.k - 1) // 2, output_padding=1))
+                layers.append(
+                    nn.ConvTranspose2d(
+                        s.in_ch, s.out_ch, s.k, stride=2, padding=(s.k - 1) // 2, output_padding=1
+                    )
+                )
             else:
                 layers.append(nn.ConvTranspose2d(s.in_ch, s.out_ch, s.k, stride=1, padding=(s.k - 1) // 2))
             if s.bn:
@@ -134,7 +143,9 @@ class Discriminator(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """(B, 1, 64, 64) -> (B, 1024) float, >= 0 (ReLU output, *not* normalised)."""
         if x.dim() != 4 or x.shape[1:] != (1, self.image_size, self.image_size):
-            raise ValueError(f"expected rasters of shape (B, 1, {self.image_size}, {self.image_size}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected rasters of shape (B, 1, {self.image_size}, {self.image_size}), got {tuple(x.shape)}"
+            )
         return self.net(x).flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -35,7 +35,12 @@ class StrokeRNN(nn.Module):
             raise ValueError(f"cell must be one of {sorted(cells)}, got {cell!r}")
         self.in_dim = in_dim
         self.rnn = cells[cell](
-            in_dim, hidden, num_layers=layers, batch_first=True, bidirectional=True, dropout=dropout if layers > 1 else 0.0
+            in_dim,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=dropout if layers > 1 else 0.0,
         )
         self.out_dim = 2 * hidden
 

@@ -11,7 +11,7 @@ it need not normalise, the similarity does.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import kornia.geometry.transform as KT
 import numpy as np
@@ -19,19 +19,19 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "EncodeFn",
-    "cosine_to_reference",
-    "rotate",
-    "scale",
-    "shift",
-    "rotation_curve",
-    "scale_curve",
-    "shift_map",
-    "summary",
-    "study",
     "ROTATION_ANGLES",
     "SCALE_FACTORS",
     "SHIFTS",
+    "EncodeFn",
+    "cosine_to_reference",
+    "rotate",
+    "rotation_curve",
+    "scale",
+    "scale_curve",
+    "shift",
+    "shift_map",
+    "study",
+    "summary",
 ]
 
 EncodeFn = Callable[[Tensor], "Tensor | np.ndarray"]
@@ -43,7 +43,11 @@ SHIFTS = np.arange(-10, 11)
 
 
 def _as_batch(rasters: np.ndarray | Tensor) -> Tensor:
-    x = torch.as_tensor(np.asarray(rasters, dtype=np.float32)) if not isinstance(rasters, Tensor) else rasters.float()
+    x = (
+        torch.as_tensor(np.asarray(rasters, dtype=np.float32))
+        if not isinstance(rasters, Tensor)
+        else rasters.float()
+    )
     if x.dim() == 3:
         x = x[:, None]
     if x.dim() != 4 or x.shape[1] != 1:
@@ -58,7 +62,9 @@ def _encode(encode_fn: EncodeFn, x: Tensor) -> Tensor:
         z = encode_fn(x)
     z = torch.as_tensor(np.asarray(z)) if not isinstance(z, Tensor) else z
     if z.dim() != 2 or z.shape[0] != x.shape[0]:
-        raise ValueError(f"encode_fn must return (N, D) for N = {x.shape[0]} rasters, got shape {tuple(z.shape)}")
+        raise ValueError(
+            f"encode_fn must return (N, D) for N = {x.shape[0]} rasters, got shape {tuple(z.shape)}"
+        )
     return z.detach().float().cpu()
 
 
@@ -89,7 +95,12 @@ def shift(x: Tensor, dx: float, dy: float) -> Tensor:
     return KT.translate(x, t, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _curve(encode_fn: EncodeFn, rasters: np.ndarray | Tensor, params: Sequence[float], fn: Callable[[Tensor, float], Tensor]) -> dict[str, list[float]]:
+def _curve(
+    encode_fn: EncodeFn,
+    rasters: np.ndarray | Tensor,
+    params: Sequence[float],
+    fn: Callable[[Tensor, float], Tensor],
+) -> dict[str, list[float]]:
     x = _as_batch(rasters)
     ref = _encode(encode_fn, x)
     mean, std = [], []
@@ -127,7 +138,9 @@ def shift_map(
     ref = _encode(encode_fn, x)
     rows = []
     for dy in shifts:
-        rows.append([float(cosine_to_reference(_encode(encode_fn, shift(x, dx, dy)), ref).mean()) for dx in shifts])
+        rows.append(
+            [float(cosine_to_reference(_encode(encode_fn, shift(x, dx, dy)), ref).mean()) for dx in shifts]
+        )
     return {"x": [float(s) for s in shifts], "y": [float(s) for s in shifts], "mean": rows}
 
 

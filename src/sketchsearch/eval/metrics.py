@@ -152,7 +152,9 @@ def average_precision(
     return out
 
 
-def map_at_all(rel: np.ndarray | Sequence[Sequence[bool]], n_relevant: np.ndarray | Sequence[int] | None = None) -> float:
+def map_at_all(
+    rel: np.ndarray | Sequence[Sequence[bool]], n_relevant: np.ndarray | Sequence[int] | None = None
+) -> float:
     """mAP@all: mean AP over the full ranking (queries without relevant items excluded)."""
     r = _as_rel(rel)
     n = _as_n_relevant(r, n_relevant)
@@ -172,7 +174,9 @@ def map_at_k(
     return _mean(average_precision(r, n, k=k, norm=norm), n > 0)
 
 
-def map_at_r(rel: np.ndarray | Sequence[Sequence[bool]], n_relevant: np.ndarray | Sequence[int] | None = None) -> float:
+def map_at_r(
+    rel: np.ndarray | Sequence[Sequence[bool]], n_relevant: np.ndarray | Sequence[int] | None = None
+) -> float:
     """MAP@R (Musgrave et al. 2020): per query ``sum_{i<=R} P@i * rel_i / R`` with ``R = n_relevant``.
 
     The ranking must hold at least ``max(R)`` items for queries that count (ValueError otherwise).
@@ -212,7 +216,9 @@ def acc_at_k(
 
 
 def relevance_from_labels(
-    ranked_ids: np.ndarray, gallery_labels: np.ndarray | Sequence[object], query_labels: np.ndarray | Sequence[object]
+    ranked_ids: np.ndarray,
+    gallery_labels: np.ndarray | Sequence[object],
+    query_labels: np.ndarray | Sequence[object],
 ) -> np.ndarray:
     """Ranked gallery ids -> ranked relevance (same label = relevant).
 
@@ -234,7 +240,9 @@ def relevance_from_labels(
 
 
 def n_relevant_from_labels(
-    gallery_labels: np.ndarray | Sequence[object], query_labels: np.ndarray | Sequence[object], leave_one_out: bool = False
+    gallery_labels: np.ndarray | Sequence[object],
+    query_labels: np.ndarray | Sequence[object],
+    leave_one_out: bool = False,
 ) -> np.ndarray:
     """int64 (nq,): relevant gallery items per query (same label). ``leave_one_out``: the queries are the
     gallery itself and each query's own item is not counted."""
@@ -246,7 +254,9 @@ def n_relevant_from_labels(
     return n
 
 
-def _codes_for(gallery_labels: np.ndarray | Sequence[object], query_labels: np.ndarray | Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
+def _codes_for(
+    gallery_labels: np.ndarray | Sequence[object], query_labels: np.ndarray | Sequence[object]
+) -> tuple[np.ndarray, np.ndarray]:
     """Map labels of both sides to shared int codes; None -> -1."""
     g = list(np.asarray(gallery_labels, dtype=object).reshape(-1))
     q = list(np.asarray(query_labels, dtype=object).reshape(-1))

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
-__all__ = ["curves", "heat_maps", "retrieval_grid", "image_grid"]
+__all__ = ["curves", "heat_maps", "image_grid", "retrieval_grid"]
 
 
 def _save(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
@@ -54,7 +54,9 @@ def curves(
     for name, y in series.items():
         ys = np.asarray(y, dtype=float)
         if ys.shape != xs.shape:
-            raise ValueError(f"series {name!r} has {ys.shape[0] if ys.ndim else 0} values for {len(xs)} x values")
+            raise ValueError(
+                f"series {name!r} has {ys.shape[0] if ys.ndim else 0} values for {len(xs)} x values"
+            )
         ax.plot(xs, ys, label=name)
         if spread and name in spread:
             s = np.asarray(spread[name], dtype=float)
@@ -85,7 +87,9 @@ def heat_maps(
     fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 3.8), squeeze=False)
     im = None
     for ax, (name, m) in zip(axes[0], maps.items()):
-        im = ax.imshow(np.asarray(m, dtype=float), origin="lower", extent=extent, vmin=lo, vmax=vmax, cmap="viridis")
+        im = ax.imshow(
+            np.asarray(m, dtype=float), origin="lower", extent=extent, vmin=lo, vmax=vmax, cmap="viridis"
+        )
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -94,7 +98,9 @@ def heat_maps(
 
 
 def _thumb(ax: plt.Axes, img: np.ndarray, edge: str | None) -> None:
-    ax.imshow(1.0 - np.clip(np.asarray(img, dtype=float), 0, 1), cmap="gray", vmin=0, vmax=1)  # ink dark on white
+    ax.imshow(
+        1.0 - np.clip(np.asarray(img, dtype=float), 0, 1), cmap="gray", vmin=0, vmax=1
+    )  # ink dark on white
     ax.set_xticks([])
     ax.set_yticks([])
     for sp in ax.spines.values():
@@ -122,7 +128,9 @@ def retrieval_grid(
     if len(result_images) != nq:
         raise ValueError(f"{len(result_images)} result rows for {nq} queries")
     k = max((len(r) for r in result_images), default=0)
-    fig, axes = plt.subplots(nq, k + 1, figsize=(0.9 * (k + 1), 0.9 * nq + (0.3 if title else 0)), squeeze=False)
+    fig, axes = plt.subplots(
+        nq, k + 1, figsize=(0.9 * (k + 1), 0.9 * nq + (0.3 if title else 0)), squeeze=False
+    )
     for i in range(nq):
         _thumb(axes[i, 0], query_images[i], "purple")
         if row_labels is not None:
@@ -140,13 +148,17 @@ def retrieval_grid(
     return _save(fig, path)
 
 
-def image_grid(images: Sequence[np.ndarray] | np.ndarray, path: str | Path, *, ncol: int = 8, title: str = "") -> Path:
+def image_grid(
+    images: Sequence[np.ndarray] | np.ndarray, path: str | Path, *, ncol: int = 8, title: str = ""
+) -> Path:
     """A grid of rasters (H, W), ink = 1 drawn dark on white (e.g. a GAN's generated samples)."""
     n = len(images)
     if n == 0:
         raise ValueError("no images to draw")
     nrow = (n + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow, ncol, figsize=(0.8 * ncol, 0.8 * nrow + (0.3 if title else 0)), squeeze=False)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(0.8 * ncol, 0.8 * nrow + (0.3 if title else 0)), squeeze=False
+    )
     for idx, ax in enumerate(axes.flat):
         if idx < n:
             _thumb(ax, images[idx], None)

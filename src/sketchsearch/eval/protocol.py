@@ -85,7 +85,9 @@ class LabelledSet:
         return len(self.items)
 
 
-def load_labelled(path: str | Path, *, fmt: str | None = None, limit: int | None = None, strict: bool = False) -> LabelledSet:
+def load_labelled(
+    path: str | Path, *, fmt: str | None = None, limit: int | None = None, strict: bool = False
+) -> LabelledSet:
     """Read every labelled drawing of ``path`` (any format ``sketchsearch.data.formats.read_any`` knows).
 
     Bad records are skipped and counted (``strict=True`` raises instead, as the readers do); items without a
@@ -179,7 +181,9 @@ def load_split(path: str | Path, ids: Sequence[str]) -> Split:
         pos = {x: i for i, x in enumerate(ids)}
         q = np.sort(np.asarray([pos[x] for x in doc["query"]], dtype=np.int64))
         g = np.sort(np.asarray([pos[x] for x in doc["gallery"]], dtype=np.int64))
-        return Split(query=q, gallery=g, seed=int(doc["seed"]), queries_per_class=int(doc["queries_per_class"]))
+        return Split(
+            query=q, gallery=g, seed=int(doc["seed"]), queries_per_class=int(doc["queries_per_class"])
+        )
     except (OSError, json.JSONDecodeError, TypeError) as e:
         raise FormatError(path, None, f"not a split file ({e})") from None
     except KeyError as e:
@@ -197,7 +201,9 @@ def _as_retriever(obj: Any) -> Any:
         return Retriever.from_model(obj)
     if all(hasattr(obj, a) for a in ("encode", "add", "search_encoded")):
         if len(obj) != 0:
-            raise ValueError(f"evaluate_retrieval needs an empty retriever (it adds the gallery itself); this one holds {len(obj)} items")
+            raise ValueError(
+                f"evaluate_retrieval needs an empty retriever (it adds the gallery itself); this one holds {len(obj)} items"
+            )
         return obj
     raise TypeError(f"expected a Retriever, a Method or a model path, got {type(obj).__name__}")
 
@@ -231,7 +237,9 @@ def evaluate_retrieval(
     ks = tuple(int(k) for k in ks)
     if leave_one_out:
         if queries is not None or query_labels is not None:
-            raise ValueError("leave_one_out queries the gallery with itself: leave queries and query_labels unset")
+            raise ValueError(
+                "leave_one_out queries the gallery with itself: leave queries and query_labels unset"
+            )
     elif queries is None or query_labels is None:
         raise ValueError("give queries and query_labels, or set leave_one_out=True")
     n_g = len(gallery)
@@ -257,7 +265,12 @@ def evaluate_retrieval(
         n_encoded += len(q_codes)
     t_encode = time.perf_counter() - t0
     g_labels = list(gallery_labels)
-    r.add(gallery, ids=np.arange(n_g, dtype=np.int64), labels=[None if x is None else str(x) for x in g_labels], encoded=g_codes)
+    r.add(
+        gallery,
+        ids=np.arange(n_g, dtype=np.int64),
+        labels=[None if x is None else str(x) for x in g_labels],
+        encoded=g_codes,
+    )
 
     n_q = len(q_codes)
     n_rel_all = n_relevant_from_labels(g_labels, q_labels, leave_one_out=leave_one_out)
@@ -271,7 +284,9 @@ def evaluate_retrieval(
         metric_fns[f"P@{k}"] = lambda rel, n, k=k: precision_at_k(rel, k, n)
         metric_fns[f"acc@{k}"] = lambda rel, n, k=k: acc_at_k(rel, k, n)
     sums = dict.fromkeys(metric_fns, 0.0)
-    r.search_encoded(q_codes[:1], 1)  # untimed warm-up: a backend may compile its kernels on first use (numba)
+    r.search_encoded(
+        q_codes[:1], 1
+    )  # untimed warm-up: a backend may compile its kernels on first use (numba)
     t_search = 0.0
     for s in range(0, n_q, chunk):
         e = min(s + chunk, n_q)
@@ -283,7 +298,9 @@ def evaluate_retrieval(
             own = np.arange(s, e)[:, None]
             keep = ids != own
             if not (keep.sum(axis=1) == n_g - 1).all():
-                raise RuntimeError("leave-one-out: a query's own item is missing from (or repeated in) its full ranking")
+                raise RuntimeError(
+                    "leave-one-out: a query's own item is missing from (or repeated in) its full ranking"
+                )
             ids = ids[keep].reshape(e - s, n_g - 1)
         rel = relevance_from_labels(ids, g_labels, q_labels[s:e])
         n_rel = n_rel_all[s:e]
@@ -292,7 +309,9 @@ def evaluate_retrieval(
             for name, fn in metric_fns.items():
                 sums[name] += fn(rel, n_rel) * n_valid
     n_valid_all = int((n_rel_all > 0).sum())
-    out: dict[str, Any] = {name: (v / n_valid_all if n_valid_all else float("nan")) for name, v in sums.items()}
+    out: dict[str, Any] = {
+        name: (v / n_valid_all if n_valid_all else float("nan")) for name, v in sums.items()
+    }
     method = getattr(r, "method", None)
     out.update(
         {
@@ -366,7 +385,9 @@ def _build(row: Mapping[str, Any]) -> tuple[Any, bool]:
 
     method = create_method(row["method"], **dict(row.get("kwargs", {})))
     if not method.closed_form:
-        raise ModelError(f"row {row.get('label')!r}: method {row['method']!r} needs training; give a trained 'model' path")
+        raise ModelError(
+            f"row {row.get('label')!r}: method {row['method']!r} needs training; give a trained 'model' path"
+        )
     return method, True
 
 
@@ -458,7 +479,9 @@ def markdown_table(doc: Mapping[str, Any], columns: Sequence[str] = ("mAP@all", 
              "| method | bits/dim | " + " | ".join(columns) + " | search ms/query |",
              "|---|---:|" + "---:|" * len(columns) + "---:|"]  # fmt: skip
     for r in doc["rows"]:
-        vals = " | ".join(f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns)
+        vals = " | ".join(
+            f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns
+        )
         lines.append(f"| {r['label']} | {r['code_size']} | {vals} | {r['ms_per_query']:.3f} |")
     if doc.get("notes"):
         lines += [""] + [f"- {n}" for n in doc["notes"]]

@@ -91,7 +91,9 @@ class DenseIndex:
         order = np.argsort(all_ids, kind="stable")
         s = all_ids[order]
         if np.any(s[1:] == s[:-1]):
-            raise InvalidSketchError(f"id {int(s[1:][s[1:] == s[:-1]][0])} is repeated or already in the index", "ids")
+            raise InvalidSketchError(
+                f"id {int(s[1:][s[1:] == s[:-1]][0])} is repeated or already in the index", "ids"
+            )
         self._ids = s
         self._codes = np.concatenate([self._codes, x])[order]
         self._faiss = None
@@ -108,7 +110,9 @@ class DenseIndex:
     def _set_arrays(self, codes: np.ndarray, ids: np.ndarray) -> None:
         codes = np.asarray(codes)
         if codes.dtype != np.float32 or codes.ndim != 2 or codes.shape[1] != self.dim:
-            raise InvalidSketchError(f"expected float32 (n, {self.dim}), got {codes.dtype} {codes.shape}", "codes")
+            raise InvalidSketchError(
+                f"expected float32 (n, {self.dim}), got {codes.dtype} {codes.shape}", "codes"
+            )
         ids = _as_ids(ids, codes.shape[0])
         if ids.size > 1 and not np.all(ids[1:] > ids[:-1]):
             raise InvalidSketchError("ids must be strictly ascending and unique", "ids")

@@ -129,9 +129,7 @@ def _backups(folder: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------- items
-_SCHEMA = (
-    "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT, source TEXT, thumbnail BLOB, extra TEXT NOT NULL)"
-)
+_SCHEMA = "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT, source TEXT, thumbnail BLOB, extra TEXT NOT NULL)"
 
 
 def _item_row(item: Mapping[str, Any], n: int) -> tuple[int, str | None, str | None, bytes | None, str]:
@@ -161,7 +159,9 @@ def _item_row(item: Mapping[str, Any], n: int) -> tuple[int, str | None, str | N
     return tuple(row)  # type: ignore[return-value]
 
 
-def _write_items(path: Path, rows: Iterable[tuple[Any, ...]], base: Path | None = None, drop: Sequence[int] = ()) -> None:
+def _write_items(
+    path: Path, rows: Iterable[tuple[Any, ...]], base: Path | None = None, drop: Sequence[int] = ()
+) -> None:
     """Create ``path`` (from a copy of ``base`` when given), delete ``drop`` ids, insert ``rows``."""
     if base is not None:
         shutil.copyfile(base, path)
@@ -192,7 +192,9 @@ class ItemStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            self._con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            self._con = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+            )
             self._con.execute("SELECT id, label, source, thumbnail, extra FROM items LIMIT 1").fetchall()
         except sqlite3.Error as e:
             raise IndexError_(f"{self.path}: not a readable item store ({e})") from None
@@ -263,7 +265,9 @@ def _write_folder(
         "metric": metric,
         "created": created or _now(),
         "updated": _now(),
-        "files": {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in DATA_FILES},
+        "files": {
+            name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in DATA_FILES
+        },
     }
     if kind == "binary":
         manifest["nbits"] = int(index.nbits)  # type: ignore[union-attr]
@@ -285,7 +289,9 @@ def _atomic_replace(folder: Path, fill: Any) -> Path:
         if not folder.is_dir():
             raise IndexError_(f"{folder}: exists and is not an index folder")
         if any(folder.iterdir()) and not (folder / MANIFEST).is_file():
-            raise IndexError_(f"{folder}: exists, is not empty and holds no {MANIFEST}; refusing to replace it")
+            raise IndexError_(
+                f"{folder}: exists, is not empty and holds no {MANIFEST}; refusing to replace it"
+            )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
@@ -338,7 +344,9 @@ def save_index(
             created = None
     return _atomic_replace(
         folder,
-        lambda tmp: _write_folder(tmp, index, model_id, model_name, metric, lambda p: _write_items(p, rows), created),
+        lambda tmp: _write_folder(
+            tmp, index, model_id, model_name, metric, lambda p: _write_items(p, rows), created
+        ),
     )
 
 
@@ -369,7 +377,11 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     for key in ("kind", "count", "model_id", "files"):
         if key not in manifest:
             raise IndexError_(f"{path}: field {key!r} is missing")
-    if manifest["kind"] not in ("binary", "dense") or manifest["kind"] == "binary" and "nbits" not in manifest:
+    if (
+        manifest["kind"] not in ("binary", "dense")
+        or manifest["kind"] == "binary"
+        and "nbits" not in manifest
+    ):
         raise IndexError_(f"{path}: field 'kind'/'nbits'/'dim' is invalid")
     return manifest
 
@@ -383,9 +395,13 @@ def _check_files(folder: Path, manifest: Mapping[str, Any], verify: bool) -> Non
         if not path.is_file():
             raise IndexError_(f"{path}: missing file of the index")
         if path.stat().st_size != files[name].get("bytes"):
-            raise IndexError_(f"{path}: size {path.stat().st_size} bytes, the manifest says {files[name].get('bytes')}; the index is corrupt")
+            raise IndexError_(
+                f"{path}: size {path.stat().st_size} bytes, the manifest says {files[name].get('bytes')}; the index is corrupt"
+            )
         if verify and _sha256(path) != files[name].get("sha256"):
-            raise IndexError_(f"{path}: checksum mismatch (the file changed after it was saved); the index is corrupt")
+            raise IndexError_(
+                f"{path}: checksum mismatch (the file changed after it was saved); the index is corrupt"
+            )
 
 
 def _load_array(path: Path, mmap: bool) -> np.ndarray:
@@ -418,11 +434,15 @@ def load_index(
     count = manifest["count"]
     try:
         if manifest["kind"] == "binary":
-            index: AnyIndex = create_index(backend or manifest.get("backend", "sketchsearch"), nbits=int(manifest["nbits"]))
+            index: AnyIndex = create_index(
+                backend or manifest.get("backend", "sketchsearch"), nbits=int(manifest["nbits"])
+            )
         else:
             index = DenseIndex(int(manifest["dim"]), metric=manifest.get("metric", "cosine"))
         if codes.shape[0] != count or ids.shape != (count,) or ids.dtype != np.int64:
-            raise InvalidSketchError(f"{count} codes and ids expected, found {codes.shape} and {ids.shape} {ids.dtype}", "count")
+            raise InvalidSketchError(
+                f"{count} codes and ids expected, found {codes.shape} and {ids.shape} {ids.dtype}", "count"
+            )
         index._set_arrays(codes, ids)
     except InvalidSketchError as e:
         raise IndexError_(f"{folder}: stored arrays do not match the manifest ({e})") from None

@@ -15,8 +15,9 @@ code, whose sign is the binary code) and :attr:`output` ("binary" with ``nbits``
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -36,7 +37,9 @@ class Preprocessing:
     inputs: tuple[str, ...] = ("raster",)  # any of "raster", "points", "photo"
     raster_size: int = 64  # pixels
     line_width: float = 1.5  # pixels at raster_size
-    max_points: int = 256  # points kept for the sequence branch (longer sketches are RDP-simplified, then cut)
+    max_points: int = (
+        256  # points kept for the sequence branch (longer sketches are RDP-simplified, then cut)
+    )
     photo_size: int = 224
 
     def to_dict(self) -> dict[str, Any]:
@@ -45,7 +48,7 @@ class Preprocessing:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Preprocessing":
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
         d = dict(d)
         d["inputs"] = tuple(d.get("inputs", ("raster",)))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
@@ -81,16 +84,21 @@ class Method(nn.Module):
 
     # ---------------------------------------------------------------- training
     def training_losses(self, batch: Batch, phase: str = "all") -> dict[str, Tensor]:
-        raise NotImplementedError(f"{type(self).__name__} has no gradient training (closed_form={self.closed_form})")
+        raise NotImplementedError(
+            f"{type(self).__name__} has no gradient training (closed_form={self.closed_form})"
+        )
 
-    def forward(self, batch: Batch, phase: str = "all") -> dict[str, Tensor]:  # noqa: D401 - DDP calls forward
+    def forward(self, batch: Batch, phase: str = "all") -> dict[str, Tensor]:
         return self.training_losses(batch, phase=phase)
 
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         return {"all": torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=lr)}
 
     def step(
-        self, model: Callable[..., dict[str, Tensor]], batch: Batch, optimizers: Mapping[str, torch.optim.Optimizer]
+        self,
+        model: Callable[..., dict[str, Tensor]],
+        batch: Batch,
+        optimizers: Mapping[str, torch.optim.Optimizer],
     ) -> dict[str, float]:
         """One optimisation step: sum the ``*_loss`` terms, backprop, step every optimiser."""
         losses = model(batch)
@@ -165,7 +173,16 @@ def _import_all() -> None:
 
 _METHOD_MODULES: list[str] = ["baselines", "gan_encoder", "sketchmate", "dsml", "doodle2search", "gdh"]
 
-__all__ = ["Batch", "Preprocessing", "Method", "METHODS", "create_method", "list_methods", "total_loss", "field"]
+__all__ = [
+    "METHODS",
+    "Batch",
+    "Method",
+    "Preprocessing",
+    "create_method",
+    "field",
+    "list_methods",
+    "total_loss",
+]
 
 
 # ---------------------------------------------------------------------------------------------- recipes

@@ -18,8 +18,9 @@ distribution the encoder is used on. The card records it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,16 +37,16 @@ from ..losses.gan import discriminator_loss, generator_loss
 from .base import METHODS, RECIPES, Batch, Method, Preprocessing
 
 __all__ = [
-    "GANEncoder",
+    "ADAM_BETAS",
+    "LINE_WIDTH",
     "GANBinaryEncoder",
+    "GANEncoder",
     "binary_variant",
+    "encode_rasters",
     "gan",
     "gan_recipe",
     "load_drawings",
     "render_drawings",
-    "encode_rasters",
-    "LINE_WIDTH",
-    "ADAM_BETAS",
 ]
 
 #: Line width (pixels at 64x64) of rendered training and query drawings: the paper's marks are about one
@@ -74,13 +75,17 @@ class GANEncoder(Method):
         arch: Arch = "sketch-gan",  # the paper's proposed network (section 4.1); "thin-gan" is its baseline
         dz: int = 2,  # size of z, section 4.2
     ) -> None:
-        super().__init__(preprocessing or Preprocessing(inputs=("raster",), raster_size=64, line_width=LINE_WIDTH))
+        super().__init__(
+            preprocessing or Preprocessing(inputs=("raster",), raster_size=64, line_width=LINE_WIDTH)
+        )
         if arch not in ("sketch-gan", "thin-gan"):
             raise ValueError(f"arch must be 'sketch-gan' or 'thin-gan', got {arch!r}")
         if not isinstance(dz, int) or dz < 1:
             raise ValueError(f"dz must be a positive int, got {dz!r}")
         if self.preprocessing.raster_size != 64 or "raster" not in self.preprocessing.inputs:
-            raise ValueError(f"the GAN networks read 64x64 rasters; got preprocessing {self.preprocessing.to_dict()}")
+            raise ValueError(
+                f"the GAN networks read 64x64 rasters; got preprocessing {self.preprocessing.to_dict()}"
+            )
         self.save_hparams(arch=arch, dz=dz)
         gan = create_encoder(arch, dz=dz)
         assert isinstance(gan, GAN)
@@ -95,13 +100,18 @@ class GANEncoder(Method):
         return self.gan.discriminator.feature_dim
 
     def parameter_counts(self) -> dict[str, int]:
-        return {"generator": count_parameters(self.gan.generator), "discriminator": count_parameters(self.gan.discriminator)}
+        return {
+            "generator": count_parameters(self.gan.generator),
+            "discriminator": count_parameters(self.gan.discriminator),
+        }
 
     # ------------------------------------------------------------------ training (Algorithm 1)
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """G(z) for n draws z ~ N(0, I): float (n, 1, 64, 64) in (0, 1)."""
         dev = self.centre.device
-        z = torch.randn(n, self.dz, generator=generator, device="cpu" if generator is not None else dev).to(dev)
+        z = torch.randn(n, self.dz, generator=generator, device="cpu" if generator is not None else dev).to(
+            dev
+        )
         return self.gan.generator(z)
 
     def training_losses(self, batch: Batch, phase: str = "d") -> dict[str, Tensor]:
@@ -130,7 +140,10 @@ class GANEncoder(Method):
         }
 
     def step(
-        self, model: Callable[..., dict[str, Tensor]], batch: Batch, optimizers: Mapping[str, torch.optim.Optimizer]
+        self,
+        model: Callable[..., dict[str, Tensor]],
+        batch: Batch,
+        optimizers: Mapping[str, torch.optim.Optimizer],
     ) -> dict[str, float]:
         """Algorithm 1 with k = 1: one discriminator update on J_D, then one generator update on J_G."""
         opt_d, opt_g = optimizers["d"], optimizers["g"]
@@ -179,7 +192,7 @@ class GANEncoder(Method):
         for i in range(0, len(rasters), batch_size):
             total += self.features(rasters[i : i + batch_size].to(dev)).sum(0)
         self.centre.copy_(total / len(rasters))
-        return {"calibrated_on": int(len(rasters)), "active_dims": int((self.centre > 0).sum())}
+        return {"calibrated_on": len(rasters), "active_dims": int((self.centre > 0).sum())}
 
 
 class GANBinaryEncoder(GANEncoder):
@@ -188,14 +201,18 @@ class GANBinaryEncoder(GANEncoder):
     output = "binary"
     code_threshold = 0.0
 
-    def __init__(self, preprocessing: Preprocessing | None = None, arch: Arch = "sketch-gan", dz: int = 2) -> None:
+    def __init__(
+        self, preprocessing: Preprocessing | None = None, arch: Arch = "sketch-gan", dz: int = 2
+    ) -> None:
         super().__init__(preprocessing, arch=arch, dz=dz)
         self.save_hparams(arch=arch, dz=dz, binary=True)
 
     def encode_sketch(self, batch: Batch) -> Tensor:
         """(B, 1024) relaxed code ``features - centre``; its sign gives the bits."""
         if not bool((self.centre != 0).any()):
-            raise ValueError("this GAN encoder has no centre (not calibrated): its binary codes would be all ones")
+            raise ValueError(
+                "this GAN encoder has no centre (not calibrated): its binary codes would be all ones"
+            )
         return self.features(batch["raster"]) - self.centre
 
 
@@ -300,7 +317,7 @@ def gan_recipe(data: str, cfg: Any, **method_kwargs: Any) -> tuple[Method, dict[
     last = result.history[-1] if result.history else {}
     training = {
         "data": data,
-        "drawings": int(len(rasters)),
+        "drawings": len(rasters),
         "skipped_records": int(skipped + bad),
         "render_seconds": round(render_s, 1),
         "iterations": result.iterations,
@@ -311,7 +328,9 @@ def gan_recipe(data: str, cfg: Any, **method_kwargs: Any) -> tuple[Method, dict[
         "seconds": round(result.seconds, 1),
         "device": result.device,
         "torch_threads": torch.get_num_threads(),
-        "final_losses": {k: round(v, 4) for k, v in last.items() if k in ("d_loss", "g_loss", "d_real", "d_fake")},
+        "final_losses": {
+            k: round(v, 4) for k, v in last.items() if k in ("d_loss", "g_loss", "d_real", "d_fake")
+        },
         "batch_norm": f"D's running statistics re-estimated on {calib['calibrated_on']} real training drawings",
         "centre": f"mean encoding of the same drawings ({calib['active_dims']} of 1024 dims ever active)",
         "parameters": method.parameter_counts(),
@@ -332,4 +351,3 @@ def encode_rasters(method: Method, rasters: np.ndarray | Tensor, batch_size: int
         for i in range(0, len(x), batch_size):
             outs.append(method.encode_sketch({"raster": x[i : i + batch_size].to(dev)}).float().cpu())
     return torch.cat(outs).numpy() if outs else np.zeros((0, method.code_size), dtype=np.float32)
-

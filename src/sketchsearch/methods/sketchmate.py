@@ -92,7 +92,9 @@ def entropy_filter(probs: Tensor, labels: Tensor, keep: float = 0.9) -> Tensor:
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     if probs.ndim != 2 or labels.shape != probs.shape[:1]:
-        raise ValueError(f"expected probs (N, C) and labels (N,), got {tuple(probs.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected probs (N, C) and labels (N,), got {tuple(probs.shape)} and {tuple(labels.shape)}"
+        )
     ent = prediction_entropy(probs.double()).cpu().numpy()
     lab = labels.cpu().numpy()
     mask = np.zeros(len(lab), dtype=bool)
@@ -138,7 +140,9 @@ class SketchMate(Method):
         pre = preprocessing or default_preprocessing(branches)
         need = {"both": {"raster", "points"}, "cnn": {"raster"}, "rnn": {"points"}}[branches]
         if not need <= set(pre.inputs):
-            raise ValueError(f"branches={branches!r} needs preprocessing inputs {sorted(need)}, got {list(pre.inputs)}")
+            raise ValueError(
+                f"branches={branches!r} needs preprocessing inputs {sorted(need)}, got {list(pre.inputs)}"
+            )
         super().__init__(pre)
         if nbits <= 0 or n_classes <= 1:
             raise ValueError(f"need nbits > 0 and n_classes > 1, got nbits={nbits}, n_classes={n_classes}")
@@ -154,7 +158,9 @@ class SketchMate(Method):
         self.cnn: SketchANet | None = None
         self.rnn: StrokeRNN | None = None
         if branches in ("both", "cnn"):
-            self.cnn = SketchANet(raster_size=pre.raster_size, width=cnn_width, dropout=dropout, batch_norm=cnn_batch_norm)
+            self.cnn = SketchANet(
+                raster_size=pre.raster_size, width=cnn_width, dropout=dropout, batch_norm=cnn_batch_norm
+            )
             self.cnn_classifier = nn.Linear(self.cnn.out_dim, n_classes)  # pretraining only
             feat += self.cnn.out_dim
         if branches in ("both", "rnn"):
@@ -195,11 +201,20 @@ class SketchMate(Method):
         if phase == "pretrain_cnn" or phase == "pretrain_rnn":
             branch = self.cnn if phase == "pretrain_cnn" else self.rnn
             if branch is None:
-                raise ValueError(f"phase {phase!r} needs that branch, but this model has branches={self.branches!r}")
-            feats = self.cnn(batch["raster"]) if phase == "pretrain_cnn" else self.rnn(batch["points"], batch["lengths"])  # type: ignore[misc]
+                raise ValueError(
+                    f"phase {phase!r} needs that branch, but this model has branches={self.branches!r}"
+                )
+            feats = (
+                self.cnn(batch["raster"])
+                if phase == "pretrain_cnn"
+                else self.rnn(batch["points"], batch["lengths"])
+            )  # type: ignore[misc]
             head = self.cnn_classifier if phase == "pretrain_cnn" else self.rnn_classifier
             logits = head(feats)
-            return {"ce_loss": F.cross_entropy(logits, y), "acc": (logits.argmax(1) == y).float().mean().detach()}
+            return {
+                "ce_loss": F.cross_entropy(logits, y),
+                "acc": (logits.argmax(1) == y).float().mean().detach(),
+            }
         if phase not in ("pretrain_fused", "full"):
             raise ValueError(f"unknown phase {phase!r}; valid phases: {', '.join(PHASES)}")
         f = self.encode_sketch(batch)
@@ -212,13 +227,17 @@ class SketchMate(Method):
         out["quantization_loss"] = self.quant_weight * q
         if self.use_centre_loss:
             if not bool(self.centres_ready):
-                raise ModelError("phase 'full' with the centre loss needs class centres: call compute_centres() first")
+                raise ModelError(
+                    "phase 'full' with the centre loss needs class centres: call compute_centres() first"
+                )
             out["centre_loss"] = self.centre_weight * sketch_centre_loss(f, y, self.centres)
         return out
 
     # ------------------------------------------------------------------ centres (stage 3)
     @torch.no_grad()
-    def compute_centres(self, batches: Iterable[Batch], keep: float = 0.9, noise_removal: bool = True) -> dict[str, Any]:
+    def compute_centres(
+        self, batches: Iterable[Batch], keep: float = 0.9, noise_removal: bool = True
+    ) -> dict[str, Any]:
         """Set the class centres from the current (pretrained) model: entropy noise removal, then per-class
         mean of ``f``. ``batches`` must carry labels. Returns counts for the training record."""
         was_training = self.training
@@ -277,7 +296,9 @@ class QuickDrawSplit:
         }  # fmt: skip
 
 
-def load_quickdraw_sketches(path: str | Path, limit_per_class: int | None = None) -> tuple[dict[str, list[Sketch]], int]:
+def load_quickdraw_sketches(
+    path: str | Path, limit_per_class: int | None = None
+) -> tuple[dict[str, list[Sketch]], int]:
     """Every QuickDraw ndjson drawing (raw or simplified) in a file or folder, grouped by class, streaming.
 
     Returns ``(class -> sketches, number of bad records skipped)``.
@@ -315,7 +336,9 @@ def split_by_class(
     shuffled = names[:]
     rng.shuffle(shuffled)
     unseen_set = set(shuffled[:n_unseen])
-    split = QuickDrawSplit(classes=[c for c in names if c not in unseen_set], unseen_classes=sorted(unseen_set))
+    split = QuickDrawSplit(
+        classes=[c for c in names if c not in unseen_set], unseen_classes=sorted(unseen_set)
+    )
     for c in names:
         items = by_class[c][:]
         rng.shuffle(items)
@@ -331,7 +354,9 @@ def split_by_class(
     return split
 
 
-def batches_of(method: Method, sketches: Sequence[Sketch], labels: Sequence[int], batch_size: int = 256) -> Iterable[Batch]:
+def batches_of(
+    method: Method, sketches: Sequence[Sketch], labels: Sequence[int], batch_size: int = 256
+) -> Iterable[Batch]:
     """Batches (per the method's preprocessing) of labelled sketches, in order."""
     from ..data.batching import make_batch
 
@@ -368,7 +393,9 @@ def retrieval_metrics(
     """
     from ..eval.protocol import evaluate_retrieval
 
-    res = evaluate_retrieval(method, list(gallery), list(gallery_labels), list(queries), list(query_labels), ks=tuple(ks))
+    res = evaluate_retrieval(
+        method, list(gallery), list(gallery_labels), list(queries), list(query_labels), ks=tuple(ks)
+    )
     out: dict[str, Any] = {"mAP@all": res["mAP@all"], **{f"P@{k}": res[f"P@{k}"] for k in ks}}
     out.update({"queries": res["n_queries"], "gallery": res["n_gallery"], "encode_per_second": res["encode_per_s"],
                 "protocol": res})  # fmt: skip
@@ -377,7 +404,9 @@ def retrieval_metrics(
 
 # ---------------------------------------------------------------------------------------------- recipe
 def _stage_cfg(cfg: Any, phase: str, iterations: int, out: str | None) -> Any:
-    return replace(cfg, phase=phase, iterations=iterations, out=(str(Path(out) / phase) if out else None), resume=False)
+    return replace(
+        cfg, phase=phase, iterations=iterations, out=(str(Path(out) / phase) if out else None), resume=False
+    )
 
 
 def train_sketchmate(
@@ -403,7 +432,11 @@ def train_sketchmate(
     info: dict[str, Any] = {"stages": {}}
     stages: list[tuple[str, int]] = []
     if not skip_branch_pretraining:
-        stages += [(p, pre_it) for p, on in (("pretrain_cnn", method.cnn), ("pretrain_rnn", method.rnn)) if on is not None]
+        stages += [
+            (p, pre_it)
+            for p, on in (("pretrain_cnn", method.cnn), ("pretrain_rnn", method.rnn))
+            if on is not None
+        ]
     stages.append(("pretrain_fused", fused_it))
     for phase, its in stages:
         if its > 0:
@@ -450,7 +483,9 @@ def sketchmate_recipe(
     if pretrain_iterations is None and "iterations" not in explicit:
         pretrain_iterations, fused_iterations = 300, 100 if fused_iterations is None else fused_iterations
     by_class, skipped = load_quickdraw_sketches(data)
-    split = split_by_class(by_class, unseen=unseen, query_frac=query_frac, gallery_frac=gallery_frac, seed=split_seed)
+    split = split_by_class(
+        by_class, unseen=unseen, query_frac=query_frac, gallery_frac=gallery_frac, seed=split_seed
+    )
     split.skipped = skipped
     method_kwargs.setdefault("n_classes", len(split.classes))
     method = SketchMate(**{k: v for k, v in method_kwargs.items() if v is not None})
@@ -466,7 +501,12 @@ def sketchmate_recipe(
     metrics["recognition_acc"] = recognition_accuracy(method, held, split.label_ids(held))
     ks = (p_at,)
     metrics["seen"] = retrieval_metrics(
-        method, split.query, [s.label for s in split.query], split.gallery, [s.label for s in split.gallery], ks
+        method,
+        split.query,
+        [s.label for s in split.query],
+        split.gallery,
+        [s.label for s in split.gallery],
+        ks,
     )
     if split.unseen_classes:
         metrics["zero_shot"] = retrieval_metrics(
@@ -475,4 +515,3 @@ def sketchmate_recipe(
         )  # fmt: skip
     metrics["mAP@all"] = metrics["seen"]["mAP@all"]
     return method, info, metrics
-

@@ -39,11 +39,11 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
 from .. import __version__
 from ..data.sketch import Sketch
@@ -105,15 +105,21 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     strokes: list[list[StrokePoint]] = Field(description="strokes in drawing order, each a list of points")
     k: int = Field(default=10, ge=1, description="number of hits wanted (at most the server's max_k)")
-    collection: str | None = Field(default=None, description="collection name; optional when only one is served")
+    collection: str | None = Field(
+        default=None, description="collection name; optional when only one is served"
+    )
 
 
 class HitOut(BaseModel):
     id: int
     rank: int
     label: str | None
-    distance: float = Field(description="Hamming distance (binary codes) or 1 - cosine (float embeddings); smaller is closer")
-    similarity: float = Field(description="1 - distance / nbits (binary) or cosine (float), in [-1, 1]; larger is closer")
+    distance: float = Field(
+        description="Hamming distance (binary codes) or 1 - cosine (float embeddings); smaller is closer"
+    )
+    similarity: float = Field(
+        description="1 - distance / nbits (binary) or cosine (float), in [-1, 1]; larger is closer"
+    )
     thumbnail_url: str
 
 
@@ -121,8 +127,12 @@ class SearchResponse(BaseModel):
     collection: str
     k: int
     metric: Literal["hamming", "cosine"]
-    took_ms: float = Field(description="time the search took on the server (encode + index search + labels), ms")
-    query: dict[str, int] = Field(description="what was searched: strokes/points, or the image's width/height")
+    took_ms: float = Field(
+        description="time the search took on the server (encode + index search + labels), ms"
+    )
+    query: dict[str, int] = Field(
+        description="what was searched: strokes/points, or the image's width/height"
+    )
     hits: list[HitOut]
 
 
@@ -133,7 +143,9 @@ class CollectionInfo(BaseModel):
     method: str
     metric: Literal["hamming", "cosine"]
     code_size: int
-    inputs: list[str] = Field(description="what the model reads: raster (strokes or images), points (strokes only)")
+    inputs: list[str] = Field(
+        description="what the model reads: raster (strokes or images), points (strokes only)"
+    )
     accepts_images: bool
 
 
@@ -221,7 +233,11 @@ class BodySizeLimit:
                 except ValueError:
                     declared = -1
                 if declared < 0 or declared > self.max_bytes:
-                    msg = "Content-Length is not a number" if declared < 0 else str(_TooLarge(self.max_bytes).detail)
+                    msg = (
+                        "Content-Length is not a number"
+                        if declared < 0
+                        else str(_TooLarge(self.max_bytes).detail)
+                    )
                     resp = JSONResponse({"detail": msg}, status_code=400 if declared < 0 else 413)
                     await resp(scope, receive, send)
                     return
@@ -297,19 +313,25 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     if cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"]
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
         )
 
     # ------------------------------------------------------------------ errors -> 4xx with a message
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(
-            {"detail": _format_validation(exc.errors()), "errors": jsonable_encoder(exc.errors())}, status_code=422
+            {"detail": _format_validation(exc.errors()), "errors": jsonable_encoder(exc.errors())},
+            status_code=422,
         )
 
     @app.exception_handler(SketchSearchError)
     async def _domain(request: Request, exc: SketchSearchError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422 if isinstance(exc, InvalidSketchError) else 400)
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=422 if isinstance(exc, InvalidSketchError) else 400
+        )
 
     # ------------------------------------------------------------------ helpers
     def pick(name: str | None) -> _Collection:
@@ -367,10 +389,15 @@ def create_app(
             raise
         except UnidentifiedImageError as e:
             raise _error(422, f"image: not a readable PNG or JPEG ({e})") from e
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's own header check
+        except (
+            Image.DecompressionBombError,
+            Image.DecompressionBombWarning,
+        ) as e:  # Pillow's own header check
             raise _error(413, f"image: too large to decode safely ({e})") from e
         except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt files
-            raise _error(422, f"image: the file is damaged or not a PNG/JPEG ({type(e).__name__}: {e})") from e
+            raise _error(
+                422, f"image: the file is damaged or not a PNG/JPEG ({type(e).__name__}: {e})"
+            ) from e
 
     def run_search(col: _Collection, query: Sketch | Image.Image, k: int) -> tuple[list[Any], float]:
         with col.lock:
@@ -378,7 +405,9 @@ def create_app(
             hits = col.retriever.search(query, k=k)
             return hits, (time.perf_counter() - t0) * 1000.0
 
-    async def search_response(col: _Collection, query: Sketch | Image.Image, k: int, qinfo: dict[str, int]) -> JSONResponse:
+    async def search_response(
+        col: _Collection, query: Sketch | Image.Image, k: int, qinfo: dict[str, int]
+    ) -> JSONResponse:
         from starlette.concurrency import run_in_threadpool
 
         try:
@@ -398,7 +427,9 @@ def create_app(
                     rank=h.rank,
                     label=h.label,
                     distance=float(h.distance),
-                    similarity=(1.0 - float(h.distance) / code_size) if col.metric == "hamming" else 1.0 - float(h.distance),
+                    similarity=(1.0 - float(h.distance) / code_size)
+                    if col.metric == "hamming"
+                    else 1.0 - float(h.distance),
                     thumbnail_url=f"/api/items/{h.id}/thumbnail?collection={quote(col.name)}",
                 )
                 for h in hits
@@ -444,11 +475,15 @@ def create_app(
                 req = SearchRequest.model_validate(raw)
             except ValidationError as e:
                 errs = e.errors(include_url=False, include_context=False, include_input=False)
-                return JSONResponse({"detail": _format_validation(errs), "errors": jsonable_encoder(errs)}, status_code=422)
+                return JSONResponse(
+                    {"detail": _format_validation(errs), "errors": jsonable_encoder(errs)}, status_code=422
+                )
             check_k(req.k)
             col = pick(req.collection)
             sketch = to_sketch(req.strokes)
-            return await search_response(col, sketch, req.k, {"strokes": len(sketch.strokes), "points": sketch.n_points})
+            return await search_response(
+                col, sketch, req.k, {"strokes": len(sketch.strokes), "points": sketch.n_points}
+            )
         if ctype == "multipart/form-data":
             async with request.form(max_files=1, max_fields=8) as form:
                 upload = form.get("image")
@@ -463,12 +498,14 @@ def create_app(
                 data = await upload.read()
             if "points" in col.retriever.method.preprocessing.inputs:
                 raise _error(
-                    422, f"image: collection {col.name!r}'s model reads stroke order; search it with strokes, not an image"
+                    422,
+                    f"image: collection {col.name!r}'s model reads stroke order; search it with strokes, not an image",
                 )
             img = read_image(data)
             return await search_response(col, img, k, {"width": img.size[0], "height": img.size[1]})
         raise _error(
-            415, f"Content-Type {ctype or '(none)'!r} not supported: send application/json (strokes) or multipart/form-data (image)"
+            415,
+            f"Content-Type {ctype or '(none)'!r} not supported: send application/json (strokes) or multipart/form-data (image)",
         )
 
     @app.get(
@@ -482,7 +519,9 @@ def create_app(
         collection: str | None = Query(default=None, max_length=64),
     ) -> Response:
         col = pick(collection)
-        png = col.retriever.thumbnail(item_id)  # read-only: a dict lookup, or the store (which has its own lock)
+        png = col.retriever.thumbnail(
+            item_id
+        )  # read-only: a dict lookup, or the store (which has its own lock)
         if png is None:
             raise _error(404, f"item {item_id} has no thumbnail in collection {col.name!r}")
         return Response(
@@ -513,7 +552,12 @@ def create_app(
 
     @app.get("/api/health", response_model=Health, summary="Liveness and what is loaded")
     def health() -> Health:
-        return Health(status="ok", version=__version__, collections=len(cols), items=sum(len(c.retriever) for c in cols.values()))
+        return Health(
+            status="ok",
+            version=__version__,
+            collections=len(cols),
+            items=sum(len(c.retriever) for c in cols.values()),
+        )
 
     # ------------------------------------------------------------------ the page (static, offline)
     page_headers = {
@@ -546,7 +590,9 @@ def create_app(
     # OpenAPI: the JSON request body is read by hand (to take JSON or multipart on one route), so add its schema.
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
             comps = schema.setdefault("components", {}).setdefault("schemas", {})
             req = SearchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             comps.update(req.pop("$defs", {}))

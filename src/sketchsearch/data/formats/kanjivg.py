@@ -18,8 +18,8 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 from svg.path import Arc, Close, CubicBezier, Line, Move, QuadraticBezier, parse_path
@@ -31,11 +31,11 @@ from .base import READERS, Item, OnError, check_limit, report, require_exists
 
 __all__ = [
     "KANJIVG_BOX",
-    "kanjivg_files",
     "iter_kanjivg",
-    "read_kanjivg",
+    "kanjivg_files",
     "parse_kanjivg_svg",
     "path_to_polylines",
+    "read_kanjivg",
 ]
 
 #: Side of the coordinate box every KanjiVG drawing lives in (viewBox 0 0 109 109, y down).
@@ -123,7 +123,7 @@ def path_to_polylines(d: str, step: float = 2.0) -> list[np.ndarray]:
             pts = [seg.point(t) for t in np.linspace(0.0, 1.0, n + 1)[1:]]
             current.append(np.array([[p.real, p.imag] for p in pts]))
         else:  # pragma: no cover - svg.path has no other segment kinds
-            raise ValueError(f"unsupported path segment {type(seg).__name__}")
+            raise TypeError(f"unsupported path segment {type(seg).__name__}")
     out = [np.concatenate(parts).astype(np.float32) for parts in lines]
     for line in out:
         if not np.all(np.isfinite(line)):
