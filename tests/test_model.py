@@ -154,8 +154,10 @@ def _edit_card(artifact: Path, **changes: object) -> None:
         {"method": "no-such-method"},
         {"preprocessing": {"inputs": ["raster"], "raster_size": 8}},  # 64 pixels: the weights expect 256
         {"format": 99},
+        {"code_size": 32},  # the card's code size disagrees with the method it describes
+        {"output": "float"},
     ],
-    ids=["nbits", "unknown-kwarg", "bad-nbits", "method", "raster-size", "format"],
+    ids=["nbits", "unknown-kwarg", "bad-nbits", "method", "raster-size", "format", "code-size", "output"],
 )
 def test_tampered_card_is_a_model_error(artifact: Path, changes: dict[str, object]) -> None:
     _edit_card(artifact, **changes)

@@ -214,5 +214,11 @@ def load_model(
         raise ModelError(
             f"{wpath}: weights do not fit {card.method}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    if (method.output, method.code_size) != (card.output, card.code_size):
+        # An index built from this card's codes would silently mismatch the rebuilt method's codes.
+        raise ModelError(
+            f"{card_path}: the card says {card.output} codes of size {card.code_size}, but the method it "
+            f"describes gives {method.output} codes of size {method.code_size}"
+        )
     method.eval()
     return method, card
