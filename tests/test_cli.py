@@ -228,3 +228,13 @@ def test_demo_without_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert (tmp_path / "demo" / "index" / "manifest.json").is_file()
     assert (tmp_path / "demo" / "retrieval.png").stat().st_size > 1000
     assert "mAP@all" in out
+
+
+def test_models_table_finds_headline_metrics_one_level_down() -> None:
+    from sketchsearch.cli.core import _metric_summary
+
+    assert _metric_summary({"mAP@all": 0.25, "P@10": 0.5, "notes": "x"}) == "mAP@all=0.250, P@10=0.500"
+    assert _metric_summary({"measured_by": "cmd", "omniglot": {"mAP@all": 0.3351, "P@8": 0.4915}}) == (
+        "omniglot: mAP@all=0.335, P@8=0.491"
+    )
+    assert _metric_summary({"loss": 1.0}) == ""

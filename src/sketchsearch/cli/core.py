@@ -231,11 +231,11 @@ def models_cmd(
         print_json(rows)
         return
     t = Table(title="models")
-    for c in ("name", "where", "method", "output", "code size", "metrics"):
+    t.add_column("name", no_wrap=True)
+    for c in ("where", "method", "output", "code size", "metrics"):
         t.add_column(c)
     for r in rows:
-        m = r.get("metrics") or {}
-        summary = ", ".join(f"{k}={v:.3f}" for k, v in m.items() if isinstance(v, float))[:60]
+        summary = _metric_summary(r.get("metrics") or {})
         t.add_row(
             r["name"],
             r["where"],
@@ -245,3 +245,14 @@ def models_cmd(
             summary,
         )
     console.print(t)
+
+
+def _metric_summary(metrics: dict[str, Any], keys: tuple[str, ...] = ("mAP@all", "P@8", "P@10")) -> str:
+    """The headline numbers of a card, found at the top level or one level down (cards group them by data)."""
+    for scope, values in [("", metrics)] + [
+        (f"{k}: ", v) for k, v in metrics.items() if isinstance(v, dict) and not k.startswith("_")
+    ]:
+        found = [f"{k}={values[k]:.3f}" for k in keys if isinstance(values.get(k), (int, float))]
+        if found:
+            return scope + ", ".join(found)
+    return ""
