@@ -353,7 +353,33 @@ def write(stem: Path, payload: dict[str, Any]) -> None:
         "AccuracyCalculator's MAP@R on the cosine rows is stored in the JSON as a cross-check).\n"
     )
     md = stem.with_suffix(".md")
-    write_atomic(md, md.read_text() + notes)
+    write_atomic(md, md.read_text() + notes + seed_means(payload["rows"]))
+
+
+def seed_means(rows: list[dict[str, Any]]) -> str:
+    """Mean (and spread) over training seeds, Euclidean next to SNR: the comparison the paper makes."""
+    key_cols = ["dataset", "embedding", "code", "searched by"]
+    groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["searched by"] not in ("cosine", "hamming"):  # the Retriever's own rule: one row per model
+            continue
+        groups[tuple(r[c] for c in key_cols)][r["trained with"]].append(r["mAP@all"])
+    if not groups:
+        return ""
+    out = [
+        "\n## mAP@all by training distance (searched as the Retriever does: cosine / Hamming)\n",
+        "| dataset | embedding | code | euclidean | snr | snr - euclidean | seeds |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for key, by in groups.items():
+        e, s = by.get("euclidean", []), by.get("snr", [])
+        if not e or not s:
+            continue
+        fmt = lambda v: f"{np.mean(v):.4f}" + (f" ± {np.std(v, ddof=1):.4f}" if len(v) > 1 else "")
+        n = min(len(e), len(s))
+        diff = [b - a for a, b in zip(e[:n], s[:n], strict=True)]
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | {fmt(e)} | {fmt(s)} | {fmt(diff)} | {n} |")
+    return "\n".join(out) + "\n\n(± = standard deviation over training seeds, same split.)\n"
 
 
 def render(json_path: Path) -> None:
