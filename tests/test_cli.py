@@ -238,3 +238,19 @@ def test_models_table_finds_headline_metrics_one_level_down() -> None:
         "omniglot: mAP@all=0.335, P@8=0.491"
     )
     assert _metric_summary({"loss": 1.0}) == ""
+
+
+def test_public_api_and_module_entry_points() -> None:
+    import subprocess
+    import sys
+
+    import sketchsearch
+
+    assert sketchsearch.Retriever.__name__ == "Retriever" and callable(sketchsearch.create_method)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = sketchsearch.nope
+    for mod in ("sketchsearch", "sketchsearch.cli"):  # `python -m sketchsearch.cli` is what torchrun launches
+        out = subprocess.run(
+            [sys.executable, "-m", mod, "--help"], capture_output=True, text=True, check=False
+        )
+        assert out.returncode == 0 and "train" in out.stdout, out.stderr

@@ -1,3 +1,42 @@
-"""sketchsearch: search collections by drawing."""
+"""sketchsearch: search collections by drawing.
+
+The public API, imported lazily (``import sketchsearch`` stays cheap; torch loads on first use)::
+
+    from sketchsearch import Retriever, Sketch, create_method, load_model, save_model, rasterize
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Retriever": "sketchsearch.retrieval",
+    "Hit": "sketchsearch.retrieval",
+    "Sketch": "sketchsearch.data.sketch",
+    "rasterize": "sketchsearch.data.render",
+    "create_method": "sketchsearch.methods.base",
+    "load_model": "sketchsearch.model",
+    "save_model": "sketchsearch.model",
+    "default_collection": "sketchsearch.data.synthetic",
+}
+__all__ = [  # noqa: RUF022 - the order of _EXPORTS
+    "Hit",
+    "Retriever",
+    "Sketch",
+    "__version__",
+    "create_method",
+    "default_collection",
+    "load_model",
+    "rasterize",
+    "save_model",
+]
+assert set(__all__) == {"__version__", *_EXPORTS}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sketchsearch' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+"""`python -m sketchsearch ...`: the `sketchsearch` command."""
+
+from .cli import main
+
+main()
