@@ -22,7 +22,7 @@ _EXPORTS = {
     "save_model": "sketchsearch.model",
     "default_collection": "sketchsearch.data.synthetic",
 }
-__all__ = [  # noqa: RUF022 - the order of _EXPORTS
+__all__ = [
     "Hit",
     "Retriever",
     "Sketch",
