@@ -166,13 +166,18 @@ def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
     return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
 
 
-@pytest.mark.parametrize("phase", PHASES)
-def test_one_training_step_per_stage(phase: str, rng: np.random.Generator, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("phase", "centre_distance"),
+    [(p, "euclidean") for p in PHASES] + [("full", "cosine"), ("full", "snr")],
+)
+def test_one_training_step_per_stage(
+    phase: str, centre_distance: str, rng: np.random.Generator, tmp_path: Path
+) -> None:
     from sketchsearch.methods.sketchmate import batches_of
     from sketchsearch.train import TrainConfig, train
 
     torch.manual_seed(0)
-    m = SketchMate(**TINY)
+    m = SketchMate(centre_distance=centre_distance, **TINY)
     data = _dataset(rng)
     if phase == "full":
         with pytest.raises(ModelError, match="centres"):
@@ -286,3 +291,30 @@ def test_shipped_model_zero_shot_beats_chance(shared_data: Path) -> None:
     counts = np.array([labels.count(c) for c in labels]) - 1
     chance = float(np.mean(counts / (len(labels) - 1)))  # a random ranking's expected AP is about R / N
     assert res["mAP@all"] > 1.5 * chance, (res["mAP@all"], chance)
+
+
+def test_centre_loss_distance_option_by_hand() -> None:
+    f = torch.tensor([[0.2, 0.8, 0.5], [0.9, 0.1, 0.6]], requires_grad=True)
+    centres = torch.tensor([[0.5, 0.5, 0.5], [0.1, 0.9, 0.5], [0.8, 0.3, 0.9]])
+    y = torch.tensor([1, 2])
+    fs, cs = f.detach() - 0.5, centres[y] - 0.5  # the signed code space
+    cos = (fs * cs).sum(1) / (fs.norm(dim=1) * cs.norm(dim=1))
+    got = sketch_centre_loss(f, y, centres, distance="cosine")
+    torch.testing.assert_close(got, (1 - cos).mean())
+    snr = ((fs - cs).var(dim=1) / cs.var(dim=1)).mean()
+    torch.testing.assert_close(sketch_centre_loss(f, y, centres, distance="snr"), snr)
+    # SNR is scale invariant: scaling codes and centres about the threshold leaves it unchanged
+    scaled = sketch_centre_loss(
+        0.5 + 0.5 * (f.detach() - 0.5), y, 0.5 + 0.5 * (centres - 0.5), distance="snr"
+    )
+    torch.testing.assert_close(scaled, snr)
+    # a centre with no signal (all 0.5) pulls nothing instead of dividing by zero
+    assert sketch_centre_loss(f, torch.tensor([0, 0]), centres, distance="snr").item() == 0.0
+    for dist in ("euclidean", "cosine", "snr"):
+        f.grad = None
+        sketch_centre_loss(f, y, centres, distance=dist).backward()
+        assert f.grad is not None and torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0, dist
+    with pytest.raises(ValueError, match="manhattan"):
+        sketch_centre_loss(f, y, centres, distance="manhattan")
+    with pytest.raises(ValueError, match="centre_distance"):
+        create_method("sketchmate", nbits=16, n_classes=3, centre_distance="manhattan")

@@ -32,8 +32,18 @@ def quantization_loss(f: Tensor, threshold: float = 0.5, low: float = 0.0, high:
     return (f - b).pow(2).sum(dim=1).mean()
 
 
-def sketch_centre_loss(f: Tensor, labels: Tensor, centres: Tensor) -> Tensor:
-    """SketchMate's sketch-centre loss: mean_i 1/2 || f_i - c_{y_i} ||^2 with *fixed* centres.
+def sketch_centre_loss(
+    f: Tensor, labels: Tensor, centres: Tensor, distance: str = "euclidean", threshold: float = 0.5
+) -> Tensor:
+    """SketchMate's sketch-centre loss: mean_i d(f_i, c_{y_i}) with *fixed* centres.
+
+    ``distance`` (the DSML issue: no loss hard-codes its distance):
+
+    * ``"euclidean"`` (the paper): d = 1/2 || f - c ||^2;
+    * ``"cosine"``: d = 1 - cos(f - t, c - t), t = ``threshold``: the angle in the signed code space
+      (where sign(f - t) is the code), since sigmoid codes all lie in the positive orthant;
+    * ``"snr"``: d = var((f - t) - (c - t)) / var(c - t), the SNR distance (PML ``SNRDistance``) with the
+      centre as the signal, measured on the same signed codes (SNR assumes zero-mean vectors).
 
     f: (B, K) float; labels: (B,) long in [0, C) (entries < 0 = unknown class are ignored);
     centres: (C, K) float, computed once from the pretrained model (:func:`class_centres`), not learned:
@@ -48,8 +58,24 @@ def sketch_centre_loss(f: Tensor, labels: Tensor, centres: Tensor) -> Tensor:
         raise ValueError(f"labels go up to {int(labels.max())} but there are only {centres.shape[0]} centres")
     if not bool(known.any()):
         return f.sum() * 0.0
-    diff = f[known] - centres[labels[known]].to(f.dtype)
-    return 0.5 * diff.pow(2).sum(dim=1).mean()
+    c = centres[labels[known]].to(f.dtype)
+    fk = f[known]
+    if distance == "euclidean":
+        return 0.5 * (fk - c).pow(2).sum(dim=1).mean()
+    if distance not in ("cosine", "snr"):
+        raise ValueError(f"centre-loss distance must be 'euclidean', 'cosine' or 'snr', got {distance!r}")
+    from .distances import get_distance  # PML distances, paired rows: pairwise_distance(anchor, other)
+
+    d = get_distance(distance, normalize=False if distance == "snr" else None)
+    a, b = d.maybe_normalize(c - threshold), d.maybe_normalize(fk - threshold)  # pairwise_distance skips it
+    if distance == "cosine":
+        return (1.0 - d.pairwise_distance(a, b)).mean()
+    # A centre with (near) constant entries has no signal (var 0: the SNR is undefined); it pulls nothing,
+    # like the "middle of the cube" centre of a class without samples.
+    ok = a.var(dim=1) > 1e-12
+    if not bool(ok.any()):
+        return f.sum() * 0.0
+    return d.pairwise_distance(a[ok], b[ok]).mean()
 
 
 def class_centres(

@@ -128,6 +128,7 @@ class SketchMate(Method):
         quant_weight: float = 0.01,  # chosen: ||f-b||^2 summed over 64 bits starts near 64*0.06; 0.01 makes it
         # a fraction of CE (~log C) so codes saturate without stalling classification
         centre_weight: float = 0.1,  # chosen: 1/2||f-c||^2 starts at ~1-3 for 64 bits; 0.1 keeps it below CE
+        centre_distance: str = "euclidean",  # the paper's squared L2; "cosine" / "snr" (see sketch_centre_loss)
         cnn_width: float = 0.5,  # Sketch-a-Net channels x0.5 (64-bit artifact ~4 MB)
         cnn_batch_norm: bool = True,  # not in Sketch-a-Net; much faster convergence from scratch (see sketch_cnn)
         rnn_hidden: int = 128,  # GRU units per direction
@@ -148,12 +149,17 @@ class SketchMate(Method):
             raise ValueError(f"need nbits > 0 and n_classes > 1, got nbits={nbits}, n_classes={n_classes}")
         self.save_hparams(
             nbits=nbits, n_classes=n_classes, branches=branches, use_centre_loss=use_centre_loss,
-            quant_weight=quant_weight, centre_weight=centre_weight, cnn_width=cnn_width, cnn_batch_norm=cnn_batch_norm,
+            quant_weight=quant_weight, centre_weight=centre_weight, centre_distance=centre_distance, cnn_width=cnn_width, cnn_batch_norm=cnn_batch_norm,
             rnn_hidden=rnn_hidden, rnn_layers=rnn_layers, dropout=dropout,
         )  # fmt: skip
         self.nbits, self.n_classes, self.branches = nbits, n_classes, branches
         self.use_centre_loss = use_centre_loss
         self.quant_weight, self.centre_weight = quant_weight, centre_weight
+        if centre_distance not in ("euclidean", "cosine", "snr"):
+            raise ValueError(
+                f"centre_distance must be 'euclidean', 'cosine' or 'snr', got {centre_distance!r}"
+            )
+        self.centre_distance = centre_distance
         feat = 0
         self.cnn: SketchANet | None = None
         self.rnn: StrokeRNN | None = None
@@ -230,7 +236,9 @@ class SketchMate(Method):
                 raise ModelError(
                     "phase 'full' with the centre loss needs class centres: call compute_centres() first"
                 )
-            out["centre_loss"] = self.centre_weight * sketch_centre_loss(f, y, self.centres)
+            out["centre_loss"] = self.centre_weight * sketch_centre_loss(
+                f, y, self.centres, distance=self.centre_distance, threshold=self.code_threshold
+            )
         return out
 
     # ------------------------------------------------------------------ centres (stage 3)
