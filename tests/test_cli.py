@@ -161,6 +161,9 @@ def test_train_index_search_models_evaluate(
     assert code == 0, out
     doc = json.loads(out)
     assert [r["label"] for r in doc["rows"]] == ["itq16", "lsh 16"]
+    trained = doc["rows"][0]  # a trained artifact: named by its card, with the data it was trained on
+    assert trained["model_id"] == card["model_id"] and trained["trained_on"] == card["training"]["data"]
+    assert doc["rows"][1]["trained_on"] == "gallery"  # a closed-form baseline fitted on the gallery
     for r in doc["rows"]:
         assert 0.0 < r["mAP@all"] <= 1.0 and r["n_queries"] == 9 and r["n_gallery"] == 27
 

@@ -374,13 +374,13 @@ def _rendered(items: Sequence[Any], pre: Any, cache: dict[tuple[Any, ...], np.nd
     return cache[key]  # type: ignore[return-value]
 
 
-def _build(row: Mapping[str, Any]) -> tuple[Any, bool]:
-    """A row -> (method, whether it must be fitted on the gallery)."""
+def _build(row: Mapping[str, Any]) -> tuple[Any, bool, Any]:
+    """A row -> (method, whether it must be fitted on the gallery, the model card or None)."""
     if row.get("model"):
         from ..model import load_model
 
-        method, _card = load_model(row["model"])
-        return method, False
+        method, card = load_model(row["model"])
+        return method, False, card
     from ..methods.base import create_method
 
     method = create_method(row["method"], **dict(row.get("kwargs", {})))
@@ -388,7 +388,7 @@ def _build(row: Mapping[str, Any]) -> tuple[Any, bool]:
         raise ModelError(
             f"row {row.get('label')!r}: method {row['method']!r} needs training; give a trained 'model' path"
         )
-    return method, True
+    return method, True, None
 
 
 def run_benchmark(
@@ -425,7 +425,7 @@ def run_benchmark(
     for row in rows:
         if "label" not in row or not ({"method", "model"} & set(row)):
             raise ValueError(f"a benchmark row needs 'label' and 'method' or 'model', got {dict(row)}")
-        method, fit = _build(row)
+        method, fit, card = _build(row)
         g_items = _rendered(gallery, method.preprocessing, cache)
         q_items = _rendered(queries, method.preprocessing, cache)
         fit_info: dict[str, Any] = {}
@@ -436,6 +436,10 @@ def run_benchmark(
         entry = {"label": row["label"], "method": row.get("method", res["method"]), "model": row.get("model"),
                  "kwargs": dict(row.get("kwargs", {})), "trained_on": "gallery" if fit else row.get("trained_on"),
                  "fit": fit_info, **res}  # fmt: skip
+        if card is not None:  # a trained artifact: say which one, and what it was trained on
+            entry["model_id"] = card.model_id
+            training = card.training if isinstance(card.training, dict) else {}
+            entry["trained_on"] = row.get("trained_on") or training.get("data")
         if g_items is not gallery:  # raster cache: encode_per_s then excludes rendering
             entry["encode_per_s_note"] = "drawings rendered once beforehand; encode_per_s excludes rendering"
         results.append(entry)
