@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from ._io import atomic_write_bytes
 from .errors import ModelError
 from .methods.base import Method, Preprocessing, create_method
 
@@ -64,20 +65,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_id_of(method_name: str, code_size: int, weights_sha256: str) -> str:
@@ -120,7 +107,7 @@ def save_model(
         metrics=metrics or {},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    _atomic_write_bytes(stem.with_suffix(".json"), card.to_json().encode())
+    atomic_write_bytes(stem.with_suffix(".json"), card.to_json().encode())
     return card
 
 

@@ -27,8 +27,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_write_text
 from ..errors import FormatError
 from .formats.base import Item
 
@@ -55,22 +54,6 @@ MANIFEST_FIELDS = ("id", "label", "modality", "source", "pair")
 #: Format tag written in every splits file.
 SPLITS_FORMAT = "sketchsearch.splits/1"
 _MODALITIES = ("sketch", "photo")
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` through a temporary file and a rename, so readers
-    never see a half-written file and a crash leaves the old file intact. Returns the path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
 
 
 # ----------------------------------------------------------------------------------------------- collection

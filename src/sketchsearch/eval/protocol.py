@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,6 +37,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .._io import atomic_write_text
 from ..errors import FormatError, ModelError
 from .metrics import (
     acc_at_k,
@@ -151,27 +150,11 @@ def category_split(labels: Sequence[str], queries_per_class: int = 10, seed: int
     return Split(query=q, gallery=g, seed=seed, queries_per_class=queries_per_class)
 
 
-def _atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be read by others
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_split(split: Split, path: str | Path, ids: Sequence[str], dataset: str | None = None) -> None:
     """Write the split as item ids (JSON, atomically), so it survives re-reading the data in another order."""
     doc = {"format": SPLIT_FORMAT, **split.describe(), "dataset": dataset,
            "query": [ids[i] for i in split.query], "gallery": [ids[i] for i in split.gallery]}  # fmt: skip
-    _atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
 def load_split(path: str | Path, ids: Sequence[str]) -> Split:
@@ -458,9 +441,9 @@ def run_benchmark(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
     if json_path:
-        _atomic_write_text(json_path, json.dumps(doc, indent=2, default=_json_default) + "\n")
+        atomic_write_text(json_path, json.dumps(doc, indent=2, default=_json_default) + "\n")
     if md_path:
-        _atomic_write_text(md_path, markdown_table(doc, columns))
+        atomic_write_text(md_path, markdown_table(doc, columns))
     return doc
 
 
