@@ -379,7 +379,34 @@ def seed_means(rows: list[dict[str, Any]]) -> str:
         n = min(len(e), len(s))
         diff = [b - a for a, b in zip(e[:n], s[:n], strict=True)]
         out.append(f"| {key[0]} | {key[1]} | {key[2]} | {fmt(e)} | {fmt(s)} | {fmt(diff)} | {n} |")
+    out += float_means(rows)
     return "\n".join(out) + "\n\n(± = standard deviation over training seeds, same split.)\n"
+
+
+def float_means(rows: list[dict[str, Any]]) -> list[str]:
+    """MAP@R, P@1 and mAP@all of the float rows (cosine, the Retriever's rule), seed means per training distance."""
+    metrics = ["MAP@R", "P@1", "mAP@all"]
+    groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["searched by"] == "cosine":
+            for m in metrics:
+                groups[(r["dataset"], r["embedding"], r["code"], r["trained with"])][m].append(r[m])
+    if not groups:
+        return []
+    out = [
+        "\n\n## Float embeddings: MAP@R, P@1, mAP@all by training distance (cosine search)\n",
+        "| dataset | embedding | code | trained with | " + " | ".join(metrics) + " | seeds |",
+        "|---|---|---|---|" + "---:|" * (len(metrics) + 1),
+    ]
+    for key, by in groups.items():
+        cells = [
+            f"{np.mean(by[m]):.4f}" + (f" ± {np.std(by[m], ddof=1):.4f}" if len(by[m]) > 1 else "")
+            for m in metrics
+        ]
+        out.append(
+            "| " + " | ".join(map(str, key)) + " | " + " | ".join(cells) + f" | {len(by[metrics[0]])} |"
+        )
+    return out
 
 
 def render(json_path: Path) -> None:

@@ -36,7 +36,6 @@ from torch.utils.data import Dataset
 
 from ..data.batching import SketchDataset, collate
 from ..encoders import create_encoder
-from ..encoders import small_cnn as _small_cnn  # noqa: F401  (registers "small_cnn"; not in encoders' module list yet)
 from ..losses.metric import DEFAULT_REGULARIZER_WEIGHT, MinedLoss, make_metric_loss, make_miner
 from .base import METHODS, RECIPES, Batch, Method, Preprocessing
 
@@ -52,8 +51,9 @@ __all__ = [
 
 
 def quantization_loss(z: Tensor) -> Tensor:
-    """Mean squared gap between relaxed codes ``z`` (B, nbits) and their signs (scalar). Hand-written here
-    because losses/hashing.py (a colleague's) does not exist yet; move it there when it does."""
+    """Mean squared gap between relaxed tanh codes ``z`` (B, nbits) and their signs (scalar), averaged over
+    every element (sign(0) = 0). :func:`sketchsearch.losses.hashing.quantization_loss` is SketchMate's form
+    (sigmoid codes, summed over bits); this one keeps DSML's published comparison reproducible."""
     return (z - torch.sign(z).detach()).pow(2).mean()
 
 
