@@ -316,6 +316,12 @@ MALFORMED_JSON: list[tuple[str, Any, int, str]] = [
     ("negative time", {"strokes": [[{"x": 1, "y": 2, "t": -5}]]}, 422, "strokes.0.0.t"),
     ("unknown field", {"strokes": [[{"x": 1, "y": 2}]], "colour": "red"}, 422, "colour"),
     ("k a word", {"strokes": [[{"x": 1, "y": 2}]], "k": "ten"}, 422, "k"),
+    # strict types: no coercion of strings or booleans into numbers
+    ("x a numeric string", {"strokes": [[{"x": "1", "y": 2}]]}, 422, "strokes.0.0.x"),
+    ("y a boolean", {"strokes": [[{"x": 1, "y": True}]]}, 422, "strokes.0.0.y"),
+    ("k a numeric string", {"strokes": [[{"x": 1, "y": 2}]], "k": "5"}, 422, "k"),
+    ("k a boolean", {"strokes": [[{"x": 1, "y": 2}]], "k": True}, 422, "k"),
+    ("collection a number", {"strokes": [[{"x": 1, "y": 2}]], "collection": 3}, 422, "collection"),
     ("k zero", {"strokes": [[{"x": 1, "y": 2}]], "k": 0}, 422, "k"),
     ("k over the limit", {"strokes": [[{"x": 1, "y": 2}]], "k": 51}, 422, "at most 50"),
     ("body a list", [[{"x": 1, "y": 2}]], 422, "valid dictionary"),
@@ -349,6 +355,8 @@ def test_malformed_json_gets_a_clear_4xx(client: TestClient, case: tuple[str, An
         (b"{not json", "not valid JSON"),
         (b"", "not valid JSON"),
         (b"\xff\xfe\x00", "not valid JSON"),
+        (b"[" * 5_000 + b"]" * 5_000, "not valid JSON"),  # nested past the interpreter's recursion limit
+        (b'{"strokes": [[{"x": 1, "y": 1}]], "k": ' + b"9" * 5000 + b"}", "not valid JSON"),  # > 4300 digits
         (b'{"strokes": [[{"x": NaN, "y": 1}]], "collection": "shapes"}', "finite"),
         (b'{"strokes": [[{"x": Infinity, "y": 1}]], "collection": "shapes"}', "finite"),
     ],
@@ -633,3 +641,20 @@ def test_saved_index_served_through_load_collections(tmp_path: Any) -> None:
         assert set(warm_up(cols)) == {"saved"}
         thumb = c.get(hits[0]["thumbnail_url"])
         assert thumb.status_code == 200 and thumb.content == r.thumbnail(hits[0]["id"])
+
+
+def test_run_server_refuses_a_busy_port_before_printing_the_address(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    from sketchsearch.cli.serve import run_server
+    from sketchsearch.errors import SketchSearchError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SketchSearchError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
+            run_server(object(), "127.0.0.1", port)
+    assert "open http" not in capsys.readouterr().out

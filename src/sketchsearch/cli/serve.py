@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from ..errors import SketchSearchError
 from .app import console, friendly_errors
 
 __all__ = ["collection_specs", "register", "run_server", "serve"]
@@ -55,11 +57,25 @@ def run_server(app: Any, host: str, port: int, log_level: str = "warning") -> No
             f"[yellow]warning:[/] listening on {host}: reachable from other machines, with no authentication",
             highlight=False,
         )
+    # Bind first, then print the address: a busy port is one clear error, not an address to open and then
+    # uvicorn's "[Errno 98]". uvicorn serves on the socket it is handed.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise SketchSearchError(
+            f"cannot listen on {shown}:{port}: {e.strerror or e}; choose another address or --port"
+        ) from e
+    port = sock.getsockname()[1]
     print(
         f"sketchsearch: open http://{shown}:{port}/ in a browser (API docs at /docs; Ctrl+C stops)",
         flush=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    config = uvicorn.Config(app, log_level=log_level, server_header=False)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 @friendly_errors

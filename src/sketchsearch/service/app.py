@@ -41,6 +41,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
@@ -93,7 +94,8 @@ class Limits:
 class StrokePoint(BaseModel):
     """One recorded point: page pixels (y down) and the time in ms since the drawing began."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a string or a boolean is a wrong type (422), not a number to coerce ("1" -> 1.0, true -> 1.0)
+    model_config = ConfigDict(extra="forbid", strict=True)
     x: float = Field(allow_inf_nan=False, description="x in any unit (the page sends CSS pixels)")
     y: float = Field(allow_inf_nan=False, description="y in the same unit, pointing down")
     t: float | None = Field(default=None, allow_inf_nan=False, ge=0, description="ms since the drawing began")
@@ -102,7 +104,7 @@ class StrokePoint(BaseModel):
 class SearchRequest(BaseModel):
     """A search by strokes (``application/json``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "k": "5" or true is a wrong type, not 5 / 1
     strokes: list[list[StrokePoint]] = Field(description="strokes in drawing order, each a list of points")
     k: int = Field(default=10, ge=1, description="number of hits wanted (at most the server's max_k)")
     collection: str | None = Field(
@@ -399,6 +401,24 @@ def create_app(
                 422, f"image: the file is damaged or not a PNG/JPEG ({type(e).__name__}: {e})"
             ) from e
 
+    def parse_strokes_request(body: bytes) -> tuple[SearchRequest, Sketch] | JSONResponse:
+        """JSON body -> (request, sketch), or a 422 response listing the schema errors; bad JSON -> 400."""
+        try:
+            raw = json.loads(body)
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer past Python's digit limit;
+        # RecursionError: arrays/objects nested deeper than the interpreter's stack allows
+        except (ValueError, RecursionError) as e:
+            raise _error(400, f"body: not valid JSON ({type(e).__name__}: {e})") from e
+        try:
+            req = SearchRequest.model_validate(raw)
+        except ValidationError as e:
+            errs = e.errors(include_url=False, include_context=False, include_input=False)
+            return JSONResponse(
+                {"detail": _format_validation(errs), "errors": jsonable_encoder(errs)}, status_code=422
+            )
+        check_k(req.k)
+        return req, to_sketch(req.strokes)
+
     def run_search(col: _Collection, query: Sketch | Image.Image, k: int) -> tuple[list[Any], float]:
         with col.lock:
             t0 = time.perf_counter()
@@ -408,8 +428,6 @@ def create_app(
     async def search_response(
         col: _Collection, query: Sketch | Image.Image, k: int, qinfo: dict[str, int]
     ) -> JSONResponse:
-        from starlette.concurrency import run_in_threadpool
-
         try:
             hits, took = await run_in_threadpool(run_search, col, query, k)
         except IndexError_ as e:
@@ -467,20 +485,13 @@ def create_app(
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
             body = await request.body()
-            try:
-                raw = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise _error(400, f"body: not valid JSON ({e})") from e
-            try:
-                req = SearchRequest.model_validate(raw)
-            except ValidationError as e:
-                errs = e.errors(include_url=False, include_context=False, include_input=False)
-                return JSONResponse(
-                    {"detail": _format_validation(errs), "errors": jsonable_encoder(errs)}, status_code=422
-                )
-            check_k(req.k)
+            # parsing and validating up to max_points points is CPU work: off the event loop, so that one
+            # large request does not stall every other client (and /api/health)
+            parsed = await run_in_threadpool(parse_strokes_request, body)
+            if isinstance(parsed, JSONResponse):
+                return parsed
+            req, sketch = parsed
             col = pick(req.collection)
-            sketch = to_sketch(req.strokes)
             return await search_response(
                 col, sketch, req.k, {"strokes": len(sketch.strokes), "points": sketch.n_points}
             )
@@ -501,7 +512,7 @@ def create_app(
                     422,
                     f"image: collection {col.name!r}'s model reads stroke order; search it with strokes, not an image",
                 )
-            img = read_image(data)
+            img = await run_in_threadpool(read_image, data)  # decoding is CPU work: off the event loop
             return await search_response(col, img, k, {"width": img.size[0], "height": img.size[1]})
         raise _error(
             415,
