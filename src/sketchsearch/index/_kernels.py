@@ -16,6 +16,11 @@ buffer in scan order, the shrink step keeps the *earliest* candidates at the bou
 later candidates need a strictly smaller distance, and the final counting sort is stable. So the
 result is exactly the first ``k`` of the database sorted by (distance, id), ties included.
 
+Indexing (_NOTE_ON_INDEXING): numba wraps negative indices, so ``a[j]`` with ``j`` from ``range(s0, s1)``
+(which LLVM cannot prove non-negative) compiles to an index fix-up per element and turns the vector loop
+into ``vpgatherqq`` gathers, about 5x slower. Every hot loop here therefore runs ``range(len(seg))``
+over a slice ``seg = a[s0:s1]``, which vectorises to plain loads.
+
 Importing this module imports numba, which costs about half a second; ``hamming.py`` imports it
 lazily, on the first search. ``cache=True`` keeps the compiled code on disk between runs.
 """
@@ -109,8 +114,9 @@ def _min4_w1(p0, s0, s1, a0, a1, a2, a3, init):  # type: ignore[no-untyped-def]
     m1 = init
     m2 = init
     m3 = init
-    for j in range(s0, s1):
-        x = p0[j]
+    seg = p0[s0:s1]
+    for j in range(seg.shape[0]):  # 0-based over a slice: see _NOTE_ON_INDEXING
+        x = seg[j]
         m0 = min(m0, _popcount64(a0 ^ x))
         m1 = min(m1, _popcount64(a1 ^ x))
         m2 = min(m2, _popcount64(a2 ^ x))
@@ -125,9 +131,11 @@ def _min4_w2(p0, p1, s0, s1, a0, a1, a2, a3, b0, b1, b2, b3, init):  # type: ign
     m1 = init
     m2 = init
     m3 = init
-    for j in range(s0, s1):
-        x = p0[j]
-        y = p1[j]
+    seg0 = p0[s0:s1]
+    seg1 = p1[s0:s1]
+    for j in range(seg0.shape[0]):  # 0-based over slices: see _NOTE_ON_INDEXING
+        x = seg0[j]
+        y = seg1[j]
         m0 = min(m0, _popcount64(a0 ^ x) + _popcount64(b0 ^ y))
         m1 = min(m1, _popcount64(a1 ^ x) + _popcount64(b1 ^ y))
         m2 = min(m2, _popcount64(a2 ^ x) + _popcount64(b2 ^ y))
@@ -139,31 +147,44 @@ def _min4_w2(p0, p1, s0, s1, a0, a1, a2, a3, b0, b1, b2, b3, init):  # type: ign
 def _min1(planes, q, s0, s1, dbuf, init):  # type: ignore[no-untyped-def]
     """Minimum distance of one query ``q`` (uint64 (w,)) over the chunk's codes ``[s0, s1)``."""
     w = planes.shape[0]
+    m = s1 - s0
     mn = init
+    # 0-based loops over slices throughout: see _NOTE_ON_INDEXING
     if w == 1:
-        p0 = planes[0]
+        p0 = planes[0, s0:s1]
         a = q[0]
-        for j in range(s0, s1):
+        for j in range(m):
             mn = min(mn, _popcount64(a ^ p0[j]))
     elif w == 2:
-        p0 = planes[0]
-        p1 = planes[1]
+        p0 = planes[0, s0:s1]
+        p1 = planes[1, s0:s1]
         a = q[0]
         b = q[1]
-        for j in range(s0, s1):
+        for j in range(m):
             mn = min(mn, _popcount64(a ^ p0[j]) + _popcount64(b ^ p1[j]))
     else:
-        p0 = planes[0]
-        a = q[0]
-        for j in range(s0, s1):
-            dbuf[j] = _popcount64(a ^ p0[j])
-        for u in range(1, w):
-            pu = planes[u]
-            a = q[u]
-            for j in range(s0, s1):
-                dbuf[j] += _popcount64(a ^ pu[j])
-        for j in range(s0, s1):
-            mn = min(mn, dbuf[j])
+        mn = _dist(planes, q, s0, s1, dbuf, init)
+    return mn
+
+
+@njit(cache=True, nogil=True)
+def _dist(planes, q, s0, s1, dbuf, init):  # type: ignore[no-untyped-def]
+    """Exact distances of query ``q`` to the chunk's codes ``[s0, s1)`` into ``dbuf[s0:s1]``; their minimum."""
+    w = planes.shape[0]
+    m = s1 - s0
+    d = dbuf[s0:s1]
+    p0 = planes[0, s0:s1]
+    a = q[0]
+    for j in range(m):
+        d[j] = _popcount64(a ^ p0[j])
+    for u in range(1, w):
+        pu = planes[u, s0:s1]
+        a = q[u]
+        for j in range(m):
+            d[j] += _popcount64(a ^ pu[j])
+    mn = init
+    for j in range(m):
+        mn = min(mn, d[j])
     return mn
 
 
@@ -197,18 +218,17 @@ def knn_scan(xq, xb, k, nbits):  # type: ignore[no-untyped-def]
         thr[:] = nbits
         for c0 in range(0, n, chunk):
             m = min(n, c0 + chunk) - c0
-            # Copy the chunk into word planes (numba's strided slice assignment is slow: plain loops).
+            # Copy the chunk into word planes (numba's strided slice assignment is slow: plain loops,
+            # 0-based over a slice of the source, see _NOTE_ON_INDEXING).
+            src = xb_flat[c0 * w : (c0 + m) * w]
             if w == 1:
+                dst = planes[0]
                 for j in range(m):
-                    planes[0, j] = xb_flat[c0 + j]
-            elif w == 2:
-                for j in range(m):
-                    planes[0, j] = xb_flat[2 * (c0 + j)]
-                    planes[1, j] = xb_flat[2 * (c0 + j) + 1]
+                    dst[j] = src[j]
             else:
                 for j in range(m):
                     for u in range(w):
-                        planes[u, j] = xb_flat[(c0 + j) * w + u]
+                        planes[u, j] = src[j * w + u]
             for s0 in range(0, m, SUB):
                 s1 = min(m, s0 + SUB)
                 for g in range(0, nblk, 4):
@@ -244,14 +264,13 @@ def knn_scan(xq, xb, k, nbits):  # type: ignore[no-untyped-def]
                         f = fill[qi]
                         for t0 in range(s0, s1, SUB2):
                             t1 = min(s1, t0 + SUB2)
-                            if _min1(planes, xq[iq], t0, t1, dbuf, init) > acc:
+                            if _dist(planes, xq[iq], t0, t1, dbuf, init) > acc:
                                 continue
-                            for j in range(t0, t1):
-                                d = 0
-                                for u in range(w):
-                                    d += _popcount64(xq[iq, u] ^ planes[u, j])
+                            dseg = dbuf[t0:t1]
+                            for j in range(t1 - t0):
+                                d = dseg[j]
                                 if d <= acc:
-                                    cand_pos[qi, f] = c0 + j
+                                    cand_pos[qi, f] = c0 + t0 + j
                                     cand_d[qi, f] = d
                                     f += 1
                                     if f == cap:
@@ -323,6 +342,7 @@ def ensure_compiled() -> None:
         _min4_w1.compile((u64, i64, i64) + (types.uint64,) * 4 + (i64,))
         _min4_w2.compile((u64, u64, i64, i64) + (types.uint64,) * 8 + (i64,))
         _min1.compile((u64_2d, u64, i64, i64, types.Array(types.int64, 1, "C"), i64))
+        _dist.compile((u64_2d, u64, i64, i64, types.Array(types.int64, 1, "C"), i64))
     finally:
         llvm.set_option("", "--force-vector-width=0")
     _READY = True
