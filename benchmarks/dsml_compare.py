@@ -48,7 +48,7 @@ from _common import machine, write_atomic, write_results
 from sketchsearch.data.batching import RasterDataset
 from sketchsearch.data.render import image_to_raster, rasterize
 from sketchsearch.eval import metrics as M
-from sketchsearch.losses.distances import knn
+from sketchsearch.losses.distances import get_distance, knn
 from sketchsearch.methods.base import create_method
 from sketchsearch.methods.dsml import ClassGroupDataset, collate_groups, load_labelled_drawings
 from sketchsearch.train import TrainConfig, train
@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                     raw = norm == "raw"
                     q, g = encode(m, rasters[qi], raw), encode(m, rasters[gi], raw)
                     for search in ("cosine", "snr") if norm == "l2" else ("euclidean", "cosine", "snr"):
-                        _, order = knn(q, g, None, search)
+                        # raw rows: measured on the raw embedding, as the loss did (PML would L2-normalise)
+                        _, order = knn(q, g, None, get_distance(search, normalize=not raw))
                         row = {
                             "dataset": name,
                             "seed": seed,
@@ -352,6 +353,8 @@ def write(stem: Path, payload: dict[str, Any]) -> None:
         "ties by gallery position. MAP@R / P@1 / mAP@all from `sketchsearch.eval.metrics` (PML's "
         "AccuracyCalculator's MAP@R on the cosine rows is stored in the JSON as a cross-check).\n"
     )
+    if payload.get("errata"):
+        notes += "\n**Errata.** " + " ".join(payload["errata"]) + "\n"
     md = stem.with_suffix(".md")
     write_atomic(md, md.read_text() + notes + seed_means(payload["rows"]))
 

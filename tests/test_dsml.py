@@ -162,3 +162,19 @@ def test_recipe_trains_a_few_steps(tmp_path: Path) -> None:
     assert isinstance(method, DSML) and method.code_size == 16
     assert info["n_classes"] == 3 and info["n_drawings"] == 12 and info["iterations"] == 2
     assert np.isfinite(metrics["final_train_loss"])
+
+
+def test_regularizer_choice_reaches_the_loss() -> None:
+    from pytorch_metric_learning.regularizers import ZeroMeanRegularizer
+
+    from sketchsearch.losses.metric import NormalizedZeroMeanRegularizer
+
+    def reg(m: object) -> object:
+        return m.criterion.loss.embedding_regularizer  # type: ignore[attr-defined]
+
+    assert isinstance(reg(create_method("dsml")), NormalizedZeroMeanRegularizer)
+    raw = create_method("dsml", regularizer="raw")
+    assert type(reg(raw)) is ZeroMeanRegularizer
+    assert raw.hparams["regularizer"] == "raw"
+    with pytest.raises(ValueError, match="'normalized' or 'raw'"):
+        create_method("dsml", regularizer="mean")

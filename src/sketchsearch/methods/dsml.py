@@ -83,6 +83,8 @@ class DSML(Method):
         neg_margin: float | None = None,  # None: PML default (1 for distances, 0 for cosine)
         margin: float | None = None,  # triplet only; None: PML default 0.05
         regularizer_weight: float = DEFAULT_REGULARIZER_WEIGHT,
+        # zero-mean regulariser: "normalized" (ours, scale-free: losses/metric.py says why) or "raw" (PML's)
+        regularizer: str = "normalized",
         quantization_weight: float = 0.1,  # hashing only; our choice (the abstract gives no value)
         miner: str = "multi_similarity",  # our choice among PML's miners
         encoder: str = "small_cnn",  # compact BatchNorm CNN (encoders/small_cnn.py); "sketch_a_net" also works
@@ -103,8 +105,8 @@ class DSML(Method):
         self.save_hparams(
             distance=distance, normalize=normalize, hashing=hashing, nbits=nbits, embedding_dim=embedding_dim,
             loss=loss, pos_margin=pos_margin, neg_margin=neg_margin, margin=margin,
-            regularizer_weight=regularizer_weight, quantization_weight=quantization_weight, miner=miner,
-            encoder=encoder, width=width,
+            regularizer_weight=regularizer_weight, regularizer=regularizer,
+            quantization_weight=quantization_weight, miner=miner, encoder=encoder, width=width,
         )  # fmt: skip
         self.hashing = hashing
         self.quantization_weight = float(quantization_weight)
@@ -115,7 +117,7 @@ class DSML(Method):
             make_metric_loss(
                 loss,  # type: ignore[arg-type]
                 distance, normalize=normalize, pos_margin=pos_margin, neg_margin=neg_margin, margin=margin,
-                regularizer_weight=regularizer_weight,
+                regularizer_weight=regularizer_weight, regularizer=regularizer,  # type: ignore[arg-type]
             ),
             make_miner(miner, distance, normalize=normalize),
         )  # fmt: skip
