@@ -231,3 +231,29 @@ def test_invariance_command_writes_json_and_figures(tmp_path: Path) -> None:
     assert 0.0 < r["summary"]["rotation"] <= 1.0
     for png in ("rotation.png", "scale.png", "shift.png"):
         assert (out / png).stat().st_size > 0
+
+
+def test_shipped_encoder_binary_codes_search_through_the_retriever(tmp_path: Path) -> None:
+    """The shipped float encoder's 1024-bit variant in the shared Retriever: Hamming index, oracle ranking."""
+    from sketchsearch import Retriever, default_collection
+    from sketchsearch.index.codes import unpack_bits
+
+    method, _ = load_model("sketch-gan")
+    b = binary_variant(method)
+    items = default_collection().items[:60]
+    r = Retriever(b, model_id="sketch-gan-bits")
+    r.add([it.sketch for it in items], labels=[it.label for it in items])
+    assert r.binary and r.index.nbits == 1024
+    hits = r.search(items[0].sketch, k=10)
+    # oracle: popcount of XOR against every stored code, ties by id
+    bits_g = unpack_bits(r.encode([it.sketch for it in items]), 1024)
+    dist = (bits_g[0][None, :] != bits_g).sum(axis=1)
+    order = np.lexsort((np.arange(len(items)), dist))[:10]
+    assert [h.id for h in hits] == order.tolist()
+    assert [h.distance for h in hits] == dist[order].tolist()
+    assert hits[0].id == 0 and hits[0].distance == 0
+    r.save(tmp_path / "idx")
+    again = Retriever.load(tmp_path / "idx", model=b)
+    assert [(h.id, h.distance) for h in again.search(items[0].sketch, k=10)] == [
+        (h.id, h.distance) for h in hits
+    ]
