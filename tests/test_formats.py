@@ -3,13 +3,17 @@ names the file and the record, and is skipped (and reported) unless strict."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import pickle
 import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.lib.format as npformat
 import pytest
 from PIL import Image
 
@@ -94,6 +98,18 @@ def test_bad_ndjson_line_names_file_and_line(tmp_path: Path, line: str, reason: 
     assert [(e.file, e.record) for e in errors] == [(str(f), 2)]
 
 
+def test_json_error_messages_are_complete(tmp_path: Path) -> None:
+    # a line cut inside a string (then more lines): the error names the string, not the newline after it
+    f = _ndjson(tmp_path / "cat.ndjson", [json.dumps(SIMPLE), '{"word": "ca', "{oops}", '{"word": "a\tb"}'])
+    _, errors = _collect(read_quickdraw_ndjson, f)
+    assert [(e.record, e.reason) for e in errors] == [
+        (2, "truncated record (cut short): JSON ends after 12 characters (Unterminated string starting at: column 10)"),
+        (3, "not valid JSON (Expecting property name enclosed in double quotes: column 2)"),
+        (4, "not valid JSON (Invalid control character at: column 12)"),
+    ]  # fmt: skip
+    assert str(errors[0]).startswith(f"{f}: record 2: truncated record")
+
+
 def test_truncated_last_line(tmp_path: Path) -> None:
     f = _ndjson(tmp_path / "cat.ndjson", [json.dumps(SIMPLE), json.dumps(RAW)[:40]], trailing_newline=False)
     items, errors = _collect(read_quickdraw_ndjson, f)
@@ -171,8 +187,28 @@ def test_npy_with_wrong_shape_is_a_whole_file_error(tmp_path: Path) -> None:
     f = tmp_path / "eye.npy"
     np.save(f, np.zeros((3, 100), dtype=np.uint8))
     with pytest.raises(FormatError) as ei:
-        list(read_quickdraw_bitmap(f))
+        list(read_quickdraw_bitmap(f, strict=True))
     assert ei.value.file == str(f) and ei.value.record is None and "(N, 784)" in ei.value.reason
+    # lenient: the file is one bad record, reported and skipped; the good file beside it is read
+    np.save(tmp_path / "cat.npy", np.zeros((2, 784), dtype=np.uint8))
+    items, errors = _collect(read_quickdraw_bitmap, tmp_path)
+    assert [it.label for it in items] == ["cat", "cat"]
+    assert [(e.file, e.record) for e in errors] == [(str(f), None)] and "(N, 784)" in errors[0].reason
+
+
+def test_corrupt_npz_bitmap_is_reported_not_a_crash(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a_b.npz", images=np.zeros((2, 784), np.uint8), labels=np.array([0, 1]))
+    raw = bytearray((tmp_path / "a_b.npz").read_bytes())
+    raw[200:240] = b"\xff" * 40  # inside the images member (zeros): a CRC error when it is read
+    bad = tmp_path / "c_d.npz"
+    bad.write_bytes(bytes(raw))
+    info = inspect_dataset(tmp_path)
+    assert (info["format"], info["items"], info["skipped"]) == ("quickdraw_bitmap", 2, 1)
+    assert (
+        info["errors"][0]["file"] == str(bad) and "not a readable numpy bitmap" in info["errors"][0]["reason"]
+    )
+    with pytest.raises(FormatError, match="c_d.npz"):
+        inspect_dataset(tmp_path, strict=True)
 
 
 # ---------------------------------------------------------------------------------------------- sketch-rnn
@@ -192,6 +228,78 @@ def test_sketchrnn_npz(tmp_path: Path) -> None:
     assert items[0].label is None and items[2].meta == {"split": "valid"}
     assert [(e.record, e.file) for e in errors] == [("train:1", str(f)), ("test:0", str(f))]
     assert detect_format(f) == "sketchrnn"
+
+
+class _RunsCode:
+    """Pickles to ``os.system(<touch marker>)``: what a malicious dataset file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _sketchrnn_npz(path: Path, **members: Any) -> Path:
+    """An .npz whose members are raw .npy bytes (an object header + a pickle) or arrays (np.save'd)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, value in members.items():
+            buf = io.BytesIO()
+            if isinstance(value, bytes):
+                header = {"descr": "|O", "fortran_order": False, "shape": (1,)}
+                npformat.write_array_header_1_0(buf, header)
+                buf.write(value)
+            else:
+                np.save(buf, value, allow_pickle=True)
+            zf.writestr(f"{name}.npy", buf.getvalue())
+    return path
+
+
+def _drawings(n: int) -> np.ndarray:
+    out = np.empty(n, dtype=object)
+    for i in range(n):
+        out[i] = np.array([[1, 2, 0], [3, i, 1]], dtype=np.int16)
+    return out
+
+
+def test_data_info_lenient_skips_a_refused_pickle_file_and_reads_the_rest(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sketchsearch.cli import app
+
+    marker = tmp_path / "pwned"
+    evil = _sketchrnn_npz(tmp_path / "evil.npz", train=pickle.dumps(_RunsCode(marker), protocol=2))
+    assert b"system" in evil.read_bytes()  # the payload is real
+    np.savez(tmp_path / "good.npz", train=_drawings(3), valid=_drawings(2))
+    res = CliRunner().invoke(app, ["data", "info", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert (info["format"], info["items"], info["skipped"]) == ("sketchrnn", 5, 1)
+    (err,) = info["errors"]
+    assert err["file"] == str(evil) and err["record"] == "train" and "system" in err["reason"]
+    res = CliRunner().invoke(app, ["data", "info", str(tmp_path), "--strict"])
+    assert res.exit_code == 2 and "evil.npz" in res.output and "Traceback" not in res.output
+    assert not marker.exists()
+
+
+def test_sketchrnn_bad_member_or_file_is_a_bad_record(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    mixed = _sketchrnn_npz(
+        tmp_path / "mixed.npz", train=_drawings(2), test=pickle.dumps(_RunsCode(marker), protocol=2)
+    )
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    np.savez(tmp_path / "strings.npz", train=np.array(["a", "b"]))
+    assert detect_format(tmp_path) == "sketchrnn"  # the corrupt file does not make the folder unreadable
+    items, errors = _collect(read_sketchrnn, tmp_path)
+    assert [it.id for it in items] == ["mixed.npz:train:0", "mixed.npz:train:1"]
+    by_file = {Path(e.file).name: e for e in errors}
+    assert set(by_file) == {"corrupt.npz", "mixed.npz", "strings.npz"}
+    assert by_file["corrupt.npz"].record is None and "zip" in by_file["corrupt.npz"].reason
+    assert by_file["mixed.npz"].record == "test" and "system" in by_file["mixed.npz"].reason
+    assert by_file["strings.npz"].record == "train" and "'<U1'" in by_file["strings.npz"].reason
+    with pytest.raises(FormatError, match="corrupt.npz"):
+        list(read_sketchrnn(tmp_path, strict=True))
+    assert not marker.exists() and mixed.is_file()
 
 
 # ---------------------------------------------------------------------------------------------- Omniglot
@@ -256,9 +364,12 @@ def test_qmul_v1_mat_pairs(tmp_path: Path) -> None:
     assert [(i.modality, i.pair) for i in items[:2]] == [("sketch", "shoes/1"), ("photo", "shoes/1")]
     np.testing.assert_array_equal(items[2].image, sk[1])
     np.testing.assert_array_equal(items[3].image, 255 - sk[1])
-    with pytest.raises(FormatError) as ei:  # test split: 2 edge maps for 1 sketch
-        next(it)
+    assert list(it) == []  # test split: 2 edge maps for 1 sketch, a bad record (both files skipped)
+    with pytest.raises(FormatError) as ei:
+        list(read_qmul_v1(tmp_path, strict=True))
     assert ei.value.file == str(d / "shoes_edge_db_test.mat") and "one edge map per sketch" in ei.value.reason
+    _, errors = _collect(read_qmul_v1, tmp_path)
+    assert [(e.file, e.record) for e in errors] == [(str(d / "shoes_edge_db_test.mat"), None)]
     assert detect_format(tmp_path) == "qmul_v1"
     one = list(read_qmul_v1(d / "shoes_edge_db_train.mat"))  # one file: only its images, same ids and pairs
     assert [(i.id, i.pair, i.modality) for i in one] == [
@@ -280,6 +391,45 @@ def test_qmul_chairv2(tmp_path: Path) -> None:
     assert [len(s) for s in item.sketch.strokes] == [2, 2]
     assert [e.record for e in errors] == ["/test/c_1", "'bad'"]
     assert detect_format(tmp_path) == "qmul_chairv2"
+
+
+@pytest.mark.parametrize("kind", ["runs code", "strings", "not a dict", "cut"])
+def test_qmul_chairv2_unreadable_file_is_reported_or_raised(tmp_path: Path, kind: str) -> None:
+    marker = tmp_path / "pwned"
+    payload = {
+        "runs code": lambda: pickle.dumps({"/train/a_1": _RunsCode(marker)}),
+        "strings": lambda: pickle.dumps({"/train/a_1": np.array(["x", "y", "z"])}),
+        "not a dict": lambda: pickle.dumps([np.zeros((2, 3))]),
+        "cut": lambda: pickle.dumps({"/train/a_1": np.zeros((2, 3))})[:-9],
+    }[kind]()
+    f = tmp_path / "ChairV2_Coordinate"
+    f.write_bytes(payload)
+    info = inspect_dataset(tmp_path)
+    assert (info["format"], info["items"], info["skipped"]) == ("qmul_chairv2", 0, 1)
+    assert info["errors"][0]["file"] == str(f) and info["errors"][0]["record"] is None
+    with pytest.raises(FormatError) as ei:
+        inspect_dataset(tmp_path, strict=True)
+    assert ei.value.file == str(f)
+    assert not marker.exists()
+
+
+def test_qmul_v1_unreadable_mat_is_a_bad_record(tmp_path: Path) -> None:
+    import scipy.io
+
+    d = tmp_path / "chairs"
+    d.mkdir()
+    scipy.io.savemat(d / "chairs_sketch_db_train.mat", {"data": np.zeros((2, 4, 4), np.uint8)})
+    scipy.io.savemat(d / "chairs_edge_db_train.mat", {"data": np.zeros((2, 4, 4), np.uint8)})
+    (d / "chairs_sketch_db_test.mat").write_bytes(b"MATLAB 5.0 MAT-file, cut here")
+    scipy.io.savemat(d / "chairs_edge_db_test.mat", {"data": np.zeros((1, 4, 4), np.uint8)})
+    info = inspect_dataset(tmp_path)
+    assert (info["format"], info["items"], info["skipped"]) == ("qmul_v1", 5, 1)
+    assert info["modalities"] == {"sketch": 2, "photo": 3}  # the test edge map is still read
+    err = info["errors"][0]
+    assert err["file"] == str(d / "chairs_sketch_db_test.mat") and err["record"] is None
+    assert "not a readable MATLAB v5 .mat file" in err["reason"]
+    with pytest.raises(FormatError, match="chairs_sketch_db_test.mat"):
+        inspect_dataset(tmp_path, strict=True)
 
 
 # ---------------------------------------------------------------------------------------------- images

@@ -66,6 +66,12 @@ def test_sketchrnn_omniglot(shared_data: Path) -> None:
     assert splits == {"train": 30000, "valid": 1000, "test": 1000}
 
 
+def test_sketchrnn_folder_reads_every_file(shared_data: Path) -> None:
+    info = inspect_dataset(shared_data / "sketchrnn", strict=True)
+    # omniglot 32,000 + kanji.rdp100 11,458 + kanji.rdp200 11,458 + short_kanji 11,100
+    assert (info["format"], info["items"], info["skipped"], info["excluded"]) == ("sketchrnn", 66016, 0, {})
+
+
 @pytest.mark.parametrize(
     "name, counts",
     [

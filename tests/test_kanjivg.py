@@ -129,3 +129,85 @@ def test_malformed_documents_raise_format_error(text: str, record: object, fragm
 def test_unreadable_file_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match="missing.svg"):
         read_kanjivg(tmp_path / "missing.svg")
+
+
+# ---------------------------------------------------------------------------------------------- `data info kanjivg`
+def _subset(monkeypatch: pytest.MonkeyPatch, last: str = "04e40") -> list[Path]:
+    """The package's files for U+4E00 up to ``last`` (34 files, 2 of them variants: 04e14-Kaisho,
+    04e3b-VtLst), standing in for the package's whole file list."""
+    import sketchsearch.data.formats.kanjivg as kv
+
+    files = [f for f in kanjivg_files() if "04e00" <= f.stem[:5] < last]
+    assert any("-" in f.stem for f in files) and any("-" not in f.stem for f in files)
+    monkeypatch.setattr(kv, "kanjivg_files", lambda: files)
+    return files
+
+
+def test_named_source_kanjivg_counts_items_and_variants(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sketchsearch.data.inspect import KANJIVG_VARIANTS, inspect_dataset
+    from sketchsearch.data.sources import load_items
+
+    files = _subset(monkeypatch)
+    base = [f for f in files if "-" not in f.stem]
+    chars = {chr(int(f.stem.split("-")[0], 16)) for f in files}
+    info = inspect_dataset("kanjivg")
+    assert (info["format"], info["items"], info["classes"], info["skipped"]) == (
+        "kanjivg",
+        len(base),
+        len(base),
+        0,
+    )
+    assert info["excluded"] == {KANJIVG_VARIANTS: len(files) - len(base)}  # left out on purpose, not errors
+    every = inspect_dataset("kanjivg", variants=True)
+    assert (every["items"], every["classes"], every["excluded"]) == (len(files), len(chars), {})
+    assert [it.id for it in load_items("kanjivg").items] == [f.stem for f in base]
+    with pytest.raises(ValueError, match="KanjiVG data only"):
+        inspect_dataset(files[0].parent, fmt="images", variants=True)
+
+
+def test_cli_data_info_kanjivg(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from sketchsearch.cli import app
+
+    files = _subset(monkeypatch, last="04e20")
+    n_variants = sum("-" in f.stem for f in files)
+    res = CliRunner().invoke(app, ["data", "info", "kanjivg", "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert (info["items"], info["skipped"], sum(info["excluded"].values())) == (
+        len(files) - n_variants,
+        0,
+        n_variants,
+    )
+    res = CliRunner().invoke(app, ["data", "info", "kanjivg", "--json", "--variants"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["items"] == len(files)
+    res = CliRunner().invoke(app, ["data", "info", "kanjivg"])
+    assert res.exit_code == 0 and "variant" in res.output
+
+
+def test_package_file_counts_cheaply() -> None:
+    # what `data info kanjivg` reports, from the file names alone (the full read is the slow test below)
+    import importlib.metadata
+
+    files = kanjivg_files()
+    variants = [f for f in files if "-" in f.stem]
+    chars = {f.stem for f in files if "-" not in f.stem}
+    assert {f.stem.split("-")[0] for f in variants} <= chars  # every variant's character has its base file
+    if importlib.metadata.version("kanjivg") == "20260714":  # the version the README's counts are from
+        assert (len(files), len(chars), len(variants)) == (11_662, 6_703, 4_959)
+
+
+@pytest.mark.slow
+def test_data_info_kanjivg_reads_the_whole_package() -> None:  # 20-60 s: every SVG parsed twice
+    from sketchsearch.data.inspect import inspect_dataset
+
+    files = kanjivg_files()
+    n_base = sum("-" not in f.stem for f in files)
+    info = inspect_dataset("kanjivg", strict=True)
+    assert (info["items"], info["classes"], info["skipped"]) == (n_base, n_base, 0)
+    assert sum(info["excluded"].values()) == len(files) - n_base
+    every = inspect_dataset("kanjivg", strict=True, variants=True)
+    assert (every["items"], every["classes"], every["skipped"]) == (len(files), n_base, 0)

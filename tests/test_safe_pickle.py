@@ -131,3 +131,79 @@ def test_npz_payload_size_must_match_header(tmp_path: Path) -> None:
     _npz_with_member(f, "train", _object_npy(pickle.dumps(arr, protocol=2), (5,)))
     with pytest.raises(FormatError, match="header says shape"):
         load_npz_untrusted(f)
+
+
+def _nested() -> np.ndarray:
+    inner = np.empty(1, dtype=object)
+    inner[0] = np.zeros((2, 3))
+    outer = np.empty(1, dtype=object)
+    outer[0] = inner
+    return outer
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        (np.array(["a", "b"]), "'<U1'"),
+        (np.array([b"abc"]), "'|S3'"),
+        (np.array([1 + 2j]), "complex128"),
+        (np.array(["2020-01-01"], dtype="M8[D]"), "datetime64"),
+        (np.zeros(2, dtype=[("x", "f8"), ("y", "f8")]), "void"),
+        (np.str_("x"), "'<U1'"),
+        (np.complex64(1j), "complex64"),
+        (_nested(), "nested deeper than one level"),
+        (np.array(["x", np.zeros(2)], dtype=object), "element 0 is a str"),
+        (np.array([[1, 2], "x"], dtype=object), "element 0 is a list"),
+    ],
+)
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_only_numeric_arrays_are_admitted(
+    tmp_path: Path, value: object, fragment: str, protocol: int
+) -> None:
+    f = tmp_path / "ChairV2_Coordinate"
+    f.write_bytes(pickle.dumps({"/train/a_1": value}, protocol=protocol))
+    with pytest.raises(FormatError) as ei:
+        load_pickle_untrusted(f)
+    assert ei.value.file == str(f) and ei.value.record is None
+    assert ei.value.reason.startswith("refused: ") and fragment in ei.value.reason
+
+
+def test_the_refusal_happens_inside_the_unpickler() -> None:
+    from sketchsearch.data.formats.safe_pickle import RestrictedUnpickler
+
+    with pytest.raises(pickle.UnpicklingError, match="'<U1'"):
+        RestrictedUnpickler(io.BytesIO(pickle.dumps(np.array(["a"]))), source="x.pkl").load()
+    # numpy.ndarray(shape, dtype) called directly (not how numpy pickles arrays) is refused too
+    payload = b"\x80\x02cnumpy\nndarray\nK\x02\x85X\x02\x00\x00\x00U1\x86R."
+    with pytest.raises(FormatError, match="numpy.ndarray"):
+        loads_untrusted(payload, source="x.pkl")
+
+
+def test_numeric_and_one_level_object_arrays_come_back_as_plain_ndarrays() -> None:
+    drawings = np.empty(3, dtype=object)
+    drawings[:] = [np.zeros((2, 3), np.int16), np.ones((1, 3), np.float32), np.array([[True, False, True]])]
+    data = {
+        "d": drawings,
+        "t": (np.arange(3, dtype=np.uint8),),
+        "l": [np.float16([1.5])],
+        "n": np.array([1, 2.5, None], dtype=object),
+    }
+    for protocol in (2, 5):
+        out = loads_untrusted(pickle.dumps(data, protocol=protocol))
+        arrays = [out["d"], *out["d"], out["t"][0], out["l"][0], out["n"]]
+        assert all(type(a) is np.ndarray for a in arrays)
+        assert [a.dtype for a in out["d"]] == [np.int16, np.float32, np.bool_]
+        assert out["n"].tolist() == [1, 2.5, None]
+
+
+def test_npz_string_member_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "s.npz"
+    np.savez(f, train=np.array(["a", "bc"]), valid=np.zeros(2))
+    with pytest.raises(FormatError) as ei:
+        load_npz_untrusted(f)
+    assert ei.value.file == str(f) and ei.value.record == "train" and "'<U2'" in ei.value.reason
+    assert list(load_npz_untrusted(f, keys=lambda k: k == "valid")) == ["valid"]
+    nested = tmp_path / "nested.npz"
+    np.savez(nested, train=_nested())
+    with pytest.raises(FormatError, match="nested deeper than one level"):
+        load_npz_untrusted(nested)

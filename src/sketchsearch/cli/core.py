@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -19,16 +20,26 @@ from .app import app, command_line, console, data_app, friendly_errors, index_ap
 @data_app.command("info")
 @friendly_errors
 def data_info(
-    path: str = typer.Argument(..., help="A data file or folder (any supported format), or 'default'."),
+    path: str = typer.Argument(
+        ...,
+        help="A data file or folder (any supported format), 'default' (the embedded collection) or "
+        "'kanjivg' (the installed kanjivg package's SVGs).",
+    ),
     strict: bool = typer.Option(
-        False, "--strict", help="Stop at the first bad record; exit non-zero if any."
+        False, "--strict", help="Stop at the first bad record or unreadable file; exit non-zero if any."
     ),
     as_json: bool = typer.Option(
-        False, "--json", help="Print JSON: items, classes, skipped, errors, format."
+        False, "--json", help="Print JSON: items, classes, skipped, errors, excluded, format."
     ),
     fmt: str | None = typer.Option(None, "--format", help="Reader name (default: detected from the path)."),
+    variants: bool = typer.Option(
+        False, "--variants", help="KanjiVG: also read the variant files (<hex>-<variant>.svg) as items."
+    ),
 ) -> None:
-    """Count items and classes; list skipped records with file and line."""
+    """Count items and classes; list skipped records (and unreadable files) with file and line.
+
+    Without --strict a bad record or a file that cannot be read at all is reported and skipped, and the
+    other files are still read."""
     from ..data.inspect import inspect_dataset
 
     if path == "default":
@@ -44,7 +55,7 @@ def data_info(
             "errors": [],
         }
     else:
-        info = inspect_dataset(path, strict=strict, fmt=fmt)
+        info = inspect_dataset(path, strict=strict, fmt=fmt, variants=variants)
     if as_json:
         print_json(info)
     else:
@@ -53,11 +64,12 @@ def data_info(
             t.add_row(k, str(info.get(k)))
         for k, v in (info.get("modalities") or {}).items():
             t.add_row(f"  {k}", str(v))
+        for reason, count in (info.get("excluded") or {}).items():
+            t.add_row("not read", f"{count} {reason}")
         console.print(t)
         for e in info.get("errors", [])[:20]:
-            console.print(
-                f"[yellow]skipped[/] {e['file']}: record {e['record']}: {e['reason']}", highlight=False
-            )
+            where = e["file"] if e["record"] is None else f"{e['file']}: record {e['record']}"
+            console.print(f"[yellow]skipped[/] {escape(where)}: {escape(e['reason'])}", highlight=False)
     if strict and info.get("skipped"):
         raise typer.Exit(1)
 

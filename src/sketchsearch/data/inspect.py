@@ -1,7 +1,9 @@
 """``sketchsearch data info PATH``: what a dataset holds and what could not be read.
 
 Streams every item once (nothing is rendered or kept), counting items, classes and modalities and
-collecting the bad records the readers skipped.
+collecting the bad records the readers skipped (a file that cannot be read at all is one of them) and the
+files left out on purpose (KanjiVG variants unless asked for). ``PATH`` may also be ``kanjivg``: the SVGs
+of the installed ``kanjivg`` package (see :mod:`sketchsearch.data.sources`).
 """
 
 from __future__ import annotations
@@ -11,16 +13,28 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError
-from .formats import detect_format, read_any
+from .formats import READERS, detect_format
 
-__all__ = ["MAX_ERRORS", "inspect_dataset"]
+__all__ = ["KANJIVG_VARIANTS", "MAX_ERRORS", "inspect_dataset"]
 
 #: At most this many errors are listed in the result; ``skipped`` always holds the full count.
 MAX_ERRORS = 100
 
 
+#: Why KanjiVG variant files are not counted as items without ``variants=True`` (key of ``excluded``).
+KANJIVG_VARIANTS = (
+    "kanjivg variant files (<hex>-<variant>.svg: other forms or stroke orders of a character already "
+    "read; read them with --variants)"
+)
+
+
 def inspect_dataset(
-    path: str | Path, strict: bool = False, *, fmt: str | None = None, max_errors: int = MAX_ERRORS
+    path: str | Path,
+    strict: bool = False,
+    *,
+    fmt: str | None = None,
+    max_errors: int = MAX_ERRORS,
+    variants: bool = False,
 ) -> dict[str, Any]:
     """Read the dataset at ``path`` and summarise it. Returns a JSON-serialisable dict:
 
@@ -28,10 +42,21 @@ def inspect_dataset(
     non-None labels), ``unlabelled`` (items with no label), ``class_counts`` (label -> count, most
     common first), ``modalities`` ({"sketch": n, "photo": n}), ``with_strokes`` / ``with_images``
     (items carrying a Sketch / a raster), ``pairs`` (distinct instance ids), ``skipped`` (bad records
-    skipped), ``errors`` (the first ``max_errors`` of them as ``{file, record, reason}``).
+    skipped, a data file that cannot be read at all counting as one), ``errors`` (the first
+    ``max_errors`` of them as ``{file, record, reason}``; ``record`` is None for a whole file),
+    ``excluded`` (reason -> number of files deliberately not read, e.g. KanjiVG variants; not errors).
 
-    With ``strict`` the first bad record raises :class:`FormatError`; a whole-file problem always raises.
+    ``path`` ``"kanjivg"`` reads the installed ``kanjivg`` package; ``variants`` (KanjiVG only) reads the
+    variant files as items too. With ``strict`` the first bad record or unreadable file raises
+    :class:`FormatError`; a bad path (missing, format unknown) always raises.
     """
+    from .sources import KANJIVG, named_source
+
+    source: str | Path | None = path
+    if named_source(path) == KANJIVG:
+        if fmt not in (None, KANJIVG):
+            raise ValueError(f"'{KANJIVG}' names the installed kanjivg package; it cannot be read as {fmt!r}")
+        source, fmt = None, KANJIVG
     name = fmt or detect_format(path)
     errors: list[dict[str, Any]] = []
     skipped = 0
@@ -45,8 +70,19 @@ def inspect_dataset(
     labels: Counter[str] = Counter()
     modalities: Counter[str] = Counter({"sketch": 0, "photo": 0})
     pairs: set[str] = set()
+    excluded: Counter[str] = Counter()
+    options: dict[str, Any] = {}
+    if name == KANJIVG:
+
+        def on_variant(_: Path) -> None:
+            excluded[KANJIVG_VARIANTS] += 1
+
+        options = {"variants": variants, "on_variant": on_variant}
+    elif variants:
+        raise ValueError(f"variants applies to KanjiVG data only, not to the {name!r} format")
     n = unlabelled = with_strokes = with_images = 0
-    for item in read_any(path, fmt=name, strict=strict, on_error=on_error):
+    reader = READERS.get(name)
+    for item in reader(source, strict=strict, on_error=on_error, **options):
         n += 1
         modalities[item.modality] += 1
         if item.label is None:
@@ -70,4 +106,5 @@ def inspect_dataset(
         "pairs": len(pairs),
         "skipped": skipped,
         "errors": errors,
+        "excluded": dict(excluded),
     }

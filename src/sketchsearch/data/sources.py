@@ -1,7 +1,9 @@
-"""One entry point from a data spec (a path, or ``default`` for the embedded default) to Items.
+"""One entry point from a data spec to Items: a path, or a named source: ``default`` (the embedded default
+collection) or ``kanjivg`` (the SVGs of the installed ``kanjivg`` package, one drawing per character).
 
 Batch commands use this: bad records are counted and reported (file + record), and skipped unless
-``strict``; the embedded default needs no network and no ../shared.
+``strict``; the named sources need no network and no ../shared. To read a local folder that happens to be
+called ``kanjivg``, write it as a path (``./kanjivg``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from ..errors import FormatError
 from .formats.base import Item
 from .sketch import Sketch
 
-__all__ = ["DEFAULT", "LoadResult", "item_query", "load_items"]
+__all__ = ["DEFAULT", "KANJIVG", "LoadResult", "item_query", "load_items", "named_source"]
 
 DEFAULT = "default"
+KANJIVG = "kanjivg"
 MAX_ERRORS_KEPT = 100
 
 
@@ -40,10 +43,16 @@ def default_items(seed: int = 0) -> list[Item]:
     return list(default_collection(seed=seed).items)
 
 
+def named_source(spec: str | Path) -> str | None:
+    """``"default"`` or ``"kanjivg"`` when ``spec`` names one of the built-in sources, else None (a path)."""
+    return str(spec) if str(spec) in (DEFAULT, KANJIVG) else None
+
+
 def load_items(
     spec: str | Path, *, strict: bool = False, limit: int | None = None, seed: int = 0, fmt: str | None = None
 ) -> LoadResult:
-    """Read every item of ``spec`` (a path any reader understands, or ``"default"``); ``fmt`` forces a reader."""
+    """Read every item of ``spec`` (a path any reader understands, ``"default"`` or ``"kanjivg"``);
+    ``fmt`` forces a reader."""
     if str(spec) == DEFAULT:
         items = default_items(seed)
         return LoadResult(items[:limit] if limit is not None else items)
@@ -56,7 +65,13 @@ def load_items(
         if len(res.errors) < MAX_ERRORS_KEPT:
             res.errors.append(e)
 
-    for item in read_any(Path(spec), fmt=fmt, strict=strict, on_error=on_error, limit=limit):
+    if named_source(spec) == KANJIVG:
+        from .formats.kanjivg import iter_kanjivg
+
+        items = iter_kanjivg(None, strict=strict, on_error=on_error, limit=limit)
+    else:
+        items = read_any(Path(spec), fmt=fmt, strict=strict, on_error=on_error, limit=limit)
+    for item in items:
         res.items.append(item)
     return res
 

@@ -115,6 +115,15 @@ def _detect_file(p: Path) -> str | None:
     return None
 
 
+def _npz_kind(f: Path) -> str | None:
+    """:func:`_detect_file` for an ``.npz`` inside a folder: a corrupt one decides nothing (the reader
+    reports it as a bad record) instead of failing the whole folder."""
+    try:
+        return _detect_file(f)
+    except FormatError:
+        return None
+
+
 def _detect_folder(p: Path) -> str | None:
     if is_sketchy_root(p):
         return "sketchy"
@@ -131,7 +140,7 @@ def _detect_folder(p: Path) -> str | None:
     if ".bin" in suffixes:
         return "quickdraw_bin"
     if ".npy" in suffixes or any(
-        f.suffix.lower() == ".npz" and _detect_file(f) == "quickdraw_bitmap" for f in files
+        f.suffix.lower() == ".npz" and _npz_kind(f) == "quickdraw_bitmap" for f in files
     ):
         return "quickdraw_bitmap"
     if any(f.suffix.lower() == ".npz" and is_sketchrnn_npz(f) for f in files):

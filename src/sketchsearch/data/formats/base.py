@@ -4,13 +4,17 @@ Every reader is a generator ``read_xxx(path, *, strict=False, on_error=None, lim
 
 * a bad *record* (a line, an array element, a file of a folder) raises :class:`FormatError` under
   ``strict``; otherwise it is passed to ``on_error`` (when given) and skipped: the caller counts skips;
-* a bad *file as a whole* (not the expected format at all) always raises ``FormatError(file, None, reason)``;
+* a data *file* that cannot be read at all (corrupt, truncated archive, refused pickle, wrong dtype) is a
+  bad record too, ``FormatError(file, None or member, reason)``: under ``strict`` it raises, otherwise it
+  is reported and skipped and the other files are still read (:func:`read_each`). Items a file yielded
+  before the problem was found are kept;
+* a bad *path* (missing, or not this format's layout or file name at all) always raises;
 * ``limit`` stops after that many items have been yielded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -29,6 +33,7 @@ __all__ = [
     "OnError",
     "Reader",
     "check_limit",
+    "read_each",
     "report",
     "require_exists",
 ]
@@ -79,6 +84,23 @@ def report(err: FormatError, strict: bool, on_error: OnError | None) -> None:
         raise err
     if on_error is not None:
         on_error(err)
+
+
+def read_each(
+    files: Iterable[Path],
+    read_file: Callable[[Path], Iterator[Item]],
+    strict: bool,
+    on_error: OnError | None,
+) -> Iterator[Item]:
+    """The items of every file, in order. A :class:`FormatError` that ends a file (the file as a whole is
+    unreadable) follows the bad-record rule, so one bad file neither hides the others nor stops the read
+    unless ``strict``. (Bad records inside a file are reported by ``read_file`` itself and never get here
+    except under ``strict``, where they are raised again unchanged.)"""
+    for f in files:
+        try:
+            yield from read_file(f)
+        except FormatError as e:
+            report(e, strict, on_error)
 
 
 def check_limit(limit: int | None) -> int | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -213,15 +213,18 @@ def iter_kanjivg(
     limit: int | None = None,
     chars: Iterable[str] | None = None,
     variants: bool = False,
+    on_variant: Callable[[Path], None] | None = None,
     step: float = 2.0,
 ) -> Iterator[Item]:
     """Stream KanjiVG characters as :class:`Item` objects (``modality='sketch'``), in file-name order.
 
     ``path``: None (default) reads the installed ``kanjivg`` package; else a folder of KanjiVG SVGs (a clone
     of the KanjiVG repository's ``kanji/``) or one file. ``chars`` keeps only those characters;
-    ``variants=False`` skips the alternative forms (``<hex>-Kaisho.svg`` ...) so each character comes once;
-    ``limit`` stops after that many items. A malformed file is a bad record: raised under ``strict``,
-    else handed to ``on_error`` and skipped.
+    ``variants=False`` skips the alternative forms (``<hex>-Kaisho.svg`` ...) so each character comes once,
+    calling ``on_variant(file)`` (when given) for each file so left out, so callers can count them (the
+    package holds 11,662 files: 6,703 characters and 4,959 variants); ``limit`` stops after that many
+    items. A malformed file is a bad record: raised under ``strict``, else handed to ``on_error`` and
+    skipped.
 
     Item: ``id`` = file stem (``'06f22'``), ``label`` = the character, ``sketch`` in the 109 x 109 box,
     ``source`` = the file path, ``meta`` = the sketch's meta (variant, n_strokes, stroke_types).
@@ -233,9 +236,11 @@ def iter_kanjivg(
         if limit is not None and count >= limit:
             return
         stem = f.stem
-        if not variants and "-" in stem:
-            continue
         if wanted is not None and _char_of(stem) not in wanted:
+            continue
+        if not variants and "-" in stem:
+            if on_variant is not None:
+                on_variant(f)
             continue
         try:
             sketch = read_kanjivg(f, step=step)

@@ -44,8 +44,9 @@ def load_mat_images(path: str | Path, key: str = "data") -> np.ndarray:
         mat = scipy.io.loadmat(path, variable_names=[key])
     except NotImplementedError as e:  # MATLAB v7.3 (HDF5)
         raise FormatError(path, None, f"MATLAB v7.3 files are not supported, expected v5 ({e})") from e
-    except (OSError, ValueError, TypeError, EOFError) as e:
-        raise FormatError(path, None, f"not a readable MATLAB v5 .mat file ({e})") from e
+    except Exception as e:  # scipy's parser fails on corrupt files with IndexError,
+        # MatReadError, zlib.error, ValueError ...: every one of them means the same thing here
+        raise FormatError(path, None, f"not a readable MATLAB v5 .mat file ({type(e).__name__}: {e})") from e
     if key not in mat:
         raise FormatError(path, None, f"no variable {key!r} in the .mat file")
     arr = mat[key]
@@ -85,21 +86,37 @@ _V1_FILE = re.compile(r"^(?P<category>.+)_(?P<kind>sketch|edge)_db_(?P<split>[A-
 
 
 def _v1_items(
-    folder: Path, splits: Sequence[str], kinds: Sequence[str] = ("sketch", "edge")
+    folder: Path,
+    splits: Sequence[str],
+    strict: bool,
+    on_error: OnError | None,
+    kinds: Sequence[str] = ("sketch", "edge"),
 ) -> Iterator[Item]:
     category = folder.name
+
+    def load(path: Path, kind: str) -> np.ndarray | None:
+        if kind not in kinds or not path.is_file():
+            return None
+        try:
+            return load_mat_images(path)
+        except FormatError as e:  # an unreadable .mat is a bad record: its partner file is still read
+            report(e, strict, on_error)
+            return None
+
     for split in splits:
         sk_path = folder / f"{category}_sketch_db_{split}.mat"
         ed_path = folder / f"{category}_edge_db_{split}.mat"
-        sketches = load_mat_images(sk_path) if "sketch" in kinds and sk_path.is_file() else None
-        edges = load_mat_images(ed_path) if "edge" in kinds and ed_path.is_file() else None
+        sketches = load(sk_path, "sketch")
+        edges = load(ed_path, "edge")
         if sketches is not None and edges is not None and len(edges) != len(sketches):
-            raise FormatError(
+            # which file is wrong cannot be told, so neither is paired up: both are skipped
+            report(FormatError(
                 ed_path,
                 None,
                 f"{len(edges)} edge maps for {len(sketches)} sketches in {sk_path.name}; "
-                "expected one edge map per sketch",
-            )
+                "expected one edge map per sketch (both files skipped)",
+            ), strict, on_error)  # fmt: skip
+            continue
         n = len(sketches) if sketches is not None else len(edges) if edges is not None else 0
         names = _photo_names(folder, category, split, n)
         for i in range(n):
@@ -128,8 +145,9 @@ def read_qmul_v1(
     """QMUL V1 sketches and photo edge maps under ``path``: the folder of categories, one category folder,
     or one ``<category>_{sketch,edge}_db_<split>.mat`` file (only its images; ids and pairs as in the folder).
 
-    Label = category (``shoes`` / ``chairs``); the instance is ``pair``. ``.mat`` problems are whole-file
-    errors (a .mat holds one array: there is no record to skip).
+    Label = category (``shoes`` / ``chairs``); the instance is ``pair``. A ``.mat`` holds one array, so an
+    unreadable one is one bad record (``FormatError(file, None, reason)``): under ``strict`` it raises,
+    otherwise it is reported and skipped and the other files are still read.
     """
     p = Path(path)
     require_exists(p)
@@ -141,12 +159,12 @@ def read_qmul_v1(
             )
         if m["category"] != p.parent.name:  # ids and pairs are named by the category folder
             raise FormatError(p, None, f"expected the file inside a folder named {m['category']!r}")
-        items = _v1_items(p.parent, (m["split"],), (m["kind"],))
+        items = _v1_items(p.parent, (m["split"],), strict, on_error, (m["kind"],))
     else:
         cats = qmul_v1_categories(p)
         if not cats:
             raise FormatError(p, None, "no QMUL V1 '<category>_sketch_db_<split>.mat' files here")
-        items = (it for c in cats for it in _v1_items(c, tuple(splits)))
+        items = (it for c in cats for it in _v1_items(c, tuple(splits), strict, on_error))
     yield from islice(items, check_limit(limit))
 
 
@@ -180,7 +198,8 @@ def read_qmul_chairv2(
 ) -> Iterator[Item]:
     """ChairV2 stroke sketches: ``path`` is the ``ChairV2_Coordinate`` pickle or a folder holding it.
 
-    Each key ``'/<split>/<photo_id>_<k>'`` is one record; a bad key or value follows the bad-record rule.
+    Each key ``'/<split>/<photo_id>_<k>'`` is one record; a bad key or value follows the bad-record rule,
+    and so does a file that cannot be read at all (a refused or corrupt pickle, not a dict): record None.
     ``meta`` has ``split`` and ``k`` (the sketch number for that photo).
     """
     path = Path(path)
@@ -188,10 +207,15 @@ def read_qmul_chairv2(
     if path.is_dir():
         path = path / CHAIRV2_FILE
         require_exists(path)
-    data = load_pickle_untrusted(path)
+    try:
+        data = load_pickle_untrusted(path)
+    except FormatError as e:  # refused or corrupt pickle: the file is one bad record
+        report(e, strict, on_error)
+        return
     if not isinstance(data, dict):
-        raise FormatError(path, None, f"expected a pickled dict of '/<split>/<photo_id>_<k>' -> (P, 3) arrays, "
-                                      f"got {type(data).__name__}")  # fmt: skip
+        report(FormatError(path, None, f"expected a pickled dict of '/<split>/<photo_id>_<k>' -> (P, 3) arrays, "
+                                       f"got {type(data).__name__}"), strict, on_error)  # fmt: skip
+        return
     n = 0
     limit = check_limit(limit)
     for key, value in data.items():

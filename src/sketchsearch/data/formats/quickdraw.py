@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import struct
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -27,7 +29,7 @@ import numpy as np
 
 from ...errors import FormatError, InvalidSketchError
 from ..sketch import Sketch
-from .base import READERS, Item, OnError, check_limit, report, require_exists
+from .base import READERS, Item, OnError, check_limit, read_each, report, require_exists
 
 __all__ = [
     "QUICKDRAW_SUFFIXES",
@@ -117,11 +119,14 @@ def parse_quickdraw_record(
 
 
 def _json_reason(e: json.JSONDecodeError, text: str, last_line: bool) -> str:
+    """A readable reason for a JSON error of one line (``text`` without its line ending). ``e.msg`` alone
+    can end mid-sentence ("Unterminated string starting at"): the column is always appended to it."""
+    detail = f"{e.msg}: column {e.colno}"
     # An error at the very end of the text means the record stopped before it was complete.
     if e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string"):
         where = "at the end of the file" if last_line else "(cut short)"
-        return f"truncated record {where}: JSON ends after {len(text.rstrip())} characters ({e.msg})"
-    return f"not valid JSON at column {e.colno}: {e.msg}"
+        return f"truncated record {where}: JSON ends after {len(text.rstrip())} characters ({detail})"
+    return f"not valid JSON ({detail})"
 
 
 def _read_ndjson_file(path: Path, strict: bool, on_error: OnError | None) -> Iterator[Item]:
@@ -136,7 +141,9 @@ def _read_ndjson_file(path: Path, strict: bool, on_error: OnError | None) -> Ite
                 continue  # blank lines carry no record
             last = not raw.endswith(b"\n")
             try:
-                text = raw.decode("utf-8")
+                # without its line ending: a line cut inside a string would otherwise fail on the newline
+                # ("Invalid control character") instead of at the string it interrupts
+                text = raw.rstrip(b"\r\n").decode("utf-8")
             except UnicodeDecodeError as e:
                 report(
                     FormatError(path, lineno, f"not UTF-8 text ({e.reason} at byte {e.start})"),
@@ -173,7 +180,7 @@ def read_quickdraw_ndjson(
     x/y length mismatch) follow the bad-record rule (see ``formats.base``).
     """
     files = iter_quickdraw_files(path, _NDJSON_SUFFIXES)
-    items = (it for f in files for it in _read_ndjson_file(f, strict, on_error))
+    items = read_each(files, lambda f: _read_ndjson_file(f, strict, on_error), strict, on_error)
     yield from islice(items, check_limit(limit))
 
 
@@ -239,7 +246,7 @@ def read_quickdraw_bin(
     A truncated record is reported and ends that file (the format cannot resynchronise).
     """
     files = iter_quickdraw_files(path, (".bin",))
-    items = (it for f in files for it in _read_bin_file(f, strict, on_error))
+    items = read_each(files, lambda f: _read_bin_file(f, strict, on_error), strict, on_error)
     yield from islice(items, check_limit(limit))
 
 
@@ -294,7 +301,8 @@ def _read_bitmap_file(path: Path, strict: bool, on_error: OnError | None) -> Ite
             labels, names = None, None
     except FormatError:
         raise
-    except (OSError, ValueError, EOFError) as e:  # not .npy/.npz, pickled object array, truncated
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        # not .npy/.npz, pickled object array, truncated, corrupt archive member
         raise FormatError(path, None, f"not a readable numpy bitmap file ({e})") from e
     stem = path.stem
     for i in range(len(images)):
@@ -315,7 +323,7 @@ def read_quickdraw_bitmap(
     """QuickDraw 28x28 bitmaps: ``.npy`` (label = stem, memory-mapped) or ``.npz`` (images + labels), a file
     or a folder of them. Items carry ``image`` uint8 (28, 28), ink > 0 on 0 background."""
     files = iter_quickdraw_files(path, (".npy", ".npz"))
-    items = (it for f in files for it in _read_bitmap_file(f, strict, on_error))
+    items = read_each(files, lambda f: _read_bitmap_file(f, strict, on_error), strict, on_error)
     yield from islice(items, check_limit(limit))
 
 
@@ -331,7 +339,7 @@ def read_quickdraw(
     files = list(iter_quickdraw_files(path, tuple(readers)))
     if Path(path).is_file() and Path(path).suffix.lower() not in readers:
         raise FormatError(path, None, f"not a QuickDraw file; expected one of {', '.join(readers)}")
-    items = (it for f in files for it in readers[f.suffix.lower()](f, strict, on_error))
+    items = read_each(files, lambda f: readers[f.suffix.lower()](f, strict, on_error), strict, on_error)
     yield from islice(items, check_limit(limit))
 
 

@@ -7,6 +7,12 @@ globals needed to rebuild numpy arrays and plain containers; any other global (`
 ``builtins.eval``, ``subprocess.Popen`` ...) raises :class:`FormatError` naming the file and the global
 *before* anything is called. This follows the recipe in the Python docs ("Restricting Globals"); no
 maintained library offers a numpy-aware allow-list (``fickling`` only *analyses* pickles), hence hand-written.
+
+Arrays are also limited by *what they hold*: only numeric dtypes (bool, signed / unsigned integer, float;
+no complex, string, bytes, datetime or structured dtypes) and object arrays one level deep (sketch-rnn's
+array of drawings), whose elements are numeric arrays or plain numbers. The check runs while the pickle is
+read: dtypes are refused when they are built, arrays when their data is set (``BUILD``), so a refused file
+names itself in a :class:`FormatError` and nothing of it is returned.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import collections
 import io
 import pickle
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +34,7 @@ from ...errors import FormatError
 
 __all__ = [
     "ALLOWED_GLOBALS",
+    "NUMERIC_KINDS",
     "RestrictedUnpickler",
     "load_npz_untrusted",
     "load_pickle_untrusted",
@@ -68,17 +76,150 @@ _BUILTIN_CONTAINERS: dict[str, Any] = {
     "bool": bool,
 }
 
+#: dtype kinds an untrusted array may have: bool, signed and unsigned integers, floats (sketches are real).
+NUMERIC_KINDS = "biuf"
+
+
+class _Refused(pickle.UnpicklingError):
+    """Raised inside the unpickler for data it does not admit; becomes FormatError(file, record, reason)."""
+
+
+def _check_dtype(dt: Any, what: str, *, allow_object: bool) -> np.dtype:
+    if not isinstance(dt, np.dtype):
+        raise _Refused(f"{what}: expected a numpy dtype, got {type(dt).__name__}")
+    if dt.fields is not None or dt.subdtype is not None:
+        raise _Refused(f"{what}: structured dtype {dt} is not allowed; only numeric arrays are read")
+    if dt.kind in NUMERIC_KINDS or (allow_object and dt.kind == "O"):
+        return dt
+    raise _Refused(
+        f"{what}: dtype {dt.str!r} ({dt.name}) is not allowed; only bool, integer and float arrays "
+        "(and object arrays of them) are read from untrusted pickles"
+    )
+
+
+def _dtype(obj: Any, align: bool = False, copy: bool = True) -> np.dtype:
+    """``numpy.dtype(obj, align, copy)`` as pickles call it, for numeric and object dtypes only."""
+    if not isinstance(obj, str):
+        raise _Refused(f"numpy.dtype({type(obj).__name__}) is not allowed; expected a type code such as 'f8'")
+    try:
+        dt = np.dtype(obj, align=bool(align), copy=bool(copy))
+    except TypeError as e:
+        raise _Refused(f"numpy.dtype({obj!r}): {e}") from e
+    return _check_dtype(dt, f"numpy.dtype({obj!r})", allow_object=True)
+
+
+def _scalar(dtype: Any, data: Any = None) -> Any:
+    """``multiarray.scalar`` (numpy scalars such as ``np.float64(2.5)``), numeric dtypes only."""
+    _check_dtype(dtype, "numpy scalar", allow_object=False)
+    if not isinstance(data, bytes):
+        raise _Refused(f"numpy scalar data must be bytes, got {type(data).__name__}")
+    return _multiarray.scalar(dtype, data)
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """``numeric._frombuffer`` (pickle protocol 5), numeric dtypes only."""
+    _check_dtype(dtype, "numpy array", allow_object=False)
+    return _numeric._frombuffer(buf, dtype, shape, order)
+
+
+class _ArrayType:
+    """What the global ``numpy.ndarray`` resolves to: a token that ``_reconstruct`` accepts. Calling it
+    (``numpy.ndarray(shape, dtype, buffer)``, which numpy's own pickles never do) is refused."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Refused("calling numpy.ndarray(...) is not allowed; arrays are rebuilt with _reconstruct only")
+
+
+_NDARRAY = _ArrayType()
+
+
+def _plain(x: Any) -> Any:
+    return x.view(np.ndarray) if isinstance(x, _UntrustedArray) else x
+
+
+class _UntrustedArray(np.ndarray):
+    """The class arrays are rebuilt as while unpickling: ``__setstate__`` (the pickle's ``BUILD``) checks
+    the dtype and, for an object array, every element before numpy sees the data. Turned back into plain
+    ``ndarray`` views before anything is returned."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _Refused("unexpected numpy array state; expected (version, shape, dtype, fortran, data)")
+        dt = _check_dtype(state[-3], "numpy array", allow_object=True)
+        data = state[-1]
+        if dt.kind == "O":
+            if not isinstance(data, list):
+                raise _Refused(f"object array data must be a list, got {type(data).__name__}")
+            data = [_object_element(x, i) for i, x in enumerate(data)]
+            state = (*state[:-1], data)
+        super().__setstate__(state)
+
+
+def _object_element(x: Any, i: int) -> Any:
+    """An element of an object array: a numeric array or a plain number (one level of nesting only)."""
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind == "O":
+            raise _Refused(
+                f"object array element {i} is itself an object array: object arrays nested deeper "
+                "than one level are not allowed (sketch-rnn files hold numeric arrays in one object array)"
+            )
+        _check_dtype(x.dtype, f"object array element {i}", allow_object=False)
+        return _plain(x)
+    if x is None or isinstance(x, (bool, int, float, np.generic)):
+        return x  # numpy scalars were checked by _scalar
+    raise _Refused(
+        f"object array element {i} is a {type(x).__name__}; only numeric arrays and numbers are allowed"
+    )
+
+
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
+    """``multiarray._reconstruct(numpy.ndarray, shape, typecode)``: an empty array filled by ``BUILD``."""
+    if subtype is not _NDARRAY:
+        raise _Refused(f"_reconstruct of {subtype!r} is not allowed; only numpy.ndarray is rebuilt")
+    return _multiarray._reconstruct(_UntrustedArray, shape, typecode)
+
+
+def _to_plain(obj: Any) -> Any:
+    """Replace the unpickler's :class:`_UntrustedArray` objects by plain ndarray views, in place where the
+    container is mutable (so shared and self-referencing containers stay as they were)."""
+    seen: set[int] = set()
+    tuples: dict[int, Any] = {}
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            return _plain(x)  # object arrays already hold plain arrays (see _object_element)
+        if isinstance(x, (list, dict)):
+            if id(x) not in seen:
+                seen.add(id(x))
+                if isinstance(x, list):
+                    x[:] = [walk(v) for v in x]
+                else:
+                    for k, v in x.items():
+                        x[k] = walk(v)
+            return x
+        if isinstance(x, tuple):
+            if id(x) not in tuples:
+                tuples[id(x)] = x  # a tuple cannot contain itself except through a list or dict
+                new = tuple(walk(v) for v in x)
+                tuples[id(x)] = new if any(a is not b for a, b in zip(new, x, strict=True)) else x
+            return tuples[id(x)]
+        return x  # sets hold hashable values only: never arrays
+
+    return walk(obj)
+
+
 #: (module, name) -> object. Everything here only builds data: none of it calls back into user code.
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
+    # numpy entry points are wrapped: they admit numeric dtypes (and object arrays one level deep) only
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
     # pickle protocol 5 rebuilds arrays with _frombuffer(buffer, dtype, shape, order): a view on bytes
-    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _dtype,
     ("_codecs", "encode"): _text_encode,
     ("collections", "OrderedDict"): collections.OrderedDict,
     **{("builtins", n): o for n, o in _BUILTIN_CONTAINERS.items()},
@@ -115,9 +256,11 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def _unpickle(fp: IO[bytes], source: str | Path, record: str | None) -> Any:
     try:
-        return RestrictedUnpickler(fp, source=source, record=record).load()
+        return _to_plain(RestrictedUnpickler(fp, source=source, record=record).load())
     except FormatError:
         raise
+    except _Refused as e:
+        raise FormatError(source, record, f"refused: {e}") from None
     except Exception as e:
         raise FormatError(source, record, f"not a readable pickle ({type(e).__name__}: {e})") from e
 
@@ -159,7 +302,8 @@ def load_npz_untrusted(
     """All arrays of an ``.npz``, object arrays included, without trusting pickle.
 
     Plain arrays are read by numpy with ``allow_pickle=False``; object arrays (``dtype=object``) are
-    rebuilt with :class:`RestrictedUnpickler`. ``keys`` optionally selects members by name (without
+    rebuilt with :class:`RestrictedUnpickler`. Either way only numeric dtypes (:data:`NUMERIC_KINDS`)
+    and object arrays of them are admitted. ``keys`` optionally selects members by name (without
     ``.npy``). Returns name -> array. Raises FormatError(path, member, ...) for a bad member and
     FormatError(path, None, ...) when the file is not a zip archive.
     """
@@ -179,12 +323,16 @@ def load_npz_untrusted(
             try:
                 with zf.open(info) as fp:
                     shape, fortran, dtype = _read_header(fp, path, key)
+                    try:
+                        _check_dtype(dtype, "array header", allow_object=True)
+                    except _Refused as e:
+                        raise FormatError(path, key, f"refused: {e}") from None
                     if not dtype.hasobject:
                         with zf.open(info) as fp2:
                             out[key] = npformat.read_array(fp2, allow_pickle=False)
                         continue
                     arr = _unpickle(fp, path, key)
-            except (zipfile.BadZipFile, OSError, EOFError) as e:  # CRC error, truncated member
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:  # CRC error, truncated member
                 raise FormatError(path, key, f"corrupt archive member: {e}") from e
             except ValueError as e:
                 if isinstance(e, FormatError):

@@ -9,6 +9,7 @@ Ids are ``"<file name>:<split>:<index>"`` with 0-based indices; labels are None 
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 
 from ...errors import FormatError, InvalidSketchError
 from ..sketch import Sketch
-from .base import READERS, Item, OnError, check_limit, report, require_exists
+from .base import READERS, Item, OnError, check_limit, read_each, report, require_exists
 from .safe_pickle import load_npz_untrusted
 
 __all__ = ["SPLITS", "is_sketchrnn_npz", "read_sketchrnn"]
@@ -27,29 +28,41 @@ SPLITS = ("train", "valid", "test")
 
 def is_sketchrnn_npz(path: str | Path) -> bool:
     """True when ``path`` is a zip whose members include ``train.npy`` / ``valid.npy`` / ``test.npy``."""
-    import zipfile
-
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
-    except (OSError, zipfile.BadZipFile):
+        names = _member_names(Path(path))
+    except FormatError:
         return False
     return bool(names & set(SPLITS)) and "images" not in names
 
 
+def _member_names(path: Path) -> set[str]:
+    """The array names of an ``.npz``; FormatError(path, None, ...) when it is not a zip archive."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+    except (OSError, zipfile.BadZipFile) as e:
+        raise FormatError(path, None, f"not an .npz (zip) archive: {e}") from e
+
+
 def _read_file(path: Path, splits: Sequence[str], strict: bool, on_error: OnError | None) -> Iterator[Item]:
-    arrays = load_npz_untrusted(path, keys=lambda k: k in splits)
-    missing = [s for s in splits if s not in arrays]
-    if len(missing) == len(splits):
+    present = [s for s in splits if s in _member_names(path)]
+    if not present:
         raise FormatError(
             path, None, f"no stroke-3 split in the file; expected arrays named {', '.join(splits)}"
         )
-    for split in splits:
-        if split not in arrays:
+    for split in present:
+        # one split at a time: a refused or corrupt member is a bad record, the other splits are still read
+        try:
+            arr = load_npz_untrusted(path, keys=lambda k, s=split: k == s)[split]
+        except FormatError as e:
+            if e.record is None:
+                raise
+            report(e, strict, on_error)
             continue
-        arr = arrays[split]
         if arr.ndim != 1:
-            raise FormatError(path, split, f"expected a 1-d array of drawings, got shape {arr.shape}")
+            report(FormatError(path, split, f"expected a 1-d array of drawings, got shape {arr.shape}"),
+                   strict, on_error)  # fmt: skip
+            continue
         for i, d in enumerate(arr):
             record = f"{split}:{i}"
             if not isinstance(d, np.ndarray) or d.ndim != 2 or d.shape[1] != 3 or d.dtype.kind not in "iuf":
@@ -77,14 +90,16 @@ def read_sketchrnn(
     limit: int | None = None,
     splits: Sequence[str] = SPLITS,
 ) -> Iterator[Item]:
-    """Drawings of a sketch-rnn ``.npz`` (or of every such ``.npz`` directly in a folder), split by split.
+    """Drawings of a sketch-rnn ``.npz`` (or of every ``.npz`` directly in a folder), split by split.
 
-    ``meta['split']`` is the split name. Coordinates are as stored (sketch-rnn's y points down).
+    ``meta['split']`` is the split name. Coordinates are as stored (sketch-rnn's y points down). A file
+    that is not a readable sketch-rnn archive (not a zip, no split), and a split whose array is refused or
+    corrupt, follow the bad-record rule: reported and skipped unless ``strict``.
     """
     path = Path(path)
     require_exists(path)
-    files = [path] if path.is_file() else sorted(p for p in path.glob("*.npz") if is_sketchrnn_npz(p))
-    items = (it for f in files for it in _read_file(f, tuple(splits), strict, on_error))
+    files = [path] if path.is_file() else sorted(p for p in path.glob("*.npz") if p.is_file())
+    items = read_each(files, lambda f: _read_file(f, tuple(splits), strict, on_error), strict, on_error)
     yield from islice(items, check_limit(limit))
 
 
