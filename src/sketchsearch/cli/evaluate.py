@@ -37,7 +37,13 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     out: Path | None = typer.Option(None, help="Write OUT.json and OUT.md."),
 ) -> None:
-    """Evaluate models and/or baselines: mAP@all, MAP@R, mAP@k (two normalisations), P@k, acc@k, time per query."""
+    """Evaluate models and/or baselines: mAP@all, MAP@R, mAP@k (two normalisations), P@k, acc@k, time per query.
+
+    A trained model is never evaluated with or against its own training drawings: on the data its card
+    records (or part of it) it is evaluated on the card's held-out split (a SketchMate model: the seen classes'
+    held-out queries and gallery, plus the unseen classes as `zero_shot`); training drawings found in other
+    data are left out. `notes` says which.
+    """
     from ..eval.protocol import run_benchmark
 
     rows: list[dict[str, Any]] = [{"label": m, "model": m} for m in model or []]
@@ -70,9 +76,13 @@ def evaluate(
     t = Table(title=doc["title"])
     for c in ("method", "bits/dim", *SHOWN):
         t.add_column(c)
-    for r in doc["rows"]:
-        t.add_row(r["label"], str(r["code_size"]), *(f"{r.get(c, float('nan')):.4f}" for c in SHOWN))
+    for row in doc["rows"]:
+        for label, r in ((row["label"], row), (f"{row['label']} (zero-shot)", row.get("zero_shot"))):
+            if r is not None:
+                t.add_row(label, str(r["code_size"]), *(f"{r.get(c, float('nan')):.4f}" for c in SHOWN))
     console.print(t)
+    for note in doc["notes"]:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
