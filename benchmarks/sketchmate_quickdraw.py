@@ -11,8 +11,8 @@ class = relevant), queries against the gallery of their own side (seen / unseen)
 ``k = --p-at`` (10: the paper's P@200 is 20% of a 1,000-sketch class gallery; our class galleries hold
 ~8 sketches, so P@10 is the nearest sensible analogue; it is bounded by gallery size / 10).
 
-Rows: full model at every ``--bits``; at 64 bits: CNN branch only, RNN branch only, without the centre loss,
-without noise removal; the pixel ITQ and LSH baselines at every ``--bits``. Branch pretraining (stage 1) is
+Rows: full model at every ``--bits``; at 64 bits (when 64 is among ``--bits``): CNN branch only, RNN branch
+only, without the centre loss, without noise removal; the pixel ITQ and LSH baselines at every ``--bits``. Branch pretraining (stage 1) is
 run once and shared by every row that has that branch; the 64-bit fused pretraining is shared by the full,
 no-centre and no-noise-removal rows (they differ only after it). Results are written after every row to
 ``benchmarks/results/sketchmate_quickdraw.{json,md}``. ``--ship`` saves the 64-bit full model as
@@ -177,40 +177,47 @@ def main(argv: list[str] | None = None) -> int:
         info["train_seconds"] = round(info["train_seconds"] + sum(shared[p] for p in branches), 1)
         return info
 
-    # ---- 64 bits: full, then the ablations that share its fused pretraining
-    m64 = fresh(nbits=64)
-    info64 = train_sketchmate(m64, split.train, y_train, replace_its(cfg, 0), skip_branch_pretraining=True,
-                              fused_iterations=args.fused_iterations, noise_removal=True)  # fmt: skip
-    fused_state = copy.deepcopy(m64.state_dict())
-    fused_secs = info64["stages"]["pretrain_fused"]["seconds"]
-    for name, kw, nr in (("full", {}, True), ("no centre loss", {"use_centre_loss": False}, True),
-                         ("no noise removal", {}, False)):  # fmt: skip
-        m = SketchMate(nbits=64, n_classes=n_classes, **kw)
-        m.load_state_dict(fused_state)
-        info = train_sketchmate(
-            m, split.train, y_train, cfg, skip_branch_pretraining=True, fused_iterations=0, noise_removal=nr
-        )
-        info["stages"]["pretrain_fused"] = info64["stages"]["pretrain_fused"]
-        info["shared_pretraining_seconds"] = dict(shared)
-        info["train_seconds"] = round(info["train_seconds"] + fused_secs + sum(shared.values()), 1)
-        evaluate(f"SketchMate ({name})" if name != "full" else "SketchMate", 64, m, info)
-        if name == "full" and args.ship:
-            from sketchsearch.model import save_model
+    if 64 in args.bits:  # the ablations are measured at 64 bits only
+        # ---- 64 bits: full, then the ablations that share its fused pretraining
+        m64 = fresh(nbits=64)
+        info64 = train_sketchmate(m64, split.train, y_train, replace_its(cfg, 0), skip_branch_pretraining=True,
+                                  fused_iterations=args.fused_iterations, noise_removal=True)  # fmt: skip
+        fused_state = copy.deepcopy(m64.state_dict())
+        fused_secs = info64["stages"]["pretrain_fused"]["seconds"]
+        for name, kw, nr in (("full", {}, True), ("no centre loss", {"use_centre_loss": False}, True),
+                             ("no noise removal", {}, False)):  # fmt: skip
+            m = SketchMate(nbits=64, n_classes=n_classes, **kw)
+            m.load_state_dict(fused_state)
+            info = train_sketchmate(
+                m,
+                split.train,
+                y_train,
+                cfg,
+                skip_branch_pretraining=True,
+                fused_iterations=0,
+                noise_removal=nr,
+            )
+            info["stages"]["pretrain_fused"] = info64["stages"]["pretrain_fused"]
+            info["shared_pretraining_seconds"] = dict(shared)
+            info["train_seconds"] = round(info["train_seconds"] + fused_secs + sum(shared.values()), 1)
+            evaluate(f"SketchMate ({name})" if name != "full" else "SketchMate", 64, m, info)
+            if name == "full" and args.ship:
+                from sketchsearch.model import save_model
 
-            card = save_model(m, ROOT / "src" / "sketchsearch" / "pretrained" / "sketchmate-quickdraw-64", training={
-                "command": report["command"], "recipe_equivalent": (
-                    f"sketchsearch train sketchmate --data {args.data} --iterations {args.iterations} --batch-size "
-                    f"{args.batch_size} --lr {args.lr} --seed {args.seed} --set unseen={args.unseen} --set "
-                    f"pretrain_iterations={args.pretrain_iterations} --set fused_iterations={args.fused_iterations}"),
-                "data": "QuickDraw raw ndjson subset (../shared/data/quickdraw/raw), seen classes' train part",
-                **info, "split": split.summary(), "classes": split.classes, "unseen_classes": split.unseen_classes,
-            }, metrics={k: v for k, v in report["rows"][-1].items() if k not in ("training",)})  # fmt: skip
-            print(f"shipped {card.model_id}", flush=True)
+                card = save_model(m, ROOT / "src" / "sketchsearch" / "pretrained" / "sketchmate-quickdraw-64", training={
+                    "command": report["command"], "recipe_equivalent": (
+                        f"sketchsearch train sketchmate --data {args.data} --iterations {args.iterations} --batch-size "
+                        f"{args.batch_size} --lr {args.lr} --seed {args.seed} --set unseen={args.unseen} --set "
+                        f"pretrain_iterations={args.pretrain_iterations} --set fused_iterations={args.fused_iterations}"),
+                    "data": "QuickDraw raw ndjson subset (../shared/data/quickdraw/raw), seen classes' train part",
+                    **info, "split": split.summary(), "classes": split.classes, "unseen_classes": split.unseen_classes,
+                }, metrics={k: v for k, v in report["rows"][-1].items() if k not in ("training",)})  # fmt: skip
+                print(f"shipped {card.model_id}", flush=True)
 
-    # ---- single branches at 64 bits
-    for name, br in (("CNN branch only", "cnn"), ("RNN branch only", "rnn")):
-        m = fresh(nbits=64, branches=br)
-        evaluate(f"SketchMate ({name})", 64, m, run(m))
+        # ---- single branches at 64 bits
+        for name, br in (("CNN branch only", "cnn"), ("RNN branch only", "rnn")):
+            m = fresh(nbits=64, branches=br)
+            evaluate(f"SketchMate ({name})", 64, m, run(m))
 
     # ---- other code lengths (full model) and the pixel baselines
     for bits in args.bits:
