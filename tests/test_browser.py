@@ -101,6 +101,7 @@ def test_draw_a_circle_and_find_circles(browser: Any, server_url: str) -> None:
     )
     labels = result_labels(page)
     assert len(labels) == 12, labels  # the page's default k
+    assert not page.locator("#peek").is_visible()  # the phone-only strip stays hidden on a wide screen
     assert labels[0] == "circle" and labels[:5].count("circle") >= 4, labels
     assert "search" in page.locator("#timing").inner_text() and "ms" in page.locator("#timing").inner_text()
     widths = page.eval_on_selector_all("#results img.thumb", "els => els.map(e => e.naturalWidth)")
@@ -168,6 +169,11 @@ def test_phone_sized_screen(browser: Any, server_url: str) -> None:
     draw_circle(page, box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["width"] * 0.3)
     page.wait_for_selector("#results .hit", timeout=10_000)
     assert result_labels(page)[0] == "circle"
+    # the best hits are mirrored under the canvas, on screen without scrolling, while the grid is below the fold
+    peek = page.locator("#peek li")
+    assert peek.count() == 4 and peek.first.inner_text().strip() == "circle"
+    pb = page.locator("#peek").bounding_box()
+    assert pb["y"] + pb["height"] <= 844 and pb["x"] + pb["width"] <= 390, pb
     ctx.close()
 
 

@@ -9,8 +9,9 @@
   const els = {
     collection: $("collection"), k: $("k"), info: $("collection-info"), undo: $("undo"), clear: $("clear"),
     search: $("search"), live: $("live"), image: $("image"), timing: $("timing"), error: $("error"),
-    results: $("results"), placeholder: $("placeholder"), emptyHint: $("empty-hint"),
+    results: $("results"), placeholder: $("placeholder"), emptyHint: $("empty-hint"), peek: $("peek"),
   };
+  const PEEK = 4;            // hits mirrored under the canvas on narrow screens (hidden by CSS elsewhere)
 
   const DEBOUNCE_MS = 300;   // search once the pen has paused this long
   const LINE_WIDTH = 4;      // CSS pixels
@@ -191,6 +192,14 @@
   function showResults(data) {
     els.results.replaceChildren();
     const hits = data ? data.hits : [];
+    els.peek.replaceChildren(...hits.slice(0, PEEK).map((h) => {
+      const li = document.createElement("li");
+      const img = document.createElement("img");
+      img.alt = ""; img.width = 56; img.height = 56; img.src = h.thumbnail_url;
+      const lab = document.createElement("span"); lab.textContent = h.label ?? `item ${h.id}`;
+      li.append(img, lab);
+      return li;
+    }));
     els.placeholder.hidden = hits.length > 0;
     if (data && !hits.length) els.placeholder.textContent = "No results.";
     else els.placeholder.textContent = "Results appear here as you draw.";
