@@ -10,6 +10,12 @@ method) and ``NAME.json`` (the card)::
 ``model_id`` (method, size and a weights digest) is what an index records, so an index refuses queries
 encoded by any other model.
 
+**External weights.** A method whose constructor loads pretrained weights from an installed package (e.g.
+Doodle to Search's frozen ImageNet backbone) names them in ``Method.external_weights()`` (state-dict prefix ->
+package, file, sha256). The artifact then stores every *other* tensor, the card records that description
+under ``external``, and loading rebuilds the method (which loads the package's file itself, e.g. with
+``torch.load(weights_only=True)``) and refuses it when the installed file is not the recorded one.
+
 Shipped artifacts live in the package (``sketchsearch/pretrained``); local ones anywhere, found by path, or
 by name under ``$SKETCHSEARCH_MODELS`` (default ``./models``).
 """
@@ -21,7 +27,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -54,6 +60,8 @@ class ModelCard:
     created: str
     version: str = __version__
     format: int = FORMAT
+    #: weights not in the artifact: state-dict prefix -> what identifies them (see the module docstring)
+    external: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=True, default=str) + "\n"
@@ -83,7 +91,12 @@ def save_model(
     if stem.suffix in (".json", ".safetensors"):
         stem = stem.with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
+    external = method.external_weights()
+    tensors = {
+        k: v.detach().cpu().contiguous()
+        for k, v in method.state_dict().items()
+        if not k.startswith(tuple(external))
+    }
     wpath = stem.with_suffix(".safetensors")
     fd, tmp = tempfile.mkstemp(dir=stem.parent, prefix=f".{stem.name}.", suffix=".safetensors.tmp")
     os.close(fd)
@@ -106,6 +119,7 @@ def save_model(
         training=training or {},
         metrics=metrics or {},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        external=external,
     )
     atomic_write_bytes(stem.with_suffix(".json"), card.to_json().encode())
     return card
@@ -193,10 +207,17 @@ def load_model(
         state = load_file(str(wpath), device=map_location)
     except (SafetensorError, OSError) as e:
         raise ModelError(f"{wpath}: unreadable safetensors file ({e})") from None
+    external = method.external_weights()
+    if set(external) != set(card.external) or (verify and external != card.external):
+        raise ModelError(
+            f"{card_path}: the model was trained on external weights {card.external}, but the installed ones "
+            f"are {external}: reinstall the recorded package version (or retrain)"
+        )
     try:
         missing, unexpected = method.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches raise even with strict=False
         raise ModelError(f"{wpath}: weights do not fit {card.method} built from {card_path}: {e}") from None
+    missing = [k for k in missing if not k.startswith(tuple(external))]
     if missing or unexpected:
         raise ModelError(
             f"{wpath}: weights do not fit {card.method}: missing {missing[:5]}, unexpected {unexpected[:5]}"

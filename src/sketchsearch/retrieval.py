@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.batching import make_batch
+from .data.batching import make_batch, make_photo_batch
 from .data.render import rasterize
 from .data.sketch import Sketch
 from .errors import IndexError_, InvalidSketchError
@@ -117,10 +117,6 @@ class Retriever:
     def embed(self, items: Sequence[Query], modality: str = "sketch") -> np.ndarray:
         """Float (n, code_size): relaxed codes (binary methods) or L2-normalised embeddings."""
         pre = self.method.preprocessing
-        if modality == "photo":
-            from dataclasses import replace
-
-            pre = replace(pre, inputs=("photo",))
         device = next(iter(self.method.parameters()), torch.zeros(0)).device
         out = []
         for i in range(0, len(items), self.batch_size):
@@ -128,7 +124,11 @@ class Retriever:
             for j, it in enumerate(chunk):
                 if isinstance(it, Sketch) and it.is_empty:
                     raise InvalidSketchError(f"item {i + j} has no points", "strokes")
-            batch = {k: v.to(device) for k, v in make_batch(chunk, pre).items()}
+            if modality == "photo":
+                raw = make_photo_batch(chunk, pre.photo_size)  # RGB photos at the method's photo size
+            else:
+                raw = make_batch(chunk, pre)
+            batch = {k: v.to(device) for k, v in raw.items()}
             z = self.method.encode(batch, modality=modality).float()
             if not self.binary:
                 z = torch.nn.functional.normalize(z, dim=1)

@@ -18,7 +18,16 @@ from ..methods.base import Batch, Preprocessing
 from .render import image_to_raster, rasterize
 from .sketch import Sketch
 
-__all__ = ["RasterDataset", "SketchDataset", "collate", "make_batch", "query_to_batch", "sketch_points"]
+__all__ = [
+    "RasterDataset",
+    "SketchDataset",
+    "collate",
+    "make_batch",
+    "make_photo_batch",
+    "photo_to_tensor",
+    "query_to_batch",
+    "sketch_points",
+]
 
 
 def sketch_points(sketch: Sketch, max_points: int) -> np.ndarray:
@@ -94,6 +103,32 @@ def query_to_batch(query: Sketch | np.ndarray | Image.Image, pre: Preprocessing)
     if isinstance(query, Sketch):
         query.validate()
     return make_batch([query], pre)
+
+
+def photo_to_tensor(photo: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """A photo (PIL image or uint8 (H, W, 3) / (H, W) array) -> float32 (3, size, size) RGB in [0, 1]
+    (the whole image resized, bilinear; no crop: Sketchy photos are square and centred on the object)."""
+    img = photo if isinstance(photo, Image.Image) else Image.fromarray(np.asarray(photo))
+    img = img.convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    return np.ascontiguousarray(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+
+
+def make_photo_batch(
+    photos: Sequence[Image.Image | np.ndarray], size: int, labels: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
+    """``{"photo": float (B, 3, size, size) in [0, 1], "label": long (B,)}`` (labels -1 when not given)."""
+    labels = labels if labels is not None else [-1] * len(photos)
+    if len(labels) != len(photos):
+        raise ValueError(f"{len(labels)} labels for {len(photos)} photos")
+    arr = (
+        np.stack([photo_to_tensor(p, size) for p in photos]) if len(photos) else np.zeros((0, 3, size, size))
+    )
+    return {
+        "photo": torch.from_numpy(arr.astype(np.float32)),
+        "label": torch.tensor([int(y) for y in labels], dtype=torch.long),
+    }
 
 
 class SketchDataset(Dataset[dict[str, Any]]):

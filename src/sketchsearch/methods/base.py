@@ -82,6 +82,17 @@ class Method(nn.Module):
         """nbits for binary methods, embedding dim for float ones."""
         raise NotImplementedError
 
+    def external_weights(self) -> dict[str, dict[str, Any]]:
+        """Weights a model artifact does not store: ``{state-dict prefix: description}``.
+
+        A method built on pretrained weights that its constructor loads from an installed package (e.g. a
+        frozen ImageNet backbone) returns, per prefix, what identifies them (package, file, sha256).
+        ``save_model`` leaves those tensors out and records the description in the card; ``load_model``
+        rebuilds the method (which loads them again) and refuses it when the description differs.
+        Default: none (the artifact holds every tensor).
+        """
+        return {}
+
     # ---------------------------------------------------------------- training
     def training_losses(self, batch: Batch, phase: str = "all") -> dict[str, Tensor]:
         raise NotImplementedError(
