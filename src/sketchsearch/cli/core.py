@@ -141,23 +141,30 @@ def index_build(
     from ..data.sources import item_query, load_items
     from ..retrieval import Retriever
 
-    res = load_items(data, strict=strict, limit=limit)
-    items = [i for i in res.items if modality is None or i.modality == modality]
+    if modality not in (None, "sketch", "photo"):
+        raise typer.BadParameter(f"--modality must be sketch or photo, got {modality!r}")
+    # --limit counts the items indexed, so it applies after the --modality filter
+    res = load_items(data, strict=strict, limit=None if modality else limit)
+    items = [i for i in res.items if modality is None or i.modality == modality][:limit]
     if not items:
-        raise InvalidSketchError(f"{data}: no items to index", "data")
+        what = f"{modality} items" if modality else "items"
+        raise InvalidSketchError(f"{data}: no {what} to index", "data")
     r = Retriever.from_model(model, backend=backend)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("encoding", total=len(items))
         step = 512
         for s in range(0, len(items), step):
             chunk = items[s : s + step]
-            r.add(
-                [item_query(i) for i in chunk],
-                labels=[i.label for i in chunk],
-                sources=[i.source for i in chunk],
-                modality=chunk[0].modality if len({i.modality for i in chunk}) == 1 else "sketch",
-                thumbnails=True,
-            )
+            for kind in ("sketch", "photo"):  # each modality through its own encoder branch
+                part = [i for i in chunk if i.modality == kind]
+                if part:
+                    r.add(
+                        [item_query(i) for i in part],
+                        labels=[i.label for i in part],
+                        sources=[i.source for i in part],
+                        modality=kind,
+                        thumbnails=True,
+                    )
             bar.update(task, advance=len(chunk))
     r.save(out)
     console.print(f"indexed {len(r)} items into {out} (skipped {res.skipped} bad records)", highlight=False)
