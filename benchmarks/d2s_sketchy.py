@@ -83,21 +83,16 @@ class FrozenFeatures(Method):
     def code_size(self) -> int:
         return 1280
 
-    def encode_sketch(self, batch: Batch) -> torch.Tensor:
-        f = (
-            batch["sketch_features"]
-            if "sketch_features" in batch
-            else self.base.backbone_features(batch, "sketch")
-        )
+    def _unit_features(self, batch: Batch, modality: str) -> torch.Tensor:
+        key = f"{modality}_features"  # cached features when the batch has them, else the backbone on images
+        f = batch[key] if key in batch else self.base.backbone_features(batch, modality)
         return torch.nn.functional.normalize(f, dim=1)
 
+    def encode_sketch(self, batch: Batch) -> torch.Tensor:
+        return self._unit_features(batch, "sketch")
+
     def encode_photo(self, batch: Batch) -> torch.Tensor:
-        f = (
-            batch["photo_features"]
-            if "photo_features" in batch
-            else self.base.backbone_features(batch, "photo")
-        )
-        return torch.nn.functional.normalize(f, dim=1)
+        return self._unit_features(batch, "photo")
 
 
 def mean_std(values: list[float]) -> str:
