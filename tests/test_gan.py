@@ -257,3 +257,32 @@ def test_shipped_encoder_binary_codes_search_through_the_retriever(tmp_path: Pat
     assert [(h.id, h.distance) for h in again.search(items[0].sketch, k=10)] == [
         (h.id, h.distance) for h in hits
     ]
+
+
+def test_gan_binary_command_writes_a_hamming_artifact(tmp_path: Path) -> None:
+    """`sketchsearch gan-binary` -> its own model_id, binary 1024-bit output, usable by `index build`."""
+    from typer.testing import CliRunner
+
+    from sketchsearch import Retriever
+    from sketchsearch.cli import app
+    from sketchsearch.index.store import read_manifest
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["gan-binary", "sketch-gan", "--out", str(tmp_path / "sg-bits")])
+    assert res.exit_code == 0, res.output
+    m, card = load_model(tmp_path / "sg-bits")
+    _, float_card = load_model("sketch-gan")
+    assert isinstance(m, GANBinaryEncoder) and card.output == "binary" and card.code_size == 1024
+    assert card.model_id != float_card.model_id and card.model_id.startswith("gan-bits-1024-")
+    assert card.training["derived_from"]["model_id"] == float_card.model_id
+    assert card.training["command"].startswith("sketchsearch gan-binary sketch-gan")
+    res = runner.invoke(
+        app,
+        ["index", "build", "--model", str(tmp_path / "sg-bits"), "--data", "default", "--limit", "40",
+         "--out", str(tmp_path / "idx")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert read_manifest(tmp_path / "idx")["nbits"] == 1024
+    assert Retriever.load(tmp_path / "idx").binary
+    res = runner.invoke(app, ["gan-binary", "sketchmate-quickdraw-64", "--out", str(tmp_path / "no")])
+    assert res.exit_code != 0 and "not a float GAN encoder" in res.output

@@ -115,7 +115,7 @@ def save_model(
         output=method.output,
         code_size=int(method.code_size),
         weights_sha256=digest,
-        model_id=model_id_of(method.name, int(method.code_size), digest),
+        model_id=model_id_of(method.id_name or method.name, int(method.code_size), digest),
         training=training or {},
         metrics=metrics or {},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -1,4 +1,5 @@
-"""`sketchsearch invariance`: the sketch-GAN paper's invariance study (section 4.3) for any encoders.
+"""`sketchsearch invariance`: the sketch-GAN paper's invariance study (section 4.3) for any encoders;
+`sketchsearch gan-binary`: the 1024-bit (centred sign) artifact of a trained GAN encoder, for the Hamming index.
 
 Registered on the main app by ``sketchsearch.cli`` through :func:`register`.
 """
@@ -15,7 +16,7 @@ import typer
 
 from .app import console, friendly_errors
 
-__all__ = ["invariance", "register", "run_invariance"]
+__all__ = ["gan_binary", "invariance", "register", "run_invariance"]
 
 
 def run_invariance(
@@ -111,6 +112,36 @@ def invariance(
     typer.echo(f"wrote {out / 'invariance.json'}, rotation.png, scale.png, shift.png")
 
 
+@friendly_errors
+def gan_binary(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="A trained float GAN encoder (name or path), e.g. sketch-gan."),
+    out: Path = typer.Option(..., "--out", help="Artifact to write (NAME.safetensors + NAME.json)."),
+) -> None:
+    """Write the binary variant of a GAN encoder: the same weights and training centre, 1024-bit codes
+    (bit = feature above its training mean), so `index build --model OUT` builds a Hamming index."""
+    from ..methods.gan_encoder import GANEncoder, binary_variant
+    from ..model import load_model, save_model
+    from .app import command_line
+
+    method, card = load_model(model)
+    if not isinstance(method, GANEncoder) or method.output != "float":
+        raise typer.BadParameter(
+            f"{model} is a {card.method} model with {card.output} output, not a float GAN encoder"
+        )
+    training = {
+        "command": command_line(ctx),
+        "derived_from": {"model": model, "model_id": card.model_id, "training": card.training},
+        "how": "binary_variant(): the same network and centre; relaxed code = features - centre, bits by sign",
+    }
+    new = save_model(binary_variant(method), out, training=training, metrics={})
+    console.print(
+        f"saved [bold]{out}[/] ({new.model_id}, {new.code_size}-bit codes from {card.model_id})",
+        highlight=False,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
     app.command("invariance")(invariance)
+    app.command("gan-binary")(gan_binary)

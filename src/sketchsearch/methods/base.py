@@ -62,6 +62,10 @@ class Method(nn.Module):
     output: ClassVar[Literal["binary", "float"]] = "float"
     #: whether ``fit`` (closed form, e.g. ITQ) rather than gradient steps trains it
     closed_form: ClassVar[bool] = False
+    #: the first part of a saved model's ``model_id`` when it must differ from ``name``: a variant that shares
+    #: its registry name and weights with another (the GAN encoder's binary codes) still gets its own id, so an
+    #: index of one refuses queries encoded by the other. Empty: ``name``.
+    id_name: ClassVar[str] = ""
 
     def __init__(self, preprocessing: Preprocessing | None = None) -> None:
         super().__init__()

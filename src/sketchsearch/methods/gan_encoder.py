@@ -200,6 +200,7 @@ class GANBinaryEncoder(GANEncoder):
 
     output = "binary"
     code_threshold = 0.0
+    id_name = "gan-bits"  # same registry name and weights as the float encoder: its own model_id all the same
 
     def __init__(
         self, preprocessing: Preprocessing | None = None, arch: Arch = "sketch-gan", dz: int = 2
