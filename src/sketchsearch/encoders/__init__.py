@@ -16,7 +16,9 @@ from ..registry import Registry
 ENCODERS: Registry[nn.Module] = Registry("encoder")
 
 #: encoder modules, imported on first use of the registry (colleagues add theirs here)
-_ENCODER_MODULES: list[str] = ["sketch_gan", "sketch_cnn", "stroke_rnn", "small_cnn", "photo_cnn", "heads"]
+_ENCODER_MODULES: list[str] = [
+    "sketch_gan", "sketch_cnn", "stroke_rnn", "small_cnn", "photo_cnn", "heads", "domain_migration",
+]  # fmt: skip
 
 
 def _import_all() -> None:

@@ -13,7 +13,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["class_centres", "quantization_loss", "sketch_centre_loss"]
+__all__ = [
+    "class_centres",
+    "discrete_code_step",
+    "quantization_loss",
+    "semantic_projection_step",
+    "sketch_centre_loss",
+    "unification_loss",
+]
 
 
 def _check_codes(f: Tensor, what: str = "f") -> None:
@@ -21,14 +28,23 @@ def _check_codes(f: Tensor, what: str = "f") -> None:
         raise ValueError(f"{what} must be (B, K) relaxed codes, got shape {tuple(f.shape)}")
 
 
-def quantization_loss(f: Tensor, threshold: float = 0.5, low: float = 0.0, high: float = 1.0) -> Tensor:
+def quantization_loss(
+    f: Tensor, threshold: float = 0.5, low: float = 0.0, high: float = 1.0, target: Tensor | None = None
+) -> Tensor:
     """mean_i || f_i - b_i ||^2 with b_i = ``high`` where f_i > ``threshold`` else ``low`` (no gradient through b).
 
     f: (B, K) float. Sigmoid codes: defaults (0.5, 0, 1); tanh codes: ``threshold=0, low=-1, high=1``.
+    ``target`` (B, K): given binary codes to pull towards instead of the nearest corner (methods that learn
+    discrete codes by their own update, e.g. GDH's B-step); then ``threshold``/``low``/``high`` are unused.
     Returns a scalar.
     """
     _check_codes(f)
-    b = torch.where(f > threshold, torch.full_like(f, high), torch.full_like(f, low)).detach()
+    if target is not None:
+        if target.shape != f.shape:
+            raise ValueError(f"target must have the codes' shape {tuple(f.shape)}, got {tuple(target.shape)}")
+        b = target.to(f.dtype).detach()
+    else:
+        b = torch.where(f > threshold, torch.full_like(f, high), torch.full_like(f, low)).detach()
     return (f - b).pow(2).sum(dim=1).mean()
 
 
@@ -103,3 +119,66 @@ def class_centres(
     fallback = (~has) & (all_counts > 0)
     centres[fallback] = all_sums[fallback] / all_counts[fallback, None]
     return centres.to(f.dtype), counts
+
+
+# ------------------------------------------------------------------------------ semantic factorization (FSDH)
+def semantic_projection_step(codes: list[Tensor], labels: list[Tensor], n_classes: int) -> Tensor:
+    """The D-step of Fast Supervised Discrete Hashing (Gui et al., TPAMI 2018) as GDH's Eq. (9).
+
+    ``D = (sum_m Y_m^T Y_m + I)^-1 (sum_m Y_m^T B_m)``: the closed-form minimiser of
+    ``sum_m ||B_m - Y_m D||^2 + ||D||^2``. ``codes``: binary codes B_m (n_m, K) in {-1, +1} (one per domain:
+    images, sketches); ``labels``: (n_m,) long class indices in [0, n_classes) (entries < 0 are left out)
+    or (n_m, c) float label matrices Y_m. Returns D (c, K) float32.
+    """
+    if len(codes) != len(labels) or not codes:
+        raise ValueError(f"need one label set per code set, got {len(codes)} codes and {len(labels)} labels")
+    K = codes[0].shape[1]
+    dev = codes[0].device
+    gram = torch.eye(n_classes, dtype=torch.float64, device=dev)
+    rhs = torch.zeros(n_classes, K, dtype=torch.float64, device=dev)
+    for b, y in zip(codes, labels):
+        _check_codes(b, "B")
+        Y = _label_matrix(y, n_classes).to(dev)
+        if Y.shape[0] != b.shape[0]:
+            raise ValueError(f"{Y.shape[0]} labels for {b.shape[0]} codes")
+        gram += Y.T @ Y
+        rhs += Y.T @ b.double()
+    return torch.linalg.solve(gram, rhs).float()
+
+
+def discrete_code_step(labels: Tensor, D: Tensor, relaxed: Tensor, alpha: float, n_classes: int) -> Tensor:
+    """GDH's B-steps, Eqs. (12)-(13): ``B = sgn(Y D + alpha H)`` in {-1, +1} (sgn(0) = +1).
+
+    The closed-form minimiser of ``||B - Y D||^2 + alpha ||H - B||^2`` over binary B. ``labels`` (n,) long or
+    (n, c) float Y; ``D`` (c, K); ``relaxed`` H (n, K) the network's relaxed (tanh) codes. Returns (n, K) float.
+    """
+    _check_codes(relaxed, "H")
+    Y = _label_matrix(labels, n_classes).to(D.device, torch.float32)
+    q = Y @ D.float() + float(alpha) * relaxed.float().detach()
+    return torch.where(q >= 0, torch.ones_like(q), -torch.ones_like(q))
+
+
+def unification_loss(h_real: Tensor, h_migrated: Tensor) -> Tensor:
+    """GDH's unification constraint ``||H(I) - H(G_I(S))||^2`` between the relaxed codes of paired real
+    images and migrated sketches (B, K) each: mean over pairs of the squared L2 distance (sum over bits)."""
+    _check_codes(h_real, "h_real")
+    if h_real.shape != h_migrated.shape:
+        raise ValueError(f"paired codes differ in shape: {tuple(h_real.shape)} vs {tuple(h_migrated.shape)}")
+    return (h_real - h_migrated).pow(2).sum(dim=1).mean()
+
+
+def _label_matrix(y: Tensor, n_classes: int) -> Tensor:
+    """(n,) long class indices -> (n, c) float64 one-hot (rows of negative labels are zero); a float
+    (n, c) matrix is returned as float64."""
+    if y.ndim == 2:
+        if y.shape[1] != n_classes:
+            raise ValueError(f"label matrix must have {n_classes} columns, got {tuple(y.shape)}")
+        return y.double()
+    if y.ndim != 1:
+        raise ValueError(f"labels must be (n,) class indices or an (n, c) matrix, got {tuple(y.shape)}")
+    if (y >= n_classes).any():
+        raise ValueError(f"labels go up to {int(y.max())} but n_classes={n_classes}")
+    Y = torch.zeros(len(y), n_classes, dtype=torch.float64, device=y.device)
+    keep = y >= 0
+    Y[keep, y[keep]] = 1.0
+    return Y

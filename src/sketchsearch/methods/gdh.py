@@ -1,0 +1,615 @@
+"""GDH: Generative Domain-Migration Hashing for sketch -> photo retrieval, scaled down for a CPU.
+
+Zhang, Shen, Liu, Zhu, Shao, "Generative Domain-Migration Hashing for Sketch-to-Image Retrieval", ECCV 2018
+(our source text: ``shared/papers/004_10d85a6b96783cb7.txt``). Values the paper does not give are marked "ours".
+
+Networks (``encoders/domain_migration.py``, Table 1 scaled down: 64 px, channels / 4, fewer ResBlocks):
+G_I (sketch raster -> RGB image), G_S (image -> sketch raster, with the attention layer: the paper puts it
+in G_S, Table 1, and obtains the mask "by G_S(I)"), the patch discriminators D_I, D_S and the hash network H
+(tanh codes, ``nbits`` bits). Real images enter D_I and H as ``I * mask``; migrated sketches ``G_I(S)`` have no
+background and enter H unmasked. Retrieval: ``encode_sketch = H(G_I(S))``, ``encode_photo = H(I * mask)``,
+relaxed codes whose sign is the code (``output = "binary"``: the Retriever uses the Hamming index).
+
+Objective, Eq. (7): ``L_gan + L_sem + lambda L_tri + alpha L_q + beta L_c`` with
+
+* ``L_gan`` (Eqs. 1-3): log-loss adversarial terms for G_I/D_I and G_S/D_S (``losses/gan.py``: non-saturating
+  generator loss) + ``nu`` x cycle consistency ``|G_S(G_I(S)) - S| + |G_I(G_S(I)) - I * mask|``. The paper
+  writes a Frobenius norm and takes nu = 10 from CycleGAN, whose cycle term is the mean L1: we use mean L1,
+  so that nu = 10 means what it means there;
+* ``L_sem`` (Eq. 4): semantic factorization ``||B^I - Y^I D||^2 + ||B^S - Y^S D||^2 + ||D||^2`` over the
+  *discrete* codes, minimised in closed form only (D-step Eq. 9, B-steps Eqs. 12-13, ``losses/hashing.py``);
+* ``L_q`` (Eq. 5): ``||H(I) - B^I||^2 + ||H(G_I(S)) - B^S||^2`` against the B-step codes
+  (``quantization_loss(target=B)``);
+* ``L_c``: the unification constraint ``||H(I) - H(G_I(S))||^2`` on the batch's image-sketch pairs;
+* ``L_tri`` (Eq. 6): triplet ranking on (migrated sketch, its own photo, another photo) with PML's
+  ``TripletMarginLoss``; the paper's distance is the squared Euclidean one with margin ``0.5 K``
+  (``distance="squared_euclidean"``; ``euclidean`` / ``cosine`` / ``snr`` also work, margin then 0.2).
+
+Alternating optimisation, Algorithm 1, in :meth:`GDH.step` (one call per batch of the one training loop):
+with a code bank (:meth:`GDH.set_training_data`, what the recipe does) the D-step and both B-steps run in
+closed form at the start of every epoch (every ``n_images`` images seen) on the whole training set's discrete
+codes and its *latest* relaxed codes (each item's H output from its last batch: the paper recomputes H over
+the epoch's data; ours is up to one epoch stale); B starts random (Algorithm 1, line 1). Without a bank (tests,
+ad-hoc use) the same three steps run on the batch alone (B initialised as sign(H)). Then the network step:
+one Adam step of G_I, G_S and H on ``L_gan + lambda L_tri + alpha L_q + beta L_c`` (Eq. 14), then one of
+D_I, D_S on the discriminator loss, on detached fakes (the GAN's max player). Note that with the paper's
+alpha = 1e-5 the B-step is ``sgn(Y D)`` to float precision: every image and sketch of a class gets the same
+class code, fixed after the first epoch, and ``L_q`` pulls H towards it. The paper's weights work at their
+scale here because G and H have separate Adam optimisers (Adam is invariant to a loss's overall scale); the
+*ratios* alpha : beta : lambda are what matter for H.
+
+Tasks (the paper's settings, section 4): category level lambda = 0 (the default); fine-grained lambda = 1
+and the semantic steps skipped (``semantic=False``). ``migration=False`` is the "no GAN" ablation: no
+generators at all, H reads the sketch raster as an image (ink drawn black on white, RGB) and plain photos.
+
+Training batches (:func:`collate_pairs`): ``raster`` float (B, 1, S, S) ink = 1; ``photo`` float (B, 3, S, S)
+RGB in [0, 1]; ``label`` long (B,) class indices; ``photo_index`` / ``sketch_index`` long (B,) positions in
+the code bank (-1: none); ``instance`` long (B,) the photo's instance id; ``own`` bool (B,) whether the
+sketch was drawn from that photo (the triplet's anchor-positive pairs).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_metric_learning.distances import BaseDistance, LpDistance
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..encoders.domain_migration import HashCNN, MigrationGenerator, PatchDiscriminator
+from ..losses.distances import get_distance
+from ..losses.gan import discriminator_loss, generator_loss
+from ..losses.hashing import (
+    discrete_code_step,
+    quantization_loss,
+    semantic_projection_step,
+    unification_loss,
+)
+from ..losses.metric import make_metric_loss
+from .base import METHODS, RECIPES, Batch, Method, Preprocessing
+
+__all__ = [
+    "GDH",
+    "GDHSplit",
+    "PairDataset",
+    "collate_pairs",
+    "evaluate_gdh",
+    "gdh_recipe",
+    "gdh_split",
+    "load_arrays",
+    "sketch_as_image",
+]
+
+
+def default_preprocessing(size: int = 64) -> Preprocessing:
+    """Sketch rasters and photos at ``size`` px (ours: 64; the paper: 256)."""
+    return Preprocessing(inputs=("raster",), raster_size=size, line_width=1.5, photo_size=size)
+
+
+def sketch_as_image(raster: Tensor) -> Tensor:
+    """(B, 1, H, W) raster, ink = 1 -> (B, 3, H, W) RGB drawing, black ink on white (the "no GAN" input)."""
+    return (1.0 - raster).expand(-1, 3, -1, -1)
+
+
+def _squared_euclidean() -> BaseDistance:
+    """The paper's triplet distance, Eq. (6): ||a - b||^2 on the raw relaxed codes."""
+    return LpDistance(p=2, power=2, normalize_embeddings=False)
+
+
+class GDH(Method):
+    """Generative Domain-Migration Hashing (see the module docstring).
+
+    ``encode_sketch(batch)``: ``raster`` (B, 1, S, S) ink = 1 -> (B, nbits) relaxed codes in (-1, 1);
+    ``encode_photo(batch)``: ``photo`` (B, 3, S, S) RGB in [0, 1] -> (B, nbits). Bits = code > 0.
+    """
+
+    name = "gdh"
+    output = "binary"
+    code_threshold = 0.0  # tanh codes
+
+    def __init__(
+        self,
+        preprocessing: Preprocessing | None = None,
+        *,
+        nbits: int = 64,  # the paper reports 32 / 64 / 128
+        image_size: int = 64,  # ours (the paper: 256 px)
+        gen_width: int = 8,  # ours: base channels of G_I / G_S (Table 1: 32)
+        gs_res: int = 2,  # ours: ResBlocks of G_S (Table 1: 6)
+        gi_res: int = 3,  # ours: ResBlocks of G_I (Table 1: 9)
+        disc_width: int = 8,  # ours: base channels of D_I / D_S (Table 1: 64)
+        hash_width: int = 16,  # ours: the hash CNN (the paper: ResNet-18)
+        attention: bool = True,  # the paper's attention layer in G_S (Table 5 ablates it)
+        attention_threshold: float = 1.0,  # ours: keep positions with softmax weight >= 1 x uniform
+        migration: bool = True,  # False: the "no GAN" ablation (H on raw sketch rasters and plain photos)
+        semantic: bool = True,  # the D- and B-steps (the paper skips them for fine-grained: Sec. 4.1)
+        cycle_weight: float = 10.0,  # nu, Eq. (3): "v = 10 ... according to [32]" (CycleGAN)
+        alpha: float = 1e-5,  # quantization weight, Sec. 4.1: alpha = 1e-5
+        beta: float = 1e-5,  # unification weight, Sec. 4.1: beta = 1e-5
+        triplet_weight: float = 0.0,  # lambda, Eq. (7): 0 for category level, 1 for fine-grained
+        distance: str = "squared_euclidean",  # Eq. (6): squared Euclidean (or euclidean | cosine | snr)
+        margin: float | None = None,  # Delta, Eq. (6): 0.5 K for squared Euclidean; ours 0.2 for the others
+        hash_lr_mult: float = 1.0,  # H's learning rate / the GAN's: the paper uses 2e-4 for all networks
+        adam_beta1: float = 0.5,  # ours: CycleGAN's Adam beta1 (the paper: "Adam", no betas)
+    ) -> None:
+        pre = preprocessing or default_preprocessing(image_size)
+        super().__init__(pre)
+        if not isinstance(nbits, int) or nbits < 8 or nbits % 8:
+            raise ValueError(f"gdh: nbits must be a positive multiple of 8 (packed bytes), got {nbits!r}")
+        if pre.raster_size != pre.photo_size or pre.raster_size % 8:
+            raise ValueError(
+                "gdh migrates sketches into photos pixel for pixel: preprocessing.raster_size and photo_size "
+                f"must be equal multiples of 8, got {pre.raster_size} and {pre.photo_size}"
+            )
+        for n, v in (("cycle_weight", cycle_weight), ("alpha", alpha), ("beta", beta),
+                     ("triplet_weight", triplet_weight), ("hash_lr_mult", hash_lr_mult)):  # fmt: skip
+            if v < 0:
+                raise ValueError(f"gdh: {n} must be >= 0, got {v}")
+        self.save_hparams(
+            nbits=nbits, image_size=image_size, gen_width=gen_width, gs_res=gs_res, gi_res=gi_res,
+            disc_width=disc_width, hash_width=hash_width, attention=attention,
+            attention_threshold=attention_threshold, migration=migration, semantic=semantic,
+            cycle_weight=cycle_weight, alpha=alpha, beta=beta, triplet_weight=triplet_weight, distance=distance,
+            margin=margin, hash_lr_mult=hash_lr_mult, adam_beta1=adam_beta1,
+        )  # fmt: skip
+        self.nbits, self.migration, self.semantic = int(nbits), bool(migration), bool(semantic)
+        self.nu, self.alpha, self.beta = float(cycle_weight), float(alpha), float(beta)
+        self.lam, self.hash_lr_mult, self.adam_beta1 = float(triplet_weight), float(hash_lr_mult), adam_beta1
+        self.attention = bool(attention)
+        self.hash_net = HashCNN(self.nbits, width=hash_width)
+        if self.migration:
+            self.g_image = MigrationGenerator(1, 3, gen_width, gi_res, attention=False)
+            self.g_sketch = MigrationGenerator(3, 1, gen_width, gs_res, attention=attention,
+                                               threshold=attention_threshold)  # fmt: skip
+            self.d_image = PatchDiscriminator(3, disc_width)
+            self.d_sketch = PatchDiscriminator(1, disc_width)
+        if distance == "squared_euclidean":
+            dist: BaseDistance = _squared_euclidean()
+            m = 0.5 * self.nbits if margin is None else float(margin)
+        else:
+            dist = get_distance(distance, normalize=None if distance != "euclidean" else False)
+            m = 0.2 if margin is None else float(margin)
+        self.triplet = make_metric_loss("triplet", dist, margin=m, regularizer_weight=0.0)
+        self.n_classes = 0
+        self._seen = 0  # images seen since the last D/B-steps (epoch mode)
+        self._fakes: dict[str, Tensor] = {}
+
+    @property
+    def code_size(self) -> int:
+        return self.nbits
+
+    # ------------------------------------------------------------------ the code bank (Algorithm 1)
+    def set_training_data(self, photo_labels: Sequence[int], sketch_labels: Sequence[int], n_classes: int,
+                          seed: int = 0) -> None:  # fmt: skip
+        """Allocate the code bank for the whole training set: label vectors Y^I, Y^S (class indices), random
+        discrete codes B^I, B^S (Algorithm 1, line 1) and the latest relaxed codes (0 until seen). Batches
+        then index it with ``photo_index`` / ``sketch_index``. Not saved with the model (training state)."""
+        g = torch.Generator().manual_seed(seed)
+        yi = torch.as_tensor(np.asarray(photo_labels), dtype=torch.long)
+        ys = torch.as_tensor(np.asarray(sketch_labels), dtype=torch.long)
+        if len(yi) == 0 or len(ys) == 0 or int(max(yi.max(), ys.max())) >= n_classes:
+            raise ValueError(f"need labelled images and sketches with class indices < n_classes={n_classes}")
+        dev = next(self.parameters()).device
+        K = self.nbits
+
+        def rand_codes(n: int) -> Tensor:
+            return (torch.randint(0, 2, (n, K), generator=g) * 2 - 1).float()
+
+        for name, t in (("y_photo", yi), ("y_sketch", ys), ("b_photo", rand_codes(len(yi))),
+                        ("b_sketch", rand_codes(len(ys))), ("h_photo", torch.zeros(len(yi), K)),
+                        ("h_sketch", torch.zeros(len(ys), K)), ("proj", torch.zeros(n_classes, K))):  # fmt: skip
+            self.register_buffer(name, t.to(dev), persistent=False)
+        self.n_classes = int(n_classes)
+        self._seen = len(yi)  # the first batch starts an epoch: D-step, B-steps
+
+    @property
+    def has_bank(self) -> bool:
+        return self.n_classes > 0 and hasattr(self, "b_photo")
+
+    @torch.no_grad()
+    def semantic_steps(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Algorithm 1, lines 3-5: D-step (Eq. 9), B^I-step (Eq. 12), B^S-step (Eq. 13). Returns the batch's
+        discrete codes (B^I rows, B^S rows), each (B, K) in {-1, +1}.
+
+        With the bank: once an epoch of images has been seen, on the whole training set; otherwise (no bank)
+        on the batch's own codes, with B initialised as sign(H) and D over its labels.
+        """
+        if self.has_bank:
+            if self._seen >= len(self.y_photo):
+                self._seen = 0
+                self.proj = semantic_projection_step(
+                    [self.b_photo, self.b_sketch], [self.y_photo, self.y_sketch], self.n_classes
+                )
+                self.b_photo = discrete_code_step(
+                    self.y_photo, self.proj, self.h_photo, self.alpha, self.n_classes
+                )
+                self.b_sketch = discrete_code_step(
+                    self.y_sketch, self.proj, self.h_sketch, self.alpha, self.n_classes
+                )
+            self._seen += len(batch["label"])
+            return self.b_photo[batch["photo_index"]], self.b_sketch[batch["sketch_index"]]
+        h_i, h_s = self.encode_photo(batch), self.encode_sketch(batch)
+        y = batch["label"]
+        c = int(y.max()) + 1
+        sign = [torch.where(h >= 0, 1.0, -1.0) for h in (h_i, h_s)]
+        d = semantic_projection_step(sign, [y, y], c)
+        return (discrete_code_step(y, d, h_i, self.alpha, c), discrete_code_step(y, d, h_s, self.alpha, c))
+
+    # ------------------------------------------------------------------ networks
+    def migrate(self, raster: Tensor) -> Tensor:
+        """G_I: sketch rasters (B, 1, S, S) -> migrated images (B, 3, S, S) in [0, 1]."""
+        return self.g_image(raster)[0]
+
+    def mask_of(self, photo: Tensor) -> tuple[Tensor, Tensor]:
+        """G_S: photos (B, 3, S, S) -> (generated sketches (B, 1, S, S), mask (B, 1, S, S) in {0, 1})."""
+        sketch, mask = self.g_sketch(photo)
+        return sketch, (mask if mask is not None else torch.ones_like(sketch))
+
+    def encode_sketch(self, batch: Batch) -> Tensor:
+        x = batch["raster"]
+        return self.hash_net(self.migrate(x) if self.migration else sketch_as_image(x))
+
+    def encode_photo(self, batch: Batch) -> Tensor:
+        x = batch["photo"]
+        if self.migration and self.attention:
+            x = x * self.mask_of(x)[1]
+        return self.hash_net(x)
+
+    # ------------------------------------------------------------------ losses
+    def forward(self, batch: Batch, phase: str = "all", codes: tuple[Tensor, Tensor] | None = None
+                ) -> dict[str, Tensor]:  # fmt: skip
+        return self.training_losses(batch, phase=phase, codes=codes)
+
+    def training_losses(self, batch: Batch, phase: str = "all", codes: tuple[Tensor, Tensor] | None = None
+                        ) -> dict[str, Tensor]:  # fmt: skip
+        """``phase="generator"``: Eq. (14)'s terms (G_I, G_S, H); ``"discriminator"``: D_I, D_S on the fakes
+        of the last generator phase (detached; recomputed when there are none); ``"all"``: both.
+        ``codes``: the batch's B^I, B^S rows (from :meth:`semantic_steps`; None: computed here)."""
+        if phase not in ("all", "generator", "discriminator"):
+            raise ValueError(f"gdh phase must be 'all', 'generator' or 'discriminator', got {phase!r}")
+        out: dict[str, Tensor] = {}
+        if phase in ("all", "generator"):
+            out.update(self._generator_losses(batch, codes))
+        if phase in ("all", "discriminator") and self.migration:
+            out.update(self._discriminator_losses(batch))
+        return out
+
+    def _generator_losses(self, batch: Batch, codes: tuple[Tensor, Tensor] | None) -> dict[str, Tensor]:
+        s, photo = batch["raster"], batch["photo"]
+        out: dict[str, Tensor] = {}
+        if self.migration:
+            fake_i = self.migrate(s)
+            fake_s, mask = self.mask_of(photo)
+            real_i = photo * mask if self.attention else photo
+            rec_s = self.g_sketch(fake_i)[0]
+            rec_i = self.migrate(fake_s)
+            adv = generator_loss(self.d_image(fake_i).flatten()) + generator_loss(
+                self.d_sketch(fake_s).flatten()
+            )
+            cyc = (rec_s - s).abs().mean() + (rec_i - real_i.detach()).abs().mean()
+            out["adversarial_loss"] = adv
+            out["cycle_loss"] = self.nu * cyc
+            out["mask_fraction"] = mask.detach().mean()
+            self._fakes = {"fake_i": fake_i.detach(), "fake_s": fake_s.detach(), "real_i": real_i.detach()}
+            h_s = self.hash_net(fake_i)
+        else:
+            real_i = photo
+            h_s = self.hash_net(sketch_as_image(s))
+        h_i = self.hash_net(real_i)
+        if self.has_bank and "photo_index" in batch:  # the latest relaxed codes, for the next B-steps
+            with torch.no_grad():
+                self.h_photo[batch["photo_index"]] = h_i.detach().float()
+                self.h_sketch[batch["sketch_index"]] = h_s.detach().float()
+        if self.semantic:
+            b_i, b_s = codes if codes is not None else self.semantic_steps(batch)
+            q = quantization_loss(h_i, target=b_i) + quantization_loss(h_s, target=b_s)
+        else:  # no learned codes: pull to the nearest corner (sign of the code)
+            q = quantization_loss(h_i, 0.0, -1.0, 1.0) + quantization_loss(h_s, 0.0, -1.0, 1.0)
+        out["quantization_loss"] = self.alpha * q
+        out["unification_loss"] = self.beta * unification_loss(h_i, h_s)
+        if self.lam > 0:
+            out["triplet_loss"] = self.lam * self._triplet(h_s, h_i, batch)
+        return out
+
+    def _triplet(self, h_s: Tensor, h_i: Tensor, batch: Batch) -> Tensor:
+        """Every (own sketch, its photo, another instance's photo) triplet of the batch (PML, indices given)."""
+        inst = batch["instance"]
+        own = batch["own"].bool() if "own" in batch else torch.ones_like(inst, dtype=torch.bool)
+        n = len(inst)
+        a, neg = torch.nonzero(own[:, None] & (inst[:, None] != inst[None, :]), as_tuple=True)
+        if len(a) == 0:
+            return h_s.sum() * 0.0
+        emb = torch.cat([h_s, h_i])
+        labels = torch.cat([inst, inst])
+        return self.triplet(emb, labels, (a, a + n, neg + n))
+
+    def _discriminator_losses(self, batch: Batch) -> dict[str, Tensor]:
+        f = self._fakes
+        if not f:
+            with torch.no_grad():
+                fake_s, mask = self.mask_of(batch["photo"])
+                real_i = batch["photo"] * mask if self.attention else batch["photo"]
+                f = {"fake_i": self.migrate(batch["raster"]), "fake_s": fake_s, "real_i": real_i}
+        self._fakes = {}
+        d_i = discriminator_loss(self.d_image(f["real_i"]).flatten(), self.d_image(f["fake_i"]).flatten())
+        d_s = discriminator_loss(
+            self.d_sketch(batch["raster"]).flatten(), self.d_sketch(f["fake_s"]).flatten()
+        )
+        return {"discriminator_loss": d_i + d_s}
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        betas = (float(self.adam_beta1), 0.999)
+        opts = {"hash": torch.optim.Adam(self.hash_net.parameters(), lr=lr * self.hash_lr_mult, betas=betas)}
+        if self.migration:
+            gen = [*self.g_image.parameters(), *self.g_sketch.parameters()]
+            disc = [*self.d_image.parameters(), *self.d_sketch.parameters()]
+            opts["generator"] = torch.optim.Adam(gen, lr=lr, betas=betas)
+            opts["discriminator"] = torch.optim.Adam(disc, lr=lr, betas=betas)
+        return opts
+
+    def step(self, model: Callable[..., dict[str, Tensor]], batch: Batch,
+             optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, float]:  # fmt: skip
+        """Algorithm 1 on one batch: D-step and B-steps (closed form), then the network step (G_I, G_S, H on
+        Eq. 14), then the discriminators' step."""
+        codes = self.semantic_steps(batch) if self.semantic else None
+        g_opts = [optimizers[k] for k in ("generator", "hash") if k in optimizers]
+        losses = model(batch, phase="generator", codes=codes)
+        total = torch.stack([v.float() for k, v in losses.items() if k.endswith("_loss")]).sum()
+        for o in g_opts:
+            o.zero_grad(set_to_none=True)
+        total.backward()
+        for o in g_opts:
+            o.step()
+        stats = {k: float(v.detach()) for k, v in losses.items()}
+        stats["loss"] = float(total.detach())
+        if self.migration:
+            d = model(batch, phase="discriminator")["discriminator_loss"]
+            optimizers["discriminator"].zero_grad(set_to_none=True)
+            d.backward()
+            optimizers["discriminator"].step()
+            stats["discriminator_loss"] = float(d.detach())
+        return stats
+
+
+@METHODS.register("gdh")
+def _create(**kw: Any) -> GDH:
+    return GDH(**kw)
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class GDHSplit:
+    """A seeded held-out-instance split of a Sketchy folder (GDH is not zero-shot: every class is trained).
+
+    Per class, ``heldout_groups`` photos that sketches were drawn from go to the test side with all their
+    sketches (the fine-grained queries, whose own photo is in the gallery), plus random photos up to
+    ``heldout_photos`` per class (the gallery); the rest trains. Item ids ``sketch/<class>/<stem>``."""
+
+    seed: int
+    classes: list[str]
+    train_sketches: list[str] = field(default_factory=list)
+    train_photos: list[str] = field(default_factory=list)
+    query: list[str] = field(default_factory=list)
+    gallery: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"seed": self.seed, "classes": len(self.classes),
+                **{k: len(getattr(self, k)) for k in ("train_sketches", "train_photos", "query", "gallery")}}  # fmt: skip
+
+    def save(self, path: str | Path) -> None:
+        from .._io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(asdict(self), indent=1) + "\n")
+
+
+def gdh_split(
+    items: dict[str, Any],
+    seed: int = 0,
+    heldout_groups: int = 1,
+    heldout_photos: int = 5,
+    n_classes: int | None = None,
+) -> GDHSplit:
+    """Held-out instances of every class (see :class:`GDHSplit`); ``n_classes``: a seeded random subset of
+    that many classes (None: all)."""
+    rng = random.Random(seed)
+    by: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for i, it in sorted(items.items()):
+        by[(it.label, it.modality)].append(i)
+    classes = sorted({it.label for it in items.values()})
+    if n_classes is not None:
+        if not 2 <= n_classes <= len(classes):
+            raise ValueError(f"n_classes must be in [2, {len(classes)}], got {n_classes}")
+        classes = sorted(rng.sample(classes, n_classes))
+    split = GDHSplit(seed, classes)
+    for c in classes:
+        sketches, photos = by[(c, "sketch")], by[(c, "photo")]
+        groups: dict[str, list[str]] = defaultdict(list)
+        for i in sketches:
+            groups[f"photo/{c}/{items[i].pair}"].append(i)
+        sources = [g for g in sorted(groups) if g in photos]
+        held = rng.sample(sources, min(heldout_groups, max(0, len(sources) - 1)))
+        rest = [p for p in photos if p not in held]
+        gallery = held + rng.sample(rest, max(0, min(len(rest) - 1, heldout_photos - len(held))))
+        split.query += sorted(i for g in held for i in groups[g])
+        split.gallery += sorted(gallery)
+        split.train_sketches += [i for i in sketches if i not in split.query]
+        split.train_photos += [p for p in photos if p not in gallery]
+    return split
+
+
+def load_arrays(items: dict[str, Any], ids: Sequence[str], pre: Preprocessing) -> np.ndarray:
+    """Item ids -> float32 arrays as the Retriever builds batches: sketches (n, 1, S, S) rasters (ink = 1),
+    photos (n, 3, S, S) RGB in [0, 1] (all of one modality)."""
+    from ..data.batching import make_batch, make_photo_batch
+    from .doodle2search import item_input
+
+    if not ids:
+        return np.zeros((0, 1, pre.raster_size, pre.raster_size), dtype=np.float32)
+    inputs = [item_input(items[i]) for i in ids]
+    if items[ids[0]].modality == "photo":
+        return make_photo_batch(inputs, pre.photo_size)["photo"].numpy()
+    return make_batch(inputs, pre)["raster"].numpy()
+
+
+class PairDataset(Dataset[list[dict[str, Any]]]):
+    """Image-sketch pairs of one class per item (``group`` of them, so in-batch triplets have same-class
+    negatives). Item ``i``: class ``i % C``; each pair is, with probability ``own_fraction``, a sketch and the
+    photo it was drawn from (``own``), else a random photo of the class with a random sketch of the class (the
+    paper's Ŝ: sketches of the class repeated to match the images). Seeded by ``(seed, i, visit)``.
+
+    ``rasters`` (n2, 1, S, S), ``photos`` (n1, 3, S, S); ``sketch_labels`` / ``photo_labels`` class indices;
+    ``sketch_photo`` (n2,) the index of each sketch's own photo (-1: not in the set). ``len`` = n1 / group.
+    """
+
+    def __init__(self, rasters: np.ndarray, sketch_labels: Sequence[int], photos: np.ndarray,
+                 photo_labels: Sequence[int], sketch_photo: Sequence[int], *, group: int = 2,
+                 own_fraction: float = 0.5, seed: int = 0) -> None:  # fmt: skip
+        self.rasters, self.photos = rasters, photos
+        self.sl, self.pl = np.asarray(sketch_labels), np.asarray(photo_labels)
+        self.sp = np.asarray(sketch_photo)
+        if not (len(self.sl) == len(rasters) == len(self.sp) and len(self.pl) == len(photos)):
+            raise ValueError("one label and one photo index per sketch, one label per photo")
+        self.classes = sorted(set(self.sl.tolist()) & set(self.pl.tolist()))
+        if not self.classes:
+            raise ValueError("no class has both sketches and photos")
+        self.s_of = {c: np.flatnonzero(self.sl == c) for c in self.classes}
+        self.p_of = {c: np.flatnonzero(self.pl == c) for c in self.classes}
+        self.own_of = {c: self.s_of[c][self.sp[self.s_of[c]] >= 0] for c in self.classes}
+        self.group, self.own_fraction, self.seed = int(group), float(own_fraction), int(seed)
+        self._visits: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return max(len(self.classes), len(self.photos) // self.group)
+
+    def __getitem__(self, i: int) -> list[dict[str, Any]]:
+        visit = self._visits.get(i, 0)
+        self._visits[i] = visit + 1
+        rng = np.random.default_rng([self.seed, i, visit])
+        c = self.classes[i % len(self.classes)]
+        out = []
+        for _ in range(self.group):
+            if len(self.own_of[c]) and rng.random() < self.own_fraction:
+                s = int(rng.choice(self.own_of[c]))
+                p = int(self.sp[s])
+            else:
+                s, p = int(rng.choice(self.s_of[c])), int(rng.choice(self.p_of[c]))
+            out.append({"raster": self.rasters[s], "photo": self.photos[p], "label": c, "photo_index": p,
+                        "sketch_index": s, "instance": p, "own": int(self.sp[s] == p)})  # fmt: skip
+        return out
+
+
+def collate_pairs(groups: Sequence[Sequence[dict[str, Any]]]) -> Batch:
+    """Flatten :class:`PairDataset` groups into one batch (see the module docstring for the keys)."""
+    ex = [e for g in groups for e in g]
+    out: Batch = {
+        "raster": torch.from_numpy(np.stack([e["raster"] for e in ex]).astype(np.float32)),
+        "photo": torch.from_numpy(np.stack([e["photo"] for e in ex]).astype(np.float32)),
+    }
+    for k in ("label", "photo_index", "sketch_index", "instance"):
+        out[k] = torch.tensor([int(e[k]) for e in ex], dtype=torch.long)
+    out["own"] = torch.tensor([bool(e["own"]) for e in ex])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_gdh(method: Method, items: dict[str, Any], split: GDHSplit, ks: Sequence[int] = (1, 10)
+                 ) -> dict[str, Any]:  # fmt: skip
+    """Held-out sketches query held-out photos through the :class:`~sketchsearch.retrieval.Retriever`
+    (photos added with ``modality="photo"``, sketch images searched; Hamming index for binary methods).
+
+    Category level: mAP@all (same class = relevant). Fine-grained: acc@k, a query is right when the photo
+    it was drawn from is among its first k hits (of the whole held-out gallery, every class)."""
+    from ..eval import metrics as M
+    from ..retrieval import Retriever
+    from .doodle2search import item_input
+
+    method.eval()
+    r = Retriever(method, batch_size=64)
+    g_labels = [items[i].label for i in split.gallery]
+    q_labels = [items[i].label for i in split.query]
+    t0 = time.perf_counter()
+    r.add([item_input(items[i]) for i in split.gallery], ids=np.arange(len(split.gallery)), labels=g_labels,
+          modality="photo")  # fmt: skip
+    photo_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, ids = r.search_many([item_input(items[i]) for i in split.query], k=len(split.gallery))
+    query_s = time.perf_counter() - t0
+    rel = M.relevance_from_labels(ids, g_labels, q_labels)
+    out: dict[str, Any] = {"mAP@all": M.map_at_all(rel, M.n_relevant_from_labels(g_labels, q_labels))}
+    g_inst = [items[i].id for i in split.gallery]
+    q_inst = [f"photo/{items[i].label}/{items[i].pair}" for i in split.query]
+    rel_fg = M.relevance_from_labels(ids, g_inst, q_inst)
+    n_fg = M.n_relevant_from_labels(g_inst, q_inst)
+    out.update({f"acc@{k}": M.acc_at_k(rel_fg, k, n_fg) for k in ks})
+    out.update({"queries": len(split.query), "gallery": len(split.gallery),
+                "photos_per_s": round(len(split.gallery) / max(photo_s, 1e-9), 1),
+                "sketch_queries_per_s": round(len(split.query) / max(query_s, 1e-9), 1)})  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- recipe
+#: the recipe's defaults when the command line does not set them: batch 32 and lr 2e-4 are the paper's
+#: (Sec. 4.1); iterations (~3 epochs of 2,000 photos at batch 32) are ours, CPU-sized (the paper: 30 epochs)
+RECIPE_DEFAULTS: dict[str, Any] = {"iterations": 200, "batch_size": 16, "lr": 2e-4}
+#: batch_size counts PairDataset items, each a group of 2 pairs: 16 items = the paper's 32 pairs a batch
+
+
+def build_training(items: dict[str, Any], split: GDHSplit, pre: Preprocessing, seed: int = 0
+                   ) -> tuple[PairDataset, list[int], list[int]]:  # fmt: skip
+    """The training pairs of a split and the bank's labels (photo labels, sketch labels)."""
+    cls = {c: i for i, c in enumerate(split.classes)}
+    rasters = load_arrays(items, split.train_sketches, pre)
+    photos = load_arrays(items, split.train_photos, pre)
+    p_index = {p: j for j, p in enumerate(split.train_photos)}
+    sp = [p_index.get(f"photo/{items[i].label}/{items[i].pair}", -1) for i in split.train_sketches]
+    sl = [cls[items[i].label] for i in split.train_sketches]
+    pl = [cls[items[i].label] for i in split.train_photos]
+    return PairDataset(rasters, sl, photos, pl, sp, seed=seed), pl, sl
+
+
+@RECIPES.register("gdh")
+def gdh_recipe(data: str, cfg: Any, *, split_seed: int = 0, heldout_groups: int = 1, heldout_photos: int = 5,
+               n_classes: int | None = None, **method_kwargs: Any
+               ) -> tuple[GDH, dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Sketchy folder -> trained GDH, its training record and held-out metrics (category mAP@all,
+    fine-grained acc@1 / acc@10). Every class trains; held-out instances test (see :class:`GDHSplit`)."""
+    from ..train import seed_everything, train
+    from .doodle2search import load_sketchy
+
+    explicit = set(getattr(cfg, "extra", {}).get("explicit", ["iterations", "batch_size", "lr"]))
+    cfg = replace(cfg, **{k: v for k, v in RECIPE_DEFAULTS.items() if k not in explicit})
+    t0 = time.perf_counter()
+    items = load_sketchy(data)
+    split = gdh_split(
+        items,
+        seed=split_seed,
+        heldout_groups=heldout_groups,
+        heldout_photos=heldout_photos,
+        n_classes=n_classes,
+    )
+    if cfg.out:
+        split.save(Path(cfg.out) / "split.json")
+    seed_everything(cfg.seed)
+    method = GDH(**{k: v for k, v in method_kwargs.items() if v is not None})
+    ds, pl, sl = build_training(items, split, method.preprocessing, seed=cfg.seed)
+    method.set_training_data(pl, sl, len(split.classes), seed=cfg.seed)
+    res = train(method, ds, cfg, collate_fn=collate_pairs)
+    method.cpu().eval()
+    metrics = evaluate_gdh(method, items, split)
+    info = {"split": split.summary(), "split_seed": split_seed, "heldout_groups": heldout_groups,
+            "heldout_photos": heldout_photos, "n_classes": n_classes, "iterations": res.iterations, "train_seconds": round(res.seconds, 1),
+            "device": res.device, "batch_pairs": 2 * cfg.batch_size, "lr": cfg.lr,
+            "last": res.history[-1] if res.history else {}, "recipe_seconds": round(time.perf_counter() - t0, 1),
+            "split_rebuild": f"sketchsearch.methods.gdh.gdh_split(load_sketchy(data), seed={split_seed}, "
+                             f"heldout_groups={heldout_groups}, heldout_photos={heldout_photos})"}  # fmt: skip
+    return method, info, metrics
