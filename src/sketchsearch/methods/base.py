@@ -54,6 +54,20 @@ class Preprocessing:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
+def check_bounds(
+    *, positive: Mapping[str, Any] | None = None, non_negative: Mapping[str, Any] | None = None, who: str = ""
+) -> None:
+    """Constructor argument checks shared by the methods: every ``positive`` value (sizes, counted as ints)
+    must be > 0 and every ``non_negative`` one (weights, scales) >= 0; else ValueError naming the argument,
+    prefixed with ``who`` (e.g. ``"gdh: "``)."""
+    for n, v in (positive or {}).items():
+        if int(v) <= 0:
+            raise ValueError(f"{who}{n} must be > 0, got {v}")
+    for n, v in (non_negative or {}).items():
+        if v < 0:
+            raise ValueError(f"{who}{n} must be >= 0, got {v}")
+
+
 class Method(nn.Module):
     """Base class of every retrieval method (one file per paper in ``sketchsearch.methods``)."""
 

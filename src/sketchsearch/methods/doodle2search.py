@@ -69,7 +69,7 @@ from ..encoders.photo_cnn import (
 from ..errors import ModelError
 from ..losses.domain import DomainClassifier, SemanticDecoder, cosine_loss, domain_loss, grad_reverse
 from ..losses.metric import make_metric_loss
-from .base import METHODS, RECIPES, Batch, Method, Preprocessing
+from .base import METHODS, RECIPES, Batch, Method, Preprocessing, check_bounds
 
 __all__ = [
     "BACKBONE_NORMS",
@@ -166,18 +166,12 @@ class Doodle2Search(Method):
         super().__init__(pre)
         if backbone_norm not in BACKBONE_NORMS:
             raise ValueError(f"backbone_norm must be one of {sorted(BACKBONE_NORMS)}, got {backbone_norm!r}")
-        for n, v in (
-            ("embedding_dim", embedding_dim),
-            ("semantic_dim", semantic_dim),
-            ("input_size", input_size),
-        ):
-            if int(v) <= 0:
-                raise ValueError(f"{n} must be > 0, got {v}")
-        for n, v in (("triplet_weight", triplet_weight), ("domain_weight", domain_weight),
-                     ("semantic_weight", semantic_weight), ("domain_lambda", domain_lambda),
-                     ("semantic_lambda", semantic_lambda), ("domain_warmup", domain_warmup)):  # fmt: skip
-            if v < 0:
-                raise ValueError(f"{n} must be >= 0, got {v}")
+        check_bounds(
+            positive={"embedding_dim": embedding_dim, "semantic_dim": semantic_dim, "input_size": input_size},
+            non_negative={"triplet_weight": triplet_weight, "domain_weight": domain_weight,
+                          "semantic_weight": semantic_weight, "domain_lambda": domain_lambda,
+                          "semantic_lambda": semantic_lambda, "domain_warmup": domain_warmup},
+        )  # fmt: skip
         self.save_hparams(
             embedding_dim=embedding_dim, hidden=hidden, dropout=dropout, distance=distance, normalize=normalize,
             margin=margin, triplet_weight=triplet_weight, domain_weight=domain_weight,

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from ..data.batching import SketchDataset, collate
 from ..encoders import create_encoder
 from ..losses.metric import DEFAULT_REGULARIZER_WEIGHT, MinedLoss, make_metric_loss, make_miner
-from .base import METHODS, RECIPES, Batch, Method, Preprocessing
+from .base import METHODS, RECIPES, Batch, Method, Preprocessing, check_bounds
 
 __all__ = [
     "DSML",
@@ -99,9 +99,7 @@ class DSML(Method):
             raise ValueError(
                 "build DSML through create_method('dsml', hashing=...) (or DSMLHash for hashing=True)"
             )
-        for field_name, v in (("nbits", nbits), ("embedding_dim", embedding_dim)):
-            if int(v) <= 0:
-                raise ValueError(f"{field_name} must be > 0, got {v}")
+        check_bounds(positive={"nbits": nbits, "embedding_dim": embedding_dim})
         self.save_hparams(
             distance=distance, normalize=normalize, hashing=hashing, nbits=nbits, embedding_dim=embedding_dim,
             loss=loss, pos_margin=pos_margin, neg_margin=neg_margin, margin=margin,

@@ -75,7 +75,7 @@ from ..losses.hashing import (
     unification_loss,
 )
 from ..losses.metric import make_metric_loss
-from .base import METHODS, RECIPES, Batch, Method, Preprocessing
+from .base import METHODS, RECIPES, Batch, Method, Preprocessing, check_bounds
 
 __all__ = [
     "GDH",
@@ -149,10 +149,11 @@ class GDH(Method):
                 "gdh migrates sketches into photos pixel for pixel: preprocessing.raster_size and photo_size "
                 f"must be equal multiples of 8, got {pre.raster_size} and {pre.photo_size}"
             )
-        for n, v in (("cycle_weight", cycle_weight), ("alpha", alpha), ("beta", beta),
-                     ("triplet_weight", triplet_weight), ("hash_lr_mult", hash_lr_mult)):  # fmt: skip
-            if v < 0:
-                raise ValueError(f"gdh: {n} must be >= 0, got {v}")
+        check_bounds(
+            non_negative={"cycle_weight": cycle_weight, "alpha": alpha, "beta": beta,
+                          "triplet_weight": triplet_weight, "hash_lr_mult": hash_lr_mult},
+            who="gdh: ",
+        )  # fmt: skip
         self.save_hparams(
             nbits=nbits, image_size=image_size, gen_width=gen_width, gs_res=gs_res, gi_res=gi_res,
             disc_width=disc_width, hash_width=hash_width, attention=attention,
