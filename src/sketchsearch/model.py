@@ -38,11 +38,14 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from ._io import atomic_write_bytes
 from .errors import ModelError
+from .data.splits import Split
 from .methods.base import Method, Preprocessing, create_method
 
 __all__ = ["ModelCard", "list_models", "load_model", "model_id_of", "resolve_model", "save_model"]
 
 FORMAT = 1
+#: the split file saved beside a model: NAME.split.json
+SPLIT_SUFFIX = ".split.json"
 
 
 @dataclass
@@ -85,12 +88,19 @@ def save_model(
     *,
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
+    split: Split | None = None,
 ) -> ModelCard:
-    """Write ``path.safetensors`` and ``path.json`` (``path`` without suffix; any suffix is dropped)."""
+    """Write ``path.safetensors`` and ``path.json`` (``path`` without suffix; any suffix is dropped), and the
+    split the model was trained and evaluated on as ``path.split.json``, which the card names (``split_file``,
+    relative to the card) so that ``evaluate`` can rebuild that split from the file alone."""
     stem = Path(path)
     if stem.suffix in (".json", ".safetensors"):
         stem = stem.with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
+    training = dict(training or {})
+    if split is not None:
+        split.save(stem.parent / f"{stem.name}{SPLIT_SUFFIX}")
+        training["split_file"] = f"{stem.name}{SPLIT_SUFFIX}"
     external = method.external_weights()
     tensors = {
         k: v.detach().cpu().contiguous()
@@ -116,7 +126,7 @@ def save_model(
         code_size=int(method.code_size),
         weights_sha256=digest,
         model_id=model_id_of(method.id_name or method.name, int(method.code_size), digest),
-        training=training or {},
+        training=training,
         metrics=metrics or {},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         external=external,
@@ -177,6 +187,23 @@ def resolve_model(name_or_path: str | Path) -> Path:
     raise ModelError(
         f"no model artifact {str(name_or_path)!r} (need NAME.json + NAME.safetensors); known models: {known}"
     )
+
+
+def model_split(name_or_path: str | Path) -> Split | None:
+    """The split a model was trained on, from the split file its card names (None when it names none:
+    a model trained on unlabelled data, or made before split files)."""
+    stem = resolve_model(name_or_path)
+    card_path = stem.with_suffix(".json")
+    try:
+        training = json.loads(card_path.read_text()).get("training") or {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelError(f"{card_path}: not a valid model card ({e})") from None
+    name = training.get("split_file")
+    if not name:
+        return None
+    if not isinstance(name, str) or Path(name).name != name:
+        raise ModelError(f"{card_path}: split_file must be a file name beside the card, got {name!r}")
+    return Split.load(card_path.parent / name)
 
 
 def load_model(

@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
-from .data.batching import collate
-from .methods.base import Batch, Method
+from .data.batching import Batch, collate
+from .methods.base import Method
 
 __all__ = ["TrainConfig", "TrainResult", "pick_device", "seed_everything", "train"]
 
@@ -47,7 +47,6 @@ class TrainConfig:
     num_workers: int = 0
     progress: bool = True
     phase: str = "all"  # passed to the method (multi-stage methods train one stage per call)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,8 +95,13 @@ def train(
     cfg: TrainConfig,
     evaluate: Callable[[Method], dict[str, Any]] | None = None,
     collate_fn: Callable[[list[Any]], Batch] = collate,
+    sampler: Sampler[Any] | None = None,
 ) -> TrainResult:
-    """Train ``method`` on ``data`` for ``cfg.iterations`` steps; returns the loss history."""
+    """Train ``method`` on ``data`` for ``cfg.iterations`` steps; returns the loss history.
+
+    ``sampler``: what to draw from ``data`` (e.g. :class:`~sketchsearch.data.sampling.ClassBalancedSampler`);
+    default a seeded random permutation per epoch. Under DDP a sampler with ``num_replicas``/``rank`` is told
+    this process's share; the loop calls ``set_epoch`` on any sampler that has it, so draws differ by epoch."""
     seed_everything(cfg.seed)
     ddp = _distributed()
     if ddp and not dist.is_initialized():
@@ -115,9 +119,10 @@ def train(
     optimizers = method.configure_optimizers(cfg.lr)
 
     g = torch.Generator().manual_seed(cfg.seed)
-    sampler: Any = (
-        DistributedSampler(data, seed=cfg.seed, drop_last=True) if ddp else RandomSampler(data, generator=g)
-    )
+    if sampler is None:
+        sampler = DistributedSampler(data, seed=cfg.seed, drop_last=True) if ddp else RandomSampler(data, generator=g)
+    elif ddp and hasattr(sampler, "shard"):
+        sampler.shard(dist.get_world_size(), rank)
     loader = DataLoader(
         data,
         batch_size=min(cfg.batch_size, len(data)),

@@ -43,9 +43,9 @@ def data_info(
     from ..data.inspect import inspect_dataset
 
     if path == "default":
-        from ..data.sources import load_items
+        from ..data.sources import load_collection
 
-        res = load_items(path)
+        res = load_collection(path)
         labels = {i.label for i in res.items}
         info: dict[str, Any] = {
             "format": "default",
@@ -95,34 +95,25 @@ def train_cmd(
         None, help="Folder for logs, checkpoints and sample grids (default runs/OUTNAME)."
     ),
     set_: list[str] | None = typer.Option(
-        None, "--set", help="Method/recipe kwargs as key=value (repeatable)."
+        None, "--set", help="Split parameters, recipe options and method kwargs as key=value (repeatable)."
     ),
+    split_file: Path | None = typer.Option(None, "--split", help="Train on this saved split (a split.json)."),
 ) -> None:
-    """Train a method with its recipe and save a model artifact (weights + card)."""
-    from ..methods.base import RECIPES, list_methods
-    from ..model import save_model
-    from ..train import TrainConfig
+    """Train a method with its recipe and save a model artifact (weights + card) and its split file.
 
-    list_methods()  # imports every method module, so their recipes are registered
-    recipe = RECIPES.get(method)
-    cfg = TrainConfig(seed=seed, device=device, out=str(workdir or Path("runs") / Path(out).name))
-    for k, v in (("iterations", iterations), ("batch_size", batch_size), ("lr", lr)):
-        if v is not None:
-            setattr(cfg, k, v)
-    cfg.extra["explicit"] = [
-        k for k, v in (("iterations", iterations), ("batch_size", batch_size), ("lr", lr)) if v is not None
-    ]
+    `--set` keys: the split's parameters, the recipe's options and the method's kwargs (`sketchsearch models
+    --methods` lists them with their defaults); an unknown key is refused with the valid ones."""
+    from ..model import save_model
+    from ..recipes import run_recipe
+
     t0 = time.perf_counter()
-    m, training, metrics = recipe(data, cfg, **parse_sets(set_))
-    training = {
-        "command": command_line(ctx),
-        "data": data,
-        "seed": seed,
-        "seconds": round(time.perf_counter() - t0, 1),
-        **training,
-    }
-    card = save_model(m, out, training=training, metrics=metrics)
-    console.print(f"saved [bold]{out}[/] ({card.model_id}); metrics: {json.dumps(metrics)}", highlight=False)
+    res = run_recipe(method, data, out=workdir or Path("runs") / Path(out).name, seed=seed, device=device,
+                     iterations=iterations, batch_size=batch_size, lr=lr, split_file=split_file,
+                     **parse_sets(set_))  # fmt: skip
+    training = {"command": command_line(ctx), **res.training, "seconds": round(time.perf_counter() - t0, 1)}
+    card = save_model(res.method, out, training=training, metrics=res.metrics, split=res.split)
+    console.print(f"saved [bold]{out}[/] ({card.model_id}); mAP@all {res.metrics.get('mAP@all', 'n/a')}",
+                  highlight=False)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- index
@@ -138,13 +129,14 @@ def index_build(
     modality: str | None = typer.Option(None, help="Index only sketch or photo items."),
 ) -> None:
     """Encode a collection with a model and write an on-disk index (codes, ids, items with thumbnails)."""
-    from ..data.sources import item_query, load_items
+    from ..data.batching import item_input
+    from ..data.sources import load_collection
     from ..retrieval import Retriever
 
     if modality not in (None, "sketch", "photo"):
         raise typer.BadParameter(f"--modality must be sketch or photo, got {modality!r}")
     # --limit counts the items indexed, so it applies after the --modality filter
-    res = load_items(data, strict=strict, limit=None if modality else limit)
+    res = load_collection(data, strict=strict, limit=None if modality else limit)
     items = [i for i in res.items if modality is None or i.modality == modality][:limit]
     if not items:
         what = f"{modality} items" if modality else "items"
@@ -159,7 +151,7 @@ def index_build(
                 part = [i for i in chunk if i.modality == kind]
                 if part:
                     r.add(
-                        [item_query(i) for i in part],
+                        [item_input(i) for i in part],
                         labels=[i.label for i in part],
                         sources=[i.source for i in part],
                         modality=kind,
@@ -184,7 +176,7 @@ def index_info(folder: Path = typer.Argument(..., help="Index folder.")) -> None
 # ---------------------------------------------------------------------------------------------- search
 def _read_query(path: Path, record: int) -> Any:
     """A query file: an image, a JSON strokes file ([[[x,y(,t)],...],...] or {"strokes": ...}) or ndjson (record N)."""
-    from ..data.sources import item_query
+    from ..data.batching import item_input
 
     suffix = path.suffix.lower()
     if suffix in (".json",):
@@ -197,7 +189,7 @@ def _read_query(path: Path, record: int) -> Any:
 
     for n, item in enumerate(read_any(path, strict=True)):
         if n == record:
-            return item_query(item)
+            return item_input(item)
     raise InvalidSketchError(f"{path} has no record {record}", "record")
 
 

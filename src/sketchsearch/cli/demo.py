@@ -54,16 +54,16 @@ def _pick_model(
 
 def build_demo(workdir: Path, model: str | None = None, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """Build everything the demo serves; returns (retriever, report)."""
-    from ..data.collection import make_splits
     from ..data.render import rasterize
+    from ..data.splits import zero_shot_split
     from ..data.synthetic import default_collection
+    from ..eval.evaluate import evaluate
     from ..eval.plots import retrieval_grid
-    from ..eval.protocol import evaluate_retrieval
     from ..retrieval import Retriever
 
     t0 = time.perf_counter()
     col = default_collection(seed=seed)
-    splits = make_splits(col, seed=seed, query_per_class=2, train_fraction=0.5)
+    splits = zero_shot_split(col.items, seed=seed, query_per_class=2, train_fraction=0.5)
     workdir.mkdir(parents=True, exist_ok=True)
     col.save_manifest(workdir / "manifest.jsonl")
     splits.save(workdir / "splits.json")
@@ -72,14 +72,7 @@ def build_demo(workdir: Path, model: str | None = None, seed: int = 0) -> tuple[
     queries = [col[i] for i in splits.query]
     method, model_id, model_ref, desc = _pick_model(model, train, workdir, seed)
     # Evaluation fills its own fresh index (ids = gallery positions); the served index carries labels and thumbnails.
-    metrics = evaluate_retrieval(
-        method,
-        [g.sketch for g in gallery],
-        [g.label for g in gallery],
-        [q.sketch for q in queries],
-        [q.label for q in queries],
-        ks=(1, 5, 10),
-    )
+    metrics = evaluate(Retriever(method, model_id=model_id), col, splits, ks=(1, 5, 10))["main"]
     r = Retriever(method, model_id=model_id, model_name=model_ref)
     r.add(
         [g.sketch for g in gallery],

@@ -29,19 +29,21 @@ def run_invariance(
 
     from ..eval import invariance as inv
     from ..eval import plots
-    from ..methods.gan_encoder import load_drawings, render_drawings
     from ..model import load_model
+    from ..recipes.gan import load_unlabelled, render
 
     if samples < 1:
         raise typer.BadParameter(f"--samples must be >= 1, got {samples}")
-    sketches, skipped = load_drawings(data, limit=samples, seed=seed)
+    coll = load_unlabelled(data)
+    n_drawn = skipped = 0
     encoders: dict[str, Any] = {}
     results: dict[str, Any] = {}
     cards: dict[str, Any] = {}
     for name in models:
         method, card = load_model(name)
         method.eval()
-        rasters, _bad = render_drawings(sketches, method.preprocessing)
+        rasters, skipped = render(coll, method, samples, seed)  # the same seeded subset for every model
+        n_drawn = len(rasters)
 
         def encode(x: torch.Tensor, m: Any = method) -> torch.Tensor:
             with torch.no_grad():
@@ -54,7 +56,7 @@ def run_invariance(
         encoders[label] = encode
     doc = {
         "data": data,
-        "samples": len(sketches),
+        "samples": n_drawn,
         "skipped_records": skipped,
         "seed": seed,
         "similarity": "normalised dot product with the untransformed drawing's encoding, mean over drawings",

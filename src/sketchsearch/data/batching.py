@@ -6,19 +6,26 @@ exactly the frame its training data did.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..methods.base import Batch, Preprocessing
+from ..errors import FormatError
+from .formats.base import Item
+
 from .render import image_to_raster, rasterize
 from .sketch import Sketch
 
 __all__ = [
+    "Batch",
+    "Preprocessing",
+    "item_input",
     "RasterDataset",
     "SketchDataset",
     "collate",
@@ -28,6 +35,52 @@ __all__ = [
     "query_to_batch",
     "sketch_points",
 ]
+
+
+Batch = dict[str, Tensor]
+"""A batch: ``raster`` float (B,1,H,W) ink=1; ``points`` float (B,T,4) zero-padded 4-d strokes with
+``lengths`` long (B,); ``photo`` float (B,3,H,W); ``label`` long (B,) (-1 = unknown); ``domain`` long (B,)."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw drawings become tensors for a method (saved in the model card)."""
+
+    inputs: tuple[str, ...] = ("raster",)  # any of "raster", "points", "photo"
+    raster_size: int = 64  # pixels
+    line_width: float = 1.5  # pixels at raster_size
+    max_points: int = (
+        256  # points kept for the sequence branch (longer sketches are RDP-simplified, then cut)
+    )
+    photo_size: int = 224
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["inputs"] = list(self.inputs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
+        d = dict(d)
+        d["inputs"] = tuple(d.get("inputs", ("raster",)))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+Query = Sketch | np.ndarray | Image.Image
+"""What an encoder reads: strokes, a raster (float (H, W) ink = 1, or a uint8 bitmap ink = 255), or a PIL image
+(a drawing on paper or a photo; ink polarity of a drawing is decided from its border)."""
+
+
+def item_input(item: Item) -> Query:
+    """The one way an item becomes what an encoder reads: its strokes when it has them, else its image as a
+    PIL image (RGB photos as they are; drawings on paper keep their grey levels, and :func:`image_to_raster`
+    decides ink polarity from the border: QuickDraw bitmaps are light-on-dark, Omniglot and scans
+    dark-on-light, so every drawing meets the encoder as ink = 1 on 0, like a stroke query)."""
+    if item.sketch is not None:
+        return item.sketch
+    if item.image is None:
+        raise FormatError(item.source, None, "item has neither strokes nor an image")
+    return Image.fromarray(np.ascontiguousarray(item.image))
 
 
 def sketch_points(sketch: Sketch, max_points: int) -> np.ndarray:

@@ -15,44 +15,18 @@ code, whose sign is the binary code) and :attr:`output` ("binary" with ``nbits``
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..data.batching import Batch, Preprocessing
 from ..registry import Registry
-
-Batch = dict[str, Tensor]
-"""A batch: ``raster`` float (B,1,H,W) ink=1; ``points`` float (B,T,4) zero-padded 4-d strokes with
-``lengths`` long (B,); ``photo`` float (B,3,H,W); ``label`` long (B,) (-1 = unknown); ``domain`` long (B,)."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How raw drawings become tensors for a method (saved in the model card)."""
-
-    inputs: tuple[str, ...] = ("raster",)  # any of "raster", "points", "photo"
-    raster_size: int = 64  # pixels
-    line_width: float = 1.5  # pixels at raster_size
-    max_points: int = (
-        256  # points kept for the sequence branch (longer sketches are RDP-simplified, then cut)
-    )
-    photo_size: int = 224
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["inputs"] = list(self.inputs)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
-        d = dict(d)
-        d["inputs"] = tuple(d.get("inputs", ("raster",)))
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
 
 def check_bounds(
     *, positive: Mapping[str, Any] | None = None, non_negative: Mapping[str, Any] | None = None, who: str = ""
@@ -81,18 +55,48 @@ class Method(nn.Module):
     #: index of one refuses queries encoded by the other. Empty: ``name``.
     id_name: ClassVar[str] = ""
 
+    #: kwargs that select this class through its registry factory (e.g. ``{"binary": True}`` for the GAN
+    #: encoder's binary variant): added to the recorded hyper-parameters so a card rebuilds the same class
+    variant_kwargs: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        """Record every constructor's arguments (defaults applied) as the method's hyper-parameters, from
+        the signature itself: the kwargs a model card saves are exactly what the constructor took, with no
+        second hand-written list. The outermost constructor of a call records (a subclass calling
+        ``super().__init__`` does not overwrite it); ``preprocessing`` is saved apart in the card."""
+        super().__init_subclass__(**kw)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        sig = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self: Method, *args: Any, **kwargs: Any) -> None:
+            outer = "_recording" not in self.__dict__
+            if outer:
+                object.__setattr__(self, "_recording", True)
+            init(self, *args, **kwargs)
+            if outer:
+                bound = sig.bind(self, *args, **kwargs)
+                bound.apply_defaults()
+                params = {k: v for k, v in bound.arguments.items() if k not in ("self", "preprocessing")}
+                for name, p in sig.parameters.items():  # **kwargs passed through to a parent's constructor
+                    if p.kind is inspect.Parameter.VAR_KEYWORD:
+                        params.update(params.pop(name, {}))
+                self._hparams = {**params, **type(self).variant_kwargs}
+                del self.__dict__["_recording"]
+
+        cls.__init__ = recording_init  # type: ignore[method-assign]
+
     def __init__(self, preprocessing: Preprocessing | None = None) -> None:
         super().__init__()
         self.preprocessing = preprocessing or Preprocessing()
         self._hparams: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- bookkeeping
-    def save_hparams(self, **kwargs: Any) -> None:
-        """Record the constructor kwargs so a model card can rebuild this method exactly."""
-        self._hparams = {k: v for k, v in kwargs.items()}
-
     @property
     def hparams(self) -> dict[str, Any]:
+        """The constructor's arguments (defaults applied), recorded when the method was built."""
         return dict(self._hparams)
 
     @property
@@ -212,11 +216,3 @@ __all__ = [
     "list_methods",
     "total_loss",
 ]
-
-
-# ---------------------------------------------------------------------------------------------- recipes
-# A recipe turns a data path into a trained method: it builds the dataset the method needs, runs the one
-# training loop (once per stage for multi-stage methods) and returns what the model card records.
-# ``sketchsearch train METHOD --data PATH`` is just: recipe -> save_model. Signature:
-#     recipe(data: str, cfg: TrainConfig, **method_kwargs) -> tuple[Method, dict training_info, dict metrics]
-RECIPES: Registry[Any] = Registry("training recipe")

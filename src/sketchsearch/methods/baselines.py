@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import ModelError
-from .base import METHODS, RECIPES, Batch, Method, Preprocessing
+from .base import METHODS, Batch, Method, Preprocessing
 
 __all__ = ["PixelITQ", "PixelLSH", "PixelPCA", "itq_rotation", "pca_basis", "training_rasters"]
 
@@ -172,7 +172,6 @@ class PixelLSH(_PixelProjection):
     def __init__(self, preprocessing: Preprocessing | None = None, nbits: int = 64, seed: int = 0) -> None:
         _check_nbits("lsh", nbits)
         super().__init__(preprocessing, nbits)
-        self.save_hparams(nbits=nbits, seed=seed)
         self.seed = seed
 
     def fit(self, batches: Any) -> None:
@@ -210,7 +209,6 @@ class PixelITQ(_PixelProjection):
             raise ValueError(
                 f"itq: nbits={nbits} exceeds the {self.preprocessing.raster_size**2} pixel dimensions"
             )
-        self.save_hparams(nbits=nbits, iterations=iterations, seed=seed)
         self.iterations = iterations
         self.seed = seed
         self.register_buffer("rotation", torch.eye(nbits))
@@ -250,7 +248,6 @@ class PixelPCA(_PixelProjection):
 
     def __init__(self, preprocessing: Preprocessing | None = None, dim: int = 64) -> None:
         super().__init__(preprocessing, dim)
-        self.save_hparams(dim=dim)
 
     def fit(self, batches: Any) -> None:
         t0 = time.perf_counter()
@@ -261,60 +258,3 @@ class PixelPCA(_PixelProjection):
     def encode_sketch(self, batch: Batch) -> Tensor:
         """(B, dim) float32, L2-normalised."""
         return torch.nn.functional.normalize(self._project(batch), dim=1)
-
-
-# ---------------------------------------------------------------------------------------------- recipes
-def _pixel_recipe(
-    name: str, data: str, cfg: Any, **kwargs: Any
-) -> tuple[Method, dict[str, Any], dict[str, Any]]:
-    """Read ``data`` (any format ``read_any`` knows), make the standard category split (``queries_per_class``
-    queries per class, the rest gallery, seeded by ``split_seed``), fit on the gallery part (the baselines'
-    train split) and evaluate gallery-vs-queries retrieval, so the model card carries its own numbers."""
-    from ..eval.protocol import category_split, evaluate_retrieval, load_labelled
-
-    queries_per_class = int(kwargs.pop("queries_per_class", 10))
-    split_seed = int(kwargs.pop("split_seed", getattr(cfg, "seed", 0)))
-    if "bits" in kwargs:  # the CLI's name for the code length
-        kwargs["nbits" if name != "pca" else "dim"] = int(kwargs.pop("bits"))
-    from .base import create_method
-
-    method = create_method(name, **kwargs)
-    ds = load_labelled(data)
-    split = category_split(ds.labels, queries_per_class=queries_per_class, seed=split_seed)
-    gallery = [ds.items[i] for i in split.gallery]
-    method.fit(gallery)
-    metrics = evaluate_retrieval(
-        method,
-        gallery,
-        [ds.labels[i] for i in split.gallery],
-        [ds.items[i] for i in split.query],
-        [ds.labels[i] for i in split.query],
-    )
-    info = {
-        "data": str(data),
-        "n_items": len(ds.items),
-        "skipped": ds.skipped,
-        "split": {"kind": "category", "queries_per_class": queries_per_class, "seed": split_seed,
-                  "n_query": len(split.query), "n_gallery": len(split.gallery)},
-        "trained_on": "gallery part of the split",
-        **method.fit_info,
-    }  # fmt: skip
-    return method, info, metrics
-
-
-@RECIPES.register("lsh")
-def lsh_recipe(data: str, cfg: Any, **kwargs: Any) -> tuple[Method, dict[str, Any], dict[str, Any]]:
-    """``sketchsearch train lsh --data PATH [--set bits=64 --set split_seed=0 --set queries_per_class=10]``"""
-    return _pixel_recipe("lsh", data, cfg, **kwargs)
-
-
-@RECIPES.register("itq")
-def itq_recipe(data: str, cfg: Any, **kwargs: Any) -> tuple[Method, dict[str, Any], dict[str, Any]]:
-    """``sketchsearch train itq --data PATH [--set bits=64 --set split_seed=0 --set queries_per_class=10]``"""
-    return _pixel_recipe("itq", data, cfg, **kwargs)
-
-
-@RECIPES.register("pca")
-def pca_recipe(data: str, cfg: Any, **kwargs: Any) -> tuple[Method, dict[str, Any], dict[str, Any]]:
-    """``sketchsearch train pca --data PATH [--set dim=64]``"""
-    return _pixel_recipe("pca", data, cfg, **kwargs)

@@ -23,29 +23,19 @@ them (the shared training loop samples items uniformly and has no sampler option
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
-from ..data.batching import SketchDataset, collate
 from ..encoders import create_encoder
 from ..losses.metric import DEFAULT_REGULARIZER_WEIGHT, MinedLoss, make_metric_loss, make_miner
-from .base import METHODS, RECIPES, Batch, Method, Preprocessing, check_bounds
+from .base import METHODS, Batch, Method, Preprocessing, check_bounds
 
 __all__ = [
     "DSML",
-    "ClassGroupDataset",
     "DSMLHash",
-    "collate_groups",
     "dsml",
-    "load_labelled_drawings",
     "quantization_loss",
 ]
 
@@ -100,12 +90,6 @@ class DSML(Method):
                 "build DSML through create_method('dsml', hashing=...) (or DSMLHash for hashing=True)"
             )
         check_bounds(positive={"nbits": nbits, "embedding_dim": embedding_dim})
-        self.save_hparams(
-            distance=distance, normalize=normalize, hashing=hashing, nbits=nbits, embedding_dim=embedding_dim,
-            loss=loss, pos_margin=pos_margin, neg_margin=neg_margin, margin=margin,
-            regularizer_weight=regularizer_weight, regularizer=regularizer,
-            quantization_weight=quantization_weight, miner=miner, encoder=encoder, width=width,
-        )  # fmt: skip
         self.hashing = hashing
         self.quantization_weight = float(quantization_weight)
         self.encoder = create_encoder(encoder, raster_size=self.preprocessing.raster_size, width=width)
@@ -159,114 +143,3 @@ def dsml(preprocessing: Preprocessing | None = None, hashing: bool = False, **kw
     """``dsml`` (float embeddings) or, with ``hashing=True``, its hashing variant with ``nbits`` bits."""
     cls = DSMLHash if hashing else DSML
     return cls(preprocessing, hashing=hashing, **kwargs)
-
-
-# ------------------------------------------------------------------------------------------ class-balanced data
-class ClassGroupDataset(Dataset[list[dict[str, Any]]]):
-    """Item ``i`` = ``m`` examples of class ``i % n_classes`` from ``base`` (with replacement when a class has
-    fewer than ``m``). Draws are seeded by ``(seed, i, visit)``: deterministic for a given sampler order and
-    different each time an item is revisited. ``len`` = ``len(base) // m`` (one pass ~ one epoch of ``base``).
-    """
-
-    def __init__(
-        self, base: Dataset[dict[str, Any]], labels: Sequence[int], m: int = 4, seed: int = 0
-    ) -> None:
-        if m < 2:
-            raise ValueError(
-                f"m (drawings per class in a batch) must be >= 2 for positives to exist, got {m}"
-            )
-        lab = np.asarray(labels, dtype=np.int64)
-        if lab.ndim != 1 or len(lab) == 0 or (lab < 0).any():
-            raise ValueError("labels must be a non-empty 1-d sequence of class indices >= 0")
-        self.base, self.m, self.seed = base, int(m), int(seed)
-        self.classes = np.unique(lab)
-        self.members = [np.flatnonzero(lab == c) for c in self.classes]
-        self._visits: dict[int, int] = {}
-
-    def __len__(self) -> int:
-        return max(len(self.classes), sum(len(x) for x in self.members) // self.m)
-
-    def __getitem__(self, i: int) -> list[dict[str, Any]]:
-        members = self.members[i % len(self.classes)]
-        visit = self._visits.get(i, 0)
-        self._visits[i] = visit + 1
-        rng = np.random.default_rng([self.seed, i, visit])
-        pick = rng.choice(members, size=self.m, replace=len(members) < self.m)
-        return [self.base[int(j)] for j in pick]
-
-
-def collate_groups(groups: Sequence[Sequence[dict[str, Any]]]) -> Batch:
-    """Flatten class groups from :class:`ClassGroupDataset` into one batch (B = groups x m)."""
-    return collate([e for g in groups for e in g])
-
-
-# ------------------------------------------------------------------------------------------ recipe
-def load_labelled_drawings(
-    path: str | Path, limit: int | None = None
-) -> tuple[list[Any], list[str], list[str]]:
-    """Drawings and class names from a QuickDraw file/folder (.ndjson/.bin/.npy/.npz) or a folder of
-    sketch images in class sub-folders (e.g. Sketchy's ``sketch/``). Returns (Sketch | PIL image items,
-    labels, item ids). Unlabelled items are skipped; an empty result raises ValueError naming the path."""
-    from ..data.formats import images, quickdraw
-
-    p = Path(path)
-    qd_suffixes = (".ndjson", ".jsonl", ".bin", ".npy", ".npz")
-    is_qd = (
-        p.suffix.lower() in qd_suffixes
-        if p.is_file()
-        else any(f.suffix.lower() in qd_suffixes for f in p.iterdir())
-    )
-    reader = (
-        quickdraw.read_quickdraw(p, limit=limit)
-        if is_qd
-        else images.read_images(p, modality="sketch", limit=limit)
-    )
-    drawings: list[Any] = []
-    labels: list[str] = []
-    ids: list[str] = []
-    for it in reader:
-        if it.label is None:
-            continue
-        if it.sketch is not None and not it.sketch.is_empty:
-            drawings.append(it.sketch)
-        elif it.image is not None:
-            drawings.append(Image.fromarray(it.image))
-        else:
-            continue
-        labels.append(it.label)
-        ids.append(it.id)
-    if not drawings:
-        raise ValueError(
-            f"{p}: no labelled drawings found (expected QuickDraw files or class folders of images)"
-        )
-    return drawings, labels, ids
-
-
-@RECIPES.register("dsml")
-def dsml_recipe(
-    data: str, cfg: Any, per_class: int = 4, **method_kwargs: Any
-) -> tuple[Method, dict[str, Any], dict[str, Any]]:
-    """Train ``dsml`` on every labelled drawing under ``data``; batches hold ``cfg.batch_size // per_class``
-    classes x ``per_class`` drawings. Returns (method, training info, metrics)."""
-    from ..train import train
-
-    method = create_method_dsml(**method_kwargs)
-    drawings, names, _ = load_labelled_drawings(data)
-    classes = sorted(set(names))
-    labels = [classes.index(n) for n in names]
-    base = SketchDataset(drawings, labels, method.preprocessing)
-    ds = ClassGroupDataset(base, labels, m=per_class, seed=cfg.seed)
-    result = train(
-        method, ds, replace(cfg, batch_size=max(1, cfg.batch_size // per_class)), collate_fn=collate_groups
-    )
-    last = result.history[-1] if result.history else {}
-    info = {
-        "data": str(data), "n_drawings": len(drawings), "n_classes": len(classes), "classes": classes,
-        "per_class": per_class, "iterations": result.iterations, "seconds": result.seconds, "device": result.device,
-    }  # fmt: skip
-    return method, info, {"final_train_loss": last.get("loss")}
-
-
-def create_method_dsml(**kwargs: Any) -> DSML:
-    """``create_method('dsml', **kwargs)`` typed as DSML (None kwargs keep the defaults)."""
-    return dsml(**{k: v for k, v in kwargs.items() if v is not None})

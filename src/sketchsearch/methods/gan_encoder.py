@@ -18,8 +18,7 @@ distribution the encoder is used on. The card records it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -27,14 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.batching import RasterDataset
-from ..data.render import rasterize
-from ..data.sketch import Sketch
 from ..encoders import create_encoder
 from ..encoders.sketch_gan import GAN, count_parameters
-from ..errors import FormatError, InvalidSketchError
 from ..losses.gan import discriminator_loss, generator_loss
-from .base import METHODS, RECIPES, Batch, Method, Preprocessing
+from .base import METHODS, Batch, Method, Preprocessing
 
 __all__ = [
     "ADAM_BETAS",
@@ -44,9 +39,6 @@ __all__ = [
     "binary_variant",
     "encode_rasters",
     "gan",
-    "gan_recipe",
-    "load_drawings",
-    "render_drawings",
 ]
 
 #: Line width (pixels at 64x64) of rendered training and query drawings: the paper's marks are about one
@@ -86,7 +78,6 @@ class GANEncoder(Method):
             raise ValueError(
                 f"the GAN networks read 64x64 rasters; got preprocessing {self.preprocessing.to_dict()}"
             )
-        self.save_hparams(arch=arch, dz=dz)
         gan = create_encoder(arch, dz=dz)
         assert isinstance(gan, GAN)
         self.gan = gan
@@ -201,12 +192,7 @@ class GANBinaryEncoder(GANEncoder):
     output = "binary"
     code_threshold = 0.0
     id_name = "gan-bits"  # same registry name and weights as the float encoder: its own model_id all the same
-
-    def __init__(
-        self, preprocessing: Preprocessing | None = None, arch: Arch = "sketch-gan", dz: int = 2
-    ) -> None:
-        super().__init__(preprocessing, arch=arch, dz=dz)
-        self.save_hparams(arch=arch, dz=dz, binary=True)
+    variant_kwargs = {"binary": True}  # the registry factory builds this class for binary=True
 
     def encode_sketch(self, batch: Batch) -> Tensor:
         """(B, 1024) relaxed code ``features - centre``; its sign gives the bits."""
@@ -231,112 +217,6 @@ def binary_variant(method: GANEncoder) -> GANBinaryEncoder:
     out = GANBinaryEncoder(method.preprocessing, arch=method.arch, dz=method.dz)  # type: ignore[arg-type]
     out.load_state_dict(method.state_dict())
     return out.to(method.centre.device).eval()
-
-
-# ---------------------------------------------------------------------------------------------- data
-def load_drawings(data: str, limit: int | None = None, seed: int = 0) -> tuple[list[Sketch], int]:
-    """Unlabelled drawings for training: ``(sketches, n_skipped)``.
-
-    ``data``: ``"default"`` (the embedded synthetic merchant marks, 100 designs x 20 redraws = 2,000 like
-    the paper's 2,000 marks), any path :func:`sketchsearch.data.formats.read_any` understands (sketch-rnn
-    stroke-3 ``.npz``, QuickDraw, Omniglot, KanjiVG ...), or several such paths joined by ``","``.
-    Items without strokes (images) are skipped and counted; bad records are skipped and counted.
-    ``limit``: keep a seeded random subset of at most this many.
-    """
-    if data == "default":
-        from ..data.synthetic import merchant_marks
-
-        sketches = merchant_marks(100, 20, seed=seed)
-        skipped = 0
-    else:
-        from ..data.formats import read_any
-
-        sketches, skipped = [], 0
-
-        def count(_: FormatError) -> None:
-            nonlocal skipped
-            skipped += 1
-
-        for part in [p.strip() for p in data.split(",") if p.strip()]:
-            if not Path(part).exists():
-                raise FormatError(part, None, "no such file or folder (give a data path, or 'default')")
-            for item in read_any(part, on_error=count):
-                if item.sketch is None or item.sketch.is_empty:
-                    skipped += 1
-                    continue
-                sketches.append(item.sketch)
-    if not sketches:
-        raise FormatError(data, None, f"no drawings with strokes found ({skipped} records skipped)")
-    if limit is not None and len(sketches) > limit:
-        keep = np.sort(np.random.default_rng(seed).choice(len(sketches), size=limit, replace=False))
-        sketches = [sketches[i] for i in keep]
-    return sketches, skipped
-
-
-def render_drawings(sketches: Iterable[Sketch], pre: Preprocessing) -> tuple[np.ndarray, int]:
-    """Render to float32 (N, S, S) with the method's preprocessing; invalid drawings skipped: (rasters, n_skipped)."""
-    rows, skipped = [], 0
-    for s in sketches:
-        try:
-            rows.append(rasterize(s, size=pre.raster_size, line_width=pre.line_width))
-        except InvalidSketchError:
-            skipped += 1
-    if not rows:
-        return np.zeros((0, pre.raster_size, pre.raster_size), dtype=np.float32), skipped
-    return np.stack(rows), skipped
-
-
-@RECIPES.register("gan")
-def gan_recipe(data: str, cfg: Any, **method_kwargs: Any) -> tuple[Method, dict[str, Any], dict[str, Any]]:
-    """Render ``data`` at 64x64, train with Algorithm 1 in the one training loop, calibrate, save samples.
-
-    ``cfg``: :class:`sketchsearch.train.TrainConfig` (paper: 2,000 iterations, batch 128, lr 0.002).
-    Recipe options besides the method's kwargs (``--set`` on the CLI, or ``cfg.extra``): ``limit`` caps the
-    number of training drawings (seeded subset); ``calibrate_on`` (10,000) the drawings used by
-    :meth:`GANEncoder.calibrate`. Writes ``samples.png`` (64 draws of G) into ``cfg.out`` when set.
-    """
-    import time
-
-    from ..eval.plots import image_grid
-    from ..train import train
-
-    limit = method_kwargs.pop("limit", cfg.extra.get("limit"))
-    calibrate_on = int(method_kwargs.pop("calibrate_on", cfg.extra.get("calibrate_on", 10_000)))
-    method = gan(**method_kwargs)
-    t0 = time.perf_counter()
-    sketches, skipped = load_drawings(data, limit=limit, seed=cfg.seed)
-    rasters, bad = render_drawings(sketches, method.preprocessing)
-    render_s = time.perf_counter() - t0
-    result = train(method, RasterDataset(rasters), cfg)
-    cal_n = min(len(rasters), calibrate_on)
-    cal_idx = np.sort(np.random.default_rng(cfg.seed).choice(len(rasters), size=cal_n, replace=False))
-    calib = method.calibrate(torch.from_numpy(rasters[cal_idx])[:, None])
-    if cfg.out:
-        with torch.no_grad():
-            samples = method.sample(64, generator=torch.Generator().manual_seed(cfg.seed)).cpu().numpy()[:, 0]
-        image_grid(samples, Path(cfg.out) / "samples.png", ncol=8, title=f"{method.arch}: G(z), z ~ N(0, I)")
-    last = result.history[-1] if result.history else {}
-    training = {
-        "data": data,
-        "drawings": len(rasters),
-        "skipped_records": int(skipped + bad),
-        "render_seconds": round(render_s, 1),
-        "iterations": result.iterations,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
-        "adam_betas": list(ADAM_BETAS),
-        "seed": cfg.seed,
-        "seconds": round(result.seconds, 1),
-        "device": result.device,
-        "torch_threads": torch.get_num_threads(),
-        "final_losses": {
-            k: round(v, 4) for k, v in last.items() if k in ("d_loss", "g_loss", "d_real", "d_fake")
-        },
-        "batch_norm": f"D's running statistics re-estimated on {calib['calibrated_on']} real training drawings",
-        "centre": f"mean encoding of the same drawings ({calib['active_dims']} of 1024 dims ever active)",
-        "parameters": method.parameter_counts(),
-    }
-    return method, training, {}
 
 
 def encode_rasters(method: Method, rasters: np.ndarray | Tensor, batch_size: int = 512) -> np.ndarray:

@@ -50,20 +50,13 @@ sketch was drawn from that photo (the triplet's anchor-positive pairs).
 
 from __future__ import annotations
 
-import json
-import random
-import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from pytorch_metric_learning.distances import BaseDistance, LpDistance
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from ..encoders.domain_migration import HashCNN, MigrationGenerator, PatchDiscriminator
 from ..losses.distances import get_distance
@@ -75,19 +68,9 @@ from ..losses.hashing import (
     unification_loss,
 )
 from ..losses.metric import make_metric_loss
-from .base import METHODS, RECIPES, Batch, Method, Preprocessing, check_bounds
+from .base import METHODS, Batch, Method, Preprocessing, check_bounds
 
-__all__ = [
-    "GDH",
-    "GDHSplit",
-    "PairDataset",
-    "collate_pairs",
-    "evaluate_gdh",
-    "gdh_recipe",
-    "gdh_split",
-    "load_arrays",
-    "sketch_as_image",
-]
+__all__ = ["GDH", "sketch_as_image"]
 
 
 def default_preprocessing(size: int = 64) -> Preprocessing:
@@ -153,13 +136,6 @@ class GDH(Method):
             non_negative={"cycle_weight": cycle_weight, "alpha": alpha, "beta": beta,
                           "triplet_weight": triplet_weight, "hash_lr_mult": hash_lr_mult},
             who="gdh: ",
-        )  # fmt: skip
-        self.save_hparams(
-            nbits=nbits, image_size=image_size, gen_width=gen_width, gs_res=gs_res, gi_res=gi_res,
-            disc_width=disc_width, hash_width=hash_width, attention=attention,
-            attention_threshold=attention_threshold, migration=migration, semantic=semantic,
-            cycle_weight=cycle_weight, alpha=alpha, beta=beta, triplet_weight=triplet_weight, distance=distance,
-            margin=margin, hash_lr_mult=hash_lr_mult, adam_beta1=adam_beta1,
         )  # fmt: skip
         self.nbits, self.migration, self.semantic = int(nbits), bool(migration), bool(semantic)
         self.nu, self.alpha, self.beta = float(cycle_weight), float(alpha), float(beta)
@@ -384,233 +360,3 @@ class GDH(Method):
 @METHODS.register("gdh")
 def _create(**kw: Any) -> GDH:
     return GDH(**kw)
-
-
-# ---------------------------------------------------------------------------------------------- data
-@dataclass
-class GDHSplit:
-    """A seeded held-out-instance split of a Sketchy folder (GDH is not zero-shot: every class is trained).
-
-    Per class, ``heldout_groups`` photos that sketches were drawn from go to the test side with all their
-    sketches (the fine-grained queries, whose own photo is in the gallery), plus random photos up to
-    ``heldout_photos`` per class (the gallery); the rest trains. Item ids ``sketch/<class>/<stem>``."""
-
-    seed: int
-    classes: list[str]
-    train_sketches: list[str] = field(default_factory=list)
-    train_photos: list[str] = field(default_factory=list)
-    query: list[str] = field(default_factory=list)
-    gallery: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        return {"seed": self.seed, "classes": len(self.classes),
-                **{k: len(getattr(self, k)) for k in ("train_sketches", "train_photos", "query", "gallery")}}  # fmt: skip
-
-    def save(self, path: str | Path) -> None:
-        from .._io import atomic_write_text
-
-        atomic_write_text(path, json.dumps(asdict(self), indent=1) + "\n")
-
-
-def gdh_split(
-    items: dict[str, Any],
-    seed: int = 0,
-    heldout_groups: int = 1,
-    heldout_photos: int = 5,
-    n_classes: int | None = None,
-) -> GDHSplit:
-    """Held-out instances of every class (see :class:`GDHSplit`); ``n_classes``: a seeded random subset of
-    that many classes (None: all)."""
-    rng = random.Random(seed)
-    by: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for i, it in sorted(items.items()):
-        by[(it.label, it.modality)].append(i)
-    classes = sorted({it.label for it in items.values()})
-    if n_classes is not None:
-        if not 2 <= n_classes <= len(classes):
-            raise ValueError(f"n_classes must be in [2, {len(classes)}], got {n_classes}")
-        classes = sorted(rng.sample(classes, n_classes))
-    split = GDHSplit(seed, classes)
-    for c in classes:
-        sketches, photos = by[(c, "sketch")], by[(c, "photo")]
-        groups: dict[str, list[str]] = defaultdict(list)
-        for i in sketches:
-            groups[f"photo/{c}/{items[i].pair}"].append(i)
-        sources = [g for g in sorted(groups) if g in photos]
-        held = rng.sample(sources, min(heldout_groups, max(0, len(sources) - 1)))
-        rest = [p for p in photos if p not in held]
-        gallery = held + rng.sample(rest, max(0, min(len(rest) - 1, heldout_photos - len(held))))
-        split.query += sorted(i for g in held for i in groups[g])
-        split.gallery += sorted(gallery)
-        split.train_sketches += [i for i in sketches if i not in split.query]
-        split.train_photos += [p for p in photos if p not in gallery]
-    return split
-
-
-def load_arrays(items: dict[str, Any], ids: Sequence[str], pre: Preprocessing) -> np.ndarray:
-    """Item ids -> float32 arrays as the Retriever builds batches: sketches (n, 1, S, S) rasters (ink = 1),
-    photos (n, 3, S, S) RGB in [0, 1] (all of one modality)."""
-    from ..data.batching import make_batch, make_photo_batch
-    from .doodle2search import item_input
-
-    if not ids:
-        return np.zeros((0, 1, pre.raster_size, pre.raster_size), dtype=np.float32)
-    inputs = [item_input(items[i]) for i in ids]
-    if items[ids[0]].modality == "photo":
-        return make_photo_batch(inputs, pre.photo_size)["photo"].numpy()
-    return make_batch(inputs, pre)["raster"].numpy()
-
-
-class PairDataset(Dataset[list[dict[str, Any]]]):
-    """Image-sketch pairs of one class per item (``group`` of them, so in-batch triplets have same-class
-    negatives). Item ``i``: class ``i % C``; each pair is, with probability ``own_fraction``, a sketch and the
-    photo it was drawn from (``own``), else a random photo of the class with a random sketch of the class (the
-    paper's Ŝ: sketches of the class repeated to match the images). Seeded by ``(seed, i, visit)``.
-
-    ``rasters`` (n2, 1, S, S), ``photos`` (n1, 3, S, S); ``sketch_labels`` / ``photo_labels`` class indices;
-    ``sketch_photo`` (n2,) the index of each sketch's own photo (-1: not in the set). ``len`` = n1 / group.
-    """
-
-    def __init__(self, rasters: np.ndarray, sketch_labels: Sequence[int], photos: np.ndarray,
-                 photo_labels: Sequence[int], sketch_photo: Sequence[int], *, group: int = 2,
-                 own_fraction: float = 0.5, seed: int = 0) -> None:  # fmt: skip
-        self.rasters, self.photos = rasters, photos
-        self.sl, self.pl = np.asarray(sketch_labels), np.asarray(photo_labels)
-        self.sp = np.asarray(sketch_photo)
-        if not (len(self.sl) == len(rasters) == len(self.sp) and len(self.pl) == len(photos)):
-            raise ValueError("one label and one photo index per sketch, one label per photo")
-        self.classes = sorted(set(self.sl.tolist()) & set(self.pl.tolist()))
-        if not self.classes:
-            raise ValueError("no class has both sketches and photos")
-        self.s_of = {c: np.flatnonzero(self.sl == c) for c in self.classes}
-        self.p_of = {c: np.flatnonzero(self.pl == c) for c in self.classes}
-        self.own_of = {c: self.s_of[c][self.sp[self.s_of[c]] >= 0] for c in self.classes}
-        self.group, self.own_fraction, self.seed = int(group), float(own_fraction), int(seed)
-        self._visits: dict[int, int] = {}
-
-    def __len__(self) -> int:
-        return max(len(self.classes), len(self.photos) // self.group)
-
-    def __getitem__(self, i: int) -> list[dict[str, Any]]:
-        visit = self._visits.get(i, 0)
-        self._visits[i] = visit + 1
-        rng = np.random.default_rng([self.seed, i, visit])
-        c = self.classes[i % len(self.classes)]
-        out = []
-        for _ in range(self.group):
-            if len(self.own_of[c]) and rng.random() < self.own_fraction:
-                s = int(rng.choice(self.own_of[c]))
-                p = int(self.sp[s])
-            else:
-                s, p = int(rng.choice(self.s_of[c])), int(rng.choice(self.p_of[c]))
-            out.append({"raster": self.rasters[s], "photo": self.photos[p], "label": c, "photo_index": p,
-                        "sketch_index": s, "instance": p, "own": int(self.sp[s] == p)})  # fmt: skip
-        return out
-
-
-def collate_pairs(groups: Sequence[Sequence[dict[str, Any]]]) -> Batch:
-    """Flatten :class:`PairDataset` groups into one batch (see the module docstring for the keys)."""
-    ex = [e for g in groups for e in g]
-    out: Batch = {
-        "raster": torch.from_numpy(np.stack([e["raster"] for e in ex]).astype(np.float32)),
-        "photo": torch.from_numpy(np.stack([e["photo"] for e in ex]).astype(np.float32)),
-    }
-    for k in ("label", "photo_index", "sketch_index", "instance"):
-        out[k] = torch.tensor([int(e[k]) for e in ex], dtype=torch.long)
-    out["own"] = torch.tensor([bool(e["own"]) for e in ex])
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate_gdh(method: Method, items: dict[str, Any], split: GDHSplit, ks: Sequence[int] = (1, 10)
-                 ) -> dict[str, Any]:  # fmt: skip
-    """Held-out sketches query held-out photos through the :class:`~sketchsearch.retrieval.Retriever`
-    (photos added with ``modality="photo"``, sketch images searched; Hamming index for binary methods).
-
-    Category level: mAP@all (same class = relevant). Fine-grained: acc@k, a query is right when the photo
-    it was drawn from is among its first k hits (of the whole held-out gallery, every class)."""
-    from ..eval import metrics as M
-    from ..retrieval import Retriever
-    from .doodle2search import item_input
-
-    method.eval()
-    r = Retriever(method, batch_size=64)
-    g_labels = [items[i].label for i in split.gallery]
-    q_labels = [items[i].label for i in split.query]
-    t0 = time.perf_counter()
-    r.add([item_input(items[i]) for i in split.gallery], ids=np.arange(len(split.gallery)), labels=g_labels,
-          modality="photo")  # fmt: skip
-    photo_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    _, ids = r.search_many([item_input(items[i]) for i in split.query], k=len(split.gallery))
-    query_s = time.perf_counter() - t0
-    rel = M.relevance_from_labels(ids, g_labels, q_labels)
-    out: dict[str, Any] = {"mAP@all": M.map_at_all(rel, M.n_relevant_from_labels(g_labels, q_labels))}
-    g_inst = [items[i].id for i in split.gallery]
-    q_inst = [f"photo/{items[i].label}/{items[i].pair}" for i in split.query]
-    rel_fg = M.relevance_from_labels(ids, g_inst, q_inst)
-    n_fg = M.n_relevant_from_labels(g_inst, q_inst)
-    out.update({f"acc@{k}": M.acc_at_k(rel_fg, k, n_fg) for k in ks})
-    out.update({"queries": len(split.query), "gallery": len(split.gallery),
-                "photos_per_s": round(len(split.gallery) / max(photo_s, 1e-9), 1),
-                "sketch_queries_per_s": round(len(split.query) / max(query_s, 1e-9), 1)})  # fmt: skip
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- recipe
-#: the recipe's defaults when the command line does not set them: batch 32 and lr 2e-4 are the paper's
-#: (Sec. 4.1); iterations (~3 epochs of 2,000 photos at batch 32) are ours, CPU-sized (the paper: 30 epochs)
-RECIPE_DEFAULTS: dict[str, Any] = {"iterations": 200, "batch_size": 16, "lr": 2e-4}
-#: batch_size counts PairDataset items, each a group of 2 pairs: 16 items = the paper's 32 pairs a batch
-
-
-def build_training(items: dict[str, Any], split: GDHSplit, pre: Preprocessing, seed: int = 0
-                   ) -> tuple[PairDataset, list[int], list[int]]:  # fmt: skip
-    """The training pairs of a split and the bank's labels (photo labels, sketch labels)."""
-    cls = {c: i for i, c in enumerate(split.classes)}
-    rasters = load_arrays(items, split.train_sketches, pre)
-    photos = load_arrays(items, split.train_photos, pre)
-    p_index = {p: j for j, p in enumerate(split.train_photos)}
-    sp = [p_index.get(f"photo/{items[i].label}/{items[i].pair}", -1) for i in split.train_sketches]
-    sl = [cls[items[i].label] for i in split.train_sketches]
-    pl = [cls[items[i].label] for i in split.train_photos]
-    return PairDataset(rasters, sl, photos, pl, sp, seed=seed), pl, sl
-
-
-@RECIPES.register("gdh")
-def gdh_recipe(data: str, cfg: Any, *, split_seed: int = 0, heldout_groups: int = 1, heldout_photos: int = 5,
-               n_classes: int | None = None, **method_kwargs: Any
-               ) -> tuple[GDH, dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """Sketchy folder -> trained GDH, its training record and held-out metrics (category mAP@all,
-    fine-grained acc@1 / acc@10). Every class trains; held-out instances test (see :class:`GDHSplit`)."""
-    from ..train import seed_everything, train
-    from .doodle2search import load_sketchy
-
-    explicit = set(getattr(cfg, "extra", {}).get("explicit", ["iterations", "batch_size", "lr"]))
-    cfg = replace(cfg, **{k: v for k, v in RECIPE_DEFAULTS.items() if k not in explicit})
-    t0 = time.perf_counter()
-    items = load_sketchy(data)
-    split = gdh_split(
-        items,
-        seed=split_seed,
-        heldout_groups=heldout_groups,
-        heldout_photos=heldout_photos,
-        n_classes=n_classes,
-    )
-    if cfg.out:
-        split.save(Path(cfg.out) / "split.json")
-    seed_everything(cfg.seed)
-    method = GDH(**{k: v for k, v in method_kwargs.items() if v is not None})
-    ds, pl, sl = build_training(items, split, method.preprocessing, seed=cfg.seed)
-    method.set_training_data(pl, sl, len(split.classes), seed=cfg.seed)
-    res = train(method, ds, cfg, collate_fn=collate_pairs)
-    method.cpu().eval()
-    metrics = evaluate_gdh(method, items, split)
-    info = {"split": split.summary(), "split_seed": split_seed, "heldout_groups": heldout_groups,
-            "heldout_photos": heldout_photos, "n_classes": n_classes, "iterations": res.iterations, "train_seconds": round(res.seconds, 1),
-            "device": res.device, "batch_pairs": 2 * cfg.batch_size, "lr": cfg.lr,
-            "last": res.history[-1] if res.history else {}, "recipe_seconds": round(time.perf_counter() - t0, 1),
-            "split_rebuild": f"sketchsearch.methods.gdh.gdh_split(load_sketchy(data), seed={split_seed}, "
-                             f"heldout_groups={heldout_groups}, heldout_photos={heldout_photos})"}  # fmt: skip
-    return method, info, metrics

@@ -1,0 +1,333 @@
+"""The one evaluation: any Retriever on any split, with every metric the papers report.
+
+* :func:`score` is the engine: encode a gallery and queries through the Retriever (each item with its own
+  modality, so sketch queries meet a photo gallery through the photo branch), add the gallery, search every
+  query over the whole gallery and score the ranking: ``mAP@all``, ``MAP@R``, and per k ``mAP@k`` (normalised
+  by #relevant), ``mAP@k_min`` (by min(k, #relevant)), ``P@k``, ``acc@k``; ``ms_per_query`` (search only) and
+  ``encode_per_s`` (rendering included). Relevance is key equality: the class label for category retrieval,
+  the instance (``label``, ``pair``) for fine-grained retrieval. ``leave_one_out``: each gallery item
+  queries the others (the sketch-GAN protocol).
+* :func:`evaluate` scores a Retriever on a collection and a :class:`~sketchsearch.data.splits.Split`: each
+  evaluation the split holds (``main``: query vs gallery; ``zero_shot``: the unseen classes').
+* :func:`evaluate_rows` scores a table of rows (trained models, closed-form baselines) on one split: a
+  baseline is fitted on that split's ``train`` part (or, without one, on its gallery without labels).
+
+Search goes through :class:`~sketchsearch.retrieval.Retriever`, the path the CLI and the service use; its
+``search_many(q, k)`` is ``search_encoded(encode(q), k)``, and the two halves are called apart here only to
+time them apart. Rankings are complete (``k`` = gallery size) so that mAP@all and MAP@R are exact; ties in
+distance are broken by id, and gallery ids are gallery positions, so every figure is deterministic.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from .._io import atomic_write_text
+from ..data.batching import item_input
+from ..data.collection import Collection
+from ..data.formats.base import Item
+from ..data.splits import Split
+from ..errors import ModelError
+from ..methods.base import Method, create_method
+from ..retrieval import Retriever
+from .metrics import (
+    acc_at_k,
+    map_at_all,
+    map_at_k,
+    map_at_r,
+    n_relevant_from_labels,
+    precision_at_k,
+    relevance_from_labels,
+)
+
+__all__ = ["DEFAULT_KS", "PROTOCOLS", "Row", "evaluate", "evaluate_rows", "markdown_table", "score"]
+
+#: cut-offs reported by default: acc@1 (nearest neighbour), @10, P@100 (baseline tables), @200 (DSH / GDH)
+DEFAULT_KS: tuple[int, ...] = (1, 10, 100, 200)
+#: relevance rules: same class; same instance (a sketch and the photo it was drawn from); same class, each
+#: item querying all the others
+PROTOCOLS = ("category", "instance", "leave-one-out")
+
+
+def _retriever(obj: Retriever | Method) -> Retriever:
+    if isinstance(obj, Method):
+        return Retriever(obj)
+    if isinstance(obj, Retriever):
+        if len(obj) != 0:
+            raise ValueError(f"evaluation needs an empty retriever (it adds the gallery itself); this one holds {len(obj)}")
+        return obj
+    raise TypeError(f"expected a Retriever or a Method, got {type(obj).__name__}")
+
+
+def _encode(r: Retriever, inputs: Sequence[Any], modalities: Sequence[str]) -> np.ndarray:
+    """Encode ``inputs``, each through its modality's branch, in input order."""
+    groups: dict[str, list[int]] = {}
+    for i, m in enumerate(modalities):
+        groups.setdefault(m, []).append(i)
+    if len(groups) == 1:
+        return r.encode(list(inputs), next(iter(groups)))
+    out: np.ndarray | None = None
+    for m, idx in groups.items():
+        codes = r.encode([inputs[i] for i in idx], m)
+        if out is None:
+            out = np.zeros((len(inputs), *codes.shape[1:]), dtype=codes.dtype)
+        out[idx] = codes
+    assert out is not None
+    return out
+
+
+def score(
+    retriever: Retriever | Method,
+    gallery: Sequence[Any],
+    gallery_keys: Sequence[Any],
+    queries: Sequence[Any] | None = None,
+    query_keys: Sequence[Any] | None = None,
+    *,
+    ks: Iterable[int] = DEFAULT_KS,
+    leave_one_out: bool = False,
+    gallery_modality: str | Sequence[str] = "sketch",
+    query_modality: str | Sequence[str] = "sketch",
+    chunk: int = 512,
+) -> dict[str, Any]:
+    """Score one ranking task (see the module docstring). ``gallery`` / ``queries``: what the encoder reads
+    (Sketch, raster, PIL image); ``*_keys``: relevance keys (equal key = relevant); ``*_modality``: one for
+    all, or one per item. Returns the metrics and ``n_queries``, ``n_excluded`` (queries with no relevant
+    item, left out of every mean), ``n_gallery``, ``mean_relevant``, ``ms_per_query``, ``encode_per_s``."""
+    ks = tuple(int(k) for k in ks)
+    if leave_one_out and (queries is not None or query_keys is not None):
+        raise ValueError("leave_one_out queries the gallery with itself: leave queries and query_keys unset")
+    if not leave_one_out and (queries is None or query_keys is None):
+        raise ValueError("give queries and query_keys, or set leave_one_out=True")
+    n_g = len(gallery)
+    if n_g == 0:
+        raise ValueError("the gallery is empty")
+    if len(gallery_keys) != n_g:
+        raise ValueError(f"{len(gallery_keys)} gallery keys for {n_g} gallery items")
+    if queries is not None and (len(queries) == 0 or len(query_keys or ()) != len(queries)):
+        raise ValueError(f"need one key per query, got {len(query_keys or ())} keys for {len(queries)} queries")
+    r = _retriever(retriever)
+
+    def per_item(m: str | Sequence[str], n: int) -> list[str]:
+        return [m] * n if isinstance(m, str) else list(m)
+
+    t0 = time.perf_counter()
+    g_codes = _encode(r, gallery, per_item(gallery_modality, n_g))
+    if leave_one_out:
+        q_codes, q_keys = g_codes, list(gallery_keys)
+    else:
+        assert queries is not None and query_keys is not None
+        q_codes, q_keys = _encode(r, queries, per_item(query_modality, len(queries))), list(query_keys)
+    t_encode = time.perf_counter() - t0
+    n_encoded = n_g + (0 if leave_one_out else len(q_codes))
+    g_keys = list(gallery_keys)
+    r.add(gallery, ids=np.arange(n_g, dtype=np.int64), labels=[None if x is None else str(x) for x in g_keys],
+          encoded=g_codes)  # fmt: skip
+
+    n_q = len(q_codes)
+    n_rel_all = n_relevant_from_labels(g_keys, q_keys, leave_one_out=leave_one_out)
+    fns: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"mAP@all": map_at_all, "MAP@R": map_at_r}
+    for k in ks:
+        fns[f"mAP@{k}"] = lambda rel, n, k=k: map_at_k(rel, k, n, norm="relevant")
+        fns[f"mAP@{k}_min"] = lambda rel, n, k=k: map_at_k(rel, k, n, norm="min")
+        fns[f"P@{k}"] = lambda rel, n, k=k: precision_at_k(rel, k, n)
+        fns[f"acc@{k}"] = lambda rel, n, k=k: acc_at_k(rel, k, n)
+    sums = dict.fromkeys(fns, 0.0)
+    r.search_encoded(q_codes[:1], 1)  # untimed warm-up: a backend may compile its kernels on first use (numba)
+    t_search = 0.0
+    for s in range(0, n_q, chunk):
+        e = min(s + chunk, n_q)
+        t1 = time.perf_counter()
+        _, ids = r.search_encoded(q_codes[s:e], n_g)
+        t_search += time.perf_counter() - t1
+        ids = np.asarray(ids, dtype=np.int64)
+        if leave_one_out:
+            keep = ids != np.arange(s, e)[:, None]
+            if not (keep.sum(axis=1) == n_g - 1).all():
+                raise RuntimeError("leave-one-out: a query's own item is missing from (or repeated in) its ranking")
+            ids = ids[keep].reshape(e - s, n_g - 1)
+        rel = relevance_from_labels(ids, g_keys, q_keys[s:e])
+        n_rel = n_rel_all[s:e]
+        n_valid = int((n_rel > 0).sum())
+        if n_valid:
+            for name, fn in fns.items():
+                sums[name] += fn(rel, n_rel) * n_valid
+    n_valid_all = int((n_rel_all > 0).sum())
+    out: dict[str, Any] = {name: (v / n_valid_all if n_valid_all else float("nan")) for name, v in sums.items()}
+    m = r.method
+    out.update({
+        "n_queries": int(n_q), "n_excluded": int(n_q - n_valid_all), "n_gallery": int(n_g),
+        "mean_relevant": float(n_rel_all[n_rel_all > 0].mean()) if n_valid_all else 0.0,
+        "leave_one_out": bool(leave_one_out), "ks": list(ks),
+        "ms_per_query": 1000.0 * t_search / max(n_q, 1),
+        "encode_per_s": n_encoded / t_encode if t_encode > 0 else float("inf"),
+        "method": m.name, "output": m.output, "code_size": int(m.code_size), "model_id": r.model_id,
+    })  # fmt: skip
+    return out
+
+
+def _key(item: Item, protocol: str) -> Any:
+    if protocol == "instance":
+        return None if item.pair is None else f"{item.label}/{item.pair}"
+    return item.label
+
+
+def evaluate(
+    retriever: Retriever | Method | Callable[[], Retriever | Method],
+    collection: Collection,
+    split: Split,
+    *,
+    protocol: str | None = None,
+    ks: Iterable[int] = DEFAULT_KS,
+) -> dict[str, dict[str, Any]]:
+    """Score on every evaluation ``split`` holds: ``{"main": metrics, "zero_shot": metrics}`` (those present).
+
+    ``protocol``: ``category`` (same label), ``instance`` (same ``pair``: a sketch and its photo) or
+    ``leave-one-out``; default from the split's kind. Each query and gallery item is encoded with its own
+    modality. ``retriever``: an empty Retriever or a Method, or a callable making one per evaluation (a
+    Retriever holds one gallery)."""
+    protocol = protocol or {"instance": "instance", "heldout_instance": "category",
+                            "leave_one_out": "leave-one-out"}.get(split.kind, "category")  # fmt: skip
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    evaluations = split.evaluations()
+    if not evaluations:
+        raise ValueError(f"the {split.kind} split holds no query and gallery items to evaluate")
+    results: dict[str, dict[str, Any]] = {}
+    for name, q_part, g_part in evaluations:
+        r = retriever() if callable(retriever) and not isinstance(retriever, (Retriever, Method)) else retriever
+        if results and isinstance(r, Retriever):
+            raise ValueError("a Retriever holds one gallery: pass a Method or a factory to evaluate several parts")
+        g_items = [collection[i] for i in split.part(g_part)]
+        g_keys = [_key(it, protocol) for it in g_items]
+        common = {"ks": ks, "gallery_modality": [it.modality for it in g_items]}
+        if protocol == "leave-one-out" or q_part == g_part:
+            res = score(r, [item_input(it) for it in g_items], g_keys, leave_one_out=True, **common)
+        else:
+            q_items = [collection[i] for i in split.part(q_part)]
+            res = score(r, [item_input(it) for it in g_items], g_keys, [item_input(it) for it in q_items],
+                        [_key(it, protocol) for it in q_items], query_modality=[it.modality for it in q_items],
+                        **common)  # fmt: skip
+        res["protocol"] = protocol
+        results[name] = res
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- tables
+@dataclass
+class Row:
+    """One row of a table: a trained ``model`` (artifact name or path), or a closed-form ``method`` with its
+    ``kwargs`` (fitted on the split's train part, or its gallery without labels)."""
+
+    label: str
+    model: str | None = None
+    method: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> tuple[Method, Any]:
+        """(method, model card or None)."""
+        if self.model:
+            from ..model import load_model
+
+            return load_model(self.model)
+        if not self.method:
+            raise ValueError(f"row {self.label!r} needs a model or a method")
+        method = create_method(self.method, **self.kwargs)
+        if not method.closed_form:
+            raise ModelError(f"row {self.label!r}: method {self.method!r} needs training; give a trained model")
+        return method, None
+
+
+def fit_on_split(method: Method, collection: Collection, split: Split) -> dict[str, Any]:
+    """Fit a closed-form method on the split's ``train`` part (sketches), else on its gallery (no labels)."""
+    part = "train" if split.train else "gallery"
+    items = [collection[i] for i in split.part(part) if collection[i].modality == "sketch"]
+    method.fit([item_input(it) for it in items])
+    return {"fitted_on": part, **dict(getattr(method, "fit_info", {}))}
+
+
+def evaluate_rows(
+    rows: Sequence[Row],
+    collection: Collection,
+    split: Split,
+    *,
+    protocol: str | None = None,
+    ks: Iterable[int] = DEFAULT_KS,
+    title: str = "Retrieval",
+    notes: Sequence[str] = (),
+    meta: Mapping[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+    json_path: str | None = None,
+    md_path: str | None = None,
+    columns: Sequence[str] = ("mAP@all", "P@100"),
+) -> dict[str, Any]:
+    """Score every row on the same split; write JSON and a markdown table (atomically) when paths are given.
+    Returns ``{"title", "data", "split", "rows": [{label, model, method, kwargs, fit, main, zero_shot?}],
+    "notes", "meta", "environment", "created"}``."""
+    ks = tuple(ks)
+    out_rows = []
+    for row in rows:
+        method, card = row.build()
+        fit = fit_on_split(method, collection, split) if card is None else {}
+        model_id = card.model_id if card is not None else "unsaved"
+        res = evaluate(lambda m=method, i=model_id: Retriever(m, model_id=i), collection, split, protocol=protocol, ks=ks)
+        entry = {"label": row.label, "model": row.model, "method": method.name, "kwargs": dict(row.kwargs),
+                 "model_id": model_id, "fit": fit, **res}  # fmt: skip
+        out_rows.append(entry)
+        if progress:
+            progress(f"{row.label}: " + "; ".join(
+                f"{name} " + ", ".join(f"{c} {r.get(c, float('nan')):.4f}" for c in columns) for name, r in res.items()
+            ))  # fmt: skip
+    doc = {
+        "title": title, "data": collection.path, "n_items": len(collection), "skipped": collection.skipped,
+        "split": split.summary(), "ks": list(ks), "notes": list(notes), "meta": dict(meta or {}), "rows": out_rows,
+        "environment": {"sketchsearch": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+                        "numpy": np.__version__, "platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    if json_path:
+        atomic_write_text(json_path, json.dumps(doc, indent=2, default=_json_default) + "\n")
+    if md_path:
+        atomic_write_text(md_path, markdown_table(doc, columns))
+    return doc
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def markdown_table(doc: Mapping[str, Any], columns: Sequence[str] = ("mAP@all", "P@100")) -> str:
+    """A results document (from :func:`evaluate_rows`) -> markdown: title, data + split line, one row per
+    result and evaluation (a row's zero-shot figures on a line of their own), then the notes."""
+    sp = doc["split"]
+    parts = ", ".join(f"{k} {v}" for k, v in sp.items() if k not in ("kind", "seed"))
+    lines = [f"# {doc['title']}", "",
+             f"Data: `{doc['data']}` ({doc['n_items']} items, {doc['skipped']} skipped). "
+             f"Split: {sp['kind']}, seed {sp['seed']} ({parts}).", "",
+             "| method | bits/dim | " + " | ".join(columns) + " | search ms/query |",
+             "|---|---:|" + "---:|" * len(columns) + "---:|"]  # fmt: skip
+    for row in doc["rows"]:
+        for name in ("main", "zero_shot"):
+            r = row.get(name)
+            if r is None:
+                continue
+            label = row["label"] if name == "main" else f"{row['label']} (zero-shot)"
+            vals = " | ".join(f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns)
+            lines.append(f"| {label} | {r['code_size']} | {vals} | {r['ms_per_query']:.3f} |")
+    if doc.get("notes"):
+        lines += [""] + [f"- {n}" for n in doc["notes"]]
+    return "\n".join(lines) + "\n"
