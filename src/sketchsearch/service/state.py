@@ -1,0 +1,137 @@
+"""What the service serves: the collections (name -> :class:`Retriever`, one lock each) and the limits.
+
+:func:`load_collections` opens collections from disk and :func:`warm_up` runs a first search in each;
+:func:`~sketchsearch.service.app.create_app` keeps a :class:`ServiceState` on ``app.state.service``, and
+the routes get it through the :func:`get_state` dependency.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import Request
+from starlette.exceptions import HTTPException
+
+from ..data.sketch import Sketch
+from ..errors import IndexError_, SketchSearchError
+from ..retrieval import Retriever
+from .limits import Limits
+from .schemas import Metric
+
+__all__ = [
+    "CollectionSpec",
+    "ServedCollection",
+    "ServiceState",
+    "check_name",
+    "get_state",
+    "load_collections",
+    "warm_up",
+]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+CollectionSpec = tuple[str, "str | Path | None", "str | Path"]
+"""(name, model name/path or None for the model the index's manifest names, index folder)."""
+
+
+def check_name(name: str) -> None:
+    """ValueError unless ``name`` is a valid collection name (it appears in URLs and thumbnail links)."""
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"collection name {name!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+
+
+def load_collections(specs: Sequence[CollectionSpec]) -> dict[str, Retriever]:
+    """Open every ``(name, model, index_folder)`` with :meth:`Retriever.load`.
+
+    Raises :class:`~sketchsearch.errors.IndexError_` naming the collection, the folder and the cause when
+    any of them fails (the CLI prints it and stops: a half-started service is worse than none).
+    """
+    out: dict[str, Retriever] = {}
+    for name, model, folder in specs:
+        check_name(name)
+        if name in out:
+            raise IndexError_(f"collection {name!r} is given twice; give each --index its own --name")
+        try:
+            out[name] = Retriever.load(folder, model)
+        except Exception as e:
+            what = f"model {str(model)!r} and index {str(folder)!r}" if model else f"index {str(folder)!r}"
+            cause = str(e) if isinstance(e, SketchSearchError) else f"{type(e).__name__}: {e}"
+            raise IndexError_(f"collection {name!r}: cannot load {what}: {cause}") from e
+    return out
+
+
+def warm_up(collections: Mapping[str, Retriever]) -> dict[str, float]:
+    """Run one small search per non-empty collection so the first visitor does not pay for lazy set-up
+    (JIT-compiled search kernels, index caches). Returns the ms each took."""
+    probe = Sketch([np.array([[0, 0], [10, 10], [20, 0]], dtype=np.float32)])
+    out = {}
+    for name, r in collections.items():
+        if len(r):
+            t0 = time.perf_counter()
+            r.search(probe, k=1)
+            out[name] = (time.perf_counter() - t0) * 1000.0
+    return out
+
+
+@dataclass
+class ServedCollection:
+    """One collection as served: its name, its Retriever and the lock searches take."""
+
+    name: str
+    retriever: Retriever
+    # The Retriever makes no thread-safety promise (its item store may hold an sqlite connection, indexes
+    # keep scratch buffers), so one collection answers one search at a time; collections run in parallel.
+    lock: threading.Lock
+
+    @property
+    def metric(self) -> Metric:
+        return "hamming" if self.retriever.binary else "cosine"
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """Everything the routes read: the served collections by name and the request limits."""
+
+    collections: dict[str, ServedCollection]
+    limits: Limits
+
+    @classmethod
+    def build(cls, collections: Mapping[str, Retriever], limits: Limits) -> ServiceState:
+        """Check every name and give each collection its own lock; ValueError when there is none."""
+        if not collections:
+            raise ValueError("create_app needs at least one collection (name -> Retriever)")
+        served: dict[str, ServedCollection] = {}
+        for name, retriever in collections.items():
+            check_name(name)
+            served[name] = ServedCollection(name, retriever, threading.Lock())
+        return cls(served, limits)
+
+    def pick(self, name: str | None) -> ServedCollection:
+        """The collection a request names: 404 when it is not served; 422 when none is named and several are."""
+        if name is None:
+            if len(self.collections) == 1:
+                return next(iter(self.collections.values()))
+            raise HTTPException(
+                422, f"collection: several are served, name one of {sorted(self.collections)}"
+            )
+        col = self.collections.get(name)
+        if col is None:
+            raise HTTPException(404, f"collection {name!r} is not served; known: {sorted(self.collections)}")
+        return col
+
+
+async def get_state(request: Request) -> ServiceState:
+    """FastAPI dependency: the :class:`ServiceState` of the app serving ``request``.
+
+    ``async`` so that FastAPI calls it on the event loop instead of sending it to the thread pool.
+    """
+    state: ServiceState = request.app.state.service
+    return state
