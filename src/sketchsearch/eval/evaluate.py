@@ -205,8 +205,9 @@ def evaluate(
         raise ValueError(f"the {split.kind} split holds no query and gallery items to evaluate")
     results: dict[str, dict[str, Any]] = {}
     for name, q_part, g_part in evaluations:
-        r = retriever() if callable(retriever) and not isinstance(retriever, (Retriever, Method)) else retriever
-        if results and isinstance(r, Retriever):
+        factory = not isinstance(retriever, (Retriever, Method))
+        r = retriever() if factory else retriever  # type: ignore[operator]
+        if results and isinstance(r, Retriever) and not factory:
             raise ValueError("a Retriever holds one gallery: pass a Method or a factory to evaluate several parts")
         g_items = [collection[i] for i in split.part(g_part)]
         g_keys = [_key(it, protocol) for it in g_items]
