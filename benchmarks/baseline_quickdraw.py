@@ -22,16 +22,18 @@ from pathlib import Path
 import torch
 from threadpoolctl import threadpool_limits
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA_ROOT, machine_info
+
 from sketchsearch.eval.protocol import run_benchmark
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 COLUMNS = ("mAP@all", "P@100", "mAP@100", "mAP@100_min", "P@200", "acc@1", "MAP@R")
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=os.path.relpath(ROOT.parent / "shared" / "data" / "quickdraw" / "raw"))
+    ap.add_argument("--data", default=os.path.relpath(DATA_ROOT / "quickdraw" / "raw"))
     ap.add_argument("--json", default=str(HERE / "results" / "baselines_quickdraw.json"))
     ap.add_argument("--md", default=str(HERE / "results" / "baselines_quickdraw.md"))
     ap.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
@@ -79,15 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     meta = {
         "command": " ".join(
             [Path(sys.argv[0]).name if argv is None else "baseline_quickdraw.py", *(argv or sys.argv[1:])]
-        )
+        ),
+        "machine": machine_info(),
     }
-    try:
-        sys.path.insert(0, str(HERE))
-        from _common import machine
-
-        meta["machine"] = machine()
-    except ImportError:
-        pass
     t0 = time.perf_counter()
     with threadpool_limits(1):
         doc = run_benchmark(

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, markdown_table, write_atomic
+from _common import machine_info, markdown_table, write_atomic
 
 from sketchsearch.index.hamming import create_index
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = run(a.sizes, a.bits, a.queries, a.k, a.repeats, a.numpy_max_work)
     import json
 
-    payload = {"benchmark": "hamming_knn", "k": a.k, "threads": 1, "machine": machine(), "rows": rows}
+    payload = {"benchmark": "hamming_knn", "k": a.k, "threads": 1, "machine": machine_info(), "rows": rows}
     write_atomic(a.json_out, json.dumps(payload, indent=2) + "\n")
     cols = [
         "backend",

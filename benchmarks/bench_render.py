@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_results
+from _common import RESULTS, machine_info, table_markdown, write_results
 
 from sketchsearch.data.render import rasterize
 from sketchsearch.data.synthetic import default_collection
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "render"))
+    ap.add_argument("--out", default=str(RESULTS / "render"))
     a = ap.parse_args(argv)
     sketches = [it.sketch for it in default_collection(seed=0).items[: a.n]]
     pts = sum(s.n_points for s in sketches) / len(sketches)
@@ -62,18 +62,14 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"{size}x{size}: {ours:,.0f} sketches/s antialiased, {ref:,.0f} aliased", flush=True)
     payload = {
-        "machine": machine(),
+        "machine": machine_info(),
         "n_sketches": len(sketches),
         "mean_points": pts,
         "threads": 1,
         "rows": rows,
     }
-    write_results(
-        a.out,
-        payload,
-        ["renderer", "size", "sketches_per_s", "ratio_vs_aliased"],
-        "Rasterisation throughput (one core)",
-    )
+    columns = ["renderer", "size", "sketches_per_s", "ratio_vs_aliased"]
+    write_results(a.out, payload, table_markdown(payload, columns, "Rasterisation throughput (one core)"))
 
 
 if __name__ == "__main__":

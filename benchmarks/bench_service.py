@@ -22,7 +22,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import platform
 import socket
 import statistics
 import sys
@@ -32,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine_info, write_results
 
 
 def build_app(items: int, nbits: int, seed: int) -> Any:
@@ -213,17 +213,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "p99_ms": round(pct(ref["latencies_ms"], 99), 2),
         },
         "server_setup_s": round(setup_s, 1),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "load_average_1min_before": round(load_before, 2),
-        },
+        "machine": {**machine_info(), "load_average_1min_before": round(load_before, 2)},
         "command": "python benchmarks/bench_service.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
     L = out["latency_ms"]
     md = [
         "# Service load benchmark",
@@ -231,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (
             f"`{out['command'].strip()}` — uvicorn (1 worker) on 127.0.0.1, {out['clients']} concurrent httpx clients, "
             f"{out['items']:,} items of {out['nbits']}-bit codes ({out['codes']}), k = {out['k']}, "
-            f"{out['machine']['cpus']} CPUs ({out['machine']['platform']}), "
+            f"{out['machine']['cores']} CPUs ({out['machine']['cpu']}, {out['machine']['platform']}), "
             f"1-minute load average {out['machine']['load_average_1min_before']} before the run (a shared machine)."
         ),
         "",
@@ -260,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
         "",
     ]
-    args.out.with_suffix(".md").write_text("\n".join(md))
+    write_results(args.out, out, "\n".join(md))
     print("\n".join(md))
     return out
 

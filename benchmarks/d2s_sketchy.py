@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_atomic, write_results
+from _common import DATA_ROOT, RESULTS, ROOT, machine_info, table_markdown, write_results
 
 from sketchsearch.eval import metrics as M
 from sketchsearch.methods.base import Batch, Method
@@ -59,8 +59,6 @@ from sketchsearch.methods.doodle2search import (
 from sketchsearch.retrieval import Retriever
 from sketchsearch.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 ROWS: list[tuple[str, dict[str, Any]]] = [
     ("D2S full", {}),
     ("- domain", {"domain_weight": 0.0}),
@@ -103,7 +101,7 @@ def mean_std(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "sketchy")
+    ap.add_argument("--data", type=Path, default=DATA_ROOT / "sketchy")
     ap.add_argument("--iterations", type=int, default=1500)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -181,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             "features": len(need),
             "class_name_embeddings_s": round(semantic_s, 1),
         },
-        "machine": machine(),
+        "machine": machine_info(),
         "runs": [],
         "rows": [],
     }
@@ -261,7 +259,6 @@ def write(stem: Path, payload: dict[str, Any]) -> None:
         "seen P@5",
         "train s",
     ]
-    write_results(stem, payload, cols, payload["title"])
     p, t = payload["protocol"], payload["timing"]
     sp = p["split"]
     notes = (
@@ -291,8 +288,7 @@ def write(stem: Path, payload: dict[str, Any]) -> None:
             f"{e['photos_per_s']} photos/s, {e['sketch_queries_per_s (encode + search)']} sketch queries/s "
             f"(backbone + head, {p['input_size']} px, CPU).\n"
         )
-    md = stem.with_suffix(".md")
-    write_atomic(md, md.read_text() + notes)
+    write_results(stem, payload, table_markdown(payload, cols, payload["title"]) + notes)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_atomic, write_results
+from _common import DATA_ROOT, RESULTS, machine_info, table_markdown, write_atomic, write_results
 
 from sketchsearch.data.batching import RasterDataset
 from sketchsearch.data.render import image_to_raster, rasterize
@@ -53,8 +53,6 @@ from sketchsearch.methods.base import create_method
 from sketchsearch.methods.dsml import ClassGroupDataset, collate_groups, load_labelled_drawings
 from sketchsearch.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 RASTER = 64
 PER_CLASS = 4  # drawings of one class in a batch
 CLASSES_PER_BATCH = 16  # -> batches of 64
@@ -181,8 +179,8 @@ def hamming_order(qz: torch.Tensor, gz: torch.Tensor) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quickdraw", type=Path, default=ROOT.parent / "shared" / "data" / "quickdraw" / "raw")
-    ap.add_argument("--sketchy", type=Path, default=ROOT.parent / "shared" / "data" / "sketchy" / "sketch")
+    ap.add_argument("--quickdraw", type=Path, default=DATA_ROOT / "quickdraw" / "raw")
+    ap.add_argument("--sketchy", type=Path, default=DATA_ROOT / "sketchy" / "sketch")
     ap.add_argument("--iterations", type=int, default=400)
     ap.add_argument("--hash-iterations", type=int, default=None, help="default: --iterations")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -247,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             "splits_file": "benchmarks/results/dsml_splits.json",
         },
         "datasets": {},
-        "machine": machine(),
+        "machine": machine_info(),
         "rows": [],
     }
     for name, (rasters, labels, _) in data.items():
@@ -331,7 +329,6 @@ def write(stem: Path, payload: dict[str, Any]) -> None:
         "mAP@all",
         "train s",
     ]
-    write_results(stem, payload, cols, payload["title"])
     p = payload["protocol"]
     ds = "; ".join(
         f"{k}: {v['classes']} classes, {v['queries']} queries / {v['gallery']} gallery"
@@ -355,8 +352,8 @@ def write(stem: Path, payload: dict[str, Any]) -> None:
     )
     if payload.get("errata"):
         notes += "\n**Errata.** " + " ".join(payload["errata"]) + "\n"
-    md = stem.with_suffix(".md")
-    write_atomic(md, md.read_text() + notes + seed_means(payload["rows"]))
+    markdown = table_markdown(payload, cols, payload["title"]) + notes + seed_means(payload["rows"])
+    write_results(stem, payload, markdown)
 
 
 def seed_means(rows: list[dict[str, Any]]) -> str:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_results
+from _common import DATA_ROOT, RESULTS, ROOT, machine_info, table_markdown, write_results
 
 from sketchsearch.eval.plots import retrieval_grid
 from sketchsearch.eval.protocol import evaluate_retrieval, load_labelled
@@ -52,7 +52,6 @@ from sketchsearch.methods.gan_encoder import (
 from sketchsearch.model import load_model, resolve_model, save_model
 from sketchsearch.retrieval import Retriever
 
-ROOT = Path(__file__).resolve().parents[1]
 KS = (1, 8, 100)
 
 
@@ -102,9 +101,9 @@ def _grid(
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "--omniglot", default=str(ROOT / ".." / "shared" / "data" / "omniglot" / "strokes_background_small1")
+        "--omniglot", default=str(DATA_ROOT / "omniglot" / "strokes_background_small1")
     )
-    ap.add_argument("--train", default=str(ROOT / ".." / "shared" / "data" / "sketchrnn" / "omniglot.npz"))
+    ap.add_argument("--train", default=str(DATA_ROOT / "sketchrnn" / "omniglot.npz"))
     ap.add_argument("--models", nargs="+", default=["sketch-gan", "thin-gan"])
     ap.add_argument(
         "--fit-on", type=int, default=10_000, help="unlabelled drawings for baselines / untrained calibration"
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         "--update-cards", action="store_true", help="write the measured metrics into the models' cards"
     )
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gan_omniglot"))
+    ap.add_argument("--out", default=str(RESULTS / "gan_omniglot"))
     ap.add_argument("--figures", default=str(ROOT / "docs" / "gan"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -223,17 +222,14 @@ def main(argv: list[str] | None = None) -> None:
         },
         "protocol": "leave-one-out: each drawing queries the other 2,719; complete rankings; ties by gallery position",
         "unlabelled_training_data": {"path": args.train, "fit_on": len(train_sketches)},
-        "machine": machine(),
+        "machine": machine_info(),
         "threads": args.threads,
         "rows": rows,
         "retrieval_figures": grids,
     }
-    write_results(
-        args.out,
-        payload,
-        ["label", "output", "code_size", "mAP@all", "P@8", "P@1", "MAP@R", "encode_per_s"],
-        "GAN encoders on Omniglot (leave-one-out)",
-    )
+    columns = ["label", "output", "code_size", "mAP@all", "P@8", "P@1", "MAP@R", "encode_per_s"]
+    title = "GAN encoders on Omniglot (leave-one-out)"
+    write_results(args.out, payload, table_markdown(payload, columns, title))
     print(f"wrote {args.out}.json / .md", flush=True)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_atomic, write_results
+from _common import DATA_ROOT, RESULTS, ROOT, machine_info, table_markdown, write_results
 
 from sketchsearch.methods.base import Batch, Method
 from sketchsearch.methods.baselines import PixelITQ
@@ -45,8 +45,6 @@ from sketchsearch.methods.doodle2search import load_sketchy
 from sketchsearch.methods.gdh import GDH, GDHSplit, build_training, collate_pairs, evaluate_gdh, gdh_split
 from sketchsearch.train import TrainConfig, seed_everything, train
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 ROWS: list[tuple[str, dict[str, Any]]] = [
     ("GDH full (lambda=1)", {"triplet_weight": 1.0}),
     ("- triplet (lambda=0)", {"triplet_weight": 0.0}),
@@ -83,7 +81,7 @@ class PhotoSketchITQ(Method):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "sketchy")
+    ap.add_argument("--data", type=Path, default=DATA_ROOT / "sketchy")
     ap.add_argument("--iterations", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=16, help="PairDataset items (2 pairs each)")
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -132,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "timing": {"load_images_s": round(load_s, 1)},
         "chance": chance(items, split),
-        "machine": machine(),
+        "machine": machine_info(),
         "rows": [],
     }
     for nbits in a.bits:  # the reference first: seconds
@@ -234,7 +232,6 @@ def fit_check(m: Method, items: dict[str, Any], split: GDHSplit, per_class: int 
 def write(stem: Path, payload: dict[str, Any]) -> None:
     cols = ["row", "bits", "mAP@all", "acc@1", "acc@10", "train sketch->photo mAP", "train photo->photo mAP",
             "train s", "photos_per_s", "sketch_queries_per_s"]  # fmt: skip
-    write_results(stem, payload, cols, payload["title"])
     p = payload["protocol"]
     sp = p["split"]
     notes = (
@@ -255,8 +252,7 @@ def write(stem: Path, payload: dict[str, Any]) -> None:
         "fit, the same category mAP on 5 *training* sketches / photos per class. Throughput: items/s through the "
         "Retriever (encode; + Hamming search for the sketch queries).\n"
     )
-    md = stem.with_suffix(".md")
-    write_atomic(md, md.read_text() + notes)
+    write_results(stem, payload, table_markdown(payload, cols, payload["title"]) + notes)
 
 
 if __name__ == "__main__":

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA_ROOT, RESULTS, ROOT, machine_info, write_results
 
 from sketchsearch.methods.base import create_method
 from sketchsearch.methods.sketchmate import (
@@ -43,13 +44,10 @@ from sketchsearch.methods.sketchmate import (
 )
 from sketchsearch.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "quickdraw" / "raw"))
+    ap.add_argument("--data", default=str(DATA_ROOT / "quickdraw" / "raw"))
     ap.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--unseen", type=int, default=50, help="classes held out for zero-shot")
     ap.add_argument("--pretrain-iterations", type=int, default=300)
@@ -89,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "sketchmate_quickdraw",
         "command": "python benchmarks/sketchmate_quickdraw.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "data": args.data, "split": split.summary(), "p_at": args.p_at, "config": vars(args),
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
-                    "cpu": platform.processor() or platform.machine()},
+        "machine": {**machine_info(), "threads": args.threads},
         "rows": [],
     }  # fmt: skip
 
@@ -116,12 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return row
 
     def write(rep: dict[str, Any]) -> None:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(rep, indent=2, default=float))
-        tmp.replace(out.with_suffix(".json"))
-        out.with_suffix(".md").write_text(markdown(rep))
+        write_results(args.out, rep, markdown(rep))
 
     # ---- the pixel baselines first (seconds), then SketchMate
     for bits in args.bits:

@@ -39,16 +39,7 @@ def test_branch_and_fused_shapes(rng: np.random.Generator) -> None:
     f = m.encode_sketch(b)
     assert f.shape == (5, 16) and bool(((f > 0) & (f < 1)).all())
     assert m.logits(b).shape == (5, 3)
-    if _has_codes():
-        assert m.binarize(f).shape == (5, 2) and m.binarize(f).dtype == np.uint8
-
-
-def _has_codes() -> bool:
-    try:
-        import sketchsearch.index.codes  # noqa: F401
-    except ModuleNotFoundError:
-        return False
-    return True
+    assert m.binarize(f).shape == (5, 2) and m.binarize(f).dtype == np.uint8
 
 
 def test_rnn_ignores_padding() -> None:

@@ -3,34 +3,53 @@
 Through a temporary file in the same folder, fsync and a rename, so a reader never sees a half-written
 file and a crash leaves the old file intact. (The standard library has no atomic write; index folders,
 which are several files, use :func:`sketchsearch.index.store` 's folder-level replace instead.)
+
+:func:`atomic_write_bytes` / :func:`atomic_write_text` write data held in memory; :func:`atomic_path` is for
+writers that want a file name (matplotlib's ``savefig``, safetensors' ``save_file``).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
-    """Write ``data`` to ``path`` atomically (parents created; permissions ``mode``: mkstemp makes 0600
-    files, and results are meant to be read by others). Returns the path."""
+@contextmanager
+def atomic_path(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends normally, the temporary file is
+    fsynced, given permissions ``mode`` and renamed over ``path``. If the block raises (or the rename
+    fails), the temporary file is removed and ``path`` is left as it was.
+
+    The temporary name keeps ``path``'s suffix (``.rotation.x1y2.tmp.png``), so writers that pick the
+    format from the extension still do. Parents are created. ``mode``: mkstemp makes 0600 files, and results
+    are meant to be read by others.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=f".tmp{p.suffix}")
+    os.close(fd)
+    tmp = Path(name)
     try:
+        yield tmp
         os.chmod(tmp, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        with open(tmp, "rb+") as f:  # the writer may have closed without flushing to disk
             os.fsync(f.fileno())
         os.replace(tmp, p)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return p
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`). Returns the path."""
+    with atomic_path(path, mode) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -26,7 +26,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -36,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from ._io import atomic_write_bytes
+from ._io import atomic_path, atomic_write_bytes
 from .errors import ModelError
 from .data.splits import Split
 from .methods.base import Method, Preprocessing, create_method
@@ -108,15 +107,9 @@ def save_model(
         if not k.startswith(tuple(external))
     }
     wpath = stem.with_suffix(".safetensors")
-    fd, tmp = tempfile.mkstemp(dir=stem.parent, prefix=f".{stem.name}.", suffix=".safetensors.tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"method": method.name, "format": str(FORMAT)})
-        digest = _sha256(Path(tmp))
-        os.replace(tmp, wpath)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(wpath) as tmp:
+        save_file(tensors, str(tmp), metadata={"method": method.name, "format": str(FORMAT)})
+        digest = _sha256(tmp)
     card = ModelCard(
         name=stem.name,
         method=method.name,

@@ -7,13 +7,12 @@ Registered on the main app by ``sketchsearch.cli`` through :func:`register`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from .._io import atomic_write_text
 from .app import console, friendly_errors
 
 __all__ = ["gan_binary", "invariance", "register", "run_invariance"]
@@ -64,11 +63,7 @@ def run_invariance(
         "models": cards,
         "results": results,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".invariance.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, out / "invariance.json")
+    atomic_write_text(out / "invariance.json", json.dumps(doc, indent=1))
     first = next(iter(results.values()))
     plots.curves(
         first["rotation"]["x"],
