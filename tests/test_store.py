@@ -1,4 +1,5 @@
-"""The on-disk index folder: round trip, corruption, model mismatch, atomic replace, item updates."""
+"""The on-disk index folder: round trip, corruption, model mismatch, atomic replace, item updates
+(through the Retriever, the one search path), folders whose manifest names the backend's old name."""
 
 from __future__ import annotations
 
@@ -8,24 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sketchsearch.errors import IndexError_, InvalidSketchError
-from sketchsearch.index import store
+from sketchsearch.errors import IndexArgumentError, IndexError_
+from sketchsearch.index import create_index, store
 from sketchsearch.index.dense import DenseIndex
-from sketchsearch.index.hamming import create_index
-from sketchsearch.index.store import (
-    add_items,
-    load_index,
-    open_index,
-    read_manifest,
-    remove_items,
-    save_index,
-)
+from sketchsearch.index.store import load_index, read_manifest, save_index
+from sketchsearch.methods import create_method
+from sketchsearch.methods.base import Preprocessing
+from sketchsearch.model import save_model
+from sketchsearch.retrieval import Retriever
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
 
 def make(rng: np.random.Generator, n: int = 40, nbits: int = 64) -> tuple[object, list[dict[str, object]]]:
-    index = create_index("sketchsearch", nbits=nbits)
+    index = create_index("numba", nbits=nbits)
     ids = rng.permutation(1000)[:n]
     index.add(rng.integers(0, 256, size=(n, nbits // 8), dtype=np.uint8), ids)
     items = [
@@ -72,7 +69,7 @@ def test_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
     assert got[0]["label"] == f"c{odd % 3}" and got[0]["split"] == "gallery" and got[0]["has_thumbnail"]
     assert items_store.thumbnail(odd) == PNG and items_store.thumbnail(even) is None
     assert items_store.thumbnail(123456) is None
-    with pytest.raises(InvalidSketchError):
+    with pytest.raises(IndexArgumentError):
         items_store.thumbnail("../../etc/passwd")  # type: ignore[arg-type]
 
 
@@ -111,11 +108,6 @@ def test_wrong_format_version_and_model(tmp_path: Path, rng: np.random.Generator
     folder = save_index(index, tmp_path / "idx", model_id="model-a", items=items)
     with pytest.raises(IndexError_, match="model 'model-a'.*'model-b'"):
         load_index(folder, expected_model_id="model-b")
-    opened = open_index(folder)
-    with pytest.raises(IndexError_, match="model-b"):
-        opened.search(index.codes[:1], 3, model_id="model-b")
-    assert opened.search(index.codes[:1], 3, model_id="model-a")[1][0, 0] == index.ids[0]
-    opened.close()
     m = json.loads((folder / "manifest.json").read_text())
     m["format_version"] = 99
     (folder / "manifest.json").write_text(json.dumps(m))
@@ -153,30 +145,84 @@ def test_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path: Path, rng: n
 
 def test_bad_items_are_refused(tmp_path: Path, rng: np.random.Generator) -> None:
     index, items = make(rng)
-    with pytest.raises(InvalidSketchError, match="PNG") as e:
+    with pytest.raises(IndexArgumentError, match="PNG") as e:
         save_index(index, tmp_path / "i", model_id="m", items=[{**items[0], "thumbnail": b"GIF89a"}])
     assert e.value.field == "items[0].thumbnail"
-    with pytest.raises(InvalidSketchError, match="not in the index"):
+    with pytest.raises(IndexArgumentError, match="not in the index"):
         save_index(index, tmp_path / "i", model_id="m", items=[{"id": 99999}])
     assert not (tmp_path / "i").exists()
 
 
-def test_add_and_remove_on_a_stored_index(tmp_path: Path, rng: np.random.Generator) -> None:
+@pytest.fixture
+def models(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Two saved 64-bit LSH models that differ only in their hyperplanes: name -> (artifact, model id)."""
+    pre = Preprocessing(inputs=("raster",), raster_size=16, line_width=1.5)
+    rasters = np.random.default_rng(0).random((8, 16, 16))
+    out = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        method = create_method("lsh", nbits=64, seed=seed, preprocessing=pre)
+        method.fit(rasters)
+        path = tmp_path / "models" / f"lsh-{name}"
+        out[name] = (path, save_model(method, path).model_id)
+    assert out["a"][1] != out["b"][1]
+    return out
+
+
+def test_add_and_remove_on_a_stored_index(
+    tmp_path: Path, rng: np.random.Generator, models: dict[str, tuple[Path, str]]
+) -> None:
+    """Changing a saved index goes through the one search path: Retriever.load, add / remove, save."""
+    (model_a, id_a), (model_b, id_b) = models["a"], models["b"]
     index, items = make(rng, n=20)
-    folder = save_index(index, tmp_path / "idx", model_id="m", items=items)
+    folder = save_index(index, tmp_path / "idx", model_id=id_a, items=items)
+    labels = {int(it["id"]): it["label"] for it in items}
+    r = Retriever.load(folder, model=model_a)
     new_codes = rng.integers(0, 256, size=(3, 8), dtype=np.uint8)
-    new_ids = add_items(
-        folder, new_codes, model_id="m", items=[{"label": "x"}, {"label": "y"}, {"label": "z"}]
-    )
+    new_ids = r.add([None] * 3, encoded=new_codes, labels=["x", "y", "z"])  # type: ignore[list-item]
+    r.save(folder)
     assert new_ids.tolist() == [int(index.ids.max()) + 1 + i for i in range(3)]
-    loaded, st = load_index(folder)
+    loaded, st = load_index(folder, expected_model_id=id_a)
     assert len(loaded) == 23 and [r["label"] for r in st.items(new_ids.tolist())] == ["x", "y", "z"]
+    assert {r["id"]: r["label"] for r in st.items(list(labels))} == labels  # the stored items are kept
+    odd = next(i for i in labels if i % 2)
+    assert st.thumbnail(odd) == PNG and st.items([odd])[0]["split"] == "gallery"
     d, got = loaded.search(new_codes, 1)
     assert got[:, 0].tolist() == new_ids.tolist() and (d[:, 0] == 0).all()
     gone = [int(index.ids[0]), int(new_ids[1])]
-    assert remove_items(folder, gone, model_id="m") == 2
+    r = Retriever.load(folder, model=model_a)
+    r.remove(gone)
+    assert len(r) == 21
+    r.save(folder)
     loaded, st = load_index(folder)
     assert len(loaded) == 21 and not np.isin(loaded.ids, gone).any() and st.items(gone) == []
-    with pytest.raises(IndexError_, match="model"):
-        remove_items(folder, [int(loaded.ids[0])], model_id="other")
-    assert len(load_index(folder)[0]) == 21
+    with pytest.raises(IndexError_, match=f"model '{id_a}'.*'{id_b}'"):
+        Retriever.load(folder, model=model_b)
+    d, got = Retriever.load(folder, model=model_a).search_encoded(loaded.codes[:1], 3)
+    assert got[0, 0] == loaded.ids[0] and d[0, 0] == 0
+
+
+def test_manifests_with_the_former_backend_names_load(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Folders saved before the rename: binary manifests say "sketchsearch", dense ones name no backend."""
+    index, items = make(rng)
+    folder = save_index(index, tmp_path / "bin", model_id="m", items=items)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["backend"] == "numba"
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "backend": "sketchsearch"}))
+    loaded, _ = load_index(folder)
+    assert loaded.name == "numba" and loaded.ids.tolist() == index.ids.tolist()
+    for a, b in zip(loaded.search(index.codes[:4], 5), index.search(index.codes[:4], 5)):
+        np.testing.assert_array_equal(a, b)
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "backend": "nope"}))
+    with pytest.raises(IndexError_, match="'nope'.*valid names: dense, faiss, numba, numpy"):
+        load_index(folder)
+
+    dense = DenseIndex(6, metric="ip")
+    dense.add(rng.normal(size=(9, 6)).astype(np.float32))
+    folder = save_index(dense, tmp_path / "dense", model_id="m")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (manifest["backend"], manifest["dim"], manifest["metric"]) == ("dense", 6, "ip")
+    del manifest["backend"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    loaded, _ = load_index(folder)
+    assert isinstance(loaded, DenseIndex) and loaded.config() == {"dim": 6, "metric": "ip"}
+    np.testing.assert_array_equal(loaded.codes, dense.codes)

@@ -40,8 +40,27 @@ class IndexError_(SketchSearchError):
     """An index folder is corrupt, incomplete, or was made by another model."""
 
 
+class IndexArgumentError(IndexError_, ValueError):
+    """A bad argument to an index or its store: code width or dtype, ids, ``k``, items.
+
+    ``field`` names the offending argument; the message says what is valid.
+    """
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
 class ModelError(SketchSearchError):
     """A model artifact is missing, corrupt, or does not match the code that loads it."""
 
 
-__all__ = ["FormatError", "IndexError_", "InvalidSketchError", "ModelError", "SketchSearchError"]
+__all__ = [
+    "FormatError",
+    "IndexArgumentError",
+    "IndexError_",
+    "InvalidSketchError",
+    "ModelError",
+    "SketchSearchError",
+]

@@ -11,7 +11,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from .data.render import rasterize
 from .data.sketch import Sketch
 from .errors import IndexError_, InvalidSketchError
 from .methods.base import Method
+
+if TYPE_CHECKING:
+    from .index.base import Index
 
 __all__ = ["Hit", "Query", "Retriever", "thumbnail_png"]
 
@@ -70,10 +73,10 @@ class Retriever:
     def __init__(
         self,
         method: Method,
-        index: Any | None = None,
+        index: Index | None = None,
         *,
         model_id: str = "unsaved",
-        backend: str = "sketchsearch",
+        backend: str = "numba",
         batch_size: int = 256,
         store: Any | None = None,
         model_name: str | None = None,
@@ -86,16 +89,14 @@ class Retriever:
         self.backend = backend
         self.store = store  # an on-disk item store (labels, sources, thumbnails) when loaded from a folder
         self._meta: dict[int, dict[str, Any]] = {}
-        if index is None:
-            if method.output == "binary":
-                from .index.hamming import create_index
+        if index is None:  # binary methods: the Hamming ``backend``; float methods: the dense index
+            from .index import create_index
 
+            if method.output == "binary":
                 index = create_index(backend, nbits=method.code_size)
             else:
-                from .index.dense import DenseIndex
-
-                index = DenseIndex(method.code_size)
-        self.index = index
+                index = create_index("dense", dim=method.code_size)
+        self.index: Index = index
 
     # ------------------------------------------------------------------ construction
     @classmethod

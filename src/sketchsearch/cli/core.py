@@ -125,7 +125,9 @@ def index_build(
     out: Path = typer.Option(..., "--out", help="Index folder to write (replaced atomically)."),
     limit: int | None = typer.Option(None, help="Index at most this many items."),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record."),
-    backend: str = typer.Option("sketchsearch", help="Hamming backend: sketchsearch, faiss or numpy."),
+    backend: str = typer.Option(
+        "numba", help="Hamming backend: numba (the compiled scan), faiss or numpy ('sketchsearch' = numba)."
+    ),
     modality: str | None = typer.Option(None, help="Index only sketch or photo items."),
 ) -> None:
     """Encode a collection with a model and write an on-disk index (codes, ids, items with thumbnails)."""

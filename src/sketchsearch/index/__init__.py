@@ -1,15 +1,21 @@
-"""Binary codes, Hamming and dense indexes, and the on-disk index folder.
+"""Binary codes, the index contract and its backends (Hamming and dense), and the on-disk index folder.
 
-Heavy pieces load lazily: numba only on the first search of the ``"sketchsearch"`` backend, faiss
-only when a faiss-backed index is built.
+Every backend module is imported here so that it registers in :data:`~.base.INDEXES` (see
+``base.py``). Heavy pieces load lazily: numba only on the first search of the ``"numba"`` backend,
+faiss only when a faiss-backed index is first searched.
 """
 
+from .base import IdStore, Index, create_index, list_indexes
 from .codes import pack_bits, sign_to_codes, unpack_bits, validate_codes
-from .hamming import MISSING_DISTANCE, HammingIndex, create_index, knn_hamming, list_indexes
+from .dense import DenseIndex
+from .hamming import MISSING_DISTANCE, HammingIndex, knn_hamming
 
 __all__ = [
     "MISSING_DISTANCE",
+    "DenseIndex",
     "HammingIndex",
+    "IdStore",
+    "Index",
     "create_index",
     "knn_hamming",
     "list_indexes",

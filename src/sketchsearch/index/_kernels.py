@@ -1,4 +1,4 @@
-"""Numba kernels for the exact Hamming scan of the ``"sketchsearch"`` backend.
+"""Numba kernels for the exact Hamming scan of the ``"numba"`` backend (formerly ``"sketchsearch"``).
 
 Hand-written because no installed library does what we need: faiss's ``IndexBinaryFlat`` scans one
 database code at a time with a scalar popcount and a heap (about 0.65 ms per query over 10^6 64-bit

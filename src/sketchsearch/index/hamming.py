@@ -9,10 +9,12 @@ the first ``k`` entries of the index sorted by ``(distance, id)``. Every index k
 ascending id order, so "by id" and "by position" agree; the faiss backend, whose heap does not
 order ties, fetches extra hits and re-sorts (see :class:`FaissHammingIndex`).
 
-Backends (``create_index(name, nbits)``; ``list_indexes()``):
+Backends (``create_index(name, nbits=...)``, registered in :mod:`sketchsearch.index.base` with the
+dense index; each satisfies its :class:`~sketchsearch.index.base.Index` protocol):
 
-* ``"sketchsearch"`` — a numba scan (``_kernels.py``), about 2.5x faster than faiss on one core for
-  64-bit codes; compiled lazily on first search and cached on disk.
+* ``"numba"`` — a numba scan (``_kernels.py``), about 2.5x faster than faiss on one core for
+  64-bit codes; compiled lazily on first search and cached on disk. ``"sketchsearch"``, its former
+  name, is an alias (saved manifests record it).
 * ``"faiss"`` — ``faiss.IndexBinaryFlat``, the reference implementation.
 * ``"numpy"`` — popcount of XOR with ``np.bitwise_count`` and a stable sort: the readable reference.
 
@@ -23,63 +25,42 @@ Range search follows faiss: hits are the codes at distance ``< radius`` (strictl
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from sketchsearch.errors import InvalidSketchError
-from sketchsearch.registry import Registry
+from sketchsearch.errors import IndexArgumentError, InvalidSketchError
 
+from .base import INDEXES, IdStore, check_k, create_index, readonly_view, state_arrays
 from .codes import code_size, validate_codes
 
 __all__ = [
-    "INDEXES",
     "MISSING_DISTANCE",
     "FaissHammingIndex",
     "HammingIndex",
+    "NumbaHammingIndex",
     "NumpyHammingIndex",
-    "SketchsearchHammingIndex",
-    "create_index",
     "knn_hamming",
-    "list_indexes",
 ]
 
 #: Distance reported with id -1 for a missing hit (k > number of codes), as faiss does.
 MISSING_DISTANCE = np.iinfo(np.int32).max
 
-INDEXES: Registry[HammingIndex] = Registry("index backend")
 
-
-def create_index(name: str = "sketchsearch", nbits: int = 64, **kwargs: Any) -> HammingIndex:
-    """An empty Hamming index of backend ``name`` for ``nbits``-bit codes."""
-    return INDEXES.create(name, nbits=nbits, **kwargs)
-
-
-def list_indexes() -> list[str]:
-    """Names of the registered Hamming index backends."""
-    return INDEXES.names()
-
-
-def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise InvalidSketchError(f"k must be an integer >= 1, got {k!r}", "k")
-    return int(k)
-
-
-def _as_ids(ids: object, n: int, field: str = "ids") -> np.ndarray:
-    arr = np.asarray(ids)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise InvalidSketchError(f"expected {n} ids in a 1-d array, got shape {arr.shape}", field)
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise InvalidSketchError(f"expected integer ids, got dtype {arr.dtype}", field)
-    arr = arr.astype(np.int64, copy=False)
-    if arr.size and arr.min() < 0:
-        raise InvalidSketchError("ids must be >= 0 (-1 marks a missing hit)", field)
-    return arr
+@contextmanager
+def _index_arguments() -> Iterator[None]:
+    """Re-raise codes.py's InvalidSketchError (its public helpers' error type) as IndexArgumentError."""
+    try:
+        yield
+    except InvalidSketchError as e:
+        raise IndexArgumentError(e.reason, e.field) from None
 
 
 class HammingIndex:
-    """Codes and ids in ascending id order, plus the search a backend implements.
+    """Packed codes and ids in an :class:`IdStore` (ascending id order), plus the search a backend implements.
 
     Subclasses implement ``_search(queries, k) -> (dist int32 (nq, k), positions int64 (nq, k))`` and
     ``_range(queries, radius) -> (lims, dist, positions)``; positions index ``codes``/``ids`` and missing
@@ -87,112 +68,90 @@ class HammingIndex:
     """
 
     name = "base"
+    metric = "hamming"
 
     def __init__(self, nbits: int) -> None:
-        self.nbytes = code_size(nbits)
+        with _index_arguments():
+            self.nbytes = code_size(nbits)
         self.nbits = int(nbits)
-        self._codes = np.zeros((0, self.nbytes), np.uint8)
-        self._ids = np.zeros(0, np.int64)
+        self._store = IdStore(np.zeros((0, self.nbytes), np.uint8))
 
     # ------------------------------------------------------------------ data
     @property
     def codes(self) -> np.ndarray:
         """uint8 (n, nbits // 8), in ascending id order (read-only view)."""
-        v = self._codes.view()
-        v.flags.writeable = False
-        return v
+        return readonly_view(self._store.rows)
 
     @property
     def ids(self) -> np.ndarray:
         """int64 (n,), ascending (read-only view)."""
-        v = self._ids.view()
-        v.flags.writeable = False
-        return v
+        return readonly_view(self._store.ids)
 
     def __len__(self) -> int:
-        return int(self._ids.shape[0])
+        return len(self._store)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(nbits={self.nbits}, n={len(self)})"
 
-    def add(self, codes: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+    def _valid_codes(self, codes: object, field: str) -> np.ndarray:
+        with _index_arguments():
+            return validate_codes(codes, self.nbits, field)
+
+    def add(self, codes: np.ndarray, ids: ArrayLike | None = None) -> np.ndarray:
         """Add codes uint8 (n, nbits // 8) with ids int64 (n,) (default: after the largest id).
 
         Returns the ids. An id already in the index, or repeated, is refused (nothing is added).
         """
-        codes = validate_codes(codes, self.nbits, "codes")
-        n = codes.shape[0]
-        if ids is None:
-            start = int(self._ids[-1]) + 1 if len(self) else 0
-            ids = np.arange(start, start + n, dtype=np.int64)
-        ids = _as_ids(ids, n)
-        if n == 0:
-            return ids
-        order = np.argsort(ids, kind="stable")
-        s_ids, s_codes = ids[order], codes[order]
-        if np.any(s_ids[1:] == s_ids[:-1]):
-            dup = s_ids[1:][s_ids[1:] == s_ids[:-1]][0]
-            raise InvalidSketchError(f"id {int(dup)} is given more than once", "ids")
-        if len(self):
-            pos = np.searchsorted(self._ids, s_ids)
-            hit = (pos < len(self)) & (self._ids[np.minimum(pos, len(self) - 1)] == s_ids)
-            if hit.any():
-                raise InvalidSketchError(f"id {int(s_ids[hit][0])} is already in the index", "ids")
-        if not len(self) or s_ids[0] > self._ids[-1]:  # the common case: append
-            self._codes = np.concatenate([self._codes, s_codes])
-            self._ids = np.concatenate([self._ids, s_ids])
-        else:
-            all_ids = np.concatenate([self._ids, s_ids])
-            merge = np.argsort(all_ids, kind="stable")
-            self._ids = all_ids[merge]
-            self._codes = np.concatenate([self._codes, s_codes])[merge]
+        ids = self._store.add(self._valid_codes(codes, "codes"), ids)
         self._changed()
         return ids
 
-    def remove(self, ids: np.ndarray | list[int]) -> int:
+    def remove(self, ids: ArrayLike) -> int:
         """Remove the given ids (unknown ids are ignored); returns how many were removed."""
-        arr = np.asarray(ids, dtype=np.int64).reshape(-1)
-        keep = ~np.isin(self._ids, arr)
-        removed = int(len(self) - keep.sum())
+        removed = self._store.remove(ids)
         if removed:
-            self._ids = self._ids[keep]
-            self._codes = self._codes[keep]
             self._changed()
         return removed
 
-    def _set_arrays(self, codes: np.ndarray, ids: np.ndarray) -> None:
-        """Adopt arrays as they are (e.g. memory-mapped from disk); ids must be strictly ascending."""
-        codes = validate_codes(codes, self.nbits, "codes")
-        ids = _as_ids(ids, codes.shape[0])
-        if ids.size > 1 and not np.all(ids[1:] > ids[:-1]):
-            raise InvalidSketchError("ids must be strictly ascending and unique", "ids")
-        self._codes, self._ids = codes, ids
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        """``{"nbits": ...}``: ``create_index(self.name, **config())`` makes an empty index like this one."""
+        return {"nbits": self.nbits}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """``{"codes": uint8 (n, nbits // 8), "ids": int64 (n,)}`` in ascending id order."""
+        return self._store.state()
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Adopt a :meth:`state` as it is (e.g. memory-mapped from disk); ids must be strictly ascending."""
+        codes, ids = state_arrays(state)
+        self._store.adopt(self._valid_codes(codes, "codes"), ids)
         self._changed()
 
     def _changed(self) -> None:
         pass
 
     # ------------------------------------------------------------------ search
-    def search(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """k nearest codes: (distances int32 (nq, k), ids int64 (nq, k)), ties by id ascending.
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest codes to queries uint8 (nq, nbits // 8): (distances int32 (nq, k), ids int64 (nq, k)).
 
-        Missing hits (k > len) are id -1 with distance ``MISSING_DISTANCE``.
+        Ties by id ascending; missing hits (k > len) are id -1 with distance ``MISSING_DISTANCE``.
         """
-        k = _check_k(k)
-        q = validate_codes(query_codes, self.nbits, "query_codes")
+        k = check_k(k)
+        q = self._valid_codes(queries, "queries")
         if len(self) == 0 or q.shape[0] == 0:
             return (
                 np.full((q.shape[0], k), MISSING_DISTANCE, np.int32),
                 np.full((q.shape[0], k), -1, np.int64),
             )
         dist, pos = self._search(q, k)
-        return dist.astype(np.int32, copy=False), _ids_at(self._ids, pos)
+        return dist.astype(np.int32, copy=False), self._store.ids_at(pos)
 
-    def range_search(self, query_codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All codes at distance ``< radius``: (lims int64 (nq+1,), dist int32, ids int64), by (distance, id)."""
         if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
-            raise InvalidSketchError(f"radius must be an integer >= 0, got {radius!r}", "radius")
-        q = validate_codes(query_codes, self.nbits, "query_codes")
+            raise IndexArgumentError(f"radius must be an integer >= 0, got {radius!r}", "radius")
+        q = self._valid_codes(queries, "queries")
         if len(self) == 0 or q.shape[0] == 0:
             return np.zeros(q.shape[0] + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
         lims, dist, pos = self._range(q, int(radius))
@@ -202,20 +161,13 @@ class HammingIndex:
         # Sort each query's hits by (distance, position); positions are in id order.
         qid = np.repeat(np.arange(q.shape[0]), np.diff(lims))
         order = np.lexsort((pos, dist, qid))
-        return lims, dist[order], self._ids[pos[order]]
+        return lims, dist[order], self._store.ids[pos[order]]
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def _range(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
-
-
-def _ids_at(ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    out = np.full(pos.shape, -1, np.int64)
-    ok = pos >= 0
-    out[ok] = ids[pos[ok]]
-    return out
 
 
 def _words(codes: np.ndarray, nwords: int) -> np.ndarray:
@@ -228,11 +180,11 @@ def _words(codes: np.ndarray, nwords: int) -> np.ndarray:
     return out.view(np.uint64)
 
 
-@INDEXES.register("sketchsearch")
-class SketchsearchHammingIndex(HammingIndex):
+@INDEXES.register("numba")
+class NumbaHammingIndex(HammingIndex):
     """Exact scan compiled with numba (see ``_kernels.py``); single-threaded, releases the GIL."""
 
-    name = "sketchsearch"
+    name = "numba"
 
     def __init__(self, nbits: int) -> None:
         super().__init__(nbits)
@@ -244,7 +196,7 @@ class SketchsearchHammingIndex(HammingIndex):
 
     def _db(self) -> np.ndarray:
         if self._xb is None:
-            self._xb = _words(self._codes, self._nwords)
+            self._xb = _words(self._store.rows, self._nwords)
         return self._xb
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +237,7 @@ class FaissHammingIndex(HammingIndex):
 
             idx = faiss.IndexBinaryFlat(self.nbits)
             if len(self):
-                idx.add(np.ascontiguousarray(self._codes))
+                idx.add(np.ascontiguousarray(self._store.rows))
             self._faiss = idx
         return self._faiss
 
@@ -328,7 +280,7 @@ class NumpyHammingIndex(HammingIndex):
         out = np.empty((q.shape[0], n), np.int32)
         step = max(1, self.block_elements // max(1, q.shape[0] * self.nbytes))
         for s in range(0, n, step):
-            x = np.bitwise_xor(q[:, None, :], self._codes[None, s : s + step, :])
+            x = np.bitwise_xor(q[:, None, :], self._store.rows[None, s : s + step, :])
             out[:, s : s + step] = np.bitwise_count(x).sum(axis=2, dtype=np.int32)
         return out
 
@@ -368,7 +320,7 @@ class NumpyHammingIndex(HammingIndex):
 
 
 def knn_hamming(
-    xq: np.ndarray, xb: np.ndarray, k: int, backend: str = "sketchsearch"
+    xq: np.ndarray, xb: np.ndarray, k: int, backend: str = "numba"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Index-free exact k-NN by Hamming distance (as faiss's ``knn_hamming``).
 
@@ -376,7 +328,7 @@ def knn_hamming(
     positions int64 (nq, k)) with ties broken by position in ``xb``; -1 pads missing hits.
     """
     if not isinstance(xb, np.ndarray) or xb.ndim != 2:
-        raise InvalidSketchError("expected packed uint8 codes of shape (n, nbytes)", "xb")
+        raise IndexArgumentError("expected packed uint8 codes of shape (n, nbytes)", "xb")
     index = create_index(backend, nbits=8 * xb.shape[1])
     index.add(xb, np.arange(xb.shape[0], dtype=np.int64))
     return index.search(xq, k)

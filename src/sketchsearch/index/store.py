@@ -11,6 +11,13 @@ Layout (format version 1)::
       items.sqlite    table items(id INTEGER PRIMARY KEY, label TEXT, source TEXT, thumbnail BLOB, extra TEXT)
                       extra = JSON object of any further fields of an item
 
+Any :class:`~sketchsearch.index.base.Index` is saved the same way: its ``name`` (as "backend"), ``metric``
+and ``config()`` ("nbits", or "dim" and "metric") go into the manifest, its ``state()`` arrays into
+codes.npy and ids.npy; loading makes ``create_index(backend, **config)`` and hands it the arrays
+(``load_state``). "kind" is "binary" for the Hamming metric, "dense" otherwise. Manifests written
+before the backend was renamed still load: binary ones say "backend": "sketchsearch" (an alias of
+"numba"), dense ones have no "backend" (the dense index is meant).
+
 **Atomic save.** Everything is written into a temporary folder beside the target (same file
 system), each file fsync'ed, then the folder is renamed into place; an existing index is first
 renamed aside and deleted only after the new one is in place. A failure at any point before the
@@ -23,11 +30,11 @@ per 100 MB (10 million 64-bit codes are 80 MB of codes + 80 MB of ids) on one co
 ``verify=False`` to skip it for a trusted index (shapes, dtypes and the manifest are still checked).
 
 **Models.** The manifest records the id of the model that made the codes; ``load_index(...,
-expected_model_id=...)`` refuses an index from another model, and :meth:`StoredIndex.search`
-refuses queries tagged with another model id.
+expected_model_id=...)`` refuses an index from another model.
 
-Adding or removing items on a stored index (:func:`add_items`, :func:`remove_items`) rewrites the
-folder the same atomic way (copy-on-write: O(index size) per call, so batch your changes).
+This module is the persistence of :class:`~sketchsearch.retrieval.Retriever` (``Retriever.save`` /
+``Retriever.load``), the one search path: to add or remove items of a saved index, load it with the
+Retriever, change it and save it again (the folder is rewritten atomically: O(index size) per save).
 """
 
 from __future__ import annotations
@@ -47,21 +54,16 @@ from typing import Any
 
 import numpy as np
 
-from sketchsearch.errors import IndexError_, InvalidSketchError
+from sketchsearch.errors import IndexArgumentError, IndexError_
 
-from .dense import DenseIndex
-from .hamming import HammingIndex, create_index
+from .base import Index, create_index, state_arrays
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "ItemStore",
-    "StoredIndex",
-    "add_items",
     "load_index",
-    "open_index",
     "read_manifest",
-    "remove_items",
     "save_index",
 ]
 
@@ -72,7 +74,10 @@ CODES, IDS, ITEMS = "codes.npy", "ids.npy", "items.sqlite"
 DATA_FILES = (CODES, IDS, ITEMS)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-AnyIndex = HammingIndex | DenseIndex
+#: Per kind: the manifest fields that hold the index's ``config()``, and the backend meant by a
+#: manifest without "backend" (dense manifests written before the dense index was registered).
+CONFIG_FIELDS = {"binary": ("nbits",), "dense": ("dim", "metric")}
+DEFAULT_BACKEND = {"binary": "numba", "dense": "dense"}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -116,12 +121,14 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
-def _index_kind(index: AnyIndex) -> str:
-    if isinstance(index, HammingIndex):
-        return "binary"
-    if isinstance(index, DenseIndex):
-        return "dense"
-    raise InvalidSketchError(f"expected a HammingIndex or DenseIndex, got {type(index).__name__}", "index")
+def _index_kind(index: object) -> str:
+    """The manifest's "kind" of an index: "binary" (Hamming metric) or "dense"."""
+    if not isinstance(index, Index):
+        raise IndexArgumentError(
+            f"expected an index (the Index protocol, e.g. from create_index), got {type(index).__name__}",
+            "index",
+        )
+    return "binary" if index.metric == "hamming" else "dense"
 
 
 def _backups(folder: Path) -> list[Path]:
@@ -135,10 +142,10 @@ _SCHEMA = "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT, source TEXT, 
 def _item_row(item: Mapping[str, Any], n: int) -> tuple[int, str | None, str | None, bytes | None, str]:
     """One item dict -> a row; errors name ``items[n].field``."""
     if not isinstance(item, Mapping):
-        raise InvalidSketchError(f"expected a dict, got {type(item).__name__}", f"items[{n}]")
+        raise IndexArgumentError(f"expected a dict, got {type(item).__name__}", f"items[{n}]")
     iid = item.get("id")
     if isinstance(iid, bool) or not isinstance(iid, (int, np.integer)) or iid < 0:
-        raise InvalidSketchError(f"expected an integer id >= 0, got {iid!r}", f"items[{n}].id")
+        raise IndexArgumentError(f"expected an integer id >= 0, got {iid!r}", f"items[{n}].id")
     row: list[Any] = [int(iid)]
     for key in ("label", "source"):
         v = item.get(key)
@@ -148,33 +155,26 @@ def _item_row(item: Mapping[str, Any], n: int) -> tuple[int, str | None, str | N
     thumb = item.get("thumbnail")
     if thumb is not None:
         if not isinstance(thumb, (bytes, bytearray, memoryview)) or not bytes(thumb[:8]) == PNG_MAGIC:
-            raise InvalidSketchError("expected PNG bytes (or None)", f"items[{n}].thumbnail")
+            raise IndexArgumentError("expected PNG bytes (or None)", f"items[{n}].thumbnail")
         thumb = bytes(thumb)
     row.append(thumb)
     extra = {k: v for k, v in item.items() if k not in ("id", "label", "source", "thumbnail")}
     try:
         row.append(json.dumps(extra, default=_json_default, sort_keys=True))
     except (TypeError, ValueError) as e:
-        raise InvalidSketchError(f"extra fields must be JSON-serialisable: {e}", f"items[{n}]") from None
+        raise IndexArgumentError(f"extra fields must be JSON-serialisable: {e}", f"items[{n}]") from None
     return tuple(row)  # type: ignore[return-value]
 
 
-def _write_items(
-    path: Path, rows: Iterable[tuple[Any, ...]], base: Path | None = None, drop: Sequence[int] = ()
-) -> None:
-    """Create ``path`` (from a copy of ``base`` when given), delete ``drop`` ids, insert ``rows``."""
-    if base is not None:
-        shutil.copyfile(base, path)
+def _write_items(path: Path, rows: Iterable[tuple[Any, ...]]) -> None:
+    """Create the item store ``path`` holding ``rows``."""
     con = sqlite3.connect(path)
     try:
-        if base is None:
-            con.execute(_SCHEMA)
-        if len(drop):
-            con.executemany("DELETE FROM items WHERE id = ?", [(int(i),) for i in drop])
+        con.execute(_SCHEMA)
         try:
             con.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?)", rows)
         except sqlite3.IntegrityError as e:
-            raise InvalidSketchError(f"an item id is repeated or already stored ({e})", "items") from None
+            raise IndexArgumentError(f"an item id is given more than once ({e})", "items") from None
         con.commit()
     finally:
         con.close()
@@ -203,7 +203,7 @@ class ItemStore:
     @staticmethod
     def _check_id(item_id: object) -> int:
         if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)):
-            raise InvalidSketchError(f"expected an integer id, got {item_id!r}", "id")
+            raise IndexArgumentError(f"expected an integer id, got {item_id!r}", "id")
         return int(item_id)
 
     def items(self, ids: Sequence[int]) -> list[dict[str, Any]]:
@@ -238,42 +238,36 @@ class ItemStore:
 # ---------------------------------------------------------------------------------------------- save
 def _write_folder(
     tmp: Path,
-    index: AnyIndex,
+    index: Index,
     model_id: str,
     model_name: str | None,
-    metric: str,
-    write_items: Any,
+    rows: Sequence[tuple[Any, ...]],
     created: str | None,
 ) -> None:
-    kind = _index_kind(index)
-    codes = np.ascontiguousarray(index.codes)
-    ids = np.ascontiguousarray(index.ids, dtype=np.int64)
+    codes, ids = state_arrays(index.state())
     for name, arr in ((CODES, codes), (IDS, ids)):
         with open(tmp / name, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
+            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
-    write_items(tmp / ITEMS)
+    _write_items(tmp / ITEMS, rows)
     _fsync_file(tmp / ITEMS)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "kind": kind,
+        "kind": _index_kind(index),
         "count": len(index),
         "model_id": model_id,
         "model_name": model_name,
-        "metric": metric,
+        "metric": index.metric,
+        "backend": index.name,
+        **index.config(),
         "created": created or _now(),
         "updated": _now(),
         "files": {
             name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in DATA_FILES
         },
     }
-    if kind == "binary":
-        manifest["nbits"] = int(index.nbits)  # type: ignore[union-attr]
-        manifest["backend"] = getattr(index, "name", "sketchsearch")
-    else:
-        manifest["dim"] = int(index.dim)  # type: ignore[union-attr]
     with open(tmp / MANIFEST, "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True, default=_json_default)
         f.write("\n")
@@ -311,30 +305,28 @@ def _atomic_replace(folder: Path, fill: Any) -> Path:
 
 
 def save_index(
-    index: AnyIndex,
+    index: Index,
     folder: str | Path,
     model_id: str,
     items: Sequence[Mapping[str, Any]] | None = None,
-    metric: str | None = None,
     model_name: str | None = None,
 ) -> Path:
     """Write ``index`` and its ``items`` to ``folder`` atomically (replacing an index already there).
 
     items: dicts with ``id`` (must be an id of the index), optional ``label``, ``source``,
     ``thumbnail`` (PNG bytes) and any JSON-serialisable extra fields. Items are optional per id.
-    metric: recorded in the manifest; defaults to "hamming" (binary) or the dense index's metric.
+    The manifest records the index's backend name, metric and config (see the module docstring).
     """
-    kind = _index_kind(index)
+    _index_kind(index)
     if not isinstance(model_id, str) or not model_id:
-        raise InvalidSketchError(f"expected a non-empty string, got {model_id!r}", "model_id")
-    metric = metric or ("hamming" if kind == "binary" else index.metric)  # type: ignore[union-attr]
+        raise IndexArgumentError(f"expected a non-empty string, got {model_id!r}", "model_id")
     rows = [_item_row(it, n) for n, it in enumerate(items or [])]
     if rows:
         row_ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         unknown = ~np.isin(row_ids, index.ids)
         if unknown.any():
             n = int(np.flatnonzero(unknown)[0])
-            raise InvalidSketchError(f"id {int(row_ids[n])} is not in the index", f"items[{n}].id")
+            raise IndexArgumentError(f"id {int(row_ids[n])} is not in the index", f"items[{n}].id")
     created = None
     folder = Path(folder)
     if (folder / MANIFEST).is_file():
@@ -342,12 +334,7 @@ def save_index(
             created = json.loads((folder / MANIFEST).read_text()).get("created")
         except (OSError, ValueError):
             created = None
-    return _atomic_replace(
-        folder,
-        lambda tmp: _write_folder(
-            tmp, index, model_id, model_name, metric, lambda p: _write_items(p, rows), created
-        ),
-    )
+    return _atomic_replace(folder, lambda tmp: _write_folder(tmp, index, model_id, model_name, rows, created))
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -417,13 +404,13 @@ def load_index(
     mmap: bool = True,
     verify: bool = True,
     backend: str | None = None,
-) -> tuple[AnyIndex, ItemStore]:
+) -> tuple[Index, ItemStore]:
     """Open an index folder: returns (index, item store).
 
     expected_model_id: refuse (IndexError_) an index whose codes another model made.
     mmap: memory-map codes.npy instead of reading it (the index copies only on add/remove).
     verify: recompute the files' SHA-256 (see the module docstring for the cost).
-    backend: Hamming backend to search with (default: the one recorded at save time).
+    backend: backend to search with, one of the folder's kind (default: the one recorded at save time).
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -432,19 +419,19 @@ def load_index(
     codes = _load_array(folder / CODES, mmap)
     ids = _load_array(folder / IDS, False)
     count = manifest["count"]
+    kind = manifest["kind"]
+    name = backend or manifest.get("backend") or DEFAULT_BACKEND[kind]
     try:
-        if manifest["kind"] == "binary":
-            index: AnyIndex = create_index(
-                backend or manifest.get("backend", "sketchsearch"), nbits=int(manifest["nbits"])
-            )
-        else:
-            index = DenseIndex(int(manifest["dim"]), metric=manifest.get("metric", "cosine"))
+        index = create_index(name, **{key: manifest[key] for key in CONFIG_FIELDS[kind] if key in manifest})
+    except (TypeError, ValueError) as e:  # an unknown backend, one of the other kind, a bad nbits / dim
+        raise IndexError_(f"{folder}: cannot make a {kind} index with backend {name!r} ({e})") from None
+    try:
         if codes.shape[0] != count or ids.shape != (count,) or ids.dtype != np.int64:
-            raise InvalidSketchError(
+            raise IndexArgumentError(
                 f"{count} codes and ids expected, found {codes.shape} and {ids.shape} {ids.dtype}", "count"
             )
-        index._set_arrays(codes, ids)
-    except InvalidSketchError as e:
+        index.load_state({"codes": codes, "ids": ids})
+    except IndexArgumentError as e:
         raise IndexError_(f"{folder}: stored arrays do not match the manifest ({e})") from None
     return index, ItemStore(folder / ITEMS)
 
@@ -455,102 +442,3 @@ def _check_model(manifest: Mapping[str, Any], expected: str | None, folder: Path
             f"{folder}: made by model {manifest.get('model_id')!r}, but the query model is {expected!r}; "
             "codes from different models are not comparable (re-index with the query's model)"
         )
-
-
-class StoredIndex:
-    """An index folder opened for search: the index, its items, and the model check on every query."""
-
-    def __init__(self, folder: str | Path, expected_model_id: str | None = None, **kw: Any) -> None:
-        self.folder = Path(folder)
-        self.manifest = read_manifest(self.folder)
-        self.index, self.store = load_index(self.folder, expected_model_id=expected_model_id, **kw)
-
-    @property
-    def model_id(self) -> str:
-        return str(self.manifest["model_id"])
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def search(self, queries: np.ndarray, k: int, model_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """Search with queries made by ``model_id``; refuses (IndexError_) queries of another model."""
-        _check_model(self.manifest, model_id, self.folder)
-        return self.index.search(queries, k)
-
-    def items(self, ids: Sequence[int]) -> list[dict[str, Any]]:
-        return self.store.items(ids)
-
-    def thumbnail(self, item_id: int) -> bytes | None:
-        return self.store.thumbnail(item_id)
-
-    def close(self) -> None:
-        self.store.close()
-
-
-def open_index(folder: str | Path, expected_model_id: str | None = None, **kw: Any) -> StoredIndex:
-    """:class:`StoredIndex` for ``folder`` (same keywords as :func:`load_index`)."""
-    return StoredIndex(folder, expected_model_id, **kw)
-
-
-# ---------------------------------------------------------------------------------------------- update
-def _rewrite(folder: Path, model_id: str, change: Any, drop: Sequence[int]) -> Path:
-    """Load ``folder`` (verified), apply ``change(index) -> new item rows``, write it back atomically."""
-    manifest = read_manifest(folder)
-    _check_model(manifest, model_id, folder)
-    index, store = load_index(folder, mmap=True, verify=True)
-    store.close()
-    rows = change(index)
-    return _atomic_replace(
-        folder,
-        lambda tmp: _write_folder(
-            tmp, index, manifest["model_id"], manifest.get("model_name"), manifest.get("metric", "hamming"),
-            lambda p: _write_items(p, rows, base=folder / ITEMS, drop=drop), manifest.get("created"),
-        ),
-    )  # fmt: skip
-
-
-def add_items(
-    folder: str | Path,
-    codes: np.ndarray,
-    model_id: str,
-    ids: np.ndarray | None = None,
-    items: Sequence[Mapping[str, Any]] | None = None,
-) -> np.ndarray:
-    """Add codes (and optional item dicts) to a stored index made by ``model_id``; returns their ids.
-
-    When ``ids`` is None they follow the largest stored id. Item ``n`` without an ``id`` key belongs
-    to the ``n``-th added code; an item's own ``id`` must be one of the added ids.
-    """
-    added: list[np.ndarray] = []
-
-    def change(index: AnyIndex) -> list[tuple[Any, ...]]:
-        got = index.add(codes, ids)
-        added.append(got)
-        known = set(got.tolist())
-        rows = []
-        for n, it in enumerate(items or []):
-            it = dict(it)
-            if "id" not in it:
-                if n >= len(got):
-                    raise InvalidSketchError(f"{len(items or [])} items for {len(got)} codes", "items")
-                it["id"] = int(got[n])
-            elif it["id"] not in known:
-                raise InvalidSketchError(f"id {it['id']!r} is not among the added ids", f"items[{n}].id")
-            rows.append(_item_row(it, n))
-        return rows
-
-    _rewrite(Path(folder), model_id, change, ())
-    return added[0]
-
-
-def remove_items(folder: str | Path, ids: Sequence[int] | np.ndarray, model_id: str) -> int:
-    """Remove ids (codes and items) from a stored index made by ``model_id``; returns how many codes went."""
-    arr = np.asarray(ids, np.int64).reshape(-1)
-    removed: list[int] = []
-
-    def change(index: AnyIndex) -> list[tuple[Any, ...]]:
-        removed.append(index.remove(arr))
-        return []
-
-    _rewrite(Path(folder), model_id, change, arr.tolist())
-    return removed[0]
