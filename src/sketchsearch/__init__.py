@@ -3,6 +3,7 @@
 The public API, imported lazily (``import sketchsearch`` stays cheap; torch loads on first use)::
 
     from sketchsearch import Retriever, Sketch, create_method, load_model, save_model, rasterize
+    from sketchsearch import load_collection, make_split, evaluate, run_recipe   # data -> split -> score / train
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ _EXPORTS = {
     "load_model": "sketchsearch.model",
     "save_model": "sketchsearch.model",
     "default_collection": "sketchsearch.data.synthetic",
+    "load_collection": "sketchsearch.data.sources",
+    "make_split": "sketchsearch.data.splits",
+    "evaluate": "sketchsearch.eval.evaluate",
+    "run_recipe": "sketchsearch.recipes",
 }
 __all__ = [
     "Hit",
@@ -29,8 +34,12 @@ __all__ = [
     "__version__",
     "create_method",
     "default_collection",
+    "evaluate",
+    "load_collection",
     "load_model",
+    "make_split",
     "rasterize",
+    "run_recipe",
     "save_model",
 ]
 assert set(__all__) == {"__version__", *_EXPORTS}
