@@ -12,6 +12,7 @@ import json
 import struct
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from sketchsearch.data.render import rasterize
 from sketchsearch.data.sketch import Sketch
 from sketchsearch.errors import IndexError_
 from sketchsearch.methods.base import Method, Preprocessing
-from sketchsearch.retrieval import Retriever
+from sketchsearch.retrieval import Retriever, thumbnail_png
 from sketchsearch.service import Limits, create_app, load_collections, warm_up
 
 SHAPES = ("circle", "square", "triangle", "plus", "zigzag")
@@ -84,7 +85,6 @@ class PixelCosine(Method):
         inputs = ("raster", "points") if reads_points else ("raster",)
         super().__init__(preprocessing or Preprocessing(inputs=inputs, raster_size=64, line_width=3.0))
         self.pool = pool
-        self.save_hparams(pool=pool, reads_points=reads_points)
 
     @property
     def code_size(self) -> int:
@@ -153,6 +153,21 @@ def strokes_json(sketch: Sketch) -> list[list[dict[str, float]]]:
     ]
 
 
+def strokes_as(form: str, sketch: Sketch) -> Any:
+    """``sketch`` in one of the stroke forms the API reads (see sketchsearch.data.strokes)."""
+    assert sketch.times is not None
+    if form == "objects":
+        return strokes_json(sketch)
+    if form == "points":
+        return [
+            [[*map(float, p), float(t)] for p, t in zip(s, ts)] for s, ts in zip(sketch.strokes, sketch.times)
+        ]
+    quickdraw = [
+        [s[:, 0].tolist(), s[:, 1].tolist(), ts.tolist()] for s, ts in zip(sketch.strokes, sketch.times)
+    ]
+    return quickdraw if form == "quickdraw" else {"drawing": quickdraw, "word": sketch.label}
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width`` x ``height`` (a decompression-bomb shape) with one tiny IDAT."""
 
@@ -213,6 +228,8 @@ def test_health_and_collections(client: TestClient) -> None:
     )
     assert cols["shapes"]["code_size"] == 256 and cols["shapes"]["method"] == "test-pixels"
     assert not cols["ordered"]["accepts_images"]
+    # in memory, no index manifest: titled by name, no description
+    assert (cols["shapes"]["title"], cols["shapes"]["description"]) == ("shapes", None)
 
 
 @pytest.mark.parametrize("kind", SHAPES)
@@ -251,6 +268,48 @@ def test_strokes_without_times_and_single_points(client: TestClient) -> None:
     resp = client.post("/api/search", json={"strokes": strokes, "collection": "shapes"})
     assert resp.status_code == 200, resp.text
     assert resp.json()["hits"][0]["label"] == "circle" and len(resp.json()["hits"]) == 10
+
+
+@pytest.mark.parametrize("form", ["objects", "points", "quickdraw", "quickdraw-record"])
+def test_every_stroke_form_gives_the_same_search(client: TestClient, shapes: Retriever, form: str) -> None:
+    query = shape_sketch("zigzag", 321)
+    resp = client.post(
+        "/api/search", json={"strokes": strokes_as(form, query), "k": 6, "collection": "shapes"}
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["query"] == {"strokes": len(query.strokes), "points": query.n_points}
+    assert [h["id"] for h in resp.json()["hits"]] == [h.id for h in shapes.search(query, k=6)]
+
+
+def test_hits_carry_title_source_and_meta_even_when_the_store_has_none(client: TestClient) -> None:
+    hits = client.post(
+        "/api/search",
+        json={"strokes": strokes_json(shape_sketch("square", 8)), "k": 3, "collection": "shapes"},
+    ).json()["hits"]
+    # the in-memory collection has labels only: the label names the hit
+    assert [(h["title"], h["source"], h["meta"]) for h in hits] == [(h["label"], None, {}) for h in hits]
+
+
+def test_search_by_item_searches_with_its_stored_code(client: TestClient, shapes: Retriever) -> None:
+    item = SHAPES.index("triangle") * 6 + 3  # build_retriever added shape_sketch("triangle", 3) under this id
+    resp = client.post("/api/search", json={"item": item, "k": 5, "collection": "shapes"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["query"] == {"item": item}
+    hits = body["hits"]
+    assert hits[0]["id"] == item and abs(hits[0]["distance"]) < 1e-5 and hits[0]["similarity"] <= 1.0
+    assert sum(h["label"] == "triangle" for h in hits) >= 4
+    # the same as searching with the drawing the item was made from
+    assert [h["id"] for h in hits] == [h.id for h in shapes.search(shape_sketch("triangle", 3), k=5)]
+    # a collection whose model reads stroke order is searched by item too (no image is involved)
+    ordered = client.post("/api/search", json={"item": 0, "k": 2, "collection": "ordered"})
+    assert ordered.status_code == 200 and ordered.json()["hits"][0]["id"] == 0
+
+
+def test_search_by_unknown_item(client: TestClient) -> None:
+    resp = client.post("/api/search", json={"item": 424242, "collection": "shapes"})
+    assert_4xx(resp, 404, "424242", "'shapes'", "id of one of its hits")
+    assert_4xx(client.post("/api/search", json={"item": 1}), 422, "collection", "shapes")
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
@@ -309,16 +368,18 @@ def test_empty_index_is_a_conflict_not_a_crash() -> None:
 
 # ----------------------------------------------------------------------------------------------- malformed input
 MALFORMED_JSON: list[tuple[str, Any, int, str]] = [
-    ("strokes not a list", {"strokes": "circle"}, 422, "strokes"),
-    ("point not an object", {"strokes": [[1, 2]]}, 422, "strokes.0.0"),
-    ("x not a number", {"strokes": [[{"x": "left", "y": 2}]]}, 422, "strokes.0.0.x"),
-    ("y missing", {"strokes": [[{"x": 1}]]}, 422, "strokes.0.0.y"),
-    ("negative time", {"strokes": [[{"x": 1, "y": 2, "t": -5}]]}, 422, "strokes.0.0.t"),
+    ("strokes not a list", {"strokes": "circle"}, 422, "strokes: expected a list of strokes"),
+    ("point not a point", {"strokes": [[1, 2]]}, 422, "strokes[0][0]: expected a point"),
+    ("x not a number", {"strokes": [[{"x": "left", "y": 2}]]}, 422, "strokes[0][0].x"),
+    ("y missing", {"strokes": [[{"x": 1}]]}, 422, "strokes[0][0].y"),
+    ("negative time", {"strokes": [[{"x": 1, "y": 2, "t": -5}]]}, 422, "strokes[0][0].t"),
     ("unknown field", {"strokes": [[{"x": 1, "y": 2}]], "colour": "red"}, 422, "colour"),
     ("k a word", {"strokes": [[{"x": 1, "y": 2}]], "k": "ten"}, 422, "k"),
     # strict types: no coercion of strings or booleans into numbers
-    ("x a numeric string", {"strokes": [[{"x": "1", "y": 2}]]}, 422, "strokes.0.0.x"),
-    ("y a boolean", {"strokes": [[{"x": 1, "y": True}]]}, 422, "strokes.0.0.y"),
+    ("x a numeric string", {"strokes": [[{"x": "1", "y": 2}]]}, 422, "strokes[0][0].x"),
+    ("y a boolean", {"strokes": [[{"x": 1, "y": True}]]}, 422, "strokes[0][0].y"),
+    ("list point a string", {"strokes": [[[1, 2], [3, "4"]]]}, 422, "strokes[0][1][1]"),
+    ("quickdraw rows differ", {"strokes": {"drawing": [[[1, 2, 3], [1, 2]]]}}, 422, "strokes.drawing[0]"),
     ("k a numeric string", {"strokes": [[{"x": 1, "y": 2}]], "k": "5"}, 422, "k"),
     ("k a boolean", {"strokes": [[{"x": 1, "y": 2}]], "k": True}, 422, "k"),
     ("collection a number", {"strokes": [[{"x": 1, "y": 2}]], "collection": 3}, 422, "collection"),
@@ -328,7 +389,11 @@ MALFORMED_JSON: list[tuple[str, Any, int, str]] = [
     ("body null", None, 422, "valid dictionary"),
     ("no strokes at all", {"strokes": []}, 422, "no points"),
     ("only empty strokes", {"strokes": [[], []]}, 422, "no points"),
-    ("strokes missing", {"k": 3}, 422, "strokes"),
+    ("neither strokes nor item", {"k": 3}, 422, "either strokes"),
+    ("strokes and item", {"strokes": [[{"x": 1, "y": 2}]], "item": 3}, 422, "not both"),
+    ("item negative", {"item": -1}, 422, "item"),
+    ("item a numeric string", {"item": "3"}, 422, "item"),
+    ("item a boolean", {"item": True}, 422, "item"),
     ("coordinate too large for float32", {"strokes": [[{"x": 1e300, "y": 2}]]}, 422, "32-bit"),
     ("too many strokes", {"strokes": [[{"x": 1, "y": 2}]] * 21}, 413, "at most 20 strokes"),
     (
@@ -337,6 +402,7 @@ MALFORMED_JSON: list[tuple[str, Any, int, str]] = [
         413,
         "at most 2000 points",
     ),
+    ("too many points, QuickDraw", {"strokes": {"drawing": [[[0] * 2001, [0] * 2001]]}}, 413, "2000 points"),
 ]
 
 
@@ -359,6 +425,7 @@ def test_malformed_json_gets_a_clear_4xx(client: TestClient, case: tuple[str, An
         (b'{"strokes": [[{"x": 1, "y": 1}]], "k": ' + b"9" * 5000 + b"}", "not valid JSON"),  # > 4300 digits
         (b'{"strokes": [[{"x": NaN, "y": 1}]], "collection": "shapes"}', "finite"),
         (b'{"strokes": [[{"x": Infinity, "y": 1}]], "collection": "shapes"}', "finite"),
+        (b'{"strokes": [[[0, 0], [1, -Infinity]]], "collection": "shapes"}', "finite"),
     ],
 )
 def test_bad_json_text(client: TestClient, raw: bytes, word: str) -> None:
@@ -418,17 +485,23 @@ def test_decompression_bomb_refused_from_the_header(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "data, word",
+    "data, words",
     [
-        (b"", "empty"),
-        (b"GIF89a not allowed", "png or jpeg"),
-        (b"hello", "png or jpeg"),
+        (b"", "the file is empty: choose a drawing saved as PNG or JPEG"),
+        (
+            b"GIF89a not allowed",
+            "that file is not a PNG or JPEG image: choose a drawing saved as PNG or JPEG",
+        ),
+        (b"hello", "that file is not a PNG or JPEG image: choose a drawing saved as PNG or JPEG"),
         (png_bytes(Image.new("L", (40, 40), 255))[:60], "damaged"),
     ],
     ids=["empty", "gif", "text", "truncated"],
 )
-def test_unreadable_images(client: TestClient, data: bytes, word: str) -> None:
-    assert_4xx(_post_image(client, data), 422, word)
+def test_unreadable_images_say_what_to_do(client: TestClient, data: bytes, words: str) -> None:
+    resp = _post_image(client, data)
+    assert_4xx(resp, 422, words, "PNG or JPEG")
+    detail = resp.json()["detail"]
+    assert "BytesIO" not in detail and "0x" not in detail, detail  # never Pillow's in-memory file
 
 
 def test_transparent_png_is_read_as_ink_on_white(client: TestClient) -> None:
@@ -533,9 +606,33 @@ def test_openapi_documents_both_request_bodies(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/api/search"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
-    assert "strokes" in spec["components"]["schemas"]["SearchRequest"]["properties"]
-    assert "StrokePoint" in spec["components"]["schemas"]
+    req = spec["components"]["schemas"]["SearchRequest"]["properties"]
+    assert {"strokes", "item", "k", "collection"} == set(req)
+    forms = req["strokes"]["anyOf"]
+    assert set(forms[0]["items"]["items"]["properties"]) == {"x", "y", "t"}  # the page's form
+    assert len(forms) == 4 and "QuickDraw" in req["strokes"]["description"]
+    assert {"title", "source", "meta"} <= set(spec["components"]["schemas"]["HitOut"]["properties"])
+    assert {"title", "description"} <= set(spec["components"]["schemas"]["CollectionInfo"]["properties"])
     assert {"/api/items/{item_id}/thumbnail", "/api/collections", "/api/health"} <= set(spec["paths"])
+
+
+def test_openapi_is_version_3_0_for_the_bundled_swagger_ui(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.0."), spec["openapi"]  # Swagger UI 4.15 renders no 3.1 document
+
+    def schemas_3_1_only(node: Any, where: str) -> Iterator[str]:
+        if isinstance(node, list):
+            for i, n in enumerate(node):
+                yield from schemas_3_1_only(n, f"{where}[{i}]")
+        elif isinstance(node, dict):
+            if node.get("type") == "null" or isinstance(node.get("type"), list) or "const" in node:
+                yield where
+            for key, value in node.items():
+                yield from schemas_3_1_only(value, f"{where}.{key}")
+
+    assert list(schemas_3_1_only(spec, "$")) == []
+    label = spec["components"]["schemas"]["HitOut"]["properties"]["label"]
+    assert label["type"] == "string" and label["nullable"] is True  # was anyOf [string, null]
 
 
 def test_cors_off_unless_asked(shapes: Retriever) -> None:
@@ -619,6 +716,10 @@ def test_binary_collection_reports_hamming_distances() -> None:
         assert all(float(h["distance"]).is_integer() and 0 <= h["distance"] <= 64 for h in hits)
         assert all(abs(h["similarity"] - (1 - h["distance"] / 64)) < 1e-9 for h in hits)
         assert c.get("/api/collections").json()[0]["code_size"] == 64
+        # by item: its packed code is the query; it finds itself at 0 bits
+        by_item = c.post("/api/search", json={"item": 7, "k": 8}).json()["hits"]
+        assert by_item[0]["id"] == 7 and by_item[0]["distance"] == 0
+        assert [h["id"] for h in by_item] == [h.id for h in r.search(items[7], k=8)]
 
 
 def test_saved_index_served_through_load_collections(tmp_path: Any) -> None:
@@ -641,6 +742,74 @@ def test_saved_index_served_through_load_collections(tmp_path: Any) -> None:
         assert set(warm_up(cols)) == {"saved"}
         thumb = c.get(hits[0]["thumbnail_url"])
         assert thumb.status_code == 200 and thumb.content == r.thumbnail(hits[0]["id"])
+
+
+def test_saved_collection_shows_its_title_and_each_items_source_and_metadata(tmp_path: Path) -> None:
+    from sketchsearch.index.store import save_index
+    from sketchsearch.methods import create_method
+    from sketchsearch.model import save_model
+
+    method = create_method("lsh", nbits=64)
+    items = [shape_sketch(kind, seed) for kind in SHAPES for seed in range(2)]
+    method.fit(items)
+    save_model(method, tmp_path / "lsh64")
+    r = Retriever.from_model(tmp_path / "lsh64")
+    ids = r.add(items, labels=[s.label for s in items])
+    rows: list[dict[str, Any]] = [
+        {
+            "id": int(i),
+            "label": s.label,
+            "source": f"scans/{s.label}/{s.label}-{n:02d}.png",
+            "thumbnail": thumbnail_png(s),
+        }
+        for n, (i, s) in enumerate(zip(ids, items))
+    ]
+    rows[0]["meta"] = {
+        "title": "A circle, 1911",
+        "date": "1911-05-02",
+        "place": "Paris",
+        "url": "https://example.org/c/1",
+        "sheet": 12,
+        "notes": None,  # absent values and nested ones are left out
+        "scan": {"dpi": 300},
+    }
+    rows[1]["meta"] = None  # an item the sidecar had no row for
+    rows[2].update(label=None, source=None)
+    save_index(
+        r.index, tmp_path / "index", model_id=r.model_id, items=rows, model_name=str(tmp_path / "lsh64")
+    )
+    manifest_path = tmp_path / "index" / "manifest.json"
+    # as `index build --title ... --description ...` records them
+    manifest = json.loads(manifest_path.read_text()) | {
+        "title": "Shapes of 1911",
+        "description": "Drawn by hand.",
+    }
+    manifest_path.write_text(json.dumps(manifest))
+
+    with TestClient(create_app(load_collections([("shapes-1911", None, tmp_path / "index")]))) as c:
+        [info] = c.get("/api/collections").json()
+        assert (info["name"], info["title"], info["description"]) == (
+            "shapes-1911",
+            "Shapes of 1911",
+            "Drawn by hand.",
+        )
+        hits = {h["id"]: h for h in c.post("/api/search", json={"item": 0, "k": 10}).json()["hits"]}
+    assert len(hits) == 10 and hits[0]["rank"] == 1
+    assert hits[0]["title"] == "A circle, 1911" and hits[0]["source"] == "scans/circle/circle-00.png"
+    assert hits[0]["meta"] == {
+        "title": "A circle, 1911",
+        "date": "1911-05-02",
+        "place": "Paris",
+        "url": "https://example.org/c/1",
+        "sheet": "12",
+    }
+    assert (hits[1]["title"], hits[1]["meta"]) == ("circle-01.png", {})  # meta None: named by its file
+    assert (hits[2]["title"], hits[2]["label"], hits[2]["source"]) == ("item 2", None, None)
+    assert (hits[3]["title"], hits[3]["label"], hits[3]["meta"]) == (
+        "square-03.png",
+        "square",
+        {},
+    )  # no meta key
 
 
 def test_run_server_refuses_a_busy_port_before_printing_the_address(

@@ -7,6 +7,10 @@ errors into 4xx answers with a ``detail`` naming the field, includes the API (:m
 pages (:mod:`.pages`), mounts their static files, and documents the hand-read search body in OpenAPI.
 Nothing a client sends should produce a 5xx.
 
+The OpenAPI document is published as version 3.0 (:data:`OPENAPI_VERSION`): the Swagger UI served at
+``/docs`` (swagger-ui-bundle's 4.15) cannot read 3.1, so the few JSON Schema 2020-12 constructs pydantic
+writes are turned into their 3.0 spelling (:func:`_openapi_30`).
+
 The pieces: :mod:`.schemas` (request/response models), :mod:`.limits` (bounds and their checks),
 :mod:`.decode` (strokes JSON and image uploads -> queries), :mod:`.state` (loading and serving
 collections), :mod:`.routes` and :mod:`.pages` (the endpoints).
@@ -27,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
 from .. import __version__
+from ..data.strokes import SketchTooLargeError
 from ..errors import InvalidSketchError, SketchSearchError
 from ..retrieval import Retriever
 from . import pages, routes
@@ -36,6 +41,7 @@ from .state import CollectionSpec, ServiceState, load_collections, warm_up
 
 # The models and loaders are re-exported: this module has been their public home.
 __all__ = [
+    "OPENAPI_VERSION",
     "CollectionInfo",
     "CollectionSpec",
     "Health",
@@ -48,6 +54,9 @@ __all__ = [
     "load_collections",
     "warm_up",
 ]
+
+OPENAPI_VERSION = "3.0.3"
+"""The OpenAPI version the app publishes: the newest one the bundled Swagger UI (4.15) reads."""
 
 
 def create_app(
@@ -70,6 +79,7 @@ def create_app(
         redoc_url=None,  # ReDoc has no offline bundle on PyPI; /docs is the one API page
         exception_handlers={RequestValidationError: _validation_error, SketchSearchError: _domain_error},
     )
+    app.openapi_version = OPENAPI_VERSION  # an attribute FastAPI reads, not a constructor argument
     app.state.service = state
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     if cors_origins:
@@ -115,17 +125,57 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _domain_error(request: Request, exc: SketchSearchError) -> JSONResponse:
-    """The library's own errors: 422 for a sketch it cannot use, 400 for the rest."""
-    return JSONResponse({"detail": str(exc)}, status_code=422 if isinstance(exc, InvalidSketchError) else 400)
+    """The library's own errors: 413 for a drawing over the limits, 422 for a sketch it cannot use, 400 for
+    the rest."""
+    if isinstance(exc, SketchTooLargeError):
+        status = 413
+    else:
+        status = 422 if isinstance(exc, InvalidSketchError) else 400
+    return JSONResponse({"detail": str(exc)}, status_code=status)
 
 
 # ----------------------------------------------------------------------------------------------- OpenAPI
 def _openapi_schema(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema plus SearchRequest (the JSON search body is read by hand, to take JSON or
-    multipart on one route, so FastAPI does not find the model itself)."""
-    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    """FastAPI's schema plus SearchRequest (the JSON search body is read by hand, to take JSON or multipart
+    on one route, so FastAPI does not find the model itself), in OpenAPI 3.0."""
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        openapi_version=app.openapi_version,
+        description=app.description,
+        routes=app.routes,
+    )
     comps = schema.setdefault("components", {}).setdefault("schemas", {})
     req = SearchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     comps.update(req.pop("$defs", {}))
     comps["SearchRequest"] = req
-    return schema
+    return _openapi_30(schema)
+
+
+_NULL = {"type": "null"}
+
+
+def _openapi_30(node: Any) -> Any:
+    """A copy of an OpenAPI document (or any part) with pydantic's JSON Schema 2020-12 spellings in their
+    OpenAPI 3.0 form: ``anyOf: [X, {"type": "null"}]`` -> X with ``nullable: true``; ``const: v`` ->
+    ``enum: [v]``."""
+    if isinstance(node, list):
+        return [_openapi_30(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _openapi_30(value) for key, value in node.items()}
+    for key in ("anyOf", "oneOf"):
+        alternatives = out.get(key)
+        if isinstance(alternatives, list) and _NULL in alternatives:
+            rest = [a for a in alternatives if a != _NULL]
+            del out[key]
+            if len(rest) > 1:
+                out[key] = rest
+            elif "$ref" in rest[0]:
+                out["allOf"] = rest  # 3.0 ignores the siblings of a $ref, such as nullable
+            else:
+                out = {**rest[0], **out}
+            out["nullable"] = True
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    return out

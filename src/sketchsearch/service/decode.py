@@ -1,9 +1,10 @@
-"""Turning what a client sends into a query: a JSON strokes body into a :class:`Sketch`, an uploaded
-PNG/JPEG into an upright RGB image, a multipart form field into an integer.
+"""Turning what a client sends into a query: a JSON search body into a request (and its drawing, as a
+:class:`Sketch`), an uploaded PNG/JPEG into an upright RGB image, a multipart form field into an integer.
 
 All of it is bounded by :class:`~sketchsearch.service.limits.Limits` before the work it guards, and all
 of it runs off the event loop (the routes call it through ``run_in_threadpool``). A bad input raises a
-4xx naming the field: ``HTTPException`` with a ``detail``, or ``RequestValidationError`` for schema errors.
+4xx naming the field: ``HTTPException`` with a ``detail``, ``RequestValidationError`` for schema errors,
+or :class:`~sketchsearch.errors.InvalidSketchError` for a drawing (answered by the app's error handler).
 """
 
 from __future__ import annotations
@@ -14,22 +15,25 @@ import re
 import warnings
 from typing import Any
 
-import numpy as np
 from fastapi.exceptions import RequestValidationError
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from ..data.sketch import Sketch
-from .limits import MAX_COORD, Limits, check_image_size, check_k, check_stroke_counts
-from .schemas import SearchRequest, StrokePoint
+from ..data.strokes import parse_strokes
+from .limits import Limits, check_image_size, check_k
+from .schemas import SearchRequest
 
-__all__ = ["form_int", "parse_strokes_request", "read_image", "to_sketch"]
+__all__ = ["form_int", "parse_search_request", "read_image"]
+
+_CHOOSE = "choose a drawing saved as PNG or JPEG"
 
 
-def parse_strokes_request(body: bytes, limits: Limits) -> tuple[SearchRequest, Sketch]:
-    """A JSON body -> (request, sketch). Bad JSON -> 400; schema errors -> ``RequestValidationError``
-    (answered 422 with every error listed, like FastAPI's own); k or the sketch over ``limits`` -> 4xx."""
+def parse_search_request(body: bytes, limits: Limits) -> tuple[SearchRequest, Sketch | None]:
+    """A JSON body -> (request, its drawing; None for a search by item). Bad JSON -> 400; schema errors ->
+    ``RequestValidationError`` (answered 422 with every error listed, like FastAPI's own); neither or both
+    of ``strokes`` and ``item`` -> 422; k or the drawing over ``limits`` -> 4xx."""
     try:
         raw = json.loads(body)
     # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer past Python's digit limit;
@@ -42,31 +46,25 @@ def parse_strokes_request(body: bytes, limits: Limits) -> tuple[SearchRequest, S
         errs = e.errors(include_url=False, include_context=False, include_input=False)
         raise RequestValidationError(errs) from e
     check_k(req.k, limits)
-    return req, to_sketch(req.strokes, limits)
-
-
-def to_sketch(strokes: list[list[StrokePoint]], limits: Limits) -> Sketch:
-    """Validated points -> :class:`Sketch` (float32 coordinates; times kept only when every point has one)."""
-    n = sum(len(s) for s in strokes)
-    check_stroke_counts(len(strokes), n, limits)
-    if n == 0:
-        raise HTTPException(422, "strokes: the sketch has no points (draw something first)")
-    xy64 = [np.array([(p.x, p.y) for p in s], dtype=np.float64).reshape(-1, 2) for s in strokes]
-    if any(len(a) and float(np.abs(a).max()) > MAX_COORD for a in xy64):
+    if (req.strokes is None) == (req.item is None):
         raise HTTPException(
-            422, f"strokes: coordinates must fit in 32-bit floats (|x|, |y| <= {MAX_COORD:g})"
+            422,
+            "strokes: send either strokes (a drawing) or item (the id of an indexed item to search with)"
+            + (", not both" if req.item is not None else ""),
         )
-    xy = [a.astype(np.float32) for a in xy64]
-    has_t = all(p.t is not None for s in strokes for p in s)
-    times = [np.array([p.t for p in s], dtype=np.float64) for s in strokes] if has_t else None
-    return Sketch(xy, times)
+    if req.strokes is None:
+        return req, None
+    sketch = parse_strokes(
+        req.strokes, max_strokes=limits.max_strokes, max_points=limits.max_points, field="strokes"
+    )
+    return req, sketch
 
 
 def read_image(data: bytes, limits: Limits) -> Image.Image:
     """An uploaded PNG/JPEG -> upright RGB (or L) on white. The size is checked from the header, before
     any pixel is decoded; Pillow's decompression-bomb warning is an error here, not a log line."""
     if not data:
-        raise HTTPException(422, "image: the uploaded file is empty")
+        raise HTTPException(422, f"image: the file is empty: {_CHOOSE}")
     try:
         # Image.open reads only the header: the size is known before any pixel is decoded.
         with warnings.catch_warnings():
@@ -75,23 +73,23 @@ def read_image(data: bytes, limits: Limits) -> Image.Image:
         w, h = img.size
         check_image_size(w, h, limits)
         if w < 1 or h < 1:
-            raise HTTPException(422, f"image: {w}x{h} has no pixels")
+            raise HTTPException(422, f"image: {w}x{h} has no pixels: {_CHOOSE}")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
         return _flatten_image(img)
     except HTTPException:
         raise
+    # Pillow's messages name its in-memory file (``<_io.BytesIO object at 0x...>``): not repeated here.
     except UnidentifiedImageError as e:
-        raise HTTPException(422, f"image: not a readable PNG or JPEG ({e})") from e
-    except (
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as e:  # Pillow's own header check
-        raise HTTPException(413, f"image: too large to decode safely ({e})") from e
+        raise HTTPException(422, f"image: that file is not a PNG or JPEG image: {_CHOOSE}") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's own header check
+        raise HTTPException(
+            413, "image: too large to decode safely: scale the picture down and choose it again"
+        ) from e
     except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt files
         raise HTTPException(
-            422, f"image: the file is damaged or not a PNG/JPEG ({type(e).__name__}: {e})"
+            422, f"image: the file is damaged (cut short or corrupt): save the drawing again, or {_CHOOSE}"
         ) from e
 
 

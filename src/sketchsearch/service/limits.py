@@ -1,8 +1,9 @@
 """What one request may hold: :class:`Limits`, the checks against it, and the body-size middleware.
 
 Every bound is checked before the work it guards: the body size while it streams in
-(:class:`BodySizeLimit`), stroke and point counts before any array is built, an image's size from its
-header before any pixel is decoded (decompression bombs), k before searching. A request over a bound
+(:class:`BodySizeLimit`), stroke and point counts before any array is built (by
+:func:`~sketchsearch.data.strokes.parse_strokes`), an image's size from its header before any pixel is
+decoded (decompression bombs), k before searching. A request over a bound
 gets a 4xx (413 for size, 422 for k) whose ``detail`` names the field and the bound.
 """
 
@@ -14,20 +15,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..data.strokes import MAX_POINTS, MAX_STROKES
+
 __all__ = [
-    "MAX_COORD",
     "MAX_ID",
     "BodySizeLimit",
     "Limits",
     "check_image_size",
     "check_k",
-    "check_stroke_counts",
 ]
 
 MAX_ID = 2**63 - 1
 """The largest item id a client may ask for (ids are int64 in every index)."""
-MAX_COORD = 1e30
-"""The largest |x| or |y| accepted: well inside float32, so scaling in ``normalise()`` cannot overflow."""
 
 
 @dataclass(frozen=True)
@@ -36,8 +35,8 @@ class Limits:
     ~30 strokes and ~3,000 points) while keeping one request's work to milliseconds."""
 
     max_body_bytes: int = 4 * 1024 * 1024  # whole request body (JSON or multipart)
-    max_strokes: int = 500
-    max_points: int = 50_000  # over all strokes
+    max_strokes: int = MAX_STROKES
+    max_points: int = MAX_POINTS  # over all strokes
     max_image_side: int = 4096  # pixels, width or height, read from the header before decoding
     max_image_pixels: int = 16_000_000  # width * height, read from the header before decoding
     max_k: int = 200
@@ -54,21 +53,13 @@ def check_k(k: int, limits: Limits) -> None:
         raise HTTPException(422, f"k: at most {limits.max_k} hits per search, got {k}")
 
 
-def check_stroke_counts(n_strokes: int, n_points: int, limits: Limits) -> None:
-    """413 when a sketch has more strokes or points (over all strokes) than ``limits`` allow."""
-    if n_strokes > limits.max_strokes:
-        raise HTTPException(413, f"strokes: at most {limits.max_strokes} strokes, got {n_strokes}")
-    if n_points > limits.max_points:
-        raise HTTPException(413, f"strokes: at most {limits.max_points} points in all, got {n_points}")
-
-
 def check_image_size(width: int, height: int, limits: Limits) -> None:
     """413 when an image's header claims more than ``limits`` allow a side or in all."""
     if max(width, height) > limits.max_image_side or width * height > limits.max_image_pixels:
         raise HTTPException(
             413,
             f"image: {width}x{height} is too large; at most {limits.max_image_side} pixels a side and "
-            f"{limits.max_image_pixels} pixels in all",
+            f"{limits.max_image_pixels} pixels in all: scale the picture down and choose it again",
         )
 
 

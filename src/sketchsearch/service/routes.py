@@ -1,11 +1,13 @@
 """The REST API (an :class:`APIRouter`); every search goes through :meth:`Retriever.search`.
 
-* ``POST /api/search`` — a query as strokes (JSON ``{"collection", "k", "strokes": [[{x, y, t}, ...], ...]}``)
-  or as an uploaded PNG/JPEG (``multipart/form-data`` with fields ``image``, ``k``, ``collection``).
-  Answers the ranked hits (id, rank, label, distance, thumbnail URL) and the time the search took.
+* ``POST /api/search`` — a query as strokes (JSON ``{"collection", "k", "strokes": [[{x, y, t}, ...], ...]}``,
+  or any other form :func:`~sketchsearch.data.strokes.parse_strokes` reads), as an indexed item (JSON
+  ``{"collection", "k", "item": id}``: the item's own stored code is the query), or as an uploaded PNG/JPEG
+  (``multipart/form-data`` with fields ``image``, ``k``, ``collection``). Answers the ranked hits (id, rank,
+  title, label, source, metadata, distance, thumbnail URL) and the time the search took.
 * ``GET /api/items/{id}/thumbnail?collection=NAME`` — a PNG from the index's own item store only:
   the id is an integer (validated), never a path, so nothing a client sends reaches the file system.
-* ``GET /api/collections``, ``GET /api/health``.
+* ``GET /api/collections`` (name, title, description, size, method), ``GET /api/health``.
 
 The routes read the served collections and the limits from :class:`~sketchsearch.service.state.ServiceState`
 through ``Depends(get_state)``. CPU work (parsing, decoding, searching) runs off the event loop.
@@ -14,9 +16,12 @@ through ``Depends(get_state)``. CPU work (parsing, decoding, searching) runs off
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
@@ -27,7 +32,8 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from ..data.sketch import Sketch
 from ..errors import IndexError_
-from .decode import form_int, parse_strokes_request, read_image
+from ..retrieval import Hit
+from .decode import form_int, parse_search_request, read_image
 from .limits import MAX_ID, check_k
 from .schemas import CollectionInfo, ErrorOut, Health, HitOut, SearchResponse
 from .state import ServedCollection, ServiceState, get_state
@@ -63,7 +69,7 @@ _SEARCH_BODY: dict[str, Any] = {
 @router.post(
     "/api/search",
     response_model=SearchResponse,
-    summary="Search a collection by strokes (JSON) or by an uploaded PNG/JPEG drawing (multipart)",
+    summary="Search a collection by strokes or by an item of it (JSON), or by an uploaded PNG/JPEG drawing (multipart)",
     responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 415: {"model": ErrorOut}},
     openapi_extra=_SEARCH_BODY,
 )
@@ -74,8 +80,11 @@ async def search(request: Request, state: State) -> JSONResponse:
         body = await request.body()
         # parsing and validating up to max_points points is CPU work: off the event loop, so that one
         # large request does not stall every other client (and /api/health)
-        req, sketch = await run_in_threadpool(parse_strokes_request, body, limits)
+        req, sketch = await run_in_threadpool(parse_search_request, body, limits)
         col = state.pick(req.collection)
+        if sketch is None:  # a search by item: parse_search_request checked that it names one
+            assert req.item is not None
+            return await _search_response(col, req.item, req.k, {"item": req.item})
         return await _search_response(
             col, sketch, req.k, {"strokes": len(sketch.strokes), "points": sketch.n_points}
         )
@@ -137,6 +146,8 @@ def list_collections(state: State) -> list[CollectionInfo]:
         out.append(
             CollectionInfo(
                 name=c.name,
+                title=c.title,
+                description=c.description,
                 items=len(r),
                 model_id=r.model_id,
                 method=r.method.name,
@@ -159,41 +170,95 @@ def health(state: State) -> Health:
     )
 
 
-def _run_search(col: ServedCollection, query: Sketch | Image.Image, k: int) -> tuple[list[Any], float]:
-    """Search under the collection's lock; the hits and the ms the search took."""
+Query = Sketch | Image.Image | int
+"""A drawing, a picture of one, or the id of an item of the collection."""
+
+
+def _run_search(
+    col: ServedCollection, query: Query, k: int
+) -> tuple[list[Hit], dict[int, dict[str, Any]], float]:
+    """Search under the collection's lock: the hits, their item rows and the ms it took.
+
+    Hits carry label and source; an item's metadata (the ``meta`` field of its row, when the index stores
+    one) is read from the rows the Retriever reads them from (:meth:`Retriever.item_meta`).
+    """
     with col.lock:
         t0 = time.perf_counter()
-        hits = col.retriever.search(query, k=k)
-        return hits, (time.perf_counter() - t0) * 1000.0
+        if isinstance(query, int):
+            hits = _search_by_item(col, query, k)
+        else:
+            hits = col.retriever.search(query, k=k)
+        rows = col.retriever.item_meta([h.id for h in hits])
+        return hits, rows, (time.perf_counter() - t0) * 1000.0
+
+
+def _search_by_item(col: ServedCollection, item_id: int, k: int) -> list[Hit]:
+    """Search with an indexed item's own stored code as the query (no re-encoding: the item finds itself
+    first, at distance 0), through :meth:`Retriever.search_encoded` like any encoded query."""
+    r = col.retriever
+    stored = r.index.state()  # the index's own arrays, ids ascending: no copy
+    ids = stored["ids"]
+    pos = int(np.searchsorted(ids, item_id))
+    if pos == len(ids) or int(ids[pos]) != item_id:
+        raise HTTPException(
+            404, f"item: {item_id} is not in collection {col.name!r}; search with the id of one of its hits"
+        )
+    dist, found = r.search_encoded(np.asarray(stored["codes"][pos : pos + 1]), k)
+    return r.hits(dist[0], found[0])
+
+
+def _meta_out(meta: object) -> dict[str, str]:
+    """An item's stored metadata as the API shows it: text values by key; absent, empty or nested values
+    left out (the item store holds whatever the collection's sidecar gave)."""
+    if not isinstance(meta, Mapping):
+        return {}
+    return {
+        str(key): str(value)
+        for key, value in meta.items()
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value).strip()
+    }
+
+
+def _title(hit: Hit, meta: Mapping[str, str]) -> str:
+    """What to call a hit: its metadata title, its source's file name, its label, or ``item <id>``."""
+    if meta.get("title"):
+        return meta["title"]
+    if hit.source:
+        return PurePosixPath(hit.source.replace("\\", "/")).name or hit.source
+    return hit.label or f"item {hit.id}"
+
+
+def _hit_out(col: ServedCollection, hit: Hit, meta: Mapping[str, str]) -> HitOut:
+    code_size = col.retriever.method.code_size
+    distance = float(hit.distance)
+    return HitOut(
+        id=hit.id,
+        rank=hit.rank,
+        title=_title(hit, meta),
+        label=hit.label,
+        source=hit.source,
+        meta=dict(meta),
+        distance=distance,
+        # float rounding can put an item's distance to itself a hair below 0
+        similarity=min(1.0, (1.0 - distance / code_size) if col.metric == "hamming" else 1.0 - distance),
+        thumbnail_url=f"/api/items/{hit.id}/thumbnail?collection={quote(col.name)}",
+    )
 
 
 async def _search_response(
-    col: ServedCollection, query: Sketch | Image.Image, k: int, qinfo: dict[str, int]
+    col: ServedCollection, query: Query, k: int, qinfo: dict[str, int]
 ) -> JSONResponse:
     """Run the search in the thread pool and answer it as a :class:`SearchResponse` with Server-Timing."""
     try:
-        hits, took = await run_in_threadpool(_run_search, col, query, k)
+        hits, rows, took = await run_in_threadpool(_run_search, col, query, k)
     except IndexError_ as e:
         raise HTTPException(409, f"collection {col.name!r}: {e}") from e
-    code_size = col.retriever.method.code_size
     out = SearchResponse(
         collection=col.name,
         k=k,
         metric=col.metric,
         took_ms=round(took, 3),
         query=qinfo,
-        hits=[
-            HitOut(
-                id=h.id,
-                rank=h.rank,
-                label=h.label,
-                distance=float(h.distance),
-                similarity=(1.0 - float(h.distance) / code_size)
-                if col.metric == "hamming"
-                else 1.0 - float(h.distance),
-                thumbnail_url=f"/api/items/{h.id}/thumbnail?collection={quote(col.name)}",
-            )
-            for h in hits
-        ],
+        hits=[_hit_out(col, h, _meta_out(rows.get(h.id, {}).get("meta"))) for h in hits],
     )
     return JSONResponse(out.model_dump(), headers={"Server-Timing": f"search;dur={took:.2f}"})

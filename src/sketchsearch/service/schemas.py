@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from ..data.strokes import FORMS
+from .limits import MAX_ID
 
 __all__ = [
     "CollectionInfo",
@@ -23,18 +26,54 @@ Metric = Literal["hamming", "cosine"]
 class StrokePoint(BaseModel):
     """One recorded point: page pixels (y down) and the time in ms since the drawing began."""
 
-    # strict: a string or a boolean is a wrong type (422), not a number to coerce ("1" -> 1.0, true -> 1.0)
+    # Documentation only: it describes the page's stroke form in the OpenAPI document; the points are read
+    # (as strictly: no strings or booleans as numbers, no other keys) by data.strokes.parse_strokes.
     model_config = ConfigDict(extra="forbid", strict=True)
     x: float = Field(allow_inf_nan=False, description="x in any unit (the page sends CSS pixels)")
     y: float = Field(allow_inf_nan=False, description="y in the same unit, pointing down")
     t: float | None = Field(default=None, allow_inf_nan=False, ge=0, description="ms since the drawing began")
 
 
+_NUMBERS: dict[str, Any] = {"type": "array", "items": {"type": "number"}}
+Strokes = Annotated[
+    Any,  # read by parse_strokes (one reader for the API and the CLI), not by pydantic
+    WithJsonSchema(
+        {
+            "description": f"the drawing, strokes in drawing order: {FORMS}",
+            "anyOf": [
+                {
+                    "type": "array",
+                    "items": {"type": "array", "items": StrokePoint.model_json_schema()},
+                },
+                {
+                    "type": "array",
+                    "items": {"type": "array", "items": {**_NUMBERS, "minItems": 2, "maxItems": 3}},
+                },
+                {
+                    "type": "array",
+                    "items": {"type": "array", "items": _NUMBERS, "minItems": 2, "maxItems": 3},
+                },
+                {
+                    "type": "object",
+                    "description": 'a wrapper: {"strokes": ...} or a QuickDraw record {"drawing": ...}',
+                },
+            ],
+        }
+    ),
+]
+
+
 class SearchRequest(BaseModel):
-    """A search by strokes (``application/json``)."""
+    """A search (``application/json``) by a drawing (``strokes``) or by an indexed item (``item``)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)  # "k": "5" or true is a wrong type, not 5 / 1
-    strokes: list[list[StrokePoint]] = Field(description="strokes in drawing order, each a list of points")
+    strokes: Strokes = None
+    item: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_ID,
+        description="search with an item of the collection as the query: its id (a hit's id); instead of strokes",
+    )
     k: int = Field(default=10, ge=1, description="number of hits wanted (at most the server's max_k)")
     collection: str | None = Field(
         default=None, description="collection name; optional when only one is served"
@@ -42,9 +81,21 @@ class SearchRequest(BaseModel):
 
 
 class HitOut(BaseModel):
-    id: int
+    """One ranked item of a search."""
+
+    id: int = Field(description="the item's id in its collection (search with it: SearchRequest.item)")
     rank: int
-    label: str | None
+    title: str = Field(
+        description="what to call the item: its metadata title, else its source's file name, else its label, "
+        "else 'item <id>'"
+    )
+    label: str | None = Field(description="its class, when the collection has classes")
+    source: str | None = Field(
+        description="where it came from: its path relative to the collection's folder, or its record id"
+    )
+    meta: dict[str, str] = Field(
+        description="its metadata when the collection has any (e.g. title, date, place, url); empty otherwise"
+    )
     distance: float = Field(
         description="Hamming distance (binary codes) or 1 - cosine (float embeddings); smaller is closer"
     )
@@ -68,7 +119,9 @@ class SearchResponse(BaseModel):
 
 
 class CollectionInfo(BaseModel):
-    name: str
+    name: str = Field(description="the collection's id: what a search's `collection` names")
+    title: str = Field(description="what to call it: its index's title, else its name")
+    description: str | None = Field(description="a sentence or two about it, from its index; null when none")
     items: int
     model_id: str
     method: str

@@ -1,4 +1,5 @@
-"""What the service serves: the collections (name -> :class:`Retriever`, one lock each) and the limits.
+"""What the service serves: the collections (name -> :class:`Retriever`, one lock each, with the title and
+description their index's manifest gives) and the limits.
 
 :func:`load_collections` opens collections from disk and :func:`warm_up` runs a first search in each;
 :func:`~sketchsearch.service.app.create_app` keeps a :class:`ServiceState` on ``app.state.service``, and
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from ..data.sketch import Sketch
 from ..errors import IndexError_, SketchSearchError
+from ..index.store import ItemStore, read_manifest
 from ..retrieval import Retriever
 from .limits import Limits
 from .schemas import Metric
@@ -81,15 +83,35 @@ def warm_up(collections: Mapping[str, Retriever]) -> dict[str, float]:
     return out
 
 
+def _presentation(name: str, retriever: Retriever) -> tuple[str, str | None]:
+    """(title, description) of a collection: the ``title`` and ``description`` of its index's manifest
+    (``index build --title/--description``) when it was loaded from a folder and they are there; the title
+    falls back to the collection's name."""
+    manifest: dict[str, object] = {}
+    if isinstance(retriever.store, ItemStore):  # the store is the folder's items.sqlite, beside the manifest
+        try:
+            manifest = read_manifest(retriever.store.path.parent)
+        except IndexError_:
+            # the folder was removed or replaced since it was loaded: serve it untitled rather than not at all
+            manifest = {}
+    title, description = (manifest.get(key) for key in ("title", "description"))
+    return (
+        title.strip() if isinstance(title, str) and title.strip() else name,
+        description.strip() if isinstance(description, str) and description.strip() else None,
+    )
+
+
 @dataclass
 class ServedCollection:
-    """One collection as served: its name, its Retriever and the lock searches take."""
+    """One collection as served: its name, title and description, its Retriever and the lock searches take."""
 
     name: str
     retriever: Retriever
     # The Retriever makes no thread-safety promise (its item store may hold an sqlite connection, indexes
     # keep scratch buffers), so one collection answers one search at a time; collections run in parallel.
     lock: threading.Lock
+    title: str
+    description: str | None
 
     @property
     def metric(self) -> Metric:
@@ -111,7 +133,9 @@ class ServiceState:
         served: dict[str, ServedCollection] = {}
         for name, retriever in collections.items():
             check_name(name)
-            served[name] = ServedCollection(name, retriever, threading.Lock())
+            served[name] = ServedCollection(
+                name, retriever, threading.Lock(), *_presentation(name, retriever)
+            )
         return cls(served, limits)
 
     def pick(self, name: str | None) -> ServedCollection:

@@ -1,5 +1,6 @@
 // sketchsearch page: records strokes with timing (pointer events: mouse, pen, touch; or the keyboard),
-// searches while drawing (debounced) and on demand, shows ranked thumbnails. No dependencies.
+// searches while drawing (debounced) and on demand, shows ranked thumbnails; a hit opens a larger view
+// with its source and metadata, from which it can be the next query. No dependencies.
 "use strict";
 
 (() => {
@@ -7,24 +8,36 @@
   const canvas = $("canvas");
   const ctx = canvas.getContext("2d");
   const els = {
-    collection: $("collection"), k: $("k"), info: $("collection-info"), undo: $("undo"), clear: $("clear"),
-    search: $("search"), live: $("live"), image: $("image"), timing: $("timing"), error: $("error"),
-    results: $("results"), placeholder: $("placeholder"), emptyHint: $("empty-hint"), peek: $("peek"),
+    collection: $("collection"), k: $("k"), title: $("collection-title"), description: $("collection-description"),
+    details: $("collection-details"), undo: $("undo"), clear: $("clear"), search: $("search"), live: $("live"),
+    image: $("image"), timing: $("timing"), error: $("error"), results: $("results"), placeholder: $("placeholder"),
+    emptyHint: $("empty-hint"), peek: $("peek"), queryNote: $("query-note"),
+    detail: $("detail"), detailImg: $("detail-img"), detailTitle: $("detail-title"), detailFacts: $("detail-facts"),
+    detailSearch: $("detail-search"), detailClose: $("detail-close"),
   };
   const PEEK = 4;            // hits mirrored under the canvas on narrow screens (hidden by CSS elsewhere)
 
   const DEBOUNCE_MS = 300;   // search once the pen has paused this long
   const LINE_WIDTH = 4;      // CSS pixels
   const KEY_STEP = 12, KEY_STEP_FINE = 3;
+  const JSON_HEADERS = { "Content-Type": "application/json" };
+  const IMAGE_TYPES = ["image/png", "image/jpeg"];
+  const NOT_AN_IMAGE = "That file is not a PNG or JPEG image: choose a drawing saved as PNG or JPEG.";
 
   /** @type {{x:number,y:number,t:number}[][]} strokes in CSS pixels, t = ms since the first point */
   let strokes = [];
   let current = null;        // the stroke being drawn
   let t0 = null;             // time origin of the drawing
+  // What is searched: the drawing, an uploaded picture, or an item of the collection (from a hit's larger
+  // view). A picture or an item is shown on the canvas; drawing replaces it.
+  /** @type {{kind: "strokes"} | {kind: "image", file: File, picture: ImageBitmap | null}
+   *        | {kind: "item", id: number, collection: string, title: string, picture: HTMLImageElement}} */
+  let query = { kind: "strokes" };
   let collections = [];
   let debounceTimer = null;
   let inflight = null;       // AbortController of the running request
   let seq = 0;               // request counter: late answers to old queries are dropped
+  let opened = null;         // {hit, collection} shown in the larger view
   const keyPen = { x: 0, y: 0, down: false, active: false };
 
   // ---------------------------------------------------------------- canvas
@@ -40,6 +53,7 @@
   function redraw() {
     const r = canvas.getBoundingClientRect();
     ctx.clearRect(0, 0, r.width, r.height);
+    if (query.kind !== "strokes" && query.picture) drawPicture(query.picture, r);
     ctx.lineCap = "round"; ctx.lineJoin = "round"; ctx.lineWidth = LINE_WIDTH; ctx.strokeStyle = "#1d2430";
     for (const s of strokes) drawStroke(s);
     if (keyPen.active) {
@@ -49,8 +63,19 @@
       ctx.restore();
     }
     const n = strokes.length;
-    els.emptyHint.classList.toggle("gone", n > 0 || keyPen.active);
-    els.undo.disabled = n === 0; els.clear.disabled = n === 0;
+    const hasQuery = n > 0 || query.kind !== "strokes";
+    els.emptyHint.classList.toggle("gone", hasQuery || keyPen.active);
+    els.undo.disabled = n === 0; els.clear.disabled = !hasQuery;
+  }
+
+  /** The query picture, whole and centred on white (it covers the dot grid: the picture is the query). */
+  function drawPicture(pic, r) {
+    const w = pic.naturalWidth || pic.width, h = pic.naturalHeight || pic.height;
+    if (!w || !h) return;  // an item's thumbnail still loading: drawn on load
+    const pad = 8, s = Math.min((r.width - 2 * pad) / w, (r.height - 2 * pad) / h);
+    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, r.width, r.height);
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(pic, (r.width - w * s) / 2, (r.height - h * s) / 2, w * s, h * s);
   }
 
   function drawStroke(s) {
@@ -69,7 +94,11 @@
     return { x: Math.round((e.clientX - r.left) * 10) / 10, y: Math.round((e.clientY - r.top) * 10) / 10 };
   }
 
-  function beginStroke(p) { current = [{ ...p, t: now() }]; strokes.push(current); redraw(); }
+  function beginStroke(p) {
+    if (query.kind !== "strokes") dropPicture();  // drawing starts a new query
+    els.queryNote.textContent = "";
+    current = [{ ...p, t: now() }]; strokes.push(current); redraw();
+  }
   function extendStroke(p) {
     if (!current) return;
     const last = current[current.length - 1];
@@ -123,47 +152,96 @@
     canvas.classList.remove("pointer-focus"); if (keyPen.down) { keyPen.down = false; endStroke(); } keyPen.active = false; redraw(); });
 
   document.addEventListener("keydown", (e) => {
+    if (els.detail.open) return;  // the larger view has its own buttons (and Escape closes it)
     if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") { e.preventDefault(); undo(); }
-    else if (e.key === "Enter" && (e.target === canvas || e.target === document.body)) { e.preventDefault(); searchNow(); }
+    else if (e.key === "Enter" && (e.target === canvas || e.target === document.body)) { e.preventDefault(); runQuery(); }
   });
 
   function undo() { if (current) return; strokes.pop(); redraw(); changed(true); }
   function clearAll() {
-    current = null; strokes = []; t0 = null; keyPen.down = false; redraw();
+    current = null; strokes = []; t0 = null; keyPen.down = false; dropPicture(); redraw();
+    els.queryNote.textContent = "";
     clearTimeout(debounceTimer); if (inflight) inflight.abort();
     showResults(null); els.timing.textContent = ""; showError(null);
   }
   els.undo.addEventListener("click", undo);
   els.clear.addEventListener("click", clearAll);
-  els.search.addEventListener("click", searchNow);
-  els.k.addEventListener("change", () => changed(true));
-  els.collection.addEventListener("change", () => { describeCollection(); changed(true); });
+  els.search.addEventListener("click", runQuery);
+  els.k.addEventListener("change", rerun);
+  els.collection.addEventListener("change", () => {
+    const from = query.kind === "item" ? collections.find((c) => c.name === query.collection) : null;
+    describeCollection();
+    if (!from) { rerun(); return; }
+    // an item's id means nothing in another collection: start afresh, saying why
+    clearAll();
+    els.queryNote.textContent = `The item you searched with is in “${from.title}”: draw or choose a picture to search this collection.`;
+  });
+
+  // ---------------------------------------------------------------- the query: drawing, picture or item
+  function setPicture(q, note) {
+    current = null; strokes = []; t0 = null; keyPen.down = false;
+    query = q; els.queryNote.textContent = note; redraw();
+  }
+
+  function dropPicture() {
+    if (query.kind === "strokes") return;
+    if (query.kind === "image" && query.picture) query.picture.close();
+    query = { kind: "strokes" }; els.image.value = ""; els.queryNote.textContent = "";
+  }
+
+  els.image.addEventListener("change", async () => {
+    const f = els.image.files && els.image.files[0];
+    if (!f) return;
+    if (f.type && !IMAGE_TYPES.includes(f.type)) { els.image.value = ""; showError(NOT_AN_IMAGE); return; }
+    const q = { kind: "image", file: f, picture: null };
+    setPicture(q, `Searching with the picture “${f.name}”. Draw to search with a drawing instead.`);
+    runQuery();
+    // shown on the canvas once decoded; a file the browser cannot decode is left to the server to explain
+    q.picture = await createImageBitmap(f).catch(() => null);
+    if (query === q) redraw(); else if (q.picture) q.picture.close();
+  });
+
+  function searchWithItem(hit, collection) {
+    const picture = new Image();
+    const q = { kind: "item", id: hit.id, collection, title: hit.title, picture };
+    picture.addEventListener("load", () => { if (query === q) redraw(); });
+    picture.src = hit.thumbnail_url;
+    setPicture(q, `Searching with “${hit.title}” from this collection. Draw to start a new search.`);
+    runQuery();
+  }
 
   // ---------------------------------------------------------------- searching
   function changed(immediate = false) {
     if (!els.live.checked) return;
     clearTimeout(debounceTimer);
     if (!strokes.some((s) => s.length)) { showResults(null); els.timing.textContent = ""; return; }
-    debounceTimer = setTimeout(searchNow, immediate ? 0 : DEBOUNCE_MS);
+    debounceTimer = setTimeout(runQuery, immediate ? 0 : DEBOUNCE_MS);
   }
 
-  function searchNow() {
+  /** k or the collection changed: search again with the current query, if it was (or would be) searched. */
+  function rerun() {
+    const drawn = strokes.some((s) => s.length);
+    if (query.kind !== "strokes" || (drawn && (els.live.checked || els.results.childElementCount))) runQuery();
+  }
+
+  function runQuery() {
     clearTimeout(debounceTimer);
-    const sent = strokes.filter((s) => s.length).map((s) => s.map((p) => ({ x: p.x, y: p.y, t: p.t })));
-    if (!sent.length) { showError("Draw something first."); return; }
-    send(JSON.stringify({ strokes: sent, k: Number(els.k.value), collection: els.collection.value || null }),
-         { "Content-Type": "application/json" });
+    const k = Number(els.k.value), collection = els.collection.value || null;
+    if (query.kind === "image") {
+      const q = query, form = new FormData();
+      form.append("image", q.file); form.append("k", String(k));
+      if (collection) form.append("collection", collection);
+      send(form, {}).then((ok) => { if (ok === false && query === q) { dropPicture(); redraw(); } });
+    } else if (query.kind === "item") {
+      send(JSON.stringify({ item: query.id, k, collection: query.collection }), JSON_HEADERS);
+    } else {
+      const sent = strokes.filter((s) => s.length).map((s) => s.map((p) => ({ x: p.x, y: p.y, t: p.t })));
+      if (!sent.length) { showError("Draw something first, or choose a picture of a drawing."); return; }
+      send(JSON.stringify({ strokes: sent, k, collection }), JSON_HEADERS);
+    }
   }
 
-  els.image.addEventListener("change", () => {
-    const f = els.image.files && els.image.files[0];
-    if (!f) return;
-    const form = new FormData();
-    form.append("image", f); form.append("k", els.k.value);
-    if (els.collection.value) form.append("collection", els.collection.value);
-    send(form, {});
-  });
-
+  /** POST a search; true when answered, false when refused (the message shown), undefined when superseded. */
   async function send(body, headers) {
     if (inflight) inflight.abort();
     const ctl = new AbortController(); inflight = ctl;
@@ -172,22 +250,44 @@
     els.timing.textContent = "Searching…";
     try {
       const resp = await fetch("/api/search", { method: "POST", body, headers, signal: ctl.signal });
-      const data = await resp.json().catch(() => ({ detail: `HTTP ${resp.status}` }));
-      if (mine !== seq) return;
-      if (!resp.ok) { showError(typeof data.detail === "string" ? data.detail : `HTTP ${resp.status}`); els.timing.textContent = ""; return; }
+      const data = await resp.json().catch(() => null);
+      if (mine !== seq) return undefined;
+      if (!resp.ok) {
+        showError(data && typeof data.detail === "string" ? readable(data.detail)
+          : `The server answered HTTP ${resp.status}: try again in a moment.`);
+        return false;
+      }
       showError(null);
       showResults(data);
       const rtt = performance.now() - started;
       els.timing.textContent = `${data.hits.length} results · search ${data.took_ms.toFixed(1)} ms · round trip ${rtt.toFixed(0)} ms`;
+      return true;
     } catch (err) {
-      if (err.name === "AbortError") return;
-      if (mine === seq) { showError(`Could not reach the server (${err.message}).`); els.timing.textContent = ""; }
+      if (err.name === "AbortError" || mine !== seq) return undefined;
+      showError(`Could not reach the server (${err.message}): check that sketchsearch serve is still running, then search again.`);
+      return false;
     } finally {
       if (inflight === ctl) inflight = null;
     }
   }
 
-  function showError(msg) { els.error.hidden = !msg; els.error.textContent = msg || ""; }
+  /** A server message for a person: without the API's field prefix ("image: ", "k: "), capitalised. */
+  function readable(detail) {
+    const m = /^[a-z_]+(?:\[\d+\])*(?:\.[a-z_]+)*: (.+)$/s.exec(detail);
+    const text = m ? m[1] : detail;
+    return text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
+  /** Show (or hide, with null) an error; results on screen no longer answer the query, so they go. */
+  function showError(msg) {
+    els.error.hidden = !msg; els.error.textContent = msg || "";
+    if (msg) { showResults(null); els.timing.textContent = ""; }
+  }
+
+  function distanceText(h, metric) {
+    // max: float rounding can put an item's cosine distance to itself a hair below 0 ("-0.000")
+    return metric === "hamming" ? `${Math.round(h.distance)} bits` : Math.max(0, h.distance).toFixed(3);
+  }
 
   function showResults(data) {
     els.results.replaceChildren();
@@ -196,48 +296,98 @@
       const li = document.createElement("li");
       const img = document.createElement("img");
       img.alt = ""; img.width = 56; img.height = 56; img.src = h.thumbnail_url;
-      const lab = document.createElement("span"); lab.textContent = h.label ?? `item ${h.id}`;
+      const lab = document.createElement("span"); lab.textContent = h.title;
       li.append(img, lab);
+      li.addEventListener("click", () => openDetail(h, data));  // a pointer shortcut; the grid has the buttons
       return li;
     }));
     els.placeholder.hidden = hits.length > 0;
-    if (data && !hits.length) els.placeholder.textContent = "No results.";
-    else els.placeholder.textContent = "Results appear here as you draw.";
+    els.placeholder.textContent = data && !hits.length ? "No results." : "Results appear here as you draw.";
     for (const h of hits) {
       const li = document.createElement("li");
-      li.className = "hit"; li.tabIndex = 0;
-      const label = h.label ?? `item ${h.id}`;
-      const dist = data.metric === "hamming" ? `${Math.round(h.distance)} bits` : h.distance.toFixed(3);
-      li.setAttribute("aria-label", `Rank ${h.rank}: ${label}, distance ${dist}`);
+      li.className = "hit";
+      const open = document.createElement("button");
+      open.type = "button"; open.className = "hit-open";
+      const dist = distanceText(h, data.metric);
+      const also = h.label && h.label !== h.title ? ` (${h.label})` : "";
+      open.setAttribute("aria-label", `Rank ${h.rank}: ${h.title}${also}, distance ${dist}. Open a larger view.`);
       const img = document.createElement("img");
       img.className = "thumb"; img.alt = ""; img.loading = "lazy"; img.decoding = "async";
       img.width = 96; img.height = 96; img.src = h.thumbnail_url;
       img.addEventListener("error", () => { img.removeAttribute("src"); img.classList.add("missing"); });
-      const meta = document.createElement("div"); meta.className = "meta";
-      const lab = document.createElement("span"); lab.className = "label"; lab.textContent = label; lab.title = label;
-      const d = document.createElement("span"); d.className = "dist"; d.textContent = `distance ${dist}`;
-      const rank = document.createElement("span"); rank.className = "rank"; rank.textContent = `#${h.rank} · id ${h.id}`;
-      meta.append(lab, d, rank); li.append(img, meta); els.results.append(li);
+      const text = document.createElement("span"); text.className = "meta";
+      const name = document.createElement("span"); name.className = "name"; name.textContent = h.title; name.title = h.title;
+      text.append(name);
+      if (also) {
+        const lab = document.createElement("span"); lab.className = "label"; lab.textContent = h.label; lab.title = h.label;
+        text.append(lab);
+      }
+      const d = document.createElement("span"); d.className = "dist"; d.textContent = `#${h.rank} · ${dist}`;
+      d.title = `rank ${h.rank}, distance ${dist} (smaller is closer)`;
+      text.append(d); open.append(img, text); li.append(open); els.results.append(li);
+      open.addEventListener("click", () => openDetail(h, data));
     }
   }
+
+  // ---------------------------------------------------------------- larger view
+  function fact(name, value) {
+    const dt = document.createElement("dt"); dt.textContent = name;
+    const dd = document.createElement("dd");
+    if (/^https?:\/\//i.test(value)) {
+      const a = document.createElement("a");
+      a.href = value; a.textContent = value; a.rel = "noopener noreferrer"; a.target = "_blank";
+      dd.append(a);
+    } else {
+      dd.textContent = value;
+    }
+    return [dt, dd];
+  }
+
+  function openDetail(h, data) {
+    opened = { hit: h, collection: data.collection };
+    els.detailImg.src = h.thumbnail_url;
+    els.detailImg.alt = `Thumbnail of ${h.title}`;
+    els.detailTitle.textContent = h.title;
+    const facts = [];
+    if (h.label) facts.push(["Label", h.label]);
+    if (h.source) facts.push(["Source", h.source]);
+    for (const [key, value] of Object.entries(h.meta)) {
+      if (key !== "title") facts.push([key.charAt(0).toUpperCase() + key.slice(1).replace(/_/g, " "), value]);
+    }
+    facts.push(["Match", `#${h.rank} · distance ${distanceText(h, data.metric)}`], ["Item id", String(h.id)]);
+    els.detailFacts.replaceChildren(...facts.flatMap(([name, value]) => fact(name, value)));
+    els.detail.showModal();
+  }
+
+  els.detailClose.addEventListener("click", () => els.detail.close());
+  els.detail.addEventListener("click", (e) => { if (e.target === els.detail) els.detail.close(); });  // the backdrop
+  els.detailSearch.addEventListener("click", () => {
+    els.detail.close();
+    searchWithItem(opened.hit, opened.collection);
+  });
 
   // ---------------------------------------------------------------- collections
   function describeCollection() {
     const c = collections.find((x) => x.name === els.collection.value);
-    if (!c) { els.info.textContent = ""; return; }
+    if (!c) return;
+    els.title.textContent = c.title;
+    document.title = `${c.title} — sketchsearch`;
+    els.description.textContent = c.description || ""; els.description.hidden = !c.description;
     const metric = c.metric === "hamming" ? `${c.code_size}-bit codes, Hamming distance` : `${c.code_size}-d embeddings, cosine`;
-    els.info.textContent = `${c.items.toLocaleString()} items · ${c.method} · ${metric}`;
+    els.details.textContent = `${c.items.toLocaleString()} items · ${c.method} · ${metric}`;
     els.image.disabled = !c.accepts_images;
+    els.image.title = c.accepts_images ? "" : "This collection's model reads the order of strokes: search it by drawing.";
   }
 
   async function loadCollections() {
     try {
       const resp = await fetch("/api/collections");
+      if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
       collections = await resp.json();
-      els.collection.replaceChildren(...collections.map((c) => new Option(`${c.name} (${c.items.toLocaleString()})`, c.name)));
+      els.collection.replaceChildren(...collections.map((c) => new Option(`${c.title} (${c.items.toLocaleString()})`, c.name)));
       describeCollection();
     } catch (err) {
-      showError(`Could not load the collections (${err.message}).`);
+      showError(`Could not load the collections (${err.message}): check that sketchsearch serve is running, then reload the page.`);
     }
   }
 
