@@ -15,6 +15,9 @@ cache load and faiss's first touch are not counted). The numpy reference is slow
 ``--numpy-max-work`` (n x queries) it runs on fewer queries; its row says how many. Each row also
 says whether its results equal the tie-exact faiss backend's (ids and distances, ties broken by id);
 faiss-raw orders ties its own way, so for it only the distances are compared.
+
+Output: the results (markdown, or with ``--json`` the rows as JSON) on stdout, progress lines on stderr, so
+``--json | python -m json.tool`` parses.
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ def run(
                     nq_b = max(1, min(nq, int(numpy_max_work // n)))
                 ms, (d, ids) = best_ms_per_query(index, q[:nq_b], k, repeats if nq_b == nq else 1)
                 res[name] = {"ms": ms, "nq": nq_b, "d": d, "ids": ids}
-                print(f"{name:>12} n={n:>9} bits={nbits:>3}  {ms:8.3f} ms/query ({nq_b} queries)", flush=True)
+                print(f"{name:>12} n={n:>9} bits={nbits:>3}  {ms:8.3f} ms/query ({nq_b} queries)",
+                      file=sys.stderr, flush=True)  # fmt: skip
                 del index
             ref = res["faiss"]  # tie-exact results
             for name in BACKENDS:

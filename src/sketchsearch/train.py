@@ -5,7 +5,8 @@
   (gloo on CPU, nccl on CUDA) and the data sharded with DistributedSampler; rank 0 logs and saves
 * checkpoints (``out/checkpoint.pt``: weights + optimiser states + iteration, loaded with
   ``weights_only=True``) every ``checkpoint_every`` iterations; ``resume=True`` continues from one
-* a rich progress bar, a JSON-lines log of every logged step, and an optional periodic evaluation callback
+* a rich progress bar on stderr, a JSON-lines log of every logged step (``out/log.jsonl``) and its plot
+  (``out/loss.png``: every loss term against the iteration), and an optional periodic evaluation callback
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from .data.batching import Batch, collate
 from .methods.base import Method
+from .progress import phase
 
-__all__ = ["TrainConfig", "TrainResult", "pick_device", "seed_everything", "train"]
+__all__ = ["TrainConfig", "TrainResult", "pick_device", "plot_losses", "seed_everything", "train"]
 
 
 @dataclass
@@ -168,13 +171,14 @@ def train(
     batches = _infinite(loader, sampler)
     use_amp = cfg.amp and device.type == "cuda"
     t0 = time.perf_counter()
-    with Progress(
+    with phase(f"{method.name} {cfg.phase}", live=False), Progress(
         TextColumn(f"[bold]{method.name}[/] {cfg.phase}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TextColumn("{task.fields[loss]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True),
         disable=not cfg.progress or rank != 0,
         transient=False,
     ) as bar:
@@ -208,7 +212,20 @@ def train(
     save_checkpoint(cfg.iterations)
     if log:
         log.close()
+        plot_losses(log.name, title=f"{method.name} {cfg.phase}")
     method.eval()
     if ddp:
         dist.barrier()
     return TrainResult(cfg.iterations, seconds, history, evaluations, str(device))
+
+
+def plot_losses(log_path: str | Path, title: str = "") -> Path | None:
+    """``loss.png`` beside a training log (``log.jsonl``): one panel per loss term (``loss`` and every
+    ``*_loss``) against the iteration. Returns its path, or None when the log holds no loss."""
+    from .eval.plots import loss_curves
+
+    log_path = Path(log_path)
+    records = [r for r in map(json.loads, log_path.read_text().splitlines()) if "eval" not in r]
+    if not any(k == "loss" or k.endswith("_loss") for r in records for k in r):
+        return None
+    return loss_curves(records, log_path.with_name("loss.png"), title=title)

@@ -13,7 +13,19 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..errors import InvalidSketchError
-from .app import app, command_line, console, data_app, friendly_errors, index_app, parse_sets, print_json
+from .app import (
+    QUIET,
+    Reporter,
+    app,
+    command_line,
+    console,
+    data_app,
+    friendly_errors,
+    index_app,
+    parse_sets,
+    print_json,
+    print_table,
+)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -92,28 +104,58 @@ def train_cmd(
     seed: int = typer.Option(0, help="Random seed (data order, init)."),
     device: str | None = typer.Option(None, help="cuda / cpu (default: cuda when present)."),
     workdir: Path | None = typer.Option(
-        None, help="Folder for logs, checkpoints and sample grids (default runs/OUTNAME)."
+        None, help="Folder for logs (log.jsonl, loss.png), checkpoints, sample grids (default runs/OUTNAME)."
     ),
     set_: list[str] | None = typer.Option(
         None, "--set", help="Split parameters, recipe options and method kwargs as key=value (repeatable)."
     ),
     split_file: Path | None = typer.Option(None, "--split", help="Train on this saved split (a split.json)."),
+    quiet: bool = QUIET,
 ) -> None:
     """Train a method with its recipe and save a model artifact (weights + card) and its split file.
 
     `--set` keys: the split's parameters, the recipe's options and the method's kwargs (`sketchsearch models
-    --methods` lists them with their defaults); an unknown key is refused with the valid ones."""
+    --methods` lists them with their defaults); an unknown key is refused with the valid ones. The workdir
+    gets log.jsonl and loss.png (every loss term) for each run of the training loop."""
     from ..model import save_model
-    from ..recipes import run_recipe
+    from ..progress import report_phases
+    from ..recipes import list_recipes, recipe_options, run_recipe
 
+    if method not in list_recipes():
+        raise typer.BadParameter(f"unknown method {method!r}; valid: {', '.join(list_recipes())}")
+    options = parse_sets(set_)
+    valid = recipe_options(method)
+    unknown = sorted(k for k in options if not any(k in opts for opts in valid.values()))
+    if unknown:
+        keys = ", ".join(repr(k) for k in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        valid_text = set_keys_text(valid)
+        raise typer.BadParameter(f"unknown --set key{plural} {keys} for {method}; valid: {valid_text}")
+    reporter = Reporter(quiet)
     t0 = time.perf_counter()
-    res = run_recipe(method, data, out=workdir or Path("runs") / Path(out).name, seed=seed, device=device,
-                     iterations=iterations, batch_size=batch_size, lr=lr, split_file=split_file,
-                     **parse_sets(set_))  # fmt: skip
+    with report_phases(reporter.phase):
+        res = run_recipe(method, data, out=workdir or Path("runs") / Path(out).name, seed=seed, device=device,
+                         iterations=iterations, batch_size=batch_size, lr=lr, split_file=split_file,
+                         progress=reporter.enabled, **options)  # fmt: skip
     training = {"command": command_line(ctx), **res.training, "seconds": round(time.perf_counter() - t0, 1)}
     card = save_model(res.method, out, training=training, metrics=res.metrics, split=res.split)
-    console.print(f"saved [bold]{out}[/] ({card.model_id}); mAP@all {res.metrics.get('mAP@all', 'n/a')}",
-                  highlight=False)  # fmt: skip
+    score = res.metrics.get("mAP@all")
+    typer.echo(f"saved {out} ({card.model_id}); mAP@all {'n/a' if score is None else f'{score:.4f}'}")
+
+
+def set_keys_text(options: dict[str, dict[str, Any]]) -> str:
+    """``recipe_options(name)`` as one line, ``split: a=1, b=0.5; recipe: ...; method: ...`` (a kind without
+    keys left out)."""
+    import inspect
+
+    def default(v: Any) -> str:
+        return "(required)" if v is inspect.Parameter.empty else repr(v)
+
+    return "; ".join(
+        f"{kind}: " + ", ".join(f"{k}={default(v)}" for k, v in opts.items())
+        for kind, opts in options.items()
+        if opts
+    )
 
 
 # ---------------------------------------------------------------------------------------------- index
@@ -216,48 +258,56 @@ def search_cmd(
     if as_json:
         print_json({"ms": ms, "hits": [h.__dict__ for h in hits]})
         return
-    t = Table(title=f"top {k} for {query} ({ms:.1f} ms)")
-    for c in ("rank", "id", "distance", "label", "source"):
-        t.add_column(c)
-    for h in hits:
-        t.add_row(str(h.rank), str(h.id), f"{h.distance:.4g}", str(h.label), str(h.source))
-    console.print(t)
+    print_table(
+        ("rank", "id", "distance", "label", "source"),
+        [(h.rank, h.id, f"{h.distance:.4g}", h.label, h.source) for h in hits],
+        title=f"top {k} for {query} ({ms:.1f} ms)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- models
 @app.command("models")
 @friendly_errors
 def models_cmd(
-    as_json: bool = typer.Option(False, "--json"),
-    methods: bool = typer.Option(False, "--methods", help="List registered methods instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    methods: bool = typer.Option(
+        False, "--methods", help="List the trainable methods and their --set keys with defaults instead."
+    ),
 ) -> None:
-    """List shipped and local model artifacts (or the registered methods)."""
-    from ..methods.base import list_methods
+    """List shipped and local model artifacts (or the methods `train` takes, with their --set keys)."""
     from ..model import list_models
 
     if methods:
-        names = list_methods()
-        print_json(names) if as_json else console.print("\n".join(names))
+        from ..recipes import list_recipes, recipe_options
+
+        options = {name: recipe_options(name) for name in list_recipes()}
+        if as_json:
+            print_json({name: {kind: {k: _default_json(v) for k, v in opts.items()}
+                               for kind, opts in o.items()} for name, o in options.items()})  # fmt: skip
+            return
+        print_table(("method", "--set keys (default)"), [(n, set_keys_text(o)) for n, o in options.items()],
+                    title="methods (sketchsearch train METHOD --set KEY=VALUE)")  # fmt: skip
         return
     rows = list_models()
     if as_json:
         print_json(rows)
         return
-    t = Table(title="models")
-    t.add_column("name", no_wrap=True)
-    for c in ("where", "method", "output", "code size", "metrics"):
-        t.add_column(c)
-    for r in rows:
-        summary = _metric_summary(r.get("metrics") or {})
-        t.add_row(
-            r["name"],
-            r["where"],
-            str(r.get("method")),
-            str(r.get("output")),
-            str(r.get("code_size")),
-            summary,
-        )
-    console.print(t)
+    print_table(
+        ("name", "where", "method", "output", "code size", "metrics"),
+        [(r["name"], r["where"], r.get("method"), r.get("output"), r.get("code_size"),
+          _metric_summary(r.get("metrics") or {})) for r in rows],
+        title="models",
+    )  # fmt: skip
+
+
+def _default_json(v: Any) -> Any:
+    """A parameter default for JSON: ``"(required)"`` for a required one, the value when JSON has it, else its
+    repr."""
+    import inspect
+
+    if v is inspect.Parameter.empty:
+        return "(required)"
+    return v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else repr(v)
 
 
 def _metric_summary(metrics: dict[str, Any], keys: tuple[str, ...] = ("mAP@all", "P@8", "P@10")) -> str:

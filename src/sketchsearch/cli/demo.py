@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import typer
-from rich.table import Table
 
-from .app import console, friendly_errors
+from ..progress import phase, report_phases
+from .app import QUIET, Reporter, friendly_errors, print_table
 
 __all__ = ["build_demo", "demo", "register"]
 
@@ -62,7 +62,8 @@ def build_demo(workdir: Path, model: str | None = None, seed: int = 0) -> tuple[
     from ..retrieval import Retriever
 
     t0 = time.perf_counter()
-    col = default_collection(seed=seed)
+    with phase("generating the embedded default collection"):
+        col = default_collection(seed=seed)
     splits = zero_shot_split(col.items, seed=seed, query_per_class=2, train_fraction=0.5)
     workdir.mkdir(parents=True, exist_ok=True)
     col.save_manifest(workdir / "manifest.jsonl")
@@ -70,17 +71,20 @@ def build_demo(workdir: Path, model: str | None = None, seed: int = 0) -> tuple[
     train = [col[i] for i in splits.train]
     gallery = [col[i] for i in splits.gallery]
     queries = [col[i] for i in splits.query]
-    method, model_id, model_ref, desc = _pick_model(model, train, workdir, seed)
+    with phase("loading the model"):
+        method, model_id, model_ref, desc = _pick_model(model, train, workdir, seed)
     # Evaluation fills its own fresh index (ids = gallery positions); the served index carries labels and thumbnails.
-    metrics = evaluate(Retriever(method, model_id=model_id), col, splits, ks=(1, 5, 10))["main"]
+    with phase(f"evaluating {len(queries)} queries"):
+        metrics = evaluate(Retriever(method, model_id=model_id), col, splits, ks=(1, 5, 10))["main"]
     r = Retriever(method, model_id=model_id, model_name=model_ref)
-    r.add(
-        [g.sketch for g in gallery],
-        labels=[g.label for g in gallery],
-        sources=[g.id for g in gallery],
-        thumbnails=True,
-    )
-    r.save(workdir / "index")
+    with phase(f"indexing {len(gallery)} drawings"):
+        r.add(
+            [g.sketch for g in gallery],
+            labels=[g.label for g in gallery],
+            sources=[g.id for g in gallery],
+            thumbnails=True,
+        )
+        r.save(workdir / "index")
     # A figure like the sketch-GAN paper's Fig. 6: queries spread over marks and kanji, each with its top 8.
     shown = queries[:: max(1, len(queries) // 8)][:8]
     _, ids = r.search_many([q.sketch for q in shown], k=8)
@@ -114,14 +118,14 @@ def demo(
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, help="Port."),
     seed: int = typer.Option(0, help="Seed of the embedded default and its split."),
+    quiet: bool = QUIET,
 ) -> None:
     """Build the embedded default collection, index and evaluate it, then serve the drawing page."""
-    r, report = build_demo(workdir, model, seed)
-    t = Table(title="sketchsearch demo (embedded default)", show_header=False)
-    for k, v in report.items():
-        t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
-    console.print(t)
-    console.print(f"index: {workdir / 'index'}   figure: {workdir / 'retrieval.png'}", highlight=False)
+    with report_phases(Reporter(quiet).phase):
+        r, report = build_demo(workdir, model, seed)
+    rows = [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in report.items()]
+    print_table(("measure", "value"), rows, title="sketchsearch demo (embedded default)")
+    typer.echo(f"index: {workdir / 'index'}   figure: {workdir / 'retrieval.png'}")
     if serve:
         from ..service.app import create_app
         from .serve import run_server

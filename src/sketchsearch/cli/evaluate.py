@@ -1,19 +1,28 @@
-"""``sketchsearch evaluate``: models and baselines on one split, through the one evaluation function."""
+"""``sketchsearch evaluate``: models and baselines on one split, through the one evaluation function;
+with ``--plot DIR`` its pictures: precision-recall curves and retrieval grids."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import typer
-from rich.table import Table
 
-from .app import command_line, console, friendly_errors, print_json
+from .app import QUIET, Reporter, command_line, console, friendly_errors, print_json, print_table
 
-__all__ = ["evaluate", "register"]
+if TYPE_CHECKING:
+    from ..data.collection import Collection
+    from ..data.formats.base import Item
+    from ..data.splits import Split
+
+__all__ = ["evaluate", "register", "write_plots"]
 
 SHOWN = ("mAP@all", "MAP@R", "P@1", "P@100", "acc@1", "ms_per_query")
 PROTOCOL_CHOICES = ("category", "leave-one-out", "cross-modal", "instance")
+#: --plot: recall levels of the precision-recall curves; queries and hits per query in a retrieval grid
+PR_POINTS, GRID_QUERIES, GRID_HITS = 21, 8, 8
 
 
 def choose_split(
@@ -85,12 +94,20 @@ def evaluate(
     limit: int | None = typer.Option(None, help="Read at most this many items."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     out: Path | None = typer.Option(None, help="Write OUT.json and OUT.md."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write pictures into this folder: precision-recall curves (pr-EVALUATION.png, "
+        "a curve per row) and retrieval grids (retrieval-ROW-EVALUATION.png: queries, top hits, relevant "
+        "framed).",
+    ),
+    quiet: bool = QUIET,
 ) -> None:
     """Evaluate models and/or baselines, every row on the same split: mAP@all, MAP@R, mAP@k (two
     normalisations), P@k, acc@k, time per query; a split's unseen classes apart, as `zero_shot`.
 
     A trained model is never scored with or against its own training items: on data that holds its recorded
     split it is scored on that split; elsewhere its training items are left out. `notes` says which.
+    With --plot the results also hold each evaluation's `pr_curve` and each query's `top_ids` (gallery
+    positions) and `top_relevant`: what the pictures show.
     """
     from ..data.sources import load_collection
     from ..eval.evaluate import DEFAULT_KS, Row, evaluate_rows
@@ -103,34 +120,96 @@ def evaluate(
             rows.append(Row(label=f"{name} {b}", method=name, kwargs={"dim": b} if name == "pca" else {"nbits": b, "seed": seed}))
     if not rows:
         raise typer.BadParameter("give at least one --model or --method")
-    coll = load_collection(data, limit=limit)
+    reporter = Reporter(quiet)
+    with reporter.phase(f"reading {data}"):
+        coll = load_collection(data, limit=limit)
     split, notes = choose_split(coll, list(model or []), protocol, split_file, queries_per_class, seed)
     if save_split:
         split.save(save_split)
     ks = tuple(sorted(set(DEFAULT_KS) | set(k or [])))
-    doc = evaluate_rows(
-        rows, coll, split, protocol={"leave-one-out": "leave-one-out", "instance": "instance"}.get(protocol),
-        ks=ks, title=f"Retrieval on {data} ({split.kind} split)", notes=notes, meta={"command": command_line(ctx)},
-        progress=None if as_json else (lambda line: console.print(line, highlight=False)),
-        json_path=str(out.with_suffix(".json")) if out else None, md_path=str(out.with_suffix(".md")) if out else None,
-        columns=SHOWN[:-1],
-    )  # fmt: skip
+    relevance = {"leave-one-out": "leave-one-out", "instance": "instance"}.get(protocol)
+    with reporter.steps() as step:
+        doc = evaluate_rows(
+            rows, coll, split, protocol=relevance, ks=ks, title=f"Retrieval on {data} ({split.kind} split)",
+            notes=notes, meta={"command": command_line(ctx)}, progress=reporter.note, step_progress=step,
+            json_path=str(out.with_suffix(".json")) if out else None,
+            md_path=str(out.with_suffix(".md")) if out else None, columns=SHOWN[:-1],
+            pr_points=PR_POINTS if plot else 0, top=GRID_HITS if plot else 0,
+        )  # fmt: skip
+    if plot:
+        with reporter.phase(f"writing pictures into {plot}"):
+            written = write_plots(doc, coll, split, plot)
+        console.print(f"wrote {len(written)} pictures into {plot}", highlight=False, markup=False)
     if as_json:
         print_json(doc)
         return
     shown = (*SHOWN[:-1], *(f"P@{x}" for x in k or [] if f"P@{x}" not in SHOWN), SHOWN[-1])
-    t = Table(title=doc["title"])
-    for c in ("method", "bits/dim", *shown):
-        t.add_column(c)
+    table = []
     for row in doc["rows"]:
         for name in ("main", "zero_shot"):
             if name in row:
                 label = row["label"] if name == "main" else f"{row['label']} (zero-shot)"
                 r = row[name]
-                t.add_row(label, str(r["code_size"]), *(f"{r.get(c, float('nan')):.4f}" for c in shown))
-    console.print(t)
+                table.append((label, r["code_size"], *(f"{r.get(c, float('nan')):.4f}" for c in shown)))
+    print_table(("method", "bits/dim", *shown), table, title=doc["title"])
     for note in doc["notes"]:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+
+
+def write_plots(doc: dict[str, Any], coll: Collection, split: Split, folder: Path) -> list[Path]:
+    """The pictures of an evaluation (``doc`` from ``evaluate_rows(..., pr_points=.., top=..)`` on ``coll``
+    and ``split``): per evaluation, ``pr-NAME.png`` (a precision-recall curve per row); per row and
+    evaluation, ``retrieval-ROW-NAME.png`` (up to 8 queries spread over the query set, each with its top hits, relevant
+    ones framed green, others red, with a legend). Returns the paths written."""
+    from ..eval.plots import curves, retrieval_grid
+
+    parts = {name: (q, g) for name, q, g in split.evaluations()}
+    written: list[Path] = []
+    for name, (q_part, g_part) in parts.items():
+        rows = [r for r in doc["rows"] if name in r and "pr_curve" in r[name]]
+        if not rows:
+            continue
+        recall = rows[0][name]["pr_curve"]["recall"]
+        written.append(curves(
+            recall, {r["label"]: r[name]["pr_curve"]["precision"] for r in rows}, folder / f"pr-{name}.png",
+            xlabel="recall", ylabel="precision (interpolated, mean over queries)", ylim=(0.0, 1.02),
+            title=f"{doc['title']}: {name}",
+        ))  # fmt: skip
+        gallery = [coll[i] for i in split.part(g_part)]
+        queries = gallery if rows[0][name].get("leave_one_out") else [coll[i] for i in split.part(q_part)]
+        n_shown = min(GRID_QUERIES, len(queries))
+        shown = np.unique(np.linspace(0, len(queries) - 1, n_shown).round().astype(int))
+        for r in rows:
+            res = r[name]
+            hits = [res["top_ids"][q] for q in shown]
+            relevant = [res["top_relevant"][q] for q in shown]
+            written.append(retrieval_grid(
+                [_thumbnail(queries[q]) for q in shown],
+                [[_thumbnail(gallery[j]) for j in row] for row in hits],
+                folder / f"retrieval-{_slug(r['label'])}-{name}.png",
+                relevant=np.array([row + [False] * (GRID_HITS - len(row)) for row in relevant]),
+                title=f"{r['label']}: {name}", row_labels=[str(queries[q].label) for q in shown], legend=True,
+            ))  # fmt: skip
+    return written
+
+
+def _thumbnail(item: Item, size: int = 64) -> np.ndarray:
+    """What a grid shows of an item: its strokes rendered (ink = 1), a drawing's image as a raster, or a photo
+    as RGB in [0, 1]."""
+    from ..data.batching import item_input, photo_to_tensor
+    from ..data.render import image_to_raster, rasterize
+
+    if item.sketch is not None:
+        return rasterize(item.sketch, size)
+    img = item_input(item)
+    if item.modality == "photo":
+        return photo_to_tensor(img, size).transpose(1, 2, 0)
+    return image_to_raster(img, size)
+
+
+def _slug(label: str) -> str:
+    """A row label as a file-name part: runs of anything but letters, digits, ``.`` and ``-`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_") or "row"
 
 
 def register(app: typer.Typer) -> None:

@@ -7,23 +7,30 @@ Registered on the main app by ``sketchsearch.cli`` through :func:`register`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from .._io import atomic_write_text
-from .app import console, friendly_errors
+from .app import QUIET, Reporter, friendly_errors
 
 __all__ = ["gan_binary", "invariance", "register", "run_invariance"]
 
 
 def run_invariance(
-    models: list[str], data: str, samples: int = 100, seed: int = 0, out: Path = Path("invariance")
+    models: list[str],
+    data: str,
+    samples: int = 100,
+    seed: int = 0,
+    out: Path = Path("invariance"),
+    reporter: Reporter | None = None,
 ) -> dict[str, Any]:
     """Load each model, render ``samples`` seeded random drawings of ``data`` with that model's preprocessing,
     measure rotation / scale / shift similarity; write ``invariance.json``, ``rotation.png``, ``scale.png``
-    and ``shift.png`` into ``out``. Returns the JSON document."""
+    and ``shift.png`` into ``out``. Returns the JSON document. ``reporter``: shows the progress (a bar per
+    model over its transformed batches)."""
     import torch
 
     from ..eval import invariance as inv
@@ -33,26 +40,40 @@ def run_invariance(
 
     if samples < 1:
         raise typer.BadParameter(f"--samples must be >= 1, got {samples}")
-    coll = load_unlabelled(data)
+    reporter = reporter or Reporter(quiet=True)
+    with reporter.phase(f"reading {data}"):
+        coll = load_unlabelled(data)
     n_drawn = skipped = 0
-    encoders: dict[str, Any] = {}
     results: dict[str, Any] = {}
     cards: dict[str, Any] = {}
-    for name in models:
-        method, card = load_model(name)
-        method.eval()
-        rasters, skipped = render(coll, method, samples, seed)  # the same seeded subset for every model
-        n_drawn = len(rasters)
+    # study() encodes the untransformed batch once per measurement, then one batch per transformation
+    n_batches = 3 + len(inv.ROTATION_ANGLES) + len(inv.SCALE_FACTORS) + len(inv.SHIFTS) ** 2
 
-        def encode(x: torch.Tensor, m: Any = method) -> torch.Tensor:
+    def counted(m: Any, step: Callable[[str, int, int], None], what: str) -> inv.EncodeFn:
+        """``m``'s sketch encoder, advancing the bar ``what`` by one batch per call."""
+        done = 0
+
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            nonlocal done
             with torch.no_grad():
-                return m.encode_sketch({"raster": x})
+                z = m.encode_sketch({"raster": x})
+            done += 1
+            step(what, done, n_batches)
+            return z
 
+        return encode
+
+    for name in models:
+        with reporter.phase(f"loading {name} and rendering {samples} drawings"):
+            method, card = load_model(name)
+            method.eval()
+            rasters, skipped = render(coll, method, samples, seed)  # the same seeded subset for every model
+        n_drawn = len(rasters)
         label = card.name
-        console.print(f"invariance: {label} on {len(rasters)} drawings")
-        results[label] = inv.study({label: encode}, rasters)[label]
+        with reporter.steps() as step:
+            encode = counted(method, step, f"invariance of {label}")
+            results[label] = inv.study({label: encode}, rasters)[label]
         cards[label] = {"model_id": card.model_id, "method": card.method, "kwargs": card.kwargs}
-        encoders[label] = encode
     doc = {
         "data": data,
         "samples": n_drawn,
@@ -99,10 +120,11 @@ def invariance(
     samples: int = typer.Option(100, "--samples", help="Random drawings to average over (paper: 100)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random sample."),
     out: Path = typer.Option(Path("invariance"), "--out", help="Output folder."),
+    quiet: bool = QUIET,
 ) -> None:
     """Rotation (-10..10 deg by 0.5), scale (0.5..1.5 by 0.05) and shift (-10..10 px) invariance of encoders:
     invariance.json + rotation.png, scale.png, shift.png."""
-    doc = run_invariance(model or ["sketch-gan", "thin-gan"], data, samples, seed, out)
+    doc = run_invariance(model or ["sketch-gan", "thin-gan"], data, samples, seed, out, Reporter(quiet))
     for name, r in doc["results"].items():
         s = r["summary"]
         typer.echo(f"{name}: rotation {s['rotation']:.4f}  scale {s['scale']:.4f}  shift {s['shift']:.4f}")
@@ -132,10 +154,7 @@ def gan_binary(
         "how": "binary_variant(): the same network and centre; relaxed code = features - centre, bits by sign",
     }
     new = save_model(binary_variant(method), out, training=training, metrics={})
-    console.print(
-        f"saved [bold]{out}[/] ({new.model_id}, {new.code_size}-bit codes from {card.model_id})",
-        highlight=False,
-    )
+    typer.echo(f"saved {out} ({new.model_id}, {new.code_size}-bit codes from {card.model_id})")
 
 
 def register(app: typer.Typer) -> None:

@@ -110,7 +110,7 @@ def serve(
     except ValueError as e:  # a collection name that cannot be served
         raise typer.BadParameter(str(e)) from None
     for n, r in collections.items():
-        console.print(f"collection [bold]{n}[/]: {len(r):,} items, model {r.model_id}", highlight=False)
+        console.print(f"collection {n}: {len(r):,} items, model {r.model_id}", highlight=False, markup=False)
     warm_up(collections)
     app = create_app(collections, cors_origins=cors_origin or None, limits=Limits(max_k=max_k))
     run_server(app, host, port, log_level)

@@ -6,7 +6,9 @@
   by #relevant), ``mAP@k_min`` (by min(k, #relevant)), ``P@k``, ``acc@k``; ``ms_per_query`` (search only) and
   ``encode_per_s`` (rendering included). Relevance is key equality: the class label for category retrieval,
   the instance (``label``, ``pair``) for fine-grained retrieval. ``leave_one_out``: each gallery item
-  queries the others (the sketch-GAN protocol).
+  queries the others (the sketch-GAN protocol). On request it also returns the mean interpolated
+  precision-recall curve (``pr_points``) and each query's top hits with their relevance (``top``), and
+  reports its progress (``progress(what, done, total)``: encoding, then searching).
 * :func:`evaluate` scores a Retriever on a collection and a :class:`~sketchsearch.data.splits.Split`: each
   evaluation the split holds (``main``: query vs gallery; ``zero_shot``: the unseen classes').
 * :func:`evaluate_rows` scores a table of rows (trained models, closed-form baselines) on one split: a
@@ -51,13 +53,25 @@ from .metrics import (
     relevance_from_labels,
 )
 
-__all__ = ["DEFAULT_KS", "PROTOCOLS", "Row", "evaluate", "evaluate_rows", "markdown_table", "score"]
+__all__ = [
+    "DEFAULT_KS",
+    "PROTOCOLS",
+    "Progress",
+    "Row",
+    "evaluate",
+    "evaluate_rows",
+    "interpolated_precision",
+    "markdown_table",
+    "score",
+]
 
 #: cut-offs reported by default: acc@1 (nearest neighbour), @10, P@100 (baseline tables), @200 (DSH / GDH)
 DEFAULT_KS: tuple[int, ...] = (1, 10, 100, 200)
 #: relevance rules: same class; same instance (a sketch and the photo it was drawn from); same class, each
 #: item querying all the others
 PROTOCOLS = ("category", "instance", "leave-one-out")
+#: ``progress(what, done, total)``: ``done`` of ``total`` units of the step ``what`` ("encoding") are done
+Progress = Callable[[str, int, int], None]
 
 
 def _retriever(obj: Retriever | Method) -> Retriever:
@@ -70,20 +84,39 @@ def _retriever(obj: Retriever | Method) -> Retriever:
     raise TypeError(f"expected a Retriever or a Method, got {type(obj).__name__}")
 
 
-def _encode(r: Retriever, inputs: Sequence[Any], modalities: Sequence[str]) -> np.ndarray:
-    """Encode ``inputs``, each through its modality's branch, in input order."""
+def _encode(
+    r: Retriever, inputs: Sequence[Any], modalities: Sequence[str], advance: Callable[[int], None]
+) -> np.ndarray:
+    """Encode ``inputs``, each through its modality's branch, in input order; ``advance(n)`` after each of the
+    Retriever's batches (the same batches it makes itself, so the codes are those of one call)."""
     groups: dict[str, list[int]] = {}
     for i, m in enumerate(modalities):
         groups.setdefault(m, []).append(i)
-    if len(groups) == 1:
-        return r.encode(list(inputs), next(iter(groups)))
     out: np.ndarray | None = None
     for m, idx in groups.items():
-        codes = r.encode([inputs[i] for i in idx], m)
-        if out is None:
-            out = np.zeros((len(inputs), *codes.shape[1:]), dtype=codes.dtype)
-        out[idx] = codes
+        for s in range(0, len(idx), r.batch_size):
+            part = idx[s : s + r.batch_size]
+            codes = r.encode([inputs[i] for i in part], m)
+            if out is None:
+                out = np.zeros((len(inputs), *codes.shape[1:]), dtype=codes.dtype)
+            out[part] = codes
+            advance(len(part))
     assert out is not None
+    return out
+
+
+def interpolated_precision(rel: np.ndarray, n_relevant: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Interpolated precision at recall ``levels`` (in [0, 1]) per query: the best precision at any rank whose
+    recall reaches the level. ``rel``: bool (nq, n) ranked relevance; ``n_relevant``: (nq,) relevant items in
+    all (> 0), all of them in the ranking. Returns (nq, len(levels)); level 0: the best precision anywhere."""
+    out = np.zeros((len(rel), len(levels)))
+    for i, (row, n) in enumerate(zip(rel, n_relevant)):
+        pos = np.flatnonzero(row)  # rank (0-based) of each relevant item
+        precision = np.arange(1, len(pos) + 1) / (pos + 1)  # precision at each relevant item: where it peaks
+        best_after = np.maximum.accumulate(precision[::-1])[::-1]
+        needed = np.maximum(np.ceil(levels * n - 1e-9).astype(int), 1)  # relevant items a level needs
+        ok = needed <= len(pos)
+        out[i, ok] = best_after[needed[ok] - 1]
     return out
 
 
@@ -99,11 +132,20 @@ def score(
     gallery_modality: str | Sequence[str] = "sketch",
     query_modality: str | Sequence[str] = "sketch",
     chunk: int = 512,
+    progress: Progress | None = None,
+    pr_points: int = 0,
+    top: int = 0,
 ) -> dict[str, Any]:
     """Score one ranking task (see the module docstring). ``gallery`` / ``queries``: what the encoder reads
     (Sketch, raster, PIL image); ``*_keys``: relevance keys (equal key = relevant); ``*_modality``: one for
     all, or one per item. Returns the metrics and ``n_queries``, ``n_excluded`` (queries with no relevant
-    item, left out of every mean), ``n_gallery``, ``mean_relevant``, ``ms_per_query``, ``encode_per_s``."""
+    item, left out of every mean), ``n_gallery``, ``mean_relevant``, ``ms_per_query``, ``encode_per_s``.
+
+    ``progress``: called as items are encoded (``"encoding"``) and queries searched (``"searching"``).
+    ``pr_points`` > 1: also ``pr_curve`` = ``{"recall": pr_points levels from 0 to 1, "precision": the mean
+    over queries (those with a relevant item) of the interpolated precision}``. ``top`` > 0: also ``top_ids``
+    (each query's first ``top`` hits, gallery positions; leave-one-out: the query itself left out) and
+    ``top_relevant`` (whether each is relevant), lists of lists."""
     ks = tuple(int(k) for k in ks)
     if leave_one_out and (queries is not None or query_keys is not None):
         raise ValueError("leave_one_out queries the gallery with itself: leave queries and query_keys unset")
@@ -121,13 +163,24 @@ def score(
     def per_item(m: str | Sequence[str], n: int) -> list[str]:
         return [m] * n if isinstance(m, str) else list(m)
 
+    report = progress or (lambda what, done, total: None)
+    n_encode = n_g + (0 if queries is None else len(queries))
+    encoded = 0
+
+    def advance(n: int) -> None:
+        nonlocal encoded
+        encoded += n
+        report("encoding", encoded, n_encode)
+
+    report("encoding", 0, n_encode)
     t0 = time.perf_counter()
-    g_codes = _encode(r, gallery, per_item(gallery_modality, n_g))
+    g_codes = _encode(r, gallery, per_item(gallery_modality, n_g), advance)
     if leave_one_out:
         q_codes, q_keys = g_codes, list(gallery_keys)
     else:
         assert queries is not None and query_keys is not None
-        q_codes, q_keys = _encode(r, queries, per_item(query_modality, len(queries))), list(query_keys)
+        q_codes = _encode(r, queries, per_item(query_modality, len(queries)), advance)
+        q_keys = list(query_keys)
     t_encode = time.perf_counter() - t0
     n_encoded = n_g + (0 if leave_one_out else len(q_codes))
     g_keys = list(gallery_keys)
@@ -143,6 +196,11 @@ def score(
         fns[f"P@{k}"] = lambda rel, n, k=k: precision_at_k(rel, k, n)
         fns[f"acc@{k}"] = lambda rel, n, k=k: acc_at_k(rel, k, n)
     sums = dict.fromkeys(fns, 0.0)
+    levels = np.linspace(0.0, 1.0, pr_points) if pr_points > 1 else None
+    pr_sum = np.zeros(pr_points)
+    top_ids: list[list[int]] = []
+    top_rel: list[list[bool]] = []
+    report("searching", 0, n_q)
     r.search_encoded(q_codes[:1], 1)  # untimed warm-up: a backend may compile its kernels on first use (numba)
     t_search = 0.0
     for s in range(0, n_q, chunk):
@@ -162,6 +220,12 @@ def score(
         if n_valid:
             for name, fn in fns.items():
                 sums[name] += fn(rel, n_rel) * n_valid
+            if levels is not None:
+                pr_sum += interpolated_precision(rel[n_rel > 0], n_rel[n_rel > 0], levels).sum(axis=0)
+        if top > 0:
+            top_ids += ids[:, :top].tolist()
+            top_rel += np.asarray(rel[:, :top], dtype=bool).tolist()
+        report("searching", e, n_q)
     n_valid_all = int((n_rel_all > 0).sum())
     out: dict[str, Any] = {name: (v / n_valid_all if n_valid_all else float("nan")) for name, v in sums.items()}
     m = r.method
@@ -173,6 +237,11 @@ def score(
         "encode_per_s": n_encoded / t_encode if t_encode > 0 else float("inf"),
         "method": m.name, "output": m.output, "code_size": int(m.code_size), "model_id": r.model_id,
     })  # fmt: skip
+    if levels is not None:
+        mean = pr_sum / n_valid_all if n_valid_all else np.full(pr_points, np.nan)
+        out["pr_curve"] = {"recall": levels.tolist(), "precision": mean.tolist()}
+    if top > 0:
+        out.update(top_ids=top_ids, top_relevant=top_rel)
     return out
 
 
@@ -189,13 +258,17 @@ def evaluate(
     *,
     protocol: str | None = None,
     ks: Iterable[int] = DEFAULT_KS,
+    progress: Progress | None = None,
+    pr_points: int = 0,
+    top: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Score on every evaluation ``split`` holds: ``{"main": metrics, "zero_shot": metrics}`` (those present).
 
     ``protocol``: ``category`` (same label), ``instance`` (same ``pair``: a sketch and its photo) or
     ``leave-one-out``; default from the split's kind. Each query and gallery item is encoded with its own
     modality. ``retriever``: an empty Retriever or a Method, or a callable making one per evaluation (a
-    Retriever holds one gallery)."""
+    Retriever holds one gallery). ``progress``, ``pr_points``, ``top``: as :func:`score`'s, ``what`` prefixed
+    with the evaluation's name (``"main: encoding"``)."""
     protocol = protocol or {"instance": "instance", "heldout_instance": "category",
                             "leave_one_out": "leave-one-out"}.get(split.kind, "category")  # fmt: skip
     if protocol not in PROTOCOLS:
@@ -211,7 +284,11 @@ def evaluate(
             raise ValueError("a Retriever holds one gallery: pass a Method or a factory to evaluate several parts")
         g_items = [collection[i] for i in split.part(g_part)]
         g_keys = [_key(it, protocol) for it in g_items]
-        common = {"ks": ks, "gallery_modality": [it.modality for it in g_items]}
+        step = None if progress is None else (
+            lambda what, done, total, p=progress, n=name: p(f"{n}: {what}", done, total)
+        )
+        common = {"ks": ks, "gallery_modality": [it.modality for it in g_items], "progress": step,
+                  "pr_points": pr_points, "top": top}  # fmt: skip
         if protocol == "leave-one-out" or q_part == g_part:
             res = score(r, [item_input(it) for it in g_items], g_keys, leave_one_out=True, **common)
         else:
@@ -271,17 +348,31 @@ def evaluate_rows(
     json_path: str | None = None,
     md_path: str | None = None,
     columns: Sequence[str] = ("mAP@all", "P@100"),
+    step_progress: Progress | None = None,
+    pr_points: int = 0,
+    top: int = 0,
 ) -> dict[str, Any]:
     """Score every row on the same split; write JSON and a markdown table (atomically) when paths are given.
+    ``progress``: called with a line per finished row; ``step_progress``, ``pr_points``, ``top``: as
+    :func:`evaluate`'s, ``what`` prefixed with the row's label (``"itq 64: main: encoding"``; fitting a
+    baseline is ``"itq 64: fitting"``).
     Returns ``{"title", "data", "split", "rows": [{label, model, method, kwargs, fit, main, zero_shot?}],
     "notes", "meta", "environment", "created"}``."""
     ks = tuple(ks)
     out_rows = []
     for row in rows:
+        step = None if step_progress is None else (
+            lambda what, done, total, p=step_progress, n=row.label: p(f"{n}: {what}", done, total)
+        )
         method, card = row.build()
-        fit = fit_on_split(method, collection, split) if card is None else {}
+        fit: dict[str, Any] = {}
+        if card is None:
+            if step:
+                step("fitting", 0, 1)
+            fit = fit_on_split(method, collection, split)
         model_id = card.model_id if card is not None else "unsaved"
-        res = evaluate(lambda m=method, i=model_id: Retriever(m, model_id=i), collection, split, protocol=protocol, ks=ks)
+        res = evaluate(lambda m=method, i=model_id: Retriever(m, model_id=i), collection, split,
+                       protocol=protocol, ks=ks, progress=step, pr_points=pr_points, top=top)  # fmt: skip
         entry = {"label": row.label, "model": row.model, "method": method.name, "kwargs": dict(row.kwargs),
                  "model_id": model_id, "fit": fit, **res}  # fmt: skip
         out_rows.append(entry)

@@ -1,4 +1,5 @@
-"""Matplotlib figures: invariance curves and shift heat maps, retrieval grids, image grids.
+"""Matplotlib figures: invariance and precision-recall curves, shift heat maps, retrieval grids, image grids,
+training losses.
 
 Every function writes one PNG (atomically: temp file, then rename) and returns its path. The Agg backend
 is used so figures render on machines without a display.
@@ -6,7 +7,7 @@ is used so figures render on machines without a display.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -14,11 +15,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import font_manager
 from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
+from matplotlib.patches import Patch
 
 from .._io import atomic_path
 
-__all__ = ["curves", "heat_maps", "image_grid", "retrieval_grid"]
+__all__ = ["curves", "heat_maps", "image_grid", "loss_curves", "retrieval_grid"]
+
+#: frame colours of :func:`retrieval_grid`
+QUERY_EDGE, RELEVANT_EDGE, IRRELEVANT_EDGE = "purple", "green", "red"
 
 
 def _save(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
@@ -40,9 +47,10 @@ def curves(
     ylabel: str = "similarity (normalised dot product)",
     title: str = "",
     spread: Mapping[str, Sequence[float] | np.ndarray] | None = None,
+    ylim: tuple[float, float] | None = None,
 ) -> Path:
     """One line per entry of ``series`` (name -> y, same length as ``x``); ``spread`` (name -> std)
-    draws a shaded band of +-1 std."""
+    draws a shaded band of +-1 std; ``ylim``: the y range (default: fitted to the data)."""
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     xs = np.asarray(x, dtype=float)
     for name, y in series.items():
@@ -57,6 +65,8 @@ def curves(
             ax.fill_between(xs, ys - s, ys + s, alpha=0.15)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -92,9 +102,12 @@ def heat_maps(
 
 
 def _thumb(ax: plt.Axes, img: np.ndarray, edge: str | None) -> None:
-    ax.imshow(
-        1.0 - np.clip(np.asarray(img, dtype=float), 0, 1), cmap="gray", vmin=0, vmax=1
-    )  # ink dark on white
+    """A raster (H, W), ink = 1, drawn dark on white; or an RGB photo (H, W, 3) in [0, 1], as it is."""
+    a = np.clip(np.asarray(img, dtype=float), 0, 1)
+    if a.ndim == 3:
+        ax.imshow(a)
+    else:
+        ax.imshow(1.0 - a, cmap="gray", vmin=0, vmax=1)  # ink dark on white
     ax.set_xticks([])
     ax.set_yticks([])
     for sp in ax.spines.values():
@@ -102,6 +115,13 @@ def _thumb(ax: plt.Axes, img: np.ndarray, edge: str | None) -> None:
         if edge is not None:
             sp.set_edgecolor(edge)
             sp.set_linewidth(2.5)
+
+
+def _drawable(text: str) -> str:
+    """``text`` with each character the default font has no glyph for written as ``U+XXXX`` (e.g. a kanji
+    class name, which would be drawn as an empty box)."""
+    font = FT2Font(font_manager.findfont(font_manager.FontProperties(family=plt.rcParams["font.family"])))
+    return "".join(c if c.isspace() or font.get_char_index(ord(c)) else f"U+{ord(c):04X}" for c in text)
 
 
 def retrieval_grid(
@@ -112,11 +132,13 @@ def retrieval_grid(
     relevant: np.ndarray | None = None,
     title: str = "",
     row_labels: Sequence[str] | None = None,
+    legend: bool = False,
 ) -> Path:
     """A row per query: the query (purple frame, as in the sketch-GAN paper's Fig. 6) then its top-k results.
 
-    ``query_images``: nq rasters (H, W), ink = 1; ``result_images``: nq rows of k rasters (rows may be shorter
-    when fewer hits came back); ``relevant``: optional bool (nq, k): green frame = relevant, red = not.
+    ``query_images``: nq rasters (H, W), ink = 1, or RGB photos (H, W, 3) in [0, 1]; ``result_images``: nq
+    rows of k such images (rows may be shorter when fewer hits came back); ``relevant``: optional bool
+    (nq, k): green frame = relevant, red = not; ``legend``: a key to the frame colours under the grid.
     """
     nq = len(query_images)
     if len(result_images) != nq:
@@ -126,19 +148,25 @@ def retrieval_grid(
         nq, k + 1, figsize=(0.9 * (k + 1), 0.9 * nq + (0.3 if title else 0)), squeeze=False
     )
     for i in range(nq):
-        _thumb(axes[i, 0], query_images[i], "purple")
+        _thumb(axes[i, 0], query_images[i], QUERY_EDGE)
         if row_labels is not None:
-            axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=7)
+            axes[i, 0].set_ylabel(_drawable(row_labels[i]), rotation=0, ha="right", va="center", fontsize=7)
         for j in range(k):
             ax = axes[i, j + 1]
             if j < len(result_images[i]):
-                edge = None if relevant is None else ("green" if relevant[i][j] else "red")
+                edge = None if relevant is None else (RELEVANT_EDGE if relevant[i][j] else IRRELEVANT_EDGE)
                 _thumb(ax, result_images[i][j], edge)
             else:
                 ax.axis("off")
     if title:
         fig.suptitle(title, y=1.0 - 0.05 / fig.get_figheight(), va="top")
     fig.subplots_adjust(wspace=0.05, hspace=0.05, top=1.0 - (0.35 if title else 0.0) / fig.get_figheight())
+    if legend:  # under the last row
+        keys = [("query", QUERY_EDGE)] + ([] if relevant is None else [("relevant", RELEVANT_EDGE),
+                                                                          ("not relevant", IRRELEVANT_EDGE)])
+        fig.legend(handles=[Patch(facecolor="white", edgecolor=c, linewidth=2.5, label=n) for n, c in keys],
+                   loc="upper center", bbox_to_anchor=(0.5, axes[-1, 0].get_position().y0), ncol=len(keys),
+                   fontsize=8, frameon=False)  # fmt: skip
     return _save(fig, path)
 
 
@@ -161,4 +189,24 @@ def image_grid(
     if title:
         fig.suptitle(title)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return _save(fig, path)
+
+
+def loss_curves(records: Iterable[Mapping[str, float]], path: str | Path, *, title: str = "") -> Path:
+    """Training losses: one panel per loss term (``loss`` and every ``*_loss`` key of the records, each on its
+    own scale) against the records' ``iteration`` (e.g. the training loop's ``log.jsonl``)."""
+    rows = list(records)
+    terms = sorted({k for r in rows for k in r if k == "loss" or k.endswith("_loss")},
+                   key=lambda k: (k == "loss", k))  # fmt: skip
+    if not terms:
+        raise ValueError("no loss terms ('loss' or '*_loss' keys) in the records")
+    fig, axes = plt.subplots(len(terms), 1, figsize=(5.0, 1.6 * len(terms) + 0.4), sharex=True, squeeze=False)
+    for ax, term in zip(axes[:, 0], terms):
+        pts = [(r["iteration"], r[term]) for r in rows if term in r and "iteration" in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.2, marker="." if len(pts) < 50 else "")
+        ax.set_ylabel(term, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("iteration")
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

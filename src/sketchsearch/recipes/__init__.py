@@ -28,6 +28,7 @@ from ..data.sources import load_collection
 from ..data.splits import SPLITS, Split, make_split
 from ..eval.evaluate import evaluate, fit_on_split
 from ..methods.base import METHODS, Method, create_method, list_methods
+from ..progress import phase
 from ..registry import Registry
 from ..train import TrainConfig, seed_everything
 
@@ -155,13 +156,16 @@ def run_recipe(
                       lr=lr or recipe.lr, seed=seed, device=device, out=str(out) if out else None,
                       progress=progress)  # fmt: skip
     t0 = time.perf_counter()
-    coll = recipe.load(data) if recipe.load else load_collection(data)
+    with phase(f"reading {data}"):
+        coll = recipe.load(data) if recipe.load else load_collection(data)
     split: Split | None = None
     if split_file:
         split = Split.load(split_file)
         split.check(coll.items, split_file)
     elif recipe.split:
-        split = make_split(recipe.split, coll.items, seed=split_seed, **{**recipe.split_defaults, **split_opts})
+        with phase(f"{recipe.split} split of {len(coll)} items"):
+            split = make_split(recipe.split, coll.items, seed=split_seed,
+                               **{**recipe.split_defaults, **split_opts})  # fmt: skip
     if split is not None:
         split = Split(split.kind, split.seed, split.params, split.parts, split.seen_classes, split.unseen_classes,
                       data=str(data))  # fmt: skip
@@ -174,9 +178,10 @@ def run_recipe(
     method.cpu().eval()
     metrics: dict[str, Any] = {}
     if split is not None and split.evaluations():
-        metrics = evaluate(method, coll, split)
-        if recipe.extra_metrics:
-            metrics.update(recipe.extra_metrics(method, coll, split))
+        with phase("evaluating on the split"):
+            metrics = evaluate(method, coll, split)
+            if recipe.extra_metrics:
+                metrics.update(recipe.extra_metrics(method, coll, split))
         metrics["mAP@all"] = metrics["main"]["mAP@all"]
     training = {"recipe": name, "data": str(data), "seed": seed, "iterations": cfg.iterations,
                 "batch_size": cfg.batch_size, "lr": cfg.lr, "skipped_records": coll.skipped,
@@ -190,4 +195,5 @@ def closed_form_fit(method: Method, coll: Collection, split: Split | None, cfg: 
     """``fit`` of the closed-form baselines: fitted on the split's train part, or its gallery (no labels)."""
     if split is None:
         raise ValueError("a closed-form baseline is fitted on a split's train part or gallery")
-    return fit_on_split(method, coll, split)
+    with phase(f"fitting {method.name}"):
+        return fit_on_split(method, coll, split)

@@ -30,6 +30,7 @@ from ..data.sampling import ClassBalancedSampler
 from ..data.splits import Split
 from ..encoders.photo_cnn import EfficientNetLite0, describe_weights
 from ..methods.doodle2search import Doodle2Search, class_name_embeddings
+from ..progress import phase
 from ..train import TrainConfig, train
 from . import RECIPES, Recipe
 
@@ -174,7 +175,8 @@ def fit(
     else:
         cache = feature_cache or (str(Path(cfg.out) / "features.safetensors") if cfg.out else None)
         t0 = time.perf_counter()
-        feats = cached_backbone_features(method, coll, sk + ph, cache)
+        with phase(f"backbone features of {len(sk) + len(ph)} items"):
+            feats = cached_backbone_features(method, coll, sk + ph, cache)
         info["feature_seconds"] = round(time.perf_counter() - t0, 1)
         ds = TripletDataset(np.stack([feats[i] for i in sk]), sl, np.stack([feats[i] for i in ph]), pl, semantic,
                             features=True, seed=cfg.seed)  # fmt: skip

@@ -26,6 +26,7 @@ from ..data.splits import Split
 from ..errors import FormatError, InvalidSketchError
 from ..eval.plots import image_grid
 from ..methods.gan_encoder import ADAM_BETAS, GANEncoder
+from ..progress import phase
 from ..train import TrainConfig, train
 from . import RECIPES, Recipe
 
@@ -70,12 +71,14 @@ def fit(
     calibrate_on: int = 10_000,  # drawings used to re-estimate D's batch statistics and the centre
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    rasters, skipped = render(coll, method, limit, cfg.seed)
+    with phase("rendering the drawings"):
+        rasters, skipped = render(coll, method, limit, cfg.seed)
     render_s = time.perf_counter() - t0
     result = train(method, RasterDataset(rasters), cfg)
     n = min(len(rasters), calibrate_on)
     idx = np.sort(np.random.default_rng(cfg.seed).choice(len(rasters), size=n, replace=False))
-    calib = method.calibrate(torch.from_numpy(rasters[idx])[:, None])
+    with phase(f"calibrating on {n} drawings"):
+        calib = method.calibrate(torch.from_numpy(rasters[idx])[:, None])
     if cfg.out:
         with torch.no_grad():
             samples = method.sample(64, generator=torch.Generator().manual_seed(cfg.seed)).cpu().numpy()[:, 0]

@@ -26,6 +26,7 @@ from ..data.splits import Split
 from ..eval.evaluate import evaluate
 from ..methods.base import Method
 from ..methods.gdh import GDH
+from ..progress import phase
 from ..train import TrainConfig, train
 from . import RECIPES, Recipe
 
@@ -112,9 +113,10 @@ def fit(
     p_index = {p.id: j for j, p in enumerate(ph)}
     sp = [p_index.get(f"photo/{it.label}/{it.pair}", -1) for it in sk]
     sl, pl = [cls[str(it.label)] for it in sk], [cls[str(it.label)] for it in ph]
-    ds = PairDataset(load_arrays([item_input(it) for it in sk], False, pre), sl,
-                     load_arrays([item_input(it) for it in ph], True, pre), pl, sp, own_fraction=own_fraction,
-                     seed=cfg.seed)  # fmt: skip
+    with phase(f"loading {len(sk)} sketches and {len(ph)} photos"):
+        ds = PairDataset(load_arrays([item_input(it) for it in sk], False, pre), sl,
+                         load_arrays([item_input(it) for it in ph], True, pre), pl, sp,
+                         own_fraction=own_fraction, seed=cfg.seed)  # fmt: skip
     method.set_training_data(pl, sl, len(split.seen_classes), seed=cfg.seed)
     res = train(method, ds, cfg, collate_fn=collate_pairs, sampler=ClassBalancedSampler(pl, per_class, seed=cfg.seed))
     return {"train_seconds": round(res.seconds, 1), "device": res.device, "last": res.history[-1] if res.history else {}}

@@ -23,6 +23,7 @@ from ..data.collection import Collection
 from ..data.splits import Split
 from ..methods.base import Method
 from ..methods.sketchmate import SketchMate
+from ..progress import phase as report_phase
 from ..train import TrainConfig, train
 from . import RECIPES, Recipe
 
@@ -62,9 +63,10 @@ def fit(
         if phase == "centres":
             if method.use_centre_loss:
                 t0 = time.perf_counter()
-                info["centres"] = method.compute_centres(
-                    _batches(method, inputs, labels), keep=keep, noise_removal=noise_removal
-                )
+                with report_phase("class centres"):
+                    info["centres"] = method.compute_centres(
+                        _batches(method, inputs, labels), keep=keep, noise_removal=noise_removal
+                    )
                 info["centres"]["seconds"] = round(time.perf_counter() - t0, 1)
             continue
         if its <= 0:
