@@ -33,12 +33,18 @@ Query = Sketch | np.ndarray | Image.Image
 
 @dataclass
 class Hit:
+    """One search result: the item's ``id``, its 1-based ``rank`` and ``distance`` (smaller is closer), its
+    ``label``, ``source`` (its file relative to the collection's folder, with ``:record`` when the file
+    holds several, or its record id) and ``meta`` (its metadata, e.g. title, date, place, url; {} when none).
+    ``extra`` is kept for callers that attach their own fields."""
+
     id: int
     rank: int
     distance: float
     label: str | None = None
     source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def thumbnail_png(item: Query, size: int = 96) -> bytes:
@@ -80,8 +86,12 @@ class Retriever:
         batch_size: int = 256,
         store: Any | None = None,
         model_name: str | None = None,
+        collection: dict[str, Any] | None = None,
     ) -> None:
         self.method = method.eval()
+        #: the collection's name, slug, title and description (index.store.collection_fields), saved in the
+        #: manifest; None keeps those of the folder saved into
+        self.collection = collection
         self.model_id = model_id
         #: how to load the model again (artifact name or path); recorded in a saved index's manifest
         self.model_name = model_name
@@ -153,8 +163,10 @@ class Retriever:
         modality: str = "sketch",
         thumbnails: bool = False,
         encoded: np.ndarray | None = None,
+        metas: Sequence[dict[str, Any] | None] | None = None,
     ) -> np.ndarray:
-        """Encode ``items`` (unless ``encoded`` is given) and add them; returns their int64 ids."""
+        """Encode ``items`` (unless ``encoded`` is given) and add them; returns their int64 ids.
+        ``labels``, ``sources``, ``metas`` (metadata dicts): one per item, kept with it (and saved)."""
         n = len(items) if encoded is None else len(encoded)
         if ids is None:
             # after the largest id in use (a loaded index has ids but no in-memory items)
@@ -169,6 +181,7 @@ class Retriever:
             meta: dict[str, Any] = {
                 "label": labels[j] if labels is not None else None,
                 "source": sources[j] if sources is not None else None,
+                "meta": dict(metas[j] or {}) if metas is not None else {},
                 "modality": modality,
             }
             if thumbnails and encoded is None:
@@ -203,16 +216,17 @@ class Retriever:
         return self.hits(d[0], ids[0])
 
     def hits(self, dist: np.ndarray, ids: np.ndarray) -> list[Hit]:
-        """Ranked ids -> Hits with labels and sources (from memory or the on-disk store)."""
+        """Ranked ids -> Hits with labels, sources and metadata (from memory or the on-disk store)."""
         valid = [(float(dd), int(i)) for dd, i in zip(dist, ids) if i >= 0]
-        meta = self.item_meta([i for _, i in valid])
+        rows = self.item_meta([i for _, i in valid])
         return [
             Hit(
                 id=i,
                 rank=r + 1,
                 distance=dd,
-                label=meta.get(i, {}).get("label"),
-                source=meta.get(i, {}).get("source"),
+                label=rows.get(i, {}).get("label"),
+                source=rows.get(i, {}).get("source"),
+                meta=dict(rows.get(i, {}).get("meta") or {}),
             )
             for r, (dd, i) in enumerate(valid)
         ]
@@ -236,7 +250,7 @@ class Retriever:
         from .index.store import save_index
 
         rows: dict[int, dict[str, Any]] = {}
-        if self.store is not None:  # keep the stored items (labels, thumbnails) of a loaded index
+        if self.store is not None:  # keep the stored items (labels, metadata, thumbnails) of a loaded index
             live = [int(i) for i in np.asarray(self.index.ids).tolist() if int(i) not in self._meta]
             for r in self.store.items(live):
                 row = {k: v for k, v in r.items() if k != "has_thumbnail"}
@@ -245,14 +259,16 @@ class Retriever:
                 rows[int(r["id"])] = row
         rows.update({i: {"id": i, **m} for i, m in self._meta.items()})
         items = [rows[i] for i in sorted(rows)]
-        save_index(self.index, folder, model_id=self.model_id, items=items, model_name=self.model_name)
+        save_index(self.index, folder, model_id=self.model_id, items=items, model_name=self.model_name,
+                   collection=self.collection)  # fmt: skip
 
     @classmethod
     def load(
         cls, folder: str | Path, model: str | Path | Method | None = None, verify: bool = True
     ) -> Retriever:
-        """Open an index folder with its model (by default the model named in the index's manifest)."""
-        from .index.store import load_index, read_manifest
+        """Open an index folder with its model (by default the model named in the index's manifest); its
+        collection fields (name, slug, title, description) are kept for :meth:`save`."""
+        from .index.store import COLLECTION_FIELDS, load_index, read_manifest
         from .model import load_model
 
         manifest = read_manifest(folder)
@@ -273,4 +289,5 @@ class Retriever:
             model_name=str(model)
             if model is not None and not isinstance(model, Method)
             else manifest.get("model_name"),
+            collection={k: manifest[k] for k in COLLECTION_FIELDS if k in manifest} or None,
         )

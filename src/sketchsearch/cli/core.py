@@ -1,11 +1,11 @@
-"""Core commands: data info, train, index build / info, search, models."""
+"""Core commands: data info, train, index build / add / remove / info, search, models."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -27,8 +27,19 @@ from .app import (
     print_table,
 )
 
+if TYPE_CHECKING:
+    from ..data.collection import Collection
+    from ..data.formats.base import Item
+    from ..retrieval import Retriever
 
 # ---------------------------------------------------------------------------------------------- data
+MODALITY_HELP = (
+    "auto: what the data's layout says (Sketchy's sketch/ and photo/, strokes), and for a plain image folder "
+    "each image judged from its pixels (drawing or photograph); sketch / photo: read a plain image folder as "
+    "that, and keep only the items of that modality of other data."
+)
+
+
 @data_app.command("info")
 @friendly_errors
 def data_info(
@@ -41,49 +52,56 @@ def data_info(
         False, "--strict", help="Stop at the first bad record or unreadable file; exit non-zero if any."
     ),
     as_json: bool = typer.Option(
-        False, "--json", help="Print JSON: items, classes, skipped, errors, excluded, format."
+        False,
+        "--json",
+        help="Print JSON: items, classes, modalities, metadata, skipped, errors, excluded, format.",
     ),
     fmt: str | None = typer.Option(None, "--format", help="Reader name (default: detected from the path)."),
     variants: bool = typer.Option(
         False, "--variants", help="KanjiVG: also read the variant files (<hex>-<variant>.svg) as items."
     ),
+    modality: str = typer.Option("auto", "--modality", help=MODALITY_HELP),
 ) -> None:
-    """Count items and classes; list skipped records (and unreadable files) with file and line.
+    """Count items, classes and modalities; list skipped records (and unreadable files) with file and line.
 
     Without --strict a bad record or a file that cannot be read at all is reported and skipped, and the
-    other files are still read."""
+    other files are still read. A metadata.csv / metadata.json beside the data is read and its rows matched."""
     from ..data.inspect import inspect_dataset
 
-    if path == "default":
-        from ..data.sources import load_collection
-
-        res = load_collection(path)
-        labels = {i.label for i in res.items}
-        info: dict[str, Any] = {
-            "format": "default",
-            "items": len(res.items),
-            "classes": len(labels),
-            "skipped": 0,
-            "errors": [],
-        }
-    else:
-        info = inspect_dataset(path, strict=strict, fmt=fmt, variants=variants)
+    _check_modality(modality)
+    info = inspect_dataset(path, strict=strict, fmt=fmt, variants=variants, modality=modality)
     if as_json:
         print_json(info)
     else:
         t = Table(title=f"{path}", show_header=False)
         for k in ("format", "items", "classes", "skipped"):
             t.add_row(k, str(info.get(k)))
+        judged = " (each image judged from its pixels)" if info["from_pixels"] else ""
+        t.add_row("modality", f"{info['modality']}{judged}")
         for k, v in (info.get("modalities") or {}).items():
             t.add_row(f"  {k}", str(v))
+        meta = info.get("metadata")
+        if meta is not None:
+            names = ", ".join(Path(f).name for f in meta["files"])
+            t.add_row("metadata", f"{meta['matched']} of {meta['rows']} rows of {names} matched an item")
         for reason, count in (info.get("excluded") or {}).items():
             t.add_row("not read", f"{count} {reason}")
         console.print(t)
+        if meta is not None and meta["unmatched"]:
+            shown = ", ".join(meta["unmatched"][:5])
+            console.print(f"[yellow]metadata rows naming no item:[/] {escape(shown)}", highlight=False)
         for e in info.get("errors", [])[:20]:
             where = e["file"] if e["record"] is None else f"{e['file']}: record {e['record']}"
             console.print(f"[yellow]skipped[/] {escape(where)}: {escape(e['reason'])}", highlight=False)
     if strict and info.get("skipped"):
         raise typer.Exit(1)
+
+
+def _check_modality(modality: str) -> None:
+    from ..data.sources import MODALITIES
+
+    if modality not in MODALITIES:
+        raise typer.BadParameter(f"--modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -159,33 +177,56 @@ def set_keys_text(options: dict[str, dict[str, Any]]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- index
-@index_app.command("build")
-@friendly_errors
-def index_build(
-    model: str = typer.Option(..., "--model", help="Model artifact name or path."),
-    data: str = typer.Option(..., "--data", help="Data path, or 'default'."),
-    out: Path = typer.Option(..., "--out", help="Index folder to write (replaced atomically)."),
-    limit: int | None = typer.Option(None, help="Index at most this many items."),
-    strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record."),
-    backend: str = typer.Option(
-        "numba", help="Hamming backend: numba (the compiled scan), faiss or numpy ('sketchsearch' = numba)."
-    ),
-    modality: str | None = typer.Option(None, help="Index only sketch or photo items."),
-) -> None:
-    """Encode a collection with a model and write an on-disk index (codes, ids, items with thumbnails)."""
-    from ..data.batching import item_input
-    from ..data.sources import load_collection
-    from ..retrieval import Retriever
+def _reads_photos(method: object) -> bool:
+    """Whether ``method`` has a photo branch (it overrides ``Method.encode_photo``)."""
+    from ..methods.base import Method
 
-    if modality not in (None, "sketch", "photo"):
-        raise typer.BadParameter(f"--modality must be sketch or photo, got {modality!r}")
-    # --limit counts the items indexed, so it applies after the --modality filter
-    res = load_collection(data, strict=strict, limit=None if modality else limit)
-    items = [i for i in res.items if modality is None or i.modality == modality][:limit]
+    return type(method).encode_photo is not Method.encode_photo
+
+
+def _read_for_model(
+    r: Retriever, model: str, data: str, *, modality: str, strict: bool, limit: int | None
+) -> tuple[Collection, list[Item]]:
+    """The items of ``data`` as the retriever's model reads them: (the Collection, the items to encode).
+
+    ``auto`` means drawings for a model without a photo branch (``photo`` is refused), each image judged
+    from its pixels for one with. A model that reads stroke order gets the items with strokes (the others
+    are left out with a note on stderr); data with none is refused, naming an item."""
+    from ..data.sources import load_collection
+
+    _check_modality(modality)
+    if not _reads_photos(r.method):
+        if modality == "photo":
+            raise typer.BadParameter(
+                f"--modality photo: {model} encodes drawings only; use --modality auto or sketch"
+            )
+        modality = "sketch"
+    res = load_collection(data, strict=strict, limit=limit, modality=modality)
+    items = list(res.items)
     if not items:
-        what = f"{modality} items" if modality else "items"
-        raise InvalidSketchError(f"{data}: no {what} to index", "data")
-    r = Retriever.from_model(model, backend=backend)
+        what = "items" if modality == "auto" else f"{modality} items"
+        raise InvalidSketchError(f"{data}: no {what} to index ({res.skipped} bad records skipped)", "data")
+    if "points" in r.method.preprocessing.inputs:
+        flat = [it for it in items if it.sketch is None]
+        inputs = ", ".join(r.method.preprocessing.inputs)
+        if len(flat) == len(items):
+            raise ValueError(
+                f"{model} reads stroke order (its inputs: {inputs}), but the {len(items)} items of {data} have "
+                f"no strokes (e.g. {flat[0].source}); index images with a model that reads rasters only "
+                "(e.g. sketch-gan, thin-gan), or give data with strokes"
+            )
+        if flat:
+            console.print(f"note: left out {len(flat)} items without strokes (e.g. {escape(flat[0].source)}): "
+                          f"{escape(model)} reads stroke order", highlight=False)  # fmt: skip
+            items = [it for it in items if it.sketch is not None]
+    return res, items
+
+
+def _encode_into(r: Retriever, items: list[Item]) -> None:
+    """Encode ``items`` (data Items) into the retriever, each modality through its own branch, in chunks,
+    keeping label, source, metadata and a thumbnail of each."""
+    from ..data.batching import item_input
+
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("encoding", total=len(items))
         step = 512
@@ -198,20 +239,165 @@ def index_build(
                         [item_input(i) for i in part],
                         labels=[i.label for i in part],
                         sources=[i.source for i in part],
+                        metas=[i.meta for i in part],
                         modality=kind,
                         thumbnails=True,
                     )
             bar.update(task, advance=len(chunk))
-    r.save(out)
-    console.print(f"indexed {len(r)} items into {out} (skipped {res.skipped} bad records)", highlight=False)
+
+
+def _report_skipped(res: Collection) -> None:
     for e in res.errors[:10]:
-        console.print(f"[yellow]skipped[/] {e}", highlight=False)
+        console.print(f"[yellow]skipped[/] {escape(str(e))}", highlight=False)
+
+
+def _counts(items: list[Item]) -> str:
+    n_photo = sum(it.modality == "photo" for it in items)
+    return f"{len(items) - n_photo} drawings, {n_photo} photos"
+
+
+@index_app.command("build")
+@friendly_errors
+def index_build(
+    model: str = typer.Option(..., "--model", help="Model artifact name or path."),
+    data: str = typer.Option(..., "--data", help="Data path, or 'default'."),
+    out: Path = typer.Option(
+        ..., "--out", help="Index folder to write (refused when it exists, unless --force)."
+    ),
+    limit: int | None = typer.Option(None, help="Index at most this many items."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record."),
+    backend: str = typer.Option(
+        "numba", help="Hamming backend: numba (the compiled scan), faiss or numpy ('sketchsearch' = numba)."
+    ),
+    modality: str = typer.Option(
+        "auto",
+        "--modality",
+        help=MODALITY_HELP + " A model without a photo branch reads every image as a drawing.",
+    ),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        help="The collection's name, spaces allowed (default: the --out folder's name, or the data's when "
+        "that is a word like 'index' or 'out'); its URL-safe id (slug) is derived from it.",
+    ),
+    title: str | None = typer.Option(
+        None, "--title", help="The heading to show for the collection (default: its name)."
+    ),
+    description: str | None = typer.Option(
+        None, "--description", help="A sentence or two about the collection."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace the index already at --out."),
+) -> None:
+    """Encode a collection with a model and write an on-disk index.
+
+    The index folder holds codes, ids and items (label, source, metadata, thumbnail) and, in its manifest,
+    the collection's name, slug, title and description."""
+    from ..errors import IndexArgumentError
+    from ..index.store import collection_fields, default_collection_name, write_lock
+    from ..retrieval import Retriever
+
+    try:
+        fields = collection_fields(
+            name if name is not None else default_collection_name(out, data), title, description
+        )
+    except IndexArgumentError as e:
+        raise typer.BadParameter(f"--{e.field}: {e.reason}") from None
+    with write_lock(out):
+        if out.exists() and (out.is_file() or any(out.iterdir())) and not force:
+            raise typer.BadParameter(
+                f"--out {out}: already exists; pass --force to replace it, or add to it with "
+                f"`sketchsearch index add {out} --data ...`"
+            )
+        r = Retriever.from_model(model, backend=backend)
+        r.collection = fields
+        res, items = _read_for_model(r, model, data, modality=modality, strict=strict, limit=limit)
+        _encode_into(r, items)
+        r.save(out)
+    typer.echo(f"indexed {len(r)} items ({_counts(items)}) into {out}: {fields['name']!r} "
+               f"(id {fields['slug']}); skipped {res.skipped} bad records")  # fmt: skip
+    _report_skipped(res)
+
+
+@index_app.command("add")
+@friendly_errors
+def index_add(
+    folder: Path = typer.Argument(..., help="Index folder (made by `sketchsearch index build`)."),
+    data: str = typer.Option(..., "--data", help="Data path: its items are encoded with the index's model."),
+    limit: int | None = typer.Option(None, help="Add at most this many items."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record."),
+    modality: str = typer.Option("auto", "--modality", help=MODALITY_HELP),
+    duplicates: bool = typer.Option(
+        False,
+        "--duplicates",
+        help="Also add items whose source (path relative to --data) the index already holds.",
+    ),
+) -> None:
+    """Add the items of --data to an index, with the index's model.
+
+    The folder is rewritten atomically. Items whose source is already in the index are left as they are (so adding a folder again adds only its
+    new files), unless --duplicates."""
+    from ..index.store import write_lock
+    from ..retrieval import Retriever
+
+    with write_lock(folder):
+        r = Retriever.load(folder)
+        res, read = _read_for_model(r, str(r.model_name), data, modality=modality, strict=strict, limit=limit)
+        items = read
+        if not duplicates:
+            present = r.store.ids_with_sources([it.source for it in items])
+            items = [it for it in items if it.source not in present]
+        if items:
+            _encode_into(r, items)
+            r.save(folder)
+    kept = len(read) - len(items)
+    again = f"; {kept} already there by source, left as they are (--duplicates adds them)" if kept else ""
+    typer.echo(f"added {len(items)} items ({_counts(items)}) to {folder}, {len(r)} in all{again}; "
+               f"skipped {res.skipped} bad records")  # fmt: skip
+    _report_skipped(res)
+
+
+@index_app.command("remove")
+@friendly_errors
+def index_remove(
+    folder: Path = typer.Argument(..., help="Index folder."),
+    ids: list[int] | None = typer.Option(None, "--id", help="An item id, as `search` shows it (repeatable)."),
+    sources: list[str] | None = typer.Option(
+        None,
+        "--source",
+        help="An item source, as `search` shows it: its path relative to the data (repeatable).",
+    ),
+) -> None:
+    """Remove items from an index by id or by source (the folder is rewritten atomically)."""
+    from ..index.store import write_lock
+    from ..retrieval import Retriever
+
+    if not ids and not sources:
+        raise typer.BadParameter("give the items to remove: --id ID and/or --source PATH (each repeatable)")
+    with write_lock(folder):
+        r = Retriever.load(folder)
+        stored = {int(i) for i in r.index.ids}
+        unknown = [i for i in ids or [] if i not in stored]
+        if unknown:
+            raise typer.BadParameter(
+                f"--id {unknown[0]}: no item of {folder} has this id (ids are those `search` shows)"
+            )
+        found = r.store.ids_with_sources(sources or [])
+        missing = [s for s in sources or [] if s not in found]
+        if missing:
+            raise typer.BadParameter(
+                f"--source {missing[0]!r}: no item of {folder} has this source (a path relative to the data it "
+                "was indexed from, as `search` shows it)"
+            )
+        gone = sorted(set(ids or []) | {i for s in found.values() for i in s})
+        r.remove(gone)
+        r.save(folder)
+    typer.echo(f"removed {len(gone)} items from {folder}, {len(r)} left")
 
 
 @index_app.command("info")
 @friendly_errors
 def index_info(folder: Path = typer.Argument(..., help="Index folder.")) -> None:
-    """Print an index's manifest."""
+    """Print an index's manifest: model, counts, the collection's name, slug, title and description."""
     from ..index.store import read_manifest
 
     print_json(read_manifest(folder))

@@ -1,9 +1,11 @@
 """``sketchsearch data info PATH``: what a dataset holds and what could not be read.
 
-Streams every item once (nothing is rendered or kept), counting items, classes and modalities and
-collecting the bad records the readers skipped (a file that cannot be read at all is one of them) and the
-files left out on purpose (KanjiVG variants unless asked for). ``PATH`` may also be ``kanjivg``: the SVGs
-of the installed ``kanjivg`` package (see :mod:`sketchsearch.data.sources`).
+Streams every item once through the one data entry point (nothing is rendered or kept), counting items,
+classes and modalities (and whether they were judged from the pixels), the sidecar metadata rows that
+matched, and collecting the bad records the readers skipped (a file that cannot be read at all is one of
+them) and the files left out on purpose (KanjiVG variants unless asked for). ``PATH`` may also be
+``kanjivg`` (the SVGs of the installed ``kanjivg`` package) or ``default`` (see
+:mod:`sketchsearch.data.sources`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError
-from .formats import READERS, detect_format
 
 __all__ = ["KANJIVG_VARIANTS", "MAX_ERRORS", "inspect_dataset"]
 
@@ -35,29 +36,31 @@ def inspect_dataset(
     fmt: str | None = None,
     max_errors: int = MAX_ERRORS,
     variants: bool = False,
+    modality: str = "auto",
 ) -> dict[str, Any]:
-    """Read the dataset at ``path`` and summarise it. Returns a JSON-serialisable dict:
+    """Read the dataset at ``path`` through the one data entry point
+    (:func:`~sketchsearch.data.sources.read_source`) and summarise it. Returns a JSON-serialisable dict:
 
     ``path``, ``format`` (reader name), ``items`` (int, readable items), ``classes`` (int, distinct
     non-None labels), ``unlabelled`` (items with no label), ``class_counts`` (label -> count, most
-    common first), ``modalities`` ({"sketch": n, "photo": n}), ``with_strokes`` / ``with_images``
-    (items carrying a Sketch / a raster), ``pairs`` (distinct instance ids), ``skipped`` (bad records
-    skipped, a data file that cannot be read at all counting as one), ``errors`` (the first
-    ``max_errors`` of them as ``{file, record, reason}``; ``record`` is None for a whole file),
-    ``excluded`` (reason -> number of files deliberately not read, e.g. KanjiVG variants; not errors).
+    common first), ``modalities`` ({"sketch": n, "photo": n}), ``modality`` (the option: auto, sketch or
+    photo), ``from_pixels`` (True when each item's modality was judged from its pixels: a plain image
+    folder read with ``auto``), ``with_strokes`` / ``with_images`` (items carrying a Sketch / a raster),
+    ``pairs`` (distinct instance ids), ``metadata`` (None, or the sidecar: ``files``, ``rows``,
+    ``matched`` rows, the first ``max_errors`` ``unmatched`` keys), ``skipped`` (bad records skipped, a
+    data file that cannot be read at all counting as one), ``errors`` (the first ``max_errors`` of them as
+    ``{file, record, reason}``; ``record`` is None for a whole file), ``excluded`` (reason -> number of
+    files deliberately not read, e.g. KanjiVG variants; not errors).
 
-    ``path`` ``"kanjivg"`` reads the installed ``kanjivg`` package; ``variants`` (KanjiVG only) reads the
-    variant files as items too. With ``strict`` the first bad record or unreadable file raises
-    :class:`FormatError`; a bad path (missing, format unknown) always raises.
+    ``path`` ``"kanjivg"`` reads the installed ``kanjivg`` package, ``"default"`` the embedded default;
+    ``variants`` (KanjiVG only) reads the variant files as items too; ``modality`` as in ``read_source``.
+    With ``strict`` the first bad record or unreadable file raises :class:`FormatError`; a bad path
+    (missing, format unknown) always raises.
     """
-    from .sources import KANJIVG, named_source
+    from .formats import detect_format
+    from .sources import KANJIVG, named_source, read_source
 
-    source: str | Path | None = path
-    if named_source(path) == KANJIVG:
-        if fmt not in (None, KANJIVG):
-            raise ValueError(f"'{KANJIVG}' names the installed kanjivg package; it cannot be read as {fmt!r}")
-        source, fmt = None, KANJIVG
-    name = fmt or detect_format(path)
+    name = named_source(path) or fmt or detect_format(path)
     errors: list[dict[str, Any]] = []
     skipped = 0
 
@@ -80,9 +83,10 @@ def inspect_dataset(
         options = {"variants": variants, "on_variant": on_variant}
     elif variants:
         raise ValueError(f"variants applies to KanjiVG data only, not to the {name!r} format")
+    reading = read_source(path, fmt=fmt if named_source(path) else name, strict=strict,
+                          on_error=on_error, modality=modality, **options)  # fmt: skip
     n = unlabelled = with_strokes = with_images = 0
-    reader = READERS.get(name)
-    for item in reader(source, strict=strict, on_error=on_error, **options):
+    for item in reading.items:
         n += 1
         modalities[item.modality] += 1
         if item.label is None:
@@ -93,17 +97,28 @@ def inspect_dataset(
         with_images += item.image is not None
         if item.pair is not None:
             pairs.add(item.pair)
+    meta = reading.metadata
     return {
         "path": str(path),
-        "format": name,
+        "format": reading.format,
         "items": n,
         "classes": len(labels),
         "unlabelled": unlabelled,
         "class_counts": dict(labels.most_common()),
         "modalities": dict(modalities),
+        "modality": modality,
+        "from_pixels": reading.from_pixels,
         "with_strokes": with_strokes,
         "with_images": with_images,
         "pairs": len(pairs),
+        "metadata": None
+        if meta is None
+        else {
+            "files": meta.files,
+            "rows": len(meta.rows),
+            "matched": len(meta.matched),
+            "unmatched": meta.unmatched[:max_errors],
+        },
         "skipped": skipped,
         "errors": errors,
         "excluded": dict(excluded),

@@ -5,11 +5,23 @@ Layout (format version 1)::
     my-index/
       manifest.json   {"format": "sketchsearch-index", "format_version": 1, "kind": "binary"|"dense",
                        "nbits" | "dim", "count", "model_id", "model_name", "metric", "backend",
-                       "created", "updated", "files": {name: {"sha256", "bytes"}}}
+                       "created", "updated", "files": {name: {"sha256", "bytes"}},
+                       optional: "name", "slug", "title", "description"}
       codes.npy       binary: uint8 (count, nbits // 8), packed as in codes.py; dense: float32 (count, dim)
       ids.npy         int64 (count,), strictly ascending (the codes are stored in id order)
-      items.sqlite    table items(id INTEGER PRIMARY KEY, label TEXT, source TEXT, thumbnail BLOB, extra TEXT)
-                      extra = JSON object of any further fields of an item
+      items.sqlite    table items(id INTEGER PRIMARY KEY, label TEXT, source TEXT, thumbnail BLOB,
+                                  extra TEXT, meta TEXT)
+                      source = where the item came from: its file relative to the collection's folder
+                      (with ":record" when the file holds several), or its record id;
+                      meta = JSON object of the item's metadata (sidecar title, date, place, url, ...,
+                      and the reader's extras), NULL when it has none; extra = JSON object of any
+                      further fields of an item
+
+**Collection.** ``name`` is what a person calls the collection (any text, spaces allowed), ``slug`` the
+URL-safe id derived from it (:func:`slugify`: lowercase ASCII letters, digits and ``-``), ``title`` the
+heading to show (the name unless given), ``description`` a sentence or two (or null). Folders without
+them, and item stores without the ``meta`` column (written before it existed), still load: their items'
+``meta`` is ``{}``.
 
 Any :class:`~sketchsearch.index.base.Index` is saved the same way: its ``name`` (as "backend"), ``metric``
 and ``config()`` ("nbits", or "dim" and "metric") go into the manifest, its ``state()`` arrays into
@@ -29,6 +41,9 @@ and refuses the index on any mismatch, naming the file. This reads every byte on
 per 100 MB (10 million 64-bit codes are 80 MB of codes + 80 MB of ids) on one core. Pass
 ``verify=False`` to skip it for a trusted index (shapes, dtypes and the manifest are still checked).
 
+**Writers.** :func:`write_lock` lets one command at a time change a folder (``index build``, ``add``,
+``remove``: load, change, save under the lock); readers need no lock (they see the old folder or the new).
+
 **Models.** The manifest records the id of the model that made the codes; ``load_index(...,
 expected_model_id=...)`` refuses an index from another model.
 
@@ -43,12 +58,15 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
 import threading
+import unicodedata
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +77,18 @@ from sketchsearch.errors import IndexArgumentError, IndexError_
 from .base import Index, create_index, state_arrays
 
 __all__ = [
+    "COLLECTION_FIELDS",
     "FORMAT",
     "FORMAT_VERSION",
+    "GENERIC_NAMES",
     "ItemStore",
+    "collection_fields",
+    "default_collection_name",
     "load_index",
     "read_manifest",
     "save_index",
+    "slugify",
+    "write_lock",
 ]
 
 FORMAT = "sketchsearch-index"
@@ -78,6 +102,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: manifest without "backend" (dense manifests written before the dense index was registered).
 CONFIG_FIELDS = {"binary": ("nbits",), "dense": ("dim", "metric")}
 DEFAULT_BACKEND = {"binary": "numba", "dense": "dense"}
+#: The manifest's optional fields that present the collection (see the module docstring).
+COLLECTION_FIELDS = ("name", "slug", "title", "description")
+#: Folder names that say nothing about a collection: an index folder so called does not name it.
+GENERIC_NAMES = frozenset(
+    {"", "index", "indexes", "indices", "idx", "out", "output", "outputs", "build", "tmp", "temp", "new",
+     "result", "results", "run", "runs", "data", "dataset", "db", "collection", "folder"}
+)  # fmt: skip
+MAX_NAME_CHARS, MAX_DESCRIPTION_CHARS, MAX_SLUG_CHARS = 200, 2000, 64
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -135,11 +167,96 @@ def _backups(folder: Path) -> list[Path]:
     return sorted(folder.parent.glob(f".{folder.name}.old-*"))
 
 
+# ---------------------------------------------------------------------------------------------- collection
+def slugify(name: str) -> str:
+    """A URL-safe id for ``name``: accents dropped, lowercase ASCII letters and digits, other runs as ``-``,
+    at most 64 characters (``"Merchant marks of Bristol"`` -> ``"merchant-marks-of-bristol"``). A name with
+    no Latin letters or digits gets ``collection-`` and 8 hex digits of its SHA-256."""
+    text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii").lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", text).strip("-")[:MAX_SLUG_CHARS].rstrip("-")
+    return slug or f"collection-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
+
+
+def _says_something(name: str) -> bool:
+    """False for folder names such as ``index``, ``idx2``, ``out-1`` (:data:`GENERIC_NAMES`, digits aside)."""
+    return re.sub(r"[\W_\d]+$", "", name.lower()) not in GENERIC_NAMES
+
+
+def default_collection_name(out: str | Path, data: str | Path) -> str:
+    """The name of a collection indexed from ``data`` into ``out`` when none is given: the index folder's
+    name when it says something (not ``index``, ``idx``, ``out`` ...: :data:`GENERIC_NAMES`), else the
+    data's name (a folder's name, a file's stem; ``default`` / ``kanjivg`` for the built-in sources)."""
+    out_name = Path(out).resolve().name
+    if _says_something(out_name):
+        return out_name
+    data_path = Path(data)
+    if str(data) in ("default", "kanjivg"):
+        return str(data)
+    data_name = data_path.resolve().stem if data_path.is_file() else data_path.resolve().name
+    return data_name or out_name or "collection"
+
+
+def _text(value: str | None, key: str, limit: int, one_line: bool) -> str | None:
+    """``value`` stripped (runs of white space as one space when ``one_line``), None when empty."""
+    if value is None:
+        return None
+    text = " ".join(value.split()) if one_line else value.strip()
+    if len(text) > limit:
+        raise IndexArgumentError(f"at most {limit} characters, got {len(text)}", key)
+    return text or None
+
+
+def collection_fields(name: str, title: str | None = None, description: str | None = None) -> dict[str, Any]:
+    """The manifest's collection fields: ``name`` and ``title`` on one line (white space runs as one space),
+    the ``slug`` of the name, ``title`` defaulting to the name, ``description`` (None when empty).
+    IndexArgumentError naming ``name`` / ``title`` / ``description`` for an empty name or text over its
+    length limit (200 characters; description 2000)."""
+    clean = _text(name, "name", MAX_NAME_CHARS, one_line=True)
+    if clean is None:
+        raise IndexArgumentError(f"a non-empty name is needed, got {name!r}", "name")
+    return {
+        "name": clean,
+        "slug": slugify(clean),
+        "title": _text(title, "title", MAX_NAME_CHARS, one_line=True) or clean,
+        "description": _text(description, "description", MAX_DESCRIPTION_CHARS, one_line=False),
+    }
+
+
+@contextmanager
+def write_lock(folder: str | Path) -> Iterator[None]:
+    """Hold the write lock of the index folder ``folder`` (the file ``.<name>.lock`` beside it, created when
+    missing and left in place) for the block; IndexError_ at once when another process holds it."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = folder.parent / f".{folder.name}.lock"
+    with open(lock, "a+b") as f:
+        try:
+            if os.name == "nt":  # pragma: no cover - Windows
+                import msvcrt
+
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise IndexError_(
+                f"{folder}: another command is changing this index (it holds {lock}); run again when it has finished"
+            ) from None
+        yield  # the lock goes with the file's closing
+
+
 # ---------------------------------------------------------------------------------------------- items
-_SCHEMA = "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT, source TEXT, thumbnail BLOB, extra TEXT NOT NULL)"
+_SCHEMA = (
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT, source TEXT, thumbnail BLOB, extra TEXT NOT NULL, meta TEXT)",
+    "CREATE INDEX items_source ON items (source)",
+)
+_ITEM_KEYS = ("id", "label", "source", "thumbnail", "meta")
 
 
-def _item_row(item: Mapping[str, Any], n: int) -> tuple[int, str | None, str | None, bytes | None, str]:
+def _item_row(
+    item: Mapping[str, Any], n: int
+) -> tuple[int, str | None, str | None, bytes | None, str, str | None]:
     """One item dict -> a row; errors name ``items[n].field``."""
     if not isinstance(item, Mapping):
         raise IndexArgumentError(f"expected a dict, got {type(item).__name__}", f"items[{n}]")
@@ -158,11 +275,24 @@ def _item_row(item: Mapping[str, Any], n: int) -> tuple[int, str | None, str | N
             raise IndexArgumentError("expected PNG bytes (or None)", f"items[{n}].thumbnail")
         thumb = bytes(thumb)
     row.append(thumb)
-    extra = {k: v for k, v in item.items() if k not in ("id", "label", "source", "thumbnail")}
+    extra = {k: v for k, v in item.items() if k not in _ITEM_KEYS}
     try:
         row.append(json.dumps(extra, default=_json_default, sort_keys=True))
     except (TypeError, ValueError) as e:
         raise IndexArgumentError(f"extra fields must be JSON-serialisable: {e}", f"items[{n}]") from None
+    meta = item.get("meta")
+    if meta is not None and not isinstance(meta, Mapping):
+        raise IndexArgumentError(
+            f"expected a dict of fields (or None), got {type(meta).__name__}", f"items[{n}].meta"
+        )
+    try:
+        row.append(
+            json.dumps(dict(meta), default=_json_default, sort_keys=True, ensure_ascii=False)
+            if meta
+            else None
+        )
+    except (TypeError, ValueError) as e:
+        raise IndexArgumentError(f"must be JSON-serialisable: {e}", f"items[{n}].meta") from None
     return tuple(row)  # type: ignore[return-value]
 
 
@@ -170,9 +300,10 @@ def _write_items(path: Path, rows: Iterable[tuple[Any, ...]]) -> None:
     """Create the item store ``path`` holding ``rows``."""
     con = sqlite3.connect(path)
     try:
-        con.execute(_SCHEMA)
+        for statement in _SCHEMA:
+            con.execute(statement)
         try:
-            con.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?)", rows)
+            con.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.IntegrityError as e:
             raise IndexArgumentError(f"an item id is given more than once ({e})", "items") from None
         con.commit()
@@ -181,7 +312,7 @@ def _write_items(path: Path, rows: Iterable[tuple[Any, ...]]) -> None:
 
 
 class ItemStore:
-    """Read-only access to an index folder's ``items.sqlite``: labels, sources, thumbnails, extras.
+    """Read-only access to an index folder's ``items.sqlite``: labels, sources, metadata, thumbnails, extras.
 
     Lookups are by integer id only; the file path is fixed when the store is opened, so nothing a
     caller passes ever reaches the file system. The connection is opened once (read-only), so the
@@ -196,8 +327,11 @@ class ItemStore:
                 f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
             )
             self._con.execute("SELECT id, label, source, thumbnail, extra FROM items LIMIT 1").fetchall()
+            columns = {row[1] for row in self._con.execute("PRAGMA table_info(items)")}
         except sqlite3.Error as e:
             raise IndexError_(f"{self.path}: not a readable item store ({e})") from None
+        #: stores written before items had metadata have no ``meta`` column: their items' meta is {}
+        self._meta = "meta" if "meta" in columns else "NULL"
         self._lock = threading.Lock()
 
     @staticmethod
@@ -207,18 +341,33 @@ class ItemStore:
         return int(item_id)
 
     def items(self, ids: Sequence[int]) -> list[dict[str, Any]]:
-        """Item dicts (id, label, source, has_thumbnail, extra fields) for the ids found, in the given order."""
+        """Item dicts (id, label, source, meta (a dict, {} when none), has_thumbnail, extra fields) for the
+        ids found, in the given order."""
         want = [self._check_id(i) for i in ids]
         found: dict[int, dict[str, Any]] = {}
         with self._lock:
             for s in range(0, len(want), 500):  # SQLite's bound-parameter limit
                 part = want[s : s + 500]
-                q = f"SELECT id, label, source, thumbnail IS NOT NULL, extra FROM items WHERE id IN ({','.join('?' * len(part))})"
-                for iid, label, source, has_thumb, extra in self._con.execute(q, part):
+                q = (f"SELECT id, label, source, thumbnail IS NOT NULL, extra, {self._meta} FROM items "
+                     f"WHERE id IN ({','.join('?' * len(part))})")  # fmt: skip
+                for iid, label, source, has_thumb, extra, meta in self._con.execute(q, part):
                     row = json.loads(extra)
-                    row.update(id=iid, label=label, source=source, has_thumbnail=bool(has_thumb))
+                    row.update(id=iid, label=label, source=source, meta=json.loads(meta) if meta else {},
+                               has_thumbnail=bool(has_thumb))  # fmt: skip
                     found[iid] = row
         return [found[i] for i in want if i in found]
+
+    def ids_with_sources(self, sources: Sequence[str]) -> dict[str, list[int]]:
+        """source -> the ids of the items with that source (ascending), for the sources found."""
+        out: dict[str, list[int]] = {}
+        want = [str(s) for s in sources]
+        with self._lock:
+            for s in range(0, len(want), 500):
+                part = want[s : s + 500]
+                q = f"SELECT source, id FROM items WHERE source IN ({','.join('?' * len(part))}) ORDER BY id"
+                for source, iid in self._con.execute(q, part):
+                    out.setdefault(source, []).append(int(iid))
+        return out
 
     def thumbnail(self, item_id: int) -> bytes | None:
         """PNG bytes of an item's thumbnail; None when the item has none or does not exist."""
@@ -243,6 +392,7 @@ def _write_folder(
     model_name: str | None,
     rows: Sequence[tuple[Any, ...]],
     created: str | None,
+    collection: Mapping[str, Any],
 ) -> None:
     codes, ids = state_arrays(index.state())
     for name, arr in ((CODES, codes), (IDS, ids)):
@@ -262,6 +412,7 @@ def _write_folder(
         "metric": index.metric,
         "backend": index.name,
         **index.config(),
+        **{key: collection[key] for key in COLLECTION_FIELDS if key in collection},
         "created": created or _now(),
         "updated": _now(),
         "files": {
@@ -310,12 +461,15 @@ def save_index(
     model_id: str,
     items: Sequence[Mapping[str, Any]] | None = None,
     model_name: str | None = None,
+    collection: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``index`` and its ``items`` to ``folder`` atomically (replacing an index already there).
 
-    items: dicts with ``id`` (must be an id of the index), optional ``label``, ``source``,
-    ``thumbnail`` (PNG bytes) and any JSON-serialisable extra fields. Items are optional per id.
-    The manifest records the index's backend name, metric and config (see the module docstring).
+    items: dicts with ``id`` (must be an id of the index), optional ``label``, ``source``, ``meta`` (a
+    dict of JSON-serialisable fields), ``thumbnail`` (PNG bytes) and any JSON-serialisable extra fields.
+    Items are optional per id. The manifest records the index's backend name, metric and config (see the
+    module docstring) and ``collection``'s fields (:func:`collection_fields`); None keeps those of the
+    index already in ``folder``, if any.
     """
     _index_kind(index)
     if not isinstance(model_id, str) or not model_id:
@@ -327,14 +481,25 @@ def save_index(
         if unknown.any():
             n = int(np.flatnonzero(unknown)[0])
             raise IndexArgumentError(f"id {int(row_ids[n])} is not in the index", f"items[{n}].id")
-    created = None
+    if collection is not None:
+        unknown = sorted(set(collection) - set(COLLECTION_FIELDS))
+        if unknown:
+            raise IndexArgumentError(
+                f"unknown field(s) {unknown}; valid: {', '.join(COLLECTION_FIELDS)}", "collection"
+            )
+    old: dict[str, Any] = {}
     folder = Path(folder)
     if (folder / MANIFEST).is_file():
         try:
-            created = json.loads((folder / MANIFEST).read_text()).get("created")
+            old = json.loads((folder / MANIFEST).read_text())
         except (OSError, ValueError):
-            created = None
-    return _atomic_replace(folder, lambda tmp: _write_folder(tmp, index, model_id, model_name, rows, created))
+            old = {}
+    created = old.get("created") if isinstance(old, dict) else None
+    if collection is None:
+        collection = {k: old[k] for k in COLLECTION_FIELDS if isinstance(old, dict) and k in old}
+    return _atomic_replace(
+        folder, lambda tmp: _write_folder(tmp, index, model_id, model_name, rows, created, collection)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- load

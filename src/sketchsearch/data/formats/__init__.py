@@ -17,7 +17,7 @@ sketchy           Sketchy ``sketch/`` + ``photo/`` folders (instance pairs)
 qmul_v1           QMUL V1 shoes / chairs ``.mat`` (sketch i <-> photo edge map i)
 qmul_chairv2      QMUL ChairV2 ``ChairV2_Coordinate`` pickle (restricted unpickler)
 kanjivg           KanjiVG SVG files (folder, file, or the installed package)
-images            any folder of images; label = parent folder
+images            any folder of images, any depth; label = folder; drawing or photo judged from the pixels
 ================  ===========================================================================
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 from ...errors import FormatError
 from . import images, omniglot, qmul, quickdraw, sketchrnn, sketchy
 from .base import READERS, Item, Modality, OnError, Reader
-from .images import IMAGE_SUFFIXES, load_image, read_images
+from .images import IMAGE_SUFFIXES, guess_modality, load_image, read_images
 from .omniglot import read_omniglot
 from .qmul import CHAIRV2_FILE, read_qmul_chairv2, read_qmul_v1
 from .quickdraw import (
@@ -59,6 +59,7 @@ __all__ = [
     "OnError",
     "Reader",
     "detect_format",
+    "guess_modality",
     "iter_quickdraw_files",
     "known_formats",
     "load_image",

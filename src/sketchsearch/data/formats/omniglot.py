@@ -9,7 +9,9 @@ that, as everywhere in sketchsearch, y points down; the strokes then lie on the 
 
 Label = ``"<alphabet>/<character>"``; ``pair`` = ``"<alphabet>/<character>/<code>_<drawer>"`` links a
 stroke file to the image of the same drawing. A stroke file or image of a folder is one record: a bad one
-follows the bad-record rule (``FormatError(file, line, reason)``).
+follows the bad-record rule (``FormatError(file, line, reason)``), and so does one that is not at
+``<alphabet>/<character>/<file>`` (it is reported by name, not read). A ``strokes_*`` / ``images_*``
+folder is Omniglot only when it holds such a file: one of class folders only is an image folder.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from ...errors import FormatError, InvalidSketchError
 from ..sketch import Sketch
 from .base import READERS, Item, OnError, check_limit, report, require_exists
-from .images import load_image
+from .images import IMAGE_SUFFIXES, load_image
 
 __all__ = ["omniglot_roots", "parse_omniglot_strokes", "read_omniglot"]
 
@@ -77,28 +79,60 @@ def parse_omniglot_strokes(path: str | Path) -> Sketch:
     return sketch
 
 
+#: the files each kind of Omniglot folder holds
+_SUFFIXES = {"strokes": (".txt",), "images": IMAGE_SUFFIXES}
+
+
+def _layout_files(kind: str, root: Path) -> Iterator[tuple[Path, bool]]:
+    """(file, in layout) for every file of ``kind`` under ``root`` (sorted; hidden files and folders skipped):
+    in layout = at ``<alphabet>/<character>/<file>``."""
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root)
+        if (
+            f.suffix.lower() in _SUFFIXES[kind]
+            and f.is_file()
+            and not any(s.startswith(".") for s in rel.parts)
+        ):
+            yield f, len(rel.parts) == 3
+
+
+def _kind(p: Path) -> str | None:
+    """'strokes' / 'images' for a folder named ``strokes_*`` / ``images_*`` holding at least one file of its
+    kind at ``<alphabet>/<character>/<file>`` (a folder of class folders only is not Omniglot), else None."""
+    for k in ("strokes", "images"):
+        if (
+            p.name.startswith(f"{k}_")
+            and p.is_dir()
+            and any(f.suffix.lower() in _SUFFIXES[k] and f.is_file() for f in p.glob("*/*/*"))
+        ):
+            return k
+    return None
+
+
 def omniglot_roots(path: str | Path) -> list[tuple[str, Path]]:
-    """(kind, folder) pairs, kind 'strokes' or 'images': ``path`` itself when it is a ``strokes_*`` /
-    ``images_*`` folder, else its children that are."""
+    """(kind, folder) pairs, kind 'strokes' or 'images': ``path`` itself when it is an Omniglot ``strokes_*``
+    / ``images_*`` folder, else its children that are (see :func:`_kind`)."""
     path = Path(path)
     require_exists(path)
     if path.is_file():
         return []
-
-    def kind(p: Path) -> str | None:
-        for k in ("strokes", "images"):
-            if p.is_dir() and p.name.startswith(k):
-                return k
-        return None
-
-    if kind(path):
-        return [(kind(path), path)]  # type: ignore[list-item]
-    return [(k, p) for p in sorted(path.iterdir()) if (k := kind(p))]
+    if kind := _kind(path):
+        return [(kind, path)]
+    return [(k, p) for p in sorted(path.iterdir()) if (k := _kind(p))]
 
 
 def _items(kind: str, root: Path, strict: bool, on_error: OnError | None) -> Iterator[Item]:
-    suffix = ".txt" if kind == "strokes" else ".png"
-    for f in sorted(root.glob(f"*/*/*{suffix}")):
+    for f, in_layout in _layout_files(kind, root):
+        if not in_layout:
+            where = (
+                f"{root.name}/<alphabet>/<character>/{'<name>.txt' if kind == 'strokes' else '<name>.png'}"
+            )
+            report(
+                FormatError(f, None, f"not in the Omniglot layout (expected {where}); not read"),
+                strict,
+                on_error,
+            )
+            continue
         alphabet, character = f.parent.parent.name, f.parent.name
         label = f"{alphabet}/{character}"
         pair = f"{label}/{f.stem}"

@@ -3,7 +3,8 @@
 A sketch's file name starts with the id of the photo it was drawn from, so ``pair`` = that photo id for a
 sketch and the photo's own id for a photo (instance-level pairs); other photos of the class are distractors.
 Both are raster: ``image`` uint8 (H, W, 3) (128 x 128 in the shared subset). Label = class folder name.
-An unreadable image is a bad record (see ``formats.base``).
+An unreadable image is a bad record (see ``formats.base``), and so is an image that is not at
+``sketch|photo/<class>/<file>`` (reported by name, not read).
 """
 
 from __future__ import annotations
@@ -35,8 +36,18 @@ def sketchy_photo_id(stem: str) -> str:
 
 def _items(root: Path, folder: str, strict: bool, on_error: OnError | None) -> Iterator[Item]:
     modality = _FOLDERS[folder]
-    for f in sorted((root / folder).glob("*/*")):
-        if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
+    base = root / folder
+    for f in sorted(base.rglob("*")):
+        rel = f.relative_to(base)
+        if (
+            f.suffix.lower() not in IMAGE_SUFFIXES
+            or not f.is_file()
+            or any(s.startswith(".") for s in rel.parts)
+        ):
+            continue
+        if len(rel.parts) != 2:
+            reason = f"not in the Sketchy layout (expected {folder}/<class>/<name>{f.suffix}); not read"
+            report(FormatError(f, None, reason), strict, on_error)
             continue
         try:
             img = load_image(f)
