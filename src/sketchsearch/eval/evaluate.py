@@ -206,7 +206,7 @@ def evaluate(
     results: dict[str, dict[str, Any]] = {}
     for name, q_part, g_part in evaluations:
         r = retriever() if callable(retriever) and not isinstance(retriever, (Retriever, Method)) else retriever
-        if results and isinstance(r, Retriever):
+        if results and r is retriever and isinstance(r, Retriever):
             raise ValueError("a Retriever holds one gallery: pass a Method or a factory to evaluate several parts")
         g_items = [collection[i] for i in split.part(g_part)]
         g_keys = [_key(it, protocol) for it in g_items]
