@@ -38,9 +38,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA_ROOT, RESULTS, ROOT, machine_info, table_markdown, write_results
+from sketchsearch.eval.protocol import evaluate_retrieval, load_labelled
 
 from sketchsearch.eval.plots import retrieval_grid
-from sketchsearch.eval.protocol import evaluate_retrieval, load_labelled
 from sketchsearch.methods.base import Method, create_method
 from sketchsearch.methods.gan_encoder import (
     GANEncoder,

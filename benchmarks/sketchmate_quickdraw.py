@@ -4,25 +4,31 @@
         [--pretrain-iterations 300 --fused-iterations 100 --iterations 300 --batch-size 64] [--ship]
 
 Protocol (scaled from the paper's 100 queries + 1,000 gallery sketches per class on 3.8M sketches to a
-folder with 11-114 drawings per class): classes are split (seeded) into seen and unseen (``--unseen``
+folder with 11-114 drawings per class): SketchMate's ``class_holdout`` split (``data.splits``) of
+``data.sources.load_collection(--data)``: classes are split (seeded) into seen and unseen (``--unseen``
 classes, zero-shot); each seen class gives 10% of its drawings as queries (>= 1), 30% as gallery (>= 1),
-the rest for training; each unseen class 10% queries, the rest gallery. Retrieval is class-level (same
-class = relevant), queries against the gallery of their own side (seen / unseen). mAP@all and P@k with
-``k = --p-at`` (10: the paper's P@200 is 20% of a 1,000-sketch class gallery; our class galleries hold
-~8 sketches, so P@10 is the nearest sensible analogue; it is bounded by gallery size / 10).
+the rest for training; each unseen class 10% queries, the rest gallery. The split is made once, saved to
+``<--out>_split.json``, and every row is trained and scored on it. Retrieval (``eval.evaluate``) is
+class-level (same class = relevant), queries against the gallery of their own side (``main``: seen;
+``zero_shot``: unseen). mAP@all and P@k with ``k = --p-at`` (10: the paper's P@200 is 20% of a 1,000-sketch
+class gallery; our class galleries hold ~8 sketches, so P@10 is the nearest sensible analogue; it is
+bounded by gallery size / 10).
 
-Rows: full model at every ``--bits``; at 64 bits (when 64 is among ``--bits``): CNN branch only, RNN branch
-only, without the centre loss, without noise removal; the pixel ITQ and LSH baselines at every ``--bits``. Branch pretraining (stage 1) is
-run once and shared by every row that has that branch; the 64-bit fused pretraining is shared by the full,
-no-centre and no-noise-removal rows (they differ only after it). Results are written after every row to
-``benchmarks/results/sketchmate_quickdraw.{json,md}``. ``--ship`` saves the 64-bit full model as
+Rows: every SketchMate row is one ``recipes.run_recipe("sketchmate", ...)`` call, the same as
+``sketchsearch train sketchmate`` (all four stages, seeded before the method is built, so a row does not
+depend on the rows before it): the full model at every ``--bits``; at 64 bits (when 64 is among ``--bits``)
+without the centre loss, without noise removal, CNN branch only, RNN branch only. The pixel ITQ and LSH
+baselines at every ``--bits`` are fitted on the split's train part (``eval.evaluate.evaluate_rows``).
+Results are written after every row to ``<--out>.{json,md}`` (default
+``benchmarks/results/sketchmate_quickdraw``). ``--ship`` saves the 64-bit full model (and its split) as
 ``src/sketchsearch/pretrained/sketchmate-quickdraw-64``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,18 +37,21 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA_ROOT, RESULTS, ROOT, machine_info, write_results
+from _common import DATA_ROOT, RESULTS, ROOT, machine_info
 
-from sketchsearch.methods.base import create_method
-from sketchsearch.methods.sketchmate import (
-    SketchMate,
-    load_quickdraw_sketches,
-    recognition_accuracy,
-    retrieval_metrics,
-    split_by_class,
-    train_sketchmate,
+from sketchsearch._io import atomic_write_text
+from sketchsearch.data.sources import load_collection
+from sketchsearch.data.splits import make_split
+from sketchsearch.eval.evaluate import DEFAULT_KS, Row, evaluate_rows, markdown_table
+from sketchsearch.recipes import run_recipe
+
+#: (label, run_recipe options) of the 64-bit ablations, run after the 64-bit full model
+ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("SketchMate (no centre loss)", {"use_centre_loss": False}),
+    ("SketchMate (no noise removal)", {"noise_removal": False}),
+    ("SketchMate (CNN branch only)", {"branches": "cnn"}),
+    ("SketchMate (RNN branch only)", {"branches": "rnn"}),
 )
-from sketchsearch.train import TrainConfig, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,206 +64,86 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=300, help="iterations of the full-objective stage")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--p-at", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--p-at", type=int, default=10, choices=DEFAULT_KS, help="the P@k column")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the split and of every row's training")
     ap.add_argument("--max-classes", type=int, default=None, help="use only the first N classes (smoke runs)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (results depend on it, bit for bit)"
+    )
     ap.add_argument("--ship", action="store_true", help="save the 64-bit full model as the shipped artifact")
     ap.add_argument("--out", default=str(RESULTS / "sketchmate_quickdraw"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    command = "python benchmarks/sketchmate_quickdraw.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
 
     t_load = time.perf_counter()
-    by_class, skipped = load_quickdraw_sketches(args.data)
-    if args.max_classes:
-        by_class = {c: by_class[c] for c in sorted(by_class)[: args.max_classes]}
-    split = split_by_class(by_class, unseen=args.unseen, seed=args.seed)
-    split.skipped = skipped
-    n_classes = len(split.classes)
-    y_train = split.label_ids(split.train)
-    held = split.query + split.gallery
-    print(f"data: {split.summary()} (read in {time.perf_counter() - t_load:.1f}s)", flush=True)
-    cfg = TrainConfig(
-        iterations=args.iterations,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        progress=False,
-        log_every=50,
+    coll = load_collection(args.data)
+    classes = set(coll.classes[: args.max_classes] if args.max_classes else coll.classes)
+    split = make_split("class_holdout", [it for it in coll if it.label in classes], seed=args.seed,
+                       unseen=args.unseen)  # fmt: skip
+    split_file = out.with_name(out.name + "_split.json")
+    dataclasses.replace(split, data=args.data).save(split_file)
+    print(
+        f"data: {split.summary()} (read in {time.perf_counter() - t_load:.1f}s) -> {split_file}", flush=True
     )
-    report: dict[str, Any] = {
-        "benchmark": "sketchmate_quickdraw",
-        "command": "python benchmarks/sketchmate_quickdraw.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "data": args.data, "split": split.summary(), "p_at": args.p_at, "config": vars(args),
-        "machine": {**machine_info(), "threads": args.threads},
-        "rows": [],
-    }  # fmt: skip
 
-    def evaluate(name: str, bits: int, method: Any, train_info: dict[str, Any]) -> dict[str, Any]:
-        method.cpu().eval()
-        q_lab, g_lab = [s.label for s in split.query], [s.label for s in split.gallery]
-        seen = retrieval_metrics(method, split.query, q_lab, split.gallery, g_lab, ks=(args.p_at,))
-        zs = retrieval_metrics(
-            method, split.unseen_query, [s.label for s in split.unseen_query],
-            split.unseen_gallery, [s.label for s in split.unseen_gallery], ks=(args.p_at,),
-        )  # fmt: skip
-        row = {
-            "row": name, "bits": bits, "mAP@all": seen["mAP@all"], f"P@{args.p_at}": seen[f"P@{args.p_at}"],
-            "zero_shot_mAP@all": zs["mAP@all"], f"zero_shot_P@{args.p_at}": zs[f"P@{args.p_at}"],
-            "recognition_acc": recognition_accuracy(method, held, split.label_ids(held)) if isinstance(method, SketchMate) else None,
-            "train_seconds": train_info.get("train_seconds"), "encode_per_second": seen["encode_per_second"],
-            "training": train_info,
-        }  # fmt: skip
-        report["rows"].append(row)
-        write(report)
-        print(f"{name:>28} {bits:3d} bits  mAP@all {row['mAP@all']:.4f}  P@{args.p_at} {row[f'P@{args.p_at}']:.4f}  "
-              f"zero-shot mAP {row['zero_shot_mAP@all']:.4f}  acc {row['recognition_acc']}  train {row['train_seconds']}s", flush=True)  # fmt: skip
-        return row
+    p_at = f"P@{args.p_at}"
+    columns = ("mAP@all", p_at, "recognition_acc")
+    notes = [
+        (
+            f"{p_at}: see the script's docstring. recognition_acc: the fused classifier's top-1 accuracy on the"
+            " seen classes' held-out drawings (queries + gallery)."
+        ),
+        (
+            "Every SketchMate row is one run_recipe('sketchmate', ...) call: all stages trained by that row,"
+            f" seeded ({args.seed}) before the method is built; CPU, {args.threads} torch thread(s) (another"
+            " thread count gives other weights: floating-point sums in another order). ITQ / LSH: fitted on the"
+            " train part."
+        ),
+        f"Split: {split_file.name}. Train seconds and encode/s per row: `training`, `main.encode_per_s` (JSON).",
+    ]
+    meta = {"command": command, "config": vars(args), "split_file": split_file.name, "machine": machine_info()}
 
-    def write(rep: dict[str, Any]) -> None:
-        write_results(args.out, rep, markdown(rep))
+    def write(doc: dict[str, Any], finished: bool = False) -> None:
+        doc["finished"] = finished
+        atomic_write_text(out.with_suffix(".json"), json.dumps(doc, indent=2, default=str) + "\n")
+        md = markdown_table(doc, columns)
+        atomic_write_text(out.with_suffix(".md"), md + ("" if finished else "\n_(run in progress)_\n"))
 
     # ---- the pixel baselines first (seconds), then SketchMate
-    for bits in args.bits:
-        for name in ("itq", "lsh"):
-            b = create_method(name, nbits=bits)
-            t0 = time.perf_counter()
-            b.fit(split.train)
-            evaluate(
-                f"{name.upper()} (pixels 32x32)",
-                bits,
-                b,
-                {"train_seconds": round(time.perf_counter() - t0, 1)},
-            )
-    # ---- stage 1, shared: each branch pretrained once for recognition
-    from sketchsearch.data.batching import SketchDataset
+    baselines = [Row(f"{n.upper()} (pixels 32x32)", method=n, kwargs={"nbits": b, "seed": args.seed})
+                 for b in args.bits for n in ("itq", "lsh")]  # fmt: skip
+    doc = evaluate_rows(baselines, coll, split, title="SketchMate on QuickDraw (raw ndjson subset)", notes=notes,
+                        meta=meta, columns=columns[:2], progress=lambda s: print(s, flush=True))  # fmt: skip
+    write(doc)
+    rows = [("SketchMate", 64, {})] if 64 in args.bits else []
+    rows += [(label, 64, kw) for label, kw in ABLATIONS if 64 in args.bits]
+    rows += [("SketchMate", b, {}) for b in args.bits if b != 64]
+    recipe = {"seed": args.seed, "iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr,
+              "split_file": split_file, "progress": False, "pretrain_iterations": args.pretrain_iterations,
+              "fused_iterations": args.fused_iterations}  # fmt: skip
+    for label, bits, kw in rows:
+        res = run_recipe("sketchmate", args.data, nbits=bits, **recipe, **kw)
+        main_ = {**res.metrics["main"], "recognition_acc": res.metrics["recognition_acc"]}
+        zero_shot = res.metrics.get("zero_shot")
+        doc["rows"].append({"label": label, "model": None, "method": "sketchmate", "kwargs": {"nbits": bits, **kw},
+                            "model_id": "unsaved", "training": res.training, "main": main_,
+                            **({"zero_shot": zero_shot} if zero_shot else {})})  # fmt: skip
+        write(doc)
+        print(f"{label:>30} {bits:3d} bits  mAP@all {main_['mAP@all']:.4f}  {p_at} {main_[p_at]:.4f}  zero-shot "
+              f"mAP {zero_shot['mAP@all'] if zero_shot else float('nan'):.4f}  acc {main_['recognition_acc']:.3f}  "
+              f"train {res.training['train_seconds']}s", flush=True)  # fmt: skip
+        if args.ship and (label, bits) == ("SketchMate", 64):
+            from sketchsearch.model import save_model
 
-    base = SketchMate(nbits=64, n_classes=n_classes)
-
-    data_both = SketchDataset(split.train, y_train, base.preprocessing)
-    shared: dict[str, float] = {}
-    for phase in ("pretrain_cnn", "pretrain_rnn"):
-        res = train(
-            base,
-            data_both,
-            TrainConfig(**{**vars(cfg), "phase": phase, "iterations": args.pretrain_iterations}),
-        )
-        shared[phase] = round(res.seconds, 1)
-        print(f"{phase}: {res.seconds:.0f}s, last {res.history[-1] if res.history else {}}", flush=True)
-    branch_state = {k: v.clone() for k, v in base.state_dict().items() if k.startswith(("cnn", "rnn"))}
-
-    def fresh(**kw: Any) -> SketchMate:
-        m = SketchMate(n_classes=n_classes, **kw)
-        own = m.state_dict()
-        m.load_state_dict({**own, **{k: v for k, v in branch_state.items() if k in own}})
-        return m
-
-    def run(m: SketchMate, **kw: Any) -> dict[str, Any]:
-        info = train_sketchmate(
-            m,
-            split.train,
-            y_train,
-            cfg,
-            skip_branch_pretraining=True,
-            fused_iterations=args.fused_iterations,
-            **kw,
-        )
-        branches = {
-            "both": ("pretrain_cnn", "pretrain_rnn"),
-            "cnn": ("pretrain_cnn",),
-            "rnn": ("pretrain_rnn",),
-        }[m.branches]
-        info["shared_pretraining_seconds"] = {p: shared[p] for p in branches}
-        info["train_seconds"] = round(info["train_seconds"] + sum(shared[p] for p in branches), 1)
-        return info
-
-    if 64 in args.bits:  # the ablations are measured at 64 bits only
-        # ---- 64 bits: full, then the ablations that share its fused pretraining
-        m64 = fresh(nbits=64)
-        info64 = train_sketchmate(m64, split.train, y_train, replace_its(cfg, 0), skip_branch_pretraining=True,
-                                  fused_iterations=args.fused_iterations, noise_removal=True)  # fmt: skip
-        fused_state = copy.deepcopy(m64.state_dict())
-        fused_secs = info64["stages"]["pretrain_fused"]["seconds"]
-        for name, kw, nr in (("full", {}, True), ("no centre loss", {"use_centre_loss": False}, True),
-                             ("no noise removal", {}, False)):  # fmt: skip
-            m = SketchMate(nbits=64, n_classes=n_classes, **kw)
-            m.load_state_dict(fused_state)
-            info = train_sketchmate(
-                m,
-                split.train,
-                y_train,
-                cfg,
-                skip_branch_pretraining=True,
-                fused_iterations=0,
-                noise_removal=nr,
-            )
-            info["stages"]["pretrain_fused"] = info64["stages"]["pretrain_fused"]
-            info["shared_pretraining_seconds"] = dict(shared)
-            info["train_seconds"] = round(info["train_seconds"] + fused_secs + sum(shared.values()), 1)
-            evaluate(f"SketchMate ({name})" if name != "full" else "SketchMate", 64, m, info)
-            if name == "full" and args.ship:
-                from sketchsearch.model import save_model
-
-                card = save_model(m, ROOT / "src" / "sketchsearch" / "pretrained" / "sketchmate-quickdraw-64", training={
-                    "command": report["command"], "recipe_equivalent": (
-                        f"sketchsearch train sketchmate --data {args.data} --iterations {args.iterations} --batch-size "
-                        f"{args.batch_size} --lr {args.lr} --seed {args.seed} --set unseen={args.unseen} --set "
-                        f"pretrain_iterations={args.pretrain_iterations} --set fused_iterations={args.fused_iterations}"),
-                    "data": "QuickDraw raw ndjson subset (../shared/data/quickdraw/raw), seen classes' train part",
-                    **info, "split": split.summary(), "classes": split.classes, "unseen_classes": split.unseen_classes,
-                }, metrics={k: v for k, v in report["rows"][-1].items() if k not in ("training",)})  # fmt: skip
-                print(f"shipped {card.model_id}", flush=True)
-
-        # ---- single branches at 64 bits
-        for name, br in (("CNN branch only", "cnn"), ("RNN branch only", "rnn")):
-            m = fresh(nbits=64, branches=br)
-            evaluate(f"SketchMate ({name})", 64, m, run(m))
-
-    # ---- other code lengths (full model) and the pixel baselines
-    for bits in args.bits:
-        if bits != 64:
-            m = fresh(nbits=bits)
-            evaluate("SketchMate", bits, m, run(m))
-    report["finished"] = True
-    write(report)
+            card = save_model(res.method, ROOT / "src" / "sketchsearch" / "pretrained" / "sketchmate-quickdraw-64",
+                              training={**res.training, "command": command}, metrics=res.metrics, split=res.split)  # fmt: skip
+            print(f"shipped {card.model_id}", flush=True)
+    write(doc, finished=True)
     return 0
-
-
-def replace_its(cfg: TrainConfig, iterations: int) -> TrainConfig:
-    from dataclasses import replace
-
-    return replace(cfg, iterations=iterations)
-
-
-def markdown(rep: dict[str, Any]) -> str:
-    k = rep["p_at"]
-    s = rep["split"]
-    lines = [
-        "# SketchMate on QuickDraw (raw ndjson subset)",
-        "",
-        f"Command: `{rep['command']}`",
-        "",
-        (
-            f"Split: {s['seen_classes']} seen classes ({s['train']} train / {s['gallery']} gallery / {s['query']} query sketches), "
-            f"{s['unseen_classes']} unseen classes ({s['unseen_gallery']} gallery / {s['unseen_query']} query) for zero-shot. "
-            f"P@{k}: see the script's docstring. Train seconds: CPU, {rep['machine']['threads']} thread(s), shared machine, "
-            "all stages of that row (shared pretraining counted in every row that uses it). Encode/s: sketches encoded "
-            "per second on CPU, rendering and stroke encoding included."
-        ),
-        "",
-        f"| row | bits | mAP@all | P@{k} | zero-shot mAP@all | zero-shot P@{k} | recognition acc | train s | encode/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rep["rows"]:
-        acc = f"{r['recognition_acc']:.3f}" if r.get("recognition_acc") is not None else "-"
-        lines.append(
-            f"| {r['row']} | {r['bits']} | {r['mAP@all']:.4f} | {r[f'P@{k}']:.4f} | {r['zero_shot_mAP@all']:.4f} | "
-            f"{r[f'zero_shot_P@{k}']:.4f} | {acc} | {r['train_seconds']} | {r['encode_per_second']:.0f} |"
-        )
-    if not rep.get("finished"):
-        lines += ["", "_(run in progress: rows are added as they finish)_"]
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

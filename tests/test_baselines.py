@@ -1,4 +1,5 @@
-"""Pixel baselines (LSH, ITQ, PCA): the math against numpy, fitting inputs, artifacts round-trip, recipes."""
+"""Pixel baselines (LSH, ITQ, PCA): the math against numpy, fitting inputs, artifacts round-trip, recipes,
+and the README's QuickDraw table (real data)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from sketchsearch.data.batching import RasterDataset
 from sketchsearch.data.sketch import Sketch
 from sketchsearch.errors import ModelError
 from sketchsearch.methods import create_method, list_methods
-from sketchsearch.methods.base import RECIPES, Preprocessing
+from sketchsearch.methods.base import Preprocessing
 from sketchsearch.methods.baselines import itq_rotation, pca_basis
+from sketchsearch.recipes import list_recipes, run_recipe
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +45,7 @@ def batch_of(x: np.ndarray) -> dict[str, torch.Tensor]:
 
 def test_registered() -> None:
     assert {"itq", "lsh", "pca"} <= set(list_methods())
-    assert "itq" in RECIPES and "lsh" in RECIPES
+    assert {"itq", "lsh", "pca"} <= set(list_recipes())
 
 
 @pytest.mark.parametrize("nbits", [16, 32, 64, 128])
@@ -178,13 +180,66 @@ def _write_quickdraw_folder(folder, n_classes: int = 3, per_class: int = 14) -> 
 
 @pytest.mark.parametrize("name", ["itq", "lsh"])
 def test_recipe_reads_data_fits_on_gallery_and_scores_itself(name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("sketchsearch.index.hamming", reason="the Hamming index is not in the tree yet")
-    from sketchsearch.train import TrainConfig
+    from sketchsearch.data.batching import item_input
+    from sketchsearch.data.sources import load_collection
+    from sketchsearch.data.splits import make_split
 
     _write_quickdraw_folder(tmp_path / "qd")
-    method, info, metrics = RECIPES.get(name)(
-        str(tmp_path / "qd"), TrainConfig(seed=0), bits=16, queries_per_class=4
+    res = run_recipe(name, str(tmp_path / "qd"), seed=0, progress=False, nbits=16, queries_per_class=4)
+    method, training, main = res.method, res.training, res.metrics["main"]
+    assert res.split is not None and res.split.kind == "category" and not res.split.train
+    assert method.code_size == 16 and training["fitted_on"] == "gallery" and training["n_train"] == 3 * 10
+    assert training["split"]["query"] == 12 and training["split"]["gallery"] == 30
+    assert main["n_queries"] == 12 and main["n_gallery"] == 30 and "zero_shot" not in res.metrics
+    assert main["mAP@all"] > 0.5  # three clearly different shapes; chance is 1/3
+    # fitted on exactly the split's gallery, in its order: the same fit by hand gives the same projection
+    coll = load_collection(tmp_path / "qd")
+    split = make_split("category", coll.items, queries_per_class=4, seed=0)
+    assert res.split.parts == split.parts
+    by_hand = create_method(name, nbits=16)
+    by_hand.fit([item_input(coll[i]) for i in split.gallery])
+    torch.testing.assert_close(method.projection, by_hand.projection, rtol=0, atol=0)
+
+
+def test_rows_on_a_split_with_train_part_and_unseen_classes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The baseline rows of the SketchMate table: fitted on the split's train part, scored on the seen classes'
+    held-out queries / gallery and, apart, on the unseen classes (zero-shot)."""
+    from sketchsearch.data.sources import load_collection
+    from sketchsearch.data.splits import make_split
+    from sketchsearch.eval.evaluate import Row, evaluate_rows
+
+    _write_quickdraw_folder(tmp_path / "qd")
+    coll = load_collection(tmp_path / "qd")
+    split = make_split("class_holdout", coll.items, seed=0, unseen=1)
+    doc = evaluate_rows([Row("ITQ 16", method="itq", kwargs={"nbits": 16}), Row("PCA 8", method="pca",
+                         kwargs={"dim": 8})], coll, split)  # fmt: skip
+    for row in doc["rows"]:
+        assert row["fit"]["fitted_on"] == "train" and row["fit"]["n_train"] == len(split.train) == 2 * 9
+        assert row["main"]["n_queries"] == len(split.query) == 2 and row["main"]["n_gallery"] == 2 * 4
+        assert row["zero_shot"]["n_queries"] == 1 and row["zero_shot"]["n_gallery"] == 13
+        assert row["main"]["mAP@all"] > 0.9  # two clearly different shapes
+        assert row["zero_shot"]["mAP@all"] == 1.0  # one class: every gallery item is relevant
+
+
+@pytest.mark.data
+def test_readme_itq_16_figures_on_quickdraw(shared_data) -> None:  # type: ignore[no-untyped-def]
+    """The README's pixel-baseline table, row ITQ 16: the category split (10 queries per class, seed 0) of
+    QuickDraw raw, ITQ fitted on its gallery; the split is the one saved with the benchmark's results."""
+    from pathlib import Path
+
+    from sketchsearch.data.sources import load_collection
+    from sketchsearch.data.splits import Split, make_split
+    from sketchsearch.eval.evaluate import Row, evaluate_rows
+
+    coll = load_collection(shared_data / "quickdraw" / "raw")
+    split = make_split("category", coll.items, queries_per_class=10, seed=0)
+    saved = (
+        Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "quickdraw_raw_split_q10_seed0.json"
     )
-    assert method.code_size == 16 and info["n_train"] == 3 * 10 and info["split"]["n_query"] == 12
-    assert metrics["n_queries"] == 12 and metrics["n_gallery"] == 30
-    assert metrics["mAP@all"] > 0.5  # three clearly different shapes; chance is 1/3
+    assert split.parts == Split.load(saved).parts
+    assert (len(split.query), len(split.gallery)) == (3000, 5359)
+    doc = evaluate_rows(
+        [Row("ITQ 16", method="itq", kwargs={"nbits": 16, "seed": 0})], coll, split, ks=(100,)
+    )
+    main = doc["rows"][0]["main"]
+    assert (round(main["mAP@all"], 4), round(main["P@100"], 4)) == (0.0258, 0.0219)

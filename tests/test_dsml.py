@@ -1,5 +1,5 @@
 """The dsml method: registry, one CPU training step per distance (float and hashing), encoding contract,
-class-balanced batches, the model card round trip."""
+the recipe's class-balanced batches, the data it reads, the model card round trip."""
 
 from __future__ import annotations
 
@@ -12,16 +12,9 @@ import torch
 from PIL import Image
 
 from sketchsearch.data.sketch import Sketch
-from sketchsearch.methods.base import RECIPES, create_method, list_methods
-from sketchsearch.methods.dsml import (
-    DSML,
-    ClassGroupDataset,
-    DSMLHash,
-    collate_groups,
-    load_labelled_drawings,
-    quantization_loss,
-)
-from sketchsearch.train import TrainConfig
+from sketchsearch.methods.base import create_method, list_methods
+from sketchsearch.methods.dsml import DSML, DSMLHash, quantization_loss
+from sketchsearch.recipes import list_recipes, run_recipe
 
 
 def _batch(n_classes: int = 4, m: int = 4, size: int = 64) -> dict[str, torch.Tensor]:
@@ -34,7 +27,7 @@ def _batch(n_classes: int = 4, m: int = 4, size: int = 64) -> dict[str, torch.Te
 
 def test_registered_with_a_recipe() -> None:
     assert "dsml" in list_methods()
-    assert "dsml" in RECIPES
+    assert "dsml" in list_recipes()
 
 
 @pytest.mark.parametrize("distance", ["snr", "euclidean", "cosine"])
@@ -118,25 +111,6 @@ def test_quantization_loss() -> None:
     assert quantization_loss(z).item() == pytest.approx((0.25 + 0.0 + 0.0 + 0.01) / 4)
 
 
-def test_class_groups_hold_one_class_and_are_seeded() -> None:
-    labels = [0] * 5 + [1] * 2 + [2] * 9
-    base = [{"raster": np.full((4, 4), i, dtype=np.float32), "label": y} for i, y in enumerate(labels)]
-    ds = ClassGroupDataset(base, labels, m=4, seed=1)  # type: ignore[arg-type]
-    assert len(ds) == 4
-    for i in range(6):
-        group = ds[i]
-        assert len(group) == 4 and len({e["label"] for e in group}) == 1
-        assert group[0]["label"] == [0, 1, 2][i % 3]
-    again = ClassGroupDataset(base, labels, m=4, seed=1)  # type: ignore[arg-type]
-    assert [e["raster"][0, 0] for e in again[0]] == [
-        e["raster"][0, 0] for e in ClassGroupDataset(base, labels, m=4, seed=1)[0]
-    ]  # type: ignore[arg-type]
-    batch = collate_groups([ds[0], ds[1]])
-    assert batch["raster"].shape == (8, 1, 4, 4) and batch["label"].tolist() == [0] * 4 + [1] * 4
-    with pytest.raises(ValueError, match=">= 2"):
-        ClassGroupDataset(base, labels, m=1)  # type: ignore[arg-type]
-
-
 def _write_quickdraw(path: Path, word: str, n: int, rng: np.random.Generator) -> None:
     lines = []
     for i in range(n):
@@ -148,15 +122,51 @@ def _write_quickdraw(path: Path, word: str, n: int, rng: np.random.Generator) ->
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_load_labelled_drawings_quickdraw_and_image_folders(tmp_path: Path) -> None:
+def test_recipe_batches_hold_whole_class_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every training batch of the recipe is batch_size // per_class classes x per_class drawings of the
+    split's train part, drawn the same way for the same seed."""
+    rng = np.random.default_rng(1)
+    for word in ("cat", "dog", "sun", "cup", "hat"):
+        _write_quickdraw(tmp_path / f"{word}.ndjson", word, 20, rng)
+    seen: list[list[int]] = []
+    step = DSML.step
+
+    def recording_step(self, model, batch, optimizers):  # type: ignore[no-untyped-def]
+        seen.append(batch["label"].tolist())
+        return step(self, model, batch, optimizers)
+
+    monkeypatch.setattr(DSML, "step", recording_step)
+    kw = {"seed": 0, "iterations": 5, "batch_size": 8, "progress": False, "width": 0.125, "embedding_dim": 16,
+          "unseen": 1, "per_class": 4}  # fmt: skip
+    res = run_recipe("dsml", str(tmp_path), **kw)
+    assert len(seen) == 5 and res.split is not None and len(res.split.seen_classes) == 4
+    for labels in seen:
+        groups = [labels[i : i + 4] for i in range(0, 8, 4)]
+        assert all(len(set(g)) == 1 for g in groups), labels  # 2 classes x 4 drawings
+    assert len({tuple(b) for b in seen}) > 1  # classes change from batch to batch
+    first, seen[:] = list(seen), []
+    run_recipe("dsml", str(tmp_path), **kw)
+    assert seen == first
+    with pytest.raises(ValueError, match=">= 2"):
+        run_recipe("dsml", str(tmp_path), **{**kw, "per_class": 1})
+
+
+def test_reads_quickdraw_and_image_folders(tmp_path: Path) -> None:
+    """What DSML trains on: load_collection + item_input give strokes (QuickDraw) or images (class folders),
+    both encoded as rasters; bad records are skipped and counted."""
+    from sketchsearch.data.batching import item_input, make_batch
+    from sketchsearch.data.sources import load_collection
+    from sketchsearch.errors import FormatError
+
     rng = np.random.default_rng(0)
     qd = tmp_path / "qd"
     qd.mkdir()
     _write_quickdraw(qd / "cat.ndjson", "cat", 3, rng)
     _write_quickdraw(qd / "dog.ndjson", "dog", 2, rng)
-    drawings, labels, ids = load_labelled_drawings(qd)
-    assert labels == ["cat"] * 3 + ["dog"] * 2 and ids[0] == "cat0"
-    assert all(isinstance(d, Sketch) for d in drawings)
+    coll = load_collection(qd)
+    assert [it.label for it in coll] == ["cat"] * 3 + ["dog"] * 2 and coll.ids[0] == "cat0"
+    assert coll.skipped == 2
+    assert all(isinstance(item_input(it), Sketch) for it in coll)
     imgs = tmp_path / "img"
     for cls in ("a", "b"):
         (imgs / cls).mkdir(parents=True)
@@ -164,22 +174,34 @@ def test_load_labelled_drawings_quickdraw_and_image_folders(tmp_path: Path) -> N
             arr = np.full((32, 32), 255, dtype=np.uint8)
             arr[8 + k : 20, 10] = 0
             Image.fromarray(arr).save(imgs / cls / f"p{k}-1.png")
-    drawings, labels, ids = load_labelled_drawings(imgs)
-    assert labels == ["a", "a", "b", "b"] and ids == ["a/p0-1", "a/p1-1", "b/p0-1", "b/p1-1"]
+    pics = load_collection(imgs)
+    assert [it.label for it in pics] == ["a", "a", "b", "b"]
+    assert pics.ids == ["a/p0-1", "a/p1-1", "b/p0-1", "b/p1-1"]
+    m = create_method("dsml", width=0.125, embedding_dim=16).eval()
+    for c in (coll, pics):
+        batch = make_batch([item_input(it) for it in c], m.preprocessing)
+        assert batch["raster"].shape == (len(c), 1, 64, 64) and float(batch["raster"].max()) > 0.5
+        with torch.no_grad():
+            assert m.encode_sketch(batch).shape == (len(c), 16)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no labelled drawings"):
-        load_labelled_drawings(tmp_path / "empty")
+    with pytest.raises(FormatError, match="cannot tell the data format"):
+        load_collection(tmp_path / "empty")
 
 
 def test_recipe_trains_a_few_steps(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     for word in ("cat", "dog", "sun"):
-        _write_quickdraw(tmp_path / f"{word}.ndjson", word, 4, rng)
-    cfg = TrainConfig(iterations=2, batch_size=8, seed=0, device="cpu", progress=False, log_every=1)
-    method, info, metrics = RECIPES.get("dsml")(str(tmp_path), cfg, width=0.125, embedding_dim=16)
+        _write_quickdraw(tmp_path / f"{word}.ndjson", word, 8, rng)
+    res = run_recipe("dsml", str(tmp_path), seed=0, iterations=2, batch_size=8, device="cpu", progress=False,
+                     width=0.125, embedding_dim=16, unseen=1)  # fmt: skip
+    method, training = res.method, res.training
     assert isinstance(method, DSML) and method.code_size == 16
-    assert info["n_classes"] == 3 and info["n_drawings"] == 12 and info["iterations"] == 2
-    assert np.isfinite(metrics["final_train_loss"])
+    assert res.split is not None and (len(res.split.seen_classes), len(res.split.unseen_classes)) == (2, 1)
+    assert training["iterations"] == 2 and training["skipped_records"] == 3
+    assert training["n_train"] == len(res.split.train) == 2 * (8 - 1 - 2)  # per class: 1 query, 2 gallery
+    assert np.isfinite(training["last"]["loss"]) and training["last"]["iteration"] == 2
+    for name in ("main", "zero_shot"):
+        assert 0.0 < res.metrics[name]["mAP@all"] <= 1.0 and res.metrics[name]["code_size"] == 16
 
 
 def test_regularizer_choice_reaches_the_loss() -> None:

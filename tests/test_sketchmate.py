@@ -1,4 +1,5 @@
-"""SketchMate: network shapes, 4-d strokes, noise removal, losses by hand, one step per stage, artifacts."""
+"""SketchMate: network shapes, 4-d strokes, noise removal, losses by hand, one step per stage, artifacts, the
+recipe (split, stages, evaluation) and its determinism, the shipped model on its own split."""
 
 from __future__ import annotations
 
@@ -149,6 +150,12 @@ def _dataset(rng: np.random.Generator, n: int = 12):  # type: ignore[no-untyped-
     return SketchDataset(_sketches(rng, n), [i % 3 for i in range(n)], m.preprocessing)
 
 
+def _batches(m: SketchMate, data, size: int = 256):  # type: ignore[no-untyped-def]
+    """Labelled batches of a SketchDataset's drawings, in order."""
+    return [make_batch(data.items[i : i + size], m.preprocessing, data.labels[i : i + size])
+            for i in range(0, len(data.items), size)]  # fmt: skip
+
+
 def _snapshot(module: torch.nn.Module | None) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.parameters()] if module is not None else []
 
@@ -164,7 +171,6 @@ def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
 def test_one_training_step_per_stage(
     phase: str, centre_distance: str, rng: np.random.Generator, tmp_path: Path
 ) -> None:
-    from sketchsearch.methods.sketchmate import batches_of
     from sketchsearch.train import TrainConfig, train
 
     torch.manual_seed(0)
@@ -172,8 +178,8 @@ def test_one_training_step_per_stage(
     data = _dataset(rng)
     if phase == "full":
         with pytest.raises(ModelError, match="centres"):
-            m.training_losses(next(iter(batches_of(m, data.items, data.labels))), phase="full")
-        info = m.compute_centres(batches_of(m, data.items, data.labels, batch_size=5))
+            m.training_losses(_batches(m, data)[0], phase="full")
+        info = m.compute_centres(_batches(m, data, size=5))
         assert info["sketches"] == 12 and bool(m.centres_ready)
     cnn0, rnn0, hash0 = _snapshot(m.cnn), _snapshot(m.rnn), _snapshot(m.hash)
     res = train(
@@ -205,14 +211,13 @@ def test_unknown_phase_and_missing_branch(rng: np.random.Generator) -> None:
 
 
 def test_save_load_round_trip(rng: np.random.Generator, tmp_path: Path) -> None:
-    from sketchsearch.methods.sketchmate import batches_of
     from sketchsearch.model import load_model, save_model
 
     torch.manual_seed(1)
     m = create_method("sketchmate", **TINY)
     assert isinstance(m, SketchMate)
     data = _dataset(rng)
-    m.compute_centres(batches_of(m, data.items, data.labels), noise_removal=False)
+    m.compute_centres(_batches(m, data), noise_removal=False)
     card = save_model(m.eval(), tmp_path / "sm")
     m2, card2 = load_model(tmp_path / "sm")
     assert card2.model_id == card.model_id and card2.code_size == 16 and card2.output == "binary"
@@ -239,49 +244,104 @@ def _write_ndjson(folder: Path, rng: np.random.Generator, classes: int = 4, per_
             f.write('{"word": "class0", "drawing": [[[1, 2], [3]]]}\n')  # a bad record: skipped and counted
 
 
+TINY_RECIPE = {"iterations": 2, "batch_size": 8, "progress": False, "unseen": 1, "pretrain_iterations": 2,
+               "fused_iterations": 1, "cnn_width": 0.125, "rnn_hidden": 8, "nbits": 16}  # fmt: skip
+
+
 def test_recipe_end_to_end(rng: np.random.Generator, tmp_path: Path) -> None:
-    from sketchsearch.methods.base import RECIPES
-    from sketchsearch.train import TrainConfig
+    from sketchsearch.data.sources import load_collection
+    from sketchsearch.data.splits import make_split
+    from sketchsearch.recipes import run_recipe
 
     _write_ndjson(tmp_path / "qd", rng)
-    recipe = RECIPES.get("sketchmate")
-    cfg = TrainConfig(iterations=1, batch_size=8, progress=False)
-    method, info, metrics = recipe(str(tmp_path / "qd"), cfg, unseen=1, pretrain_iterations=1, fused_iterations=1,
-                                   cnn_width=0.125, rnn_hidden=8, nbits=16)  # fmt: skip
-    assert (
-        method.n_classes == 3
-        and info["split"]["unseen_classes"] == 1
-        and info["split"]["skipped_records"] == 4
-    )
-    assert set(info["stages"]) == set(PHASES)
-    assert (
-        0.0 <= metrics["mAP@all"] <= 1.0
-        and "zero_shot" in metrics
-        and 0.0 <= metrics["recognition_acc"] <= 1.0
-    )
+    res = run_recipe("sketchmate", str(tmp_path / "qd"), seed=0, out=tmp_path / "run", **TINY_RECIPE)
+    method, training, metrics = res.method, res.training, res.metrics
+    assert isinstance(method, SketchMate) and method.n_classes == 3 and method.nbits == 16
+    assert training["split"]["unseen_classes"] == 1 and training["skipped_records"] == 4
+    assert set(training["stages"]) == set(PHASES) and training["centres"]["sketches"] == len(res.split.train)
+    # the split is SketchMate's class hold-out of the data, saved in the work folder
+    split = make_split("class_holdout", load_collection(tmp_path / "qd").items, seed=0, unseen=1)
+    assert res.split.parts == split.parts and res.split.kind == "class_holdout"
+    assert (tmp_path / "run" / "split.json").read_text() == res.split.to_json()
+    # seen classes: held-out queries against the held-out gallery; the unseen class apart (zero-shot)
+    assert metrics["main"]["n_queries"] == len(split.query)
+    assert metrics["main"]["n_gallery"] == len(split.gallery)
+    assert metrics["zero_shot"]["n_queries"] == len(split.part("unseen_query"))
+    assert metrics["mAP@all"] == metrics["main"]["mAP@all"] and 0.0 < metrics["mAP@all"] <= 1.0
+    assert 0.0 <= metrics["recognition_acc"] <= 1.0
+
+
+def test_recipe_is_deterministic(rng: np.random.Generator, tmp_path: Path) -> None:
+    """The same seed on the same data gives bitwise the same weights and the same figures (timings aside).
+    (On CPU at the same number of torch threads: another thread count sums in another order.)"""
+    from sketchsearch.recipes import run_recipe
+
+    _write_ndjson(tmp_path / "qd", rng)
+    runs = [run_recipe("sketchmate", str(tmp_path / "qd"), seed=3, **TINY_RECIPE) for _ in range(2)]
+    a, b = (r.method.state_dict() for r in runs)
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    timings = ("ms_per_query", "encode_per_s")
+    for name in ("main", "zero_shot"):
+        assert {k: v for k, v in runs[0].metrics[name].items() if k not in timings} == {
+            k: v for k, v in runs[1].metrics[name].items() if k not in timings
+        }
+    assert runs[0].metrics["recognition_acc"] == runs[1].metrics["recognition_acc"]
+    assert runs[0].training["stages"]["full"]["last"] == runs[1].training["stages"]["full"]["last"]
+    # and the seed matters: another one gives other weights
+    other = run_recipe("sketchmate", str(tmp_path / "qd"), seed=4, **TINY_RECIPE).method.state_dict()
+    assert not torch.equal(other["classifier.weight"], a["classifier.weight"])
 
 
 # ---------------------------------------------------------------------------------------------- shipped model
+@pytest.fixture(scope="module")
+def quickdraw_raw(shared_data: Path):  # type: ignore[no-untyped-def]
+    from sketchsearch.data.sources import load_collection
+
+    return load_collection(shared_data / "quickdraw" / "raw")
+
+
 @pytest.mark.data
-def test_shipped_model_zero_shot_beats_chance(shared_data: Path) -> None:
+def test_shipped_model_zero_shot_beats_chance(quickdraw_raw) -> None:  # type: ignore[no-untyped-def]
     """The shipped 64-bit model on 10 of the classes it never saw: mAP@all well above a random ranking."""
-    from sketchsearch.eval.protocol import evaluate_retrieval
-    from sketchsearch.methods.sketchmate import load_quickdraw_sketches
+    from sketchsearch.data.splits import make_split
+    from sketchsearch.eval.evaluate import evaluate
     from sketchsearch.model import load_model
 
     method, card = load_model("sketchmate-quickdraw-64")
     assert (card.method, card.code_size, card.output) == ("sketchmate", 64, "binary")
     unseen = card.training["unseen_classes"][:10]
     assert not set(unseen) & set(card.training["classes"])
-    sketches, labels = [], []
-    for c in unseen:
-        by_class, _ = load_quickdraw_sketches(shared_data / "quickdraw" / "raw" / f"{c}.ndjson")
-        sketches += by_class[c]
-        labels += [c] * len(by_class[c])
-    res = evaluate_retrieval(method, sketches, labels, leave_one_out=True, ks=(10,))
+    coll = quickdraw_raw.subset(it.id for it in quickdraw_raw if it.label in unseen)
+    assert sorted(coll.classes) == sorted(unseen)
+    res = evaluate(method, coll, make_split("leave_one_out", coll.items), ks=(10,))["main"]
+    labels = [it.label for it in coll]
     counts = np.array([labels.count(c) for c in labels]) - 1
     chance = float(np.mean(counts / (len(labels) - 1)))  # a random ranking's expected AP is about R / N
-    assert res["mAP@all"] > 1.5 * chance, (res["mAP@all"], chance)
+    assert res["n_queries"] == len(coll) and res["mAP@all"] > 1.5 * chance, (res["mAP@all"], chance)
+
+
+@pytest.mark.data
+def test_class_holdout_rebuilds_the_shipped_models_split(quickdraw_raw) -> None:  # type: ignore[no-untyped-def]
+    """data.splits' class_holdout (SketchMate's split) on QuickDraw raw with the card's parameters gives the
+    seen / unseen classes and the part sizes the shipped model's card records, and eval.evaluate on it gives
+    the card's figures (the README's 0.0876 and zero-shot 0.1347)."""
+    from sketchsearch.data.splits import make_split
+    from sketchsearch.eval.evaluate import evaluate
+    from sketchsearch.model import load_model
+
+    method, card = load_model("sketchmate-quickdraw-64")
+    t = card.training
+    split = make_split("class_holdout", quickdraw_raw.items, seed=t["split_seed"], unseen=len(t["unseen_classes"]),
+                       query_frac=t["query_frac"], gallery_frac=t["gallery_frac"])  # fmt: skip
+    assert split.seen_classes == t["classes"] and split.unseen_classes == sorted(t["unseen_classes"])
+    assert {p: len(ids) for p, ids in split.parts.items()} == {
+        p: t["split"][p] for p in ("train", "query", "gallery", "unseen_query", "unseen_gallery")
+    }
+    res = evaluate(method, quickdraw_raw, split, ks=(10,))
+    for name, card_name in (("main", "seen"), ("zero_shot", "zero_shot")):
+        for k in ("mAP@all", "P@10"):
+            assert round(res[name][k], 4) == round(card.metrics[card_name][k], 4), (name, k)
 
 
 def test_centre_loss_distance_option_by_hand() -> None:

@@ -16,9 +16,8 @@ the SNR distance on exactly these normalised embeddings; SNR ranking of them is 
 :func:`sketchsearch.losses.distances.knn` (and is close to cosine ranking when their means are near zero,
 see that module). ``embed`` gives the raw embedding (what ``normalize=False`` trains).
 
-Batches must hold several drawings of each class for a pairwise loss to see positives:
-:class:`ClassGroupDataset` yields ``m`` drawings of one class per item and :func:`collate_groups` flattens
-them (the shared training loop samples items uniformly and has no sampler option).
+Batches must hold several drawings of each class for a pairwise loss to see positives: the recipe
+(:mod:`sketchsearch.recipes.dsml`) draws them with :class:`~sketchsearch.data.sampling.ClassBalancedSampler`.
 """
 
 from __future__ import annotations
