@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     default_split = (
-        HERE / "results" / f"quickdraw_raw_split_q{args.queries_per_class}_seed{args.split_seed}.json"
+        RESULTS / f"quickdraw_raw_split_q{args.queries_per_class}_seed{args.split_seed}.json"
     )
     split_file = Path(args.split_file) if args.split_file else None if args.limit else default_split
     rows = []
