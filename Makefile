@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow test-all bench clean
+.PHONY: setup demo lint test test-slow test-all bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,7 +21,12 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/sketchsearch demo
 
-test: setup
+# ruff: the lint rules and the formatting (line length and all) in pyproject.toml, on everything Python
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: setup lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: setup

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..data.collection import Collection
 from ..data.sources import load_collection
 from ..data.splits import SPLITS, Split, make_split
@@ -173,6 +175,12 @@ def run_recipe(
             split.save(Path(out) / "split.json")
     seed_everything(seed)  # the method's initialisation: the same seed gives the same weights
     kwargs = {**(recipe.method_defaults(coll, split) if recipe.method_defaults else {}), **options}
+    # a method's own `seed` (LSH's hyperplanes, ITQ's rotation) is the run's seed unless --set gives it; a
+    # closed-form method's `iterations` (ITQ's) is the command's --iterations: the loop has none to run
+    if "seed" in valid["method"]:
+        kwargs.setdefault("seed", seed)
+    if iterations is not None and "iterations" in valid["method"]:
+        kwargs.setdefault("iterations", iterations)
     method = create_method(recipe.method, **kwargs)
     record = recipe.fit(method, coll, split, cfg, **fit_opts)
     method.cpu().eval()
@@ -186,7 +194,7 @@ def run_recipe(
     training = {"recipe": name, "data": str(data), "seed": seed, "iterations": cfg.iterations,
                 "batch_size": cfg.batch_size, "lr": cfg.lr, "skipped_records": coll.skipped,
                 "split": split.summary() if split is not None else None, "split_seed": split_seed,
-                "options": {**split_opts, **fit_opts}, **record,
+                "options": {**split_opts, **fit_opts}, "torch_threads": torch.get_num_threads(), **record,
                 "recipe_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     return RecipeResult(method, split, training, metrics)
 
