@@ -6,13 +6,15 @@
 The sketch-GAN paper judged retrieval only by eye on (non-public) merchant marks; this measures it. The
 stand-in: Omniglot "small1" (136 characters x 20 people = 2,720 drawings, strokes rendered at 64 x 64 with
 each model's own preprocessing); every drawing queries the other 2,719, and drawings of the same character
-are relevant (19 per query). Rows, all through the shared ``Retriever`` and ``eval.protocol.evaluate_retrieval``:
+are relevant (19 per query). The data is read by ``data.sources.load_collection``, split by
+``data.splits`` (``leave_one_out``) and every row is scored by ``eval.evaluate.evaluate``, through the shared
+``Retriever`` (the same path as ``sketchsearch evaluate --protocol leave-one-out``). Rows:
 
 * the shipped GAN encoders (float 1024-d, cosine) and their 1024-bit centred binary codes (Hamming);
 * the same discriminators with random weights (seed 0), batch norm calibrated and centred on the same
   unlabelled training drawings as the trained ones: what training adds;
 * the foundation's pixel baselines (ITQ, LSH at 64 and 256 bits, and PCA 256-d float) fitted on the same
-  unlabelled drawings (``--fit-on`` of them, from ``--train``).
+  unlabelled drawings (``--fit-on`` of them, a seeded subset of ``--train``, read as the GAN recipe reads it).
 
 No method sees a label. The GANs were trained on sketch-rnn's omniglot.npz, which is drawn from the whole
 Omniglot set, so the evaluation characters' *classes* (not labels) may occur in training, as for the pixel
@@ -40,35 +42,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA_ROOT, RESULTS, ROOT, machine_info, table_markdown, write_results
 from sketchsearch.eval.protocol import evaluate_retrieval, load_labelled
 
+from sketchsearch.data.collection import Collection
+from sketchsearch.data.sources import load_collection
+from sketchsearch.data.splits import Split, make_split
+from sketchsearch.eval.evaluate import evaluate
 from sketchsearch.eval.plots import retrieval_grid
 from sketchsearch.methods.base import Method, create_method
-from sketchsearch.methods.gan_encoder import (
-    GANEncoder,
-    binary_variant,
-    encode_rasters,
-    load_drawings,
-    render_drawings,
-)
+from sketchsearch.methods.gan_encoder import GANEncoder, binary_variant, encode_rasters
 from sketchsearch.model import load_model, resolve_model, save_model
+from sketchsearch.recipes.gan import drawings, load_unlabelled, render
 from sketchsearch.retrieval import Retriever
 
 KS = (1, 8, 100)
 
 
 def _eval(
-    label: str, method: Method, sketches: list[Any], labels: list[str], extra: dict[str, Any]
+    label: str, method: Method, coll: Collection, split: Split, extra: dict[str, Any]
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    res = evaluate_retrieval(method, sketches, labels, ks=KS, leave_one_out=True)
+    res = evaluate(method, coll, split, ks=KS)["main"]
     row = {
         "label": label,
         "output": method.output,
         "code_size": int(method.code_size),
-        "mAP@all": res["mAP@all"],
-        "P@8": res["P@8"],
-        "P@1": res["P@1"],
-        "MAP@R": res["MAP@R"],
-        "encode_per_s": res["encode_per_s"],
+        **{k: res[k] for k in ("mAP@all", "P@8", "P@1", "MAP@R", "encode_per_s")},
         "seconds": time.perf_counter() - t0,
         **extra,
     }
@@ -117,35 +114,38 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    ds = load_labelled(args.omniglot)
-    sketches, labels = ds.items, ds.labels
+    coll = load_collection(args.omniglot)
+    split = make_split("leave_one_out", coll.items)  # every labelled drawing queries all the others
+    labels = [str(coll[i].label) for i in split.gallery]
     print(
-        f"omniglot: {len(sketches)} drawings, {len(set(labels))} characters ({ds.skipped} skipped)",
+        f"omniglot: {len(labels)} drawings, {len(set(labels))} characters ({coll.skipped} skipped)",
         flush=True,
     )
-    train_sketches, _ = load_drawings(args.train, limit=args.fit_on, seed=0)
+    train = load_unlabelled(args.train)
+    train_sketches, _ = drawings(train, args.fit_on, seed=0)
     rng = np.random.default_rng(0)
     chars = sorted(set(labels))
     pick = rng.choice(len(chars), size=15, replace=False)
     queries = np.array([rng.choice([i for i, y in enumerate(labels) if y == chars[c]]) for c in pick])
+    gallery = coll.subset(split.gallery)
 
     rows: list[dict[str, Any]] = []
     grids: dict[str, Any] = {}
     for name in args.models:
         method, card = load_model(name)
         assert isinstance(method, GANEncoder)
-        rasters, _ = render_drawings(sketches, method.preprocessing)
+        rasters, _ = render(gallery, method, None, 0)
         info = {"model": card.name, "model_id": card.model_id, "iterations": card.training.get("iterations")}
         rows.append(
             _eval(
                 f"{card.name} (float)",
                 method,
-                sketches,
-                labels,
+                coll,
+                split,
                 {**info, "network_per_s": _network_throughput(method, rasters)},
             )
         )
-        rows.append(_eval(f"{card.name} (1024-bit centred)", binary_variant(method), sketches, labels, info))
+        rows.append(_eval(f"{card.name} (1024-bit centred)", binary_variant(method), coll, split, info))
         grids[card.name] = _grid(
             method,
             rasters,
@@ -171,19 +171,19 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(0)
         untrained = create_method("gan", arch=arch)
         assert isinstance(untrained, GANEncoder)
-        train_r, _ = render_drawings(train_sketches, untrained.preprocessing)
+        train_r, _ = render(train, untrained, args.fit_on, 0)  # the same drawings as train_sketches
         untrained.calibrate(torch.from_numpy(train_r)[:, None])
         rows.append(
             _eval(
                 f"{arch} untrained D (float)",
                 untrained,
-                sketches,
-                labels,
+                coll,
+                split,
                 {"network_per_s": _network_throughput(untrained, rasters)},
             )
         )
         rows.append(
-            _eval(f"{arch} untrained D (1024-bit centred)", binary_variant(untrained), sketches, labels, {})
+            _eval(f"{arch} untrained D (1024-bit centred)", binary_variant(untrained), coll, split, {})
         )
 
     for method_name, kw in (
@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> None:
             _eval(
                 f"pixel {method_name.upper()} {next(iter(kw.values()))} ({size}x{size})",
                 m,
-                sketches,
-                labels,
+                coll,
+                split,
                 {"fit_seconds": fit_s},
             )
         )
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "gan_omniglot",
         "dataset": {
             "path": args.omniglot,
-            "drawings": len(sketches),
+            "drawings": len(labels),
             "characters": len(chars),
             "relevant": "same character",
         },

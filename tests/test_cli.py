@@ -118,7 +118,7 @@ def test_train_index_search_models_evaluate(
         "--out",
         str(tmp_path / "models" / "itq16"),
         "--set",
-        "bits=16",
+        "nbits=16",
         "--set",
         "queries_per_class=2",
     )
@@ -161,21 +161,21 @@ def test_train_index_search_models_evaluate(
     assert code == 0, out
     doc = json.loads(out)
     assert [r["label"] for r in doc["rows"]] == ["itq16", "lsh 16"]
-    trained = doc["rows"][0]  # a trained artifact: named by its card, with the data it was trained on
-    assert trained["model_id"] == card["model_id"] and trained["trained_on"] == card["training"]["data"]
-    assert doc["rows"][1]["trained_on"] == "gallery"  # a closed-form baseline fitted on the gallery
+    trained, lsh = doc["rows"]  # a trained artifact is named by its card
+    assert trained["model_id"] == card["model_id"] and card["training"]["data"] == str(qd_folder)
+    assert trained["fit"] == {} and lsh["fit"]["fitted_on"] == "gallery"  # the baseline: fitted, no labels
+    # itq16 on its own data: every row on its card's split (2 queries per class; the gallery is what it was
+    # fitted on), never the requested 3 per class, whose queries would include items it was fitted on
+    split = json.loads((tmp_path / "models" / card["training"]["split_file"]).read_text())
+    assert doc["split"]["kind"] == "category" and doc["split"]["query"] == len(split["parts"]["query"]) == 6
     for r in doc["rows"]:
-        assert 0.0 < r["mAP@all"] <= 1.0
-    # itq16 on its own data: its card's split (2 queries per class; the gallery is what it was fitted on),
-    # never the requested 3 per class, whose queries would include items it was fitted on; notes say so
-    assert trained["split"]["kind"] == "model_card"
-    assert (trained["n_queries"], trained["n_gallery"]) == (6, 30)
-    assert (doc["rows"][1]["n_queries"], doc["rows"][1]["n_gallery"]) == (9, 27)
-    assert any(n.startswith("itq16: evaluated on the split recorded in its model card") for n in doc["notes"])
-    assert any("different splits" in n for n in doc["notes"])
+        assert (r["main"]["n_queries"], r["main"]["n_gallery"]) == (6, 30) and 0.0 < r["main"][
+            "mAP@all"
+        ] <= 1.0
+    assert any(n.startswith("the split recorded with itq16") for n in doc["notes"])
 
 
-def test_evaluate_single_baseline_has_top_level_map(qd_folder: Path) -> None:
+def test_evaluate_single_baseline(qd_folder: Path) -> None:
     code, out = run(
         "evaluate",
         "--method",
@@ -189,8 +189,9 @@ def test_evaluate_single_baseline_has_top_level_map(qd_folder: Path) -> None:
         "--json",
     )
     assert code == 0, out
-    doc = json.loads(out)
-    assert 0.0 < doc["mAP@all"] <= 1.0 and doc["code_size"] == 16
+    (row,) = json.loads(out)["rows"]
+    assert 0.0 < row["main"]["mAP@all"] <= 1.0 and row["main"]["code_size"] == 16
+    assert (row["main"]["n_queries"], row["main"]["n_gallery"]) == (6, 30)
 
 
 def test_search_refuses_an_index_from_another_model(
@@ -206,11 +207,9 @@ def test_search_refuses_an_index_from_another_model(
             "--out",
             str(tmp_path / "models" / f"lsh{seed}"),
             "--set",
-            "bits=16",
-            "--seed",
-            seed,
+            "nbits=16",
             "--set",
-            f"seed={seed}",
+            f"split_seed={seed}",  # another gallery: another pixel mean, other weights
             "--set",
             "queries_per_class=2",
         )
@@ -223,6 +222,17 @@ def test_search_refuses_an_index_from_another_model(
         "search", str(qd_folder / "bar.ndjson"), "--index", str(tmp_path / "idx"), "--model", "lsh1"
     )
     assert code == 2 and "model" in out.lower() and "Traceback" not in out
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="shared recipes module: run_recipe's own `seed` parameter takes a method kwarg named "
+                          "`seed` (LSH, ITQ), so `--set seed=1` is a TypeError")  # fmt: skip
+def test_set_reaches_a_method_kwarg_named_seed(qd_folder: Path, tmp_path: Path) -> None:
+    code, out = run(
+        "train", "lsh", "--data", str(qd_folder), "--out", str(tmp_path / "lsh"), "--set", "seed=1"
+    )
+    assert code == 0, out
+    assert json.loads((tmp_path / "lsh.json").read_text())["kwargs"]["seed"] == 1
 
 
 def test_unknown_method_lists_valid_names(qd_folder: Path, tmp_path: Path) -> None:

@@ -1,14 +1,12 @@
-"""Collections, manifests and deterministic saved splits."""
+"""Collections and manifests (their splits: tests/test_splits.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from sketchsearch.data.collection import Collection, Splits, load_splits, make_splits
+from sketchsearch.data.collection import Collection
 from sketchsearch.data.formats.base import Item
 from sketchsearch.errors import FormatError
 
@@ -37,9 +35,6 @@ def _coll(sizes: dict[str, int], photos: bool = False) -> Collection:
                     )
                 )
     return Collection(items, name="toy")
-
-
-SIZES = {f"c{i:02d}": 6 + i % 5 for i in range(20)}
 
 
 def test_manifest_round_trip_jsonl_and_csv(tmp_path: Path) -> None:
@@ -81,95 +76,38 @@ def test_collection_refuses_duplicate_ids() -> None:
         Collection([it, it])
 
 
-def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
-    c = _coll(SIZES)
-    kw = {"query_per_class": 2, "gallery_per_class": None, "train_fraction": 0.5, "unseen_classes": 0.25}
-    a = make_splits(c, seed=3, **kw).save(tmp_path / "a" / "splits.json")
-    # items given in another order: same splits
-    b = make_splits(Collection(c.items[::-1]), seed=3, **kw).save(tmp_path / "b" / "splits.json")
-    assert a.read_bytes() == b.read_bytes()
-    other = make_splits(c, seed=4, **kw).save(tmp_path / "c" / "splits.json")
-    assert other.read_bytes() != a.read_bytes()
-    obj = json.loads(a.read_text())
-    assert obj["seed"] == 3 and obj["params"]["query_per_class"] == 2 and obj["train"] == sorted(obj["train"])
+def test_access_by_id_subset_and_classes() -> None:
+    c = _coll({"dog": 2, "cat": 1}, photos=True)
+    c.items.append(Item(id="x", label=None, modality="photo", source="x.jpg"))
+    c = Collection(c.items, name="toy")
+    assert c.classes == ["cat", "dog"] and len(c) == 7 and c.ids[:2] == ["dog-s0", "dog-p0"]
+    assert "cat-p0" in c and "nope" not in c and c["cat-p0"].modality == "photo"
+    with pytest.raises(KeyError, match="'nope'"):
+        c["nope"]
+    sub = c.subset(["cat-s0", "dog-s1"])
+    assert [it.id for it in sub] == ["cat-s0", "dog-s1"] and sub.name == "toy"
+    with pytest.raises(ValueError, match="modality"):
+        Collection([Item(id="v", label=None, modality="video", source="")])  # type: ignore[arg-type]
 
 
-def test_splits_are_disjoint_and_follow_the_rule() -> None:
-    c = _coll(SIZES)
-    s = make_splits(c, seed=0, query_per_class=2, gallery_per_class=3, train_fraction=0.5, unseen_classes=5)
-    tr, ga, qu = set(s.train), set(s.gallery), set(s.query)
-    assert not (tr & ga or tr & qu or ga & qu)
-    assert len(s.unseen_classes) == 5 and set(s.unseen_classes) | set(s.seen_classes) == set(SIZES)
-    label = {it.id: it.label for it in c}
-    assert not {label[i] for i in tr} & set(s.unseen_classes)  # zero-shot: unseen classes never trained on
-    for cls, n in SIZES.items():
-        n_train = sum(label[i] == cls for i in tr)
-        assert n_train == (0 if cls in s.unseen_classes else n // 2)
-        assert sum(label[i] == cls for i in qu) == 2 == s.query_counts[cls]
-        assert sum(label[i] == cls for i in ga) == min(3, n - n_train - 2)
+def test_load_collection_counts_and_names_bad_records(tmp_path: Path) -> None:
+    import json
 
+    from sketchsearch.data.sources import load_collection
 
-def test_small_classes_get_fewer_queries_and_keep_a_gallery_item() -> None:
-    c = _coll({"one": 1, "two": 2, "many": 8})
-    s = make_splits(c, seed=0, query_per_class=3, train_fraction=0.0)
-    assert s.query_counts == {"many": 3, "one": 0, "two": 1}
-    assert "one-s0" in s.gallery and sum(i.startswith("two") for i in s.gallery) == 1
-
-
-def test_sketch_queries_against_photo_gallery() -> None:
-    c = _coll({"a": 3, "b": 1}, photos=True)
-    s = make_splits(
-        c, seed=0, query_per_class=5, train_fraction=0.0, query_modality="sketch", gallery_modality="photo"
+    folder = tmp_path / "qd"
+    folder.mkdir()
+    rows = [{"word": "bar", "key_id": f"b{i}", "drawing": [[[0, 10 + i], [0, 5]]]} for i in range(4)]
+    (folder / "bar.ndjson").write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    coll = load_collection(folder)
+    assert (
+        [it.id for it in coll] == ["b0", "b1", "b2", "b3"] and coll.path == str(folder) and coll.name == "qd"
     )
-    assert all(c[i].modality == "sketch" for i in s.query) and all(
-        c[i].modality == "photo" for i in s.gallery
-    )
-    assert s.query_counts == {"a": 3, "b": 1} and len(s.gallery) == 4
-
-
-def test_unseen_classes_by_name_and_bad_parameters() -> None:
-    c = _coll(SIZES)
-    s = make_splits(c, unseen_classes=["c07", "c03"])
-    assert s.unseen_classes == ["c03", "c07"] and s.params["unseen_classes"] == ["c03", "c07"]
-    # numpy scalars are recorded as plain numbers (the file stays JSON)
-    assert make_splits(c, unseen_classes=np.int64(2)).to_json() == make_splits(c, unseen_classes=2).to_json()
-    assert len(make_splits(c, unseen_classes=np.float32(0.25)).unseen_classes) == 5
-    with pytest.raises(ValueError, match="not in the collection"):
-        make_splits(c, unseen_classes=["nope"])
-    with pytest.raises(ValueError, match="collection has 20 classes"):
-        make_splits(c, unseen_classes=21)
-    with pytest.raises(ValueError, match="train_fraction"):
-        make_splits(c, train_fraction=1.5)
-
-
-def test_load_validates_against_the_manifest(tmp_path: Path) -> None:
-    c = _coll(SIZES)
-    c.save_manifest(tmp_path / "manifest.jsonl")
-    s = make_splits(c, seed=1, unseen_classes=3)
-    path = s.save(tmp_path / "splits.json")
-    back = load_splits(path)
-    assert isinstance(back, Splits) and back.to_json() == s.to_json()
-    obj = json.loads(path.read_text())
-    obj["query"].append("ghost-7")
-    path.write_text(json.dumps(obj), encoding="utf-8")
-    with pytest.raises(FormatError) as e:
-        load_splits(path)
-    assert e.value.file == str(path) and e.value.record == "query" and "'ghost-7'" in e.value.reason
-
-
-def test_load_refuses_overlap_and_unseen_leak(tmp_path: Path) -> None:
-    c = _coll(SIZES)
-    s = json.loads(make_splits(c, seed=1, unseen_classes=3).to_json())
-    overlap = dict(s, gallery=s["gallery"] + [s["train"][0]])
-    (tmp_path / "o.json").write_text(json.dumps(overlap), encoding="utf-8")
-    with pytest.raises(FormatError, match="disjoint"):
-        load_splits(tmp_path / "o.json", c)
-    leak = dict(s, unseen_classes=[c[s["train"][0]].label])
-    (tmp_path / "l.json").write_text(json.dumps(leak), encoding="utf-8")
-    with pytest.raises(FormatError, match="have train items"):
-        load_splits(tmp_path / "l.json", c)
-    (tmp_path / "n.json").write_text("{}", encoding="utf-8")
-    with pytest.raises(FormatError, match="format"):
-        load_splits(tmp_path / "n.json", c)
-    with pytest.raises(FormatError, match="no manifest"):
-        load_splits(tmp_path / "l.json")
+    assert coll.skipped == 1 and [(Path(e["file"]).name, e["record"]) for e in coll.error_dicts()] == [
+        ("bar.ndjson", 5)
+    ]
+    assert len(load_collection(folder, limit=2)) == 2
+    with pytest.raises(FormatError, match="bar.ndjson"):
+        load_collection(folder, strict=True)
+    default = load_collection("default", limit=5)
+    assert len(default) == 5 and default.path == "default" and all(it.sketch is not None for it in default)

@@ -3,6 +3,7 @@ save/load round trip, binary codes, the recipe end to end on tiny synthetic data
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from sketchsearch.encoders import ENCODERS, create_encoder, list_encoders
 from sketchsearch.encoders.sketch_gan import GAN, count_parameters
 from sketchsearch.losses.gan import discriminator_loss, generator_loss
-from sketchsearch.methods.base import RECIPES, create_method, list_methods
+from sketchsearch.methods.base import create_method, list_methods
 from sketchsearch.methods.gan_encoder import GANBinaryEncoder, GANEncoder, binary_variant, encode_rasters
 from sketchsearch.model import load_model, save_model
 
@@ -141,9 +142,6 @@ def test_binary_codes_are_centred_features() -> None:
     assert torch.allclose(z, feats - m.centre)
     # plain sign of ReLU features is (almost) all ones; centred bits are balanced-ish
     assert float((feats > 0).float().mean()) > float((z > 0).float().mean())
-    pytest.importorskip(
-        "sketchsearch.index.codes", reason="packed codes come from the index package (colleague)"
-    )
     codes = b.binarize(z)
     assert codes.dtype == np.uint8 and codes.shape == (32, 128)
     assert b.hparams == {"arch": "sketch-gan", "dz": 2, "binary": True}
@@ -163,42 +161,65 @@ def test_calibrate_reestimates_batch_norm_on_real_data() -> None:
 
 
 def test_recipe_trains_on_default_data(tmp_path: Path) -> None:
-    from sketchsearch.train import TrainConfig
+    from sketchsearch.recipes import run_recipe
 
-    cfg = TrainConfig(
-        iterations=2,
-        batch_size=16,
-        out=str(tmp_path / "run"),
-        progress=False,
-        log_every=1,
-        extra={"limit": 40},
-    )
-    method, training, _metrics = RECIPES.get("gan")(data="default", cfg=cfg, arch="thin-gan")
-    assert training["drawings"] == 40 and training["iterations"] == 2
+    res = run_recipe("gan", "default", out=tmp_path / "run", iterations=2, batch_size=16, progress=False,
+                     arch="thin-gan", limit=40)  # fmt: skip
+    training = res.training
+    assert training["drawings"] == 40 and training["iterations"] == 2 and training["options"] == {"limit": 40}
+    assert res.split is None and res.metrics == {}  # unlabelled: no split, no evaluation here
     assert math.isfinite(training["final_losses"]["d_loss"]) and math.isfinite(
         training["final_losses"]["g_loss"]
     )
     assert (tmp_path / "run" / "samples.png").stat().st_size > 0
-    assert float(method.centre.abs().sum()) > 0
+    assert isinstance(res.method, GANEncoder) and res.method.arch == "thin-gan"
+    assert float(res.method.centre.abs().sum()) > 0
 
 
 def test_recipe_reports_missing_data(tmp_path: Path) -> None:
     from sketchsearch.errors import FormatError
-    from sketchsearch.train import TrainConfig
+    from sketchsearch.recipes import run_recipe
 
-    with pytest.raises(FormatError, match="no such file"):
-        RECIPES.get("gan")(data=str(tmp_path / "nothing.npz"), cfg=TrainConfig(iterations=1, progress=False))
+    with pytest.raises(FormatError, match="no such file") as e:
+        run_recipe("gan", f"default,{tmp_path / 'nothing.npz'}", iterations=1, progress=False)
+    assert e.value.file == str(tmp_path / "nothing.npz")
+
+
+def test_load_unlabelled_joins_specs_and_render_skips_empty_drawings(tmp_path: Path) -> None:
+    from sketchsearch.data.collection import Collection
+    from sketchsearch.data.formats.base import Item
+    from sketchsearch.data.sketch import Sketch
+    from sketchsearch.data.sources import load_collection
+    from sketchsearch.errors import FormatError
+    from sketchsearch.recipes.gan import load_unlabelled, render
+
+    rng = np.random.default_rng(0)
+    strokes = [rng.uniform(0, 255, (5, 2)).round().astype(int) for _ in range(3)]
+    lines = [json.dumps({"word": "w", "key_id": f"k{i}", "drawing": [[s[:, 0].tolist(), s[:, 1].tolist()]]})
+             for i, s in enumerate(strokes)]  # fmt: skip
+    (tmp_path / "a.ndjson").write_text("\n".join(lines) + "\nnot json\n")
+    default = load_collection("default")
+    coll = load_unlabelled(f"default, {tmp_path / 'a.ndjson'}")
+    assert len(coll.items) == len(default.items) + 3 and coll.skipped == 1 and len(coll.errors) == 1
+    assert [it.id for it in coll.items[-3:]] == ["1:k0", "1:k1", "1:k2"]  # several specs: ids by position
+    assert [it.id for it in load_unlabelled(str(tmp_path / "a.ndjson")).items] == ["k0", "k1", "k2"]
+    twice = load_unlabelled(f"{tmp_path / 'a.ndjson'},{tmp_path / 'a.ndjson'}")  # the same ids, joined
+    assert len(twice.items) == 6 and twice.skipped == 2
+    m = create_method("gan", arch="thin-gan")
+    empty = Item(id="empty", label=None, modality="sketch", source="x", sketch=Sketch([]))
+    mine = Collection([empty, *coll.items[-3:]], path="mine")  # a record without strokes: skipped, counted
+    rasters, skipped = render(mine, m, limit=None, seed=0)
+    assert rasters.shape == (3, 64, 64) and rasters.dtype == np.float32 and skipped == 1
+    sub, _ = render(mine, m, limit=2, seed=0)
+    assert sub.shape == (2, 64, 64) and np.array_equal(sub, render(mine, m, limit=2, seed=0)[0])  # seeded
+    assert any(not np.array_equal(sub, render(mine, m, limit=2, seed=s)[0]) for s in range(1, 6))
+    with pytest.raises(FormatError, match="no drawings with strokes") as e:
+        render(Collection([empty], path="mine"), m, limit=None, seed=0)
+    assert e.value.file == "mine"
 
 
 @pytest.mark.parametrize("name", ["sketch-gan", "thin-gan"])
 def test_shipped_models_load_and_encode(name: str) -> None:
-    from sketchsearch.errors import ModelError
-    from sketchsearch.model import resolve_model
-
-    try:
-        resolve_model(name)
-    except ModelError:
-        pytest.skip(f"shipped artifact {name} not present")
     m, card = load_model(name)
     assert card.method == "gan" and card.kwargs["arch"] == name and card.training["iterations"] > 0
     z = encode_rasters(m, _rasters(4))
@@ -206,8 +227,6 @@ def test_shipped_models_load_and_encode(name: str) -> None:
 
 
 def test_invariance_command_writes_json_and_figures(tmp_path: Path) -> None:
-    import json
-
     from sketchsearch.cli import main
 
     models = []
@@ -286,3 +305,24 @@ def test_gan_binary_command_writes_a_hamming_artifact(tmp_path: Path) -> None:
     assert Retriever.load(tmp_path / "idx").binary
     res = runner.invoke(app, ["gan-binary", "sketchmate-quickdraw-64", "--out", str(tmp_path / "no")])
     assert res.exit_code != 0 and "not a float GAN encoder" in res.output
+
+
+@pytest.mark.data
+def test_evaluate_command_reproduces_the_thin_gan_card(shared_data: Path) -> None:
+    """~15 s: `evaluate --protocol leave-one-out --k 8` on Omniglot small1 gives the card's figures exactly."""
+    from typer.testing import CliRunner
+
+    from sketchsearch.cli import app
+    from sketchsearch.model import resolve_model
+
+    data = shared_data / "omniglot" / "strokes_background_small1"
+    res = CliRunner().invoke(app, ["evaluate", "--protocol", "leave-one-out", "--k", "8", "--model", "thin-gan",
+                                   "--data", str(data), "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["split"]["kind"] == "leave_one_out" and doc["notes"] == [] and doc["skipped"] == 0
+    main = doc["rows"][0]["main"]
+    card = json.loads(resolve_model("thin-gan").with_suffix(".json").read_text())
+    want = card["metrics"]["omniglot_small1_leave_one_out"]
+    assert (main["n_queries"], main["mean_relevant"]) == (2720, 19.0)
+    assert {k: round(main[k], 4) for k in want} == want

@@ -145,7 +145,7 @@ def _subset(monkeypatch: pytest.MonkeyPatch, last: str = "04e40") -> list[Path]:
 
 def test_named_source_kanjivg_counts_items_and_variants(monkeypatch: pytest.MonkeyPatch) -> None:
     from sketchsearch.data.inspect import KANJIVG_VARIANTS, inspect_dataset
-    from sketchsearch.data.sources import load_items
+    from sketchsearch.data.sources import load_collection
 
     files = _subset(monkeypatch)
     base = [f for f in files if "-" not in f.stem]
@@ -160,7 +160,7 @@ def test_named_source_kanjivg_counts_items_and_variants(monkeypatch: pytest.Monk
     assert info["excluded"] == {KANJIVG_VARIANTS: len(files) - len(base)}  # left out on purpose, not errors
     every = inspect_dataset("kanjivg", variants=True)
     assert (every["items"], every["classes"], every["excluded"]) == (len(files), len(chars), {})
-    assert [it.id for it in load_items("kanjivg").items] == [f.stem for f in base]
+    assert [it.id for it in load_collection("kanjivg").items] == [f.stem for f in base]
     with pytest.raises(ValueError, match="KanjiVG data only"):
         inspect_dataset(files[0].parent, fmt="images", variants=True)
 

@@ -32,7 +32,6 @@ class ToyFloat(Method):
 
     def __init__(self, preprocessing: Preprocessing | None = None, seed: int = 0) -> None:
         super().__init__(preprocessing or PRE)
-        self.save_hparams(seed=seed)
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("w", torch.randn(16 * 16, 8, generator=g))
 

@@ -29,7 +29,6 @@ class ToyLinear(Method):
         self, preprocessing: Preprocessing | None = None, init_seed: int = 0, dropout: float = 0.0
     ) -> None:
         super().__init__(preprocessing or Preprocessing(raster_size=4))
-        self.save_hparams(init_seed=init_seed, dropout=dropout)
         self.dropout = nn.Dropout(dropout)  # the only randomness inside a step: seeded by train()
         g = torch.Generator().manual_seed(init_seed)
         self.fc = nn.Linear(16, 2)
@@ -119,6 +118,13 @@ def cfg(**kw: Any) -> TrainConfig:
 
 def read_log(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def test_hparams_are_the_outermost_constructors_arguments() -> None:
+    """Method records its hyper-parameters from the constructor signature (defaults applied); a subclass's
+    own constructor is what is recorded, not the parent's it calls."""
+    assert ToyLinear(init_seed=3).hparams == {"init_seed": 3, "dropout": 0.0}
+    assert TwoOptimisers(init_seed=1).hparams == {"init_seed": 1}
 
 
 def test_toy_method_learns_a_separable_problem() -> None:

@@ -25,6 +25,50 @@ PROTOCOL_CHOICES = ("category", "leave-one-out", "cross-modal", "instance")
 PR_POINTS, GRID_QUERIES, GRID_HITS = 21, 8, 8
 
 
+def _recorded_splits(models: list[str], data: str | None) -> tuple[dict[str, Any], list[str]]:
+    """Each model's recorded split (None when its card names none), and notes on the models whose training
+    items therefore cannot be left out. A card from before split files whose ``split_file`` is a path to the
+    run's work folder (not a file beside the card) counts as naming none."""
+    import json
+
+    from ..errors import ModelError
+    from ..model import model_split, resolve_model
+
+    splits: dict[str, Any] = {}
+    notes: list[str] = []
+    for m in models:
+        try:
+            splits[m] = model_split(m)
+        except ModelError as e:
+            splits[m] = None
+            notes.append(f"{m}: its split cannot be read ({e})")
+        if splits[m] is not None:
+            continue
+        trained_on = (json.loads(resolve_model(m).with_suffix(".json").read_text()).get("training") or {}).get("data")
+        if isinstance(trained_on, str) and data and _same_path(trained_on, data):
+            notes.append(f"{m}: trained on {trained_on} without a split file, so its training items could not be "
+                         "left out: its figures here are not held-out")  # fmt: skip
+    return splits, notes
+
+
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return Path(a).exists() and Path(a).resolve() == Path(b).resolve()
+    except (OSError, ValueError):
+        return False
+
+
+def _leak_notes(split: Any, recorded: dict[str, Any]) -> list[str]:
+    """Notes on models whose own training items are among the evaluated (non-train) items of ``split``."""
+    evaluated = {i for name, ids in split.parts.items() if name != "train" for i in ids}
+    notes = []
+    for m, s in recorded.items():
+        n = len(evaluated & set(s.train)) if s is not None else 0
+        if n:
+            notes.append(f"{m}: {n} of the items evaluated are its training items: its figures are not held-out")
+    return notes
+
+
 def choose_split(
     coll: Any, models: list[str], protocol: str, split_file: Path | None, queries_per_class: int, seed: int
 ) -> tuple[Any, list[str]]:
@@ -33,16 +77,15 @@ def choose_split(
     ``--split FILE`` wins. Else a model whose card names a split file and whose split's items are all in the
     data is scored on that split (held out by construction; the baselines beside it are fitted on its train
     part). Else a fresh split made by ``--protocol``, from which every model's training items found in the
-    data (by id) are left out first."""
+    data (by id) are left out first. Notes name any model whose training items are evaluated all the same
+    (a given split file, a second model's split, a card without a split file)."""
     from ..data.splits import Split, make_split
-    from ..model import model_split
 
+    cards, notes = _recorded_splits(models, coll.path)
     if split_file is not None:
         split = Split.load(split_file)
         split.check(coll.items, split_file)
-        return split, [f"split read from {split_file}"]
-    notes: list[str] = []
-    cards = {m: model_split(m) for m in models}
+        return split, [f"split read from {split_file}", *notes, *_leak_notes(split, cards)]
     own = {m: s for m, s in cards.items() if s is not None and all(i in coll for p in s.parts.values() for i in p)}
     if own:
         first, split = next(iter(own.items()))
@@ -54,7 +97,7 @@ def choose_split(
             )
         notes.append(f"the split recorded with {first} ({split.kind}, seed {split.seed}): its queries and gallery "
                      "are held out from its training; baselines are fitted on its train part")  # fmt: skip
-        return split, notes
+        return split, notes + _leak_notes(split, cards)
     train_ids = {i for s in cards.values() if s is not None for i in s.train}
     items = [it for it in coll.items if it.id not in train_ids]
     if len(items) < len(coll.items):

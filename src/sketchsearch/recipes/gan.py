@@ -12,6 +12,7 @@ several joined by ``","``; items without strokes are skipped and counted.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from ..data.batching import RasterDataset
 from ..data.collection import Collection
 from ..data.render import rasterize
+from ..data.sketch import Sketch
 from ..data.sources import load_collection
 from ..data.splits import Split
 from ..errors import FormatError, InvalidSketchError
@@ -32,24 +34,34 @@ from . import RECIPES, Recipe
 
 
 def load_unlabelled(data: str) -> Collection:
-    """Every item of each ``","``-separated spec, through the one data entry point."""
+    """Every item of each ``","``-separated spec, through the one data entry point. With several specs an
+    item's id is prefixed by its spec's position (``"1:omniglot.npz:train:0"``), so that two files with the
+    same record ids (e.g. two copies of one file name) can be joined."""
+    specs = [p.strip() for p in data.split(",") if p.strip()]
     items, skipped, errors = [], 0, []
-    for part in [p.strip() for p in data.split(",") if p.strip()]:
+    for n, part in enumerate(specs):
         if part != "default" and not Path(part).exists():
             raise FormatError(part, None, "no such file or folder (give a data path, or 'default')")
         coll = load_collection(part)
-        items += coll.items
+        items += coll.items if len(specs) == 1 else [replace(it, id=f"{n}:{it.id}") for it in coll.items]
         skipped, errors = skipped + coll.skipped, errors + coll.errors
     return Collection(items, name=data, path=data, skipped=skipped, errors=errors)
 
 
-def render(coll: Collection, method: GANEncoder, limit: int | None, seed: int) -> tuple[np.ndarray, int]:
-    """Rasters float32 (N, S, S) of the items with strokes (a seeded subset of ``limit``); (rasters, skipped)."""
+def drawings(coll: Collection, limit: int | None, seed: int) -> tuple[list[Sketch], int]:
+    """The strokes of the items that have them, in order (a seeded subset of at most ``limit``, order kept);
+    (sketches, items without strokes)."""
     sketches = [it.sketch for it in coll.items if it.sketch is not None and not it.sketch.is_empty]
     skipped = len(coll.items) - len(sketches)
     if limit is not None and len(sketches) > limit:
         keep = np.sort(np.random.default_rng(seed).choice(len(sketches), size=limit, replace=False))
         sketches = [sketches[i] for i in keep]
+    return sketches, skipped
+
+
+def render(coll: Collection, method: GANEncoder, limit: int | None, seed: int) -> tuple[np.ndarray, int]:
+    """Rasters float32 (N, S, S) of :func:`drawings` at the method's preprocessing; (rasters, skipped)."""
+    sketches, skipped = drawings(coll, limit, seed)
     pre, rows = method.preprocessing, []
     for s in sketches:
         try:
