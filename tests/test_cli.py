@@ -224,9 +224,6 @@ def test_search_refuses_an_index_from_another_model(
     assert code == 2 and "model" in out.lower() and "Traceback" not in out
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="shared recipes module: run_recipe's own `seed` parameter takes a method kwarg named "
-                          "`seed` (LSH, ITQ), so `--set seed=1` is a TypeError")  # fmt: skip
 def test_set_reaches_a_method_kwarg_named_seed(qd_folder: Path, tmp_path: Path) -> None:
     code, out = run(
         "train", "lsh", "--data", str(qd_folder), "--out", str(tmp_path / "lsh"), "--set", "seed=1"

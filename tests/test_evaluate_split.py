@@ -208,9 +208,6 @@ def test_cards_without_a_usable_split_on_their_own_data_are_noted(
         )
 
 
-@pytest.mark.xfail(
-    strict=True, reason="eval.evaluate.evaluate refuses evaluate_rows' second Retriever (zero-shot)"
-)
 def test_unseen_classes_of_the_cards_split_are_reported_apart(
     modelled: tuple[Path, Path, Split], tmp_path: Path
 ) -> None:

@@ -154,7 +154,7 @@ def train_cmd(
     with report_phases(reporter.phase):
         res = run_recipe(method, data, out=workdir or Path("runs") / Path(out).name, seed=seed, device=device,
                          iterations=iterations, batch_size=batch_size, lr=lr, split_file=split_file,
-                         progress=reporter.enabled, **options)  # fmt: skip
+                         progress=reporter.enabled, options=options)  # fmt: skip
     training = {"command": command_line(ctx), **res.training, "seconds": round(time.perf_counter() - t0, 1)}
     card = save_model(res.method, out, training=training, metrics=res.metrics, split=res.split)
     score = res.metrics.get("mAP@all")

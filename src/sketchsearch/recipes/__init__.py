@@ -128,6 +128,7 @@ def _fmt(opts: Mapping[str, Any]) -> str:
 def run_recipe(
     name: str,
     data: str,
+    options: Mapping[str, Any] | None = None,
     *,
     out: str | Path | None = None,
     seed: int = 0,
@@ -137,12 +138,15 @@ def run_recipe(
     lr: float | None = None,
     split_file: str | Path | None = None,
     progress: bool = True,
-    **options: Any,
+    **more_options: Any,
 ) -> RecipeResult:
     """Train ``name``'s method on ``data`` (see the module docstring). ``iterations`` / ``batch_size`` / ``lr``:
     None keeps the recipe's defaults. ``split_file``: a saved split to use instead of making one. ``options``:
     split parameters (``split_seed`` is the split's seed, default ``seed``), recipe options and method kwargs;
-    ``out``: the work folder (split.json, logs, checkpoints). Seeded: the same call gives the same weights."""
+    ``out``: the work folder (split.json, logs, checkpoints). Seeded: the same call gives the same weights.
+    ``options`` (a mapping, e.g. the CLI's ``--set`` keys) and ``more_options`` are merged; a method kwarg that
+    shares its name with a parameter here (``seed``: LSH's hyperplanes) goes in ``options``."""
+    options = {**(options or {}), **more_options}
     recipe = get_recipe(name)
     valid = recipe_options(name)
     split_opts = {k: options.pop(k) for k in list(options) if k in valid["split"] and k != "split_seed"}
