@@ -1,13 +1,21 @@
 """GDH: network shapes, the attention mask, the closed-form D-step and B-steps against numpy, the quantization
 and unification losses by hand, one alternating step (Algorithm 1) changing generators and hash network,
-the Retriever's sketch -> photo path on binary codes, save/load, and a short run of the one training loop."""
+the Retriever's sketch -> photo path on binary codes, save/load, the training pairs keyed by (photo, draw),
+a short run of the one training loop, the ``heldout_instance`` split, and the recipe through ``run_recipe``
+(category and instance metrics from ``eval.evaluate``)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from sketchsearch.data.sampling import ClassBalancedSampler
+from sketchsearch.data.sources import load_collection
+from sketchsearch.data.splits import Split, make_split
 from sketchsearch.encoders import create_encoder
 from sketchsearch.encoders.domain_migration import AttentionMask
 from sketchsearch.losses.hashing import (
@@ -17,8 +25,10 @@ from sketchsearch.losses.hashing import (
     unification_loss,
 )
 from sketchsearch.methods import create_method
-from sketchsearch.methods.gdh import GDH, PairDataset, collate_pairs
+from sketchsearch.methods.gdh import GDH
 from sketchsearch.model import load_model, save_model
+from sketchsearch.recipes import run_recipe
+from sketchsearch.recipes.gdh import PairDataset, collate_pairs
 from sketchsearch.retrieval import Retriever
 from sketchsearch.train import TrainConfig, train
 
@@ -40,9 +50,11 @@ def pairs(n: int = 16, classes: int = 4, seed: int = 0) -> PairDataset:
     return PairDataset(rasters, labels, photos, labels, np.arange(n), seed=seed)
 
 
-def batch(n_items: int = 8) -> dict[str, torch.Tensor]:
+def batch(n_pairs: int = 16) -> dict[str, torch.Tensor]:
+    """The first ``n_pairs`` pairs the recipe's sampler draws: two pairs of a class in a row."""
     ds = pairs()
-    return collate_pairs([ds[i] for i in range(n_items)])
+    keys = list(ClassBalancedSampler(ds.pl, per_class=2))[:n_pairs]
+    return collate_pairs([ds[k] for k in keys])
 
 
 def test_network_shapes() -> None:
@@ -197,7 +209,7 @@ def test_training_loop_runs_gdh() -> None:
     ds = pairs()
     m.set_training_data(ds.pl, ds.sl, 4)
     res = train(m, ds, TrainConfig(iterations=3, batch_size=4, lr=1e-3, device="cpu", progress=False, log_every=1),
-                collate_fn=collate_pairs)  # fmt: skip
+                collate_fn=collate_pairs, sampler=ClassBalancedSampler(ds.pl, per_class=2))  # fmt: skip
     assert len(res.history) == 3 and all(np.isfinite(h["loss"]) for h in res.history)
 
 
@@ -206,3 +218,104 @@ def test_bad_arguments() -> None:
         GDH(nbits=12)
     with pytest.raises(ValueError, match="phase"):
         tiny().training_losses(batch(), phase="nope")
+
+
+# ---------------------------------------------------------------------------------------------- pairs
+def test_pairs_are_of_the_keyed_photos_class_and_keyed_by_the_draw() -> None:
+    """A pair is of the keyed photo's class; an ``own`` pair is a sketch and the photo it was drawn from (the
+    triplet's anchor-positive), any other pair the keyed photo with a sketch of its class. The draw is a
+    function of (seed, photo, draw): read again, or by a copy of the dataset, it is the same pair."""
+    rng = np.random.default_rng(0)
+    n_ph, n_sk = 12, 24
+    pl, sl = np.arange(n_ph) % 3, np.arange(n_sk) % 3
+    sp = np.where(np.arange(n_sk) < 12, np.arange(n_sk) % n_ph, -1)  # the last 12 sketches have no photo here
+    rasters, photos = rng.random((n_sk, 1, S, S), dtype=np.float32), rng.random((n_ph, 3, S, S), dtype=np.float32)
+    args = (rasters, sl, photos, pl, sp)
+    sampler = ClassBalancedSampler(pl, per_class=2, seed=1)
+    keys = []
+    for epoch in range(4):  # 4 epochs of 12 pairs
+        sampler.set_epoch(epoch)
+        keys += list(sampler)
+    assert len(set(keys)) == len(keys) == 48  # every draw number is new
+    own_rate: dict[float, float] = {}
+    for frac in (0.0, 0.5, 1.0):
+        ds = PairDataset(*args, own_fraction=frac, seed=3)
+        ex = [ds[k] for k in keys]
+        for (p, _), e in zip(keys, ex):
+            s_, q = e["sketch_index"], e["photo_index"]
+            assert e["label"] == pl[p] == sl[s_] == pl[q] and e["instance"] == q
+            assert np.array_equal(e["raster"], args[0][s_]) and np.array_equal(e["photo"], args[2][q])
+            assert bool(e["own"]) == bool(sp[s_] == q)
+            if not e["own"]:
+                assert q == p  # the keyed photo itself
+        own_rate[frac] = float(np.mean([e["own"] for e in ex]))
+        again = PairDataset(*args, own_fraction=frac, seed=3)
+        assert [(again[k]["sketch_index"], again[k]["photo_index"]) for k in reversed(keys)] == [
+            (e["sketch_index"], e["photo_index"]) for e in reversed(ex)
+        ]
+    # own_fraction 0: own pairs by chance only (a random sketch of the class drawn from the keyed photo: 1 in 8)
+    assert own_rate[0.0] < 0.25 and own_rate[0.0] + 0.2 < own_rate[0.5] < 0.8, own_rate
+    assert own_rate[1.0] == 1.0
+    b = collate_pairs([PairDataset(*args, seed=3)[k] for k in keys[:6]])
+    assert b["raster"].shape == (6, 1, S, S) and b["photo"].shape == (6, 3, S, S)
+    assert b["own"].dtype == torch.bool
+    assert b["label"].tolist() == [int(pl[p]) for p, _ in keys[:6]]
+    with pytest.raises(ValueError, match="one label"):
+        PairDataset(args[0][:3], sl, args[2], pl, sp)
+
+
+# ---------------------------------------------------------------------------------------------- recipe
+def write_sketchy(root: Path, classes: int = 3, photos: int = 4, per_photo: int = 2) -> Path:
+    """A tiny Sketchy folder: ``photos`` photos a class, the first half of them with ``per_photo`` sketches."""
+    rng = np.random.default_rng(5)
+    for c in range(classes):
+        (root / "photo" / f"c{c}").mkdir(parents=True, exist_ok=True)
+        (root / "sketch" / f"c{c}").mkdir(parents=True, exist_ok=True)
+        for p in range(photos):
+            photo = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+            Image.fromarray(photo).save(root / "photo" / f"c{c}" / f"n{c}_{p}.png")
+            for k in range(per_photo if p < photos // 2 else 0):
+                sketch = np.where(rng.random((24, 24)) > 0.9, 0, 255).astype(np.uint8)  # dark ink on white
+                Image.fromarray(sketch).save(root / "sketch" / f"c{c}" / f"n{c}_{p}-{k + 1}.png")
+    return root
+
+
+def test_heldout_instance_split_holds_out_photo_groups_of_every_class(tmp_path: Path) -> None:
+    coll = load_collection(write_sketchy(tmp_path / "sk"))
+    a = make_split("heldout_instance", coll.items, seed=2, heldout_groups=1, heldout_photos=3)
+    assert a == make_split("heldout_instance", coll.items, seed=2, heldout_groups=1, heldout_photos=3)
+    a.check(coll.items)
+    assert a.seen_classes == ["c0", "c1", "c2"] and not a.unseen_classes
+    for c in a.seen_classes:
+        q = [coll[i] for i in a.query if coll[i].label == c]
+        g = [i for i in a.gallery if coll[i].label == c]
+        assert len({it.pair for it in q}) == 1 and len(q) == 2  # one whole photo group
+        assert f"photo/{c}/{q[0].pair}" in g and len(g) == 3  # its own photo + distractors
+        assert any(coll[i].label == c and coll[i].modality == m for i in a.train for m in ("sketch", "photo"))
+    sub = make_split("heldout_instance", coll.items, seed=2, n_classes=2)
+    assert len(sub.seen_classes) == 2 and {coll[i].label for i in sub.train} == set(sub.seen_classes)
+    with pytest.raises(ValueError, match="n_classes"):
+        make_split("heldout_instance", coll.items, n_classes=1)
+
+
+def test_recipe_trains_and_reports_category_and_instance_metrics(tmp_path: Path) -> None:
+    data = str(write_sketchy(tmp_path / "sk"))
+    kw = {"iterations": 2, "batch_size": 4, "device": "cpu", "progress": False, "heldout_photos": 3,
+          "image_size": S, "nbits": 16, "gen_width": 4, "gs_res": 1, "gi_res": 1, "disc_width": 4,
+          "hash_width": 4, "triplet_weight": 1.0}  # fmt: skip
+    res = run_recipe("gdh", data, out=tmp_path / "run", **kw)
+    assert res.training["iterations"] == 2 and res.training["last"]["iteration"] == 2
+    coll = load_collection(data)
+    train_photos = {(coll[i].label, coll[i].pair) for i in res.split.train if coll[i].modality == "photo"}
+    own = [i for i in res.split.train if coll[i].modality == "sketch" and (coll[i].label, coll[i].pair) in train_photos]
+    assert res.training["own_sketches"] == len(own) > 0  # anchors of the triplet: sketches whose photo trains
+    assert Split.load(tmp_path / "run" / "split.json") == res.split and res.split.kind == "heldout_instance"
+    main, inst = res.metrics["main"], res.metrics["instance"]
+    assert main["protocol"] == "category" and inst["protocol"] == "instance"
+    assert main["n_queries"] == inst["n_queries"] == 6 and main["n_gallery"] == 9 and inst["n_excluded"] == 0
+    assert inst["mean_relevant"] == 1.0 and main["mean_relevant"] == 3.0  # its own photo; its class's photos
+    assert 0.0 <= inst["acc@1"] <= inst["acc@10"] == 1.0  # 9 photos: the own one is always in the first 10
+    assert res.metrics["mAP@all"] == main["mAP@all"] and main["output"] == "binary"
+    again = run_recipe("gdh", data, **kw)  # seeded: the same weights
+    sa, sb = res.method.state_dict(), again.method.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -12,6 +12,7 @@ sampler; with ``finetune_backbone`` the triplets are images. Evaluation goes thr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -24,7 +25,15 @@ import torch
 from torch.utils.data import Dataset
 
 from .._io import atomic_write_bytes
-from ..data.batching import Batch, Preprocessing, item_input, make_batch, make_example, make_photo_batch, photo_to_tensor
+from ..data.batching import (
+    Batch,
+    Preprocessing,
+    item_input,
+    make_batch,
+    make_example,
+    make_photo_batch,
+    photo_to_tensor,
+)
 from ..data.collection import Collection
 from ..data.sampling import ClassBalancedSampler
 from ..data.splits import Split
@@ -34,7 +43,9 @@ from ..progress import phase
 from ..train import TrainConfig, train
 from . import RECIPES, Recipe
 
-__all__ = ["TripletDataset", "backbone_features", "cached_backbone_features", "collate_triplets", "fit"]
+__all__ = [
+    "TripletDataset", "backbone_features", "cached_backbone_features", "collate_triplets", "feature_key", "fit",
+]  # fmt: skip
 
 
 class TripletDataset(Dataset[dict[str, Any]]):
@@ -127,15 +138,30 @@ def backbone_features(method: Doodle2Search, inputs: Sequence[Any], modality: st
     return torch.cat(out).numpy() if out else np.zeros((0, EfficientNetLite0.out_dim), dtype=np.float32)
 
 
+def feature_key(method: Doodle2Search) -> str:
+    """What backbone features depend on, as the cache's key: the weights (the package file's sha256, or for a
+    backbone not read from a file, e.g. ``pretrained=False``, the sha256 of its tensors), the input
+    normalisation, the input size and the sketch rasterisation."""
+    weights = describe_weights(method.backbone)
+    if weights["sha256"] is None:
+        h = hashlib.sha256()
+        for name, t in sorted(method.backbone.state_dict().items()):
+            h.update(name.encode("utf-8"))
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        weights = {"tensors_sha256": h.hexdigest()}
+    key = {"backbone": weights, "norm": method.hparams.get("backbone_norm"), "input_size": method.input_size,
+           "raster": method.preprocessing.to_dict()}  # fmt: skip
+    return json.dumps(key, sort_keys=True)
+
+
 def cached_backbone_features(method: Doodle2Search, coll: Collection, ids: Sequence[str], cache: str | Path | None
                              ) -> dict[str, np.ndarray]:  # fmt: skip
-    """Backbone features by item id (modality from the item), reusing ``cache`` (a safetensors file keyed by
-    item id, valid for one backbone file, normalisation and input size)."""
+    """float32 (1280,) backbone features by item id (modality from the item), reusing ``cache`` (a safetensors
+    file of features by item id, valid for one :func:`feature_key`; rewritten with the missing ones added)."""
     from safetensors import safe_open
     from safetensors.numpy import load_file, save
 
-    key = json.dumps({"backbone": describe_weights(method.backbone), "norm": method.hparams.get("backbone_norm"),
-                      "input_size": method.input_size, "raster": method.preprocessing.to_dict()}, sort_keys=True)  # fmt: skip
+    key = feature_key(method)
     have: dict[str, np.ndarray] = {}
     path = Path(cache) if cache else None
     if path and path.is_file():
@@ -160,6 +186,9 @@ def fit(
     *,
     feature_cache: str | None = None,  # default: <workdir>/features.safetensors
 ) -> dict[str, Any]:
+    """Train on the split's ``train`` part (its sketches as anchors, its photos as positives / negatives,
+    classes indexed by ``split.seen_classes``): heads on cached backbone features, or (``finetune_backbone``)
+    the whole network on images. Returns the training record (timings, last logged losses)."""
     assert split is not None
     index = {c: i for i, c in enumerate(split.seen_classes)}
     sk = [i for i in split.train if coll[i].modality == "sketch"]

@@ -105,13 +105,16 @@ def fit(
     per_class: int = 2,  # pairs of one class in a row (same-class negatives for the triplet loss)
     own_fraction: float = 0.5,
 ) -> dict[str, Any]:
+    """Train on the split's ``train`` part: pairs keyed by training photo (see :class:`PairDataset`), the code
+    bank over every training photo and sketch. Returns the training record: ``own_sketches`` (training sketches
+    whose own photo trains too: the triplet's anchors), timings, the last logged losses."""
     assert split is not None
     cls = {c: i for i, c in enumerate(split.seen_classes)}
     sk = [coll[i] for i in split.train if coll[i].modality == "sketch"]
     ph = [coll[i] for i in split.train if coll[i].modality == "photo"]
     pre = method.preprocessing
-    p_index = {p.id: j for j, p in enumerate(ph)}
-    sp = [p_index.get(f"photo/{it.label}/{it.pair}", -1) for it in sk]
+    p_index = {(p.label, p.pair): j for j, p in enumerate(ph) if p.pair is not None}  # an instance: (label, pair)
+    sp = [p_index.get((it.label, it.pair), -1) for it in sk]
     sl, pl = [cls[str(it.label)] for it in sk], [cls[str(it.label)] for it in ph]
     with phase(f"loading {len(sk)} sketches and {len(ph)} photos"):
         ds = PairDataset(load_arrays([item_input(it) for it in sk], False, pre), sl,
@@ -119,7 +122,8 @@ def fit(
                          own_fraction=own_fraction, seed=cfg.seed)  # fmt: skip
     method.set_training_data(pl, sl, len(split.seen_classes), seed=cfg.seed)
     res = train(method, ds, cfg, collate_fn=collate_pairs, sampler=ClassBalancedSampler(pl, per_class, seed=cfg.seed))
-    return {"train_seconds": round(res.seconds, 1), "device": res.device, "last": res.history[-1] if res.history else {}}
+    return {"own_sketches": int(sum(j >= 0 for j in sp)), "train_seconds": round(res.seconds, 1), "device": res.device,
+            "last": res.history[-1] if res.history else {}}  # fmt: skip
 
 
 def instance_metrics(method: Method, coll: Collection, split: Split) -> dict[str, Any]:
