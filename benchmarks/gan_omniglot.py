@@ -40,7 +40,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA_ROOT, RESULTS, ROOT, machine_info, table_markdown, write_results
-from sketchsearch.eval.protocol import evaluate_retrieval, load_labelled
 
 from sketchsearch.data.collection import Collection
 from sketchsearch.data.sources import load_collection
