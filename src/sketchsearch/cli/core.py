@@ -190,8 +190,8 @@ def _read_for_model(
     """The items of ``data`` as the retriever's model reads them: (the Collection, the items to encode).
 
     ``auto`` means drawings for a model without a photo branch (``photo`` is refused), each image judged
-    from its pixels for one with. A model that reads stroke order gets the items with strokes (the others
-    are left out with a note on stderr); data with none is refused, naming an item."""
+    from its pixels for one with. A model that reads stroke order reads the strokes of drawings given as
+    images traced from their pixels (:mod:`sketchsearch.data.trace`; a note on stderr says how many)."""
     from ..data.sources import load_collection
 
     _check_modality(modality)
@@ -207,18 +207,10 @@ def _read_for_model(
         what = "items" if modality == "auto" else f"{modality} items"
         raise InvalidSketchError(f"{data}: no {what} to index ({res.skipped} bad records skipped)", "data")
     if "points" in r.method.preprocessing.inputs:
-        flat = [it for it in items if it.sketch is None]
-        inputs = ", ".join(r.method.preprocessing.inputs)
-        if len(flat) == len(items):
-            raise ValueError(
-                f"{model} reads stroke order (its inputs: {inputs}), but the {len(items)} items of {data} have "
-                f"no strokes (e.g. {flat[0].source}); index images with a model that reads rasters only "
-                "(e.g. sketch-gan, thin-gan), or give data with strokes"
-            )
+        flat = sum(it.sketch is None for it in items)
         if flat:
-            console.print(f"note: left out {len(flat)} items without strokes (e.g. {escape(flat[0].source)}): "
-                          f"{escape(model)} reads stroke order", highlight=False)  # fmt: skip
-            items = [it for it in items if it.sketch is not None]
+            console.print(f"note: {escape(model)} reads stroke order: the strokes of {flat} images are traced "
+                          "from their pixels", highlight=False, soft_wrap=True)  # fmt: skip
     return res, items
 
 
