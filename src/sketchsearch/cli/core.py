@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from ..errors import InvalidSketchError
+from ..errors import FormatError, InvalidSketchError
 from .app import (
     QUIET,
     Reporter,
@@ -397,28 +397,40 @@ def index_info(folder: Path = typer.Argument(..., help="Index folder.")) -> None
 
 # ---------------------------------------------------------------------------------------------- search
 def _read_query(path: Path, record: int) -> Any:
-    """A query file: an image, a JSON strokes file ([[[x,y(,t)],...],...] or {"strokes": ...}) or ndjson (record N)."""
+    """The query of ``search``: a ``.json`` drawing in any form the API takes
+    (:func:`~sketchsearch.data.strokes.parse_strokes`, same limits), else record ``record`` of a file of any
+    supported format (an image, a QuickDraw ``.ndjson``, one Omniglot stroke ``.txt``, ...)."""
     from ..data.batching import item_input
-
-    suffix = path.suffix.lower()
-    if suffix in (".json",):
-        from ..data.sketch import Sketch
-
-        obj = json.loads(path.read_text())
-        strokes = obj["strokes"] if isinstance(obj, dict) else obj
-        return Sketch([[p[:2] for p in s] for s in strokes])
     from ..data.formats import read_any
+    from ..data.strokes import FORMS, parse_strokes
 
-    for n, item in enumerate(read_any(path, strict=True)):
-        if n == record:
+    if path.suffix.lower() == ".json":
+        if record:
+            raise typer.BadParameter(f"--record {record}: a .json query holds one drawing (record 0)")
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FormatError(path, None, f"not a JSON drawing ({e}); expected {FORMS}") from None
+        try:
+            return parse_strokes(obj)
+        except InvalidSketchError as e:
+            raise FormatError(path, None, str(e)) from None
+    held = 0
+    for held, item in enumerate(read_any(path, strict=True), 1):
+        if held == record + 1:
             return item_input(item)
-    raise InvalidSketchError(f"{path} has no record {record}", "record")
+    raise typer.BadParameter(f"--record {record}: {path} holds {held} record(s), numbered from 0")
 
 
 @app.command("search")
 @friendly_errors
 def search_cmd(
-    query: Path = typer.Argument(..., help="Query: image, JSON strokes, or a data file (see --record)."),
+    query: Path = typer.Argument(
+        ...,
+        help="Query: a JSON drawing (the API's stroke forms: [[{x, y, t}, ...], ...], [[[x, y, t], ...], ...], "
+        'QuickDraw\'s [[xs], [ys], [ts]] per stroke, optionally as {"strokes": ...} or {"drawing": ...}), '
+        "an image, or a record of a data file of any supported format (see --record).",
+    ),
     index: Path = typer.Option(..., "--index", help="Index folder."),
     model: str | None = typer.Option(None, "--model", help="Model (default: the one named in the index)."),
     k: int = typer.Option(10, "-k", min=1, max=10000, help="Number of results."),
