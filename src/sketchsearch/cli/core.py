@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress
-from rich.table import Table
 
 from ..errors import FormatError, InvalidSketchError
 from .app import (
@@ -73,28 +71,37 @@ def data_info(
     if as_json:
         print_json(info)
     else:
-        t = Table(title=f"{path}", show_header=False)
-        for k in ("format", "items", "classes", "skipped"):
-            t.add_row(k, str(info.get(k)))
-        judged = " (each image judged from its pixels)" if info["from_pixels"] else ""
-        t.add_row("modality", f"{info['modality']}{judged}")
-        for k, v in (info.get("modalities") or {}).items():
-            t.add_row(f"  {k}", str(v))
-        meta = info.get("metadata")
-        if meta is not None:
-            names = ", ".join(Path(f).name for f in meta["files"])
-            t.add_row("metadata", f"{meta['matched']} of {meta['rows']} rows of {names} matched an item")
-        for reason, count in (info.get("excluded") or {}).items():
-            t.add_row("not read", f"{count} {reason}")
-        console.print(t)
-        if meta is not None and meta["unmatched"]:
-            shown = ", ".join(meta["unmatched"][:5])
-            console.print(f"[yellow]metadata rows naming no item:[/] {escape(shown)}", highlight=False)
-        for e in info.get("errors", [])[:20]:
-            where = e["file"] if e["record"] is None else f"{e['file']}: record {e['record']}"
-            console.print(f"[yellow]skipped[/] {escape(where)}: {escape(e['reason'])}", highlight=False)
+        print_table(("field", "value"), _info_rows(info), title=str(path))
     if strict and info.get("skipped"):
         raise typer.Exit(1)
+    if strict and info.get("skipped"):
+        raise typer.Exit(1)
+
+
+#: bad records listed one per row in the table of ``data info`` (``--json`` lists up to 100)
+INFO_ERRORS = 20
+
+
+def _info_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """``data info``'s table: (field, value) rows of :func:`~sketchsearch.data.inspect.inspect_dataset`'s
+    result; a row per bad record (``skipped file``), per metadata row naming no item, per kind not read."""
+    judged = " (each image judged from its pixels)" if info["from_pixels"] else ""
+    rows = [(k, str(info.get(k))) for k in ("format", "items", "classes", "skipped")]
+    rows.append(("modality", f"{info['modality']}{judged}"))
+    rows += [(f"  {k}", str(v)) for k, v in (info.get("modalities") or {}).items()]
+    meta = info.get("metadata")
+    if meta is not None:
+        names = ", ".join(Path(f).name for f in meta["files"])
+        rows.append(("metadata", f"{meta['matched']} of {meta['rows']} rows of {names} matched an item"))
+        rows += [("metadata row naming no item", key) for key in meta["unmatched"]]
+    rows += [("not read", f"{count} {reason}") for reason, count in (info.get("excluded") or {}).items()]
+    errors = info.get("errors", [])
+    for e in errors[:INFO_ERRORS]:
+        where = e["file"] if e["record"] is None else f"{e['file']}: record {e['record']}"
+        rows.append(("skipped file", f"{where}: {e['reason']}"))
+    if info["skipped"] > INFO_ERRORS:
+        rows.append(("skipped file", f"... {info['skipped'] - INFO_ERRORS} more (--json lists up to 100)"))
+    return rows
 
 
 def _check_modality(modality: str) -> None:
@@ -214,14 +221,13 @@ def _read_for_model(
     return res, items
 
 
-def _encode_into(r: Retriever, items: list[Item]) -> None:
+def _encode_into(r: Retriever, items: list[Item], reporter: Reporter) -> None:
     """Encode ``items`` (data Items) into the retriever, each modality through its own branch, in chunks,
-    keeping label, source, metadata and a thumbnail of each."""
+    keeping label, source, metadata and a thumbnail of each; a bar on stderr (``reporter``)."""
     from ..data.batching import item_input
 
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("encoding", total=len(items))
-        step = 512
+    step = 512
+    with reporter.steps() as update:
         for s in range(0, len(items), step):
             chunk = items[s : s + step]
             for kind in ("sketch", "photo"):  # each modality through its own encoder branch
@@ -235,17 +241,33 @@ def _encode_into(r: Retriever, items: list[Item]) -> None:
                         modality=kind,
                         thumbnails=True,
                     )
-            bar.update(task, advance=len(chunk))
+            update("encoding", s + len(chunk), len(items))
 
 
-def _report_skipped(res: Collection) -> None:
-    for e in res.errors[:10]:
-        console.print(f"[yellow]skipped[/] {escape(str(e))}", highlight=False)
+#: bad records ``index build`` / ``add`` name on stderr (``data info`` lists them all)
+SHOWN_ERRORS = 10
+
+
+def _report_skipped(res: Collection, data: str) -> None:
+    """One plain line on stderr per bad record skipped (the first :data:`SHOWN_ERRORS`), then how many more."""
+    for e in res.errors[:SHOWN_ERRORS]:
+        console.print(f"skipped {e}", highlight=False, markup=False, soft_wrap=True)
+    if res.skipped > SHOWN_ERRORS:
+        console.print(f"... and {res.skipped - SHOWN_ERRORS} more: `sketchsearch data info {data}` lists them",
+                      highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+
+
+def _bad_records(n: int) -> str:
+    return f"skipped {n} bad record{'' if n == 1 else 's'}"
+
+
+def _modalities(items: list[Item]) -> dict[str, int]:
+    n_photo = sum(it.modality == "photo" for it in items)
+    return {"drawings": len(items) - n_photo, "photos": n_photo}
 
 
 def _counts(items: list[Item]) -> str:
-    n_photo = sum(it.modality == "photo" for it in items)
-    return f"{len(items) - n_photo} drawings, {n_photo} photos"
+    return "{drawings} drawings, {photos} photos".format(**_modalities(items))
 
 
 @index_app.command("build")
@@ -279,11 +301,19 @@ def index_build(
         None, "--description", help="A sentence or two about the collection."
     ),
     force: bool = typer.Option(False, "--force", help="Replace the index already at --out."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the result as JSON: index, count, drawings, photos, name, slug, title, description, "
+        "skipped, errors.",
+    ),
+    quiet: bool = QUIET,
 ) -> None:
     """Encode a collection with a model and write an on-disk index.
 
     The index folder holds codes, ids and items (label, source, metadata, thumbnail) and, in its manifest,
-    the collection's name, slug, title and description."""
+    the collection's name, slug, title and description. The result is a line on stdout (or --json); bad
+    records skipped are named on stderr."""
     from ..errors import IndexArgumentError
     from ..index.store import collection_fields, default_collection_name, write_lock
     from ..retrieval import Retriever
@@ -303,11 +333,15 @@ def index_build(
         r = Retriever.from_model(model, backend=backend)
         r.collection = fields
         res, items = _read_for_model(r, model, data, modality=modality, strict=strict, limit=limit)
-        _encode_into(r, items)
+        _encode_into(r, items, Reporter(quiet))
         r.save(out)
+    if as_json:
+        print_json({"index": str(out), "count": len(r), **_modalities(items), **fields,
+                    "skipped": res.skipped, "errors": res.error_dicts()})  # fmt: skip
+        return
     typer.echo(f"indexed {len(r)} items ({_counts(items)}) into {out}: {fields['name']!r} "
-               f"(id {fields['slug']}); skipped {res.skipped} bad records")  # fmt: skip
-    _report_skipped(res)
+               f"(id {fields['slug']}); {_bad_records(res.skipped)}")  # fmt: skip
+    _report_skipped(res, data)
 
 
 @index_app.command("add")
@@ -323,6 +357,12 @@ def index_add(
         "--duplicates",
         help="Also add items whose source (path relative to --data) the index already holds.",
     ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the result as JSON: index, added, drawings, photos, already_there, count, skipped, errors.",
+    ),
+    quiet: bool = QUIET,
 ) -> None:
     """Add the items of --data to an index, with the index's model.
 
@@ -339,13 +379,17 @@ def index_add(
             present = r.store.ids_with_sources([it.source for it in items])
             items = [it for it in items if it.source not in present]
         if items:
-            _encode_into(r, items)
+            _encode_into(r, items, Reporter(quiet))
             r.save(folder)
     kept = len(read) - len(items)
+    if as_json:
+        print_json({"index": str(folder), "added": len(items), **_modalities(items), "already_there": kept,
+                    "count": len(r), "skipped": res.skipped, "errors": res.error_dicts()})  # fmt: skip
+        return
     again = f"; {kept} already there by source, left as they are (--duplicates adds them)" if kept else ""
     typer.echo(f"added {len(items)} items ({_counts(items)}) to {folder}, {len(r)} in all{again}; "
-               f"skipped {res.skipped} bad records")  # fmt: skip
-    _report_skipped(res)
+               f"{_bad_records(res.skipped)}")  # fmt: skip
+    _report_skipped(res, data)
 
 
 @index_app.command("remove")
