@@ -221,13 +221,9 @@ def test_health_and_collections(client: TestClient) -> None:
     h = client.get("/api/health").json()
     assert h["status"] == "ok" and h["collections"] == 2 and h["items"] == 6 * len(SHAPES) + 2 * len(SHAPES)
     cols = {c["name"]: c for c in client.get("/api/collections").json()}
-    assert (
-        cols["shapes"]["items"] == 30
-        and cols["shapes"]["metric"] == "cosine"
-        and cols["shapes"]["accepts_images"]
-    )
+    assert cols["shapes"]["items"] == 30 and cols["shapes"]["metric"] == "cosine"
     assert cols["shapes"]["code_size"] == 256 and cols["shapes"]["method"] == "test-pixels"
-    assert not cols["ordered"]["accepts_images"]
+    assert (cols["shapes"]["inputs"], cols["ordered"]["inputs"]) == (["raster"], ["raster", "points"])
     # in memory, no index manifest: titled by name, no description
     assert (cols["shapes"]["title"], cols["shapes"]["description"]) == ("shapes", None)
 
@@ -349,13 +345,19 @@ def test_single_collection_is_the_default(shapes: Retriever) -> None:
         assert c.get("/api/items/0/thumbnail").status_code == 200
 
 
-def test_image_query_refused_by_a_stroke_order_model(client: TestClient) -> None:
-    resp = client.post(
-        "/api/search",
-        files={"image": ("q.png", png_bytes(drawing_image("circle")), "image/png")},
-        data={"collection": "ordered"},
-    )
-    assert_4xx(resp, 422, "stroke order")
+def test_image_query_to_a_stroke_order_model_is_traced(client: TestClient) -> None:
+    """A model that reads stroke order gets an uploaded picture's strokes traced from its pixels."""
+
+    def upload(img: Image.Image) -> Any:
+        files = {"image": ("q.png", png_bytes(img), "image/png")}
+        return client.post("/api/search", files=files, data={"collection": "ordered", "k": "2"})
+
+    resp = upload(drawing_image("circle"))
+    assert resp.status_code == 200, resp.text
+    assert [h["label"] for h in resp.json()["hits"]] == ["circle", "circle"]
+    blot = Image.new("L", (200, 200), 255)
+    blot.paste(0, (60, 60, 140, 140))  # ink, but no line to trace: the raster-only "shapes" would take it
+    assert_4xx(upload(blot), 422, "image", "no lines to trace")
 
 
 def test_empty_index_is_a_conflict_not_a_crash() -> None:
