@@ -159,6 +159,41 @@ def test_search_results_on_stdout(index: Path, qd: Path) -> None:
     assert hits[0]["distance"] == 0 and len(hits) == 3
 
 
+def test_data_info_and_index_build_results_on_stdout(qd: Path, index: Path, tmp_path: Path) -> None:
+    data = tmp_path / "qd"
+    data.mkdir()
+    for f in qd.iterdir():
+        (data / f.name).write_text(f.read_text())
+    with open(data / "0.ndjson", "a") as f:
+        f.write("{not json\n")  # line 13: a bad record
+    res = invoke("data", "info", str(data))
+    assert res.exit_code == 0 and res.stderr == f"{data}\n"  # the title; the table on stdout
+    lines = res.stdout.splitlines()
+    assert lines[0] == "field\tvalue" and {"items\t36", "skipped\t1", "classes\t3"} <= set(lines)
+    (row,) = [line for line in lines if line.startswith("skipped file\t")]  # a row per bad record, whole
+    assert row.startswith(f"skipped file\t{data / '0.ndjson'}: record 13: not valid JSON (")
+    model = str(index.parent / "lsh16")
+    res = invoke("index", "build", "--model", model, "--data", str(data), "--out", str(tmp_path / "idx"))
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == (
+        f"indexed 36 items (36 drawings, 0 photos) into {tmp_path / 'idx'}: 'qd' (id qd); skipped 1 bad record\n"
+    )
+    (skipped,) = res.stderr.splitlines()  # one line per bad record, whole; no progress when not a terminal
+    assert skipped.startswith(f"skipped {data / '0.ndjson'}: record 13: ")
+    res = invoke("index", "build", "--model", model, "--data", str(data), "--out", str(tmp_path / "idx"),
+                 "--force", "--json")  # fmt: skip
+    assert res.exit_code == 0 and res.stderr == ""
+    doc = json.loads(res.stdout)
+    assert (doc["count"], doc["drawings"], doc["slug"], doc["skipped"]) == (36, 36, "qd", 1)
+    assert doc["errors"][0]["record"] == 13
+    res = invoke("index", "add", str(tmp_path / "idx"), "--data", str(data), "--json")
+    assert res.exit_code == 0 and res.stderr == ""
+    assert json.loads(res.stdout) | {"errors": []} == {
+        "index": str(tmp_path / "idx"), "added": 0, "drawings": 0, "photos": 0, "already_there": 36,
+        "count": 36, "skipped": 1, "errors": [],
+    }  # fmt: skip
+
+
 def test_evaluate_table_and_json(qd: Path) -> None:
     base = ("evaluate", "--method", "lsh", "--bits", "16", "--data", str(qd), "--queries-per-class", "2")
     res = invoke(*base)

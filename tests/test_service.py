@@ -221,13 +221,9 @@ def test_health_and_collections(client: TestClient) -> None:
     h = client.get("/api/health").json()
     assert h["status"] == "ok" and h["collections"] == 2 and h["items"] == 6 * len(SHAPES) + 2 * len(SHAPES)
     cols = {c["name"]: c for c in client.get("/api/collections").json()}
-    assert (
-        cols["shapes"]["items"] == 30
-        and cols["shapes"]["metric"] == "cosine"
-        and cols["shapes"]["accepts_images"]
-    )
+    assert cols["shapes"]["items"] == 30 and cols["shapes"]["metric"] == "cosine"
     assert cols["shapes"]["code_size"] == 256 and cols["shapes"]["method"] == "test-pixels"
-    assert not cols["ordered"]["accepts_images"]
+    assert (cols["shapes"]["inputs"], cols["ordered"]["inputs"]) == (["raster"], ["raster", "points"])
     # in memory, no index manifest: titled by name, no description
     assert (cols["shapes"]["title"], cols["shapes"]["description"]) == ("shapes", None)
 
@@ -349,13 +345,19 @@ def test_single_collection_is_the_default(shapes: Retriever) -> None:
         assert c.get("/api/items/0/thumbnail").status_code == 200
 
 
-def test_image_query_refused_by_a_stroke_order_model(client: TestClient) -> None:
-    resp = client.post(
-        "/api/search",
-        files={"image": ("q.png", png_bytes(drawing_image("circle")), "image/png")},
-        data={"collection": "ordered"},
-    )
-    assert_4xx(resp, 422, "stroke order")
+def test_image_query_to_a_stroke_order_model_is_traced(client: TestClient) -> None:
+    """A model that reads stroke order gets an uploaded picture's strokes traced from its pixels."""
+
+    def upload(img: Image.Image) -> Any:
+        files = {"image": ("q.png", png_bytes(img), "image/png")}
+        return client.post("/api/search", files=files, data={"collection": "ordered", "k": "2"})
+
+    resp = upload(drawing_image("circle"))
+    assert resp.status_code == 200, resp.text
+    assert [h["label"] for h in resp.json()["hits"]] == ["circle", "circle"]
+    blot = Image.new("L", (200, 200), 255)
+    blot.paste(0, (60, 60, 140, 140))  # ink, but no line to trace: the raster-only "shapes" would take it
+    assert_4xx(upload(blot), 422, "image", "no lines to trace")
 
 
 def test_empty_index_is_a_conflict_not_a_crash() -> None:
@@ -827,3 +829,45 @@ def test_run_server_refuses_a_busy_port_before_printing_the_address(
         with pytest.raises(SketchSearchError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
             run_server(object(), "127.0.0.1", port)
     assert "open http" not in capsys.readouterr().out
+
+
+def test_serve_names_collections_by_their_manifests_slug_and_title(tmp_path: Path) -> None:
+    """`serve --index A --index B` without --name: each collection's id is the slug `index build --name`
+    made, its title the manifest's; an index without them is named by its folder."""
+    import typer
+
+    from sketchsearch.cli.serve import collection_specs
+    from sketchsearch.index.store import collection_fields, save_index
+    from sketchsearch.methods import create_method
+    from sketchsearch.model import save_model
+
+    method = create_method("lsh", nbits=64)
+    items = [shape_sketch(kind, 0) for kind in SHAPES]
+    method.fit(items)
+    save_model(method, tmp_path / "lsh64")
+
+    def index(folder: Path, collection: dict[str, Any] | None) -> Path:
+        r = Retriever.from_model(tmp_path / "lsh64")
+        r.add(items, labels=[s.label for s in items])
+        save_index(r.index, folder, model_id=r.model_id, model_name=str(tmp_path / "lsh64"),
+                   items=[{"id": i, "label": s.label} for i, s in enumerate(items)], collection=collection)  # fmt: skip
+        return folder
+
+    marks = index(
+        tmp_path / "index", collection_fields("Merchant marks of Bristol", None, "Scanned, 1650-1700.")
+    )
+    titled = index(tmp_path / "idx2", collection_fields("Shapes", "Shapes, drawn by hand"))
+    plain = index(tmp_path / "plain-shapes", None)  # an index written before collections had names
+    specs = collection_specs([marks, titled, plain], None, None)
+    assert [name for name, _, _ in specs] == ["merchant-marks-of-bristol", "shapes", "plain-shapes"]
+    with TestClient(create_app(load_collections(specs))) as c:
+        cols = {col["name"]: col for col in c.get("/api/collections").json()}
+    assert [(n, c["title"], c["description"]) for n, c in cols.items()] == [
+        ("merchant-marks-of-bristol", "Merchant marks of Bristol", "Scanned, 1650-1700."),
+        ("shapes", "Shapes, drawn by hand", None),
+        ("plain-shapes", "plain-shapes", None),
+    ]
+    # --name still wins; two indexes of one name are refused with what to do
+    assert [n for n, _, _ in collection_specs([marks, plain], None, ["a", "b"])] == ["a", "b"]
+    with pytest.raises(typer.BadParameter, match=r"\['shapes'\] repeat: give each --index a --name"):
+        collection_specs([titled, titled], None, None)

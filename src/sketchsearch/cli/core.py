@@ -9,10 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress
-from rich.table import Table
 
-from ..errors import InvalidSketchError
+from ..errors import FormatError, InvalidSketchError
 from .app import (
     QUIET,
     Reporter,
@@ -73,28 +71,37 @@ def data_info(
     if as_json:
         print_json(info)
     else:
-        t = Table(title=f"{path}", show_header=False)
-        for k in ("format", "items", "classes", "skipped"):
-            t.add_row(k, str(info.get(k)))
-        judged = " (each image judged from its pixels)" if info["from_pixels"] else ""
-        t.add_row("modality", f"{info['modality']}{judged}")
-        for k, v in (info.get("modalities") or {}).items():
-            t.add_row(f"  {k}", str(v))
-        meta = info.get("metadata")
-        if meta is not None:
-            names = ", ".join(Path(f).name for f in meta["files"])
-            t.add_row("metadata", f"{meta['matched']} of {meta['rows']} rows of {names} matched an item")
-        for reason, count in (info.get("excluded") or {}).items():
-            t.add_row("not read", f"{count} {reason}")
-        console.print(t)
-        if meta is not None and meta["unmatched"]:
-            shown = ", ".join(meta["unmatched"][:5])
-            console.print(f"[yellow]metadata rows naming no item:[/] {escape(shown)}", highlight=False)
-        for e in info.get("errors", [])[:20]:
-            where = e["file"] if e["record"] is None else f"{e['file']}: record {e['record']}"
-            console.print(f"[yellow]skipped[/] {escape(where)}: {escape(e['reason'])}", highlight=False)
+        print_table(("field", "value"), _info_rows(info), title=str(path))
     if strict and info.get("skipped"):
         raise typer.Exit(1)
+    if strict and info.get("skipped"):
+        raise typer.Exit(1)
+
+
+#: bad records listed one per row in the table of ``data info`` (``--json`` lists up to 100)
+INFO_ERRORS = 20
+
+
+def _info_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """``data info``'s table: (field, value) rows of :func:`~sketchsearch.data.inspect.inspect_dataset`'s
+    result; a row per bad record (``skipped file``), per metadata row naming no item, per kind not read."""
+    judged = " (each image judged from its pixels)" if info["from_pixels"] else ""
+    rows = [(k, str(info.get(k))) for k in ("format", "items", "classes", "skipped")]
+    rows.append(("modality", f"{info['modality']}{judged}"))
+    rows += [(f"  {k}", str(v)) for k, v in (info.get("modalities") or {}).items()]
+    meta = info.get("metadata")
+    if meta is not None:
+        names = ", ".join(Path(f).name for f in meta["files"])
+        rows.append(("metadata", f"{meta['matched']} of {meta['rows']} rows of {names} matched an item"))
+        rows += [("metadata row naming no item", key) for key in meta["unmatched"]]
+    rows += [("not read", f"{count} {reason}") for reason, count in (info.get("excluded") or {}).items()]
+    errors = info.get("errors", [])
+    for e in errors[:INFO_ERRORS]:
+        where = e["file"] if e["record"] is None else f"{e['file']}: record {e['record']}"
+        rows.append(("skipped file", f"{where}: {e['reason']}"))
+    if info["skipped"] > INFO_ERRORS:
+        rows.append(("skipped file", f"... {info['skipped'] - INFO_ERRORS} more (--json lists up to 100)"))
+    return rows
 
 
 def _check_modality(modality: str) -> None:
@@ -190,8 +197,8 @@ def _read_for_model(
     """The items of ``data`` as the retriever's model reads them: (the Collection, the items to encode).
 
     ``auto`` means drawings for a model without a photo branch (``photo`` is refused), each image judged
-    from its pixels for one with. A model that reads stroke order gets the items with strokes (the others
-    are left out with a note on stderr); data with none is refused, naming an item."""
+    from its pixels for one with. A model that reads stroke order reads the strokes of drawings given as
+    images traced from their pixels (:mod:`sketchsearch.data.trace`; a note on stderr says how many)."""
     from ..data.sources import load_collection
 
     _check_modality(modality)
@@ -207,29 +214,20 @@ def _read_for_model(
         what = "items" if modality == "auto" else f"{modality} items"
         raise InvalidSketchError(f"{data}: no {what} to index ({res.skipped} bad records skipped)", "data")
     if "points" in r.method.preprocessing.inputs:
-        flat = [it for it in items if it.sketch is None]
-        inputs = ", ".join(r.method.preprocessing.inputs)
-        if len(flat) == len(items):
-            raise ValueError(
-                f"{model} reads stroke order (its inputs: {inputs}), but the {len(items)} items of {data} have "
-                f"no strokes (e.g. {flat[0].source}); index images with a model that reads rasters only "
-                "(e.g. sketch-gan, thin-gan), or give data with strokes"
-            )
+        flat = sum(it.sketch is None for it in items)
         if flat:
-            console.print(f"note: left out {len(flat)} items without strokes (e.g. {escape(flat[0].source)}): "
-                          f"{escape(model)} reads stroke order", highlight=False)  # fmt: skip
-            items = [it for it in items if it.sketch is not None]
+            console.print(f"note: {escape(model)} reads stroke order: the strokes of {flat} images are traced "
+                          "from their pixels", highlight=False, soft_wrap=True)  # fmt: skip
     return res, items
 
 
-def _encode_into(r: Retriever, items: list[Item]) -> None:
+def _encode_into(r: Retriever, items: list[Item], reporter: Reporter) -> None:
     """Encode ``items`` (data Items) into the retriever, each modality through its own branch, in chunks,
-    keeping label, source, metadata and a thumbnail of each."""
+    keeping label, source, metadata and a thumbnail of each; a bar on stderr (``reporter``)."""
     from ..data.batching import item_input
 
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("encoding", total=len(items))
-        step = 512
+    step = 512
+    with reporter.steps() as update:
         for s in range(0, len(items), step):
             chunk = items[s : s + step]
             for kind in ("sketch", "photo"):  # each modality through its own encoder branch
@@ -243,17 +241,33 @@ def _encode_into(r: Retriever, items: list[Item]) -> None:
                         modality=kind,
                         thumbnails=True,
                     )
-            bar.update(task, advance=len(chunk))
+            update("encoding", s + len(chunk), len(items))
 
 
-def _report_skipped(res: Collection) -> None:
-    for e in res.errors[:10]:
-        console.print(f"[yellow]skipped[/] {escape(str(e))}", highlight=False)
+#: bad records ``index build`` / ``add`` name on stderr (``data info`` lists them all)
+SHOWN_ERRORS = 10
+
+
+def _report_skipped(res: Collection, data: str) -> None:
+    """One plain line on stderr per bad record skipped (the first :data:`SHOWN_ERRORS`), then how many more."""
+    for e in res.errors[:SHOWN_ERRORS]:
+        console.print(f"skipped {e}", highlight=False, markup=False, soft_wrap=True)
+    if res.skipped > SHOWN_ERRORS:
+        console.print(f"... and {res.skipped - SHOWN_ERRORS} more: `sketchsearch data info {data}` lists them",
+                      highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+
+
+def _bad_records(n: int) -> str:
+    return f"skipped {n} bad record{'' if n == 1 else 's'}"
+
+
+def _modalities(items: list[Item]) -> dict[str, int]:
+    n_photo = sum(it.modality == "photo" for it in items)
+    return {"drawings": len(items) - n_photo, "photos": n_photo}
 
 
 def _counts(items: list[Item]) -> str:
-    n_photo = sum(it.modality == "photo" for it in items)
-    return f"{len(items) - n_photo} drawings, {n_photo} photos"
+    return "{drawings} drawings, {photos} photos".format(**_modalities(items))
 
 
 @index_app.command("build")
@@ -287,11 +301,19 @@ def index_build(
         None, "--description", help="A sentence or two about the collection."
     ),
     force: bool = typer.Option(False, "--force", help="Replace the index already at --out."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the result as JSON: index, count, drawings, photos, name, slug, title, description, "
+        "skipped, errors.",
+    ),
+    quiet: bool = QUIET,
 ) -> None:
     """Encode a collection with a model and write an on-disk index.
 
     The index folder holds codes, ids and items (label, source, metadata, thumbnail) and, in its manifest,
-    the collection's name, slug, title and description."""
+    the collection's name, slug, title and description. The result is a line on stdout (or --json); bad
+    records skipped are named on stderr."""
     from ..errors import IndexArgumentError
     from ..index.store import collection_fields, default_collection_name, write_lock
     from ..retrieval import Retriever
@@ -311,11 +333,15 @@ def index_build(
         r = Retriever.from_model(model, backend=backend)
         r.collection = fields
         res, items = _read_for_model(r, model, data, modality=modality, strict=strict, limit=limit)
-        _encode_into(r, items)
+        _encode_into(r, items, Reporter(quiet))
         r.save(out)
+    if as_json:
+        print_json({"index": str(out), "count": len(r), **_modalities(items), **fields,
+                    "skipped": res.skipped, "errors": res.error_dicts()})  # fmt: skip
+        return
     typer.echo(f"indexed {len(r)} items ({_counts(items)}) into {out}: {fields['name']!r} "
-               f"(id {fields['slug']}); skipped {res.skipped} bad records")  # fmt: skip
-    _report_skipped(res)
+               f"(id {fields['slug']}); {_bad_records(res.skipped)}")  # fmt: skip
+    _report_skipped(res, data)
 
 
 @index_app.command("add")
@@ -331,6 +357,12 @@ def index_add(
         "--duplicates",
         help="Also add items whose source (path relative to --data) the index already holds.",
     ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the result as JSON: index, added, drawings, photos, already_there, count, skipped, errors.",
+    ),
+    quiet: bool = QUIET,
 ) -> None:
     """Add the items of --data to an index, with the index's model.
 
@@ -347,13 +379,17 @@ def index_add(
             present = r.store.ids_with_sources([it.source for it in items])
             items = [it for it in items if it.source not in present]
         if items:
-            _encode_into(r, items)
+            _encode_into(r, items, Reporter(quiet))
             r.save(folder)
     kept = len(read) - len(items)
+    if as_json:
+        print_json({"index": str(folder), "added": len(items), **_modalities(items), "already_there": kept,
+                    "count": len(r), "skipped": res.skipped, "errors": res.error_dicts()})  # fmt: skip
+        return
     again = f"; {kept} already there by source, left as they are (--duplicates adds them)" if kept else ""
     typer.echo(f"added {len(items)} items ({_counts(items)}) to {folder}, {len(r)} in all{again}; "
-               f"skipped {res.skipped} bad records")  # fmt: skip
-    _report_skipped(res)
+               f"{_bad_records(res.skipped)}")  # fmt: skip
+    _report_skipped(res, data)
 
 
 @index_app.command("remove")
@@ -405,28 +441,40 @@ def index_info(folder: Path = typer.Argument(..., help="Index folder.")) -> None
 
 # ---------------------------------------------------------------------------------------------- search
 def _read_query(path: Path, record: int) -> Any:
-    """A query file: an image, a JSON strokes file ([[[x,y(,t)],...],...] or {"strokes": ...}) or ndjson (record N)."""
+    """The query of ``search``: a ``.json`` drawing in any form the API takes
+    (:func:`~sketchsearch.data.strokes.parse_strokes`, same limits), else record ``record`` of a file of any
+    supported format (an image, a QuickDraw ``.ndjson``, one Omniglot stroke ``.txt``, ...)."""
     from ..data.batching import item_input
-
-    suffix = path.suffix.lower()
-    if suffix in (".json",):
-        from ..data.sketch import Sketch
-
-        obj = json.loads(path.read_text())
-        strokes = obj["strokes"] if isinstance(obj, dict) else obj
-        return Sketch([[p[:2] for p in s] for s in strokes])
     from ..data.formats import read_any
+    from ..data.strokes import FORMS, parse_strokes
 
-    for n, item in enumerate(read_any(path, strict=True)):
-        if n == record:
+    if path.suffix.lower() == ".json":
+        if record:
+            raise typer.BadParameter(f"--record {record}: a .json query holds one drawing (record 0)")
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FormatError(path, None, f"not a JSON drawing ({e}); expected {FORMS}") from None
+        try:
+            return parse_strokes(obj)
+        except InvalidSketchError as e:
+            raise FormatError(path, None, str(e)) from None
+    held = 0
+    for held, item in enumerate(read_any(path, strict=True), 1):
+        if held == record + 1:
             return item_input(item)
-    raise InvalidSketchError(f"{path} has no record {record}", "record")
+    raise typer.BadParameter(f"--record {record}: {path} holds {held} record(s), numbered from 0")
 
 
 @app.command("search")
 @friendly_errors
 def search_cmd(
-    query: Path = typer.Argument(..., help="Query: image, JSON strokes, or a data file (see --record)."),
+    query: Path = typer.Argument(
+        ...,
+        help="Query: a JSON drawing (the API's stroke forms: [[{x, y, t}, ...], ...], [[[x, y, t], ...], ...], "
+        'QuickDraw\'s [[xs], [ys], [ts]] per stroke, optionally as {"strokes": ...} or {"drawing": ...}), '
+        "an image, or a record of a data file of any supported format (see --record).",
+    ),
     index: Path = typer.Option(..., "--index", help="Index folder."),
     model: str | None = typer.Option(None, "--model", help="Model (default: the one named in the index)."),
     k: int = typer.Option(10, "-k", min=1, max=10000, help="Number of results."),

@@ -21,7 +21,8 @@ def collection_specs(
     """Pair ``--index`` folders with ``--model`` and ``--name`` options, in the order given.
 
     No ``--model``: each index's own model (named in its manifest). One: used for every index. Otherwise one
-    per index. Names default to the index folder's name.
+    per index. A collection's name (its id in URLs) defaults to its manifest's ``slug`` (made by
+    ``index build`` from ``--name``), else to the index folder's name.
     """
     models = list(models or [])
     names = list(names or [])
@@ -36,11 +37,27 @@ def collection_specs(
     per_index: list[str | None] = (
         models * len(indexes) if len(models) == 1 else (models or [None] * len(indexes))
     )  # type: ignore[list-item]
-    chosen = names or [Path(p).resolve().name or "collection" for p in indexes]
+    chosen = names or [_default_name(Path(p)) for p in indexes]
     dupes = sorted({n for n in chosen if chosen.count(n) > 1})
     if dupes:
-        raise typer.BadParameter(f"collection names {dupes} repeat: name each index with --name")
+        raise typer.BadParameter(
+            f"collection names {dupes} repeat: give each --index a --name, or build them with different "
+            "`index build --name`"
+        )
     return [(n, m, Path(p)) for n, m, p in zip(chosen, per_index, indexes)]
+
+
+def _default_name(folder: Path) -> str:
+    """The ``slug`` of the index at ``folder`` (from its manifest), else the folder's name; a folder that is
+    not a readable index is named by its folder here, and loading it says why."""
+    from ..errors import IndexError_
+    from ..index.store import read_manifest
+
+    try:
+        slug = read_manifest(folder).get("slug")
+    except IndexError_:
+        slug = None
+    return slug if isinstance(slug, str) and slug else folder.resolve().name or "collection"
 
 
 def run_server(app: Any, host: str, port: int, log_level: str = "warning") -> None:
@@ -89,7 +106,10 @@ def serve(
         help="Model name or path for the indexes (one for all, or one per --index); default: each index's own.",
     ),
     name: list[str] | None = typer.Option(
-        None, "--name", help="Collection name per --index (default: folder name)."
+        None,
+        "--name",
+        help="Collection id in URLs per --index: letters, digits, '_', '.', '-' (default: the id `index build` "
+        "derived from its --name, else the folder's name).",
     ),
     host: str = typer.Option("127.0.0.1", help="Address to bind: loopback by default."),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
@@ -110,7 +130,11 @@ def serve(
     except ValueError as e:  # a collection name that cannot be served
         raise typer.BadParameter(str(e)) from None
     for n, r in collections.items():
-        console.print(f"collection {n}: {len(r):,} items, model {r.model_id}", highlight=False, markup=False)
+        title = (r.collection or {}).get("title")
+        shown = f"{n} ({title!r})" if title and title != n else n
+        console.print(
+            f"collection {shown}: {len(r):,} items, model {r.model_id}", highlight=False, markup=False
+        )
     warm_up(collections)
     app = create_app(collections, cors_origins=cors_origin or None, limits=Limits(max_k=max_k))
     run_server(app, host, port, log_level)

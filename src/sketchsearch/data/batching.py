@@ -113,13 +113,21 @@ def _raster_of(x: Sketch | np.ndarray | Image.Image, pre: Preprocessing) -> np.n
 
 
 def make_example(x: Sketch | np.ndarray | Image.Image, pre: Preprocessing, label: int = -1) -> dict[str, Any]:
-    """One example dict (numpy) holding what ``pre.inputs`` asks for."""
+    """One example dict (numpy) holding what ``pre.inputs`` asks for.
+
+    ``raster`` float32 (raster_size, raster_size) ink = 1; ``points`` float32 (<= max_points, 4). A drawing
+    given as an image (PIL, or an array as :data:`Query` describes) has no pen trajectory: when ``points``
+    are asked for, its strokes are traced from its pixels (:func:`~sketchsearch.data.trace.image_to_sketch`:
+    skeleton -> polylines in the usual drawing order), while its ``raster`` is still made from the image
+    itself, as for every raster-only method."""
     ex: dict[str, Any] = {"label": label}
     if "raster" in pre.inputs:
         ex["raster"] = _raster_of(x, pre)
     if "points" in pre.inputs:
         if not isinstance(x, Sketch):
-            raise TypeError("this method reads stroke order: give it a Sketch, not an image")
+            from .trace import image_to_sketch  # scikit-image loads only for stroke-order models on images
+
+            x = image_to_sketch(x)
         ex["points"] = sketch_points(x, pre.max_points)
     return ex
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from ..errors import InvalidSketchError
 from .sketch import Sketch
 
-__all__ = ["image_to_raster", "rasterize", "rasterize_batch"]
+__all__ = ["image_ink", "image_to_raster", "rasterize", "rasterize_batch"]
 
 
 def rasterize(
@@ -67,15 +67,12 @@ def rasterize_batch(
     return np.stack(rows)
 
 
-def image_to_raster(
-    img: Image.Image, size: int = 64, invert: bool | None = None, fit: bool = True
-) -> np.ndarray:
-    """A drawing given as an image -> float32 (size, size), ink = 1.
+def image_ink(img: Image.Image, invert: bool | None = None) -> np.ndarray:
+    """The ink of a drawing given as an image: float32 (H, W) in [0, 1], ink = 1, at the image's own size.
 
-    ``invert=None`` guesses: images whose border is mostly light are dark-ink-on-light and get inverted.
-    With ``fit`` the ink's bounding box is cropped and centred like :func:`rasterize` does for strokes,
-    so a scanned or uploaded drawing meets the encoder in the same frame as a stroke query.
-    """
+    ``invert=None`` decides the polarity from the border: an image whose border is mostly light is
+    dark ink on light paper (Omniglot, scans) and is inverted; a dark border means light ink (QuickDraw
+    bitmaps). InvalidSketchError when the image has no contrast (blank, or all one colour)."""
     g = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     if invert is None:
         border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
@@ -83,6 +80,19 @@ def image_to_raster(
     ink = 1.0 - g if invert else g
     if float(ink.max() - ink.min()) < 0.1:  # no contrast: blank, or one uniform colour
         raise InvalidSketchError("the image has no ink: it is blank (or all one colour)", "image")
+    return ink
+
+
+def image_to_raster(
+    img: Image.Image, size: int = 64, invert: bool | None = None, fit: bool = True
+) -> np.ndarray:
+    """A drawing given as an image -> float32 (size, size), ink = 1.
+
+    ``invert``: the polarity, as :func:`image_ink` decides it when None.
+    With ``fit`` the ink's bounding box is cropped and centred like :func:`rasterize` does for strokes,
+    so a scanned or uploaded drawing meets the encoder in the same frame as a stroke query.
+    """
+    ink = image_ink(img, invert)
     if fit:
         ys, xs = np.nonzero(ink > 0.1)
         if len(xs):

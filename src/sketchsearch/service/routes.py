@@ -3,7 +3,8 @@
 * ``POST /api/search`` — a query as strokes (JSON ``{"collection", "k", "strokes": [[{x, y, t}, ...], ...]}``,
   or any other form :func:`~sketchsearch.data.strokes.parse_strokes` reads), as an indexed item (JSON
   ``{"collection", "k", "item": id}``: the item's own stored code is the query), or as an uploaded PNG/JPEG
-  (``multipart/form-data`` with fields ``image``, ``k``, ``collection``). Answers the ranked hits (id, rank,
+  (``multipart/form-data`` with fields ``image``, ``k``, ``collection``; for a model that reads stroke order the
+  picture's strokes are traced from its pixels, :mod:`sketchsearch.data.trace`). Answers the ranked hits (id, rank,
   title, label, source, metadata, distance, thumbnail URL) and the time the search took.
 * ``GET /api/items/{id}/thumbnail?collection=NAME`` — a PNG from the index's own item store only:
   the id is an integer (validated), never a path, so nothing a client sends reaches the file system.
@@ -102,11 +103,6 @@ async def search(request: Request, state: State) -> JSONResponse:
             cname = form.get("collection")
             col = state.pick(cname if isinstance(cname, str) and cname else None)
             data = await upload.read()
-        if "points" in col.retriever.method.preprocessing.inputs:
-            raise HTTPException(
-                422,
-                f"image: collection {col.name!r}'s model reads stroke order; search it with strokes, not an image",
-            )
         img = await run_in_threadpool(read_image, data, limits)  # decoding is CPU work: off the event loop
         return await _search_response(col, img, k, {"width": img.size[0], "height": img.size[1]})
     raise HTTPException(
@@ -154,7 +150,6 @@ def list_collections(state: State) -> list[CollectionInfo]:
                 metric=c.metric,
                 code_size=r.method.code_size,
                 inputs=inputs,
-                accepts_images="points" not in inputs,
             )
         )
     return out

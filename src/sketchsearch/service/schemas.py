@@ -128,9 +128,9 @@ class CollectionInfo(BaseModel):
     metric: Metric
     code_size: int
     inputs: list[str] = Field(
-        description="what the model reads: raster (strokes or images), points (strokes only)"
+        description="what the model reads: raster (strokes or images), points (stroke order: strokes, or "
+        "traced from an image's pixels)"
     )
-    accepts_images: bool
 
 
 class Health(BaseModel):

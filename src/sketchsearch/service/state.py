@@ -1,5 +1,5 @@
 """What the service serves: the collections (name -> :class:`Retriever`, one lock each, with the title and
-description their index's manifest gives) and the limits.
+description their collection fields give: an index's manifest) and the limits.
 
 :func:`load_collections` opens collections from disk and :func:`warm_up` runs a first search in each;
 :func:`~sketchsearch.service.app.create_app` keeps a :class:`ServiceState` on ``app.state.service``, and
@@ -21,7 +21,6 @@ from starlette.exceptions import HTTPException
 
 from ..data.sketch import Sketch
 from ..errors import IndexError_, SketchSearchError
-from ..index.store import ItemStore, read_manifest
 from ..retrieval import Retriever
 from .limits import Limits
 from .schemas import Metric
@@ -84,21 +83,15 @@ def warm_up(collections: Mapping[str, Retriever]) -> dict[str, float]:
 
 
 def _presentation(name: str, retriever: Retriever) -> tuple[str, str | None]:
-    """(title, description) of a collection: the ``title`` and ``description`` of its index's manifest
-    (``index build --title/--description``) when it was loaded from a folder and they are there; the title
-    falls back to the collection's name."""
-    manifest: dict[str, object] = {}
-    if isinstance(retriever.store, ItemStore):  # the store is the folder's items.sqlite, beside the manifest
-        try:
-            manifest = read_manifest(retriever.store.path.parent)
-        except IndexError_:
-            # the folder was removed or replaced since it was loaded: serve it untitled rather than not at all
-            manifest = {}
-    title, description = (manifest.get(key) for key in ("title", "description"))
-    return (
-        title.strip() if isinstance(title, str) and title.strip() else name,
-        description.strip() if isinstance(description, str) and description.strip() else None,
+    """(title, description) of a collection: the ``title`` (else ``name``) and ``description`` of its
+    collection fields (``index build --name/--title/--description``, read from the index's manifest by
+    :meth:`Retriever.load`) when it has them; the title falls back to the name it is served under."""
+    fields = retriever.collection or {}
+    title = next(
+        (v.strip() for k in ("title", "name") if isinstance(v := fields.get(k), str) and v.strip()), name
     )
+    description = fields.get("description")
+    return title, description.strip() if isinstance(description, str) and description.strip() else None
 
 
 @dataclass

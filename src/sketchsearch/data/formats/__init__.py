@@ -12,7 +12,7 @@ quickdraw_bin     QuickDraw binary ``.bin``
 quickdraw_bitmap  QuickDraw 28x28 ``.npy`` bitmaps and ``.npz`` (images + labels)
 quickdraw         any of the three above, by suffix
 sketchrnn         sketch-rnn stroke-3 ``.npz`` (object arrays, restricted unpickler)
-omniglot          Omniglot ``strokes_*`` / ``images_*`` folders
+omniglot          Omniglot ``strokes_*`` / ``images_*`` folders, or one stroke ``.txt``
 sketchy           Sketchy ``sketch/`` + ``photo/`` folders (instance pairs)
 qmul_v1           QMUL V1 shoes / chairs ``.mat`` (sketch i <-> photo edge map i)
 qmul_chairv2      QMUL ChairV2 ``ChairV2_Coordinate`` pickle (restricted unpickler)
@@ -113,6 +113,8 @@ def _detect_file(p: Path) -> str | None:
         return "kanjivg"
     if sfx in IMAGE_SUFFIXES:
         return "images"
+    if omniglot.is_omniglot_stroke_file(p):
+        return "omniglot"
     return None
 
 
@@ -154,10 +156,11 @@ def _detect_folder(p: Path) -> str | None:
 
 
 def detect_format(path: str | Path) -> str:
-    """The reader name for ``path``: a file by its suffix (and, for ``.npz``, its member names), a folder by
-    its layout (Sketchy ``sketch/``+``photo/``, Omniglot ``strokes_*``/``images_*``, QMUL ``*_sketch_db_*.mat``,
-    ``ChairV2_Coordinate``), else by the files directly in it (ndjson, bin, npy/npz, svg), else ``images``
-    when it holds any image. Raises FormatError listing the known formats when nothing matches."""
+    """The reader name for ``path``: a file by its suffix (and, for ``.npz``, its member names; for ``.txt``,
+    an Omniglot stroke file's first line ``START``), a folder by its layout (Sketchy ``sketch/``+``photo/``,
+    Omniglot ``strokes_*``/``images_*``, QMUL ``*_sketch_db_*.mat``, ``ChairV2_Coordinate``), else by the
+    files directly in it (ndjson, bin, npy/npz, svg), else ``images`` when it holds any image. Raises
+    FormatError listing the known formats when nothing matches."""
     p = Path(path)
     if not p.exists():
         raise FormatError(p, None, "no such file or folder")

@@ -12,6 +12,9 @@ stroke file to the image of the same drawing. A stroke file or image of a folder
 follows the bad-record rule (``FormatError(file, line, reason)``), and so does one that is not at
 ``<alphabet>/<character>/<file>`` (it is reported by name, not read). A ``strokes_*`` / ``images_*``
 folder is Omniglot only when it holds such a file: one of class folders only is an image folder.
+
+A single stroke ``.txt`` (:func:`is_omniglot_stroke_file`: its first line is ``START``) reads as one item
+without a label, e.g. as the query of ``sketchsearch search``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ..sketch import Sketch
 from .base import READERS, Item, OnError, check_limit, report, require_exists
 from .images import IMAGE_SUFFIXES, load_image
 
-__all__ = ["omniglot_roots", "parse_omniglot_strokes", "read_omniglot"]
+__all__ = ["is_omniglot_stroke_file", "omniglot_roots", "parse_omniglot_strokes", "read_omniglot"]
 
 
 def parse_omniglot_strokes(path: str | Path) -> Sketch:
@@ -77,6 +80,20 @@ def parse_omniglot_strokes(path: str | Path) -> Sketch:
     if sketch.is_empty:
         raise FormatError(path, None, "no points (expected START, lines 'x,y,t' and BREAK)")
     return sketch
+
+
+def is_omniglot_stroke_file(path: str | Path) -> bool:
+    """Whether ``path`` is a ``.txt`` file whose first non-blank line is ``START`` (an Omniglot stroke file);
+    only its first 64 bytes are read."""
+    path = Path(path)
+    if path.suffix.lower() != ".txt" or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    return head.lstrip().split(b"\n", 1)[0].strip() == b"START"
 
 
 #: the files each kind of Omniglot folder holds
@@ -162,11 +179,25 @@ def read_omniglot(
     limit: int | None = None,
     kinds: Sequence[str] = ("strokes", "images"),
 ) -> Iterator[Item]:
-    """Omniglot drawings under ``path`` (the folder holding ``strokes_*`` / ``images_*``, or one of those).
+    """Omniglot drawings under ``path`` (the folder holding ``strokes_*`` / ``images_*``, or one of those), or
+    the one drawing of a stroke ``.txt`` file (label None, id ``strokes:<file stem>``).
 
     Stroke items carry ``sketch`` (y down, times in ms); image items carry ``image`` uint8 (105, 105), black
     ink (0) on white (255), as on disk. ``kinds`` selects 'strokes' and/or 'images'.
     """
+    if Path(path).is_file() and "strokes" in kinds:
+        if not is_omniglot_stroke_file(path):
+            raise FormatError(path, None, "not an Omniglot stroke file (a .txt whose first line is START)")
+        if check_limit(limit) == 0:
+            return
+        try:
+            sketch = parse_omniglot_strokes(path)
+        except FormatError as e:  # the file is its one record: the bad-record rule
+            report(e, strict, on_error)
+            return
+        sketch.id = f"strokes:{Path(path).stem}"
+        yield Item(sketch.id, None, "sketch", str(path), sketch=sketch)
+        return
     roots = [(k, r) for k, r in omniglot_roots(path) if k in kinds]
     if not roots:
         raise FormatError(path, None, "no Omniglot 'strokes_*' or 'images_*' folder here")

@@ -375,8 +375,6 @@
     els.description.textContent = c.description || ""; els.description.hidden = !c.description;
     const metric = c.metric === "hamming" ? `${c.code_size}-bit codes, Hamming distance` : `${c.code_size}-d embeddings, cosine`;
     els.details.textContent = `${c.items.toLocaleString()} items · ${c.method} · ${metric}`;
-    els.image.disabled = !c.accepts_images;
-    els.image.title = c.accepts_images ? "" : "This collection's model reads the order of strokes: search it by drawing.";
   }
 
   async function loadCollections() {
