@@ -120,9 +120,13 @@ def test_pil_image_is_rasterized_as_drawing() -> None:
     assert r.shape == (32, 32) and r[0, 0] == 0.0 and r.max() > 0.9
 
 
-def test_points_need_a_sketch() -> None:
-    with pytest.raises(TypeError, match="Sketch"):
+def test_points_of_an_image_are_traced_and_a_blank_image_is_refused() -> None:
+    with pytest.raises(InvalidSketchError, match="ink"):  # nothing to trace strokes from
         make_example(np.zeros((32, 32), np.float32), BOTH)
+    img = np.zeros((32, 32), np.float32)
+    img[16, 4:28] = 1.0  # one horizontal line (ink = 1)
+    ex = make_example(img, BOTH)
+    assert len(ex["points"]) >= 2 and ex["raster"].shape == (32, 32)
 
 
 def test_query_to_batch_refuses_an_empty_sketch() -> None:
