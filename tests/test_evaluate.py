@@ -21,7 +21,7 @@ from sketchsearch.data.collection import Collection
 from sketchsearch.data.formats.base import Item
 from sketchsearch.data.sketch import Sketch
 from sketchsearch.data.splits import Split, make_split
-from sketchsearch.errors import ModelError
+from sketchsearch.errors import InvalidSketchError, ModelError
 from sketchsearch.eval.evaluate import Row, evaluate, evaluate_rows, markdown_table, score
 from sketchsearch.eval.metrics import map_at_all, n_relevant_from_labels, relevance_from_labels
 from sketchsearch.methods.base import Batch, Method, Preprocessing, create_method
@@ -111,7 +111,8 @@ def test_per_item_modalities_encode_photos_with_the_photo_branch() -> None:
     res = score(Circle(), strokes([0.0, 1.5]), ["a", "b"], [photo(1.4), photo(0.2)], ["b", "a"],
                 ks=(1,), query_modality="photo")  # fmt: skip
     assert res["acc@1"] == pytest.approx(1.0)
-    with pytest.raises(TypeError, match="give it a Sketch"):  # a photo through the sketch branch
+    # a photo through the sketch branch: the stroke reader cannot trace an RGB array
+    with pytest.raises(InvalidSketchError, match="2-D array"):
         score(Circle(), gallery, ["a", "a", "b", "b"], leave_one_out=True)
 
 
@@ -226,7 +227,7 @@ def test_cross_modal_split_encodes_photos_as_photos() -> None:
     assert main["mAP@all"] == pytest.approx(1.0)
     # the photo branch is what ranks them: as sketches the photos could not be encoded at all
     bad = Split("category", 0, {}, {"query": split.query, "gallery": split.gallery})
-    with pytest.raises(TypeError, match="give it a Sketch"):
+    with pytest.raises(InvalidSketchError, match="2-D array"):
         score(Circle(), [coll[i].image for i in bad.gallery], ["x"] * 4, strokes([0.0]), ["x"])
 
 
