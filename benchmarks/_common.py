@@ -35,9 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: where the scripts write by default
 RESULTS = ROOT / "benchmarks" / "results"
 #: the real datasets (see ``../shared/data/README``)
-DATA_ROOT = Path(
-    os.environ.get("SKETCHSEARCH_SHARED_DATA") or ROOT.parent / "shared" / "data"
-).expanduser().absolute()
+DATA_ROOT = Path(os.environ.get("SKETCHSEARCH_SHARED_DATA") or ROOT.parent / "shared" / "data").expanduser().absolute()
 
 
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:

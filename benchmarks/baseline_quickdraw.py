@@ -48,8 +48,10 @@ def category_split(coll: Collection, path: Path | None, queries_per_class: int, 
     split.check(coll.items, path)
     asked = ("category", seed, queries_per_class)
     if (split.kind, split.seed, split.params.get("queries_per_class")) != asked:
-        raise ValueError(f"{path}: a {split.kind} split with seed={split.seed}, params {split.params}; asked for "
-                         f"a category split with seed={seed}, queries_per_class={queries_per_class}")  # fmt: skip
+        raise ValueError(
+            f"{path}: a {split.kind} split with seed={split.seed}, params {split.params}; asked for "
+            f"a category split with seed={seed}, queries_per_class={queries_per_class}"
+        )
     return split
 
 
@@ -62,9 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--pca-dims", type=int, nargs="*", default=[64], help="float PCA rows (none: --pca-dims)")
     ap.add_argument("--queries-per-class", type=int, default=10)
     ap.add_argument("--split-seed", type=int, default=0)
-    ap.add_argument(
-        "--seed", type=int, default=0, help="seed of the LSH hyperplanes and the ITQ initial rotation"
-    )
+    ap.add_argument("--seed", type=int, default=0, help="seed of the LSH hyperplanes and the ITQ initial rotation")
     ap.add_argument(
         "--split-file",
         default=None,
@@ -74,9 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(1)
-    default_split = (
-        RESULTS / f"quickdraw_raw_split_q{args.queries_per_class}_seed{args.split_seed}.json"
-    )
+    default_split = RESULTS / f"quickdraw_raw_split_q{args.queries_per_class}_seed{args.split_seed}.json"
     split_file = Path(args.split_file) if args.split_file else None if args.limit else default_split
     rows = []
     for b in args.bits:

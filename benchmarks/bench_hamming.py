@@ -54,9 +54,7 @@ class RawFaiss:
         return self.index.search(q, k)
 
 
-def best_ms_per_query(
-    index: Any, q: np.ndarray, k: int, repeats: int
-) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
+def best_ms_per_query(index: Any, q: np.ndarray, k: int, repeats: int) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
     best = float("inf")
     out = None
     for _ in range(repeats):
@@ -91,8 +89,11 @@ def run(
                     nq_b = max(1, min(nq, int(numpy_max_work // n)))
                 ms, (d, ids) = best_ms_per_query(index, q[:nq_b], k, repeats if nq_b == nq else 1)
                 res[name] = {"ms": ms, "nq": nq_b, "d": d, "ids": ids}
-                print(f"{name:>12} n={n:>9} bits={nbits:>3}  {ms:8.3f} ms/query ({nq_b} queries)",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"{name:>12} n={n:>9} bits={nbits:>3}  {ms:8.3f} ms/query ({nq_b} queries)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 del index
             ref = res["faiss"]  # tie-exact results
             for name in BACKENDS:
@@ -131,9 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--queries", type=int, default=64)
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument(
-        "--numpy-max-work", type=float, default=2e7, help="n x queries above which numpy is sampled"
-    )
+    ap.add_argument("--numpy-max-work", type=float, default=2e7, help="n x queries above which numpy is sampled")
     here = Path(__file__).resolve().parent / "results"
     ap.add_argument("--json", action="store_true", help="print the result rows as JSON on stdout")
     ap.add_argument("--json-out", default=str(here / "hamming.json"), help="results JSON file")
@@ -157,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
         "note",
     ]
     md = f"# Exact top-{a.k} Hamming search, 1 thread\n\n" + markdown_table(rows, cols)
-    md += f"\nMachine: {payload['machine']['cpu']}, {payload['machine']['cores']} cores (others' jobs may share them).\n"
+    md += (
+        f"\nMachine: {payload['machine']['cpu']}, {payload['machine']['cores']} cores (others' jobs may share them).\n"
+    )
     md += (
         "\n`speedup_vs_faiss`: against faiss-raw (plain `IndexBinaryFlat.search`); `speedup_vs_faiss_tie_exact`: "
         "against this project's tie-exact faiss backend; `same_results_as_faiss`: ids and distances equal to "

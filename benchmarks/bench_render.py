@@ -41,9 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in a.sizes:
         lw = 1.5 * size / 64
         ours = rate(lambda s, size=size, lw=lw: rasterize(s, size=size, line_width=lw), sketches)
-        ref = rate(
-            lambda s, size=size, lw=lw: rasterize(s, size=size, line_width=lw, supersample=1), sketches
-        )
+        ref = rate(lambda s, size=size, lw=lw: rasterize(s, size=size, line_width=lw, supersample=1), sketches)
         rows.append(
             {
                 "renderer": "sketchsearch (4x supersampled, antialiased)",

@@ -69,10 +69,7 @@ def query_payloads(n_distinct: int, k: int, seed: int) -> list[bytes]:
     for s in merchant_marks(max(1, n_distinct // 5), 5, seed=seed + 1)[:n_distinct]:
         times = s.times or [np.arange(len(st)) * 16.0 for st in s.strokes]
         strokes = [
-            [
-                {"x": round(float(x), 1), "y": round(float(y), 1), "t": round(float(t), 1)}
-                for (x, y), t in zip(st, ts)
-            ]
+            [{"x": round(float(x), 1), "y": round(float(y), 1), "t": round(float(t), 1)} for (x, y), t in zip(st, ts)]
             for st, ts in zip(s.strokes, times)
         ]
         out.append(json.dumps({"strokes": strokes, "k": k, "collection": "bench"}).encode())
@@ -140,9 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--distinct-queries", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--time-limit", type=float, default=300.0, help="seconds for the whole run, set-up included"
-    )
+    ap.add_argument("--time-limit", type=float, default=300.0, help="seconds for the whole run, set-up included")
     ap.add_argument("--out", type=Path, default=RESULTS / "service")
     args = ap.parse_args(argv)
     deadline = time.monotonic() + args.time_limit
@@ -152,9 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # loopback only
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    proc = mp.get_context("spawn").Process(
-        target=_serve, args=(sock, args.items, args.nbits, args.seed), daemon=True
-    )
+    proc = mp.get_context("spawn").Process(target=_serve, args=(sock, args.items, args.nbits, args.seed), daemon=True)
     t_setup = time.perf_counter()
     proc.start()
     try:
@@ -206,16 +199,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "reference_health": {  # same clients and count, GET /api/health: the serving floor, same run
             "requests_ok": len(ref["latencies_ms"]),
-            "throughput_per_s": round(len(ref["latencies_ms"]) / ref["wall_s"], 1)
-            if ref["wall_s"] > 0
-            else None,
+            "throughput_per_s": round(len(ref["latencies_ms"]) / ref["wall_s"], 1) if ref["wall_s"] > 0 else None,
             "p50_ms": round(pct(ref["latencies_ms"], 50), 2),
             "p99_ms": round(pct(ref["latencies_ms"], 99), 2),
         },
         "server_setup_s": round(setup_s, 1),
         "machine": {**machine_info(), "load_average_1min_before": round(load_before, 2)},
-        "command": "python benchmarks/bench_service.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/bench_service.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     L = out["latency_ms"]
     md = [
@@ -228,7 +218,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"1-minute load average {out['machine']['load_average_1min_before']} before the run (a shared machine)."
         ),
         "",
-        "| searches ok | errors | throughput (searches/s) | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | server search p50 / p99 (ms) |",
+        (
+            "| searches ok | errors | throughput (searches/s) | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) "
+            "| server search p50 / p99 (ms) |"
+        ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
         (
             f"| {n_ok:,} | {n_err} | {out['throughput_per_s']} | {L['p50']} | {L['p90']} | {L['p99']} | {L['max']} | "

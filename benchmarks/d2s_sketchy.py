@@ -112,9 +112,15 @@ def scores(m: Method, coll: Collection, split: Split) -> dict[str, Any]:
     """The table's figures of one model (``eval.evaluate`` on the split) and its encode / search speeds."""
     res = evaluate(m, coll, split, ks=KS)
     zs, seen = res["zero_shot"], res["main"]
-    return {"unseen mAP@all": zs["mAP@all"], "unseen P@10": zs["P@10"], "unseen P@25": zs["P@25"],
-            "seen mAP@all": seen["mAP@all"], "seen P@5": seen["P@5"],
-            "encode_per_s": zs["encode_per_s"], "ms_per_query": zs["ms_per_query"]}  # fmt: skip
+    return {
+        "unseen mAP@all": zs["mAP@all"],
+        "unseen P@10": zs["P@10"],
+        "unseen P@25": zs["P@25"],
+        "seen mAP@all": seen["mAP@all"],
+        "seen P@5": seen["P@5"],
+        "encode_per_s": zs["encode_per_s"],
+        "ms_per_query": zs["ms_per_query"],
+    }
 
 
 def mean_std(values: list[float]) -> str:
@@ -134,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-unseen", type=int, default=25)
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument(
-        "--cache", type=Path, default=None, help="default runs/d2s_sketchy/features<size>.safetensors"
-    )
+    ap.add_argument("--cache", type=Path, default=None, help="default runs/d2s_sketchy/features<size>.safetensors")
     ap.add_argument("--out", type=Path, default=RESULTS / "d2s_sketchy")
     a = ap.parse_args(argv)
     if not a.data.is_dir():
@@ -162,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": {
             "data": str(a.data),
             "split": split.summary(),
-            "split_file": str(
-                split_file.relative_to(ROOT) if split_file.is_relative_to(ROOT) else split_file
-            ),
+            "split_file": str(split_file.relative_to(ROOT) if split_file.is_relative_to(ROOT) else split_file),
             "train_sketches": len(train_by["sketch"]),
             "train_photos": len(train_by["photo"]),
             "unseen_classes": split.unseen_classes,
@@ -194,12 +196,24 @@ def main(argv: list[str] | None = None) -> int:
         for seed in a.seeds:
             seed_everything(seed)  # the heads' initialisation, as run_recipe seeds it
             m = Doodle2Search(input_size=a.input_size, **kw)
-            cfg = TrainConfig(iterations=a.iterations, batch_size=a.batch_size, lr=a.lr, seed=seed, device="cpu",
-                              progress=False, log_every=100)  # fmt: skip
+            cfg = TrainConfig(
+                iterations=a.iterations,
+                batch_size=a.batch_size,
+                lr=a.lr,
+                seed=seed,
+                device="cpu",
+                progress=False,
+                log_every=100,
+            )
             record = fit(m, coll, split, cfg, feature_cache=str(cache))
             m.cpu().eval()
-            run = {"row": name, "seed": seed, **scores(memoised(m, stores), coll, split),
-                   "train s": record["train_seconds"], "last": record["last"]}  # fmt: skip
+            run = {
+                "row": name,
+                "seed": seed,
+                **scores(memoised(m, stores), coll, split),
+                "train s": record["train_seconds"],
+                "last": record["last"],
+            }
             runs.append(run)
             payload["runs"].append(run)
             print({k: v for k, v in run.items() if k != "last"}, flush=True)
@@ -253,7 +267,8 @@ def write(stem: Path, payload: dict[str, Any]) -> None:
     n_eval = sp["query"] + sp["gallery"] + sp["unseen_query"] + sp["unseen_gallery"]
     notes += (
         f"\nEvery row is scored by `eval.evaluate` on the raw images through the Retriever. The first (the "
-        f"reference) ran the backbone on all {n_eval} evaluation images in {t['first_evaluation_s']} s ({ref['encode_per_s']:.1f} zero-shot images/s, "
+        f"reference) ran the backbone on all {n_eval} evaluation images in {t['first_evaluation_s']} s "
+        f"({ref['encode_per_s']:.1f} zero-shot images/s, "
         f"{p['input_size']} px, CPU); the other rows read its output on the same batches back (memoised).\n"
     )
     md = stem.with_suffix(".md")

@@ -83,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "and/or l2 (PML's default; then SNR = 2 - 2 cos on zero-mean vectors, nearly the Euclidean loss)",
     )
     ap.add_argument("--out", type=Path, default=RESULTS / "dsml_compare")
-    ap.add_argument(
-        "--render", type=Path, default=None, help="only re-write the markdown of this results JSON"
-    )
+    ap.add_argument("--render", type=Path, default=None, help="only re-write the markdown of this results JSON")
     a = ap.parse_args(argv)
     if a.render:
         render(a.render)
@@ -140,9 +138,21 @@ def main(argv: list[str] | None = None) -> int:
                 for hashing, nbits, its in codes:
                     for dist in a.distances:
                         bits = {"hashing": True, "nbits": nbits} if hashing else {}
-                        res = run_recipe("dsml", str(paths[name]), seed=seed, device="cpu", iterations=its,
-                                         batch_size=CLASSES_PER_BATCH * PER_CLASS, lr=1e-3, split_file=split_file,
-                                         progress=False, per_class=PER_CLASS, distance=dist, **bits, **kw)  # fmt: skip
+                        res = run_recipe(
+                            "dsml",
+                            str(paths[name]),
+                            seed=seed,
+                            device="cpu",
+                            iterations=its,
+                            batch_size=CLASSES_PER_BATCH * PER_CLASS,
+                            lr=1e-3,
+                            split_file=split_file,
+                            progress=False,
+                            per_class=PER_CLASS,
+                            distance=dist,
+                            **bits,
+                            **kw,
+                        )
                         last = res.training["last"]
                         for ev, label in EVALUATIONS.items():
                             m = res.metrics.get(ev)
@@ -250,9 +260,7 @@ def float_means(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         if r["searched by"] == "cosine":
             for m in metrics:
-                groups[(r["dataset"], r["embedding"], r["code"], r["evaluation"], r["trained with"])][
-                    m
-                ].append(r[m])
+                groups[(r["dataset"], r["embedding"], r["code"], r["evaluation"], r["trained with"])][m].append(r[m])
     if not groups:
         return []
     out = [
@@ -262,9 +270,7 @@ def float_means(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for key, by in groups.items():
         cells = [_mean(by[m]) for m in metrics]
-        out.append(
-            "| " + " | ".join(map(str, key)) + " | " + " | ".join(cells) + f" | {len(by[metrics[0]])} |"
-        )
+        out.append("| " + " | ".join(map(str, key)) + " | " + " | ".join(cells) + f" | {len(by[metrics[0]])} |")
     return out
 
 

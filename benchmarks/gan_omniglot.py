@@ -55,9 +55,7 @@ from sketchsearch.retrieval import Retriever
 KS = (1, 8, 100)
 
 
-def _eval(
-    label: str, method: Method, coll: Collection, split: Split, extra: dict[str, Any]
-) -> dict[str, Any]:
+def _eval(label: str, method: Method, coll: Collection, split: Split, extra: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = evaluate(method, coll, split, ks=KS)["main"]
     row = {
@@ -68,9 +66,7 @@ def _eval(
         "seconds": time.perf_counter() - t0,
         **extra,
     }
-    print(
-        f"{label:32s} mAP@all {row['mAP@all']:.4f}  P@8 {row['P@8']:.4f}  ({row['seconds']:.0f}s)", flush=True
-    )
+    print(f"{label:32s} mAP@all {row['mAP@all']:.4f}  P@8 {row['P@8']:.4f}  ({row['seconds']:.0f}s)", flush=True)
     return row
 
 
@@ -96,17 +92,13 @@ def _grid(
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--omniglot", default=str(DATA_ROOT / "omniglot" / "strokes_background_small1")
-    )
+    ap.add_argument("--omniglot", default=str(DATA_ROOT / "omniglot" / "strokes_background_small1"))
     ap.add_argument("--train", default=str(DATA_ROOT / "sketchrnn" / "omniglot.npz"))
     ap.add_argument("--models", nargs="+", default=["sketch-gan", "thin-gan"])
     ap.add_argument(
         "--fit-on", type=int, default=10_000, help="unlabelled drawings for baselines / untrained calibration"
     )
-    ap.add_argument(
-        "--update-cards", action="store_true", help="write the measured metrics into the models' cards"
-    )
+    ap.add_argument("--update-cards", action="store_true", help="write the measured metrics into the models' cards")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "gan_omniglot"))
     ap.add_argument("--figures", default=str(ROOT / "docs" / "gan"))
@@ -181,9 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                 {"network_per_s": _network_throughput(untrained, rasters)},
             )
         )
-        rows.append(
-            _eval(f"{arch} untrained D (1024-bit centred)", binary_variant(untrained), coll, split, {})
-        )
+        rows.append(_eval(f"{arch} untrained D (1024-bit centred)", binary_variant(untrained), coll, split, {}))
 
     for method_name, kw in (
         ("itq", {"nbits": 64}),

@@ -91,9 +91,15 @@ class PhotoSketchITQ(Method):
 def figures(metrics: dict[str, Any]) -> dict[str, Any]:
     """The table's columns from a model's ``main`` (category) and ``instance`` evaluations of the split."""
     main, inst = metrics["main"], metrics["instance"]
-    return {"mAP@all": main["mAP@all"], "acc@1": inst["acc@1"], "acc@10": inst["acc@10"],
-            "queries": main["n_queries"], "gallery": main["n_gallery"],
-            "encode_per_s": round(main["encode_per_s"], 1), "search_ms_per_query": round(main["ms_per_query"], 3)}  # fmt: skip
+    return {
+        "mAP@all": main["mAP@all"],
+        "acc@1": inst["acc@1"],
+        "acc@10": inst["acc@10"],
+        "queries": main["n_queries"],
+        "gallery": main["n_gallery"],
+        "encode_per_s": round(main["encode_per_s"], 1),
+        "search_ms_per_query": round(main["ms_per_query"], 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--hash-lr-mult", type=float, default=5.0)
     ap.add_argument("--bits", type=int, nargs="+", default=[32, 64])
-    ap.add_argument(
-        "--fine-bits", type=int, default=64, help="rows other than '- triplet' only at these bits"
-    )
+    ap.add_argument("--fine-bits", type=int, default=64, help="rows other than '- triplet' only at these bits")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--classes", type=int, default=20, help="seeded class subset (100 = all; see the notes)")
@@ -120,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     t_all = time.perf_counter()
     coll = load_collection(a.data)
-    split = make_split("heldout_instance", coll.items, seed=a.split_seed,
-                       n_classes=a.classes if a.classes < len(coll.classes) else None)  # fmt: skip
+    split = make_split(
+        "heldout_instance",
+        coll.items,
+        seed=a.split_seed,
+        n_classes=a.classes if a.classes < len(coll.classes) else None,
+    )
     split_file = a.out.parent / "gdh_sketchy_split.json"
     split.save(split_file)
     train = {m: [coll[i] for i in split.train if coll[i].modality == m] for m in ("sketch", "photo")}
@@ -131,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": {
             "data": str(a.data),
             "split": split.summary(),
-            "split_file": str(
-                split_file.relative_to(ROOT) if split_file.is_relative_to(ROOT) else split_file
-            ),
+            "split_file": str(split_file.relative_to(ROOT) if split_file.is_relative_to(ROOT) else split_file),
             "train_sketches": len(train["sketch"]),
             "train_photos": len(train["photo"]),
             "iterations": a.iterations,
@@ -161,8 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         itq.itq.fit(np.concatenate([rasters, photo_rasters]))
         fit_s = time.perf_counter() - t0
         metrics = {**evaluate(itq, coll, split), **instance_metrics(itq, coll, split)}  # as the recipe's
-        row = {"row": "pixel ITQ (reference)", "bits": nbits, **figures(metrics),
-               **fit_check(itq, coll, split), "train s": round(fit_s, 1)}  # fmt: skip
+        row = {
+            "row": "pixel ITQ (reference)",
+            "bits": nbits,
+            **figures(metrics),
+            **fit_check(itq, coll, split),
+            "train s": round(fit_s, 1),
+        }
         payload["rows"].append(row)
         print(row, flush=True)
         write(a.out, payload)
@@ -170,15 +181,33 @@ def main(argv: list[str] | None = None) -> int:
         for nbits in a.bits:
             if nbits != a.fine_bits and not name.startswith("- triplet") and not name.startswith("GDH full"):
                 continue
-            res = run_recipe("gdh", str(a.data), seed=a.seed, device="cpu", iterations=a.iterations,
-                             batch_size=2 * a.batch_size, lr=a.lr, split_file=split_file, progress=False,
-                             per_class=2, image_size=a.size, nbits=nbits, hash_lr_mult=a.hash_lr_mult,
-                             **kw)  # fmt: skip
+            res = run_recipe(
+                "gdh",
+                str(a.data),
+                seed=a.seed,
+                device="cpu",
+                iterations=a.iterations,
+                batch_size=2 * a.batch_size,
+                lr=a.lr,
+                split_file=split_file,
+                progress=False,
+                per_class=2,
+                image_size=a.size,
+                nbits=nbits,
+                hash_lr_mult=a.hash_lr_mult,
+                **kw,
+            )
             t = res.training
             payload["protocol"].setdefault("method_defaults", res.method.hparams)
-            row = {"row": name, "bits": nbits, **figures(res.metrics), **fit_check(res.method, coll, split),
-                   "train s": t["train_seconds"], "s/iter": round(t["train_seconds"] / a.iterations, 2),
-                   "last": t["last"]}  # fmt: skip
+            row = {
+                "row": name,
+                "bits": nbits,
+                **figures(res.metrics),
+                **fit_check(res.method, coll, split),
+                "train s": t["train_seconds"],
+                "s/iter": round(t["train_seconds"] / a.iterations, 2),
+                "last": t["last"],
+            }
             payload["rows"].append(row)
             print({k: v for k, v in row.items() if k != "last"}, flush=True)
             write(a.out, payload)
@@ -220,23 +249,31 @@ def fit_check(m: Method, coll: Collection, split: Split, per_class: int = 5) -> 
             first[it.modality].append(i)
     sk = Split("heldout_instance", split.seed, {}, {"query": first["sketch"], "gallery": first["photo"]})
     ph = Split("leave_one_out", split.seed, {}, {"gallery": first["photo"]})
-    return {"train sketch->photo mAP": evaluate(m, coll, sk)["main"]["mAP@all"],
-            "train photo->photo mAP": evaluate(m, coll, ph)["main"]["mAP@all"]}  # fmt: skip
+    return {
+        "train sketch->photo mAP": evaluate(m, coll, sk)["main"]["mAP@all"],
+        "train photo->photo mAP": evaluate(m, coll, ph)["main"]["mAP@all"],
+    }
 
 
 def write(stem: Path, payload: dict[str, Any]) -> None:
-    cols = ["row", "bits", "mAP@all", "acc@1", "acc@10", "train sketch->photo mAP", "train photo->photo mAP",
-            "train s", "encode_per_s", "search_ms_per_query"]  # fmt: skip
+    cols = [
+        "row",
+        "bits",
+        "mAP@all",
+        "acc@1",
+        "acc@10",
+        "train sketch->photo mAP",
+        "train photo->photo mAP",
+        "train s",
+        "encode_per_s",
+        "search_ms_per_query",
+    ]
     write_results(stem, payload, table_markdown(payload, cols, payload["title"]))
     p = payload["protocol"]
     sp = p["split"]
     notes = (
         f"\nCommand: `{payload['command'].strip()}`"
-        + (
-            f" ({payload['seconds']} s in all, {p['threads']} thread)"
-            if "seconds" in payload
-            else " (running)"
-        )
+        + (f" ({payload['seconds']} s in all, {p['threads']} thread)" if "seconds" in payload else " (running)")
         + f".\n\nSplit (seed {sp['seed']}, `{p['split_file']}`): {sp['seen_classes']} classes (a seeded subset of "
         f"Sketchy's 100 here, so that ~{p['iterations'] * p['batch_pairs'] / max(p['train_photos'], 1):.0f} epochs fit "
         f"the CPU budget: the paper trains 20-30), all of them trained; held out per class one source photo with all "

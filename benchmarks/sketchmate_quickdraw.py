@@ -67,28 +67,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p-at", type=int, default=10, choices=DEFAULT_KS, help="the P@k column")
     ap.add_argument("--seed", type=int, default=0, help="seed of the split and of every row's training")
     ap.add_argument("--max-classes", type=int, default=None, help="use only the first N classes (smoke runs)")
-    ap.add_argument(
-        "--threads", type=int, default=1, help="torch threads (results depend on it, bit for bit)"
-    )
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (results depend on it, bit for bit)")
     ap.add_argument("--ship", action="store_true", help="save the 64-bit full model as the shipped artifact")
     ap.add_argument("--out", default=str(RESULTS / "sketchmate_quickdraw"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    command = "python benchmarks/sketchmate_quickdraw.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    command = "python benchmarks/sketchmate_quickdraw.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     t_load = time.perf_counter()
     coll = load_collection(args.data)
     classes = set(coll.classes[: args.max_classes] if args.max_classes else coll.classes)
-    split = make_split("class_holdout", [it for it in coll if it.label in classes], seed=args.seed,
-                       unseen=args.unseen)  # fmt: skip
+    split = make_split("class_holdout", [it for it in coll if it.label in classes], seed=args.seed, unseen=args.unseen)
     split_file = out.with_name(out.name + "_split.json")
     dataclasses.replace(split, data=args.data).save(split_file)
-    print(
-        f"data: {split.summary()} (read in {time.perf_counter() - t_load:.1f}s) -> {split_file}", flush=True
-    )
+    print(f"data: {split.summary()} (read in {time.perf_counter() - t_load:.1f}s) -> {split_file}", flush=True)
 
     p_at = f"P@{args.p_at}"
     columns = ("mAP@all", p_at, "recognition_acc")
@@ -114,33 +107,68 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(out.with_suffix(".md"), md + ("" if finished else "\n_(run in progress)_\n"))
 
     # ---- the pixel baselines first (seconds), then SketchMate
-    baselines = [Row(f"{n.upper()} (pixels 32x32)", method=n, kwargs={"nbits": b, "seed": args.seed})
-                 for b in args.bits for n in ("itq", "lsh")]  # fmt: skip
-    doc = evaluate_rows(baselines, coll, split, title="SketchMate on QuickDraw (raw ndjson subset)", notes=notes,
-                        meta=meta, columns=columns[:2], progress=lambda s: print(s, flush=True))  # fmt: skip
+    baselines = [
+        Row(f"{n.upper()} (pixels 32x32)", method=n, kwargs={"nbits": b, "seed": args.seed})
+        for b in args.bits
+        for n in ("itq", "lsh")
+    ]
+    doc = evaluate_rows(
+        baselines,
+        coll,
+        split,
+        title="SketchMate on QuickDraw (raw ndjson subset)",
+        notes=notes,
+        meta=meta,
+        columns=columns[:2],
+        progress=lambda s: print(s, flush=True),
+    )
     write(doc)
     rows = [("SketchMate", 64, {})] if 64 in args.bits else []
     rows += [(label, 64, kw) for label, kw in ABLATIONS if 64 in args.bits]
     rows += [("SketchMate", b, {}) for b in args.bits if b != 64]
-    recipe = {"seed": args.seed, "iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr,
-              "split_file": split_file, "progress": False, "pretrain_iterations": args.pretrain_iterations,
-              "fused_iterations": args.fused_iterations}  # fmt: skip
+    recipe = {
+        "seed": args.seed,
+        "iterations": args.iterations,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "split_file": split_file,
+        "progress": False,
+        "pretrain_iterations": args.pretrain_iterations,
+        "fused_iterations": args.fused_iterations,
+    }
     for label, bits, kw in rows:
         res = run_recipe("sketchmate", args.data, nbits=bits, **recipe, **kw)
         main_ = {**res.metrics["main"], "recognition_acc": res.metrics["recognition_acc"]}
         zero_shot = res.metrics.get("zero_shot")
-        doc["rows"].append({"label": label, "model": None, "method": "sketchmate", "kwargs": {"nbits": bits, **kw},
-                            "model_id": "unsaved", "training": res.training, "main": main_,
-                            **({"zero_shot": zero_shot} if zero_shot else {})})  # fmt: skip
+        doc["rows"].append(
+            {
+                "label": label,
+                "model": None,
+                "method": "sketchmate",
+                "kwargs": {"nbits": bits, **kw},
+                "model_id": "unsaved",
+                "training": res.training,
+                "main": main_,
+                **({"zero_shot": zero_shot} if zero_shot else {}),
+            }
+        )
         write(doc)
-        print(f"{label:>30} {bits:3d} bits  mAP@all {main_['mAP@all']:.4f}  {p_at} {main_[p_at]:.4f}  zero-shot "
-              f"mAP {zero_shot['mAP@all'] if zero_shot else float('nan'):.4f}  acc {main_['recognition_acc']:.3f}  "
-              f"train {res.training['train_seconds']}s", flush=True)  # fmt: skip
+        print(
+            f"{label:>30} {bits:3d} bits  mAP@all {main_['mAP@all']:.4f}  {p_at} {main_[p_at]:.4f}  zero-shot "
+            f"mAP {zero_shot['mAP@all'] if zero_shot else float('nan'):.4f}  acc {main_['recognition_acc']:.3f}  "
+            f"train {res.training['train_seconds']}s",
+            flush=True,
+        )
         if args.ship and (label, bits) == ("SketchMate", 64):
             from sketchsearch.model import save_model
 
-            card = save_model(res.method, ROOT / "src" / "sketchsearch" / "pretrained" / "sketchmate-quickdraw-64",
-                              training={**res.training, "command": command}, metrics=res.metrics, split=res.split)  # fmt: skip
+            card = save_model(
+                res.method,
+                ROOT / "src" / "sketchsearch" / "pretrained" / "sketchmate-quickdraw-64",
+                training={**res.training, "command": command},
+                metrics=res.metrics,
+                split=res.split,
+            )
             print(f"shipped {card.model_id}", flush=True)
     write(doc, finished=True)
     return 0

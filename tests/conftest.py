@@ -20,9 +20,7 @@ SHARED_DATA = Path(
 def shared_data() -> Path:
     """The real datasets at ../shared/data (see its README); tests using this are marked `data`."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(
-            f"real data folder {SHARED_DATA} is absent (set SKETCHSEARCH_SHARED_DATA or run beside ../shared)"
-        )
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (set SKETCHSEARCH_SHARED_DATA or run beside ../shared)")
     return SHARED_DATA
 
 

@@ -33,9 +33,7 @@ def clustered_rasters(
     rng = np.random.default_rng(seed)
     templates = (rng.random((n_classes, size, size)) < 0.15).astype(np.float32)
     labels = np.repeat(np.arange(n_classes), per_class)
-    x = templates[labels] * (rng.random((len(labels), size, size)) < 0.8) + 0.1 * rng.random(
-        (len(labels), size, size)
-    )
+    x = templates[labels] * (rng.random((len(labels), size, size)) < 0.8) + 0.1 * rng.random((len(labels), size, size))
     return np.clip(x, 0, 1).astype(np.float32), labels
 
 
@@ -71,9 +69,7 @@ def test_itq_rotation_is_orthogonal_and_lowers_quantization_loss() -> None:
     rot, losses = itq_rotation(v, 50, seed=0)
     np.testing.assert_allclose(rot.T @ rot, np.eye(16), atol=1e-9)
     assert len(losses) == 50
-    assert all(
-        b <= a + 1e-9 for a, b in itertools.pairwise(losses)
-    )  # each Procrustes step cannot increase it
+    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(losses))  # each Procrustes step cannot increase it
     # better than the PCA axes themselves (identity rotation), which is the point of ITQ
     b0 = np.where(v >= 0, 1.0, -1.0)
     assert losses[-1] < ((b0 - v) ** 2).sum() / len(v)
@@ -165,16 +161,23 @@ def _write_quickdraw_folder(folder, n_classes: int = 3, per_class: int = 14) -> 
 
     rng = np.random.default_rng(1)
     folder.mkdir()
-    shapes = [np.array([[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]),  # square
-              np.array([[0, 100], [50, 0], [100, 100]]),  # caret
-              np.array([[0, 0], [100, 100], [0, 100], [100, 0]])]  # zigzag  # fmt: skip
+    shapes = [
+        np.array([[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]),  # square
+        np.array([[0, 100], [50, 0], [100, 100]]),  # caret
+        np.array([[0, 0], [100, 100], [0, 100], [100, 0]]),
+    ]  # zigzag
     for c in range(n_classes):
         with open(folder / f"class{c}.ndjson", "w") as f:
             for i in range(per_class):
                 pts = shapes[c] + rng.normal(0, 4, shapes[c].shape)
                 t = list(range(len(pts)))
-                rec = {"word": f"class{c}", "key_id": f"{c}{i:04d}", "recognized": True, "countrycode": "US",
-                       "drawing": [[pts[:, 0].tolist(), pts[:, 1].tolist(), t]]}  # fmt: skip
+                rec = {
+                    "word": f"class{c}",
+                    "key_id": f"{c}{i:04d}",
+                    "recognized": True,
+                    "countrycode": "US",
+                    "drawing": [[pts[:, 0].tolist(), pts[:, 1].tolist(), t]],
+                }
                 f.write(json.dumps(rec) + "\n")
 
 
@@ -211,8 +214,9 @@ def test_rows_on_a_split_with_train_part_and_unseen_classes(tmp_path) -> None:  
     _write_quickdraw_folder(tmp_path / "qd")
     coll = load_collection(tmp_path / "qd")
     split = make_split("class_holdout", coll.items, seed=0, unseen=1)
-    doc = evaluate_rows([Row("ITQ 16", method="itq", kwargs={"nbits": 16}), Row("PCA 8", method="pca",
-                         kwargs={"dim": 8})], coll, split)  # fmt: skip
+    doc = evaluate_rows(
+        [Row("ITQ 16", method="itq", kwargs={"nbits": 16}), Row("PCA 8", method="pca", kwargs={"dim": 8})], coll, split
+    )
     for row in doc["rows"]:
         assert row["fit"]["fitted_on"] == "train" and row["fit"]["n_train"] == len(split.train) == 2 * 9
         assert row["main"]["n_queries"] == len(split.query) == 2 and row["main"]["n_gallery"] == 2 * 4
@@ -233,13 +237,9 @@ def test_readme_itq_16_figures_on_quickdraw(shared_data) -> None:  # type: ignor
 
     coll = load_collection(shared_data / "quickdraw" / "raw")
     split = make_split("category", coll.items, queries_per_class=10, seed=0)
-    saved = (
-        Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "quickdraw_raw_split_q10_seed0.json"
-    )
+    saved = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "quickdraw_raw_split_q10_seed0.json"
     assert split.parts == Split.load(saved).parts
     assert (len(split.query), len(split.gallery)) == (3000, 5359)
-    doc = evaluate_rows(
-        [Row("ITQ 16", method="itq", kwargs={"nbits": 16, "seed": 0})], coll, split, ks=(100,)
-    )
+    doc = evaluate_rows([Row("ITQ 16", method="itq", kwargs={"nbits": 16, "seed": 0})], coll, split, ks=(100,))
     main = doc["rows"][0]["main"]
     assert (round(main["mAP@all"], 4), round(main["P@100"], 4)) == (0.0258, 0.0219)

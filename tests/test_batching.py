@@ -32,8 +32,7 @@ def walk(rng: np.random.Generator, n: int) -> Sketch:
 def test_collate_pads_points_and_records_lengths() -> None:
     pts = [np.full((3, 4), 1, np.float32), np.full((1, 4), 2, np.float32), np.full((5, 4), 3, np.float32)]
     examples = [
-        {"label": i, "points": p, "raster": np.full((4, 4), i, np.float32), "domain": i % 2}
-        for i, p in enumerate(pts)
+        {"label": i, "points": p, "raster": np.full((4, 4), i, np.float32), "domain": i % 2} for i, p in enumerate(pts)
     ]
     b = collate(examples)
     assert b["points"].shape == (3, 5, 4) and b["points"].dtype == torch.float32
@@ -85,9 +84,7 @@ def test_points_follow_max_points(rng: np.random.Generator) -> None:
     line = Sketch([np.stack([t, 0.5 * t], axis=1)])
     pts = sketch_points(line, max_points=20)
     assert len(pts) <= 20
-    np.testing.assert_allclose(
-        pts[:, :2].sum(axis=0), [1.0, 0.75], atol=1e-3
-    )  # the end point in the unit box
+    np.testing.assert_allclose(pts[:, :2].sum(axis=0), [1.0, 0.75], atol=1e-3)  # the end point in the unit box
     b = make_batch([long, line], Preprocessing(inputs=("points",), max_points=16))
     assert b["points"].shape[1] <= 16 and int(b["lengths"].max()) <= 16
     assert "raster" not in b

@@ -58,9 +58,7 @@ def test_machine_info_names_the_machine() -> None:
     json.dumps(info)  # goes into the results JSON as is
 
 
-def test_data_root_comes_from_one_environment_variable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_data_root_comes_from_one_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKETCHSEARCH_SHARED_DATA", str(tmp_path / "data"))
     assert _load().DATA_ROOT == tmp_path / "data"
     monkeypatch.delenv("SKETCHSEARCH_SHARED_DATA")

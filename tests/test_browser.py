@@ -104,9 +104,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.skip(
-            f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run browser tests"
-        )
+        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run browser tests")
     sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
@@ -116,9 +114,7 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-def open_page(
-    browser: Any, url: str, width: int = 1280, height: int = 860, **kw: Any
-) -> tuple[Any, list[str]]:
+def open_page(browser: Any, url: str, width: int = 1280, height: int = 860, **kw: Any) -> tuple[Any, list[str]]:
     """A page at ``url`` with its collections loaded, and the list its script errors and failed requests go to."""
     page = browser.new_context(viewport={"width": width, "height": height}, **kw).new_page()
     errors: list[str] = []
@@ -154,9 +150,7 @@ def wait_for_hits(page: Any, n: int | None = None) -> None:
     """Until the grid shows ``n`` hits (any number but 0 when None). Functions, not expressions: the page's
     CSP forbids eval, which Playwright uses for a bare expression."""
     count = "document.querySelectorAll('#results .hit').length"
-    page.wait_for_function(
-        f"() => {count} === {n}" if n is not None else f"() => {count} > 0", timeout=10_000
-    )
+    page.wait_for_function(f"() => {count} === {n}" if n is not None else f"() => {count} > 0", timeout=10_000)
 
 
 def result_labels(page: Any) -> list[str]:
@@ -230,9 +224,7 @@ def test_keyboard_only_drawing_and_search(browser: Any, server_url: str) -> None
 
 
 @pytest.mark.parametrize("width", [320, 390, 1280])
-def test_no_sideways_scroll_before_or_after_a_search_with_long_names(
-    browser: Any, server_url: str, width: int
-) -> None:
+def test_no_sideways_scroll_before_or_after_a_search_with_long_names(browser: Any, server_url: str, width: int) -> None:
     phone = width < 700
     page, errors = open_page(
         browser,
@@ -247,11 +239,7 @@ def test_no_sideways_scroll_before_or_after_a_search_with_long_names(
     assert page.locator("#collection-title").inner_text() == LONG_TITLE
     assert sideways_scroll(page) <= 0, f"{width} px: the page scrolls sideways by {sideways_scroll(page)} px"
     canvas = page.locator("#canvas").bounding_box()
-    assert (
-        canvas["x"] >= 0
-        and canvas["x"] + canvas["width"] <= width
-        and canvas["width"] >= min(width - 60, 300)
-    )
+    assert canvas["x"] >= 0 and canvas["x"] + canvas["width"] <= width and canvas["width"] >= min(width - 60, 300)
     for sel in ("#undo", "#clear", "#search"):
         b = page.locator(sel).bounding_box()
         assert b["height"] >= 40 and b["x"] + b["width"] <= width, (sel, b)  # big enough to tap
@@ -259,9 +247,7 @@ def test_no_sideways_scroll_before_or_after_a_search_with_long_names(
     draw_circle(page, fr=0.3)
     wait_for_hits(page)
     assert LONG in result_titles(page)[0] and result_labels(page)[0] == "circle"
-    assert sideways_scroll(page) <= 0, (
-        f"{width} px: after a search, sideways scroll of {sideways_scroll(page)} px"
-    )
+    assert sideways_scroll(page) <= 0, f"{width} px: after a search, sideways scroll of {sideways_scroll(page)} px"
     if phone:  # the best hits are mirrored under the canvas, on screen without scrolling
         peek = page.locator("#peek li")
         assert peek.count() == 4 and peek.first.inner_text().strip().startswith("circle_")
@@ -292,9 +278,7 @@ def test_upload_shows_on_the_canvas_and_reruns_on_a_new_k_or_collection(
     wait_for_hits(page, 6)
     assert result_labels(page)[:3] == ["triangle"] * 3
     page.select_option("#collection", "long-names")
-    page.wait_for_function(
-        f"() => document.querySelector('#results .hit .name').textContent.includes('{LONG}')"
-    )
+    page.wait_for_function(f"() => document.querySelector('#results .hit .name').textContent.includes('{LONG}')")
     assert result_labels(page)[:3] == ["triangle"] * 3 and len(result_labels(page)) == 6
 
     page.click("#clear")
@@ -305,9 +289,7 @@ def test_upload_shows_on_the_canvas_and_reruns_on_a_new_k_or_collection(
     page.context.close()
 
 
-def test_a_bad_upload_says_what_to_do_and_clears_stale_results(
-    browser: Any, server_url: str, tmp_path: Path
-) -> None:
+def test_a_bad_upload_says_what_to_do_and_clears_stale_results(browser: Any, server_url: str, tmp_path: Path) -> None:
     page, _ = open_page(browser, server_url)
     expected = "That file is not a PNG or JPEG image: choose a drawing saved as PNG or JPEG"
     for name, content in (("not-an-image.png", b"this is not a png"), ("drawing.gif", b"GIF89a")):
@@ -355,9 +337,7 @@ def test_a_hit_opens_larger_and_searches_with_itself(browser: Any, server_url: s
     )
     assert page.locator("#results .hit .dist").first.inner_text() == "#1 · 0.000"  # itself, first
     assert title in page.locator("#query-note").inner_text()
-    page.wait_for_function(
-        f"() => ({DARK_PIXELS})() > 50"
-    )  # the item's thumbnail on the canvas, as the query
+    page.wait_for_function(f"() => ({DARK_PIXELS})() > 50")  # the item's thumbnail on the canvas, as the query
     page.select_option("#k", "6")  # re-runs the item search
     wait_for_hits(page, 6)
     assert result_titles(page)[0] == title

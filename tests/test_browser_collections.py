@@ -5,8 +5,8 @@ shipped drawing model, served together, searched by drawing on the page in a rea
 in a flat folder under file names of their own; each folder indexed by ``sketchsearch index build`` with
 sketch-gan, thin-gan and sketchmate-quickdraw-64 (SketchMate's strokes traced from the pixels); the six
 indexes served in one app under the ids their ``--name`` gave them. For each collection the page draws a
-mark with the mouse, the hits name their files, and a drawing of the class drawn is among the best three. Skips with a reason
-where chromium is not installed (``.ci/run`` installs it).
+mark with the mouse, the hits name their files, and a drawing of the class drawn is among the best three.
+Skips with a reason where chromium is not installed (``.ci/run`` installs it).
 """
 
 from __future__ import annotations
@@ -52,8 +52,7 @@ def save_png(s: Sketch, path: Path) -> None:
 
 def build(model: str, data: Path, out: Path, name: str) -> None:
     with pytest.raises(SystemExit) as done:  # the CLI exits, as it does from a shell
-        main(["index", "build", "--model", model, "--data", str(data), "--out", str(out), "--name", name,
-              "--quiet"])  # fmt: skip
+        main(["index", "build", "--model", model, "--data", str(data), "--out", str(out), "--name", name, "--quiet"])
     assert done.value.code == 0, f"index build --model {model} --data {data} failed"
 
 
@@ -104,9 +103,7 @@ def server_url(folders: dict[str, Path]) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.skip(
-            f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run browser tests"
-        )
+        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run browser tests")
     sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
@@ -122,8 +119,7 @@ def draw_sketch(page: Any, sketch: Sketch) -> None:
     s = sketch.normalise(0.8)
     for stroke in s.strokes:
         xy = [
-            (box["x"] + (0.1 + float(x)) * box["width"], box["y"] + (0.1 + float(y)) * box["height"])
-            for x, y in stroke
+            (box["x"] + (0.1 + float(x)) * box["width"], box["y"] + (0.1 + float(y)) * box["height"]) for x, y in stroke
         ]
         page.mouse.move(*xy[0])
         page.mouse.down()

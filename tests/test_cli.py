@@ -65,9 +65,7 @@ def run(*args: str) -> tuple[int, str]:
     if res.exception is not None and not isinstance(res.exception, SystemExit):
         import traceback
 
-        out += "".join(
-            traceback.format_exception(res.exception)
-        )  # an unhandled error: show it in the failure
+        out += "".join(traceback.format_exception(res.exception))  # an unhandled error: show it in the failure
     return res.exit_code, out
 
 
@@ -105,9 +103,7 @@ def test_unreadable_data_is_a_clear_error_not_a_traceback(tmp_path: Path) -> Non
     assert code == 2 and "missing" in out
 
 
-def test_train_index_search_models_evaluate(
-    qd_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_train_index_search_models_evaluate(qd_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SKETCHSEARCH_MODELS", str(tmp_path / "models"))
     code, out = run(
@@ -133,9 +129,7 @@ def test_train_index_search_models_evaluate(
     code, out = run("models", "--json")
     assert code == 0 and any(r["name"] == "itq16" and r["where"] == "local" for r in json.loads(out))
 
-    code, out = run(
-        "index", "build", "--model", "itq16", "--data", str(qd_folder), "--out", str(tmp_path / "idx")
-    )
+    code, out = run("index", "build", "--model", "itq16", "--data", str(qd_folder), "--out", str(tmp_path / "idx"))
     assert code == 0, out
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert manifest["count"] == 36 and manifest["model_id"] == card["model_id"]
@@ -156,8 +150,20 @@ def test_train_index_search_models_evaluate(
     assert len(hits) == 5 and hits[0]["distance"] == 0 and hits[0]["label"] == "circle"
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
 
-    code, out = run("evaluate", "--model", "itq16", "--method", "lsh", "--bits", "16", "--data", str(qd_folder),
-                    "--queries-per-class", "3", "--json")  # fmt: skip
+    code, out = run(
+        "evaluate",
+        "--model",
+        "itq16",
+        "--method",
+        "lsh",
+        "--bits",
+        "16",
+        "--data",
+        str(qd_folder),
+        "--queries-per-class",
+        "3",
+        "--json",
+    )
     assert code == 0, out
     doc = json.loads(out)
     assert [r["label"] for r in doc["rows"]] == ["itq16", "lsh 16"]
@@ -169,9 +175,7 @@ def test_train_index_search_models_evaluate(
     split = json.loads((tmp_path / "models" / card["training"]["split_file"]).read_text())
     assert doc["split"]["kind"] == "category" and doc["split"]["query"] == len(split["parts"]["query"]) == 6
     for r in doc["rows"]:
-        assert (r["main"]["n_queries"], r["main"]["n_gallery"]) == (6, 30) and 0.0 < r["main"][
-            "mAP@all"
-        ] <= 1.0
+        assert (r["main"]["n_queries"], r["main"]["n_gallery"]) == (6, 30) and 0.0 < r["main"]["mAP@all"] <= 1.0
     assert any(n.startswith("the split recorded with itq16") for n in doc["notes"])
 
 
@@ -214,20 +218,14 @@ def test_search_refuses_an_index_from_another_model(
             "queries_per_class=2",
         )
         assert code == 0, out
-    code, out = run(
-        "index", "build", "--model", "lsh0", "--data", str(qd_folder), "--out", str(tmp_path / "idx")
-    )
+    code, out = run("index", "build", "--model", "lsh0", "--data", str(qd_folder), "--out", str(tmp_path / "idx"))
     assert code == 0, out
-    code, out = run(
-        "search", str(qd_folder / "bar.ndjson"), "--index", str(tmp_path / "idx"), "--model", "lsh1"
-    )
+    code, out = run("search", str(qd_folder / "bar.ndjson"), "--index", str(tmp_path / "idx"), "--model", "lsh1")
     assert code == 2 and "model" in out.lower() and "Traceback" not in out
 
 
 def test_set_reaches_a_method_kwarg_named_seed(qd_folder: Path, tmp_path: Path) -> None:
-    code, out = run(
-        "train", "lsh", "--data", str(qd_folder), "--out", str(tmp_path / "lsh"), "--set", "seed=1"
-    )
+    code, out = run("train", "lsh", "--data", str(qd_folder), "--out", str(tmp_path / "lsh"), "--set", "seed=1")
     assert code == 0, out
     assert json.loads((tmp_path / "lsh.json").read_text())["kwargs"]["seed"] == 1
 
@@ -267,9 +265,7 @@ def test_public_api_and_module_entry_points() -> None:
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = sketchsearch.nope
     for mod in ("sketchsearch", "sketchsearch.cli"):  # `python -m sketchsearch.cli` is what torchrun launches
-        out = subprocess.run(
-            [sys.executable, "-m", mod, "--help"], capture_output=True, text=True, check=False
-        )
+        out = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True, check=False)
         assert out.returncode == 0 and "train" in out.stdout, out.stderr
 
 
@@ -282,9 +278,7 @@ def test_demo_fits_itq_when_no_model_ships(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(demo_mod, "DEMO_MODELS", ("no-such-model",))
     _, report = demo_mod.build_demo(tmp_path, model=None, seed=0)
     assert report["model"].startswith("itq-64 fitted")
-    assert (tmp_path / "itq-64-default.json").is_file() and (
-        tmp_path / "itq-64-default.safetensors"
-    ).is_file()
+    assert (tmp_path / "itq-64-default.json").is_file() and (tmp_path / "itq-64-default.safetensors").is_file()
     assert report["mAP@all"] > 0.2  # 80 classes: chance is about 0.0125
     again = Retriever.load(tmp_path / "index")  # reopens with the fitted model named in its manifest
     assert again.method.name == "itq"
@@ -308,18 +302,28 @@ def test_index_build_photos_of_a_mixed_folder(tmp_path: Path) -> None:
         for j in range(2):
             (root / "photo" / cls).mkdir(parents=True, exist_ok=True)
             (root / "sketch" / cls).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
-                root / "photo" / cls / f"p{j}.jpg"
-            )
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / "photo" / cls / f"p{j}.jpg")
             img = Image.new("RGB", (40, 40), "white")
             ImageDraw.Draw(img).line([(5, 5 + 10 * j), (35, 30), (10, 35)], fill="black", width=2)
             img.save(root / "sketch" / cls / f"p{j}-1.png")
     out = tmp_path / "photos"
     res = runner.invoke(
         app,
-        ["index", "build", "--model", "doodle2search-sketchy", "--data", str(root), "--modality", "photo",
-         "--limit", "3", "--out", str(out)],
-    )  # fmt: skip
+        [
+            "index",
+            "build",
+            "--model",
+            "doodle2search-sketchy",
+            "--data",
+            str(root),
+            "--modality",
+            "photo",
+            "--limit",
+            "3",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     r = Retriever.load(out)
     assert len(r) == 3  # three photos, although the folder lists its sketches first

@@ -47,6 +47,7 @@ def _drawing(rng: np.random.Generator, shape: int) -> list[list[list[int]]]:
         ]
     else:
         strokes = [(np.linspace(20, 235, 8), np.full(8, 128.0))]
+
     def jitter(v: np.ndarray) -> list[int]:
         return np.clip(v + rng.normal(0, 3, len(v)), 0, 255).round().astype(int).tolist()
 
@@ -62,8 +63,7 @@ def qd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for c, name in enumerate(("circle", "cross", "a bar drawn with one long horizontal stroke")):
         with open(folder / f"{c}.ndjson", "w") as f:
             f.writelines(
-                json.dumps({"word": name, "key_id": f"{c}-{i}", "drawing": _drawing(rng, c)}) + "\n"
-                for i in range(12)
+                json.dumps({"word": name, "key_id": f"{c}-{i}", "drawing": _drawing(rng, c)}) + "\n" for i in range(12)
             )
     return folder
 
@@ -72,13 +72,23 @@ def qd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def index(qd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An LSH-16 index of ``qd`` (the model saved under a models folder of its own)."""
     root = tmp_path_factory.mktemp("idx")
-    res = invoke("train", "lsh", "--data", str(qd), "--out", str(root / "lsh16"), "--set", "nbits=16",
-                 "--set", "queries_per_class=2", "--workdir", str(root / "run"))  # fmt: skip
+    res = invoke(
+        "train",
+        "lsh",
+        "--data",
+        str(qd),
+        "--out",
+        str(root / "lsh16"),
+        "--set",
+        "nbits=16",
+        "--set",
+        "queries_per_class=2",
+        "--workdir",
+        str(root / "run"),
+    )
     assert res.exit_code == 0, res.stderr
     assert res.stdout.startswith(f"saved {root / 'lsh16'} (lsh-16-") and "mAP@all 0." in res.stdout
-    res = invoke(
-        "index", "build", "--model", str(root / "lsh16"), "--data", str(qd), "--out", str(root / "idx")
-    )
+    res = invoke("index", "build", "--model", str(root / "lsh16"), "--data", str(qd), "--out", str(root / "idx"))
     assert res.exit_code == 0, res.stderr
     return root / "idx"
 
@@ -96,9 +106,7 @@ def test_models_table_goes_to_stdout_as_tsv_with_long_names_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     long_name = "a-local-model-whose-name-is-much-longer-than-eighty-columns-of-a-piped-terminal-table-xyz"
-    (tmp_path / f"{long_name}.json").write_text(
-        json.dumps({"method": "lsh", "output": "binary", "code_size": 16})
-    )
+    (tmp_path / f"{long_name}.json").write_text(json.dumps({"method": "lsh", "output": "binary", "code_size": 16}))
     (tmp_path / f"{long_name}.safetensors").write_bytes(b"")
     monkeypatch.setenv("SKETCHSEARCH_MODELS", str(tmp_path))
     res = invoke("models")
@@ -115,8 +123,14 @@ def test_models_table_goes_to_stdout_as_tsv_with_long_names_whole(
 
 
 def test_models_piped_through_a_real_pipe_finds_sketch_gan() -> None:
-    out = subprocess.run(f"{sys.executable} -m sketchsearch models | grep sketch-gan", shell=True,
-                         capture_output=True, text=True, cwd=ROOT, check=False)  # fmt: skip
+    out = subprocess.run(
+        f"{sys.executable} -m sketchsearch models | grep sketch-gan",
+        shell=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert out.returncode == 0 and out.stdout.startswith("sketch-gan\tshipped\tgan\t"), out.stderr
 
 
@@ -135,9 +149,7 @@ def test_models_methods_lists_set_keys_with_defaults() -> None:
 
 def test_print_table_on_a_terminal_uses_its_width_and_cuts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     buf = io.StringIO()
-    monkeypatch.setattr(
-        APP, "stdout_console", Console(file=buf, force_terminal=True, width=60, color_system=None)
-    )
+    monkeypatch.setattr(APP, "stdout_console", Console(file=buf, force_terminal=True, width=60, color_system=None))
     label = "x" * 150 + "END"
     APP.print_table(("name", "value"), [(label, "1"), ("[bold]x[/]", "2")], title="t")
     out = buf.getvalue()
@@ -180,8 +192,9 @@ def test_data_info_and_index_build_results_on_stdout(qd: Path, index: Path, tmp_
     )
     (skipped,) = res.stderr.splitlines()  # one line per bad record, whole; no progress when not a terminal
     assert skipped.startswith(f"skipped {data / '0.ndjson'}: record 13: ")
-    res = invoke("index", "build", "--model", model, "--data", str(data), "--out", str(tmp_path / "idx"),
-                 "--force", "--json")  # fmt: skip
+    res = invoke(
+        "index", "build", "--model", model, "--data", str(data), "--out", str(tmp_path / "idx"), "--force", "--json"
+    )
     assert res.exit_code == 0 and res.stderr == ""
     doc = json.loads(res.stdout)
     assert (doc["count"], doc["drawings"], doc["slug"], doc["skipped"]) == (36, 36, "qd", 1)
@@ -189,9 +202,15 @@ def test_data_info_and_index_build_results_on_stdout(qd: Path, index: Path, tmp_
     res = invoke("index", "add", str(tmp_path / "idx"), "--data", str(data), "--json")
     assert res.exit_code == 0 and res.stderr == ""
     assert json.loads(res.stdout) | {"errors": []} == {
-        "index": str(tmp_path / "idx"), "added": 0, "drawings": 0, "photos": 0, "already_there": 36,
-        "count": 36, "skipped": 1, "errors": [],
-    }  # fmt: skip
+        "index": str(tmp_path / "idx"),
+        "added": 0,
+        "drawings": 0,
+        "photos": 0,
+        "already_there": 36,
+        "count": 36,
+        "skipped": 1,
+        "errors": [],
+    }
 
 
 def test_evaluate_table_and_json(qd: Path) -> None:
@@ -201,9 +220,7 @@ def test_evaluate_table_and_json(qd: Path) -> None:
     header, row = res.stdout.splitlines()
     assert header.split("\t")[:3] == ["method", "bits/dim", "mAP@all"]
     cells = row.split("\t")
-    assert (
-        cells[:2] == ["lsh 16", "16"] and len(cells) == len(header.split("\t")) and 0 < float(cells[2]) <= 1
-    )
+    assert cells[:2] == ["lsh 16", "16"] and len(cells) == len(header.split("\t")) and 0 < float(cells[2]) <= 1
     assert res.stderr.startswith("Retrieval on ")  # the title (and any notes) on stderr
     res = invoke(*base, "--json")
     assert res.exit_code == 0, res.stderr
@@ -232,8 +249,18 @@ def test_errors_are_one_plain_line_naming_the_choices(qd: Path, tmp_path: Path) 
 
 # ------------------------------------------------------------------------------------ --data default
 def test_train_and_evaluate_take_data_default(tmp_path: Path) -> None:
-    res = invoke("train", "lsh", "--data", "default", "--out", str(tmp_path / "lshd"), "--set", "nbits=16",
-                 "--workdir", str(tmp_path / "run"))  # fmt: skip
+    res = invoke(
+        "train",
+        "lsh",
+        "--data",
+        "default",
+        "--out",
+        str(tmp_path / "lshd"),
+        "--set",
+        "nbits=16",
+        "--workdir",
+        str(tmp_path / "run"),
+    )
     assert res.exit_code == 0, res.stderr
     assert json.loads((tmp_path / "lshd.json").read_text())["training"]["data"] == "default"
     res = invoke("evaluate", "--method", "lsh", "--bits", "16", "--data", "default", "--json")
@@ -251,23 +278,35 @@ def _png(path: Path) -> tuple[int, int]:
 
 
 def test_evaluate_plot_writes_pr_curves_and_retrieval_grids(qd: Path, tmp_path: Path) -> None:
-    res = invoke("evaluate", "--method", "lsh", "--method", "pca", "--bits", "16", "--data", str(qd),
-                 "--queries-per-class", "2", "--plot", str(tmp_path / "pics"), "--json")  # fmt: skip
+    res = invoke(
+        "evaluate",
+        "--method",
+        "lsh",
+        "--method",
+        "pca",
+        "--bits",
+        "16",
+        "--data",
+        str(qd),
+        "--queries-per-class",
+        "2",
+        "--plot",
+        str(tmp_path / "pics"),
+        "--json",
+    )
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == [
-        "pr-main.png", "retrieval-lsh_16-main.png", "retrieval-pca_16-main.png"
-    ]  # fmt: skip
+        "pr-main.png",
+        "retrieval-lsh_16-main.png",
+        "retrieval-pca_16-main.png",
+    ]
     for p in (tmp_path / "pics").iterdir():
         _png(p)
     main = doc["rows"][0]["main"]
     pr = main["pr_curve"]
-    assert (
-        len(pr["recall"]) == len(pr["precision"]) == 21 and pr["recall"][0] == 0.0 and pr["recall"][-1] == 1.0
-    )
-    assert all(0.0 <= p <= 1.0 for p in pr["precision"]) and pr["precision"] == sorted(
-        pr["precision"], reverse=True
-    )
+    assert len(pr["recall"]) == len(pr["precision"]) == 21 and pr["recall"][0] == 0.0 and pr["recall"][-1] == 1.0
+    assert all(0.0 <= p <= 1.0 for p in pr["precision"]) and pr["precision"] == sorted(pr["precision"], reverse=True)
     assert len(main["top_ids"]) == main["n_queries"] == 6 and all(len(t) == 8 for t in main["top_ids"])
     w, h = _png(tmp_path / "pics" / "retrieval-lsh_16-main.png")
     assert w > h  # 6 query rows of 1 + 8 thumbnails
@@ -282,9 +321,26 @@ def test_interpolated_precision_by_hand() -> None:
 
 
 def test_train_writes_a_loss_plot_beside_its_log(qd: Path, tmp_path: Path) -> None:
-    res = invoke("train", "dsml", "--data", str(qd), "--out", str(tmp_path / "dsml"), "--iterations", "3",
-                 "--batch-size", "8", "--workdir", str(tmp_path / "run"), "--set", "unseen=0",
-                 "--set", "width=0.125", "--set", "per_class=2")  # fmt: skip
+    res = invoke(
+        "train",
+        "dsml",
+        "--data",
+        str(qd),
+        "--out",
+        str(tmp_path / "dsml"),
+        "--iterations",
+        "3",
+        "--batch-size",
+        "8",
+        "--workdir",
+        str(tmp_path / "run"),
+        "--set",
+        "unseen=0",
+        "--set",
+        "width=0.125",
+        "--set",
+        "per_class=2",
+    )
     assert res.exit_code == 0, res.stderr
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any(k.endswith("_loss") for k in log[-1])
@@ -336,18 +392,42 @@ def test_training_and_evaluation_report_their_steps(qd: Path) -> None:
 
     drawings = [item_input(it) for it in load_collection(qd).items[:7]]
     calls: list[tuple[str, int, int]] = []
-    score(res.method, drawings[:5], list("aabbc"), drawings[5:], list("ab"),
-          progress=lambda what, done, total: calls.append((what, done, total)))  # fmt: skip
+    score(
+        res.method,
+        drawings[:5],
+        list("aabbc"),
+        drawings[5:],
+        list("ab"),
+        progress=lambda what, done, total: calls.append((what, done, total)),
+    )
     assert calls[0] == ("encoding", 0, 7) and ("encoding", 7, 7) in calls and calls[-1] == ("searching", 2, 2)
 
 
 def test_bench_hamming_json_is_the_only_stdout(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_hamming.py"), "--sizes", "300", "--bits", "64",
-         "--queries", "2", "--k", "3", "--repeats", "1", "--json", "--json-out", str(tmp_path / "h.json"),
-         "--md-out", str(tmp_path / "h.md")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_hamming.py"),
+            "--sizes",
+            "300",
+            "--bits",
+            "64",
+            "--queries",
+            "2",
+            "--k",
+            "3",
+            "--repeats",
+            "1",
+            "--json",
+            "--json-out",
+            str(tmp_path / "h.json"),
+            "--md-out",
+            str(tmp_path / "h.md"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert {r["backend"] for r in rows} == {"sketchsearch", "faiss-raw", "faiss", "numpy"}

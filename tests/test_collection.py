@@ -62,9 +62,7 @@ def test_manifest_round_trip_jsonl_and_csv(tmp_path: Path) -> None:
 )
 def test_bad_manifest_rows_name_file_and_line(tmp_path: Path, line: str, fragment: str) -> None:
     p = tmp_path / "manifest.jsonl"
-    p.write_text(
-        '{"id": "a1", "label": "a", "modality": "sketch", "source": "s"}\n' + line + "\n", encoding="utf-8"
-    )
+    p.write_text('{"id": "a1", "label": "a", "modality": "sketch", "source": "s"}\n' + line + "\n", encoding="utf-8")
     with pytest.raises(FormatError) as e:
         Collection.load_manifest(p)
     assert e.value.file == str(p) and e.value.record == 2 and fragment in e.value.reason
@@ -100,9 +98,7 @@ def test_load_collection_counts_and_names_bad_records(tmp_path: Path) -> None:
     rows = [{"word": "bar", "key_id": f"b{i}", "drawing": [[[0, 10 + i], [0, 5]]]} for i in range(4)]
     (folder / "bar.ndjson").write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
     coll = load_collection(folder)
-    assert (
-        [it.id for it in coll] == ["b0", "b1", "b2", "b3"] and coll.path == str(folder) and coll.name == "qd"
-    )
+    assert [it.id for it in coll] == ["b0", "b1", "b2", "b3"] and coll.path == str(folder) and coll.name == "qd"
     assert coll.skipped == 1 and [(Path(e["file"]).name, e["record"]) for e in coll.error_dicts()] == [
         ("bar.ndjson", 5)
     ]

@@ -65,8 +65,12 @@ def test_csv_sidecar_by_source_or_id(tmp_path: Path) -> None:
     errors: list[FormatError] = []
     reading = read_source(tmp_path, on_error=errors.append)
     items = {it.source: it for it in reading.items}
-    assert items["a/1.png"].meta == {"title": "First mark", "date": "1650", "place": "Bristol",
-                                     "url": "https://example.org/1"}  # fmt: skip
+    assert items["a/1.png"].meta == {
+        "title": "First mark",
+        "date": "1650",
+        "place": "Bristol",
+        "url": "https://example.org/1",
+    }
     assert items["b/3.png"].meta == {"title": "Third mark", "place": "London", "maker": "John Smith"}
     assert items["a/2.png"].meta == {} and errors == []
     assert reading.metadata is not None and reading.metadata.unmatched == ["gone.png"]
@@ -74,15 +78,14 @@ def test_csv_sidecar_by_source_or_id(tmp_path: Path) -> None:
 
 def test_json_sidecar_object_and_list_and_bad_rows(tmp_path: Path) -> None:
     _images(tmp_path, ["1.png", "2.png"])
-    (tmp_path / "metadata.json").write_text(
-        json.dumps({"1.png": {"title": "One", "tags": ["a", "b"]}, "2": 5})
-    )
+    (tmp_path / "metadata.json").write_text(json.dumps({"1.png": {"title": "One", "tags": ["a", "b"]}, "2": 5}))
     coll = load_collection(tmp_path)
     items = {it.source: it.meta for it in coll}
     assert items == {"1.png": {"title": "One", "tags": ["a", "b"]}, "2.png": {}}
     assert coll.skipped == 1 and coll.errors[0].record == "2" and "object of fields" in coll.errors[0].reason
-    (tmp_path / "metadata.json").write_text(json.dumps([{"id": "2", "title": "Two"}, {"title": "nameless"},
-                                                        {"id": "2", "title": "again"}]))  # fmt: skip
+    (tmp_path / "metadata.json").write_text(
+        json.dumps([{"id": "2", "title": "Two"}, {"title": "nameless"}, {"id": "2", "title": "again"}])
+    )
     coll = load_collection(tmp_path)
     assert {it.source: it.meta for it in coll} == {"1.png": {}, "2.png": {"title": "Two"}}
     assert [(e.record, e.reason.split(" (")[0]) for e in coll.errors] == [
@@ -110,9 +113,7 @@ def test_csv_sidecar_without_a_key_column_is_reported(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- store + hits
 @pytest.fixture(scope="module")
 def lsh() -> object:
-    method = create_method(
-        "lsh", nbits=64, seed=0, preprocessing=Preprocessing(inputs=("raster",), raster_size=16)
-    )
+    method = create_method("lsh", nbits=64, seed=0, preprocessing=Preprocessing(inputs=("raster",), raster_size=16))
     method.fit(np.random.default_rng(0).random((8, 16, 16)))
     return method
 
@@ -122,13 +123,15 @@ def test_metadata_round_trip_into_hits(tmp_path: Path, lsh: object) -> None:
     from sketchsearch.data.batching import item_input
 
     _images(tmp_path / "data", ["x/1.png", "x/2.png", "y/3.png"])
-    (tmp_path / "data" / "metadata.csv").write_text(
-        "path,title,place\nx/2.png,Two,Bristol\n", encoding="utf-8"
-    )
+    (tmp_path / "data" / "metadata.csv").write_text("path,title,place\nx/2.png,Two,Bristol\n", encoding="utf-8")
     coll = load_collection(tmp_path / "data", modality="sketch")
     r = Retriever(lsh, model_id="lsh-test")  # type: ignore[arg-type]
-    r.add([item_input(it) for it in coll], labels=[it.label for it in coll], sources=[it.source for it in coll],
-          metas=[it.meta for it in coll])  # fmt: skip
+    r.add(
+        [item_input(it) for it in coll],
+        labels=[it.label for it in coll],
+        sources=[it.source for it in coll],
+        metas=[it.meta for it in coll],
+    )
     query = item_input(coll["x/2"])
     before = r.search(query, k=3)
     r.save(tmp_path / "idx")
@@ -136,7 +139,10 @@ def test_metadata_round_trip_into_hits(tmp_path: Path, lsh: object) -> None:
     after = loaded.search(query, k=3)
     assert [(h.id, h.source, h.meta) for h in after] == [(h.id, h.source, h.meta) for h in before]
     assert {h.source: (h.label, h.meta) for h in after} == {
-        "x/1.png": ("x", {}), "x/2.png": ("x", {"title": "Two", "place": "Bristol"}), "y/3.png": ("y", {})}  # fmt: skip
+        "x/1.png": ("x", {}),
+        "x/2.png": ("x", {"title": "Two", "place": "Bristol"}),
+        "y/3.png": ("y", {}),
+    }
     # saved again (an add / remove) the metadata is kept
     loaded.remove([0])
     loaded.save(tmp_path / "idx")
@@ -168,12 +174,15 @@ def test_item_stores_without_the_meta_column_still_load(tmp_path: Path) -> None:
     con.commit()
     con.close()
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["files"]["items.sqlite"] = {"sha256": __import__("hashlib").sha256(db.read_bytes()).hexdigest(),
-                                         "bytes": db.stat().st_size}  # fmt: skip
+    manifest["files"]["items.sqlite"] = {
+        "sha256": __import__("hashlib").sha256(db.read_bytes()).hexdigest(),
+        "bytes": db.stat().st_size,
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     _, store = load_index(folder)
-    assert store.items([0]) == [{"id": 0, "label": "a", "source": "a.png", "meta": {}, "split": "gallery",
-                                 "has_thumbnail": False}]  # fmt: skip
+    assert store.items([0]) == [
+        {"id": 0, "label": "a", "source": "a.png", "meta": {}, "split": "gallery", "has_thumbnail": False}
+    ]
     assert store.ids_with_sources(["a.png", "b.png"]) == {"a.png": [0]}
 
 
@@ -197,8 +206,11 @@ def test_slugs() -> None:
 
 def test_collection_fields_and_errors() -> None:
     assert collection_fields("  Merchant   marks\nof Bristol ", description="  Marks cut in stone.\n") == {
-        "name": "Merchant marks of Bristol", "slug": "merchant-marks-of-bristol",
-        "title": "Merchant marks of Bristol", "description": "Marks cut in stone."}  # fmt: skip
+        "name": "Merchant marks of Bristol",
+        "slug": "merchant-marks-of-bristol",
+        "title": "Merchant marks of Bristol",
+        "description": "Marks cut in stone.",
+    }
     assert collection_fields("a", title="The A collection")["title"] == "The A collection"
     with pytest.raises(IndexArgumentError, match="^name: a non-empty name"):
         collection_fields("   ")
@@ -208,10 +220,15 @@ def test_collection_fields_and_errors() -> None:
 
 @pytest.mark.parametrize(
     ("out", "data", "expected"),
-    [("runs/merchant-marks", "scans", "merchant-marks"), ("runs/demo/index", "scans", "scans"),
-     ("idx", "my_scans", "my_scans"), ("out2", "default", "default"), ("Index", "kanjivg", "kanjivg"),
-     ("idx", "marks.ndjson", "marks")],
-)  # fmt: skip
+    [
+        ("runs/merchant-marks", "scans", "merchant-marks"),
+        ("runs/demo/index", "scans", "scans"),
+        ("idx", "my_scans", "my_scans"),
+        ("out2", "default", "default"),
+        ("Index", "kanjivg", "kanjivg"),
+        ("idx", "marks.ndjson", "marks"),
+    ],
+)
 def test_default_collection_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str, data: str, expected: str
 ) -> None:
@@ -226,8 +243,12 @@ def test_manifest_keeps_the_collection_fields_across_saves(tmp_path: Path, lsh: 
     r.add([np.zeros((28, 28), np.float32)], sources=["a.png"])
     r.save(tmp_path / "idx")
     m = read_manifest(tmp_path / "idx")
-    assert (m["name"], m["slug"], m["title"], m["description"]) == ("Marks of Bristol", "marks-of-bristol",
-                                                                    "Marks of Bristol", "d")  # fmt: skip
+    assert (m["name"], m["slug"], m["title"], m["description"]) == (
+        "Marks of Bristol",
+        "marks-of-bristol",
+        "Marks of Bristol",
+        "d",
+    )
     again = Retriever.load(tmp_path / "idx", model=lsh)  # type: ignore[arg-type]
     again.add([np.ones((28, 28), np.float32)])
     again.save(tmp_path / "idx")

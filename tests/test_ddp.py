@@ -26,11 +26,13 @@ SCRIPT = textwrap.dedent(
     sketches = [Sketch([rng.uniform(0, 50, (int(rng.integers(2, 9)), 2))]) for _ in range(16)]
     m = SketchMate(nbits=16, n_classes=2, cnn_width=0.125, rnn_hidden=8)
     data = SketchDataset(sketches, [i % 2 for i in range(16)], m.preprocessing)
-    res = train(m, data, TrainConfig(iterations=3, batch_size=4, phase="pretrain_fused", out=out, log_every=1, progress=False))
+    cfg = TrainConfig(iterations=3, batch_size=4, phase="pretrain_fused", out=out, log_every=1, progress=False)
+    res = train(m, data, cfg)
     rank = int(os.environ["RANK"])
     digest = float(sum(p.double().sum() for p in m.parameters()))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-        json.dump({"rank": rank, "world": int(os.environ["WORLD_SIZE"]), "iterations": res.iterations, "digest": digest}, f)
+        world = int(os.environ["WORLD_SIZE"])
+        json.dump({"rank": rank, "world": world, "iterations": res.iterations, "digest": digest}, f)
     """
 )
 

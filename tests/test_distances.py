@@ -103,9 +103,7 @@ def test_regularizer_is_added_with_its_weight() -> None:
     emb, labels = torch.randn(12, 8, generator=g), torch.arange(4).repeat(3)
     plain = make_metric_loss("contrastive", "snr", regularizer_weight=0)(emb, labels)
     reg = make_metric_loss("contrastive", "snr", regularizer_weight=0.5)(emb, labels)
-    assert reg.item() == pytest.approx(
-        plain.item() + 0.5 * NormalizedZeroMeanRegularizer()(emb).item(), rel=1e-5
-    )
+    assert reg.item() == pytest.approx(plain.item() + 0.5 * NormalizedZeroMeanRegularizer()(emb).item(), rel=1e-5)
     with pytest.raises(ValueError, match=">= 0"):
         make_metric_loss(regularizer_weight=-1)
 
@@ -135,9 +133,7 @@ _DIST_NORM = [("euclidean", True), ("euclidean", False), ("snr", True), ("snr", 
 @pytest.mark.parametrize(("distance", "normalize"), _DIST_NORM)
 @pytest.mark.parametrize("kind", ["contrastive", "triplet"])
 @pytest.mark.parametrize("miner", ["none", "multi_similarity", "pair_margin", "triplet_margin", "batch_hard"])
-def test_finite_gradients_every_loss_every_distance(
-    distance: str, normalize: bool, kind: str, miner: str
-) -> None:
+def test_finite_gradients_every_loss_every_distance(distance: str, normalize: bool, kind: str, miner: str) -> None:
     g = torch.Generator().manual_seed(4)
     emb = (torch.randn(16, 12, generator=g) * 3).requires_grad_(True)
     labels = torch.arange(4).repeat_interleave(4)
@@ -185,9 +181,9 @@ def test_snr_search_by_inner_product_is_exact() -> None:
     q = rng.normal(size=(9, 16)) + rng.normal(size=(9, 1))  # non-zero means: not the cosine order
     gal = rng.normal(size=(50, 16)) * rng.uniform(0.2, 3, size=(50, 1)) + rng.normal(size=(50, 1))
     _, ref = knn(torch.from_numpy(q), torch.from_numpy(gal), None, get_distance("snr", normalize=False))
-    ip = snr_inner_product_vectors(q, "query").astype(np.float64) @ snr_inner_product_vectors(
-        gal, "gallery"
-    ).T.astype(np.float64)
+    ip = snr_inner_product_vectors(q, "query").astype(np.float64) @ snr_inner_product_vectors(gal, "gallery").T.astype(
+        np.float64
+    )
     order = np.argsort(-ip, axis=1, kind="stable")
     assert np.array_equal(order, ref.numpy())
     _, cos_order = knn(torch.from_numpy(q), torch.from_numpy(gal), None, "cosine")

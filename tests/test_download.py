@@ -16,10 +16,7 @@ from sketchsearch.data.download import DownloadError, download_file, download_qu
 
 
 def _ndjson(n: int, word: str) -> bytes:
-    lines = [
-        json.dumps({"word": word, "key_id": str(i), "drawing": [[[i, i + 5], [0, 9], [0, 30]]]})
-        for i in range(n)
-    ]
+    lines = [json.dumps({"word": word, "key_id": str(i), "drawing": [[[i, i + 5], [0, 9], [0, 30]]]}) for i in range(n)]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -167,8 +164,22 @@ def test_cli_download_quickdraw(server: _Server, tmp_path: Path, capsys: pytest.
     server.files["/simplified/cat.ndjson"] = _ndjson(4, "cat")
     server.files["/simplified/dog.ndjson"] = _ndjson(6, "dog")
     with pytest.raises(SystemExit) as e:
-        main(["data", "download", "quickdraw", "--classes", "cat,dog", "--kind", "simplified", "--out", str(tmp_path),
-              "--base-url", server.url, "--json"])  # fmt: skip
+        main(
+            [
+                "data",
+                "download",
+                "quickdraw",
+                "--classes",
+                "cat,dog",
+                "--kind",
+                "simplified",
+                "--out",
+                str(tmp_path),
+                "--base-url",
+                server.url,
+                "--json",
+            ]
+        )
     assert e.value.code in (0, None)
     rows = json.loads(capsys.readouterr().out)
     assert [(r["class"], r["records"], r["status"]) for r in rows] == [

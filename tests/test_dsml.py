@@ -136,8 +136,16 @@ def test_recipe_batches_hold_whole_class_groups(tmp_path: Path, monkeypatch: pyt
         return step(self, model, batch, optimizers)
 
     monkeypatch.setattr(DSML, "step", recording_step)
-    kw = {"seed": 0, "iterations": 5, "batch_size": 8, "progress": False, "width": 0.125, "embedding_dim": 16,
-          "unseen": 1, "per_class": 4}  # fmt: skip
+    kw = {
+        "seed": 0,
+        "iterations": 5,
+        "batch_size": 8,
+        "progress": False,
+        "width": 0.125,
+        "embedding_dim": 16,
+        "unseen": 1,
+        "per_class": 4,
+    }
     res = run_recipe("dsml", str(tmp_path), **kw)
     assert len(seen) == 5 and res.split is not None and len(res.split.seen_classes) == 4
     for labels in seen:
@@ -192,8 +200,18 @@ def test_recipe_trains_a_few_steps(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     for word in ("cat", "dog", "sun"):
         _write_quickdraw(tmp_path / f"{word}.ndjson", word, 8, rng)
-    res = run_recipe("dsml", str(tmp_path), seed=0, iterations=2, batch_size=8, device="cpu", progress=False,
-                     width=0.125, embedding_dim=16, unseen=1)  # fmt: skip
+    res = run_recipe(
+        "dsml",
+        str(tmp_path),
+        seed=0,
+        iterations=2,
+        batch_size=8,
+        device="cpu",
+        progress=False,
+        width=0.125,
+        embedding_dim=16,
+        unseen=1,
+    )
     method, training = res.method, res.training
     assert isinstance(method, DSML) and method.code_size == 16
     assert res.split is not None and (len(res.split.seen_classes), len(res.split.unseen_classes)) == (2, 1)

@@ -50,27 +50,28 @@ def _first(out: Any) -> Tensor:
 
 
 CASES: dict[str, Case] = {
-    "small_cnn": Case(
-        {"raster_size": 32, "width": 0.125, "out_dim": 8}, lambda m: m(_inputs(2, 1, 32, 32)), (2, 8)
-    ),
+    "small_cnn": Case({"raster_size": 32, "width": 0.125, "out_dim": 8}, lambda m: m(_inputs(2, 1, 32, 32)), (2, 8)),
     "sketch_a_net": Case(
-        {"raster_size": 48, "width": 0.125, "out_dim": 16}, lambda m: m(_inputs(2, 1, 48, 48)), (2, 16),
+        {"raster_size": 48, "width": 0.125, "out_dim": 16},
+        lambda m: m(_inputs(2, 1, 48, 48)),
+        (2, 16),
         low=0.0,  # ends in ReLU (+ dropout, off in eval)
     ),
     "stroke_rnn": Case({"hidden": 4, "layers": 1}, lambda m: m(*_points()), (2, 8)),
     "hash_head": Case({"in_dim": 6, "nbits": 16}, lambda m: m(_inputs(2, 6)), (2, 16), low=0.0, high=1.0),
     "gdh_generator": Case(
         {"in_ch": 1, "out_ch": 3, "width": 2, "n_res": 1},
-        lambda m: _first(m(_inputs(2, 1, 16, 16))), (2, 3, 16, 16), low=0.0, high=1.0,
+        lambda m: _first(m(_inputs(2, 1, 16, 16))),
+        (2, 3, 16, 16),
+        low=0.0,
+        high=1.0,
     ),
     "gdh_discriminator": Case({"in_ch": 3, "width": 2}, lambda m: m(_inputs(2, 3, 16, 16)), (2, 1, 2, 2)),
-    "gdh_hash_cnn": Case(
-        {"nbits": 16, "width": 2}, lambda m: m(_inputs(2, 3, 16, 16)), (2, 16), low=-1.0, high=1.0
-    ),
+    "gdh_hash_cnn": Case({"nbits": 16, "width": 2}, lambda m: m(_inputs(2, 3, 16, 16)), (2, 16), low=-1.0, high=1.0),
     "sketch-gan": Case({}, _gan_features, (2, 1024), low=0.0, extra=[lambda m: _check_samples(m)]),
     "thin-gan": Case({}, _gan_features, (2, 1024), low=0.0, extra=[lambda m: _check_samples(m)]),
     "efficientnet_lite0": Case({"pretrained": False}, lambda m: m(_inputs(1, 3, 32, 32)), (1, 1280)),
-}  # fmt: skip
+}
 
 
 def _check_samples(m: nn.Module) -> None:

@@ -103,13 +103,12 @@ def test_leave_one_out_removes_each_query_itself() -> None:
 def test_per_item_modalities_encode_photos_with_the_photo_branch() -> None:
     gallery = [stroke(0.0), photo(0.1), stroke(1.5), photo(1.6)]
     modality = ["sketch", "photo", "sketch", "photo"]
-    res = score(
-        Circle(), gallery, ["a", "a", "b", "b"], ks=(1,), leave_one_out=True, gallery_modality=modality
-    )
+    res = score(Circle(), gallery, ["a", "a", "b", "b"], ks=(1,), leave_one_out=True, gallery_modality=modality)
     assert res["mAP@all"] == pytest.approx(1.0) and res["acc@1"] == pytest.approx(1.0)
     # photos as the queries of a sketch gallery
-    res = score(Circle(), strokes([0.0, 1.5]), ["a", "b"], [photo(1.4), photo(0.2)], ["b", "a"],
-                ks=(1,), query_modality="photo")  # fmt: skip
+    res = score(
+        Circle(), strokes([0.0, 1.5]), ["a", "b"], [photo(1.4), photo(0.2)], ["b", "a"], ks=(1,), query_modality="photo"
+    )
     assert res["acc@1"] == pytest.approx(1.0)
     # a photo through the sketch branch: the stroke reader cannot trace an RGB array
     with pytest.raises(InvalidSketchError, match="2-D array"):
@@ -157,9 +156,7 @@ def _clustered(n_classes: int = 5, per_class: int = 30, seed: int = 0) -> tuple[
     rng = np.random.default_rng(seed)
     templates = (rng.random((n_classes, 32, 32)) < 0.15).astype(np.float32)
     lab = np.repeat(np.arange(n_classes), per_class)
-    x = np.clip(
-        templates[lab] * (rng.random((len(lab), 32, 32)) < 0.7) + 0.1 * rng.random((len(lab), 32, 32)), 0, 1
-    )
+    x = np.clip(templates[lab] * (rng.random((len(lab), 32, 32)) < 0.7) + 0.1 * rng.random((len(lab), 32, 32)), 0, 1)
     return x.astype(np.float32), [f"c{i}" for i in lab]
 
 
@@ -191,10 +188,22 @@ def instance_collection() -> Collection:
     and its sketch at 2.1. Every item is in the dataset's ``test`` split."""
     photos = {"p0": ("a", 0.0), "p1": ("a", 0.3), "p2": ("a", 1.0), "p3": ("b", 2.0)}
     sketches = {"p0": 0.05, "p1": 0.12, "p2": 0.9, "p3": 2.1}
-    items = [Item(f"photo/{lab}/{p}", lab, "photo", f"{p}.jpg", image=photo(a), pair=p, meta={"split": "test"})
-             for p, (lab, a) in photos.items()]  # fmt: skip
-    items += [Item(f"sketch/{photos[p][0]}/{p}-1", photos[p][0], "sketch", f"{p}-1.svg", sketch=stroke(a), pair=p,
-                   meta={"split": "test"}) for p, a in sketches.items()]  # fmt: skip
+    items = [
+        Item(f"photo/{lab}/{p}", lab, "photo", f"{p}.jpg", image=photo(a), pair=p, meta={"split": "test"})
+        for p, (lab, a) in photos.items()
+    ]
+    items += [
+        Item(
+            f"sketch/{photos[p][0]}/{p}-1",
+            photos[p][0],
+            "sketch",
+            f"{p}-1.svg",
+            sketch=stroke(a),
+            pair=p,
+            meta={"split": "test"},
+        )
+        for p, a in sketches.items()
+    ]
     return Collection(items, name="inst")
 
 
@@ -217,8 +226,14 @@ def test_instance_protocol_a_sketchs_own_photo_is_the_only_relevant_item() -> No
 
 def test_cross_modal_split_encodes_photos_as_photos() -> None:
     coll = instance_collection()
-    split = make_split("zero_shot", coll.items, query_per_class=5, train_fraction=0.0, query_modality="sketch",
-                       gallery_modality="photo")  # fmt: skip
+    split = make_split(
+        "zero_shot",
+        coll.items,
+        query_per_class=5,
+        train_fraction=0.0,
+        query_modality="sketch",
+        gallery_modality="photo",
+    )
     assert sorted(split.query) == sorted(i for i in coll.ids if i.startswith("sketch"))
     main = evaluate(Circle(), coll, split, ks=(1,))["main"]
     # every sketch's nearest photo is of its class (class b's at 2.1 -> 2.0; class a's all below 1.0)
@@ -234,13 +249,10 @@ def test_cross_modal_split_encodes_photos_as_photos() -> None:
 def _zero_shot_items() -> tuple[Collection, Split]:
     """Four classes of sketches on the circle, u and v unseen; one query per class."""
     angles = {"a": [0.0, 0.1, 0.2], "b": [1.0, 1.1, 1.2], "u": [2.0, 2.1], "v": [2.6, 2.7]}
-    items = [
-        Item(f"{c}{j}", c, "sketch", "", sketch=stroke(a))
-        for c, aa in angles.items()
-        for j, a in enumerate(aa)
-    ]
-    return Collection(items), make_split("zero_shot", items, query_per_class=1, train_fraction=0.0,
-                                         unseen_classes=["u", "v"])  # fmt: skip
+    items = [Item(f"{c}{j}", c, "sketch", "", sketch=stroke(a)) for c, aa in angles.items() for j, a in enumerate(aa)]
+    return Collection(items), make_split(
+        "zero_shot", items, query_per_class=1, train_fraction=0.0, unseen_classes=["u", "v"]
+    )
 
 
 def test_leave_one_out_split_and_two_evaluations() -> None:
@@ -275,8 +287,16 @@ def test_rows_score_a_model_and_a_baseline_fitted_on_the_train_part(tmp_path: Pa
     lsh.fit([coll[i].sketch for i in coll.ids[:30]])  # fitted elsewhere, saved as a trained model
     card = save_model(lsh, tmp_path / "lsh16")
     rows = [Row("lsh16", model=str(tmp_path / "lsh16")), Row("pca 8", method="pca", kwargs={"dim": 8})]
-    doc = evaluate_rows(rows, coll, split, ks=(1, 10), title="T", notes=["n1"], json_path=str(tmp_path / "o.json"),
-                        md_path=str(tmp_path / "o.md"))  # fmt: skip
+    doc = evaluate_rows(
+        rows,
+        coll,
+        split,
+        ks=(1, 10),
+        title="T",
+        notes=["n1"],
+        json_path=str(tmp_path / "o.json"),
+        md_path=str(tmp_path / "o.md"),
+    )
     model_row, base_row = doc["rows"]
     assert model_row["model_id"] == card.model_id and model_row["fit"] == {}
     assert base_row["fit"]["fitted_on"] == "train" and base_row["fit"]["n_train"] == len(split.train) == 48
@@ -290,10 +310,7 @@ def test_rows_score_a_model_and_a_baseline_fitted_on_the_train_part(tmp_path: Pa
     loaded, _ = load_model(tmp_path / "lsh16")
     assert model_row["main"]["mAP@all"] == evaluate(loaded, coll, split, ks=(1, 10))["main"]["mAP@all"]
     # written: JSON (the same figures) and the markdown table of the document
-    assert (
-        json.loads((tmp_path / "o.json").read_text())["rows"][1]["main"]["mAP@all"]
-        == base_row["main"]["mAP@all"]
-    )
+    assert json.loads((tmp_path / "o.json").read_text())["rows"][1]["main"]["mAP@all"] == base_row["main"]["mAP@all"]
     md = (tmp_path / "o.md").read_text()
     assert md == markdown_table(doc) and "| pca 8 | 8 |" in md and "| lsh16 | 16 |" in md
     assert md.startswith("# T\n") and md.rstrip().endswith("- n1")

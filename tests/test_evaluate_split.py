@@ -77,8 +77,22 @@ def test_own_data_uses_the_cards_split_and_fits_baselines_on_its_train_part(
     modelled: tuple[Path, Path, Split], tmp_path: Path
 ) -> None:
     data, model, split = modelled
-    code, out = run("evaluate", "--model", str(model), "--method", "pca", "--bits", "4", "--data", str(data),
-                    "--queries-per-class", "3", "--save-split", str(tmp_path / "used.json"), "--json")  # fmt: skip
+    code, out = run(
+        "evaluate",
+        "--model",
+        str(model),
+        "--method",
+        "pca",
+        "--bits",
+        "4",
+        "--data",
+        str(data),
+        "--queries-per-class",
+        "3",
+        "--save-split",
+        str(tmp_path / "used.json"),
+        "--json",
+    )
     assert code == 0, out
     doc = json.loads(out)
     # the card's split, byte for byte, not the requested 3 queries per class
@@ -92,24 +106,32 @@ def test_own_data_uses_the_cards_split_and_fits_baselines_on_its_train_part(
     method, card = load_model(model)
     assert trained["model_id"] == card.model_id
     assert trained["main"]["mAP@all"] == evaluate(method, load_collection(data), split)["main"]["mAP@all"]
-    note = (f"the split recorded with {model} (zero_shot, seed 0): its queries and gallery are held out from its "
-            "training; baselines are fitted on its train part")  # fmt: skip
+    note = (
+        f"the split recorded with {model} (zero_shot, seed 0): its queries and gallery are held out from its "
+        "training; baselines are fitted on its train part"
+    )
     assert doc["notes"] == [note]
     code, out = run("evaluate", "--model", str(model), "--data", str(data))  # the table, then the notes
     assert code == 0 and "note: the split recorded with" in out
 
 
-def test_training_items_in_other_data_are_left_out(
-    modelled: tuple[Path, Path, Split], tmp_path: Path
-) -> None:
+def test_training_items_in_other_data_are_left_out(modelled: tuple[Path, Path, Split], tmp_path: Path) -> None:
     data, model, split = modelled
     mixed = _write(tmp_path / "mixed", ("new",), 8, 6, "other")
-    shutil.copy(
-        data / f"{CLASSES[0]}.ndjson", mixed / f"{CLASSES[0]}.ndjson"
-    )  # a training class's file, copied
+    shutil.copy(data / f"{CLASSES[0]}.ndjson", mixed / f"{CLASSES[0]}.ndjson")  # a training class's file, copied
     n_train = sum(json.loads(line)["key_id"] in set(split.train) for line in (mixed / "circle.ndjson").open())
-    code, out = run("evaluate", "--model", str(model), "--data", str(mixed), "--queries-per-class", "2",
-                    "--save-split", str(tmp_path / "used.json"), "--json")  # fmt: skip
+    code, out = run(
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        str(mixed),
+        "--queries-per-class",
+        "2",
+        "--save-split",
+        str(tmp_path / "used.json"),
+        "--json",
+    )
     assert code == 0, out
     doc = json.loads(out)
     used = Split.load(tmp_path / "used.json")
@@ -123,14 +145,10 @@ def test_other_data_without_training_items_gets_the_requested_split(
 ) -> None:
     _, model, _ = modelled
     other = _write(tmp_path / "other", (*CLASSES[:2], "new"), 8, 5, "other")  # new drawings, seen classes
-    code, out = run(
-        "evaluate", "--model", str(model), "--data", str(other), "--queries-per-class", "2", "--json"
-    )
+    code, out = run("evaluate", "--model", str(model), "--data", str(other), "--queries-per-class", "2", "--json")
     assert code == 0, out
     doc = json.loads(out)
-    assert (
-        doc["split"]["kind"] == "category" and doc["rows"][0]["main"]["n_queries"] == 6 and doc["notes"] == []
-    )
+    assert doc["split"]["kind"] == "category" and doc["rows"][0]["main"]["n_queries"] == 6 and doc["notes"] == []
     assert "zero_shot" not in doc["rows"][0]
 
 
@@ -196,24 +214,21 @@ def test_cards_without_a_usable_split_on_their_own_data_are_noted(
         stem = tmp_path / name
         shutil.copy(model.with_suffix(".safetensors"), stem.with_suffix(".safetensors"))
         stem.with_suffix(".json").write_text(json.dumps({**card, "name": name, "training": training}))
-        code, out = run(
-            "evaluate", "--model", str(stem), "--data", str(data), "--queries-per-class", "2", "--json"
-        )
+        code, out = run("evaluate", "--model", str(stem), "--data", str(data), "--queries-per-class", "2", "--json")
         assert code == 0, out
         doc = json.loads(out)
         assert doc["split"]["kind"] == "category" and doc["rows"][0]["main"]["n_queries"] == 10
         assert any(n.startswith(f"{stem}: trained on {data}") and "not held-out" in n for n in doc["notes"])
-        assert any("split_file must be a file name beside the card" in n for n in doc["notes"]) == (
-            name == "old"
-        )
+        assert any("split_file must be a file name beside the card" in n for n in doc["notes"]) == (name == "old")
 
 
 def test_unseen_classes_of_the_cards_split_are_reported_apart(
     modelled: tuple[Path, Path, Split], tmp_path: Path
 ) -> None:
     data, _, _ = modelled
-    split = make_split("zero_shot", load_collection(data).items, query_per_class=2, train_fraction=0.5,
-                       unseen_classes=2)  # fmt: skip
+    split = make_split(
+        "zero_shot", load_collection(data).items, query_per_class=2, train_fraction=0.5, unseen_classes=2
+    )
     model = _save(tmp_path / "zs", data, split)
     code, out = run("evaluate", "--model", str(model), "--data", str(data), "--json")
     assert code == 0, out

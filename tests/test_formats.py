@@ -36,8 +36,13 @@ from sketchsearch.data.formats import (
 from sketchsearch.data.inspect import inspect_dataset
 from sketchsearch.errors import FormatError
 
-RAW = {"word": "cat", "key_id": "42", "countrycode": "FR", "recognized": True,
-       "drawing": [[[0.5, 10.0, 20.0], [1.0, 2.0, 3.5], [0, 15, 31]], [[5, 6], [7, 8], [40, 52]]]}  # fmt: skip
+RAW = {
+    "word": "cat",
+    "key_id": "42",
+    "countrycode": "FR",
+    "recognized": True,
+    "drawing": [[[0.5, 10.0, 20.0], [1.0, 2.0, 3.5], [0, 15, 31]], [[5, 6], [7, 8], [40, 52]]],
+}
 SIMPLE = {"word": "cat", "key_id": 7, "drawing": [[[0, 255], [10, 20]], [[3], [4]]]}
 
 
@@ -60,9 +65,7 @@ def test_raw_and_simplified_lines_parse_exactly(tmp_path: Path) -> None:
     np.testing.assert_allclose(raw.sketch.strokes[0], [[0.5, 1.0], [10.0, 2.0], [20.0, 3.5]])
     np.testing.assert_array_equal(raw.sketch.times[1], [40, 52])
     assert raw.meta == {"countrycode": "FR", "recognized": True, "quickdraw_format": "raw"}
-    assert (
-        simple.id == "7" and simple.sketch.times is None and simple.meta["quickdraw_format"] == "simplified"
-    )
+    assert simple.id == "7" and simple.sketch.times is None and simple.meta["quickdraw_format"] == "simplified"
     np.testing.assert_array_equal(simple.sketch.strokes[1], [[3, 4]])
 
 
@@ -106,7 +109,7 @@ def test_json_error_messages_are_complete(tmp_path: Path) -> None:
         (2, "truncated record (cut short): JSON ends after 12 characters (Unterminated string starting at: column 10)"),
         (3, "not valid JSON (Expecting property name enclosed in double quotes: column 2)"),
         (4, "not valid JSON (Invalid control character at: column 12)"),
-    ]  # fmt: skip
+    ]
     assert str(errors[0]).startswith(f"{f}: record 2: truncated record")
 
 
@@ -166,8 +169,13 @@ def test_npy_bitmaps_both_shapes(tmp_path: Path, rng: np.random.Generator) -> No
     np.save(tmp_path / "eye.npy", a)
     np.save(tmp_path / "fish.npy", a[:2, 0])
     items = list(read_quickdraw_bitmap(tmp_path))
-    assert [(it.label, it.id) for it in items] == [("eye", "eye.npy:0"), ("eye", "eye.npy:1"), ("eye", "eye.npy:2"),
-                                                   ("fish", "fish.npy:0"), ("fish", "fish.npy:1")]  # fmt: skip
+    assert [(it.label, it.id) for it in items] == [
+        ("eye", "eye.npy:0"),
+        ("eye", "eye.npy:1"),
+        ("eye", "eye.npy:2"),
+        ("fish", "fish.npy:0"),
+        ("fish", "fish.npy:1"),
+    ]
     np.testing.assert_array_equal(items[1].image, a[1, 0].reshape(28, 28))
     assert items[0].image.dtype == np.uint8 and items[0].image.shape == (28, 28)
 
@@ -204,9 +212,7 @@ def test_corrupt_npz_bitmap_is_reported_not_a_crash(tmp_path: Path) -> None:
     bad.write_bytes(bytes(raw))
     info = inspect_dataset(tmp_path)
     assert (info["format"], info["items"], info["skipped"]) == ("quickdraw_bitmap", 2, 1)
-    assert (
-        info["errors"][0]["file"] == str(bad) and "not a readable numpy bitmap" in info["errors"][0]["reason"]
-    )
+    assert info["errors"][0]["file"] == str(bad) and "not a readable numpy bitmap" in info["errors"][0]["reason"]
     with pytest.raises(FormatError, match="c_d.npz"):
         inspect_dataset(tmp_path, strict=True)
 
@@ -284,9 +290,7 @@ def test_data_info_lenient_skips_a_refused_pickle_file_and_reads_the_rest(tmp_pa
 
 def test_sketchrnn_bad_member_or_file_is_a_bad_record(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    mixed = _sketchrnn_npz(
-        tmp_path / "mixed.npz", train=_drawings(2), test=pickle.dumps(_RunsCode(marker), protocol=2)
-    )
+    mixed = _sketchrnn_npz(tmp_path / "mixed.npz", train=_drawings(2), test=pickle.dumps(_RunsCode(marker), protocol=2))
     (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
     np.savez(tmp_path / "strings.npz", train=np.array(["a", "b"]))
     assert detect_format(tmp_path) == "sketchrnn"  # the corrupt file does not make the folder unreadable
@@ -320,9 +324,7 @@ def test_omniglot_strokes_flip_y_and_pair_with_images(tmp_path: Path) -> None:
     np.testing.assert_allclose(s.sketch.strokes[0], [[1.5, 2.0], [3.0, 4.0]])  # y now points down
     np.testing.assert_array_equal(s.sketch.times[0], [0, 17])
     assert images[0].image.shape == (105, 105) and images[0].image.dtype == np.uint8
-    assert (
-        errors[0].file == str(sdir / "0110_02.txt") and errors[0].record == 3 and "x,y,t" in errors[0].reason
-    )
+    assert errors[0].file == str(sdir / "0110_02.txt") and errors[0].record == 3 and "x,y,t" in errors[0].reason
     assert detect_format(tmp_path) == "omniglot"
 
 
@@ -340,8 +342,11 @@ def test_sketchy_pairs(tmp_path: Path) -> None:
     (tmp_path / "sketch" / "cat" / "n01_12-1.png").write_bytes(b"not a png at all")
     items, errors = _collect(read_sketchy, tmp_path)
     assert [(it.modality, it.pair, it.label) for it in items] == [
-        ("sketch", "n01_10", "cat"), ("sketch", "n01_10", "cat"), ("photo", "n01_10", "cat"), ("photo", "n01_11", "cat")
-    ]  # fmt: skip
+        ("sketch", "n01_10", "cat"),
+        ("sketch", "n01_10", "cat"),
+        ("photo", "n01_10", "cat"),
+        ("photo", "n01_11", "cat"),
+    ]
     assert items[0].image.shape == (8, 8, 3)
     assert errors[0].file == str(tmp_path / "sketch" / "cat" / "n01_12-1.png")
     assert detect_format(tmp_path) == "sketchy"
@@ -465,10 +470,7 @@ def test_decompression_bomb_header_is_refused(tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.png"
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
     bomb.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 100))
-        + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
     )
     items, errors = _collect(read_images, tmp_path)
     assert items == [] and errors[0].file == str(bomb) and "decompression bomb" in errors[0].reason
@@ -492,10 +494,20 @@ def test_images_rgba_composited_on_white(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_image(f), np.full((2, 2, 3), 255, np.uint8))
 
 
-# ---------------------------------------------------------------------------------------------- registry / detect / inspect
+# ---------------------------------------------------------------------------------- registry / detect / inspect
 def test_registry_lists_every_reader() -> None:
-    for name in ["quickdraw", "quickdraw_ndjson", "quickdraw_bin", "quickdraw_bitmap", "sketchrnn", "omniglot",
-                 "sketchy", "qmul_v1", "qmul_chairv2", "images"]:  # fmt: skip
+    for name in [
+        "quickdraw",
+        "quickdraw_ndjson",
+        "quickdraw_bin",
+        "quickdraw_bitmap",
+        "sketchrnn",
+        "omniglot",
+        "sketchy",
+        "qmul_v1",
+        "qmul_chairv2",
+        "images",
+    ]:
         assert name in READERS
     with pytest.raises(ValueError, match="valid names: .*quickdraw"):
         READERS.get("nope")

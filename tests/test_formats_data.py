@@ -60,9 +60,7 @@ def test_quickdraw_bitmaps(shared_data: Path) -> None:
 
 
 def test_sketchrnn_omniglot(shared_data: Path) -> None:
-    splits = Counter(
-        it.meta["split"] for it in read_sketchrnn(shared_data / "sketchrnn" / "omniglot.npz", strict=True)
-    )
+    splits = Counter(it.meta["split"] for it in read_sketchrnn(shared_data / "sketchrnn" / "omniglot.npz", strict=True))
     assert splits == {"train": 30000, "valid": 1000, "test": 1000}
 
 
@@ -128,11 +126,15 @@ def test_qmul_v1(shared_data: Path) -> None:
         (it.label, it.meta["split"], it.modality) for it in read_qmul_v1(shared_data / "qmul_v1", strict=True)
     )
     assert counts == {
-        ("shoes", "train", "sketch"): 304, ("shoes", "train", "photo"): 304,
-        ("shoes", "test", "sketch"): 115, ("shoes", "test", "photo"): 115,
-        ("chairs", "train", "sketch"): 200, ("chairs", "train", "photo"): 200,
-        ("chairs", "test", "sketch"): 97, ("chairs", "test", "photo"): 97,
-    }  # fmt: skip
+        ("shoes", "train", "sketch"): 304,
+        ("shoes", "train", "photo"): 304,
+        ("shoes", "test", "sketch"): 115,
+        ("shoes", "test", "photo"): 115,
+        ("chairs", "train", "sketch"): 200,
+        ("chairs", "train", "photo"): 200,
+        ("chairs", "test", "sketch"): 97,
+        ("chairs", "test", "photo"): 97,
+    }
     first = next(read_qmul_v1(shared_data / "qmul_v1" / "shoes"))
     assert first.image.shape == (256, 256) and first.pair == "shoes/1"
 
@@ -149,12 +151,20 @@ def test_qmul_chairv2(shared_data: Path) -> None:
 @pytest.mark.parametrize(
     "sub, name",
     [
-        ("quickdraw/raw", "quickdraw_ndjson"), ("quickdraw/simplified", "quickdraw_ndjson"),
-        ("quickdraw/bitmap", "quickdraw_bitmap"), ("sketchrnn", "sketchrnn"), ("sketchrnn/omniglot.npz", "sketchrnn"),
-        ("omniglot", "omniglot"), ("omniglot/images_background_small1", "omniglot"), ("sketchy", "sketchy"),
-        ("sketchy/photo", "images"), ("qmul_v1", "qmul_v1"), ("qmul_v1/chairs", "qmul_v1"),
-        ("qmul_chairv2", "qmul_chairv2"), ("qmul_chairv2/ChairV2_Coordinate", "qmul_chairv2"),
+        ("quickdraw/raw", "quickdraw_ndjson"),
+        ("quickdraw/simplified", "quickdraw_ndjson"),
+        ("quickdraw/bitmap", "quickdraw_bitmap"),
+        ("sketchrnn", "sketchrnn"),
+        ("sketchrnn/omniglot.npz", "sketchrnn"),
+        ("omniglot", "omniglot"),
+        ("omniglot/images_background_small1", "omniglot"),
+        ("sketchy", "sketchy"),
+        ("sketchy/photo", "images"),
+        ("qmul_v1", "qmul_v1"),
+        ("qmul_v1/chairs", "qmul_v1"),
+        ("qmul_chairv2", "qmul_chairv2"),
+        ("qmul_chairv2/ChairV2_Coordinate", "qmul_chairv2"),
     ],
-)  # fmt: skip
+)
 def test_detect_format_on_each_dataset(shared_data: Path, sub: str, name: str) -> None:
     assert detect_format(shared_data / sub) == name

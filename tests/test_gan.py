@@ -163,14 +163,13 @@ def test_calibrate_reestimates_batch_norm_on_real_data() -> None:
 def test_recipe_trains_on_default_data(tmp_path: Path) -> None:
     from sketchsearch.recipes import run_recipe
 
-    res = run_recipe("gan", "default", out=tmp_path / "run", iterations=2, batch_size=16, progress=False,
-                     arch="thin-gan", limit=40)  # fmt: skip
+    res = run_recipe(
+        "gan", "default", out=tmp_path / "run", iterations=2, batch_size=16, progress=False, arch="thin-gan", limit=40
+    )
     training = res.training
     assert training["drawings"] == 40 and training["iterations"] == 2 and training["options"] == {"limit": 40}
     assert res.split is None and res.metrics == {}  # unlabelled: no split, no evaluation here
-    assert math.isfinite(training["final_losses"]["d_loss"]) and math.isfinite(
-        training["final_losses"]["g_loss"]
-    )
+    assert math.isfinite(training["final_losses"]["d_loss"]) and math.isfinite(training["final_losses"]["g_loss"])
     assert (tmp_path / "run" / "samples.png").stat().st_size > 0
     assert isinstance(res.method, GANEncoder) and res.method.arch == "thin-gan"
     assert float(res.method.centre.abs().sum()) > 0
@@ -195,8 +194,10 @@ def test_load_unlabelled_joins_specs_and_render_skips_empty_drawings(tmp_path: P
 
     rng = np.random.default_rng(0)
     strokes = [rng.uniform(0, 255, (5, 2)).round().astype(int) for _ in range(3)]
-    lines = [json.dumps({"word": "w", "key_id": f"k{i}", "drawing": [[s[:, 0].tolist(), s[:, 1].tolist()]]})
-             for i, s in enumerate(strokes)]  # fmt: skip
+    lines = [
+        json.dumps({"word": "w", "key_id": f"k{i}", "drawing": [[s[:, 0].tolist(), s[:, 1].tolist()]]})
+        for i, s in enumerate(strokes)
+    ]
     (tmp_path / "a.ndjson").write_text("\n".join(lines) + "\nnot json\n")
     default = load_collection("default")
     coll = load_unlabelled(f"default, {tmp_path / 'a.ndjson'}")
@@ -243,9 +244,7 @@ def test_invariance_command_writes_json_and_figures(tmp_path: Path) -> None:
     doc = json.loads((out / "invariance.json").read_text())
     assert set(doc["results"]) == {"sketch-gan", "thin-gan"} and doc["samples"] == 2
     r = doc["results"]["thin-gan"]
-    assert (
-        len(r["rotation"]["mean"]) == 41 and len(r["scale"]["mean"]) == 21 and len(r["shift"]["mean"]) == 21
-    )
+    assert len(r["rotation"]["mean"]) == 41 and len(r["scale"]["mean"]) == 21 and len(r["shift"]["mean"]) == 21
     assert r["rotation"]["mean"][20] == pytest.approx(1.0, abs=1e-5)  # angle 0 = the drawing itself
     assert 0.0 < r["summary"]["rotation"] <= 1.0
     for png in ("rotation.png", "scale.png", "shift.png"):
@@ -273,9 +272,7 @@ def test_shipped_encoder_binary_codes_search_through_the_retriever(tmp_path: Pat
     assert hits[0].id == 0 and hits[0].distance == 0
     r.save(tmp_path / "idx")
     again = Retriever.load(tmp_path / "idx", model=b)
-    assert [(h.id, h.distance) for h in again.search(items[0].sketch, k=10)] == [
-        (h.id, h.distance) for h in hits
-    ]
+    assert [(h.id, h.distance) for h in again.search(items[0].sketch, k=10)] == [(h.id, h.distance) for h in hits]
 
 
 def test_gan_binary_command_writes_a_hamming_artifact(tmp_path: Path) -> None:
@@ -297,9 +294,19 @@ def test_gan_binary_command_writes_a_hamming_artifact(tmp_path: Path) -> None:
     assert card.training["command"].startswith("sketchsearch gan-binary sketch-gan")
     res = runner.invoke(
         app,
-        ["index", "build", "--model", str(tmp_path / "sg-bits"), "--data", "default", "--limit", "40",
-         "--out", str(tmp_path / "idx")],
-    )  # fmt: skip
+        [
+            "index",
+            "build",
+            "--model",
+            str(tmp_path / "sg-bits"),
+            "--data",
+            "default",
+            "--limit",
+            "40",
+            "--out",
+            str(tmp_path / "idx"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert read_manifest(tmp_path / "idx")["nbits"] == 1024
     assert Retriever.load(tmp_path / "idx").binary
@@ -316,8 +323,10 @@ def test_evaluate_command_reproduces_the_thin_gan_card(shared_data: Path) -> Non
     from sketchsearch.model import resolve_model
 
     data = shared_data / "omniglot" / "strokes_background_small1"
-    res = CliRunner().invoke(app, ["evaluate", "--protocol", "leave-one-out", "--k", "8", "--model", "thin-gan",
-                                   "--data", str(data), "--json"])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        ["evaluate", "--protocol", "leave-one-out", "--k", "8", "--model", "thin-gan", "--data", str(data), "--json"],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
     assert doc["split"]["kind"] == "leave_one_out" and doc["skipped"] == 0

@@ -36,8 +36,16 @@ S = 16  # synthetic image size
 
 
 def tiny(**kw) -> GDH:
-    kw = {"image_size": S, "nbits": 16, "gen_width": 4, "gs_res": 1, "gi_res": 1, "disc_width": 4,
-          "hash_width": 4, **kw}  # fmt: skip
+    kw = {
+        "image_size": S,
+        "nbits": 16,
+        "gen_width": 4,
+        "gs_res": 1,
+        "gi_res": 1,
+        "disc_width": 4,
+        "hash_width": 4,
+        **kw,
+    }
     torch.manual_seed(0)
     return create_method("gdh", **kw)  # type: ignore[return-value]
 
@@ -99,9 +107,7 @@ def test_d_step_matches_closed_form_numpy() -> None:
     bs = np.where(rng.random((4, K)) > 0.5, 1.0, -1.0)
     Yi, Ys = np.eye(c)[yi], np.eye(c)[ys]
     expect = np.linalg.inv(Yi.T @ Yi + Ys.T @ Ys + np.eye(c)) @ (Yi.T @ bi + Ys.T @ bs)  # Eq. (9)
-    got = semantic_projection_step(
-        [torch.tensor(bi), torch.tensor(bs)], [torch.tensor(yi), torch.tensor(ys)], c
-    )
+    got = semantic_projection_step([torch.tensor(bi), torch.tensor(bs)], [torch.tensor(yi), torch.tensor(ys)], c)
     assert np.allclose(got.numpy(), expect, atol=1e-6)
     # one-hot labels: the class sums of the codes over (count + 1), by hand for class 2 (two images, two sketches)
     assert np.allclose(expect[2], (bi[2] + bi[3] + bs[2] + bs[3]) / 5)
@@ -153,8 +159,14 @@ def test_one_alternating_step_changes_generators_and_hash(bank: bool) -> None:
     before = {k: v.detach().clone() for k, v in m.state_dict().items()}
     m.train()
     stats = m.step(m, b, opts)
-    for k in ("adversarial_loss", "cycle_loss", "quantization_loss", "unification_loss", "triplet_loss",
-              "discriminator_loss"):  # fmt: skip
+    for k in (
+        "adversarial_loss",
+        "cycle_loss",
+        "quantization_loss",
+        "unification_loss",
+        "triplet_loss",
+        "discriminator_loss",
+    ):
         assert k in stats and np.isfinite(stats[k]), k
     after = m.state_dict()
 
@@ -208,8 +220,13 @@ def test_training_loop_runs_gdh() -> None:
     m = tiny(triplet_weight=1.0)
     ds = pairs()
     m.set_training_data(ds.pl, ds.sl, 4)
-    res = train(m, ds, TrainConfig(iterations=3, batch_size=4, lr=1e-3, device="cpu", progress=False, log_every=1),
-                collate_fn=collate_pairs, sampler=ClassBalancedSampler(ds.pl, per_class=2))  # fmt: skip
+    res = train(
+        m,
+        ds,
+        TrainConfig(iterations=3, batch_size=4, lr=1e-3, device="cpu", progress=False, log_every=1),
+        collate_fn=collate_pairs,
+        sampler=ClassBalancedSampler(ds.pl, per_class=2),
+    )
     assert len(res.history) == 3 and all(np.isfinite(h["loss"]) for h in res.history)
 
 
@@ -300,9 +317,21 @@ def test_heldout_instance_split_holds_out_photo_groups_of_every_class(tmp_path: 
 
 def test_recipe_trains_and_reports_category_and_instance_metrics(tmp_path: Path) -> None:
     data = str(write_sketchy(tmp_path / "sk"))
-    kw = {"iterations": 2, "batch_size": 4, "device": "cpu", "progress": False, "heldout_photos": 3,
-          "image_size": S, "nbits": 16, "gen_width": 4, "gs_res": 1, "gi_res": 1, "disc_width": 4,
-          "hash_width": 4, "triplet_weight": 1.0}  # fmt: skip
+    kw = {
+        "iterations": 2,
+        "batch_size": 4,
+        "device": "cpu",
+        "progress": False,
+        "heldout_photos": 3,
+        "image_size": S,
+        "nbits": 16,
+        "gen_width": 4,
+        "gs_res": 1,
+        "gi_res": 1,
+        "disc_width": 4,
+        "hash_width": 4,
+        "triplet_weight": 1.0,
+    }
     res = run_recipe("gdh", data, out=tmp_path / "run", **kw)
     assert res.training["iterations"] == 2 and res.training["last"]["iteration"] == 2
     coll = load_collection(data)

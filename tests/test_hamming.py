@@ -39,12 +39,8 @@ def test_registry_lists_the_three_backends() -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(
-    "nbits, n, k", [(16, 700, 25), (64, 500, 40), (128, 300, 17), (256, 200, 9), (24, 300, 5)]
-)
-def test_knn_matches_oracle_with_ties(
-    backend: str, nbits: int, n: int, k: int, rng: np.random.Generator
-) -> None:
+@pytest.mark.parametrize("nbits, n, k", [(16, 700, 25), (64, 500, 40), (128, 300, 17), (256, 200, 9), (24, 300, 5)])
+def test_knn_matches_oracle_with_ties(backend: str, nbits: int, n: int, k: int, rng: np.random.Generator) -> None:
     # 16 bits over 700 codes: many equal distances, so the id tie-break is exercised at the k-th hit.
     xb = rng.integers(0, 256, size=(n, nbits // 8), dtype=np.uint8)
     xb[5:40] = xb[0]  # exact duplicates: ties at distance 0 too

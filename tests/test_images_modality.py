@@ -54,8 +54,13 @@ def _colour_images(rng: np.random.Generator) -> dict[str, np.ndarray]:
     grey[30:70, 20:80] = rng.normal(40, 10, (40, 60, 3))
     sky = np.broadcast_to(np.array([110.0, 160.0, 225.0]), (h, w, 3)).copy()
     sky[45:52, 20:76] = 60.0
-    images = {"noise": rng.integers(0, 256, (h, w, 3)), "gradient": gradient, "blobs": blobs, "grey object": grey,
-              "sky": sky}  # fmt: skip
+    images = {
+        "noise": rng.integers(0, 256, (h, w, 3)),
+        "gradient": gradient,
+        "blobs": blobs,
+        "grey object": grey,
+        "sky": sky,
+    }
     return {k: np.clip(v, 0, 255).astype(np.uint8) for k, v in images.items()}
 
 
@@ -63,12 +68,14 @@ def test_rendered_line_drawings_are_drawings(rng: np.random.Generator) -> None:
     for i, ink in enumerate(_inks()):
         dark_on_light = ((1 - ink) * 255).astype(np.uint8)
         light_on_dark = (ink * 255).astype(np.uint8)  # as QuickDraw's bitmaps are
-        coloured = np.stack(
-            [dark_on_light, dark_on_light, np.full_like(dark_on_light, 255)], axis=-1
-        )  # blue pen
-        for kind, img in (("dark on light", dark_on_light), ("light on dark", light_on_dark),
-                          ("blue ink", coloured), ("scan", _scan(ink, rng, (40, 35, 60))),
-                          ("red ink scan", _scan(ink, rng, (180, 30, 30)))):  # fmt: skip
+        coloured = np.stack([dark_on_light, dark_on_light, np.full_like(dark_on_light, 255)], axis=-1)  # blue pen
+        for kind, img in (
+            ("dark on light", dark_on_light),
+            ("light on dark", light_on_dark),
+            ("blue ink", coloured),
+            ("scan", _scan(ink, rng, (40, 35, 60))),
+            ("red ink scan", _scan(ink, rng, (180, 30, 30))),
+        ):
             assert guess_modality(img) == "sketch", (i, kind, pixel_stats(img))
 
 
@@ -85,17 +92,18 @@ def test_each_threshold_of_the_rule_decides() -> None:
     solid = drawing.copy()
     solid[20:100, 20:100] = 0  # a filled region, not lines
     paper_200 = drawing.astype(np.float64) * 200 / 255
-    noisy = np.clip(paper_200 + np.random.default_rng(0).normal(0, 12, drawing.shape), 0, 255).astype(
-        np.uint8
-    )
-    tinted = np.stack(
-        [drawing // 2 + 40, drawing // 2 + 120, np.full_like(drawing, 250)], axis=-1
-    )  # blue paper
+    noisy = np.clip(paper_200 + np.random.default_rng(0).normal(0, 12, drawing.shape), 0, 255).astype(np.uint8)
+    tinted = np.stack([drawing // 2 + 40, drawing // 2 + 120, np.full_like(drawing, 250)], axis=-1)  # blue paper
     mid_grey = (drawing.astype(np.int32) * 100 // 255 + 60).astype(np.uint8)  # mid-grey paper (level 152)
     mostly_ink = np.zeros((66, 66), np.uint8)
     mostly_ink[1::3], mostly_ink[2::3] = 128, 255  # stripes of three levels: none covers half the image
-    for kind, img in (("solid", solid), ("noisy", noisy), ("tinted", tinted), ("mid grey", mid_grey),
-                      ("mostly ink", mostly_ink)):  # fmt: skip
+    for kind, img in (
+        ("solid", solid),
+        ("noisy", noisy),
+        ("tinted", tinted),
+        ("mid grey", mid_grey),
+        ("mostly ink", mostly_ink),
+    ):
         assert guess_modality(img) == "photo", (kind, pixel_stats(img))
 
 
@@ -142,11 +150,7 @@ def test_read_images_judges_each_image_unless_told(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="auto, sketch, photo"):
         list(read_images(tmp_path, modality="drawing"))
     # the entry point: sketch / photo read the folder as that (no filter: every image is then of that kind)
-    assert (
-        len(load_collection(tmp_path, modality="sketch"))
-        == len(load_collection(tmp_path, modality="photo"))
-        == 7
-    )
+    assert len(load_collection(tmp_path, modality="sketch")) == len(load_collection(tmp_path, modality="photo")) == 7
     auto = load_collection(tmp_path)
     assert sorted(it.id for it in auto if it.modality == "photo") == sorted(photos)
 
@@ -173,9 +177,7 @@ def test_data_info_reports_what_auto_decided(tmp_path: Path) -> None:
 @pytest.mark.data
 def test_modality_option_filters_data_whose_layout_says(shared_data: Path) -> None:
     """Sketchy says which items are sketches: --modality keeps those, auto keeps both (nothing judged)."""
-    res = CliRunner().invoke(
-        app, ["data", "info", str(shared_data / "sketchy"), "--modality", "photo", "--json"]
-    )
+    res = CliRunner().invoke(app, ["data", "info", str(shared_data / "sketchy"), "--modality", "photo", "--json"])
     info = json.loads(res.stdout)
     assert (info["format"], info["from_pixels"], info["modalities"]) == (
         "sketchy",

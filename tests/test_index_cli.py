@@ -1,7 +1,7 @@
 """`index build / add / remove` and `search` on folders of PNG drawings, through the CLI: drawings indexed as
 drawings by the shipped GANs (class folders and a flat folder, hits carrying file names and metadata),
-SketchMate on images (strokes traced from the pixels), --modality, --force, the collection's name / title / description, adding and
-removing items, one writer at a time."""
+SketchMate on images (strokes traced from the pixels), --modality, --force, the collection's name / title /
+description, adding and removing items, one writer at a time."""
 
 from __future__ import annotations
 
@@ -50,9 +50,7 @@ def drawings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for s in merchant_marks(4, 3, seed=7):
         _png(s, root / "classes" / s.label / f"{s.id}.png")
         _png(s, root / "flat" / f"{s.label}-{s.id}.png")
-    (root / "classes" / "metadata.csv").write_text(
-        "source,title,place\nmark_002/mark_002_01.png,The anchor,Bristol\n"
-    )
+    (root / "classes" / "metadata.csv").write_text("source,title,place\nmark_002/mark_002_01.png,The anchor,Bristol\n")
     return {"classes": root / "classes", "flat": root / "flat"}
 
 
@@ -74,9 +72,7 @@ def test_png_drawings_index_and_answer_with_their_file_names(
     assert itself and itself[0]["distance"] < 1e-4 and hits[0]["distance"] < 1e-4, hits
     if layout == "classes":
         assert hits[0]["label"] == query.parent.name
-        anchor = Retriever.load(tmp_path / "idx").search(
-            Image.open(folder / "mark_002" / "mark_002_01.png"), k=12
-        )
+        anchor = Retriever.load(tmp_path / "idx").search(Image.open(folder / "mark_002" / "mark_002_01.png"), k=12)
         assert [(h.distance < 1e-4, h.meta) for h in anchor if h.source == "mark_002/mark_002_01.png"] == [
             (True, {"title": "The anchor", "place": "Bristol"})
         ]
@@ -84,11 +80,19 @@ def test_png_drawings_index_and_answer_with_their_file_names(
     assert table.exit_code == 0 and query.name in table.output  # the table names the files
 
 
-def test_modality_photo_is_refused_for_a_drawings_only_model(
-    drawings: dict[str, Path], tmp_path: Path
-) -> None:
-    text = _fails("index", "build", "--model", "sketch-gan", "--data", drawings["flat"], "--out", tmp_path / "i",
-                  "--modality", "photo")  # fmt: skip
+def test_modality_photo_is_refused_for_a_drawings_only_model(drawings: dict[str, Path], tmp_path: Path) -> None:
+    text = _fails(
+        "index",
+        "build",
+        "--model",
+        "sketch-gan",
+        "--data",
+        drawings["flat"],
+        "--out",
+        tmp_path / "i",
+        "--modality",
+        "photo",
+    )
     assert "--modality photo: sketch-gan encodes drawings only; use --modality auto or sketch" in text
     assert not (tmp_path / "i").exists()
 
@@ -110,8 +114,19 @@ def test_sketchmate_traces_the_strokes_of_images_and_says_so(tmp_path: Path) -> 
     """SketchMate reads stroke order: images get strokes traced from their pixels (it refused them before);
     an Omniglot layout's stroke files keep their own strokes."""
     _omniglot(tmp_path / "omni")
-    res = runner.invoke(app, ["index", "build", "--model", "sketchmate-quickdraw-64", "--data", str(tmp_path / "omni"),
-                              "--out", str(tmp_path / "both")])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "index",
+            "build",
+            "--model",
+            "sketchmate-quickdraw-64",
+            "--data",
+            str(tmp_path / "omni"),
+            "--out",
+            str(tmp_path / "both"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("indexed 6 items (6 drawings, 0 photos)")
     assert "sketchmate-quickdraw-64 reads stroke order: the strokes of 3 images are traced" in res.stderr
@@ -139,34 +154,48 @@ def test_force_name_title_description_add_remove(drawings: dict[str, Path], tmp_
     )  # "index" says nothing
     text = _fails("index", "build", "--model", "sketch-gan", "--data", data, "--out", idx)
     assert "--out" in text and "already exists; pass --force to replace it" in text
-    _cli("index", "build", "--model", "sketch-gan", "--data", data, "--out", idx, "--force",
-         "--name", "Merchant marks of Bristol", "--title", "Marks", "--description", "Cut in stone.")  # fmt: skip
+    _cli(
+        "index",
+        "build",
+        "--model",
+        "sketch-gan",
+        "--data",
+        data,
+        "--out",
+        idx,
+        "--force",
+        "--name",
+        "Merchant marks of Bristol",
+        "--title",
+        "Marks",
+        "--description",
+        "Cut in stone.",
+    )
     m = read_manifest(idx)
     assert (m["name"], m["slug"], m["title"], m["description"], m["count"]) == (
-        "Merchant marks of Bristol", "merchant-marks-of-bristol", "Marks", "Cut in stone.", 6)  # fmt: skip
-    assert "--name: a non-empty name" in _fails("index", "build", "--model", "sketch-gan", "--data", data, "--out",
-                                               tmp_path / "other", "--name", " ")  # fmt: skip
+        "Merchant marks of Bristol",
+        "merchant-marks-of-bristol",
+        "Marks",
+        "Cut in stone.",
+        6,
+    )
+    assert "--name: a non-empty name" in _fails(
+        "index", "build", "--model", "sketch-gan", "--data", data, "--out", tmp_path / "other", "--name", " "
+    )
 
     for p in pngs[6:9]:
         (data / p.name).write_bytes(p.read_bytes())
     out = _cli("index", "add", idx, "--data", data)
-    assert (
-        out.startswith("added 3 items (3 drawings, 0 photos)")
-        and "9 in all; 6 already there by source" in out
-    )
+    assert out.startswith("added 3 items (3 drawings, 0 photos)") and "9 in all; 6 already there by source" in out
     r = Retriever.load(idx)
     assert len(r) == 9 and read_manifest(idx)["slug"] == "merchant-marks-of-bristol"
     assert sorted(row["source"] for row in r.store.items(list(range(20)))) == sorted(p.name for p in pngs[:9])
-    assert _cli("index", "add", idx, "--data", data, "--limit", "2", "--duplicates").startswith(
-        "added 2 items"
-    )
+    assert _cli("index", "add", idx, "--data", data, "--limit", "2", "--duplicates").startswith("added 2 items")
 
     out = _cli("index", "remove", idx, "--source", pngs[0].name, "--id", "8")
     assert out.startswith("removed 3 items") and "8 left" in out  # two items had that source (--duplicates)
     r = Retriever.load(idx)
-    assert (
-        pngs[0].name not in {row["source"] for row in r.store.items(list(range(20)))} and 8 not in r.index.ids
-    )
+    assert pngs[0].name not in {row["source"] for row in r.store.items(list(range(20)))} and 8 not in r.index.ids
     assert "--id 8: no item of" in _fails("index", "remove", idx, "--id", "8")
     assert "--source 'nope.png': no item of" in _fails("index", "remove", idx, "--source", "nope.png")
     assert "give the items to remove" in _fails("index", "remove", idx)

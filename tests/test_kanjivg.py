@@ -42,9 +42,7 @@ def test_real_files_have_known_stroke_counts(char: str, n_strokes: int) -> None:
     s = read_kanjivg(_file(char))
     assert s.label == char and s.id == f"{ord(char):05x}"
     assert len(s.strokes) == n_strokes == s.meta["n_strokes"]
-    assert all(
-        st.dtype == np.float32 and st.ndim == 2 and st.shape[1] == 2 and len(st) >= 2 for st in s.strokes
-    )
+    assert all(st.dtype == np.float32 and st.ndim == 2 and st.shape[1] == 2 and len(st) >= 2 for st in s.strokes)
     x0, y0, x1, y1 = s.bounds()
     assert 0 <= x0 < x1 <= KANJIVG_BOX and 0 <= y0 < y1 <= KANJIVG_BOX
 
@@ -99,9 +97,7 @@ def test_path_data_grammar() -> None:
     (curve,) = path_to_polylines("M0,0 c0,10 10,10 10,0 s10,-10 10,0", step=1.0)
     assert len(curve) > 10
     np.testing.assert_allclose(curve[-1], [20, 0], atol=1e-5)
-    assert curve[:, 1].max() == pytest.approx(
-        7.5, abs=0.1
-    )  # a cubic with control height 10 peaks at 3/4 of it
+    assert curve[:, 1].max() == pytest.approx(7.5, abs=0.1)  # a cubic with control height 10 peaks at 3/4 of it
     assert len(path_to_polylines("M0,0 L1,1 M5,5 L6,6")) == 2
 
 

@@ -73,9 +73,7 @@ def _base(module: str, is_pkg: bool, level: int, where: str) -> str:
     return ".".join(parts[: len(parts) - (level - 1)])
 
 
-def imports_of(
-    module: str, path: Path, is_pkg: bool, modules: Iterable[str], package: str = PACKAGE
-) -> Graph:
+def imports_of(module: str, path: Path, is_pkg: bool, modules: Iterable[str], package: str = PACKAGE) -> Graph:
     """The in-package modules that ``module`` (the file ``path``) imports anywhere in its body."""
     known = set(modules)
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))

@@ -47,9 +47,7 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def test_save_load_round_trip_gives_identical_encodings(
-    itq: Method, artifact: Path, rasters: np.ndarray
-) -> None:
+def test_save_load_round_trip_gives_identical_encodings(itq: Method, artifact: Path, rasters: np.ndarray) -> None:
     loaded, _ = load_model(artifact)
     assert type(loaded) is type(itq) and not loaded.training
     want = itq.encode_sketch(_batch(rasters))
@@ -90,9 +88,7 @@ def test_weights_sha_changes_with_the_weights(itq: Method, tmp_path: Path, raste
     assert save_model(itq, tmp_path / "a").model_id != save_model(other, tmp_path / "b").model_id
 
 
-def test_list_and_resolve_local_models(
-    artifact: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_list_and_resolve_local_models(artifact: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SKETCHSEARCH_MODELS", str(tmp_path))
     (tmp_path / "orphan.json").write_text("{}")  # a card without weights is not a model
     (tmp_path / "broken.json").write_text("{not json")
@@ -108,9 +104,7 @@ def test_list_and_resolve_local_models(
     assert card.name == "itq16" and method.code_size == 16
 
 
-def test_unknown_model_lists_the_known_ones(
-    artifact: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_unknown_model_lists_the_known_ones(artifact: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SKETCHSEARCH_MODELS", str(tmp_path))
     with pytest.raises(ModelError) as e:
         resolve_model("no-such-model")

@@ -52,9 +52,13 @@ def _images(rng: np.random.Generator, *shape: int) -> np.ndarray:
 def test_curves(tmp_path: Path) -> None:
     out = tmp_path / "sub" / "rotation.png"
     got = plots.curves(
-        [0, 45, 90], {"a": [1.0, 0.8, 0.5], "b": np.array([1.0, 0.6, 0.2])}, out,
-        xlabel="degrees", title="Rotation", spread={"a": [0.1, 0.1, 0.1]},
-    )  # fmt: skip
+        [0, 45, 90],
+        {"a": [1.0, 0.8, 0.5], "b": np.array([1.0, 0.6, 0.2])},
+        out,
+        xlabel="degrees",
+        title="Rotation",
+        spread={"a": [0.1, 0.1, 0.1]},
+    )
     assert got == out
     _about(_png(out), (5.0, 3.6))
     _only(out.parent, "rotation.png")
@@ -72,9 +76,13 @@ def test_retrieval_grid(tmp_path: Path, rng: np.random.Generator) -> None:
     small = plots.retrieval_grid(_images(rng, 2), _images(rng, 2, 3), tmp_path / "small.png")
     relevant = rng.random((3, 6)) > 0.5
     big = plots.retrieval_grid(
-        _images(rng, 3), _images(rng, 3, 6), tmp_path / "big.png", relevant=relevant, title="Top 6",
+        _images(rng, 3),
+        _images(rng, 3, 6),
+        tmp_path / "big.png",
+        relevant=relevant,
+        title="Top 6",
         row_labels=["q0", "q1", "q2"],
-    )  # fmt: skip
+    )
     ragged = plots.retrieval_grid(  # rows may be shorter when fewer hits came back
         _images(rng, 2), [list(_images(rng, 4)), list(_images(rng, 1))], tmp_path / "ragged.png"
     )
@@ -134,9 +142,7 @@ def test_curves_bad_series_is_refused_without_leaking_a_figure(tmp_path: Path) -
     assert leaked == []
 
 
-def test_a_failed_save_keeps_the_old_png_and_closes_the_figure(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failed_save_keeps_the_old_png_and_closes_the_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "scale.png"
     out.write_bytes(b"old png")
 

@@ -29,8 +29,9 @@ def _bomb(path: Path) -> Path:
 
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
-                     + chunk(b"IEND", b""))  # fmt: skip
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -92,7 +93,9 @@ def test_class_folders_at_any_depth(tmp_path: Path) -> None:
     bad = [_fake(tmp_path / "1650" / "fake.png")]
     _reported(tmp_path, "images", bad, 2)
     assert sorted((it.label or "", it.source) for it in load_collection(tmp_path)) == [
-        ("", "b.png"), ("1650/bristol", "1650/bristol/a.png")]  # fmt: skip
+        ("", "b.png"),
+        ("1650/bristol", "1650/bristol/a.png"),
+    ]
 
 
 def test_omniglot_layout(tmp_path: Path) -> None:

@@ -45,10 +45,7 @@ class ToyFloat(Method):
 
 def walk(rng: np.random.Generator) -> Sketch:
     return Sketch(
-        [
-            np.cumsum(rng.normal(size=(int(rng.integers(3, 12)), 2)), axis=0)
-            for _ in range(int(rng.integers(1, 4)))
-        ]
+        [np.cumsum(rng.normal(size=(int(rng.integers(3, 12)), 2)), axis=0) for _ in range(int(rng.integers(1, 4)))]
     )
 
 
@@ -261,8 +258,13 @@ def test_save_load_round_trip_with_manifest_model(
 ) -> None:
     a, _ = artifacts
     r = Retriever.from_model(a)
-    r.add(sketches[:30], ids=np.arange(100, 130), labels=[f"c{i % 5}" for i in range(30)],
-          sources=[f"s{i}" for i in range(30)], thumbnails=True)  # fmt: skip
+    r.add(
+        sketches[:30],
+        ids=np.arange(100, 130),
+        labels=[f"c{i % 5}" for i in range(30)],
+        sources=[f"s{i}" for i in range(30)],
+        thumbnails=True,
+    )
     before = _results(r, sketches[30:])
     r.save(tmp_path / "idx")
     loaded = Retriever.load(tmp_path / "idx")  # the model named in the manifest
@@ -285,9 +287,7 @@ def test_load_with_another_model_is_refused(
     assert len(Retriever.load(tmp_path / "idx", model=a)) == 10
 
 
-def test_unsaved_model_index_needs_a_model_to_load(
-    itq: Method, sketches: list[Sketch], tmp_path: Path
-) -> None:
+def test_unsaved_model_index_needs_a_model_to_load(itq: Method, sketches: list[Sketch], tmp_path: Path) -> None:
     r = filled(itq, sketches[:5])
     r.save(tmp_path / "idx")
     with pytest.raises(IndexError_, match="does not name its model"):
@@ -302,9 +302,7 @@ def test_float_index_round_trip_with_a_method_object(sketches: list[Sketch], tmp
     loaded = Retriever.load(tmp_path / "dense", model=m)
     got = _results(loaded, sketches[30:33])
     assert [[x[0] for x in row] for row in got] == [[x[0] for x in row] for row in before]
-    np.testing.assert_allclose(
-        [[x[1] for x in row] for row in got], [[x[1] for x in row] for row in before], atol=1e-6
-    )
+    np.testing.assert_allclose([[x[1] for x in row] for row in got], [[x[1] for x in row] for row in before], atol=1e-6)
     assert [[x[2:] for x in row] for row in got] == [[x[2:] for x in row] for row in before]
 
 

@@ -157,9 +157,7 @@ def _nested() -> np.ndarray:
     ],
 )
 @pytest.mark.parametrize("protocol", [2, 5])
-def test_only_numeric_arrays_are_admitted(
-    tmp_path: Path, value: object, fragment: str, protocol: int
-) -> None:
+def test_only_numeric_arrays_are_admitted(tmp_path: Path, value: object, fragment: str, protocol: int) -> None:
     f = tmp_path / "ChairV2_Coordinate"
     f.write_bytes(pickle.dumps({"/train/a_1": value}, protocol=protocol))
     with pytest.raises(FormatError) as ei:

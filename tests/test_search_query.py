@@ -34,9 +34,7 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ink = rasterize(s, size=96, line_width=2.0)
         Image.fromarray(((1 - ink) * 255).astype(np.uint8)).save(root / f"{s.id}.png")
     out = root / "marks-index"
-    res = runner.invoke(
-        app, ["index", "build", "--model", "sketch-gan", "--data", str(root), "--out", str(out)]
-    )
+    res = runner.invoke(app, ["index", "build", "--model", "sketch-gan", "--data", str(root), "--out", str(out)])
     assert res.exit_code == 0, res.output
     return out
 

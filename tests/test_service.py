@@ -79,9 +79,7 @@ class PixelCosine(Method):
     name = "test-pixels"
     output = "float"
 
-    def __init__(
-        self, preprocessing: Preprocessing | None = None, pool: int = 4, reads_points: bool = False
-    ) -> None:
+    def __init__(self, preprocessing: Preprocessing | None = None, pool: int = 4, reads_points: bool = False) -> None:
         inputs = ("raster", "points") if reads_points else ("raster",)
         super().__init__(preprocessing or Preprocessing(inputs=inputs, raster_size=64, line_width=3.0))
         self.pool = pool
@@ -113,9 +111,7 @@ class _NumpyCosine:
         order = np.lexsort((np.broadcast_to(self.ids, sims.shape), -sims), axis=1)[:, :k]
         d, i = np.take_along_axis(sims, order, 1), self.ids[order]
         pad = k - d.shape[1]
-        return np.pad(d, ((0, 0), (0, pad)), constant_values=-np.inf), np.pad(
-            i, ((0, 0), (0, pad)), constant_values=-1
-        )
+        return np.pad(d, ((0, 0), (0, pad)), constant_values=-np.inf), np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
 
 
 def build_retriever(per_class: int = 6, reads_points: bool = False) -> Retriever:
@@ -159,12 +155,8 @@ def strokes_as(form: str, sketch: Sketch) -> Any:
     if form == "objects":
         return strokes_json(sketch)
     if form == "points":
-        return [
-            [[*map(float, p), float(t)] for p, t in zip(s, ts)] for s, ts in zip(sketch.strokes, sketch.times)
-        ]
-    quickdraw = [
-        [s[:, 0].tolist(), s[:, 1].tolist(), ts.tolist()] for s, ts in zip(sketch.strokes, sketch.times)
-    ]
+        return [[[*map(float, p), float(t)] for p, t in zip(s, ts)] for s, ts in zip(sketch.strokes, sketch.times)]
+    quickdraw = [[s[:, 0].tolist(), s[:, 1].tolist(), ts.tolist()] for s, ts in zip(sketch.strokes, sketch.times)]
     return quickdraw if form == "quickdraw" else {"drawing": quickdraw, "word": sketch.label}
 
 
@@ -172,17 +164,10 @@ def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width`` x ``height`` (a decompression-bomb shape) with one tiny IDAT."""
 
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-        )
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -201,9 +186,7 @@ def client(shapes: Retriever) -> Iterator[TestClient]:
         max_image_pixels=600_000,
         max_k=50,
     )
-    app = create_app(
-        {"shapes": shapes, "ordered": build_retriever(per_class=2, reads_points=True)}, limits=limits
-    )
+    app = create_app({"shapes": shapes, "ordered": build_retriever(per_class=2, reads_points=True)}, limits=limits)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -269,9 +252,7 @@ def test_strokes_without_times_and_single_points(client: TestClient) -> None:
 @pytest.mark.parametrize("form", ["objects", "points", "quickdraw", "quickdraw-record"])
 def test_every_stroke_form_gives_the_same_search(client: TestClient, shapes: Retriever, form: str) -> None:
     query = shape_sketch("zigzag", 321)
-    resp = client.post(
-        "/api/search", json={"strokes": strokes_as(form, query), "k": 6, "collection": "shapes"}
-    )
+    resp = client.post("/api/search", json={"strokes": strokes_as(form, query), "k": 6, "collection": "shapes"})
     assert resp.status_code == 200, resp.text
     assert resp.json()["query"] == {"strokes": len(query.strokes), "points": query.n_points}
     assert [h["id"] for h in resp.json()["hits"]] == [h.id for h in shapes.search(query, k=6)]
@@ -331,9 +312,7 @@ def test_unknown_collection_is_404_listing_known_ones(client: TestClient) -> Non
 
 
 def test_collection_required_when_several(client: TestClient) -> None:
-    assert_4xx(
-        client.post("/api/search", json={"strokes": [[{"x": 1, "y": 2}]]}), 422, "collection", "shapes"
-    )
+    assert_4xx(client.post("/api/search", json={"strokes": [[{"x": 1, "y": 2}]]}), 422, "collection", "shapes")
 
 
 def test_single_collection_is_the_default(shapes: Retriever) -> None:
@@ -363,9 +342,7 @@ def test_image_query_to_a_stroke_order_model_is_traced(client: TestClient) -> No
 def test_empty_index_is_a_conflict_not_a_crash() -> None:
     empty = Retriever(PixelCosine(), _NumpyCosine(256), model_id="empty")
     with TestClient(create_app({"empty": empty}), raise_server_exceptions=False) as c:
-        assert_4xx(
-            c.post("/api/search", json={"strokes": [[{"x": 1, "y": 2}, {"x": 3, "y": 4}]]}), 409, "empty"
-        )
+        assert_4xx(c.post("/api/search", json={"strokes": [[{"x": 1, "y": 2}, {"x": 3, "y": 4}]]}), 409, "empty")
 
 
 # ----------------------------------------------------------------------------------------------- malformed input
@@ -464,9 +441,7 @@ def test_body_size_limit_declared_and_streamed(client: TestClient) -> None:
         "bytes",
     )
     assert_4xx(
-        client.post(
-            "/api/search", content=b"{}", headers={"content-type": "application/json", "content-length": "x"}
-        ),
+        client.post("/api/search", content=b"{}", headers={"content-type": "application/json", "content-length": "x"}),
         400,
         "content-length",
     )
@@ -474,9 +449,7 @@ def test_body_size_limit_declared_and_streamed(client: TestClient) -> None:
 
 # ----------------------------------------------------------------------------------------------- images
 def _post_image(client: TestClient, data: bytes, ctype: str = "image/png", **form: str) -> Any:
-    return client.post(
-        "/api/search", files={"image": ("q", data, ctype)}, data={"collection": "shapes", **form}
-    )
+    return client.post("/api/search", files={"image": ("q", data, ctype)}, data={"collection": "shapes", **form})
 
 
 def test_decompression_bomb_refused_from_the_header(client: TestClient) -> None:
@@ -517,9 +490,7 @@ def test_transparent_png_is_read_as_ink_on_white(client: TestClient) -> None:
 
 
 def test_gif_is_not_accepted_even_when_valid(client: TestClient) -> None:
-    assert_4xx(
-        _post_image(client, png_bytes(drawing_image("circle"), "GIF"), "image/gif"), 422, "png or jpeg"
-    )
+    assert_4xx(_post_image(client, png_bytes(drawing_image("circle"), "GIF"), "image/gif"), 422, "png or jpeg")
 
 
 def test_blank_image_is_refused_as_having_no_ink(client: TestClient) -> None:
@@ -541,16 +512,12 @@ def test_image_form_fields(client: TestClient, form: dict[str, str], word: str) 
 
 def test_multipart_without_image(client: TestClient) -> None:
     assert_4xx(
-        client.post(
-            "/api/search", data={"k": "3", "collection": "shapes"}, files={"other": ("x", b"1", "text/plain")}
-        ),
+        client.post("/api/search", data={"k": "3", "collection": "shapes"}, files={"other": ("x", b"1", "text/plain")}),
         422,
         "'image'",
     )
     assert_4xx(
-        client.post(
-            "/api/search", data={"image": "not a file", "collection": "shapes"}, files={"x": ("x", b"1")}
-        ),
+        client.post("/api/search", data={"image": "not a file", "collection": "shapes"}, files={"x": ("x", b"1")}),
         422,
         "'image'",
     )
@@ -642,10 +609,7 @@ def test_cors_off_unless_asked(shapes: Retriever) -> None:
     with TestClient(create_app({"s": shapes})) as c:
         assert "access-control-allow-origin" not in c.get("/api/health", headers=hdr).headers
     with TestClient(create_app({"s": shapes}, cors_origins=["https://elsewhere.example"])) as c:
-        assert (
-            c.get("/api/health", headers=hdr).headers["access-control-allow-origin"]
-            == "https://elsewhere.example"
-        )
+        assert c.get("/api/health", headers=hdr).headers["access-control-allow-origin"] == "https://elsewhere.example"
 
 
 def test_create_app_checks_its_arguments(shapes: Retriever) -> None:
@@ -777,9 +741,7 @@ def test_saved_collection_shows_its_title_and_each_items_source_and_metadata(tmp
     }
     rows[1]["meta"] = None  # an item the sidecar had no row for
     rows[2].update(label=None, source=None)
-    save_index(
-        r.index, tmp_path / "index", model_id=r.model_id, items=rows, model_name=str(tmp_path / "lsh64")
-    )
+    save_index(r.index, tmp_path / "index", model_id=r.model_id, items=rows, model_name=str(tmp_path / "lsh64"))
     manifest_path = tmp_path / "index" / "manifest.json"
     # as `index build --title ... --description ...` records them
     manifest = json.loads(manifest_path.read_text()) | {
@@ -849,13 +811,17 @@ def test_serve_names_collections_by_their_manifests_slug_and_title(tmp_path: Pat
     def index(folder: Path, collection: dict[str, Any] | None) -> Path:
         r = Retriever.from_model(tmp_path / "lsh64")
         r.add(items, labels=[s.label for s in items])
-        save_index(r.index, folder, model_id=r.model_id, model_name=str(tmp_path / "lsh64"),
-                   items=[{"id": i, "label": s.label} for i, s in enumerate(items)], collection=collection)  # fmt: skip
+        save_index(
+            r.index,
+            folder,
+            model_id=r.model_id,
+            model_name=str(tmp_path / "lsh64"),
+            items=[{"id": i, "label": s.label} for i, s in enumerate(items)],
+            collection=collection,
+        )
         return folder
 
-    marks = index(
-        tmp_path / "index", collection_fields("Merchant marks of Bristol", None, "Scanned, 1650-1700.")
-    )
+    marks = index(tmp_path / "index", collection_fields("Merchant marks of Bristol", None, "Scanned, 1650-1700."))
     titled = index(tmp_path / "idx2", collection_fields("Shapes", "Shapes, drawn by hand"))
     plain = index(tmp_path / "plain-shapes", None)  # an index written before collections had names
     specs = collection_specs([marks, titled, plain], None, None)

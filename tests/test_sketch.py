@@ -188,11 +188,7 @@ def _rdp_reference(p: np.ndarray, eps: float, offset: int = 0) -> list[int]:
     seg = b - a
     L = np.hypot(*seg)
     mid = p[1:-1].astype(np.float64)
-    d = (
-        np.hypot(*(mid - a).T)
-        if L == 0
-        else np.abs(seg[0] * (mid[:, 1] - a[1]) - seg[1] * (mid[:, 0] - a[0])) / L
-    )
+    d = np.hypot(*(mid - a).T) if L == 0 else np.abs(seg[0] * (mid[:, 1] - a[1]) - seg[1] * (mid[:, 0] - a[0])) / L
     k = int(np.argmax(d)) + 1
     if d[k - 1] <= eps:
         return [offset, offset + len(p) - 1]
@@ -267,9 +263,7 @@ def test_resample_follows_arc_length_round_a_corner() -> None:
 
 
 @pytest.mark.parametrize("spacing", [0.7, 1.0, 3.0, 5.9])
-def test_resample_spacing_is_even_and_never_wider_than_asked(
-    rng: np.random.Generator, spacing: float
-) -> None:
+def test_resample_spacing_is_even_and_never_wider_than_asked(rng: np.random.Generator, spacing: float) -> None:
     pts = np.cumsum(np.abs(rng.normal(size=(12, 2))) * 2, axis=0)  # monotone: straight-ish polyline
     arc_in = np.linalg.norm(np.diff(pts, axis=0), axis=1)
     total = arc_in.sum()

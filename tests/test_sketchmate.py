@@ -69,12 +69,14 @@ def test_single_branch_models_and_bad_kwargs() -> None:
 def test_four_d_encoding_by_hand() -> None:
     s = Sketch([[[0, 0], [1, 0]], [[1, 1], [0, 1]]])  # already in the unit box: normalise keeps it
     expected = np.array(
-        [[0, 0, 1, 0],  # first point, offset from the origin, pen stays down
-         [1, 0, 0, 1],  # end of stroke 1: pen up after it
-         [0, 1, 1, 0],  # jump to stroke 2's start
-         [-1, 0, 0, 1]],  # end of the sketch (no end-of-sketch state in SketchMate's 4-d form)
+        [
+            [0, 0, 1, 0],  # first point, offset from the origin, pen stays down
+            [1, 0, 0, 1],  # end of stroke 1: pen up after it
+            [0, 1, 1, 0],  # jump to stroke 2's start
+            [-1, 0, 0, 1],
+        ],  # end of the sketch (no end-of-sketch state in SketchMate's 4-d form)
         dtype=np.float32,
-    )  # fmt: skip
+    )
     np.testing.assert_allclose(s.to_4d(), expected)
     np.testing.assert_allclose(sketch_points(s, max_points=100), expected, atol=1e-6)
 
@@ -124,9 +126,7 @@ def test_centre_and_quantization_losses_by_hand() -> None:
     # sample 0 vs centre 1: (0.2, -0.2) -> 0.08; sample 1 vs centre 0: (0.1, -0.1) -> 0.02; mean of half
     torch.testing.assert_close(sketch_centre_loss(f, y, centres), torch.tensor((0.5 * 0.08 + 0.5 * 0.02) / 2))
     # unknown labels are ignored
-    torch.testing.assert_close(
-        sketch_centre_loss(f, torch.tensor([1, -1]), centres), torch.tensor(0.5 * 0.08)
-    )
+    torch.testing.assert_close(sketch_centre_loss(f, torch.tensor([1, -1]), centres), torch.tensor(0.5 * 0.08))
     # b = [[0, 1], [1, 0]] -> (0.04 + 0.04), (0.16 + 0.16) -> mean 0.2
     torch.testing.assert_close(quantization_loss(f), torch.tensor(0.2))
     with pytest.raises(ValueError, match="centres"):
@@ -152,8 +152,10 @@ def _dataset(rng: np.random.Generator, n: int = 12):  # type: ignore[no-untyped-
 
 def _batches(m: SketchMate, data, size: int = 256):  # type: ignore[no-untyped-def]
     """Labelled batches of a SketchDataset's drawings, in order."""
-    return [make_batch(data.items[i : i + size], m.preprocessing, data.labels[i : i + size])
-            for i in range(0, len(data.items), size)]  # fmt: skip
+    return [
+        make_batch(data.items[i : i + size], m.preprocessing, data.labels[i : i + size])
+        for i in range(0, len(data.items), size)
+    ]
 
 
 def _snapshot(module: torch.nn.Module | None) -> list[torch.Tensor]:
@@ -244,8 +246,17 @@ def _write_ndjson(folder: Path, rng: np.random.Generator, classes: int = 4, per_
             f.write('{"word": "class0", "drawing": [[[1, 2], [3]]]}\n')  # a bad record: skipped and counted
 
 
-TINY_RECIPE = {"iterations": 2, "batch_size": 8, "progress": False, "unseen": 1, "pretrain_iterations": 2,
-               "fused_iterations": 1, "cnn_width": 0.125, "rnn_hidden": 8, "nbits": 16}  # fmt: skip
+TINY_RECIPE = {
+    "iterations": 2,
+    "batch_size": 8,
+    "progress": False,
+    "unseen": 1,
+    "pretrain_iterations": 2,
+    "fused_iterations": 1,
+    "cnn_width": 0.125,
+    "rnn_hidden": 8,
+    "nbits": 16,
+}
 
 
 def test_recipe_end_to_end(rng: np.random.Generator, tmp_path: Path) -> None:
@@ -332,8 +343,14 @@ def test_class_holdout_rebuilds_the_shipped_models_split(quickdraw_raw) -> None:
 
     method, card = load_model("sketchmate-quickdraw-64")
     t = card.training
-    split = make_split("class_holdout", quickdraw_raw.items, seed=t["split_seed"], unseen=len(t["unseen_classes"]),
-                       query_frac=t["query_frac"], gallery_frac=t["gallery_frac"])  # fmt: skip
+    split = make_split(
+        "class_holdout",
+        quickdraw_raw.items,
+        seed=t["split_seed"],
+        unseen=len(t["unseen_classes"]),
+        query_frac=t["query_frac"],
+        gallery_frac=t["gallery_frac"],
+    )
     assert split.seen_classes == t["classes"] and split.unseen_classes == sorted(t["unseen_classes"])
     assert {p: len(ids) for p, ids in split.parts.items()} == {
         p: t["split"][p] for p in ("train", "query", "gallery", "unseen_query", "unseen_gallery")
@@ -355,9 +372,7 @@ def test_centre_loss_distance_option_by_hand() -> None:
     snr = ((fs - cs).var(dim=1) / cs.var(dim=1)).mean()
     torch.testing.assert_close(sketch_centre_loss(f, y, centres, distance="snr"), snr)
     # SNR is scale invariant: scaling codes and centres about the threshold leaves it unchanged
-    scaled = sketch_centre_loss(
-        0.5 + 0.5 * (f.detach() - 0.5), y, 0.5 + 0.5 * (centres - 0.5), distance="snr"
-    )
+    scaled = sketch_centre_loss(0.5 + 0.5 * (f.detach() - 0.5), y, 0.5 + 0.5 * (centres - 0.5), distance="snr")
     torch.testing.assert_close(scaled, snr)
     # a centre with no signal (all 0.5) pulls nothing instead of dividing by zero
     assert sketch_centre_loss(f, torch.tensor([0, 0]), centres, distance="snr").item() == 0.0

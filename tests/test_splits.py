@@ -34,9 +34,7 @@ def sketchy(n_classes: int = 8, photos: int = 4, per_photo: int = 2) -> list[Ite
             meta = {"split": "test" if k == 0 else "train"}
             items.append(Item(f"photo/{c}/p{k}", c, "photo", f"{c}/p{k}.jpg", pair=f"p{k}", meta=meta))
             for j in range(per_photo):
-                items.append(
-                    Item(f"sketch/{c}/p{k}-{j}", c, "sketch", f"{c}/p{k}-{j}.png", pair=f"p{k}", meta=meta)
-                )
+                items.append(Item(f"sketch/{c}/p{k}-{j}", c, "sketch", f"{c}/p{k}-{j}.png", pair=f"p{k}", meta=meta))
     return items
 
 
@@ -81,9 +79,7 @@ def test_parts_disjoint_known_and_no_unseen_class_in_train(kind: str) -> None:
     assert not {label[i] for i in s.train} & set(s.unseen_classes)
     assert not set(s.seen_classes) & set(s.unseen_classes)
     if kind in ("zero_shot", "class_holdout", "photo_group"):
-        assert len(s.unseen_classes) == 2 and {label[i] for i in s.part("unseen_query")} == set(
-            s.unseen_classes
-        )
+        assert len(s.unseen_classes) == 2 and {label[i] for i in s.part("unseen_query")} == set(s.unseen_classes)
         assert [n for n, _, _ in s.evaluations()] == ["main", "zero_shot"]
     s.check(items)  # its own check agrees
 
@@ -215,9 +211,7 @@ def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
 
 def test_zero_shot_parts_follow_the_rule() -> None:
     c = _coll(SIZES)
-    s = zero_shot_split(
-        c.items, seed=0, query_per_class=2, gallery_per_class=3, train_fraction=0.5, unseen_classes=5
-    )
+    s = zero_shot_split(c.items, seed=0, query_per_class=2, gallery_per_class=3, train_fraction=0.5, unseen_classes=5)
     assert len(s.unseen_classes) == 5 and set(s.unseen_classes) | set(s.seen_classes) == set(SIZES)
     train, query, gallery = _counts(c, s.train), _counts(c, s.query), _counts(c, s.gallery)
     u_query, u_gallery = _counts(c, s.part("unseen_query")), _counts(c, s.part("unseen_gallery"))
@@ -238,11 +232,10 @@ def test_small_classes_get_fewer_queries_and_keep_a_gallery_item() -> None:
 
 def test_sketch_queries_against_photo_gallery() -> None:
     c = _coll({"a": 3, "b": 1}, photos=True)
-    s = zero_shot_split(c.items, seed=0, query_per_class=5, train_fraction=0.0, query_modality="sketch",
-                        gallery_modality="photo")  # fmt: skip
-    assert all(c[i].modality == "sketch" for i in s.query) and all(
-        c[i].modality == "photo" for i in s.gallery
+    s = zero_shot_split(
+        c.items, seed=0, query_per_class=5, train_fraction=0.0, query_modality="sketch", gallery_modality="photo"
     )
+    assert all(c[i].modality == "sketch" for i in s.query) and all(c[i].modality == "photo" for i in s.gallery)
     assert _counts(c, s.query) == {"a": 3, "b": 1} and len(s.gallery) == 4
 
 

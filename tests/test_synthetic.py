@@ -19,11 +19,13 @@ from sketchsearch.data.synthetic import (
 
 def _same(a: list, b: list) -> bool:
     return all(
-        x.id == y.id and x.label == y.label and len(x.strokes) == len(y.strokes)
+        x.id == y.id
+        and x.label == y.label
+        and len(x.strokes) == len(y.strokes)
         and all(np.array_equal(p, q) for p, q in zip(x.strokes, y.strokes))
         and all(np.array_equal(p, q) for p, q in zip(x.times, y.times))
         for x, y in zip(a, b, strict=True)
-    )  # fmt: skip
+    )
 
 
 def test_marks_are_deterministic_and_seed_dependent() -> None:
@@ -31,9 +33,7 @@ def test_marks_are_deterministic_and_seed_dependent() -> None:
     assert _same(a, b)
     assert not all(np.array_equal(x.strokes[0], y.strokes[0]) for x, y in zip(a, c))
     # a class's design and samples do not depend on how many classes / samples are asked for
-    assert _same(
-        merchant_marks(2, 2, seed=7), [s for s in a if s.meta["class_index"] < 2 and s.meta["sample"] < 2]
-    )
+    assert _same(merchant_marks(2, 2, seed=7), [s for s in a if s.meta["class_index"] < 2 and s.meta["sample"] < 2])
 
 
 def test_marks_shape_labels_ids_and_times() -> None:
@@ -77,9 +77,7 @@ def test_classes_are_distinct_in_raster_space() -> None:
 def test_redraw_respects_amplitudes() -> None:
     line = [np.array([[0.0, 50.0], [100.0, 50.0]])]
     rng = np.random.default_rng(0)
-    still, _ = redraw(
-        line, rng, 100.0, wobble=0, misplace=0, overshoot_p=0, rotate_deg=0, scale=0, shear=0, shift=0
-    )
+    still, _ = redraw(line, rng, 100.0, wobble=0, misplace=0, overshoot_p=0, rotate_deg=0, scale=0, shear=0, shift=0)
     np.testing.assert_allclose(still[0][:, 1], 50.0, atol=1e-4)
     np.testing.assert_allclose(still[0][[0, -1], 0], [0.0, 100.0], atol=1e-4)
     shaky, _ = redraw(line, np.random.default_rng(0), 100.0, rotate_deg=0, scale=0, shear=0, shift=0)

@@ -51,9 +51,7 @@ def test_strokes_run_and_come_as_people_draw() -> None:
     vertical, horizontal = traced.strokes
     assert vertical[0, 1] < vertical[-1, 1]  # from the top: the stroke that starts higher comes first
     assert horizontal[0, 0] < horizontal[-1, 0]  # from the left
-    assert (
-        abs(vertical[:, 0] - vertical[0, 0]).max() < 3 and abs(horizontal[:, 1] - horizontal[0, 1]).max() < 3
-    )
+    assert abs(vertical[:, 0] - vertical[0, 0]).max() < 3 and abs(horizontal[:, 1] - horizontal[0, 1]).max() < 3
 
 
 def test_a_loop_starts_at_its_top_and_goes_counter_clockwise() -> None:
@@ -76,9 +74,7 @@ def test_polarity_size_and_array_forms_agree() -> None:
         ink.astype(np.float32) / 255.0,  # a float array: ink = 1
     ):
         again = image_to_sketch(other)
-        assert len(again.strokes) == 2 and all(
-            np.allclose(a, b) for a, b in zip(again.strokes, traced.strokes)
-        )
+        assert len(again.strokes) == 2 and all(np.allclose(a, b) for a, b in zip(again.strokes, traced.strokes))
     # a big scan is reduced to trace, and its strokes are given in its own pixels
     big = image_to_sketch(page.resize((1024, 1024), Image.BILINEAR))
     assert len(big.strokes) == 2 and np.allclose(np.array(big.bounds()) / 4, traced.bounds(), atol=2.5)

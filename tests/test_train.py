@@ -25,9 +25,7 @@ class ToyLinear(Method):
     name = "toy-linear"
     output = "float"
 
-    def __init__(
-        self, preprocessing: Preprocessing | None = None, init_seed: int = 0, dropout: float = 0.0
-    ) -> None:
+    def __init__(self, preprocessing: Preprocessing | None = None, init_seed: int = 0, dropout: float = 0.0) -> None:
         super().__init__(preprocessing or Preprocessing(raster_size=4))
         self.dropout = nn.Dropout(dropout)  # the only randomness inside a step: seeded by train()
         g = torch.Generator().manual_seed(init_seed)
@@ -66,9 +64,7 @@ class TwoOptimisers(ToyLinear):
     def training_losses(self, batch: Batch, phase: str = "all") -> dict[str, Tensor]:
         self.phases.append(phase)
         head = self.fc if phase == "a" else self.other
-        return {
-            f"{phase}_loss": nn.functional.cross_entropy(head(batch["raster"].flatten(1)), batch["label"])
-        }
+        return {f"{phase}_loss": nn.functional.cross_entropy(head(batch["raster"].flatten(1)), batch["label"])}
 
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         return {
@@ -181,9 +177,7 @@ def test_a_fresh_run_restarts_the_log(tmp_path: Path) -> None:
     assert [r["iteration"] for r in read_log(tmp_path)] == [1, 2, 3]
 
 
-def test_checkpoint_every_writes_intermediate_checkpoints(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_checkpoint_every_writes_intermediate_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     saved: list[int] = []
     real_save = torch.save
 

@@ -36,8 +36,8 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from ._io import atomic_path, atomic_write_bytes
-from .errors import ModelError
 from .data.splits import Split
+from .errors import ModelError
 from .methods.base import Method, Preprocessing, create_method
 
 __all__ = ["ModelCard", "list_models", "load_model", "model_id_of", "resolve_model", "save_model"]
@@ -102,9 +102,7 @@ def save_model(
         training["split_file"] = f"{stem.name}{SPLIT_SUFFIX}"
     external = method.external_weights()
     tensors = {
-        k: v.detach().cpu().contiguous()
-        for k, v in method.state_dict().items()
-        if not k.startswith(tuple(external))
+        k: v.detach().cpu().contiguous() for k, v in method.state_dict().items() if not k.startswith(tuple(external))
     }
     wpath = stem.with_suffix(".safetensors")
     with atomic_path(wpath) as tmp:
@@ -199,9 +197,7 @@ def model_split(name_or_path: str | Path) -> Split | None:
     return Split.load(card_path.parent / name)
 
 
-def load_model(
-    name_or_path: str | Path, map_location: str = "cpu", verify: bool = True
-) -> tuple[Method, ModelCard]:
+def load_model(name_or_path: str | Path, map_location: str = "cpu", verify: bool = True) -> tuple[Method, ModelCard]:
     """Rebuild the method from its card and load the weights (safetensors: no code runs on load)."""
     stem = resolve_model(name_or_path)
     card_path = stem.with_suffix(".json")
@@ -216,13 +212,9 @@ def load_model(
     if verify and _sha256(wpath) != card.weights_sha256:
         raise ModelError(f"{wpath}: weights do not match the card's sha256 (corrupt or replaced file)")
     try:
-        method = create_method(
-            card.method, preprocessing=Preprocessing.from_dict(card.preprocessing), **card.kwargs
-        )
+        method = create_method(card.method, preprocessing=Preprocessing.from_dict(card.preprocessing), **card.kwargs)
     except (ValueError, TypeError) as e:
-        raise ModelError(
-            f"{card_path}: cannot build method {card.method!r} with {card.kwargs}: {e}"
-        ) from None
+        raise ModelError(f"{card_path}: cannot build method {card.method!r} with {card.kwargs}: {e}") from None
     try:
         state = load_file(str(wpath), device=map_location)
     except (SafetensorError, OSError) as e:

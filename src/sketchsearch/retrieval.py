@@ -204,9 +204,7 @@ class Retriever:
             d = (1.0 - d).astype(np.float32)
         return d, ids
 
-    def search_many(
-        self, queries: Sequence[Query], k: int, modality: str = "sketch"
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search_many(self, queries: Sequence[Query], k: int, modality: str = "sketch") -> tuple[np.ndarray, np.ndarray]:
         return self.search_encoded(self.encode(queries, modality), k)
 
     def search(self, query: Query, k: int = 10, modality: str = "sketch") -> list[Hit]:
@@ -259,13 +257,17 @@ class Retriever:
                 rows[int(r["id"])] = row
         rows.update({i: {"id": i, **m} for i, m in self._meta.items()})
         items = [rows[i] for i in sorted(rows)]
-        save_index(self.index, folder, model_id=self.model_id, items=items, model_name=self.model_name,
-                   collection=self.collection)  # fmt: skip
+        save_index(
+            self.index,
+            folder,
+            model_id=self.model_id,
+            items=items,
+            model_name=self.model_name,
+            collection=self.collection,
+        )
 
     @classmethod
-    def load(
-        cls, folder: str | Path, model: str | Path | Method | None = None, verify: bool = True
-    ) -> Retriever:
+    def load(cls, folder: str | Path, model: str | Path | Method | None = None, verify: bool = True) -> Retriever:
         """Open an index folder with its model (by default the model named in the index's manifest); its
         collection fields (name, slug, title, description) are kept for :meth:`save`."""
         from .index.store import COLLECTION_FIELDS, load_index, read_manifest

@@ -171,24 +171,25 @@ def train(
     batches = _infinite(loader, sampler)
     use_amp = cfg.amp and device.type == "cuda"
     t0 = time.perf_counter()
-    with phase(f"{method.name} {cfg.phase}", live=False), Progress(
-        TextColumn(f"[bold]{method.name}[/] {cfg.phase}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not cfg.progress or rank != 0,
-        transient=False,
-    ) as bar:
+    with (
+        phase(f"{method.name} {cfg.phase}", live=False),
+        Progress(
+            TextColumn(f"[bold]{method.name}[/] {cfg.phase}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not cfg.progress or rank != 0,
+            transient=False,
+        ) as bar,
+    ):
         task = bar.add_task("train", total=cfg.iterations, completed=start_it, loss="")
         for it in range(start_it, cfg.iterations):
             batch = _to(next(batches), device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                stats = method.step(
-                    lambda b, **kw: model(b, phase=kw.pop("phase", cfg.phase), **kw), batch, optimizers
-                )
+                stats = method.step(lambda b, **kw: model(b, phase=kw.pop("phase", cfg.phase), **kw), batch, optimizers)
             stats["iteration"] = it + 1
             if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.iterations:
                 history.append(stats)

@@ -38,9 +38,7 @@ from typer.core import TyperGroup
 from ..errors import SketchSearchError
 
 #: click's base class of command-line errors, in the click typer uses (recent typers carry their own copy)
-ClickException: type[Exception] = next(
-    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
-)
+ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 class PlainErrorsGroup(TyperGroup):
@@ -170,9 +168,14 @@ class Reporter:
     def _display(self) -> Progress:
         if self._live is None:
             self._live = Progress(
-                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=console, transient=True,
-            )  # fmt: skip
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[counts]}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            )
         if not self._live.live.is_started:
             self._live.start()
         return self._live

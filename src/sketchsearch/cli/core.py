@@ -117,13 +117,9 @@ def _check_modality(modality: str) -> None:
 def train_cmd(
     ctx: typer.Context,
     method: str = typer.Argument(..., help="Method name (see `sketchsearch models --methods`)."),
-    data: str = typer.Option(
-        ..., "--data", help="Training data path, or 'default' for the embedded default."
-    ),
+    data: str = typer.Option(..., "--data", help="Training data path, or 'default' for the embedded default."),
     out: Path = typer.Option(..., "--out", help="Artifact path stem: writes OUT.safetensors and OUT.json."),
-    iterations: int | None = typer.Option(
-        None, help="Training iterations (method's recipe default if unset)."
-    ),
+    iterations: int | None = typer.Option(None, help="Training iterations (method's recipe default if unset)."),
     batch_size: int | None = typer.Option(None, help="Batch size."),
     lr: float | None = typer.Option(None, help="Learning rate."),
     seed: int = typer.Option(0, help="Random seed (data order, init)."),
@@ -159,9 +155,19 @@ def train_cmd(
     reporter = Reporter(quiet)
     t0 = time.perf_counter()
     with report_phases(reporter.phase):
-        res = run_recipe(method, data, out=workdir or Path("runs") / Path(out).name, seed=seed, device=device,
-                         iterations=iterations, batch_size=batch_size, lr=lr, split_file=split_file,
-                         progress=reporter.enabled, options=options)  # fmt: skip
+        res = run_recipe(
+            method,
+            data,
+            out=workdir or Path("runs") / Path(out).name,
+            seed=seed,
+            device=device,
+            iterations=iterations,
+            batch_size=batch_size,
+            lr=lr,
+            split_file=split_file,
+            progress=reporter.enabled,
+            options=options,
+        )
     training = {"command": command_line(ctx), **res.training, "seconds": round(time.perf_counter() - t0, 1)}
     card = save_model(res.method, out, training=training, metrics=res.metrics, split=res.split)
     score = res.metrics.get("mAP@all")
@@ -177,9 +183,7 @@ def set_keys_text(options: dict[str, dict[str, Any]]) -> str:
         return "(required)" if v is inspect.Parameter.empty else repr(v)
 
     return "; ".join(
-        f"{kind}: " + ", ".join(f"{k}={default(v)}" for k, v in opts.items())
-        for kind, opts in options.items()
-        if opts
+        f"{kind}: " + ", ".join(f"{k}={default(v)}" for k, v in opts.items()) for kind, opts in options.items() if opts
     )
 
 
@@ -204,9 +208,7 @@ def _read_for_model(
     _check_modality(modality)
     if not _reads_photos(r.method):
         if modality == "photo":
-            raise typer.BadParameter(
-                f"--modality photo: {model} encodes drawings only; use --modality auto or sketch"
-            )
+            raise typer.BadParameter(f"--modality photo: {model} encodes drawings only; use --modality auto or sketch")
         modality = "sketch"
     res = load_collection(data, strict=strict, limit=limit, modality=modality)
     items = list(res.items)
@@ -216,8 +218,11 @@ def _read_for_model(
     if "points" in r.method.preprocessing.inputs:
         flat = sum(it.sketch is None for it in items)
         if flat:
-            console.print(f"note: {escape(model)} reads stroke order: the strokes of {flat} images are traced "
-                          "from their pixels", highlight=False, soft_wrap=True)  # fmt: skip
+            console.print(
+                f"note: {escape(model)} reads stroke order: the strokes of {flat} images are traced from their pixels",
+                highlight=False,
+                soft_wrap=True,
+            )
     return res, items
 
 
@@ -253,8 +258,12 @@ def _report_skipped(res: Collection, data: str) -> None:
     for e in res.errors[:SHOWN_ERRORS]:
         console.print(f"skipped {e}", highlight=False, markup=False, soft_wrap=True)
     if res.skipped > SHOWN_ERRORS:
-        console.print(f"... and {res.skipped - SHOWN_ERRORS} more: `sketchsearch data info {data}` lists them",
-                      highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+        console.print(
+            f"... and {res.skipped - SHOWN_ERRORS} more: `sketchsearch data info {data}` lists them",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _bad_records(n: int) -> str:
@@ -275,9 +284,7 @@ def _counts(items: list[Item]) -> str:
 def index_build(
     model: str = typer.Option(..., "--model", help="Model artifact name or path."),
     data: str = typer.Option(..., "--data", help="Data path, or 'default'."),
-    out: Path = typer.Option(
-        ..., "--out", help="Index folder to write (refused when it exists, unless --force)."
-    ),
+    out: Path = typer.Option(..., "--out", help="Index folder to write (refused when it exists, unless --force)."),
     limit: int | None = typer.Option(None, help="Index at most this many items."),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record."),
     backend: str = typer.Option(
@@ -297,9 +304,7 @@ def index_build(
     title: str | None = typer.Option(
         None, "--title", help="The heading to show for the collection (default: its name)."
     ),
-    description: str | None = typer.Option(
-        None, "--description", help="A sentence or two about the collection."
-    ),
+    description: str | None = typer.Option(None, "--description", help="A sentence or two about the collection."),
     force: bool = typer.Option(False, "--force", help="Replace the index already at --out."),
     as_json: bool = typer.Option(
         False,
@@ -319,9 +324,7 @@ def index_build(
     from ..retrieval import Retriever
 
     try:
-        fields = collection_fields(
-            name if name is not None else default_collection_name(out, data), title, description
-        )
+        fields = collection_fields(name if name is not None else default_collection_name(out, data), title, description)
     except IndexArgumentError as e:
         raise typer.BadParameter(f"--{e.field}: {e.reason}") from None
     with write_lock(out):
@@ -336,11 +339,21 @@ def index_build(
         _encode_into(r, items, Reporter(quiet))
         r.save(out)
     if as_json:
-        print_json({"index": str(out), "count": len(r), **_modalities(items), **fields,
-                    "skipped": res.skipped, "errors": res.error_dicts()})  # fmt: skip
+        print_json(
+            {
+                "index": str(out),
+                "count": len(r),
+                **_modalities(items),
+                **fields,
+                "skipped": res.skipped,
+                "errors": res.error_dicts(),
+            }
+        )
         return
-    typer.echo(f"indexed {len(r)} items ({_counts(items)}) into {out}: {fields['name']!r} "
-               f"(id {fields['slug']}); {_bad_records(res.skipped)}")  # fmt: skip
+    typer.echo(
+        f"indexed {len(r)} items ({_counts(items)}) into {out}: {fields['name']!r} "
+        f"(id {fields['slug']}); {_bad_records(res.skipped)}"
+    )
     _report_skipped(res, data)
 
 
@@ -366,8 +379,8 @@ def index_add(
 ) -> None:
     """Add the items of --data to an index, with the index's model.
 
-    The folder is rewritten atomically. Items whose source is already in the index are left as they are (so adding a folder again adds only its
-    new files), unless --duplicates."""
+    The folder is rewritten atomically. Items whose source is already in the index are left as they are (so
+    adding a folder again adds only its new files), unless --duplicates."""
     from ..index.store import write_lock
     from ..retrieval import Retriever
 
@@ -383,12 +396,22 @@ def index_add(
             r.save(folder)
     kept = len(read) - len(items)
     if as_json:
-        print_json({"index": str(folder), "added": len(items), **_modalities(items), "already_there": kept,
-                    "count": len(r), "skipped": res.skipped, "errors": res.error_dicts()})  # fmt: skip
+        print_json(
+            {
+                "index": str(folder),
+                "added": len(items),
+                **_modalities(items),
+                "already_there": kept,
+                "count": len(r),
+                "skipped": res.skipped,
+                "errors": res.error_dicts(),
+            }
+        )
         return
     again = f"; {kept} already there by source, left as they are (--duplicates adds them)" if kept else ""
-    typer.echo(f"added {len(items)} items ({_counts(items)}) to {folder}, {len(r)} in all{again}; "
-               f"{_bad_records(res.skipped)}")  # fmt: skip
+    typer.echo(
+        f"added {len(items)} items ({_counts(items)}) to {folder}, {len(r)} in all{again}; {_bad_records(res.skipped)}"
+    )
     _report_skipped(res, data)
 
 
@@ -516,11 +539,18 @@ def models_cmd(
 
         options = {name: recipe_options(name) for name in list_recipes()}
         if as_json:
-            print_json({name: {kind: {k: _default_json(v) for k, v in opts.items()}
-                               for kind, opts in o.items()} for name, o in options.items()})  # fmt: skip
+            print_json(
+                {
+                    name: {kind: {k: _default_json(v) for k, v in opts.items()} for kind, opts in o.items()}
+                    for name, o in options.items()
+                }
+            )
             return
-        print_table(("method", "--set keys (default)"), [(n, set_keys_text(o)) for n, o in options.items()],
-                    title="methods (sketchsearch train METHOD --set KEY=VALUE)")  # fmt: skip
+        print_table(
+            ("method", "--set keys (default)"),
+            [(n, set_keys_text(o)) for n, o in options.items()],
+            title="methods (sketchsearch train METHOD --set KEY=VALUE)",
+        )
         return
     rows = list_models()
     if as_json:
@@ -528,10 +558,19 @@ def models_cmd(
         return
     print_table(
         ("name", "where", "method", "output", "code size", "metrics"),
-        [(r["name"], r["where"], r.get("method"), r.get("output"), r.get("code_size"),
-          _metric_summary(r.get("metrics") or {})) for r in rows],
+        [
+            (
+                r["name"],
+                r["where"],
+                r.get("method"),
+                r.get("output"),
+                r.get("code_size"),
+                _metric_summary(r.get("metrics") or {}),
+            )
+            for r in rows
+        ],
         title="models",
-    )  # fmt: skip
+    )
 
 
 def _default_json(v: Any) -> Any:

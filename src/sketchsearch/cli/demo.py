@@ -25,9 +25,7 @@ DEMO_MODELS = ("sketch-gan-default", "sketch-gan")
 DEMO_METRICS = ("mAP@all", "MAP@R", "P@1", "P@5", "acc@5", "ms_per_query", "encode_per_s")
 
 
-def _pick_model(
-    model: str | None, train_items: list[Any], workdir: Path, seed: int
-) -> tuple[Any, str, str, str]:
+def _pick_model(model: str | None, train_items: list[Any], workdir: Path, seed: int) -> tuple[Any, str, str, str]:
     """(method, model_id, how to load it, description). Falls back to fitting ITQ-64 on the training split
     (seconds) when no model is given and none ships."""
     from ..model import list_models, load_model, save_model
@@ -108,12 +106,8 @@ def build_demo(workdir: Path, model: str | None = None, seed: int = 0) -> tuple[
 
 @friendly_errors
 def demo(
-    model: str | None = typer.Option(
-        None, "--model", help="Model artifact (default: the shipped demo model)."
-    ),
-    workdir: Path = typer.Option(
-        Path("runs/demo"), help="Where the collection, index and figure are written."
-    ),
+    model: str | None = typer.Option(None, "--model", help="Model artifact (default: the shipped demo model)."),
+    workdir: Path = typer.Option(Path("runs/demo"), help="Where the collection, index and figure are written."),
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the drawing page when done."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, help="Port."),

@@ -46,8 +46,10 @@ def _recorded_splits(models: list[str], data: str | None) -> tuple[dict[str, Any
             continue
         trained_on = (json.loads(resolve_model(m).with_suffix(".json").read_text()).get("training") or {}).get("data")
         if isinstance(trained_on, str) and data and _same_path(trained_on, data):
-            notes.append(f"{m}: trained on {trained_on} without a split file, so its training items could not be "
-                         "left out: its figures here are not held-out")  # fmt: skip
+            notes.append(
+                f"{m}: trained on {trained_on} without a split file, so its training items could not be "
+                "left out: its figures here are not held-out"
+            )
     return splits, notes
 
 
@@ -95,8 +97,10 @@ def choose_split(
                 f"--model {first} and {others[0]} were trained on different splits of this data; evaluate them "
                 "separately (every row of a table is scored on one split)"
             )
-        notes.append(f"the split recorded with {first} ({split.kind}, seed {split.seed}): its queries and gallery "
-                     "are held out from its training; baselines are fitted on its train part")  # fmt: skip
+        notes.append(
+            f"the split recorded with {first} ({split.kind}, seed {split.seed}): its queries and gallery "
+            "are held out from its training; baselines are fitted on its train part"
+        )
         return split, notes + _leak_notes(split, cards)
     train_ids = {i for s in cards.values() if s is not None for i in s.train}
     items = [it for it in coll.items if it.id not in train_ids]
@@ -107,8 +111,15 @@ def choose_split(
     elif protocol == "leave-one-out":
         split = make_split("leave_one_out", items, seed=seed)
     elif protocol == "cross-modal":
-        split = make_split("zero_shot", items, seed=seed, query_per_class=queries_per_class, train_fraction=0.0,
-                           query_modality="sketch", gallery_modality="photo")  # fmt: skip
+        split = make_split(
+            "zero_shot",
+            items,
+            seed=seed,
+            query_per_class=queries_per_class,
+            train_fraction=0.0,
+            query_modality="sketch",
+            gallery_modality="photo",
+        )
     else:
         split = make_split("instance", items, seed=seed)
     return split, notes
@@ -117,18 +128,23 @@ def choose_split(
 @friendly_errors
 def evaluate(
     ctx: typer.Context,
-    data: str = typer.Option(..., "--data", help="Labelled data (file or folder in any supported format), or 'default'."),
+    data: str = typer.Option(
+        ..., "--data", help="Labelled data (file or folder in any supported format), or 'default'."
+    ),
     model: list[str] | None = typer.Option(None, "--model", help="Trained model artifact name or path (repeatable)."),
     method: list[str] | None = typer.Option(
-        None, "--method", help="Closed-form baseline fitted on the split's train part or gallery: itq, lsh, pca (repeatable)."
+        None,
+        "--method",
+        help="Closed-form baseline fitted on the split's train part or gallery: itq, lsh, pca (repeatable).",
     ),
     bits: list[int] | None = typer.Option(None, "--bits", help="Code length(s) for --method (repeatable; default 64)."),
     protocol: str = typer.Option(
-        "category", "--protocol",
+        "category",
+        "--protocol",
         help="category (same class; per class --queries-per-class queries, the rest gallery), leave-one-out (each "
         "item queries all others), cross-modal (sketch queries, photo gallery), instance (a sketch's own photo, "
         "on the data's own train/test split). A model's recorded split, when the data holds it, comes first.",
-    ),  # fmt: skip
+    ),
     k: list[int] | None = typer.Option(None, "--k", help="Extra cut-offs for mAP@k, P@k, acc@k (repeatable)."),
     queries_per_class: int = typer.Option(10, help="Queries per class (category, cross-modal)."),
     seed: int = typer.Option(0, help="Split seed."),
@@ -138,7 +154,9 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     out: Path | None = typer.Option(None, help="Write OUT.json and OUT.md."),
     plot: Path | None = typer.Option(
-        None, "--plot", help="Write pictures into this folder: precision-recall curves (pr-EVALUATION.png, "
+        None,
+        "--plot",
+        help="Write pictures into this folder: precision-recall curves (pr-EVALUATION.png, "
         "a curve per row) and retrieval grids (retrieval-ROW-EVALUATION.png: queries, top hits, relevant "
         "framed).",
     ),
@@ -160,7 +178,11 @@ def evaluate(
     rows = [Row(label=m, model=m) for m in model or []]
     for name in method or []:
         for b in bits or [64]:
-            rows.append(Row(label=f"{name} {b}", method=name, kwargs={"dim": b} if name == "pca" else {"nbits": b, "seed": seed}))
+            rows.append(
+                Row(
+                    label=f"{name} {b}", method=name, kwargs={"dim": b} if name == "pca" else {"nbits": b, "seed": seed}
+                )
+            )
     if not rows:
         raise typer.BadParameter("give at least one --model or --method")
     reporter = Reporter(quiet)
@@ -173,12 +195,22 @@ def evaluate(
     relevance = {"leave-one-out": "leave-one-out", "instance": "instance"}.get(protocol)
     with reporter.steps() as step:
         doc = evaluate_rows(
-            rows, coll, split, protocol=relevance, ks=ks, title=f"Retrieval on {data} ({split.kind} split)",
-            notes=notes, meta={"command": command_line(ctx)}, progress=reporter.note, step_progress=step,
+            rows,
+            coll,
+            split,
+            protocol=relevance,
+            ks=ks,
+            title=f"Retrieval on {data} ({split.kind} split)",
+            notes=notes,
+            meta={"command": command_line(ctx)},
+            progress=reporter.note,
+            step_progress=step,
             json_path=str(out.with_suffix(".json")) if out else None,
-            md_path=str(out.with_suffix(".md")) if out else None, columns=SHOWN[:-1],
-            pr_points=PR_POINTS if plot else 0, top=GRID_HITS if plot else 0,
-        )  # fmt: skip
+            md_path=str(out.with_suffix(".md")) if out else None,
+            columns=SHOWN[:-1],
+            pr_points=PR_POINTS if plot else 0,
+            top=GRID_HITS if plot else 0,
+        )
     if plot:
         with reporter.phase(f"writing pictures into {plot}"):
             written = write_plots(doc, coll, split, plot)
@@ -213,11 +245,17 @@ def write_plots(doc: dict[str, Any], coll: Collection, split: Split, folder: Pat
         if not rows:
             continue
         recall = rows[0][name]["pr_curve"]["recall"]
-        written.append(curves(
-            recall, {r["label"]: r[name]["pr_curve"]["precision"] for r in rows}, folder / f"pr-{name}.png",
-            xlabel="recall", ylabel="precision (interpolated, mean over queries)", ylim=(0.0, 1.02),
-            title=f"{doc['title']}: {name}",
-        ))  # fmt: skip
+        written.append(
+            curves(
+                recall,
+                {r["label"]: r[name]["pr_curve"]["precision"] for r in rows},
+                folder / f"pr-{name}.png",
+                xlabel="recall",
+                ylabel="precision (interpolated, mean over queries)",
+                ylim=(0.0, 1.02),
+                title=f"{doc['title']}: {name}",
+            )
+        )
         gallery = [coll[i] for i in split.part(g_part)]
         queries = gallery if rows[0][name].get("leave_one_out") else [coll[i] for i in split.part(q_part)]
         n_shown = min(GRID_QUERIES, len(queries))
@@ -226,13 +264,17 @@ def write_plots(doc: dict[str, Any], coll: Collection, split: Split, folder: Pat
             res = r[name]
             hits = [res["top_ids"][q] for q in shown]
             relevant = [res["top_relevant"][q] for q in shown]
-            written.append(retrieval_grid(
-                [_thumbnail(queries[q]) for q in shown],
-                [[_thumbnail(gallery[j]) for j in row] for row in hits],
-                folder / f"retrieval-{_slug(r['label'])}-{name}.png",
-                relevant=np.array([row + [False] * (GRID_HITS - len(row)) for row in relevant]),
-                title=f"{r['label']}: {name}", row_labels=[str(queries[q].label) for q in shown], legend=True,
-            ))  # fmt: skip
+            written.append(
+                retrieval_grid(
+                    [_thumbnail(queries[q]) for q in shown],
+                    [[_thumbnail(gallery[j]) for j in row] for row in hits],
+                    folder / f"retrieval-{_slug(r['label'])}-{name}.png",
+                    relevant=np.array([row + [False] * (GRID_HITS - len(row)) for row in relevant]),
+                    title=f"{r['label']}: {name}",
+                    row_labels=[str(queries[q].label) for q in shown],
+                    legend=True,
+                )
+            )
     return written
 
 

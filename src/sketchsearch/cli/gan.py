@@ -145,9 +145,7 @@ def gan_binary(
 
     method, card = load_model(model)
     if not isinstance(method, GANEncoder) or method.output != "float":
-        raise typer.BadParameter(
-            f"{model} is a {card.method} model with {card.output} output, not a float GAN encoder"
-        )
+        raise typer.BadParameter(f"{model} is a {card.method} model with {card.output} output, not a float GAN encoder")
     training = {
         "command": command_line(ctx),
         "derived_from": {"model": model, "model_id": card.model_id, "training": card.training},

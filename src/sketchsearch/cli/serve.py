@@ -28,15 +28,12 @@ def collection_specs(
     names = list(names or [])
     if len(models) not in (0, 1, len(indexes)):
         raise typer.BadParameter(
-            f"{len(models)} --model for {len(indexes)} --index: give none (each index's own model), one, or one per index"
+            f"{len(models)} --model for {len(indexes)} --index: "
+            "give none (each index's own model), one, or one per index"
         )
     if names and len(names) != len(indexes):
-        raise typer.BadParameter(
-            f"{len(names)} --name for {len(indexes)} --index: give one name per index, or none"
-        )
-    per_index: list[str | None] = (
-        models * len(indexes) if len(models) == 1 else (models or [None] * len(indexes))
-    )  # type: ignore[list-item]
+        raise typer.BadParameter(f"{len(names)} --name for {len(indexes)} --index: give one name per index, or none")
+    per_index: list[str | None] = models * len(indexes) if len(models) == 1 else (models or [None] * len(indexes))  # type: ignore[list-item]
     chosen = names or [_default_name(Path(p)) for p in indexes]
     dupes = sorted({n for n in chosen if chosen.count(n) > 1})
     if dupes:
@@ -97,9 +94,7 @@ def run_server(app: Any, host: str, port: int, log_level: str = "warning") -> No
 
 @friendly_errors
 def serve(
-    index: list[Path] = typer.Option(
-        ..., "--index", help="Index folder; repeat to serve several collections."
-    ),
+    index: list[Path] = typer.Option(..., "--index", help="Index folder; repeat to serve several collections."),
     model: list[str] | None = typer.Option(
         None,
         "--model",
@@ -132,9 +127,7 @@ def serve(
     for n, r in collections.items():
         title = (r.collection or {}).get("title")
         shown = f"{n} ({title!r})" if title and title != n else n
-        console.print(
-            f"collection {shown}: {len(r):,} items, model {r.model_id}", highlight=False, markup=False
-        )
+        console.print(f"collection {shown}: {len(r):,} items, model {r.model_id}", highlight=False, markup=False)
     warm_up(collections)
     app = create_app(collections, cors_origins=cors_origin or None, limits=Limits(max_k=max_k))
     run_server(app, host, port, log_level)

@@ -18,17 +18,16 @@ from torch.utils.data import Dataset
 
 from ..errors import FormatError
 from .formats.base import Item
-
 from .render import image_to_raster, rasterize
 from .sketch import Sketch
 
 __all__ = [
     "Batch",
     "Preprocessing",
-    "item_input",
     "RasterDataset",
     "SketchDataset",
     "collate",
+    "item_input",
     "make_batch",
     "make_photo_batch",
     "photo_to_tensor",
@@ -49,9 +48,7 @@ class Preprocessing:
     inputs: tuple[str, ...] = ("raster",)  # any of "raster", "points", "photo"
     raster_size: int = 64  # pixels
     line_width: float = 1.5  # pixels at raster_size
-    max_points: int = (
-        256  # points kept for the sequence branch (longer sketches are RDP-simplified, then cut)
-    )
+    max_points: int = 256  # points kept for the sequence branch (longer sketches are RDP-simplified, then cut)
     photo_size: int = 224
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,10 +102,7 @@ def _raster_of(x: Sketch | np.ndarray | Image.Image, pre: Preprocessing) -> np.n
         arr = arr.astype(np.float32) / 255.0
     if arr.shape != (pre.raster_size, pre.raster_size):
         img = Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8))
-        arr = (
-            np.asarray(img.resize((pre.raster_size, pre.raster_size), Image.BILINEAR), dtype=np.float32)
-            / 255.0
-        )
+        arr = np.asarray(img.resize((pre.raster_size, pre.raster_size), Image.BILINEAR), dtype=np.float32) / 255.0
     return arr.astype(np.float32)
 
 
@@ -183,9 +177,7 @@ def make_photo_batch(
     labels = labels if labels is not None else [-1] * len(photos)
     if len(labels) != len(photos):
         raise ValueError(f"{len(labels)} labels for {len(photos)} photos")
-    arr = (
-        np.stack([photo_to_tensor(p, size) for p in photos]) if len(photos) else np.zeros((0, 3, size, size))
-    )
+    arr = np.stack([photo_to_tensor(p, size) for p in photos]) if len(photos) else np.zeros((0, 3, size, size))
     return {
         "photo": torch.from_numpy(arr.astype(np.float32)),
         "label": torch.tensor([int(y) for y in labels], dtype=torch.long),

@@ -48,9 +48,7 @@ class Collection:
             if not isinstance(it.id, str) or not it.id:
                 raise ValueError(f"item {i}: id must be a non-empty string, got {it.id!r}")
             if it.modality not in _MODALITIES:
-                raise ValueError(
-                    f"item {it.id!r}: modality must be one of {_MODALITIES}, got {it.modality!r}"
-                )
+                raise ValueError(f"item {it.id!r}: modality must be one of {_MODALITIES}, got {it.modality!r}")
             if it.id in self._by_id:
                 raise ValueError(f"duplicate item id {it.id!r} (items {self._by_id[it.id]} and {i})")
             self._by_id[it.id] = i

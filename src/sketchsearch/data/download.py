@@ -82,9 +82,7 @@ def verify_ndjson(path: str | Path, require: str = "drawing") -> int:
                     "", path, f"line {lineno} is not JSON ({e}); truncated or not an ndjson file"
                 ) from None
             if not isinstance(obj, dict) or require not in obj:
-                raise DownloadError(
-                    "", path, f"line {lineno} is not a QuickDraw record (no {require!r} field)"
-                )
+                raise DownloadError("", path, f"line {lineno} is not a QuickDraw record (no {require!r} field)")
             n += 1
     if n == 0:
         raise DownloadError("", path, "no records (empty file)")
@@ -206,9 +204,7 @@ def download_file(
         got = _sha256(part)
         if got != sha256.lower():
             part.unlink()
-            raise DownloadError(
-                url, dest, f"sha256 {got} does not match the expected {sha256}; partial file removed"
-            )
+            raise DownloadError(url, dest, f"sha256 {got} does not match the expected {sha256}; partial file removed")
     os.replace(part, dest)
     return size, resumed
 
@@ -248,9 +244,7 @@ def download_quickdraw(
             continue
         expected = (sha256 or {}).get(name) or _published_sha256(url, timeout)
         cb = (lambda done, total, _n=name: progress(_n, done, total)) if progress else None
-        size, resumed = download_file(
-            url, dest, sha256=expected, retries=retries, timeout=timeout, progress=cb
-        )
+        size, resumed = download_file(url, dest, sha256=expected, retries=retries, timeout=timeout, progress=cb)
         lines = None
         if check_lines:
             try:
@@ -259,6 +253,9 @@ def download_quickdraw(
                 bad = dest.with_name(dest.name + ".invalid")
                 os.replace(dest, bad)
                 raise DownloadError(url, dest, f"{e.reason}; moved to {bad.name}") from None
-        results.append(DownloadResult(name, dest, size, "resumed" if resumed else "downloaded", lines, expected,
-                                      time.perf_counter() - t0))  # fmt: skip
+        results.append(
+            DownloadResult(
+                name, dest, size, "resumed" if resumed else "downloaded", lines, expected, time.perf_counter() - t0
+            )
+        )
     return results

@@ -83,8 +83,9 @@ def inspect_dataset(
         options = {"variants": variants, "on_variant": on_variant}
     elif variants:
         raise ValueError(f"variants applies to KanjiVG data only, not to the {name!r} format")
-    reading = read_source(path, fmt=fmt if named_source(path) else name, strict=strict,
-                          on_error=on_error, modality=modality, **options)  # fmt: skip
+    reading = read_source(
+        path, fmt=fmt if named_source(path) else name, strict=strict, on_error=on_error, modality=modality, **options
+    )
     n = unlabelled = with_strokes = with_images = 0
     for item in reading.items:
         n += 1

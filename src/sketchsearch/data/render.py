@@ -83,9 +83,7 @@ def image_ink(img: Image.Image, invert: bool | None = None) -> np.ndarray:
     return ink
 
 
-def image_to_raster(
-    img: Image.Image, size: int = 64, invert: bool | None = None, fit: bool = True
-) -> np.ndarray:
+def image_to_raster(img: Image.Image, size: int = 64, invert: bool | None = None, fit: bool = True) -> np.ndarray:
     """A drawing given as an image -> float32 (size, size), ink = 1.
 
     ``invert``: the polarity, as :func:`image_ink` decides it when None.

@@ -46,9 +46,7 @@ class Sketch:
         keep = [i for i, s in enumerate(self.strokes) if len(s) > 0]
         if self.times is not None:
             if len(self.times) != len(self.strokes):
-                raise InvalidSketchError(
-                    f"{len(self.times)} time arrays for {len(self.strokes)} strokes", "times"
-                )
+                raise InvalidSketchError(f"{len(self.times)} time arrays for {len(self.strokes)} strokes", "times")
             times = [np.asarray(t, dtype=np.float64).reshape(-1) for t in self.times]
             for i, (s, t) in enumerate(zip(self.strokes, times)):
                 if len(t) != len(s):
@@ -178,9 +176,7 @@ class Sketch:
         n = len(s3)
         length = n + 1 if max_len is None else max_len
         if n > length - 1 and max_len is not None:
-            raise InvalidSketchError(
-                f"{n} points do not fit max_len={max_len} (one row is the end)", "max_len"
-            )
+            raise InvalidSketchError(f"{n} points do not fit max_len={max_len} (one row is the end)", "max_len")
         out = np.zeros((length, 5), dtype=np.float32)
         out[:n, :2] = s3[:, :2]
         out[:n, 2] = 1.0 - s3[:, 2]

@@ -138,9 +138,7 @@ def _json_rows(f: Path, text: str) -> Iterator[Row]:
     except json.JSONDecodeError as e:
         raise FormatError(f, None, f"not JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(obj, (dict, list)):
-        raise FormatError(
-            f, None, f"expected an object {{key: {{field: value}}}} or a list, got {type(obj).__name__}"
-        )
+        raise FormatError(f, None, f"expected an object {{key: {{field: value}}}} or a list, got {type(obj).__name__}")
     records = obj.items() if isinstance(obj, dict) else enumerate(obj, 1)
     for record, fields in records:
         if not isinstance(fields, dict):
@@ -244,9 +242,7 @@ def read_source(
     limit = check_limit(limit)
     name = named_source(spec)
     if name is not None and fmt not in (None, name):
-        raise ValueError(
-            f"{name!r} names a built-in source; it cannot be read as {fmt!r} (write a path: ./{name})"
-        )
+        raise ValueError(f"{name!r} names a built-in source; it cannot be read as {fmt!r} (write a path: ./{name})")
     root: Path | None
     metadata = None
     if name == DEFAULT:
@@ -298,10 +294,6 @@ def load_collection(
         if len(errors) < MAX_ERRORS_KEPT:
             errors.append(e)
 
-    reading = read_source(
-        spec, fmt=fmt, strict=strict, on_error=on_error, limit=limit, modality=modality, seed=seed
-    )
+    reading = read_source(spec, fmt=fmt, strict=strict, on_error=on_error, limit=limit, modality=modality, seed=seed)
     items = list(reading.items)
-    return Collection(
-        items, name=Path(str(spec)).name or str(spec), path=str(spec), skipped=skipped, errors=errors
-    )
+    return Collection(items, name=Path(str(spec)).name or str(spec), path=str(spec), skipped=skipped, errors=errors)

@@ -116,15 +116,27 @@ class Split:
 
     def summary(self) -> dict[str, Any]:
         """Sizes per part and class counts (what a model card records beside the file)."""
-        return {"kind": self.kind, "seed": self.seed, **{k: len(v) for k, v in self.parts.items()},
-                "seen_classes": len(self.seen_classes), "unseen_classes": len(self.unseen_classes)}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "seed": self.seed,
+            **{k: len(v) for k, v in self.parts.items()},
+            "seen_classes": len(self.seen_classes),
+            "unseen_classes": len(self.unseen_classes),
+        }
 
     # ---- files
     def to_json(self) -> str:
         """Canonical text (sorted keys, parts in their order): the same split gives the same bytes."""
-        obj = {"format": SPLIT_FORMAT, "kind": self.kind, "seed": self.seed, "params": self.params,
-               "data": self.data, "parts": self.parts, "seen_classes": sorted(self.seen_classes),
-               "unseen_classes": sorted(self.unseen_classes)}  # fmt: skip
+        obj = {
+            "format": SPLIT_FORMAT,
+            "kind": self.kind,
+            "seed": self.seed,
+            "params": self.params,
+            "data": self.data,
+            "parts": self.parts,
+            "seen_classes": sorted(self.seen_classes),
+            "unseen_classes": sorted(self.unseen_classes),
+        }
         return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
 
     def save(self, path: str | Path) -> Path:
@@ -148,9 +160,15 @@ class Split:
                 raise FormatError(source, key, "expected a list of class names")
         if not isinstance(obj.get("kind"), str) or obj["kind"] not in SPLITS:
             raise FormatError(source, "kind", f"expected one of {', '.join(SPLITS.names())}")
-        return cls(kind=obj["kind"], seed=int(obj.get("seed", 0)), params=dict(obj.get("params") or {}),
-                   parts={k: list(v) for k, v in parts.items()}, seen_classes=list(obj.get("seen_classes", [])),
-                   unseen_classes=list(obj.get("unseen_classes", [])), data=obj.get("data"))  # fmt: skip
+        return cls(
+            kind=obj["kind"],
+            seed=int(obj.get("seed", 0)),
+            params=dict(obj.get("params") or {}),
+            parts={k: list(v) for k, v in parts.items()},
+            seen_classes=list(obj.get("seen_classes", [])),
+            unseen_classes=list(obj.get("unseen_classes", [])),
+            data=obj.get("data"),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Split:
@@ -172,7 +190,9 @@ class Split:
         for name, ids in self.parts.items():
             for i in ids:
                 if i not in label:
-                    raise FormatError(source, f"parts.{name}", f"id {i!r} is not an item of the data ({len(label)} items)")
+                    raise FormatError(
+                        source, f"parts.{name}", f"id {i!r} is not an item of the data ({len(label)} items)"
+                    )
                 if i in owner:
                     raise FormatError(source, f"parts.{name}", f"id {i!r} is in both {owner[i]!r} and {name!r}")
                 owner[i] = name
@@ -219,8 +239,10 @@ def category_split(items: Sequence[Item], queries_per_class: int = 10, seed: int
         rng = np.random.default_rng([seed, zlib.crc32(lab.encode("utf-8"))])
         take = min(queries_per_class, len(idx) - 1)
         query.update(idx[rng.permutation(len(idx))[:take]].tolist())
-    parts = {"query": [it.id for i, it in enumerate(items) if i in query],
-             "gallery": [it.id for i, it in enumerate(items) if i not in query]}  # fmt: skip
+    parts = {
+        "query": [it.id for i, it in enumerate(items) if i in query],
+        "gallery": [it.id for i, it in enumerate(items) if i not in query],
+    }
     return Split("category", seed, {"queries_per_class": queries_per_class}, parts, seen_classes=sorted(by_class))
 
 
@@ -316,11 +338,22 @@ def zero_shot_split(
         prefix = "unseen_" if label in unseen else ""
         parts[prefix + "query"] += [it.id for it in chosen]
         parts[prefix + "gallery"] += rest if gallery_per_class is None else rest[:gallery_per_class]
-    params = {"query_per_class": query_per_class, "gallery_per_class": gallery_per_class,
-              "train_fraction": train_fraction, "unseen_classes": _json_unseen(unseen_classes),
-              "query_modality": query_modality, "gallery_modality": gallery_modality}  # fmt: skip
-    return Split("zero_shot", seed, params, {k: sorted(v) for k, v in parts.items()},
-                 seen_classes=sorted(set(classes) - unseen), unseen_classes=sorted(unseen))  # fmt: skip
+    params = {
+        "query_per_class": query_per_class,
+        "gallery_per_class": gallery_per_class,
+        "train_fraction": train_fraction,
+        "unseen_classes": _json_unseen(unseen_classes),
+        "query_modality": query_modality,
+        "gallery_modality": gallery_modality,
+    }
+    return Split(
+        "zero_shot",
+        seed,
+        params,
+        {k: sorted(v) for k, v in parts.items()},
+        seen_classes=sorted(set(classes) - unseen),
+        unseen_classes=sorted(unseen),
+    )
 
 
 @SPLITS.register("class_holdout")
@@ -361,8 +394,14 @@ def class_holdout_split(
         parts["gallery"] += ids[nq : nq + ng]
         parts["train"] += ids[nq + ng :]
     params = {"unseen": unseen, "query_frac": query_frac, "gallery_frac": gallery_frac}
-    return Split("class_holdout", seed, params, parts, seen_classes=[c for c in names if c not in unseen_set],
-                 unseen_classes=sorted(unseen_set))  # fmt: skip
+    return Split(
+        "class_holdout",
+        seed,
+        params,
+        parts,
+        seen_classes=[c for c in names if c not in unseen_set],
+        unseen_classes=sorted(unseen_set),
+    )
 
 
 def _by_class_modality(items: Sequence[Item]) -> tuple[dict[str, Item], dict[tuple[str, str], list[str]]]:
@@ -420,15 +459,24 @@ def photo_group_split(items: Sequence[Item], n_unseen: float = 25, seed: int = 0
         train_photos += [p for p in photos if p not in held_photos]
     parts["train"] += train_photos
     params = {"n_unseen": n_unseen, "heldout": heldout}
-    return Split("photo_group", seed, params, parts, seen_classes=[c for c in classes if c not in unseen],
-                 unseen_classes=sorted(unseen))  # fmt: skip
+    return Split(
+        "photo_group",
+        seed,
+        params,
+        parts,
+        seen_classes=[c for c in classes if c not in unseen],
+        unseen_classes=sorted(unseen),
+    )
 
 
 @SPLITS.register("heldout_instance")
 def heldout_instance_split(
-    items: Sequence[Item], seed: int = 0, heldout_groups: int = 1, heldout_photos: int = 5,
+    items: Sequence[Item],
+    seed: int = 0,
+    heldout_groups: int = 1,
+    heldout_photos: int = 5,
     n_classes: int | None = None,
-) -> Split:  # fmt: skip
+) -> Split:
     """GDH's split (every class trains): per class ``heldout_groups`` photos that sketches were drawn from go
     to the ``gallery`` with all their sketches as ``query`` (fine-grained: each query's own photo is in the
     gallery), plus random photos up to ``heldout_photos`` per class; the rest is ``train``. ``n_classes``: a

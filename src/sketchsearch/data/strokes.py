@@ -161,9 +161,7 @@ def _points_stroke(stroke: list[Any], where: str) -> _Parsed:
         at = f"{where}[{j}]"
         if not isinstance(p, list) or len(p) not in (2, 3):
             got = f"a list of {len(p)}" if isinstance(p, list) else _kind(p)
-            raise InvalidSketchError(
-                f"expected a point [x, y] or [x, y, t], got {got}; accepted: {FORMS}", at
-            )
+            raise InvalidSketchError(f"expected a point [x, y] or [x, y, t], got {got}; accepted: {FORMS}", at)
         xy.append((_coord(p[0], f"{at}[0]"), _coord(p[1], f"{at}[1]")))
         if len(p) == 3:
             times.append(_time(p[2], f"{at}[2]"))
@@ -173,7 +171,8 @@ def _points_stroke(stroke: list[Any], where: str) -> _Parsed:
 def _quickdraw_stroke(stroke: list[Any], where: str) -> _Parsed:
     if len(stroke) not in (2, 3) or not all(isinstance(row, list) for row in stroke):
         raise InvalidSketchError(
-            f"expected a QuickDraw stroke [[x0, x1, ..], [y0, y1, ..]] (+ [t0, t1, ..]), got {_kind(stroke)}; accepted: {FORMS}",
+            f"expected a QuickDraw stroke [[x0, x1, ..], [y0, y1, ..]] (+ [t0, t1, ..]), got {_kind(stroke)}; "
+            f"accepted: {FORMS}",
             where,
         )
     lengths = [len(row) for row in stroke]
@@ -202,9 +201,7 @@ def _number(v: Any, at: str) -> float:
 def _coord(v: Any, at: str) -> float:
     f = _number(v, at)
     if abs(f) > MAX_COORD:
-        raise InvalidSketchError(
-            f"coordinates must fit in 32-bit floats (|x|, |y| <= {MAX_COORD:g}), got {f:g}", at
-        )
+        raise InvalidSketchError(f"coordinates must fit in 32-bit floats (|x|, |y| <= {MAX_COORD:g}), got {f:g}", at)
     return f
 
 

@@ -87,12 +87,8 @@ def _densify(line: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------------- stroke alphabet
 def _letter_strokes() -> dict[str, Strokes]:
     """Capitals as pen strokes in a unit box (x right, y down), in a plausible stroke order."""
-    bowl_top = _chain(
-        _pl((0, 0), (0.55, 0)), _ellipse(0.55, 0.25, 0.35, 0.25, 90, -90, 20), _pl((0.55, 0.5), (0, 0.5))
-    )
-    bowl_low = _chain(
-        _pl((0, 0.5), (0.6, 0.5)), _ellipse(0.6, 0.75, 0.4, 0.25, 90, -90, 20), _pl((0.6, 1), (0, 1))
-    )
+    bowl_top = _chain(_pl((0, 0), (0.55, 0)), _ellipse(0.55, 0.25, 0.35, 0.25, 90, -90, 20), _pl((0.55, 0.5), (0, 0.5)))
+    bowl_low = _chain(_pl((0, 0.5), (0.6, 0.5)), _ellipse(0.6, 0.75, 0.4, 0.25, 90, -90, 20), _pl((0.6, 1), (0, 1)))
     return {
         "A": [_pl((0, 1), (0.5, 0), (1, 1)), _pl((0.22, 0.6), (0.78, 0.6))],
         "B": [_pl((0, 0), (0, 1)), _chain(bowl_top, bowl_low)],
@@ -153,9 +149,16 @@ def design_mark(rng: np.random.Generator) -> tuple[Strokes, dict[str, object]]:
     letters = "".join(rng.choice(sorted(LETTERS), size=2 if base in ("shield", "initials") else 1))
     x = 50.0
     y_top = float(rng.uniform(6, 14))
-    y_bot = {"orb": rng.uniform(62, 72), "shield": rng.uniform(52, 58), "heart": rng.uniform(54, 60),
-             "feet": rng.uniform(64, 72), "triangle": rng.uniform(62, 70), "hook": rng.uniform(78, 88),
-             "bar": rng.uniform(84, 94), "initials": rng.uniform(84, 94)}[base]  # fmt: skip
+    y_bot = {
+        "orb": rng.uniform(62, 72),
+        "shield": rng.uniform(52, 58),
+        "heart": rng.uniform(54, 60),
+        "feet": rng.uniform(64, 72),
+        "triangle": rng.uniform(62, 70),
+        "hook": rng.uniform(78, 88),
+        "bar": rng.uniform(84, 94),
+        "initials": rng.uniform(84, 94),
+    }[base]
     strokes: Strokes = [_pl((x, y_top), (x, y_bot))]
     # ---- top
     s = float(rng.uniform(14, 22))
@@ -202,12 +205,15 @@ def design_mark(rng: np.random.Generator) -> tuple[Strokes, dict[str, object]]:
     elif base == "shield":
         hw, h = float(rng.uniform(20, 26)), float(rng.uniform(34, 40))
         side = _pl((x - hw, y_bot), (x - hw, y_bot + 0.45 * h))
-        strokes.append(_chain(_pl((x + hw, y_bot), (x - hw, y_bot)), side,
-                              _cubic((x - hw, y_bot + 0.45 * h), (x - hw, y_bot + 0.8 * h),
-                                     (x - 6, y_bot + 0.9 * h), (x, y_bot + h)),
-                              _cubic((x, y_bot + h), (x + 6, y_bot + 0.9 * h),
-                                     (x + hw, y_bot + 0.8 * h), (x + hw, y_bot + 0.45 * h)),
-                              _pl((x + hw, y_bot + 0.45 * h), (x + hw, y_bot))))  # fmt: skip
+        strokes.append(
+            _chain(
+                _pl((x + hw, y_bot), (x - hw, y_bot)),
+                side,
+                _cubic((x - hw, y_bot + 0.45 * h), (x - hw, y_bot + 0.8 * h), (x - 6, y_bot + 0.9 * h), (x, y_bot + h)),
+                _cubic((x, y_bot + h), (x + 6, y_bot + 0.9 * h), (x + hw, y_bot + 0.8 * h), (x + hw, y_bot + 0.45 * h)),
+                _pl((x + hw, y_bot + 0.45 * h), (x + hw, y_bot)),
+            )
+        )
         strokes.extend(_letter(letters[0], x - hw + 4, y_bot + 6, lw * 0.8, lh))
         strokes.extend(_letter(letters[1], x + 4, y_bot + 6, lw * 0.8, lh))
     elif base == "heart":
@@ -399,14 +405,10 @@ def kanji_variants(n_classes: int, per_class: int, seed: int = 0, max_strokes: i
     for c, ch in enumerate(chosen):
         design = designs.get(ch)
         if design is None:
-            raise FileNotFoundError(
-                f"KanjiVG has no file for {ch!r} (U+{ord(ch):04X}); is 'kanjivg' installed?"
-            )
+            raise FileNotFoundError(f"KanjiVG has no file for {ch!r} (U+{ord(ch):04X}); is 'kanjivg' installed?")
         label = ch
         for j in range(per_class):
-            strokes, times = redraw(
-                design.strokes, np.random.default_rng([seed, _FAM_KANJI, c, j]), KANJIVG_BOX
-            )
+            strokes, times = redraw(design.strokes, np.random.default_rng([seed, _FAM_KANJI, c, j]), KANJIVG_BOX)
             meta: dict[str, object] = {"family": "kanji", "class_index": c, "sample": j, "char": ch}
             out.append(Sketch(strokes, times, label=label, id=f"kanji_{ord(ch):05x}_{j:02d}", meta=meta))
     return out
@@ -420,14 +422,18 @@ def default_collection(
     Deterministic for a seed (same seed -> same strokes, times, ids). Items are sketches with ``source``
     ``'synthetic:merchant_marks'`` or ``'synthetic:kanji_variants'`` and the sketch's meta.
     """
-    sketches = merchant_marks(n_mark_classes, per_class, seed) + kanji_variants(
-        n_kanji_classes, per_class, seed
-    )
+    sketches = merchant_marks(n_mark_classes, per_class, seed) + kanji_variants(n_kanji_classes, per_class, seed)
     items = [
-        Item(id=str(s.id), label=s.label, modality="sketch", sketch=s, meta=dict(s.meta),
-             source="synthetic:merchant_marks" if s.meta["family"] == "mark" else "synthetic:kanji_variants")
+        Item(
+            id=str(s.id),
+            label=s.label,
+            modality="sketch",
+            sketch=s,
+            meta=dict(s.meta),
+            source="synthetic:merchant_marks" if s.meta["family"] == "mark" else "synthetic:kanji_variants",
+        )
         for s in sketches
-    ]  # fmt: skip
+    ]
     return Collection(items, name=f"embedded_default(seed={seed})")
 
 

@@ -17,8 +17,14 @@ ENCODERS: Registry[nn.Module] = Registry("encoder")
 
 #: encoder modules, imported on first use of the registry (colleagues add theirs here)
 _ENCODER_MODULES: list[str] = [
-    "sketch_gan", "sketch_cnn", "stroke_rnn", "small_cnn", "photo_cnn", "heads", "domain_migration",
-]  # fmt: skip
+    "sketch_gan",
+    "sketch_cnn",
+    "stroke_rnn",
+    "small_cnn",
+    "photo_cnn",
+    "heads",
+    "domain_migration",
+]
 
 
 def _import_all() -> None:

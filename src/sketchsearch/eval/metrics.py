@@ -174,9 +174,7 @@ def map_at_k(
     return _mean(average_precision(r, n, k=k, norm=norm), n > 0)
 
 
-def map_at_r(
-    rel: np.ndarray | Sequence[Sequence[bool]], n_relevant: np.ndarray | Sequence[int] | None = None
-) -> float:
+def map_at_r(rel: np.ndarray | Sequence[Sequence[bool]], n_relevant: np.ndarray | Sequence[int] | None = None) -> float:
     """MAP@R (Musgrave et al. 2020): per query ``sum_{i<=R} P@i * rel_i / R`` with ``R = n_relevant``.
 
     The ranking must hold at least ``max(R)`` items for queries that count (ValueError otherwise).

@@ -56,9 +56,7 @@ def curves(
     for name, y in series.items():
         ys = np.asarray(y, dtype=float)
         if ys.shape != xs.shape:
-            raise ValueError(
-                f"series {name!r} has {ys.shape[0] if ys.ndim else 0} values for {len(xs)} x values"
-            )
+            raise ValueError(f"series {name!r} has {ys.shape[0] if ys.ndim else 0} values for {len(xs)} x values")
         ax.plot(xs, ys, label=name)
         if spread and name in spread:
             s = np.asarray(spread[name], dtype=float)
@@ -91,9 +89,7 @@ def heat_maps(
     fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 3.8), squeeze=False)
     im = None
     for ax, (name, m) in zip(axes[0], maps.items()):
-        im = ax.imshow(
-            np.asarray(m, dtype=float), origin="lower", extent=extent, vmin=lo, vmax=vmax, cmap="viridis"
-        )
+        im = ax.imshow(np.asarray(m, dtype=float), origin="lower", extent=extent, vmin=lo, vmax=vmax, cmap="viridis")
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -144,9 +140,7 @@ def retrieval_grid(
     if len(result_images) != nq:
         raise ValueError(f"{len(result_images)} result rows for {nq} queries")
     k = max((len(r) for r in result_images), default=0)
-    fig, axes = plt.subplots(
-        nq, k + 1, figsize=(0.9 * (k + 1), 0.9 * nq + (0.3 if title else 0)), squeeze=False
-    )
+    fig, axes = plt.subplots(nq, k + 1, figsize=(0.9 * (k + 1), 0.9 * nq + (0.3 if title else 0)), squeeze=False)
     for i in range(nq):
         _thumb(axes[i, 0], query_images[i], QUERY_EDGE)
         if row_labels is not None:
@@ -162,25 +156,27 @@ def retrieval_grid(
         fig.suptitle(title, y=1.0 - 0.05 / fig.get_figheight(), va="top")
     fig.subplots_adjust(wspace=0.05, hspace=0.05, top=1.0 - (0.35 if title else 0.0) / fig.get_figheight())
     if legend:  # under the last row
-        keys = [("query", QUERY_EDGE)] + ([] if relevant is None else [("relevant", RELEVANT_EDGE),
-                                                                          ("not relevant", IRRELEVANT_EDGE)])
-        fig.legend(handles=[Patch(facecolor="white", edgecolor=c, linewidth=2.5, label=n) for n, c in keys],
-                   loc="upper center", bbox_to_anchor=(0.5, axes[-1, 0].get_position().y0), ncol=len(keys),
-                   fontsize=8, frameon=False)  # fmt: skip
+        keys = [("query", QUERY_EDGE)] + (
+            [] if relevant is None else [("relevant", RELEVANT_EDGE), ("not relevant", IRRELEVANT_EDGE)]
+        )
+        fig.legend(
+            handles=[Patch(facecolor="white", edgecolor=c, linewidth=2.5, label=n) for n, c in keys],
+            loc="upper center",
+            bbox_to_anchor=(0.5, axes[-1, 0].get_position().y0),
+            ncol=len(keys),
+            fontsize=8,
+            frameon=False,
+        )
     return _save(fig, path)
 
 
-def image_grid(
-    images: Sequence[np.ndarray] | np.ndarray, path: str | Path, *, ncol: int = 8, title: str = ""
-) -> Path:
+def image_grid(images: Sequence[np.ndarray] | np.ndarray, path: str | Path, *, ncol: int = 8, title: str = "") -> Path:
     """A grid of rasters (H, W), ink = 1 drawn dark on white (e.g. a GAN's generated samples)."""
     n = len(images)
     if n == 0:
         raise ValueError("no images to draw")
     nrow = (n + ncol - 1) // ncol
-    fig, axes = plt.subplots(
-        nrow, ncol, figsize=(0.8 * ncol, 0.8 * nrow + (0.3 if title else 0)), squeeze=False
-    )
+    fig, axes = plt.subplots(nrow, ncol, figsize=(0.8 * ncol, 0.8 * nrow + (0.3 if title else 0)), squeeze=False)
     for idx, ax in enumerate(axes.flat):
         if idx < n:
             _thumb(ax, images[idx], None)
@@ -196,8 +192,7 @@ def loss_curves(records: Iterable[Mapping[str, float]], path: str | Path, *, tit
     """Training losses: one panel per loss term (``loss`` and every ``*_loss`` key of the records, each on its
     own scale) against the records' ``iteration`` (e.g. the training loop's ``log.jsonl``)."""
     rows = list(records)
-    terms = sorted({k for r in rows for k in r if k == "loss" or k.endswith("_loss")},
-                   key=lambda k: (k == "loss", k))  # fmt: skip
+    terms = sorted({k for r in rows for k in r if k == "loss" or k.endswith("_loss")}, key=lambda k: (k == "loss", k))
     if not terms:
         raise ValueError("no loss terms ('loss' or '*_loss' keys) in the records")
     fig, axes = plt.subplots(len(terms), 1, figsize=(5.0, 1.6 * len(terms) + 0.4), sharex=True, squeeze=False)

@@ -242,10 +242,20 @@ def knn_scan(xq, xb, k, nbits):  # type: ignore[no-untyped-def]
                         r = _min4_w1(planes[0], s0, s1, xq[i0, 0], xq[i1, 0], xq[i2, 0], xq[i3, 0], init)
                     elif w == 2:
                         r = _min4_w2(
-                            planes[0], planes[1], s0, s1,
-                            xq[i0, 0], xq[i1, 0], xq[i2, 0], xq[i3, 0],
-                            xq[i0, 1], xq[i1, 1], xq[i2, 1], xq[i3, 1], init,
-                        )  # fmt: skip
+                            planes[0],
+                            planes[1],
+                            s0,
+                            s1,
+                            xq[i0, 0],
+                            xq[i1, 0],
+                            xq[i2, 0],
+                            xq[i3, 0],
+                            xq[i0, 1],
+                            xq[i1, 1],
+                            xq[i2, 1],
+                            xq[i3, 1],
+                            init,
+                        )
                     else:
                         r = (
                             _min1(planes, xq[i0], s0, s1, dbuf, init),

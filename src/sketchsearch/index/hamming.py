@@ -293,11 +293,7 @@ class NumpyHammingIndex(HammingIndex):
         for s in range(0, q.shape[0], rows):
             d = self._distances(q[s : s + rows]).astype(np.int64)
             key = d * n + np.arange(n)  # (distance, position) as one sortable integer
-            part = (
-                np.argpartition(key, kk - 1, axis=1)[:, :kk]
-                if kk < n
-                else np.broadcast_to(np.arange(n), key.shape)
-            )
+            part = np.argpartition(key, kk - 1, axis=1)[:, :kk] if kk < n else np.broadcast_to(np.arange(n), key.shape)
             part_key = np.take_along_axis(key, part, axis=1)
             order = np.take_along_axis(part, np.argsort(part_key, axis=1, kind="stable"), axis=1)
             out_p[s : s + rows, :kk] = order
@@ -319,9 +315,7 @@ class NumpyHammingIndex(HammingIndex):
         return np.asarray(lims, np.int64), np.concatenate(ds), np.concatenate(ps)
 
 
-def knn_hamming(
-    xq: np.ndarray, xb: np.ndarray, k: int, backend: str = "numba"
-) -> tuple[np.ndarray, np.ndarray]:
+def knn_hamming(xq: np.ndarray, xb: np.ndarray, k: int, backend: str = "numba") -> tuple[np.ndarray, np.ndarray]:
     """Index-free exact k-NN by Hamming distance (as faiss's ``knn_hamming``).
 
     xq: uint8 (nq, nbytes) queries; xb: uint8 (n, nbytes) database; returns (distances int32 (nq, k),

@@ -106,9 +106,30 @@ DEFAULT_BACKEND = {"binary": "numba", "dense": "dense"}
 COLLECTION_FIELDS = ("name", "slug", "title", "description")
 #: Folder names that say nothing about a collection: an index folder so called does not name it.
 GENERIC_NAMES = frozenset(
-    {"", "index", "indexes", "indices", "idx", "out", "output", "outputs", "build", "tmp", "temp", "new",
-     "result", "results", "run", "runs", "data", "dataset", "db", "collection", "folder"}
-)  # fmt: skip
+    {
+        "",
+        "index",
+        "indexes",
+        "indices",
+        "idx",
+        "out",
+        "output",
+        "outputs",
+        "build",
+        "tmp",
+        "temp",
+        "new",
+        "result",
+        "results",
+        "run",
+        "runs",
+        "data",
+        "dataset",
+        "db",
+        "collection",
+        "folder",
+    }
+)
 MAX_NAME_CHARS, MAX_DESCRIPTION_CHARS, MAX_SLUG_CHARS = 200, 2000, 64
 
 
@@ -248,15 +269,16 @@ def write_lock(folder: str | Path) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------- items
 _SCHEMA = (
-    "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT, source TEXT, thumbnail BLOB, extra TEXT NOT NULL, meta TEXT)",
+    (
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT, source TEXT, thumbnail BLOB, extra TEXT NOT NULL, "
+        "meta TEXT)"
+    ),
     "CREATE INDEX items_source ON items (source)",
 )
 _ITEM_KEYS = ("id", "label", "source", "thumbnail", "meta")
 
 
-def _item_row(
-    item: Mapping[str, Any], n: int
-) -> tuple[int, str | None, str | None, bytes | None, str, str | None]:
+def _item_row(item: Mapping[str, Any], n: int) -> tuple[int, str | None, str | None, bytes | None, str, str | None]:
     """One item dict -> a row; errors name ``items[n].field``."""
     if not isinstance(item, Mapping):
         raise IndexArgumentError(f"expected a dict, got {type(item).__name__}", f"items[{n}]")
@@ -282,15 +304,9 @@ def _item_row(
         raise IndexArgumentError(f"extra fields must be JSON-serialisable: {e}", f"items[{n}]") from None
     meta = item.get("meta")
     if meta is not None and not isinstance(meta, Mapping):
-        raise IndexArgumentError(
-            f"expected a dict of fields (or None), got {type(meta).__name__}", f"items[{n}].meta"
-        )
+        raise IndexArgumentError(f"expected a dict of fields (or None), got {type(meta).__name__}", f"items[{n}].meta")
     try:
-        row.append(
-            json.dumps(dict(meta), default=_json_default, sort_keys=True, ensure_ascii=False)
-            if meta
-            else None
-        )
+        row.append(json.dumps(dict(meta), default=_json_default, sort_keys=True, ensure_ascii=False) if meta else None)
     except (TypeError, ValueError) as e:
         raise IndexArgumentError(f"must be JSON-serialisable: {e}", f"items[{n}].meta") from None
     return tuple(row)  # type: ignore[return-value]
@@ -323,9 +339,7 @@ class ItemStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            self._con = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
-            )
+            self._con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
             self._con.execute("SELECT id, label, source, thumbnail, extra FROM items LIMIT 1").fetchall()
             columns = {row[1] for row in self._con.execute("PRAGMA table_info(items)")}
         except sqlite3.Error as e:
@@ -348,12 +362,19 @@ class ItemStore:
         with self._lock:
             for s in range(0, len(want), 500):  # SQLite's bound-parameter limit
                 part = want[s : s + 500]
-                q = (f"SELECT id, label, source, thumbnail IS NOT NULL, extra, {self._meta} FROM items "
-                     f"WHERE id IN ({','.join('?' * len(part))})")  # fmt: skip
+                q = (
+                    f"SELECT id, label, source, thumbnail IS NOT NULL, extra, {self._meta} FROM items "
+                    f"WHERE id IN ({','.join('?' * len(part))})"
+                )
                 for iid, label, source, has_thumb, extra, meta in self._con.execute(q, part):
                     row = json.loads(extra)
-                    row.update(id=iid, label=label, source=source, meta=json.loads(meta) if meta else {},
-                               has_thumbnail=bool(has_thumb))  # fmt: skip
+                    row.update(
+                        id=iid,
+                        label=label,
+                        source=source,
+                        meta=json.loads(meta) if meta else {},
+                        has_thumbnail=bool(has_thumb),
+                    )
                     found[iid] = row
         return [found[i] for i in want if i in found]
 
@@ -415,9 +436,7 @@ def _write_folder(
         **{key: collection[key] for key in COLLECTION_FIELDS if key in collection},
         "created": created or _now(),
         "updated": _now(),
-        "files": {
-            name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in DATA_FILES
-        },
+        "files": {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in DATA_FILES},
     }
     with open(tmp / MANIFEST, "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True, default=_json_default)
@@ -434,9 +453,7 @@ def _atomic_replace(folder: Path, fill: Any) -> Path:
         if not folder.is_dir():
             raise IndexError_(f"{folder}: exists and is not an index folder")
         if any(folder.iterdir()) and not (folder / MANIFEST).is_file():
-            raise IndexError_(
-                f"{folder}: exists, is not empty and holds no {MANIFEST}; refusing to replace it"
-            )
+            raise IndexError_(f"{folder}: exists, is not empty and holds no {MANIFEST}; refusing to replace it")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
@@ -484,9 +501,7 @@ def save_index(
     if collection is not None:
         unknown = sorted(set(collection) - set(COLLECTION_FIELDS))
         if unknown:
-            raise IndexArgumentError(
-                f"unknown field(s) {unknown}; valid: {', '.join(COLLECTION_FIELDS)}", "collection"
-            )
+            raise IndexArgumentError(f"unknown field(s) {unknown}; valid: {', '.join(COLLECTION_FIELDS)}", "collection")
     old: dict[str, Any] = {}
     folder = Path(folder)
     if (folder / MANIFEST).is_file():
@@ -529,11 +544,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     for key in ("kind", "count", "model_id", "files"):
         if key not in manifest:
             raise IndexError_(f"{path}: field {key!r} is missing")
-    if (
-        manifest["kind"] not in ("binary", "dense")
-        or manifest["kind"] == "binary"
-        and "nbits" not in manifest
-    ):
+    if manifest["kind"] not in ("binary", "dense") or manifest["kind"] == "binary" and "nbits" not in manifest:
         raise IndexError_(f"{path}: field 'kind'/'nbits'/'dim' is invalid")
     return manifest
 
@@ -548,12 +559,11 @@ def _check_files(folder: Path, manifest: Mapping[str, Any], verify: bool) -> Non
             raise IndexError_(f"{path}: missing file of the index")
         if path.stat().st_size != files[name].get("bytes"):
             raise IndexError_(
-                f"{path}: size {path.stat().st_size} bytes, the manifest says {files[name].get('bytes')}; the index is corrupt"
+                f"{path}: size {path.stat().st_size} bytes, the manifest says {files[name].get('bytes')}; "
+                "the index is corrupt"
             )
         if verify and _sha256(path) != files[name].get("sha256"):
-            raise IndexError_(
-                f"{path}: checksum mismatch (the file changed after it was saved); the index is corrupt"
-            )
+            raise IndexError_(f"{path}: checksum mismatch (the file changed after it was saved); the index is corrupt")
 
 
 def _load_array(path: Path, mmap: bool) -> np.ndarray:

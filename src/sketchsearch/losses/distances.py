@@ -59,9 +59,7 @@ def _euclidean(normalize: bool = True) -> BaseDistance:
 @DISTANCES.register("cosine")
 def _cosine(normalize: bool = True) -> BaseDistance:
     if not normalize:
-        raise ValueError(
-            "distance 'cosine' always L2-normalises (normalize=False would make it a dot product)"
-        )
+        raise ValueError("distance 'cosine' always L2-normalises (normalize=False would make it a dot product)")
     return CosineSimilarity()
 
 

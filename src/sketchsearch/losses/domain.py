@@ -53,9 +53,13 @@ class DomainClassifier(nn.Module):
     def __init__(self, in_dim: int, hidden: int = 64, dropout: float = 0.5) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1),
-        )  # fmt: skip
+            nn.Linear(in_dim, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, 1),
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z).squeeze(1)
@@ -87,7 +91,5 @@ class SemanticDecoder(nn.Module):
 def cosine_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Mean of ``(1 - cos(pred_i, target_i)) / 2`` over the batch: 0 when aligned, 1 when opposite."""
     if pred.shape != target.shape:
-        raise ValueError(
-            f"pred and target must have one shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
-        )
+        raise ValueError(f"pred and target must have one shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
     return ((1.0 - F.cosine_similarity(pred, target, dim=1, eps=1e-8)) / 2.0).mean()

@@ -24,12 +24,8 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """
     if real_logits.numel() == 0 or fake_logits.numel() == 0:
         raise ValueError(f"empty logits: real {tuple(real_logits.shape)}, fake {tuple(fake_logits.shape)}")
-    real = F.binary_cross_entropy_with_logits(
-        real_logits.float(), real_logits.new_ones(real_logits.shape).float()
-    )
-    fake = F.binary_cross_entropy_with_logits(
-        fake_logits.float(), fake_logits.new_zeros(fake_logits.shape).float()
-    )
+    real = F.binary_cross_entropy_with_logits(real_logits.float(), real_logits.new_ones(real_logits.shape).float())
+    fake = F.binary_cross_entropy_with_logits(fake_logits.float(), fake_logits.new_zeros(fake_logits.shape).float())
     return 0.5 * (real + fake)
 
 
@@ -37,6 +33,4 @@ def generator_loss(fake_logits: Tensor) -> Tensor:
     """J_G = -(1/m) sum log D(G(z)) from logits of generated drawings (B,); scalar tensor."""
     if fake_logits.numel() == 0:
         raise ValueError("empty logits for the generator loss")
-    return F.binary_cross_entropy_with_logits(
-        fake_logits.float(), fake_logits.new_ones(fake_logits.shape).float()
-    )
+    return F.binary_cross_entropy_with_logits(fake_logits.float(), fake_logits.new_ones(fake_logits.shape).float())

@@ -94,9 +94,7 @@ def sketch_centre_loss(
     return d.pairwise_distance(a[ok], b[ok]).mean()
 
 
-def class_centres(
-    f: Tensor, labels: Tensor, n_classes: int, mask: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
+def class_centres(f: Tensor, labels: Tensor, n_classes: int, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-class mean of ``f`` over the samples where ``mask`` (B,) bool is true (all when None).
 
     Returns ``(centres (C, K) float, counts (C,) long)``; a class with no kept sample gets the mean over all

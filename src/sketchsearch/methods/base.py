@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ..data.batching import Batch, Preprocessing
 from ..registry import Registry
 
+
 def check_bounds(
     *, positive: Mapping[str, Any] | None = None, non_negative: Mapping[str, Any] | None = None, who: str = ""
 ) -> None:
@@ -117,9 +118,7 @@ class Method(nn.Module):
 
     # ---------------------------------------------------------------- training
     def training_losses(self, batch: Batch, phase: str = "all") -> dict[str, Tensor]:
-        raise NotImplementedError(
-            f"{type(self).__name__} has no gradient training (closed_form={self.closed_form})"
-        )
+        raise NotImplementedError(f"{type(self).__name__} has no gradient training (closed_form={self.closed_form})")
 
     def forward(self, batch: Batch, phase: str = "all") -> dict[str, Tensor]:
         return self.training_losses(batch, phase=phase)

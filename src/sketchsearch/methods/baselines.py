@@ -39,9 +39,7 @@ DEFAULT_RASTER_SIZE = 32
 def _default_pre(preprocessing: Preprocessing | None) -> Preprocessing:
     pre = preprocessing or Preprocessing(inputs=("raster",), raster_size=DEFAULT_RASTER_SIZE)
     if "raster" not in pre.inputs:
-        raise ValueError(
-            f"pixel baselines read rasters; preprocessing.inputs must include 'raster', got {pre.inputs}"
-        )
+        raise ValueError(f"pixel baselines read rasters; preprocessing.inputs must include 'raster', got {pre.inputs}")
     return pre
 
 
@@ -62,21 +60,13 @@ def training_rasters(data: Any, pre: Preprocessing) -> np.ndarray:
     elif isinstance(data, Sequence):
         from ..data.batching import make_example
 
-        arr = (
-            np.stack([make_example(x, pre)["raster"] for x in data])
-            if len(data)
-            else np.zeros((0, size, size))
-        )
+        arr = np.stack([make_example(x, pre)["raster"] for x in data]) if len(data) else np.zeros((0, size, size))
     else:
-        raise TypeError(
-            f"cannot fit on {type(data).__name__}: give rasters (N, H, W), a Dataset or a list of sketches"
-        )
+        raise TypeError(f"cannot fit on {type(data).__name__}: give rasters (N, H, W), a Dataset or a list of sketches")
     if arr.ndim == 4 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 3 or arr.shape[1:] != (size, size):
-        raise ValueError(
-            f"training rasters must be (N, {size}, {size}) (preprocessing.raster_size), got {arr.shape}"
-        )
+        raise ValueError(f"training rasters must be (N, {size}, {size}) (preprocessing.raster_size), got {arr.shape}")
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float64) / 255.0
     return arr.reshape(len(arr), -1).astype(np.float64)
@@ -120,9 +110,7 @@ def itq_rotation(v: np.ndarray, iterations: int = 50, seed: int = 0) -> tuple[np
 
 def _check_nbits(name: str, nbits: Any) -> None:
     if not isinstance(nbits, int) or isinstance(nbits, bool) or nbits < 8 or nbits % 8:
-        raise ValueError(
-            f"{name}: nbits must be a positive multiple of 8 (codes are packed bytes), got {nbits!r}"
-        )
+        raise ValueError(f"{name}: nbits must be a positive multiple of 8 (codes are packed bytes), got {nbits!r}")
 
 
 class _PixelProjection(Method):
@@ -206,9 +194,7 @@ class PixelITQ(_PixelProjection):
         _check_nbits("itq", nbits)
         super().__init__(preprocessing, nbits)
         if nbits > self.preprocessing.raster_size**2:
-            raise ValueError(
-                f"itq: nbits={nbits} exceeds the {self.preprocessing.raster_size**2} pixel dimensions"
-            )
+            raise ValueError(f"itq: nbits={nbits} exceeds the {self.preprocessing.raster_size**2} pixel dimensions")
         self.iterations = iterations
         self.seed = seed
         self.register_buffer("rotation", torch.eye(nbits))

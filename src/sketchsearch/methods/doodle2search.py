@@ -150,15 +150,23 @@ class Doodle2Search(Method):
             raise ValueError(f"backbone_norm must be one of {sorted(BACKBONE_NORMS)}, got {backbone_norm!r}")
         check_bounds(
             positive={"embedding_dim": embedding_dim, "semantic_dim": semantic_dim, "input_size": input_size},
-            non_negative={"triplet_weight": triplet_weight, "domain_weight": domain_weight,
-                          "semantic_weight": semantic_weight, "domain_lambda": domain_lambda,
-                          "semantic_lambda": semantic_lambda, "domain_warmup": domain_warmup},
-        )  # fmt: skip
+            non_negative={
+                "triplet_weight": triplet_weight,
+                "domain_weight": domain_weight,
+                "semantic_weight": semantic_weight,
+                "domain_lambda": domain_lambda,
+                "semantic_lambda": semantic_lambda,
+                "domain_warmup": domain_warmup,
+            },
+        )
         self.aux_normalize = bool(aux_normalize)
         self.embedding_dim, self.input_size = int(embedding_dim), int(input_size)
         self.finetune_backbone, self.pretrained = bool(finetune_backbone), bool(pretrained)
-        self.weights = {"triplet": float(triplet_weight), "domain": float(domain_weight),
-                        "semantic": float(semantic_weight)}  # fmt: skip
+        self.weights = {
+            "triplet": float(triplet_weight),
+            "domain": float(domain_weight),
+            "semantic": float(semantic_weight),
+        }
         self.domain_lambda, self.domain_warmup = float(domain_lambda), int(domain_warmup)
         self.semantic_lambda = float(semantic_lambda)
         mean, std = BACKBONE_NORMS[backbone_norm]
@@ -170,12 +178,8 @@ class Doodle2Search(Method):
         self.sketch_head = _mlp(feat, int(hidden), self.embedding_dim, dropout)
         self.photo_head = _mlp(feat, int(hidden), self.embedding_dim, dropout)
         self.domain_classifier = DomainClassifier(self.embedding_dim, hidden=int(domain_hidden))
-        self.semantic_decoder = SemanticDecoder(
-            self.embedding_dim, int(semantic_dim), hidden=int(semantic_hidden)
-        )
-        self.triplet = make_metric_loss(
-            "triplet", distance, normalize=normalize, margin=margin, regularizer_weight=0.0
-        )
+        self.semantic_decoder = SemanticDecoder(self.embedding_dim, int(semantic_dim), hidden=int(semantic_hidden))
+        self.triplet = make_metric_loss("triplet", distance, normalize=normalize, margin=margin, regularizer_weight=0.0)
         self.register_buffer("iterations", torch.zeros((), dtype=torch.long))  # for the domain GRL warm-up
 
     @property
@@ -201,9 +205,7 @@ class Doodle2Search(Method):
         if modality == "photo":
             x = batch["photo"]
             if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-                x = nn.functional.interpolate(
-                    x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False
-                )
+                x = nn.functional.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
         elif modality == "sketch":
             x = raster_to_rgb(batch["raster"], self.input_size)
         else:
@@ -214,12 +216,8 @@ class Doodle2Search(Method):
         if feature_key in batch:
             return batch[feature_key]
         if image_key not in batch:
-            raise KeyError(
-                f"doodle2search needs batch[{feature_key!r}] (cached features) or batch[{image_key!r}]"
-            )
-        return self.backbone_features(
-            {("raster" if modality == "sketch" else "photo"): batch[image_key]}, modality
-        )
+            raise KeyError(f"doodle2search needs batch[{feature_key!r}] (cached features) or batch[{image_key!r}]")
+        return self.backbone_features({("raster" if modality == "sketch" else "photo"): batch[image_key]}, modality)
 
     def embed_sketch(self, batch: Batch) -> Tensor:
         """Raw (not normalised) sketch embeddings (B, dim)."""
@@ -255,19 +253,13 @@ class Doodle2Search(Method):
             b = torch.arange(len(s), device=s.device)
             emb = torch.cat([s, p, n])
             labels = torch.cat([y, y, y_neg])
-            out["triplet_loss"] = self.weights["triplet"] * self.triplet(
-                emb, labels, (b, b + len(s), b + 2 * len(s))
-            )
+            out["triplet_loss"] = self.weights["triplet"] * self.triplet(emb, labels, (b, b + len(s), b + 2 * len(s)))
         if self.aux_normalize:  # the triplet loss normalises by itself (``normalize``)
             s, p, n = (nn.functional.normalize(z, dim=1) for z in (s, p, n))
         if self.weights["domain"] > 0:
             lam = self.current_domain_lambda()
             d = domain_loss(self.domain_classifier, s, 0.0, lam)
-            d = (
-                d
-                + domain_loss(self.domain_classifier, p, 1.0, lam)
-                + domain_loss(self.domain_classifier, n, 1.0, lam)
-            )
+            d = d + domain_loss(self.domain_classifier, p, 1.0, lam) + domain_loss(self.domain_classifier, n, 1.0, lam)
             out["domain_loss"] = self.weights["domain"] * d / 3.0
             with torch.no_grad():  # logged: how well the classifier still tells the domains apart
                 logits = self.domain_classifier(torch.cat([s, p]))
@@ -275,9 +267,7 @@ class Doodle2Search(Method):
                 out["domain_acc"] = ((logits > 0).float() == truth).float().mean()
         if self.weights["semantic"] > 0:
             if "semantic" not in batch:
-                raise KeyError(
-                    "the semantic loss needs batch['semantic'] (class-name embeddings of the anchors)"
-                )
+                raise KeyError("the semantic loss needs batch['semantic'] (class-name embeddings of the anchors)")
             w = batch["semantic"].to(s.dtype)
             dec = self.semantic_decoder
             sem = cosine_loss(dec(s), w) + cosine_loss(dec(p), w)

@@ -85,9 +85,7 @@ class DSML(Method):
                 f"dsml reads rasters: preprocessing.inputs must include 'raster', got {self.preprocessing.inputs}"
             )
         if hashing != (type(self).output == "binary"):
-            raise ValueError(
-                "build DSML through create_method('dsml', hashing=...) (or DSMLHash for hashing=True)"
-            )
+            raise ValueError("build DSML through create_method('dsml', hashing=...) (or DSMLHash for hashing=True)")
         check_bounds(positive={"nbits": nbits, "embedding_dim": embedding_dim})
         self.hashing = hashing
         self.quantization_weight = float(quantization_weight)
@@ -97,11 +95,16 @@ class DSML(Method):
         self.criterion = MinedLoss(
             make_metric_loss(
                 loss,  # type: ignore[arg-type]
-                distance, normalize=normalize, pos_margin=pos_margin, neg_margin=neg_margin, margin=margin,
-                regularizer_weight=regularizer_weight, regularizer=regularizer,  # type: ignore[arg-type]
+                distance,
+                normalize=normalize,
+                pos_margin=pos_margin,
+                neg_margin=neg_margin,
+                margin=margin,
+                regularizer_weight=regularizer_weight,
+                regularizer=regularizer,  # type: ignore[arg-type]
             ),
             make_miner(miner, distance, normalize=normalize),
-        )  # fmt: skip
+        )
 
     @property
     def code_size(self) -> int:

@@ -19,7 +19,7 @@ distribution the encoder is used on. The card records it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -67,17 +67,13 @@ class GANEncoder(Method):
         arch: Arch = "sketch-gan",  # the paper's proposed network (section 4.1); "thin-gan" is its baseline
         dz: int = 2,  # size of z, section 4.2
     ) -> None:
-        super().__init__(
-            preprocessing or Preprocessing(inputs=("raster",), raster_size=64, line_width=LINE_WIDTH)
-        )
+        super().__init__(preprocessing or Preprocessing(inputs=("raster",), raster_size=64, line_width=LINE_WIDTH))
         if arch not in ("sketch-gan", "thin-gan"):
             raise ValueError(f"arch must be 'sketch-gan' or 'thin-gan', got {arch!r}")
         if not isinstance(dz, int) or dz < 1:
             raise ValueError(f"dz must be a positive int, got {dz!r}")
         if self.preprocessing.raster_size != 64 or "raster" not in self.preprocessing.inputs:
-            raise ValueError(
-                f"the GAN networks read 64x64 rasters; got preprocessing {self.preprocessing.to_dict()}"
-            )
+            raise ValueError(f"the GAN networks read 64x64 rasters; got preprocessing {self.preprocessing.to_dict()}")
         gan = create_encoder(arch, dz=dz)
         assert isinstance(gan, GAN)
         self.gan = gan
@@ -100,9 +96,7 @@ class GANEncoder(Method):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """G(z) for n draws z ~ N(0, I): float (n, 1, 64, 64) in (0, 1)."""
         dev = self.centre.device
-        z = torch.randn(n, self.dz, generator=generator, device="cpu" if generator is not None else dev).to(
-            dev
-        )
+        z = torch.randn(n, self.dz, generator=generator, device="cpu" if generator is not None else dev).to(dev)
         return self.gan.generator(z)
 
     def training_losses(self, batch: Batch, phase: str = "d") -> dict[str, Tensor]:
@@ -192,14 +186,14 @@ class GANBinaryEncoder(GANEncoder):
     output = "binary"
     code_threshold = 0.0
     id_name = "gan-bits"  # same registry name and weights as the float encoder: its own model_id all the same
-    variant_kwargs = {"binary": True}  # the registry factory builds this class for binary=True
+    variant_kwargs: ClassVar[dict[str, Any]] = {
+        "binary": True
+    }  # the registry factory builds this class for binary=True
 
     def encode_sketch(self, batch: Batch) -> Tensor:
         """(B, 1024) relaxed code ``features - centre``; its sign gives the bits."""
         if not bool((self.centre != 0).any()):
-            raise ValueError(
-                "this GAN encoder has no centre (not calibrated): its binary codes would be all ones"
-            )
+            raise ValueError("this GAN encoder has no centre (not calibrated): its binary codes would be all ones")
         return self.features(batch["raster"]) - self.centre
 
 

@@ -133,10 +133,15 @@ class GDH(Method):
                 f"must be equal multiples of 8, got {pre.raster_size} and {pre.photo_size}"
             )
         check_bounds(
-            non_negative={"cycle_weight": cycle_weight, "alpha": alpha, "beta": beta,
-                          "triplet_weight": triplet_weight, "hash_lr_mult": hash_lr_mult},
+            non_negative={
+                "cycle_weight": cycle_weight,
+                "alpha": alpha,
+                "beta": beta,
+                "triplet_weight": triplet_weight,
+                "hash_lr_mult": hash_lr_mult,
+            },
             who="gdh: ",
-        )  # fmt: skip
+        )
         self.nbits, self.migration, self.semantic = int(nbits), bool(migration), bool(semantic)
         self.nu, self.alpha, self.beta = float(cycle_weight), float(alpha), float(beta)
         self.lam, self.hash_lr_mult, self.adam_beta1 = float(triplet_weight), float(hash_lr_mult), adam_beta1
@@ -144,8 +149,9 @@ class GDH(Method):
         self.hash_net = HashCNN(self.nbits, width=hash_width)
         if self.migration:
             self.g_image = MigrationGenerator(1, 3, gen_width, gi_res, attention=False)
-            self.g_sketch = MigrationGenerator(3, 1, gen_width, gs_res, attention=attention,
-                                               threshold=attention_threshold)  # fmt: skip
+            self.g_sketch = MigrationGenerator(
+                3, 1, gen_width, gs_res, attention=attention, threshold=attention_threshold
+            )
             self.d_image = PatchDiscriminator(3, disc_width)
             self.d_sketch = PatchDiscriminator(1, disc_width)
         if distance == "squared_euclidean":
@@ -164,8 +170,9 @@ class GDH(Method):
         return self.nbits
 
     # ------------------------------------------------------------------ the code bank (Algorithm 1)
-    def set_training_data(self, photo_labels: Sequence[int], sketch_labels: Sequence[int], n_classes: int,
-                          seed: int = 0) -> None:  # fmt: skip
+    def set_training_data(
+        self, photo_labels: Sequence[int], sketch_labels: Sequence[int], n_classes: int, seed: int = 0
+    ) -> None:
         """Allocate the code bank for the whole training set: label vectors Y^I, Y^S (class indices), random
         discrete codes B^I, B^S (Algorithm 1, line 1) and the latest relaxed codes (0 until seen). Batches
         then index it with ``photo_index`` / ``sketch_index``. Not saved with the model (training state)."""
@@ -180,9 +187,15 @@ class GDH(Method):
         def rand_codes(n: int) -> Tensor:
             return (torch.randint(0, 2, (n, K), generator=g) * 2 - 1).float()
 
-        for name, t in (("y_photo", yi), ("y_sketch", ys), ("b_photo", rand_codes(len(yi))),
-                        ("b_sketch", rand_codes(len(ys))), ("h_photo", torch.zeros(len(yi), K)),
-                        ("h_sketch", torch.zeros(len(ys), K)), ("proj", torch.zeros(n_classes, K))):  # fmt: skip
+        for name, t in (
+            ("y_photo", yi),
+            ("y_sketch", ys),
+            ("b_photo", rand_codes(len(yi))),
+            ("b_sketch", rand_codes(len(ys))),
+            ("h_photo", torch.zeros(len(yi), K)),
+            ("h_sketch", torch.zeros(len(ys), K)),
+            ("proj", torch.zeros(n_classes, K)),
+        ):
             self.register_buffer(name, t.to(dev), persistent=False)
         self.n_classes = int(n_classes)
         self._seen = len(yi)  # the first batch starts an epoch: D-step, B-steps
@@ -205,12 +218,8 @@ class GDH(Method):
                 self.proj = semantic_projection_step(
                     [self.b_photo, self.b_sketch], [self.y_photo, self.y_sketch], self.n_classes
                 )
-                self.b_photo = discrete_code_step(
-                    self.y_photo, self.proj, self.h_photo, self.alpha, self.n_classes
-                )
-                self.b_sketch = discrete_code_step(
-                    self.y_sketch, self.proj, self.h_sketch, self.alpha, self.n_classes
-                )
+                self.b_photo = discrete_code_step(self.y_photo, self.proj, self.h_photo, self.alpha, self.n_classes)
+                self.b_sketch = discrete_code_step(self.y_sketch, self.proj, self.h_sketch, self.alpha, self.n_classes)
             self._seen += len(batch["label"])
             return self.b_photo[batch["photo_index"]], self.b_sketch[batch["sketch_index"]]
         h_i, h_s = self.encode_photo(batch), self.encode_sketch(batch)
@@ -241,12 +250,14 @@ class GDH(Method):
         return self.hash_net(x)
 
     # ------------------------------------------------------------------ losses
-    def forward(self, batch: Batch, phase: str = "all", codes: tuple[Tensor, Tensor] | None = None
-                ) -> dict[str, Tensor]:  # fmt: skip
+    def forward(
+        self, batch: Batch, phase: str = "all", codes: tuple[Tensor, Tensor] | None = None
+    ) -> dict[str, Tensor]:
         return self.training_losses(batch, phase=phase, codes=codes)
 
-    def training_losses(self, batch: Batch, phase: str = "all", codes: tuple[Tensor, Tensor] | None = None
-                        ) -> dict[str, Tensor]:  # fmt: skip
+    def training_losses(
+        self, batch: Batch, phase: str = "all", codes: tuple[Tensor, Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """``phase="generator"``: Eq. (14)'s terms (G_I, G_S, H); ``"discriminator"``: D_I, D_S on the fakes
         of the last generator phase (detached; recomputed when there are none); ``"all"``: both.
         ``codes``: the batch's B^I, B^S rows (from :meth:`semantic_steps`; None: computed here)."""
@@ -268,9 +279,7 @@ class GDH(Method):
             real_i = photo * mask if self.attention else photo
             rec_s = self.g_sketch(fake_i)[0]
             rec_i = self.migrate(fake_s)
-            adv = generator_loss(self.d_image(fake_i).flatten()) + generator_loss(
-                self.d_sketch(fake_s).flatten()
-            )
+            adv = generator_loss(self.d_image(fake_i).flatten()) + generator_loss(self.d_sketch(fake_s).flatten())
             cyc = (rec_s - s).abs().mean() + (rec_i - real_i.detach()).abs().mean()
             out["adversarial_loss"] = adv
             out["cycle_loss"] = self.nu * cyc
@@ -317,9 +326,7 @@ class GDH(Method):
                 f = {"fake_i": self.migrate(batch["raster"]), "fake_s": fake_s, "real_i": real_i}
         self._fakes = {}
         d_i = discriminator_loss(self.d_image(f["real_i"]).flatten(), self.d_image(f["fake_i"]).flatten())
-        d_s = discriminator_loss(
-            self.d_sketch(batch["raster"]).flatten(), self.d_sketch(f["fake_s"]).flatten()
-        )
+        d_s = discriminator_loss(self.d_sketch(batch["raster"]).flatten(), self.d_sketch(f["fake_s"]).flatten())
         return {"discriminator_loss": d_i + d_s}
 
     # ------------------------------------------------------------------ optimisation
@@ -333,8 +340,9 @@ class GDH(Method):
             opts["discriminator"] = torch.optim.Adam(disc, lr=lr, betas=betas)
         return opts
 
-    def step(self, model: Callable[..., dict[str, Tensor]], batch: Batch,
-             optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, float]:  # fmt: skip
+    def step(
+        self, model: Callable[..., dict[str, Tensor]], batch: Batch, optimizers: Mapping[str, torch.optim.Optimizer]
+    ) -> dict[str, float]:
         """Algorithm 1 on one batch: D-step and B-steps (closed form), then the network step (G_I, G_S, H on
         Eq. 14), then the discriminators' step."""
         codes = self.semantic_steps(batch) if self.semantic else None

@@ -73,9 +73,7 @@ def entropy_filter(probs: Tensor, labels: Tensor, keep: float = 0.9) -> Tensor:
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     if probs.ndim != 2 or labels.shape != probs.shape[:1]:
-        raise ValueError(
-            f"expected probs (N, C) and labels (N,), got {tuple(probs.shape)} and {tuple(labels.shape)}"
-        )
+        raise ValueError(f"expected probs (N, C) and labels (N,), got {tuple(probs.shape)} and {tuple(labels.shape)}")
     ent = prediction_entropy(probs.double()).cpu().numpy()
     lab = labels.cpu().numpy()
     mask = np.zeros(len(lab), dtype=bool)
@@ -122,9 +120,7 @@ class SketchMate(Method):
         pre = preprocessing or default_preprocessing(branches)
         need = {"both": {"raster", "points"}, "cnn": {"raster"}, "rnn": {"points"}}[branches]
         if not need <= set(pre.inputs):
-            raise ValueError(
-                f"branches={branches!r} needs preprocessing inputs {sorted(need)}, got {list(pre.inputs)}"
-            )
+            raise ValueError(f"branches={branches!r} needs preprocessing inputs {sorted(need)}, got {list(pre.inputs)}")
         super().__init__(pre)
         if nbits <= 0 or n_classes <= 1:
             raise ValueError(f"need nbits > 0 and n_classes > 1, got nbits={nbits}, n_classes={n_classes}")
@@ -132,9 +128,7 @@ class SketchMate(Method):
         self.use_centre_loss = use_centre_loss
         self.quant_weight, self.centre_weight = quant_weight, centre_weight
         if centre_distance not in ("euclidean", "cosine", "snr"):
-            raise ValueError(
-                f"centre_distance must be 'euclidean', 'cosine' or 'snr', got {centre_distance!r}"
-            )
+            raise ValueError(f"centre_distance must be 'euclidean', 'cosine' or 'snr', got {centre_distance!r}")
         self.centre_distance = centre_distance
         feat = 0
         self.cnn: SketchANet | None = None
@@ -183,13 +177,9 @@ class SketchMate(Method):
         if phase == "pretrain_cnn" or phase == "pretrain_rnn":
             branch = self.cnn if phase == "pretrain_cnn" else self.rnn
             if branch is None:
-                raise ValueError(
-                    f"phase {phase!r} needs that branch, but this model has branches={self.branches!r}"
-                )
+                raise ValueError(f"phase {phase!r} needs that branch, but this model has branches={self.branches!r}")
             feats = (
-                self.cnn(batch["raster"])
-                if phase == "pretrain_cnn"
-                else self.rnn(batch["points"], batch["lengths"])
+                self.cnn(batch["raster"]) if phase == "pretrain_cnn" else self.rnn(batch["points"], batch["lengths"])
             )  # type: ignore[misc]
             head = self.cnn_classifier if phase == "pretrain_cnn" else self.rnn_classifier
             logits = head(feats)
@@ -209,9 +199,7 @@ class SketchMate(Method):
         out["quantization_loss"] = self.quant_weight * q
         if self.use_centre_loss:
             if not bool(self.centres_ready):
-                raise ModelError(
-                    "phase 'full' with the centre loss needs class centres: call compute_centres() first"
-                )
+                raise ModelError("phase 'full' with the centre loss needs class centres: call compute_centres() first")
             out["centre_loss"] = self.centre_weight * sketch_centre_loss(
                 f, y, self.centres, distance=self.centre_distance, threshold=self.code_threshold
             )
@@ -240,8 +228,13 @@ class SketchMate(Method):
         self.centres.copy_(centres)
         self.centres_ready.fill_(True)
         self.train(was_training)
-        return {"sketches": len(y), "kept": int(mask.sum()), "classes_with_centre": int((counts > 0).sum()),
-                "noise_removal": noise_removal, "keep": keep}  # fmt: skip
+        return {
+            "sketches": len(y),
+            "kept": int(mask.sum()),
+            "classes_with_centre": int((counts > 0).sum()),
+            "noise_removal": noise_removal,
+            "keep": keep,
+        }
 
 
 @METHODS.register("sketchmate")

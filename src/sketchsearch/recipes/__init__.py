@@ -97,8 +97,11 @@ def recipe_options(name: str) -> dict[str, dict[str, Any]]:
     meth = METHODS.get(r.method)
     target = meth.__init__ if isinstance(meth, type) else meth  # a class, or a factory function
     msig = inspect.signature(target)
-    method_opts = {n: p.default for n, p in msig.parameters.items()
-                   if n not in ("self", "preprocessing") and p.kind is not inspect.Parameter.VAR_KEYWORD}  # fmt: skip
+    method_opts = {
+        n: p.default
+        for n, p in msig.parameters.items()
+        if n not in ("self", "preprocessing") and p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
     cls = _method_class(r.method)
     if cls is not None:  # a factory passing **kwargs on: the class constructor's parameters too
         for n, p in inspect.signature(cls.__init__).parameters.items():
@@ -158,9 +161,15 @@ def run_recipe(
             f"unknown option(s) {', '.join(unknown)} for recipe {name!r}; valid: split: {_fmt(valid['split'])}; "
             f"recipe: {_fmt(valid['recipe'])}; method: {_fmt(valid['method'])}"
         )
-    cfg = TrainConfig(iterations=iterations or recipe.iterations, batch_size=batch_size or recipe.batch_size,
-                      lr=lr or recipe.lr, seed=seed, device=device, out=str(out) if out else None,
-                      progress=progress)  # fmt: skip
+    cfg = TrainConfig(
+        iterations=iterations or recipe.iterations,
+        batch_size=batch_size or recipe.batch_size,
+        lr=lr or recipe.lr,
+        seed=seed,
+        device=device,
+        out=str(out) if out else None,
+        progress=progress,
+    )
     t0 = time.perf_counter()
     with phase(f"reading {data}"):
         coll = recipe.load(data) if recipe.load else load_collection(data)
@@ -170,11 +179,11 @@ def run_recipe(
         split.check(coll.items, split_file)
     elif recipe.split:
         with phase(f"{recipe.split} split of {len(coll)} items"):
-            split = make_split(recipe.split, coll.items, seed=split_seed,
-                               **{**recipe.split_defaults, **split_opts})  # fmt: skip
+            split = make_split(recipe.split, coll.items, seed=split_seed, **{**recipe.split_defaults, **split_opts})
     if split is not None:
-        split = Split(split.kind, split.seed, split.params, split.parts, split.seen_classes, split.unseen_classes,
-                      data=str(data))  # fmt: skip
+        split = Split(
+            split.kind, split.seed, split.params, split.parts, split.seen_classes, split.unseen_classes, data=str(data)
+        )
         if out:
             split.save(Path(out) / "split.json")
     seed_everything(seed)  # the method's initialisation: the same seed gives the same weights
@@ -195,11 +204,21 @@ def run_recipe(
             if recipe.extra_metrics:
                 metrics.update(recipe.extra_metrics(method, coll, split))
         metrics["mAP@all"] = metrics["main"]["mAP@all"]
-    training = {"recipe": name, "data": str(data), "seed": seed, "iterations": cfg.iterations,
-                "batch_size": cfg.batch_size, "lr": cfg.lr, "skipped_records": coll.skipped,
-                "split": split.summary() if split is not None else None, "split_seed": split_seed,
-                "options": {**split_opts, **fit_opts}, "torch_threads": torch.get_num_threads(), **record,
-                "recipe_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    training = {
+        "recipe": name,
+        "data": str(data),
+        "seed": seed,
+        "iterations": cfg.iterations,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "skipped_records": coll.skipped,
+        "split": split.summary() if split is not None else None,
+        "split_seed": split_seed,
+        "options": {**split_opts, **fit_opts},
+        "torch_threads": torch.get_num_threads(),
+        **record,
+        "recipe_seconds": round(time.perf_counter() - t0, 1),
+    }
     return RecipeResult(method, split, training, metrics)
 
 

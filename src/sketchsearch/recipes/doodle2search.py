@@ -44,8 +44,13 @@ from ..train import TrainConfig, train
 from . import RECIPES, Recipe
 
 __all__ = [
-    "TripletDataset", "backbone_features", "cached_backbone_features", "collate_triplets", "feature_key", "fit",
-]  # fmt: skip
+    "TripletDataset",
+    "backbone_features",
+    "cached_backbone_features",
+    "collate_triplets",
+    "feature_key",
+    "fit",
+]
 
 
 class TripletDataset(Dataset[dict[str, Any]]):
@@ -58,8 +63,17 @@ class TripletDataset(Dataset[dict[str, Any]]):
     are produced. ``semantic`` float (C, S): class-name embeddings by class index (None: no semantic targets).
     """
 
-    def __init__(self, sketches: Any, sketch_labels: Sequence[int], photos: Any, photo_labels: Sequence[int],
-                 semantic: np.ndarray | None = None, *, features: bool = True, seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sketches: Any,
+        sketch_labels: Sequence[int],
+        photos: Any,
+        photo_labels: Sequence[int],
+        semantic: np.ndarray | None = None,
+        *,
+        features: bool = True,
+        seed: int = 0,
+    ) -> None:
         sl, pl = np.asarray(sketch_labels, dtype=np.int64), np.asarray(photo_labels, dtype=np.int64)
         if len(sl) != len(sketches) or len(pl) != len(photos):
             raise ValueError(f"{len(sl)} labels for {len(sketches)} sketches / {len(pl)} for {len(photos)} photos")
@@ -88,9 +102,18 @@ class TripletDataset(Dataset[dict[str, Any]]):
         others = [k for k in self._photo_classes if k != c]
         cn = int(others[int(rng.integers(len(others)))])
         n = int(rng.choice(self.photo_members[cn]))
-        keys = ("sketch_features", "photo_features", "negative_features") if self.features else ("raster", "photo", "negative")
-        ex: dict[str, Any] = {keys[0]: self.sketches[a], keys[1]: self.photos[p], keys[2]: self.photos[n],
-                              "label": c, "negative_label": cn}  # fmt: skip
+        keys = (
+            ("sketch_features", "photo_features", "negative_features")
+            if self.features
+            else ("raster", "photo", "negative")
+        )
+        ex: dict[str, Any] = {
+            keys[0]: self.sketches[a],
+            keys[1]: self.photos[p],
+            keys[2]: self.photos[n],
+            "label": c,
+            "negative_label": cn,
+        }
         if self.semantic is not None:
             ex["semantic"] = self.semantic[c]
         return ex
@@ -132,7 +155,11 @@ def backbone_features(method: Doodle2Search, inputs: Sequence[Any], modality: st
     out = []
     for i in range(0, len(inputs), batch_size):
         chunk = list(inputs[i : i + batch_size])
-        batch = make_photo_batch(chunk, method.preprocessing.photo_size) if modality == "photo" else make_batch(chunk, method.preprocessing)
+        batch = (
+            make_photo_batch(chunk, method.preprocessing.photo_size)
+            if modality == "photo"
+            else make_batch(chunk, method.preprocessing)
+        )
         out.append(method.backbone_features({k: v.to(device) for k, v in batch.items()}, modality).float().cpu())
     method.train(was)
     return torch.cat(out).numpy() if out else np.zeros((0, EfficientNetLite0.out_dim), dtype=np.float32)
@@ -149,13 +176,18 @@ def feature_key(method: Doodle2Search) -> str:
             h.update(name.encode("utf-8"))
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         weights = {"tensors_sha256": h.hexdigest()}
-    key = {"backbone": weights, "norm": method.hparams.get("backbone_norm"), "input_size": method.input_size,
-           "raster": method.preprocessing.to_dict()}  # fmt: skip
+    key = {
+        "backbone": weights,
+        "norm": method.hparams.get("backbone_norm"),
+        "input_size": method.input_size,
+        "raster": method.preprocessing.to_dict(),
+    }
     return json.dumps(key, sort_keys=True)
 
 
-def cached_backbone_features(method: Doodle2Search, coll: Collection, ids: Sequence[str], cache: str | Path | None
-                             ) -> dict[str, np.ndarray]:  # fmt: skip
+def cached_backbone_features(
+    method: Doodle2Search, coll: Collection, ids: Sequence[str], cache: str | Path | None
+) -> dict[str, np.ndarray]:
     """float32 (1280,) backbone features by item id (modality from the item), reusing ``cache`` (a safetensors
     file of features by item id, valid for one :func:`feature_key`; rewritten with the missing ones added)."""
     from safetensors import safe_open
@@ -198,25 +230,48 @@ def fit(
     info: dict[str, Any] = {}
     if method.finetune_backbone:
         pre = method.preprocessing
-        ds = TripletDataset(_Lazy([item_input(coll[i]) for i in sk], pre, photo=False), sl,
-                            _Lazy([item_input(coll[i]) for i in ph], pre, photo=True), pl, semantic,
-                            features=False, seed=cfg.seed)  # fmt: skip
+        ds = TripletDataset(
+            _Lazy([item_input(coll[i]) for i in sk], pre, photo=False),
+            sl,
+            _Lazy([item_input(coll[i]) for i in ph], pre, photo=True),
+            pl,
+            semantic,
+            features=False,
+            seed=cfg.seed,
+        )
     else:
         cache = feature_cache or (str(Path(cfg.out) / "features.safetensors") if cfg.out else None)
         t0 = time.perf_counter()
         with phase(f"backbone features of {len(sk) + len(ph)} items"):
             feats = cached_backbone_features(method, coll, sk + ph, cache)
         info["feature_seconds"] = round(time.perf_counter() - t0, 1)
-        ds = TripletDataset(np.stack([feats[i] for i in sk]), sl, np.stack([feats[i] for i in ph]), pl, semantic,
-                            features=True, seed=cfg.seed)  # fmt: skip
-    res = train(method, ds, cfg, collate_fn=collate_triplets, sampler=ClassBalancedSampler(sl, per_class=1, seed=cfg.seed))
-    info.update({"train_seconds": round(res.seconds, 1), "device": res.device,
-                 "last": res.history[-1] if res.history else {}})  # fmt: skip
+        ds = TripletDataset(
+            np.stack([feats[i] for i in sk]),
+            sl,
+            np.stack([feats[i] for i in ph]),
+            pl,
+            semantic,
+            features=True,
+            seed=cfg.seed,
+        )
+    res = train(
+        method, ds, cfg, collate_fn=collate_triplets, sampler=ClassBalancedSampler(sl, per_class=1, seed=cfg.seed)
+    )
+    info.update(
+        {"train_seconds": round(res.seconds, 1), "device": res.device, "last": res.history[-1] if res.history else {}}
+    )
     return info
 
 
-RECIPES.register("doodle2search")(lambda: Recipe(
-    # CPU-sized: heads on cached features (the authors train end to end with SGD lr 1e-4, batch 20)
-    method="doodle2search", fit=fit, iterations=1500, batch_size=64, lr=1e-3,
-    split="photo_group", split_defaults={"n_unseen": 25, "heldout": 0.2},  # 25% unseen, as Sketchy's benchmark
-))  # fmt: skip
+RECIPES.register("doodle2search")(
+    lambda: Recipe(
+        # CPU-sized: heads on cached features (the authors train end to end with SGD lr 1e-4, batch 20)
+        method="doodle2search",
+        fit=fit,
+        iterations=1500,
+        batch_size=64,
+        lr=1e-3,
+        split="photo_group",
+        split_defaults={"n_unseen": 25, "heldout": 0.2},  # 25% unseen, as Sketchy's benchmark
+    )
+)

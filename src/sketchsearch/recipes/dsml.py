@@ -37,13 +37,26 @@ def fit(
     labels = [index[str(it.label)] for it in items]
     data = Indexed(SketchDataset([item_input(it) for it in items], labels, method.preprocessing))
     sampler = ClassBalancedSampler(labels, per_class=per_class, seed=cfg.seed)
-    res = train(method, data, replace(cfg, batch_size=max(per_class, cfg.batch_size // per_class * per_class)),
-                sampler=sampler)  # fmt: skip
-    return {"per_class": per_class, "n_train": len(items), "seconds": round(res.seconds, 1), "device": res.device,
-            "last": res.history[-1] if res.history else {}}  # fmt: skip
+    res = train(
+        method, data, replace(cfg, batch_size=max(per_class, cfg.batch_size // per_class * per_class)), sampler=sampler
+    )
+    return {
+        "per_class": per_class,
+        "n_train": len(items),
+        "seconds": round(res.seconds, 1),
+        "device": res.device,
+        "last": res.history[-1] if res.history else {},
+    }
 
 
-RECIPES.register("dsml")(lambda: Recipe(
-    method="dsml", fit=fit, iterations=500, batch_size=64, lr=1e-3,
-    split="class_holdout", split_defaults={"unseen": 0.2, "query_frac": 0.1, "gallery_frac": 0.3},
-))  # fmt: skip
+RECIPES.register("dsml")(
+    lambda: Recipe(
+        method="dsml",
+        fit=fit,
+        iterations=500,
+        batch_size=64,
+        lr=1e-3,
+        split="class_holdout",
+        split_defaults={"unseen": 0.2, "query_frac": 0.1, "gallery_frac": 0.3},
+    )
+)

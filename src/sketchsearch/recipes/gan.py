@@ -97,17 +97,28 @@ def fit(
         image_grid(samples, Path(cfg.out) / "samples.png", ncol=8, title=f"{method.arch}: G(z), z ~ N(0, I)")
     last = result.history[-1] if result.history else {}
     return {
-        "drawings": len(rasters), "skipped_records": int(coll.skipped + skipped),
-        "render_seconds": round(render_s, 1), "adam_betas": list(ADAM_BETAS),
-        "seconds": round(result.seconds, 1), "device": result.device, "torch_threads": torch.get_num_threads(),
+        "drawings": len(rasters),
+        "skipped_records": int(coll.skipped + skipped),
+        "render_seconds": round(render_s, 1),
+        "adam_betas": list(ADAM_BETAS),
+        "seconds": round(result.seconds, 1),
+        "device": result.device,
+        "torch_threads": torch.get_num_threads(),
         "final_losses": {k: round(v, 4) for k, v in last.items() if k in ("d_loss", "g_loss", "d_real", "d_fake")},
         "batch_norm": f"D's running statistics re-estimated on {calib['calibrated_on']} real training drawings",
         "centre": f"mean encoding of the same drawings ({calib['active_dims']} of 1024 dims ever active)",
         "parameters": method.parameter_counts(),
-    }  # fmt: skip
+    }
 
 
-RECIPES.register("gan")(lambda: Recipe(
-    method="gan", fit=fit, iterations=2000, batch_size=128, lr=2e-3,  # the paper's Algorithm 1 settings
-    split=None, load=load_unlabelled,
-))  # fmt: skip
+RECIPES.register("gan")(
+    lambda: Recipe(
+        method="gan",
+        fit=fit,
+        iterations=2000,
+        batch_size=128,
+        lr=2e-3,  # the paper's Algorithm 1 settings
+        split=None,
+        load=load_unlabelled,
+    )
+)

@@ -52,9 +52,17 @@ class PairDataset(Dataset[dict[str, Any]]):
     ``sketch_photo`` (n2,) the index of each sketch's own photo (-1: not in the set).
     """
 
-    def __init__(self, rasters: np.ndarray, sketch_labels: Sequence[int], photos: np.ndarray,
-                 photo_labels: Sequence[int], sketch_photo: Sequence[int], *, own_fraction: float = 0.5,
-                 seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rasters: np.ndarray,
+        sketch_labels: Sequence[int],
+        photos: np.ndarray,
+        photo_labels: Sequence[int],
+        sketch_photo: Sequence[int],
+        *,
+        own_fraction: float = 0.5,
+        seed: int = 0,
+    ) -> None:
         self.rasters, self.photos = rasters, photos
         self.sl, self.pl, self.sp = np.asarray(sketch_labels), np.asarray(photo_labels), np.asarray(sketch_photo)
         if not (len(self.sl) == len(rasters) == len(self.sp) and len(self.pl) == len(photos)):
@@ -80,8 +88,15 @@ class PairDataset(Dataset[dict[str, Any]]):
             p = int(self.sp[s])
         else:
             s = int(rng.choice(self.s_of[c]))
-        return {"raster": self.rasters[s], "photo": self.photos[p], "label": c, "photo_index": p,
-                "sketch_index": s, "instance": p, "own": int(self.sp[s] == p)}  # fmt: skip
+        return {
+            "raster": self.rasters[s],
+            "photo": self.photos[p],
+            "label": c,
+            "photo_index": p,
+            "sketch_index": s,
+            "instance": p,
+            "own": int(self.sp[s] == p),
+        }
 
 
 def collate_pairs(examples: Sequence[dict[str, Any]]) -> Batch:
@@ -117,13 +132,23 @@ def fit(
     sp = [p_index.get((it.label, it.pair), -1) for it in sk]
     sl, pl = [cls[str(it.label)] for it in sk], [cls[str(it.label)] for it in ph]
     with phase(f"loading {len(sk)} sketches and {len(ph)} photos"):
-        ds = PairDataset(load_arrays([item_input(it) for it in sk], False, pre), sl,
-                         load_arrays([item_input(it) for it in ph], True, pre), pl, sp,
-                         own_fraction=own_fraction, seed=cfg.seed)  # fmt: skip
+        ds = PairDataset(
+            load_arrays([item_input(it) for it in sk], False, pre),
+            sl,
+            load_arrays([item_input(it) for it in ph], True, pre),
+            pl,
+            sp,
+            own_fraction=own_fraction,
+            seed=cfg.seed,
+        )
     method.set_training_data(pl, sl, len(split.seen_classes), seed=cfg.seed)
     res = train(method, ds, cfg, collate_fn=collate_pairs, sampler=ClassBalancedSampler(pl, per_class, seed=cfg.seed))
-    return {"own_sketches": int(sum(j >= 0 for j in sp)), "train_seconds": round(res.seconds, 1), "device": res.device,
-            "last": res.history[-1] if res.history else {}}  # fmt: skip
+    return {
+        "own_sketches": int(sum(j >= 0 for j in sp)),
+        "train_seconds": round(res.seconds, 1),
+        "device": res.device,
+        "last": res.history[-1] if res.history else {},
+    }
 
 
 def instance_metrics(method: Method, coll: Collection, split: Split) -> dict[str, Any]:
@@ -131,9 +156,16 @@ def instance_metrics(method: Method, coll: Collection, split: Split) -> dict[str
     return {"instance": evaluate(method, coll, split, protocol="instance", ks=(1, 10))["main"]}
 
 
-RECIPES.register("gdh")(lambda: Recipe(
-    # batch 32 pairs and lr 2e-4 are the paper's (Sec. 4.1); iterations are ours, CPU-sized (the paper: 30 epochs)
-    method="gdh", fit=fit, iterations=200, batch_size=32, lr=2e-4,
-    split="heldout_instance", split_defaults={"heldout_groups": 1, "heldout_photos": 5},
-    extra_metrics=instance_metrics,
-))  # fmt: skip
+RECIPES.register("gdh")(
+    lambda: Recipe(
+        # batch 32 pairs and lr 2e-4 are the paper's (Sec. 4.1); iterations are ours, CPU-sized (the paper: 30 epochs)
+        method="gdh",
+        fit=fit,
+        iterations=200,
+        batch_size=32,
+        lr=2e-4,
+        split="heldout_instance",
+        split_defaults={"heldout_groups": 1, "heldout_photos": 5},
+        extra_metrics=instance_metrics,
+    )
+)

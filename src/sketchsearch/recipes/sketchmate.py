@@ -73,8 +73,12 @@ def fit(
             continue
         stage = replace(cfg, phase=phase, iterations=its, out=str(Path(cfg.out) / phase) if cfg.out else None)
         res = train(method, data, stage)
-        info["stages"][phase] = {"iterations": its, "seconds": round(res.seconds, 1), "device": res.device,
-                                 "last": res.history[-1] if res.history else {}}  # fmt: skip
+        info["stages"][phase] = {
+            "iterations": its,
+            "seconds": round(res.seconds, 1),
+            "device": res.device,
+            "last": res.history[-1] if res.history else {},
+        }
     info["train_seconds"] = round(sum(s["seconds"] for s in info["stages"].values()), 1)
     return info
 
@@ -91,9 +95,16 @@ def recognition_accuracy(method: SketchMate, coll: Collection, split: Split) -> 
     return {"recognition_acc": right / max(len(items), 1)}
 
 
-RECIPES.register("sketchmate")(lambda: Recipe(
-    method="sketchmate", fit=fit, iterations=300, batch_size=64, lr=1e-3,  # CPU-sized: the shipped model's
-    split="class_holdout", split_defaults={"unseen": 0.0, "query_frac": 0.1, "gallery_frac": 0.3},
-    method_defaults=lambda coll, split: {"n_classes": len(split.seen_classes) if split else len(coll.classes)},
-    extra_metrics=recognition_accuracy,
-))  # fmt: skip
+RECIPES.register("sketchmate")(
+    lambda: Recipe(
+        method="sketchmate",
+        fit=fit,
+        iterations=300,
+        batch_size=64,
+        lr=1e-3,  # CPU-sized: the shipped model's
+        split="class_holdout",
+        split_defaults={"unseen": 0.0, "query_frac": 0.1, "gallery_frac": 0.3},
+        method_defaults=lambda coll, split: {"n_classes": len(split.seen_classes) if split else len(coll.classes)},
+        extra_metrics=recognition_accuracy,
+    )
+)

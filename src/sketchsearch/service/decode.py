@@ -54,9 +54,7 @@ def parse_search_request(body: bytes, limits: Limits) -> tuple[SearchRequest, Sk
         )
     if req.strokes is None:
         return req, None
-    sketch = parse_strokes(
-        req.strokes, max_strokes=limits.max_strokes, max_points=limits.max_points, field="strokes"
-    )
+    sketch = parse_strokes(req.strokes, max_strokes=limits.max_strokes, max_points=limits.max_points, field="strokes")
     return req, sketch
 
 
@@ -84,9 +82,7 @@ def read_image(data: bytes, limits: Limits) -> Image.Image:
     except UnidentifiedImageError as e:
         raise HTTPException(422, f"image: that file is not a PNG or JPEG image: {_CHOOSE}") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's own header check
-        raise HTTPException(
-            413, "image: too large to decode safely: scale the picture down and choose it again"
-        ) from e
+        raise HTTPException(413, "image: too large to decode safely: scale the picture down and choose it again") from e
     except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt files
         raise HTTPException(
             422, f"image: the file is damaged (cut short or corrupt): save the drawing again, or {_CHOOSE}"

@@ -90,11 +90,7 @@ class BodySizeLimit:
                 except ValueError:
                     declared = -1
                 if declared < 0 or declared > self.max_bytes:
-                    msg = (
-                        "Content-Length is not a number"
-                        if declared < 0
-                        else str(_TooLarge(self.max_bytes).detail)
-                    )
+                    msg = "Content-Length is not a number" if declared < 0 else str(_TooLarge(self.max_bytes).detail)
                     resp = JSONResponse({"detail": msg}, status_code=400 if declared < 0 else 413)
                     await resp(scope, receive, send)
                     return

@@ -86,16 +86,12 @@ async def search(request: Request, state: State) -> JSONResponse:
         if sketch is None:  # a search by item: parse_search_request checked that it names one
             assert req.item is not None
             return await _search_response(col, req.item, req.k, {"item": req.item})
-        return await _search_response(
-            col, sketch, req.k, {"strokes": len(sketch.strokes), "points": sketch.n_points}
-        )
+        return await _search_response(col, sketch, req.k, {"strokes": len(sketch.strokes), "points": sketch.n_points})
     if ctype == "multipart/form-data":
         async with request.form(max_files=1, max_fields=8) as form:
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
-                raise HTTPException(
-                    422, "image: send the drawing as a file field named 'image' (PNG or JPEG)"
-                )
+                raise HTTPException(422, "image: send the drawing as a file field named 'image' (PNG or JPEG)")
             k = form_int(form.get("k"), "k", default=10)
             if k < 1:
                 raise HTTPException(422, f"k: must be >= 1, got {k}")
@@ -107,7 +103,8 @@ async def search(request: Request, state: State) -> JSONResponse:
         return await _search_response(col, img, k, {"width": img.size[0], "height": img.size[1]})
     raise HTTPException(
         415,
-        f"Content-Type {ctype or '(none)'!r} not supported: send application/json (strokes) or multipart/form-data (image)",
+        f"Content-Type {ctype or '(none)'!r} not supported: "
+        "send application/json (strokes) or multipart/form-data (image)",
     )
 
 
@@ -169,9 +166,7 @@ Query = Sketch | Image.Image | int
 """A drawing, a picture of one, or the id of an item of the collection."""
 
 
-def _run_search(
-    col: ServedCollection, query: Query, k: int
-) -> tuple[list[Hit], dict[int, dict[str, Any]], float]:
+def _run_search(col: ServedCollection, query: Query, k: int) -> tuple[list[Hit], dict[int, dict[str, Any]], float]:
     """Search under the collection's lock: the hits, their item rows and the ms it took.
 
     Hits carry label and source; an item's metadata (the ``meta`` field of its row, when the index stores
@@ -240,9 +235,7 @@ def _hit_out(col: ServedCollection, hit: Hit, meta: Mapping[str, str]) -> HitOut
     )
 
 
-async def _search_response(
-    col: ServedCollection, query: Query, k: int, qinfo: dict[str, int]
-) -> JSONResponse:
+async def _search_response(col: ServedCollection, query: Query, k: int, qinfo: dict[str, int]) -> JSONResponse:
     """Run the search in the thread pool and answer it as a :class:`SearchResponse` with Server-Timing."""
     try:
         hits, rows, took = await run_in_threadpool(_run_search, col, query, k)

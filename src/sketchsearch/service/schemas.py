@@ -75,9 +75,7 @@ class SearchRequest(BaseModel):
         description="search with an item of the collection as the query: its id (a hit's id); instead of strokes",
     )
     k: int = Field(default=10, ge=1, description="number of hits wanted (at most the server's max_k)")
-    collection: str | None = Field(
-        default=None, description="collection name; optional when only one is served"
-    )
+    collection: str | None = Field(default=None, description="collection name; optional when only one is served")
 
 
 class HitOut(BaseModel):
@@ -109,12 +107,8 @@ class SearchResponse(BaseModel):
     collection: str
     k: int
     metric: Metric
-    took_ms: float = Field(
-        description="time the search took on the server (encode + index search + labels), ms"
-    )
-    query: dict[str, int] = Field(
-        description="what was searched: strokes/points, or the image's width/height"
-    )
+    took_ms: float = Field(description="time the search took on the server (encode + index search + labels), ms")
+    query: dict[str, int] = Field(description="what was searched: strokes/points, or the image's width/height")
     hits: list[HitOut]
 
 

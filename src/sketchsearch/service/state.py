@@ -45,7 +45,8 @@ def check_name(name: str) -> None:
     """ValueError unless ``name`` is a valid collection name (it appears in URLs and thumbnail links)."""
     if not _NAME_RE.match(name):
         raise ValueError(
-            f"collection name {name!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            f"collection name {name!r} is not valid: "
+            "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
         )
 
 
@@ -87,9 +88,7 @@ def _presentation(name: str, retriever: Retriever) -> tuple[str, str | None]:
     collection fields (``index build --name/--title/--description``, read from the index's manifest by
     :meth:`Retriever.load`) when it has them; the title falls back to the name it is served under."""
     fields = retriever.collection or {}
-    title = next(
-        (v.strip() for k in ("title", "name") if isinstance(v := fields.get(k), str) and v.strip()), name
-    )
+    title = next((v.strip() for k in ("title", "name") if isinstance(v := fields.get(k), str) and v.strip()), name)
     description = fields.get("description")
     return title, description.strip() if isinstance(description, str) and description.strip() else None
 
@@ -126,9 +125,7 @@ class ServiceState:
         served: dict[str, ServedCollection] = {}
         for name, retriever in collections.items():
             check_name(name)
-            served[name] = ServedCollection(
-                name, retriever, threading.Lock(), *_presentation(name, retriever)
-            )
+            served[name] = ServedCollection(name, retriever, threading.Lock(), *_presentation(name, retriever))
         return cls(served, limits)
 
     def pick(self, name: str | None) -> ServedCollection:
@@ -136,9 +133,7 @@ class ServiceState:
         if name is None:
             if len(self.collections) == 1:
                 return next(iter(self.collections.values()))
-            raise HTTPException(
-                422, f"collection: several are served, name one of {sorted(self.collections)}"
-            )
+            raise HTTPException(422, f"collection: several are served, name one of {sorted(self.collections)}")
         col = self.collections.get(name)
         if col is None:
             raise HTTPException(404, f"collection {name!r} is not served; known: {sorted(self.collections)}")

@@ -76,7 +76,7 @@ __all__ = [
     "read_quickdraw_ndjson",
     "read_sketchrnn",
     "read_sketchy",
-]  # fmt: skip
+]
 
 _ = (images, omniglot, qmul, quickdraw, sketchrnn, sketchy)  # imported for their registrations
 
@@ -142,9 +142,7 @@ def _detect_folder(p: Path) -> str | None:
         return "quickdraw_ndjson"
     if ".bin" in suffixes:
         return "quickdraw_bin"
-    if ".npy" in suffixes or any(
-        f.suffix.lower() == ".npz" and _npz_kind(f) == "quickdraw_bitmap" for f in files
-    ):
+    if ".npy" in suffixes or any(f.suffix.lower() == ".npz" and _npz_kind(f) == "quickdraw_bitmap" for f in files):
         return "quickdraw_bitmap"
     if any(f.suffix.lower() == ".npz" and is_sketchrnn_npz(f) for f in files):
         return "sketchrnn"
@@ -167,10 +165,11 @@ def detect_format(path: str | Path) -> str:
     name = _detect_file(p) if p.is_file() else _detect_folder(p)
     if name is None or name not in READERS:
         raise FormatError(
-            p, None,
+            p,
+            None,
             f"cannot tell the data format from this {'file' if p.is_file() else 'folder'}; "
             f"known formats: {', '.join(known_formats())} (pass the format name explicitly)",
-        )  # fmt: skip
+        )
     return name
 
 

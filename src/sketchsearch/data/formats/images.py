@@ -72,9 +72,7 @@ PAPER_DARK_MAX = 40
 SOLID_MAX = 0.2
 
 
-def load_image(
-    path: str | Path, *, max_pixels: int | None = MAX_PIXELS, record: int | str | None = None
-) -> np.ndarray:
+def load_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS, record: int | str | None = None) -> np.ndarray:
     """Decode ``path`` to uint8: (H, W) for grey / bilevel images, (H, W, 3) RGB otherwise (alpha is
     composited on white, palettes expanded). ``record`` is used in the error (None: the file itself).
 
@@ -91,10 +89,11 @@ def load_image(
                 w, h = im.size
                 if limit is not None and w * h > limit:
                     raise FormatError(
-                        path, record,
+                        path,
+                        record,
                         f"refused: the image declares {w} x {h} = {w * h} pixels, more than the limit of {limit} "
                         "(a decompression bomb, or raise max_pixels)",
-                    )  # fmt: skip
+                    )
                 im.load()
                 if im.mode in ("1", "L", "I;16", "I", "F"):
                     arr = np.asarray(im.convert("L"))
@@ -149,12 +148,7 @@ class PixelStats:
 def pixel_stats(image: np.ndarray) -> PixelStats:
     """:class:`PixelStats` of a uint8 (H, W) grey or (H, W, 3) RGB image (as :func:`load_image` returns)."""
     arr = np.asarray(image)
-    if (
-        arr.dtype != np.uint8
-        or arr.ndim not in (2, 3)
-        or (arr.ndim == 3 and arr.shape[2] != 3)
-        or not arr.size
-    ):
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3) or not arr.size:
         raise ValueError(f"expected a non-empty uint8 (H, W) or (H, W, 3) image, got {arr.dtype} {arr.shape}")
     im = Image.fromarray(np.ascontiguousarray(arr))
     if max(im.size) > STATS_SIZE:
@@ -194,11 +188,7 @@ def iter_image_files(folder: str | Path) -> Iterator[Path]:
         return
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
-        if (
-            p.suffix.lower() in IMAGE_SUFFIXES
-            and p.is_file()
-            and not any(s.startswith(".") for s in rel.parts)
-        ):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not any(s.startswith(".") for s in rel.parts):
             yield p
 
 

@@ -54,8 +54,7 @@ def kanjivg_files() -> list[Path]:
         dist = importlib.metadata.distribution(_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError as e:
         raise FileNotFoundError(
-            f"the '{_DISTRIBUTION}' package is not installed (pip install {_DISTRIBUTION}); "
-            "it ships the SVG files"
+            f"the '{_DISTRIBUTION}' package is not installed (pip install {_DISTRIBUTION}); it ships the SVG files"
         ) from e
     files = [f for f in (dist.files or []) if f.parts[:1] == ("kanji",) and f.name.endswith(".svg")]
     return sorted((Path(str(dist.locate_file(f))) for f in files), key=lambda p: p.name)
@@ -148,9 +147,7 @@ def parse_kanjivg_svg(text: str | bytes, file: str | Path = "<string>", step: fl
         raise FormatError(file, None, f"not well-formed XML ({e}); expected a KanjiVG SVG document") from e
     if root.tag != f"{_SVG_NS}svg":
         raise FormatError(file, None, f"root element is <{root.tag}>, expected an SVG <svg> element")
-    group = next(
-        (g for g in root.iter(f"{_SVG_NS}g") if str(g.get("id", "")).startswith("kvg:StrokePaths")), None
-    )
+    group = next((g for g in root.iter(f"{_SVG_NS}g") if str(g.get("id", "")).startswith("kvg:StrokePaths")), None)
     if group is None:
         raise FormatError(file, None, "no <g id='kvg:StrokePaths_...'> group: not a KanjiVG stroke file")
     paths = list(group.iter(f"{_SVG_NS}path"))
@@ -168,9 +165,7 @@ def parse_kanjivg_svg(text: str | bytes, file: str | Path = "<string>", step: fl
         except ValueError as e:
             raise FormatError(file, record, f"bad path data {d[:60]!r}: {e}") from e
         if not polylines or all(len(p) < 2 for p in polylines):
-            raise FormatError(
-                file, record, f"path data {d[:60]!r} draws nothing (expected a move then a curve)"
-            )
+            raise FormatError(file, record, f"path data {d[:60]!r} draws nothing (expected a move then a curve)")
         strokes.extend(p for p in polylines if len(p) >= 2)
         types.append(next((v for key, v in el.attrib.items() if key.endswith("type")), None))
     stem = Path(str(file)).stem

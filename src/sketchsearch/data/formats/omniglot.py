@@ -105,11 +105,7 @@ def _layout_files(kind: str, root: Path) -> Iterator[tuple[Path, bool]]:
     in layout = at ``<alphabet>/<character>/<file>``."""
     for f in sorted(root.rglob("*")):
         rel = f.relative_to(root)
-        if (
-            f.suffix.lower() in _SUFFIXES[kind]
-            and f.is_file()
-            and not any(s.startswith(".") for s in rel.parts)
-        ):
+        if f.suffix.lower() in _SUFFIXES[kind] and f.is_file() and not any(s.startswith(".") for s in rel.parts):
             yield f, len(rel.parts) == 3
 
 
@@ -141,9 +137,7 @@ def omniglot_roots(path: str | Path) -> list[tuple[str, Path]]:
 def _items(kind: str, root: Path, strict: bool, on_error: OnError | None) -> Iterator[Item]:
     for f, in_layout in _layout_files(kind, root):
         if not in_layout:
-            where = (
-                f"{root.name}/<alphabet>/<character>/{'<name>.txt' if kind == 'strokes' else '<name>.png'}"
-            )
+            where = f"{root.name}/<alphabet>/<character>/{'<name>.txt' if kind == 'strokes' else '<name>.png'}"
             report(
                 FormatError(f, None, f"not in the Omniglot layout (expected {where}); not read"),
                 strict,

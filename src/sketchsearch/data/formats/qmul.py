@@ -51,8 +51,12 @@ def load_mat_images(path: str | Path, key: str = "data") -> np.ndarray:
         raise FormatError(path, None, f"no variable {key!r} in the .mat file")
     arr = mat[key]
     if not isinstance(arr, np.ndarray) or arr.ndim != 3 or arr.dtype != np.uint8:
-        raise FormatError(path, None, f"{key!r} must be uint8 (N, H, W), got {getattr(arr, 'shape', '?')} "
-                                      f"{getattr(arr, 'dtype', type(arr).__name__)}")  # fmt: skip
+        raise FormatError(
+            path,
+            None,
+            f"{key!r} must be uint8 (N, H, W), got {getattr(arr, 'shape', '?')} "
+            f"{getattr(arr, 'dtype', type(arr).__name__)}",
+        )
     return arr
 
 
@@ -62,11 +66,7 @@ def qmul_v1_categories(path: str | Path) -> list[Path]:
     require_exists(path)
     if path.is_dir() and any(path.glob("*_sketch_db_*.mat")):
         return [path]
-    return (
-        sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("*_sketch_db_*.mat")))
-        if path.is_dir()
-        else []
-    )
+    return sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("*_sketch_db_*.mat"))) if path.is_dir() else []
 
 
 def _photo_names(folder: Path, category: str, split: str, n: int) -> list[str] | None:
@@ -110,12 +110,16 @@ def _v1_items(
         edges = load(ed_path, "edge")
         if sketches is not None and edges is not None and len(edges) != len(sketches):
             # which file is wrong cannot be told, so neither is paired up: both are skipped
-            report(FormatError(
-                ed_path,
-                None,
-                f"{len(edges)} edge maps for {len(sketches)} sketches in {sk_path.name}; "
-                "expected one edge map per sketch (both files skipped)",
-            ), strict, on_error)  # fmt: skip
+            report(
+                FormatError(
+                    ed_path,
+                    None,
+                    f"{len(edges)} edge maps for {len(sketches)} sketches in {sk_path.name}; "
+                    "expected one edge map per sketch (both files skipped)",
+                ),
+                strict,
+                on_error,
+            )
             continue
         n = len(sketches) if sketches is not None else len(edges) if edges is not None else 0
         names = _photo_names(folder, category, split, n)
@@ -124,14 +128,24 @@ def _v1_items(
             meta = {"split": split, "index": i}
             if sketches is not None:
                 yield Item(
-                    f"{category}/{split}/sketch/{i}", category, "sketch", f"{sk_path}:{i}",
-                    image=np.ascontiguousarray(sketches[i]), pair=pair, meta=meta,
-                )  # fmt: skip
+                    f"{category}/{split}/sketch/{i}",
+                    category,
+                    "sketch",
+                    f"{sk_path}:{i}",
+                    image=np.ascontiguousarray(sketches[i]),
+                    pair=pair,
+                    meta=meta,
+                )
             if edges is not None:
                 yield Item(
-                    f"{category}/{split}/edge/{i}", category, "photo", f"{ed_path}:{i}",
-                    image=np.ascontiguousarray(edges[i]), pair=pair, meta={**meta, "kind": "edge_map"},
-                )  # fmt: skip
+                    f"{category}/{split}/edge/{i}",
+                    category,
+                    "photo",
+                    f"{ed_path}:{i}",
+                    image=np.ascontiguousarray(edges[i]),
+                    pair=pair,
+                    meta={**meta, "kind": "edge_map"},
+                )
 
 
 def read_qmul_v1(
@@ -154,9 +168,7 @@ def read_qmul_v1(
     if p.is_file():
         m = _V1_FILE.match(p.name)
         if not m:
-            raise FormatError(
-                p, None, "not a QMUL V1 image file; expected '<category>_{sketch,edge}_db_<split>.mat'"
-            )
+            raise FormatError(p, None, "not a QMUL V1 image file; expected '<category>_{sketch,edge}_db_<split>.mat'")
         if m["category"] != p.parent.name:  # ids and pairs are named by the category folder
             raise FormatError(p, None, f"expected the file inside a folder named {m['category']!r}")
         items = _v1_items(p.parent, (m["split"],), strict, on_error, (m["kind"],))
@@ -173,12 +185,7 @@ READERS.register("qmul_v1")(read_qmul_v1)
 
 def _chairv2_sketch(value: Any) -> Sketch:
     """(P, 3) ``[x, y, pen_lifted_after_point]`` -> Sketch; ValueError when it is not such an array."""
-    if (
-        not isinstance(value, np.ndarray)
-        or value.ndim != 2
-        or value.shape[1] != 3
-        or value.dtype.kind not in "iuf"
-    ):
+    if not isinstance(value, np.ndarray) or value.ndim != 2 or value.shape[1] != 3 or value.dtype.kind not in "iuf":
         raise ValueError(
             f"expected a numeric (P, 3) array [x, y, pen_lifted], got {getattr(value, 'shape', type(value).__name__)}"
         )
@@ -213,8 +220,15 @@ def read_qmul_chairv2(
         report(e, strict, on_error)
         return
     if not isinstance(data, dict):
-        report(FormatError(path, None, f"expected a pickled dict of '/<split>/<photo_id>_<k>' -> (P, 3) arrays, "
-                                       f"got {type(data).__name__}"), strict, on_error)  # fmt: skip
+        report(
+            FormatError(
+                path,
+                None,
+                f"expected a pickled dict of '/<split>/<photo_id>_<k>' -> (P, 3) arrays, got {type(data).__name__}",
+            ),
+            strict,
+            on_error,
+        )
         return
     n = 0
     limit = check_limit(limit)
@@ -223,9 +237,7 @@ def read_qmul_chairv2(
             return
         parts = key.strip("/").split("/") if isinstance(key, str) else []
         if len(parts) != 2 or "_" not in parts[1]:
-            report(
-                FormatError(path, repr(key), "key must look like '/<split>/<photo_id>_<k>'"), strict, on_error
-            )
+            report(FormatError(path, repr(key), "key must look like '/<split>/<photo_id>_<k>'"), strict, on_error)
             continue
         split, name = parts
         photo, k = name.rsplit("_", 1)

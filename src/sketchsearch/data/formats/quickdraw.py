@@ -70,9 +70,7 @@ def _numbers(values: Any, what: str) -> np.ndarray:
     return arr.astype(np.float64)
 
 
-def parse_quickdraw_record(
-    obj: Any, *, default_label: str | None = None
-) -> tuple[Sketch, str, dict[str, Any]]:
+def parse_quickdraw_record(obj: Any, *, default_label: str | None = None) -> tuple[Sketch, str, dict[str, Any]]:
     """One decoded QuickDraw JSON object -> (sketch, format name ``"raw"``/``"simplified"``, meta).
 
     Raises ValueError with the offending field named when the record is not a QuickDraw drawing.
@@ -162,9 +160,7 @@ def _read_ndjson_file(path: Path, strict: bool, on_error: OnError | None) -> Ite
                 report(FormatError(path, lineno, str(e)), strict, on_error)
                 continue
             key = obj.get("key_id")
-            item_id = (
-                str(key) if isinstance(key, (str, int)) and not isinstance(key, bool) else f"{stem}:{lineno}"
-            )
+            item_id = str(key) if isinstance(key, (str, int)) and not isinstance(key, bool) else f"{stem}:{lineno}"
             sketch.id = item_id
             meta["quickdraw_format"] = kind
             yield Item(item_id, sketch.label, "sketch", f"{path}:{lineno}", sketch=sketch, meta=meta)
@@ -261,9 +257,7 @@ def _as_bitmaps(arr: np.ndarray, path: Path, key: str | None) -> np.ndarray:
         raise FormatError(path, None, f"{what} has dtype {arr.dtype}, expected uint8 28x28 bitmaps")
     if arr.ndim >= 2 and int(np.prod(arr.shape[1:])) == 784 and arr.shape[-1] in (784, 28):
         return arr.reshape(len(arr), 28, 28)
-    raise FormatError(
-        path, None, f"{what} has shape {arr.shape}, expected (N, 784), (N, 1, 784) or (N, 1, 28, 28)"
-    )
+    raise FormatError(path, None, f"{what} has shape {arr.shape}, expected (N, 784), (N, 1, 784) or (N, 1, 28, 28)")
 
 
 def _npz_label_names(path: Path, data: Any, labels: np.ndarray) -> list[str] | None:
@@ -284,9 +278,7 @@ def _read_bitmap_file(path: Path, strict: bool, on_error: OnError | None) -> Ite
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 if "images" not in data.files or "labels" not in data.files:
-                    raise FormatError(
-                        path, None, f"expected arrays 'images' and 'labels', found {data.files}"
-                    )
+                    raise FormatError(path, None, f"expected arrays 'images' and 'labels', found {data.files}")
                 images = _as_bitmaps(data["images"], path, "images")
                 labels = np.asarray(data["labels"]).reshape(-1)
                 if len(labels) != len(images) or labels.dtype.kind not in "iu":
@@ -312,9 +304,7 @@ def _read_bitmap_file(path: Path, strict: bool, on_error: OnError | None) -> Ite
             li = int(labels[i])
             label = names[li] if names is not None and 0 <= li < len(names) else str(li)
         img = np.array(images[i])  # copy out of the memory map
-        yield Item(
-            f"{path.name}:{i}", label, "sketch", f"{path}:{i}", image=img, meta={"quickdraw_format": "bitmap"}
-        )
+        yield Item(f"{path.name}:{i}", label, "sketch", f"{path}:{i}", image=img, meta={"quickdraw_format": "bitmap"})
 
 
 def read_quickdraw_bitmap(
@@ -334,8 +324,13 @@ def read_quickdraw(
     path: str | Path, *, strict: bool = False, on_error: OnError | None = None, limit: int | None = None
 ) -> Iterator[Item]:
     """Any QuickDraw file, or every QuickDraw file directly in a folder, each read by its suffix."""
-    readers = {".ndjson": _read_ndjson_file, ".jsonl": _read_ndjson_file, ".bin": _read_bin_file,
-               ".npy": _read_bitmap_file, ".npz": _read_bitmap_file}  # fmt: skip
+    readers = {
+        ".ndjson": _read_ndjson_file,
+        ".jsonl": _read_ndjson_file,
+        ".bin": _read_bin_file,
+        ".npy": _read_bitmap_file,
+        ".npz": _read_bitmap_file,
+    }
     files = list(iter_quickdraw_files(path, tuple(readers)))
     if Path(path).is_file() and Path(path).suffix.lower() not in readers:
         raise FormatError(path, None, f"not a QuickDraw file; expected one of {', '.join(readers)}")

@@ -167,9 +167,7 @@ def _object_element(x: Any, i: int) -> Any:
         return _plain(x)
     if x is None or isinstance(x, (bool, int, float, np.generic)):
         return x  # numpy scalars were checked by _scalar
-    raise _Refused(
-        f"object array element {i} is a {type(x).__name__}; only numeric arrays and numbers are allowed"
-    )
+    raise _Refused(f"object array element {i} is a {type(x).__name__}; only numeric arrays and numbers are allowed")
 
 
 def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
@@ -296,9 +294,7 @@ def _read_header(fp: IO[bytes], path: Path, member: str) -> tuple[tuple[int, ...
     raise FormatError(path, member, f".npy format version {version} is not supported (expected 1.0 or 2.0)")
 
 
-def load_npz_untrusted(
-    path: str | Path, *, keys: Callable[[str], bool] | None = None
-) -> dict[str, np.ndarray]:
+def load_npz_untrusted(path: str | Path, *, keys: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
     """All arrays of an ``.npz``, object arrays included, without trusting pickle.
 
     Plain arrays are read by numpy with ``allow_pickle=False``; object arrays (``dtype=object``) are
@@ -339,9 +335,7 @@ def load_npz_untrusted(
                     raise
                 raise FormatError(path, key, f"unreadable array: {e}") from e
             if not isinstance(arr, np.ndarray):
-                raise FormatError(
-                    path, key, f"the pickled payload is a {type(arr).__name__}, expected an array"
-                )
+                raise FormatError(path, key, f"the pickled payload is a {type(arr).__name__}, expected an array")
             if arr.size != int(np.prod(shape)):
                 raise FormatError(path, key, f"array has {arr.size} elements, its header says shape {shape}")
             out[key] = arr.reshape(shape, order="F" if fortran else "C")

@@ -47,9 +47,7 @@ def _member_names(path: Path) -> set[str]:
 def _read_file(path: Path, splits: Sequence[str], strict: bool, on_error: OnError | None) -> Iterator[Item]:
     present = [s for s in splits if s in _member_names(path)]
     if not present:
-        raise FormatError(
-            path, None, f"no stroke-3 split in the file; expected arrays named {', '.join(splits)}"
-        )
+        raise FormatError(path, None, f"no stroke-3 split in the file; expected arrays named {', '.join(splits)}")
     for split in present:
         # one split at a time: a refused or corrupt member is a bad record, the other splits are still read
         try:
@@ -60,15 +58,19 @@ def _read_file(path: Path, splits: Sequence[str], strict: bool, on_error: OnErro
             report(e, strict, on_error)
             continue
         if arr.ndim != 1:
-            report(FormatError(path, split, f"expected a 1-d array of drawings, got shape {arr.shape}"),
-                   strict, on_error)  # fmt: skip
+            report(
+                FormatError(path, split, f"expected a 1-d array of drawings, got shape {arr.shape}"), strict, on_error
+            )
             continue
         for i, d in enumerate(arr):
             record = f"{split}:{i}"
             if not isinstance(d, np.ndarray) or d.ndim != 2 or d.shape[1] != 3 or d.dtype.kind not in "iuf":
                 shape = getattr(d, "shape", type(d).__name__)
-                report(FormatError(path, record, f"expected an (n, 3) numeric stroke-3 array, got {shape}"),
-                       strict, on_error)  # fmt: skip
+                report(
+                    FormatError(path, record, f"expected an (n, 3) numeric stroke-3 array, got {shape}"),
+                    strict,
+                    on_error,
+                )
                 continue
             if len(d) == 0:
                 report(FormatError(path, record, "empty drawing (no points)"), strict, on_error)

@@ -39,11 +39,7 @@ def _items(root: Path, folder: str, strict: bool, on_error: OnError | None) -> I
     base = root / folder
     for f in sorted(base.rglob("*")):
         rel = f.relative_to(base)
-        if (
-            f.suffix.lower() not in IMAGE_SUFFIXES
-            or not f.is_file()
-            or any(s.startswith(".") for s in rel.parts)
-        ):
+        if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file() or any(s.startswith(".") for s in rel.parts):
             continue
         if len(rel.parts) != 2:
             reason = f"not in the Sketchy layout (expected {folder}/<class>/<name>{f.suffix}); not read"
