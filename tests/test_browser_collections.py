@@ -11,17 +11,15 @@ Skips with a reason where chromium is not installed (``.ci/run`` installs it).
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _browser import headless_chromium, serving
 from PIL import Image
-from test_browser import CHROMIUM, FLAGS, open_page, result_labels, result_titles, wait_for_hits
+from test_browser import open_page, result_labels, result_titles, wait_for_hits
 
 from sketchsearch.cli import main
 from sketchsearch.cli.serve import collection_specs
@@ -76,41 +74,18 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server_url(folders: dict[str, Path]) -> Iterator[str]:
     """The six indexes served in one app, named as `sketchsearch serve --index ...` names them."""
-    import uvicorn
 
     specs = collection_specs(list(folders.values()), None, None)
     assert [name for name, _, _ in specs] == list(folders)  # the ids `index build --name` derived
     app = create_app(load_collections(specs))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start within 20 s")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run browser tests")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with headless_chromium() as b:
+        yield b
 
 
 def draw_sketch(page: Any, sketch: Sketch) -> None:
