@@ -129,9 +129,6 @@ def test_bad_input_is_refused_and_nothing_is_written(
         plt.close("all")  # the known leak: see the xfail test below
 
 
-@pytest.mark.xfail(
-    strict=True, reason="curves() opens its figure before checking the series, and leaks it on the error"
-)
 def test_curves_bad_series_is_refused_without_leaking_a_figure(tmp_path: Path) -> None:
     _, call, message = BAD[0]
     with pytest.raises(ValueError, match=message):

@@ -51,12 +51,14 @@ def curves(
 ) -> Path:
     """One line per entry of ``series`` (name -> y, same length as ``x``); ``spread`` (name -> std)
     draws a shaded band of +-1 std; ``ylim``: the y range (default: fitted to the data)."""
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
     xs = np.asarray(x, dtype=float)
-    for name, y in series.items():
+    for name, y in series.items():  # checked before a figure exists, so a bad series leaks none
         ys = np.asarray(y, dtype=float)
         if ys.shape != xs.shape:
             raise ValueError(f"series {name!r} has {ys.shape[0] if ys.ndim else 0} values for {len(xs)} x values")
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    for name, y in series.items():
+        ys = np.asarray(y, dtype=float)
         ax.plot(xs, ys, label=name)
         if spread and name in spread:
             s = np.asarray(spread[name], dtype=float)
