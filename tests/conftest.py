@@ -33,6 +33,15 @@ def _one_blas_thread():
         yield
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless chromium through Playwright, one per test module (skips with a reason without it)."""
+    from _browser import headless_chromium
+
+    with headless_chromium() as b:
+        yield b
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(123)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _browser import headless_chromium, serving
+from _browser import serving
 from test_service import build_retriever, drawing_image, png_bytes
 
 from sketchsearch.index.store import save_index
@@ -78,12 +78,6 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     app = create_app({"shapes": shapes, "long-names": long})
     with serving(app) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with headless_chromium() as b:
-        yield b
 
 
 def open_page(browser: Any, url: str, width: int = 1280, height: int = 860, **kw: Any) -> tuple[Any, list[str]]:

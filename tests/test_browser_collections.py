@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _browser import headless_chromium, serving
+from _browser import serving
 from PIL import Image
 from test_browser import open_page, result_labels, result_titles, wait_for_hits
 
@@ -80,12 +80,6 @@ def server_url(folders: dict[str, Path]) -> Iterator[str]:
     app = create_app(load_collections(specs))
     with serving(app) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with headless_chromium() as b:
-        yield b
 
 
 def draw_sketch(page: Any, sketch: Sketch) -> None:

@@ -35,19 +35,13 @@ from sketchsearch.train import TrainConfig, train
 S = 16  # synthetic image size
 
 
+#: GDH's networks at a size a test can train in a second
+TINY = {"image_size": S, "nbits": 16, "gen_width": 4, "gs_res": 1, "gi_res": 1, "disc_width": 4, "hash_width": 4}
+
+
 def tiny(**kw) -> GDH:
-    kw = {
-        "image_size": S,
-        "nbits": 16,
-        "gen_width": 4,
-        "gs_res": 1,
-        "gi_res": 1,
-        "disc_width": 4,
-        "hash_width": 4,
-        **kw,
-    }
     torch.manual_seed(0)
-    return create_method("gdh", **kw)  # type: ignore[return-value]
+    return create_method("gdh", **{**TINY, **kw})  # type: ignore[return-value]
 
 
 def pairs(n: int = 16, classes: int = 4, seed: int = 0) -> PairDataset:
@@ -323,13 +317,7 @@ def test_recipe_trains_and_reports_category_and_instance_metrics(tmp_path: Path)
         "device": "cpu",
         "progress": False,
         "heldout_photos": 3,
-        "image_size": S,
-        "nbits": 16,
-        "gen_width": 4,
-        "gs_res": 1,
-        "gi_res": 1,
-        "disc_width": 4,
-        "hash_width": 4,
+        **TINY,
         "triplet_weight": 1.0,
     }
     res = run_recipe("gdh", data, out=tmp_path / "run", **kw)
