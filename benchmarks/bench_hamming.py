@@ -3,8 +3,9 @@
     python benchmarks/bench_hamming.py [--sizes 100000 1000000 10000000] [--bits 64 128] [--queries 64]
                                        [--k 100] [--repeats 3] [--json] [--json-out PATH] [--md-out PATH]
 
-Rows: ``sketchsearch`` (this project's scan, the index backend ``numba``), ``faiss-raw`` (a plain
-``faiss.IndexBinaryFlat``, its ``search`` called as it is: the speed reference, ``speedup_vs_faiss``),
+Rows: ``numba`` (this project's scan, the index backend ``numba``; results before 2026-12 named it
+``sketchsearch``), ``faiss-raw`` (a plain ``faiss.IndexBinaryFlat``, its ``search`` called as it is: the
+speed reference, ``speedup_vs_faiss``),
 ``faiss`` (this project's faiss backend: the same index made tie-exact, which asks for extra hits and
 sorts ties by id; the reference for *results*), ``numpy`` (the reference implementation).
 
@@ -35,8 +36,8 @@ from _common import machine_info, markdown_table, write_atomic
 
 from sketchsearch.index import create_index
 
-#: Row name -> index backend (None: the plain faiss index below). Row names stay as in earlier results.
-BACKENDS = {"sketchsearch": "numba", "faiss-raw": None, "faiss": "faiss", "numpy": "numpy"}
+#: Row name -> index backend (None: the plain faiss index below).
+BACKENDS = {"numba": "numba", "faiss-raw": None, "faiss": "faiss", "numpy": "numpy"}
 
 
 class RawFaiss:
