@@ -430,5 +430,5 @@ def test_bench_hamming_json_is_the_only_stdout(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
-    assert {r["backend"] for r in rows} == {"sketchsearch", "faiss-raw", "faiss", "numpy"}
+    assert {r["backend"] for r in rows} == {"numba", "faiss-raw", "faiss", "numpy"}
     assert "ms/query" in out.stderr
