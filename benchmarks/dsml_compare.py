@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA_ROOT, RESULTS, machine_info, write_atomic, write_results
+from _common import DATA_ROOT, RESULTS, machine_info, table_markdown, write_atomic, write_results
 
 from sketchsearch.data.sources import load_collection
 from sketchsearch.data.splits import make_split
@@ -197,7 +197,7 @@ def write(stem: Path, payload: dict[str, Any]) -> None:
         "mAP@all",
         "train s",
     ]
-    write_results(stem, payload, cols, payload["title"])
+    write_results(stem, payload, table_markdown(payload, cols, payload["title"]))
     p = payload["protocol"]
     ds = "; ".join(
         f"{k}: {v['seen_classes']} seen classes ({v['train']} train, {v['query']} queries / {v['gallery']} gallery), "
