@@ -7,6 +7,7 @@ Written once per save by :func:`write_items` (rows checked by :func:`item_row`),
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,6 +56,13 @@ def item_row(item: Mapping[str, Any], n: int) -> tuple[int, str | None, str | No
         v = item.get(key)
         if v is not None and not isinstance(v, str):
             v = str(v)
+        if v is not None and not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:  # a file name that is not UTF-8, read with surrogateescape
+                raise IndexArgumentError(
+                    f"not valid UTF-8: {os.fsencode(v)!r}; rename the file it names", f"items[{n}].{key}"
+                ) from None
         row.append(v)
     thumb = item.get("thumbnail")
     if thumb is not None:
