@@ -18,7 +18,8 @@ and only those older than the lock's acquisition are touched (``.old-*`` only wh
 since it is the only copy otherwise).
 
 **Permissions.** A new folder follows the umask (``tempfile.mkdtemp`` makes 0700; it is opened up to
-``0o777 & ~umask``); a replaced folder keeps the modes of the one it replaces, so a ``chmod`` sticks.
+``0o777 & ~umask``, its files ``0o666 & ~umask``); a replaced folder keeps the modes of the one it
+replaces, so a ``chmod`` sticks.
 
 **Paths.** A symlink given as the folder is followed: its target is written, the link stays
 (:func:`target`). A path that is not valid UTF-8 is refused before anything is done
@@ -251,7 +252,10 @@ def set_modes(tmp: Path, like: Path | None) -> None:
             if old.is_file():
                 os.chmod(p, stat.S_IMODE(old.stat().st_mode))
         return
-    os.chmod(tmp, 0o777 & ~umask())
+    mask = umask()
+    os.chmod(tmp, 0o777 & ~mask)
+    for p in tmp.iterdir():  # SQLite creates its file 0644 & ~umask, whatever the umask allows
+        os.chmod(p, 0o666 & ~mask)
 
 
 def swap_in(tmp: Path, folder: Path) -> None:
