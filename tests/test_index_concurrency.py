@@ -196,3 +196,52 @@ def test_a_killed_writers_temp_folder_is_removed_by_the_next_writer(index: tuple
     res = CliRunner().invoke(app, ["index", "add", str(idx), "--data", str(data / "w0-0.ndjson")])
     assert res.exit_code == 0, res.output
     assert not stale.exists() and len(load_index(idx)[0]) == 4 + PER_ADD
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["atomic-exchange", "two-renames"])
+def test_loads_never_fail_while_saves_swap_generations_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+) -> None:
+    """In one process: a thread saves 25 generations of growing size while this one loads the folder over
+    and over; with Linux's atomic exchange and with the two renames used where it is missing."""
+    import threading
+
+    from sketchsearch.index import create_index, folder
+    from sketchsearch.index.store import save_index
+
+    if not exchange:
+        monkeypatch.setattr(folder, "_exchange", lambda a, b: False)
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, size=(60, 8), dtype=np.uint8)
+
+    def generation(n: int) -> object:
+        index = create_index("numpy", nbits=64)
+        index.add(codes[:n], np.arange(n))
+        return index
+
+    idx = save_index(generation(10), tmp_path / "idx", model_id="m")  # type: ignore[arg-type]
+    done, failures = threading.Event(), []
+
+    def writer() -> None:
+        try:
+            for n in range(11, 36):
+                save_index(generation(n), idx, model_id="m")  # type: ignore[arg-type]
+        except Exception as e:  # noqa: BLE001 - any failure of the writer is reported below
+            failures.append(e)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    sizes, errors = set(), []
+    while not done.is_set() or not sizes:
+        try:
+            index, items = load_index(idx)
+            sizes.add(len(index))
+            items.close()
+        except IndexError_ as e:
+            errors.append(str(e))
+    t.join()
+    assert not failures and not errors, (failures, errors[:3])
+    assert len(sizes) >= 2 and len(load_index(idx)[0]) == 35  # it read while generations changed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".idx.lock", "idx"]
