@@ -6,6 +6,7 @@ description, adding and removing items, one writer at a time."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,12 @@ def test_force_name_title_description_add_remove(drawings: dict[str, Path], tmp_
     assert "give the items to remove" in _fails("index", "remove", idx)
     assert len(Retriever.load(idx)) == 8  # refused changes changed nothing
 
-    with write_lock(idx):  # another writer at work
-        text = _fails("index", "add", idx, "--data", data)
-    assert "another command is changing this index" in text
+    with write_lock(idx):  # another writer at work (this thread's lock is re-entrant: another thread waits)
+        box: list[str] = []
+        t = threading.Thread(
+            target=lambda: box.append(_fails("index", "add", idx, "--data", data, "--lock-timeout", 0.2))
+        )
+        t.start()
+        t.join()
+    assert f"another command is changing this index (it holds {idx.parent / '.index.lock'})" in box[0]
+    assert "did not finish within 0.2 s" in box[0] and len(Retriever.load(idx)) == 8

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 # Modules whose commands are plain decorators on `app` / `data_app`.
-from . import core  # noqa: F401
+from . import core, index  # noqa: F401
 from .app import app, data_app
 
 # Modules that expose `register(app)`, owned by the method / service code they drive.

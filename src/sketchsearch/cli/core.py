@@ -1,14 +1,13 @@
-"""Core commands: data info, train, index build / add / remove / info, search, models."""
+"""Core commands: data info, train, search, models (the index commands are in :mod:`.index`)."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
-from rich.markup import escape
 
 from ..errors import FormatError, InvalidSketchError
 from .app import (
@@ -16,19 +15,12 @@ from .app import (
     Reporter,
     app,
     command_line,
-    console,
     data_app,
     friendly_errors,
-    index_app,
     parse_sets,
     print_json,
     print_table,
 )
-
-if TYPE_CHECKING:
-    from ..data.collection import Collection
-    from ..data.formats.base import Item
-    from ..retrieval import Retriever
 
 # ---------------------------------------------------------------------------------------------- data
 MODALITY_HELP = (
@@ -185,281 +177,6 @@ def set_keys_text(options: dict[str, dict[str, Any]]) -> str:
     return "; ".join(
         f"{kind}: " + ", ".join(f"{k}={default(v)}" for k, v in opts.items()) for kind, opts in options.items() if opts
     )
-
-
-# ---------------------------------------------------------------------------------------------- index
-def _reads_photos(method: object) -> bool:
-    """Whether ``method`` has a photo branch (it overrides ``Method.encode_photo``)."""
-    from ..methods.base import Method
-
-    return type(method).encode_photo is not Method.encode_photo
-
-
-def _read_for_model(
-    r: Retriever, model: str, data: str, *, modality: str, strict: bool, limit: int | None
-) -> tuple[Collection, list[Item]]:
-    """The items of ``data`` as the retriever's model reads them: (the Collection, the items to encode).
-
-    ``auto`` means drawings for a model without a photo branch (``photo`` is refused), each image judged
-    from its pixels for one with. A model that reads stroke order reads the strokes of drawings given as
-    images traced from their pixels (:mod:`sketchsearch.data.trace`; a note on stderr says how many)."""
-    from ..data.sources import load_collection
-
-    _check_modality(modality)
-    if not _reads_photos(r.method):
-        if modality == "photo":
-            raise typer.BadParameter(f"--modality photo: {model} encodes drawings only; use --modality auto or sketch")
-        modality = "sketch"
-    res = load_collection(data, strict=strict, limit=limit, modality=modality)
-    items = list(res.items)
-    if not items:
-        what = "items" if modality == "auto" else f"{modality} items"
-        raise InvalidSketchError(f"{data}: no {what} to index ({res.skipped} bad records skipped)", "data")
-    if "points" in r.method.preprocessing.inputs:
-        flat = sum(it.sketch is None for it in items)
-        if flat:
-            console.print(
-                f"note: {escape(model)} reads stroke order: the strokes of {flat} images are traced from their pixels",
-                highlight=False,
-                soft_wrap=True,
-            )
-    return res, items
-
-
-def _encode_into(r: Retriever, items: list[Item], reporter: Reporter) -> None:
-    """Encode ``items`` (data Items) into the retriever, each modality through its own branch, in chunks,
-    keeping label, source, metadata and a thumbnail of each; a bar on stderr (``reporter``)."""
-    from ..data.batching import item_input
-
-    step = 512
-    with reporter.steps() as update:
-        for s in range(0, len(items), step):
-            chunk = items[s : s + step]
-            for kind in ("sketch", "photo"):  # each modality through its own encoder branch
-                part = [i for i in chunk if i.modality == kind]
-                if part:
-                    r.add(
-                        [item_input(i) for i in part],
-                        labels=[i.label for i in part],
-                        sources=[i.source for i in part],
-                        metas=[i.meta for i in part],
-                        modality=kind,
-                        thumbnails=True,
-                    )
-            update("encoding", s + len(chunk), len(items))
-
-
-#: bad records ``index build`` / ``add`` name on stderr (``data info`` lists them all)
-SHOWN_ERRORS = 10
-
-
-def _report_skipped(res: Collection, data: str) -> None:
-    """One plain line on stderr per bad record skipped (the first :data:`SHOWN_ERRORS`), then how many more."""
-    for e in res.errors[:SHOWN_ERRORS]:
-        console.print(f"skipped {e}", highlight=False, markup=False, soft_wrap=True)
-    if res.skipped > SHOWN_ERRORS:
-        console.print(
-            f"... and {res.skipped - SHOWN_ERRORS} more: `sketchsearch data info {data}` lists them",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
-
-
-def _bad_records(n: int) -> str:
-    return f"skipped {n} bad record{'' if n == 1 else 's'}"
-
-
-def _modalities(items: list[Item]) -> dict[str, int]:
-    n_photo = sum(it.modality == "photo" for it in items)
-    return {"drawings": len(items) - n_photo, "photos": n_photo}
-
-
-def _counts(items: list[Item]) -> str:
-    return "{drawings} drawings, {photos} photos".format(**_modalities(items))
-
-
-@index_app.command("build")
-@friendly_errors
-def index_build(
-    model: str = typer.Option(..., "--model", help="Model artifact name or path."),
-    data: str = typer.Option(..., "--data", help="Data path, or 'default'."),
-    out: Path = typer.Option(..., "--out", help="Index folder to write (refused when it exists, unless --force)."),
-    limit: int | None = typer.Option(None, help="Index at most this many items."),
-    strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record."),
-    backend: str = typer.Option(
-        "numba", help="Hamming backend: numba (the compiled scan), faiss or numpy ('sketchsearch' = numba)."
-    ),
-    modality: str = typer.Option(
-        "auto",
-        "--modality",
-        help=MODALITY_HELP + " A model without a photo branch reads every image as a drawing.",
-    ),
-    name: str | None = typer.Option(
-        None,
-        "--name",
-        help="The collection's name, spaces allowed (default: the --out folder's name, or the data's when "
-        "that is a word like 'index' or 'out'); its URL-safe id (slug) is derived from it.",
-    ),
-    title: str | None = typer.Option(
-        None, "--title", help="The heading to show for the collection (default: its name)."
-    ),
-    description: str | None = typer.Option(None, "--description", help="A sentence or two about the collection."),
-    force: bool = typer.Option(False, "--force", help="Replace the index already at --out."),
-    as_json: bool = typer.Option(
-        False,
-        "--json",
-        help="Print the result as JSON: index, count, drawings, photos, name, slug, title, description, "
-        "skipped, errors.",
-    ),
-    quiet: bool = QUIET,
-) -> None:
-    """Encode a collection with a model and write an on-disk index.
-
-    The index folder holds codes, ids and items (label, source, metadata, thumbnail) and, in its manifest,
-    the collection's name, slug, title and description. The result is a line on stdout (or --json); bad
-    records skipped are named on stderr."""
-    from ..errors import IndexArgumentError
-    from ..index.store import collection_fields, default_collection_name, write_lock
-    from ..retrieval import Retriever
-
-    try:
-        fields = collection_fields(name if name is not None else default_collection_name(out, data), title, description)
-    except IndexArgumentError as e:
-        raise typer.BadParameter(f"--{e.field}: {e.reason}") from None
-    with write_lock(out):
-        if out.exists() and (out.is_file() or any(out.iterdir())) and not force:
-            raise typer.BadParameter(
-                f"--out {out}: already exists; pass --force to replace it, or add to it with "
-                f"`sketchsearch index add {out} --data ...`"
-            )
-        r = Retriever.from_model(model, backend=backend)
-        r.collection = fields
-        res, items = _read_for_model(r, model, data, modality=modality, strict=strict, limit=limit)
-        _encode_into(r, items, Reporter(quiet))
-        r.save(out)
-    if as_json:
-        print_json(
-            {
-                "index": str(out),
-                "count": len(r),
-                **_modalities(items),
-                **fields,
-                "skipped": res.skipped,
-                "errors": res.error_dicts(),
-            }
-        )
-        return
-    typer.echo(
-        f"indexed {len(r)} items ({_counts(items)}) into {out}: {fields['name']!r} "
-        f"(id {fields['slug']}); {_bad_records(res.skipped)}"
-    )
-    _report_skipped(res, data)
-
-
-@index_app.command("add")
-@friendly_errors
-def index_add(
-    folder: Path = typer.Argument(..., help="Index folder (made by `sketchsearch index build`)."),
-    data: str = typer.Option(..., "--data", help="Data path: its items are encoded with the index's model."),
-    limit: int | None = typer.Option(None, help="Add at most this many items."),
-    strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record."),
-    modality: str = typer.Option("auto", "--modality", help=MODALITY_HELP),
-    duplicates: bool = typer.Option(
-        False,
-        "--duplicates",
-        help="Also add items whose source (path relative to --data) the index already holds.",
-    ),
-    as_json: bool = typer.Option(
-        False,
-        "--json",
-        help="Print the result as JSON: index, added, drawings, photos, already_there, count, skipped, errors.",
-    ),
-    quiet: bool = QUIET,
-) -> None:
-    """Add the items of --data to an index, with the index's model.
-
-    The folder is rewritten atomically. Items whose source is already in the index are left as they are (so
-    adding a folder again adds only its new files), unless --duplicates."""
-    from ..index.store import write_lock
-    from ..retrieval import Retriever
-
-    with write_lock(folder):
-        r = Retriever.load(folder)
-        res, read = _read_for_model(r, str(r.model_name), data, modality=modality, strict=strict, limit=limit)
-        items = read
-        if not duplicates:
-            present = r.store.ids_with_sources([it.source for it in items])
-            items = [it for it in items if it.source not in present]
-        if items:
-            _encode_into(r, items, Reporter(quiet))
-            r.save(folder)
-    kept = len(read) - len(items)
-    if as_json:
-        print_json(
-            {
-                "index": str(folder),
-                "added": len(items),
-                **_modalities(items),
-                "already_there": kept,
-                "count": len(r),
-                "skipped": res.skipped,
-                "errors": res.error_dicts(),
-            }
-        )
-        return
-    again = f"; {kept} already there by source, left as they are (--duplicates adds them)" if kept else ""
-    typer.echo(
-        f"added {len(items)} items ({_counts(items)}) to {folder}, {len(r)} in all{again}; {_bad_records(res.skipped)}"
-    )
-    _report_skipped(res, data)
-
-
-@index_app.command("remove")
-@friendly_errors
-def index_remove(
-    folder: Path = typer.Argument(..., help="Index folder."),
-    ids: list[int] | None = typer.Option(None, "--id", help="An item id, as `search` shows it (repeatable)."),
-    sources: list[str] | None = typer.Option(
-        None,
-        "--source",
-        help="An item source, as `search` shows it: its path relative to the data (repeatable).",
-    ),
-) -> None:
-    """Remove items from an index by id or by source (the folder is rewritten atomically)."""
-    from ..index.store import write_lock
-    from ..retrieval import Retriever
-
-    if not ids and not sources:
-        raise typer.BadParameter("give the items to remove: --id ID and/or --source PATH (each repeatable)")
-    with write_lock(folder):
-        r = Retriever.load(folder)
-        stored = {int(i) for i in r.index.ids}
-        unknown = [i for i in ids or [] if i not in stored]
-        if unknown:
-            raise typer.BadParameter(
-                f"--id {unknown[0]}: no item of {folder} has this id (ids are those `search` shows)"
-            )
-        found = r.store.ids_with_sources(sources or [])
-        missing = [s for s in sources or [] if s not in found]
-        if missing:
-            raise typer.BadParameter(
-                f"--source {missing[0]!r}: no item of {folder} has this source (a path relative to the data it "
-                "was indexed from, as `search` shows it)"
-            )
-        gone = sorted(set(ids or []) | {i for s in found.values() for i in s})
-        r.remove(gone)
-        r.save(folder)
-    typer.echo(f"removed {len(gone)} items from {folder}, {len(r)} left")
-
-
-@index_app.command("info")
-@friendly_errors
-def index_info(folder: Path = typer.Argument(..., help="Index folder.")) -> None:
-    """Print an index's manifest: model, counts, the collection's name, slug, title and description."""
-    from ..index.store import read_manifest
-
-    print_json(read_manifest(folder))
 
 
 # ---------------------------------------------------------------------------------------------- search

@@ -30,19 +30,24 @@ codes.npy and ids.npy; loading makes ``create_index(backend, **config)`` and han
 before the backend was renamed still load: binary ones say "backend": "sketchsearch" (an alias of
 "numba"), dense ones have no "backend" (the dense index is meant).
 
-**Atomic save.** Everything is written into a temporary folder beside the target (same file
-system), each file fsync'ed, then the folder is renamed into place; an existing index is first
-renamed aside and deleted only after the new one is in place. A failure at any point before the
-final rename leaves the old index untouched. (Between the two renames a crash can leave the old
-index at ``.<name>.old-*`` beside the target; ``load_index`` says so if the target is missing.)
+**Atomic save.** Everything is written into a temporary folder ``.<name>.tmp-*`` beside the target (same
+file system), each file fsync'ed, then swapped into place (:func:`~sketchsearch.index.folder.swap_in`: one
+atomic exchange on Linux, else two renames); the previous generation is deleted afterwards. A failure at
+any point before the swap (a full disk, no permission) leaves the old index untouched and is reported as
+IndexError_ naming the file; no temporary folder is left. A symlink given as the folder is followed.
 
 **Verification.** ``load_index(verify=True)`` (the default) recomputes the SHA-256 of every file
 and refuses the index on any mismatch, naming the file. This reads every byte once: about 0.1 s
 per 100 MB (10 million 64-bit codes are 80 MB of codes + 80 MB of ids) on one core. Pass
 ``verify=False`` to skip it for a trusted index (shapes, dtypes and the manifest are still checked).
 
-**Writers.** :func:`write_lock` lets one command at a time change a folder (``index build``, ``add``,
-``remove``: load, change, save under the lock); readers need no lock (they see the old folder or the new).
+**Writers and readers.** Every save holds the folder's write lock
+(:func:`~sketchsearch.index.folder.write_lock`, which waits for another writer); to change an index, hold
+it around load, change and save (``index build``, ``add``, ``remove`` do), so that ids are allocated from
+the latest generation. Readers take no lock: each save writes a new random "generation" into the
+manifest, and ``load_index`` retries when the folder changed while it was read, so a swap is never
+reported as corruption (real corruption still is). The folder's modes follow the umask (a replaced
+folder keeps the modes it had); leftovers of killed writers are removed by the next writer.
 
 **Models.** The manifest records the id of the model that made the codes; ``load_index(...,
 expected_model_id=...)`` refuses an index from another model.
@@ -58,14 +63,12 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
-import threading
-import unicodedata
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,7 +77,18 @@ import numpy as np
 
 from sketchsearch.errors import IndexArgumentError, IndexError_
 
-from .base import Index, create_index, state_arrays
+from .base import ALIASES, Index, create_index, list_indexes, state_arrays
+from .collection import (
+    COLLECTION_FIELDS,
+    GENERIC_NAMES,
+    collection_fields,
+    default_collection_name,
+    slugify,
+)
+from .folder import _fsync_dir, check_path, os_reason, set_modes, swap_in, write_lock
+from .items import ItemStore, json_default
+from .items import item_row as _item_row
+from .items import write_items as _write_items
 
 __all__ = [
     "COLLECTION_FIELDS",
@@ -96,41 +110,13 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CODES, IDS, ITEMS = "codes.npy", "ids.npy", "items.sqlite"
 DATA_FILES = (CODES, IDS, ITEMS)
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: seconds a load keeps retrying while writers swap new generations in under it
+READ_RETRY_S = 10.0
 
 #: Per kind: the manifest fields that hold the index's ``config()``, and the backend meant by a
 #: manifest without "backend" (dense manifests written before the dense index was registered).
 CONFIG_FIELDS = {"binary": ("nbits",), "dense": ("dim", "metric")}
 DEFAULT_BACKEND = {"binary": "numba", "dense": "dense"}
-#: The manifest's optional fields that present the collection (see the module docstring).
-COLLECTION_FIELDS = ("name", "slug", "title", "description")
-#: Folder names that say nothing about a collection: an index folder so called does not name it.
-GENERIC_NAMES = frozenset(
-    {
-        "",
-        "index",
-        "indexes",
-        "indices",
-        "idx",
-        "out",
-        "output",
-        "outputs",
-        "build",
-        "tmp",
-        "temp",
-        "new",
-        "result",
-        "results",
-        "run",
-        "runs",
-        "data",
-        "dataset",
-        "db",
-        "collection",
-        "folder",
-    }
-)
-MAX_NAME_CHARS, MAX_DESCRIPTION_CHARS, MAX_SLUG_CHARS = 200, 2000, 64
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -151,29 +137,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
-
 def _index_kind(index: object) -> str:
     """The manifest's "kind" of an index: "binary" (Hamming metric) or "dense"."""
     if not isinstance(index, Index):
@@ -188,224 +151,18 @@ def _backups(folder: Path) -> list[Path]:
     return sorted(folder.parent.glob(f".{folder.name}.old-*"))
 
 
-# ---------------------------------------------------------------------------------------------- collection
-def slugify(name: str) -> str:
-    """A URL-safe id for ``name``: accents dropped, lowercase ASCII letters and digits, other runs as ``-``,
-    at most 64 characters (``"Merchant marks of Bristol"`` -> ``"merchant-marks-of-bristol"``). A name with
-    no Latin letters or digits gets ``collection-`` and 8 hex digits of its SHA-256."""
-    text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii").lower()
-    slug = re.sub(r"[^a-z0-9]+", "-", text).strip("-")[:MAX_SLUG_CHARS].rstrip("-")
-    return slug or f"collection-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
-
-
-def _says_something(name: str) -> bool:
-    """False for folder names such as ``index``, ``idx2``, ``out-1`` (:data:`GENERIC_NAMES`, digits aside)."""
-    return re.sub(r"[\W_\d]+$", "", name.lower()) not in GENERIC_NAMES
-
-
-def default_collection_name(out: str | Path, data: str | Path) -> str:
-    """The name of a collection indexed from ``data`` into ``out`` when none is given: the index folder's
-    name when it says something (not ``index``, ``idx``, ``out`` ...: :data:`GENERIC_NAMES`), else the
-    data's name (a folder's name, a file's stem; ``default`` / ``kanjivg`` for the built-in sources)."""
-    out_name = Path(out).resolve().name
-    if _says_something(out_name):
-        return out_name
-    data_path = Path(data)
-    if str(data) in ("default", "kanjivg"):
-        return str(data)
-    data_name = data_path.resolve().stem if data_path.is_file() else data_path.resolve().name
-    return data_name or out_name or "collection"
-
-
-def _text(value: str | None, key: str, limit: int, one_line: bool) -> str | None:
-    """``value`` stripped (runs of white space as one space when ``one_line``), None when empty."""
-    if value is None:
-        return None
-    text = " ".join(value.split()) if one_line else value.strip()
-    if len(text) > limit:
-        raise IndexArgumentError(f"at most {limit} characters, got {len(text)}", key)
-    return text or None
-
-
-def collection_fields(name: str, title: str | None = None, description: str | None = None) -> dict[str, Any]:
-    """The manifest's collection fields: ``name`` and ``title`` on one line (white space runs as one space),
-    the ``slug`` of the name, ``title`` defaulting to the name, ``description`` (None when empty).
-    IndexArgumentError naming ``name`` / ``title`` / ``description`` for an empty name or text over its
-    length limit (200 characters; description 2000)."""
-    clean = _text(name, "name", MAX_NAME_CHARS, one_line=True)
-    if clean is None:
-        raise IndexArgumentError(f"a non-empty name is needed, got {name!r}", "name")
-    return {
-        "name": clean,
-        "slug": slugify(clean),
-        "title": _text(title, "title", MAX_NAME_CHARS, one_line=True) or clean,
-        "description": _text(description, "description", MAX_DESCRIPTION_CHARS, one_line=False),
-    }
-
-
-@contextmanager
-def write_lock(folder: str | Path) -> Iterator[None]:
-    """Hold the write lock of the index folder ``folder`` (the file ``.<name>.lock`` beside it, created when
-    missing and left in place) for the block; IndexError_ at once when another process holds it."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = folder.parent / f".{folder.name}.lock"
-    with open(lock, "a+b") as f:
-        try:
-            if os.name == "nt":  # pragma: no cover - Windows
-                import msvcrt
-
-                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise IndexError_(
-                f"{folder}: another command is changing this index (it holds {lock}); run again when it has finished"
-            ) from None
-        yield  # the lock goes with the file's closing
-
-
-# ---------------------------------------------------------------------------------------------- items
-_SCHEMA = (
-    (
-        "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT, source TEXT, thumbnail BLOB, extra TEXT NOT NULL, "
-        "meta TEXT)"
-    ),
-    "CREATE INDEX items_source ON items (source)",
-)
-_ITEM_KEYS = ("id", "label", "source", "thumbnail", "meta")
-
-
-def _item_row(item: Mapping[str, Any], n: int) -> tuple[int, str | None, str | None, bytes | None, str, str | None]:
-    """One item dict -> a row; errors name ``items[n].field``."""
-    if not isinstance(item, Mapping):
-        raise IndexArgumentError(f"expected a dict, got {type(item).__name__}", f"items[{n}]")
-    iid = item.get("id")
-    if isinstance(iid, bool) or not isinstance(iid, (int, np.integer)) or iid < 0:
-        raise IndexArgumentError(f"expected an integer id >= 0, got {iid!r}", f"items[{n}].id")
-    row: list[Any] = [int(iid)]
-    for key in ("label", "source"):
-        v = item.get(key)
-        if v is not None and not isinstance(v, str):
-            v = str(v)
-        row.append(v)
-    thumb = item.get("thumbnail")
-    if thumb is not None:
-        if not isinstance(thumb, (bytes, bytearray, memoryview)) or not bytes(thumb[:8]) == PNG_MAGIC:
-            raise IndexArgumentError("expected PNG bytes (or None)", f"items[{n}].thumbnail")
-        thumb = bytes(thumb)
-    row.append(thumb)
-    extra = {k: v for k, v in item.items() if k not in _ITEM_KEYS}
-    try:
-        row.append(json.dumps(extra, default=_json_default, sort_keys=True))
-    except (TypeError, ValueError) as e:
-        raise IndexArgumentError(f"extra fields must be JSON-serialisable: {e}", f"items[{n}]") from None
-    meta = item.get("meta")
-    if meta is not None and not isinstance(meta, Mapping):
-        raise IndexArgumentError(f"expected a dict of fields (or None), got {type(meta).__name__}", f"items[{n}].meta")
-    try:
-        row.append(json.dumps(dict(meta), default=_json_default, sort_keys=True, ensure_ascii=False) if meta else None)
-    except (TypeError, ValueError) as e:
-        raise IndexArgumentError(f"must be JSON-serialisable: {e}", f"items[{n}].meta") from None
-    return tuple(row)  # type: ignore[return-value]
-
-
-def _write_items(path: Path, rows: Iterable[tuple[Any, ...]]) -> None:
-    """Create the item store ``path`` holding ``rows``."""
-    con = sqlite3.connect(path)
-    try:
-        for statement in _SCHEMA:
-            con.execute(statement)
-        try:
-            con.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", rows)
-        except sqlite3.IntegrityError as e:
-            raise IndexArgumentError(f"an item id is given more than once ({e})", "items") from None
-        con.commit()
-    finally:
-        con.close()
-
-
-class ItemStore:
-    """Read-only access to an index folder's ``items.sqlite``: labels, sources, metadata, thumbnails, extras.
-
-    Lookups are by integer id only; the file path is fixed when the store is opened, so nothing a
-    caller passes ever reaches the file system. The connection is opened once (read-only), so the
-    store keeps reading the file it was opened on even if the folder is replaced meanwhile; it is
-    safe to share between threads.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        try:
-            self._con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
-            self._con.execute("SELECT id, label, source, thumbnail, extra FROM items LIMIT 1").fetchall()
-            columns = {row[1] for row in self._con.execute("PRAGMA table_info(items)")}
-        except sqlite3.Error as e:
-            raise IndexError_(f"{self.path}: not a readable item store ({e})") from None
-        #: stores written before items had metadata have no ``meta`` column: their items' meta is {}
-        self._meta = "meta" if "meta" in columns else "NULL"
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _check_id(item_id: object) -> int:
-        if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)):
-            raise IndexArgumentError(f"expected an integer id, got {item_id!r}", "id")
-        return int(item_id)
-
-    def items(self, ids: Sequence[int]) -> list[dict[str, Any]]:
-        """Item dicts (id, label, source, meta (a dict, {} when none), has_thumbnail, extra fields) for the
-        ids found, in the given order."""
-        want = [self._check_id(i) for i in ids]
-        found: dict[int, dict[str, Any]] = {}
-        with self._lock:
-            for s in range(0, len(want), 500):  # SQLite's bound-parameter limit
-                part = want[s : s + 500]
-                q = (
-                    f"SELECT id, label, source, thumbnail IS NOT NULL, extra, {self._meta} FROM items "
-                    f"WHERE id IN ({','.join('?' * len(part))})"
-                )
-                for iid, label, source, has_thumb, extra, meta in self._con.execute(q, part):
-                    row = json.loads(extra)
-                    row.update(
-                        id=iid,
-                        label=label,
-                        source=source,
-                        meta=json.loads(meta) if meta else {},
-                        has_thumbnail=bool(has_thumb),
-                    )
-                    found[iid] = row
-        return [found[i] for i in want if i in found]
-
-    def ids_with_sources(self, sources: Sequence[str]) -> dict[str, list[int]]:
-        """source -> the ids of the items with that source (ascending), for the sources found."""
-        out: dict[str, list[int]] = {}
-        want = [str(s) for s in sources]
-        with self._lock:
-            for s in range(0, len(want), 500):
-                part = want[s : s + 500]
-                q = f"SELECT source, id FROM items WHERE source IN ({','.join('?' * len(part))}) ORDER BY id"
-                for source, iid in self._con.execute(q, part):
-                    out.setdefault(source, []).append(int(iid))
-        return out
-
-    def thumbnail(self, item_id: int) -> bytes | None:
-        """PNG bytes of an item's thumbnail; None when the item has none or does not exist."""
-        iid = self._check_id(item_id)
-        with self._lock:
-            row = self._con.execute("SELECT thumbnail FROM items WHERE id = ?", (iid,)).fetchone()
-        return None if row is None or row[0] is None else bytes(row[0])
-
-    def __len__(self) -> int:
-        with self._lock:
-            return int(self._con.execute("SELECT COUNT(*) FROM items").fetchone()[0])
-
-    def close(self) -> None:
-        self._con.close()
-
-
 # ---------------------------------------------------------------------------------------------- save
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Name ``path`` in an OSError raised without a file name (a ``write`` on a full disk)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+
+
 def _write_folder(
     tmp: Path,
     index: Index,
@@ -417,12 +174,13 @@ def _write_folder(
 ) -> None:
     codes, ids = state_arrays(index.state())
     for name, arr in ((CODES, codes), (IDS, ids)):
-        with open(tmp / name, "wb") as f:
+        with _writing(tmp / name), open(tmp / name, "wb") as f:
             np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
-    _write_items(tmp / ITEMS, rows)
-    _fsync_file(tmp / ITEMS)
+    with _writing(tmp / ITEMS):
+        _write_items(tmp / ITEMS, rows)
+        _fsync_file(tmp / ITEMS)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -436,39 +194,38 @@ def _write_folder(
         **{key: collection[key] for key in COLLECTION_FIELDS if key in collection},
         "created": created or _now(),
         "updated": _now(),
+        "generation": uuid.uuid4().hex,
         "files": {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in DATA_FILES},
     }
-    with open(tmp / MANIFEST, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True, default=_json_default)
+    with _writing(tmp / MANIFEST), open(tmp / MANIFEST, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True, default=json_default)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(tmp)
 
 
-def _atomic_replace(folder: Path, fill: Any) -> Path:
-    """Build the new folder with ``fill(tmp)`` beside ``folder``, then swap it in."""
-    folder = Path(folder)
+def _atomic_replace(folder: Path, fill: Callable[[Path], None]) -> Path:
+    """Build the new folder with ``fill(tmp)`` beside ``folder``, then swap it in (hold the write lock).
+    Writing errors (a full disk, no permission) become IndexError_ naming the file, with nothing changed."""
     if folder.exists():
         if not folder.is_dir():
             raise IndexError_(f"{folder}: exists and is not an index folder")
         if any(folder.iterdir()) and not (folder / MANIFEST).is_file():
             raise IndexError_(f"{folder}: exists, is not empty and holds no {MANIFEST}; refusing to replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
         fill(tmp)
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(folder, old)
-        os.rename(tmp, folder)
-        _fsync_dir(folder.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        set_modes(tmp, folder if folder.is_dir() else None)
+        _fsync_dir(tmp)
+        swap_in(tmp, folder)
+    except BaseException as e:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, sqlite3.Error)):
+            what = os_reason(e) if isinstance(e, OSError) else f"{folder / ITEMS}: {e}"
+            raise IndexError_(f"{folder}: the index could not be saved ({what}); nothing was changed") from e
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
@@ -480,7 +237,10 @@ def save_index(
     model_name: str | None = None,
     collection: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``index`` and its ``items`` to ``folder`` atomically (replacing an index already there).
+    """Write ``index`` and its ``items`` to ``folder`` atomically (replacing an index already there), under
+    the folder's write lock (:func:`~sketchsearch.index.folder.write_lock`: taken here unless this thread
+    holds it; hold it around load, change and save to change an index safely). A symlink ``folder`` is
+    followed: its target is written. Returns the folder written.
 
     items: dicts with ``id`` (must be an id of the index), optional ``label``, ``source``, ``meta`` (a
     dict of JSON-serialisable fields), ``thumbnail`` (PNG bytes) and any JSON-serialisable extra fields.
@@ -499,28 +259,31 @@ def save_index(
             n = int(np.flatnonzero(unknown)[0])
             raise IndexArgumentError(f"id {int(row_ids[n])} is not in the index", f"items[{n}].id")
     if collection is not None:
-        unknown = sorted(set(collection) - set(COLLECTION_FIELDS))
-        if unknown:
-            raise IndexArgumentError(f"unknown field(s) {unknown}; valid: {', '.join(COLLECTION_FIELDS)}", "collection")
-    old: dict[str, Any] = {}
-    folder = Path(folder)
-    if (folder / MANIFEST).is_file():
-        try:
-            old = json.loads((folder / MANIFEST).read_text())
-        except (OSError, ValueError):
-            old = {}
-    created = old.get("created") if isinstance(old, dict) else None
-    if collection is None:
-        collection = {k: old[k] for k in COLLECTION_FIELDS if isinstance(old, dict) and k in old}
-    return _atomic_replace(
-        folder, lambda tmp: _write_folder(tmp, index, model_id, model_name, rows, created, collection)
-    )
+        unknown_fields = sorted(set(collection) - set(COLLECTION_FIELDS))
+        if unknown_fields:
+            raise IndexArgumentError(
+                f"unknown field(s) {unknown_fields}; valid: {', '.join(COLLECTION_FIELDS)}", "collection"
+            )
+    with write_lock(folder) as real:
+        old: dict[str, Any] = {}
+        if (real / MANIFEST).is_file():
+            try:
+                old = json.loads((real / MANIFEST).read_text())
+            except (OSError, ValueError):
+                old = {}
+        created = old.get("created") if isinstance(old, dict) else None
+        if collection is None:
+            collection = {k: old[k] for k in COLLECTION_FIELDS if isinstance(old, dict) and k in old}
+        fields = collection
+        return _atomic_replace(real, lambda tmp: _write_folder(tmp, index, model_id, model_name, rows, created, fields))
 
 
 # ---------------------------------------------------------------------------------------------- load
 def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The folder's manifest, checked for format and version; raises IndexError_ naming what is wrong."""
+    """The folder's manifest, checked for format, version and the fields a load needs; raises IndexError_
+    naming the manifest and what is wrong."""
     folder = Path(folder)
+    check_path(folder)
     if not folder.is_dir():
         hint = ""
         backups = _backups(folder)
@@ -544,8 +307,16 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     for key in ("kind", "count", "model_id", "files"):
         if key not in manifest:
             raise IndexError_(f"{path}: field {key!r} is missing")
-    if manifest["kind"] not in ("binary", "dense") or manifest["kind"] == "binary" and "nbits" not in manifest:
-        raise IndexError_(f"{path}: field 'kind'/'nbits'/'dim' is invalid")
+    kind = manifest["kind"]
+    if kind not in CONFIG_FIELDS:
+        raise IndexError_(f"{path}: field 'kind' is {kind!r}; valid: {', '.join(CONFIG_FIELDS)}")
+    for key in CONFIG_FIELDS[kind]:
+        if key not in manifest:
+            raise IndexError_(
+                f"{path}: field {key!r} is missing (a {kind} index's manifest has {' and '.join(CONFIG_FIELDS[kind])})"
+            )
+    if not isinstance(manifest["files"], dict) or not all(isinstance(v, dict) for v in manifest["files"].values()):
+        raise IndexError_(f"{path}: field 'files' is not a table of file name -> sha256 and bytes")
     return manifest
 
 
@@ -573,6 +344,16 @@ def _load_array(path: Path, mmap: bool) -> np.ndarray:
         raise IndexError_(f"{path}: not a readable .npy array ({e})") from None
 
 
+def _generation(folder: Path) -> tuple[int, int, bytes] | None:
+    """What identifies the generation at ``folder``: its inode and its manifest's bytes (which hold a
+    random "generation"); None while there is no folder (or manifest) there."""
+    try:
+        st = folder.stat()
+        return st.st_dev, st.st_ino, (folder / MANIFEST).read_bytes()
+    except OSError:
+        return None
+
+
 def load_index(
     folder: str | Path,
     expected_model_id: str | None = None,
@@ -586,8 +367,32 @@ def load_index(
     mmap: memory-map codes.npy instead of reading it (the index copies only on add/remove).
     verify: recompute the files' SHA-256 (see the module docstring for the cost).
     backend: backend to search with, one of the folder's kind (default: the one recorded at save time).
+
+    A writer may swap a new generation in while this reads: the load is retried when the folder changed
+    under it (so a swap is never reported as corruption), for up to :data:`READ_RETRY_S` seconds.
     """
     folder = Path(folder)
+    deadline = time.monotonic() + READ_RETRY_S
+    while True:
+        before = _generation(folder)
+        try:
+            index, store = _load_once(folder, expected_model_id, mmap, verify, backend)
+        except (IndexError_, OSError):
+            after = _generation(folder)
+            if time.monotonic() < deadline and (after != before or (after is None and _backups(folder))):
+                time.sleep(0.01)  # a writer swapped a generation in meanwhile (or is swapping one in)
+                continue
+            raise
+        if _generation(folder) == before:
+            return index, store
+        store.close()  # read across a swap: the files may be of two generations
+        if time.monotonic() >= deadline:
+            raise IndexError_(f"{folder}: the index kept changing while it was read; try again")
+
+
+def _load_once(
+    folder: Path, expected_model_id: str | None, mmap: bool, verify: bool, backend: str | None
+) -> tuple[Index, ItemStore]:
     manifest = read_manifest(folder)
     _check_model(manifest, expected_model_id, folder)
     _check_files(folder, manifest, verify)
@@ -599,7 +404,10 @@ def load_index(
     try:
         index = create_index(name, **{key: manifest[key] for key in CONFIG_FIELDS[kind] if key in manifest})
     except (TypeError, ValueError) as e:  # an unknown backend, one of the other kind, a bad nbits / dim
-        raise IndexError_(f"{folder}: cannot make a {kind} index with backend {name!r} ({e})") from None
+        where = f"backend {name!r}" if backend else f"{folder / MANIFEST}: field 'backend' is {name!r}"
+        valid = ", ".join(n for n in list_indexes() if _kind_of(n) == kind)
+        why = "no such backend" if ALIASES.get(name, name) not in list_indexes() else str(e)
+        raise IndexError_(f"{where}: cannot make a {kind} index ({why}); valid {kind} backends: {valid}") from None
     try:
         if codes.shape[0] != count or ids.shape != (count,) or ids.dtype != np.int64:
             raise IndexArgumentError(
@@ -609,6 +417,11 @@ def load_index(
     except IndexArgumentError as e:
         raise IndexError_(f"{folder}: stored arrays do not match the manifest ({e})") from None
     return index, ItemStore(folder / ITEMS)
+
+
+def _kind_of(backend: str) -> str:
+    """ "dense" for the dense backend, "binary" for the Hamming ones."""
+    return "dense" if backend == "dense" else "binary"
 
 
 def _check_model(manifest: Mapping[str, Any], expected: str | None, folder: Path) -> None:
