@@ -157,7 +157,7 @@ def check_hparams(kwargs: Mapping[str, Any], *, strict: bool = True) -> None:
             if not bound.accepts(value):
                 raise HparamError(key, value, bound.describe())
         elif strict and not (value is None or isinstance(value, str | bool)):
-            raise HparamError(key, value, "no numeric value (no bounds are declared for this argument)")
+            raise HparamError(key, value, "none: no bounds are declared for a number under this name")
 
 
 def check_preprocessing(d: Mapping[str, Any]) -> None:
