@@ -316,14 +316,14 @@ def _read_card(card_path: Path) -> ModelCard:
         raise ModelError(f"{card_path}: output={card.output!r} is not one of 'binary', 'float'")
     try:
         if isinstance(card.code_size, bool) or not isinstance(card.code_size, int) or not 1 <= card.code_size <= 65536:
-            raise HparamError("code_size", card.code_size, "an integer in [1, 65536]")
+            raise HparamError("code_size", card.code_size, "> 0 and <= 65536 (an integer)")
         check_hparams(card.kwargs)
         check_preprocessing(card.preprocessing)
     except HparamError as e:
         where = "preprocessing." if e.key in card.preprocessing or e.key == "inputs" else ""
         where = "kwargs." if e.key in card.kwargs else where
         raise ModelError(
-            f"{card_path}: {where}{e.key}={e.value!r} is out of bounds (valid: {e.valid}); nothing was built"
+            f"{card_path}: out of bounds, nothing built: {where}{e.key} must be {e.valid}, got {e.value!r}"
         ) from None
     return card
 
@@ -371,6 +371,12 @@ def load_model(name_or_path: str | Path, map_location: str = "cpu", verify: bool
         method = create_method(card.method, preprocessing=Preprocessing.from_dict(card.preprocessing), **card.kwargs)
     except (ValueError, TypeError) as e:
         raise ModelError(f"{card_path}: cannot build method {card.method!r} with {card.kwargs}: {e}") from None
+    external = method.external_weights()
+    if set(external) != set(card.external) or (verify and external != card.external):
+        raise ModelError(
+            f"{card_path}: the model was trained on external weights {card.external}, but the installed ones "
+            f"are {external}: reinstall the recorded package version (or retrain)"
+        )
     id_name = method.id_name or method.name
     derived = _derived_id(card, id_name)
     if card.model_id != derived:
@@ -383,12 +389,6 @@ def load_model(name_or_path: str | Path, map_location: str = "cpu", verify: bool
         raise ModelError(
             f"{card_path}: recorded model_id {card.model_id!r} differs from {derived!r} derived from its weights "
             f"and card ({hint})"
-        )
-    external = method.external_weights()
-    if set(external) != set(card.external) or (verify and external != card.external):
-        raise ModelError(
-            f"{card_path}: the model was trained on external weights {card.external}, but the installed ones "
-            f"are {external}: reinstall the recorded package version (or retrain)"
         )
     _check_tensors(wpath, method, external, card_path)
     try:

@@ -56,8 +56,10 @@ class Bound:
     optional: bool = False
 
     def describe(self) -> str:
+        """E.g. ``> 0 and <= 1024 (an integer)``, for messages: ``dz must be ..., got 30000000.0``."""
+        lower = "> 0" if self.kind is int and self.lo == 1 else f">= {self.lo:g}"
         what = "an integer" if self.kind is int else "a finite number"
-        return f"{what} in [{self.lo:g}, {self.hi:g}]" + (" or null" if self.optional else "")
+        return f"{lower} and <= {self.hi:g} ({what}{' or null' if self.optional else ''})"
 
     def accepts(self, value: Any) -> bool:
         if value is None:
@@ -141,7 +143,7 @@ class HparamError(ValueError):
     """A hyper-parameter or preprocessing value outside its :class:`Bound`: ``key``, ``value``, ``valid``."""
 
     def __init__(self, key: str, value: Any, valid: str) -> None:
-        super().__init__(f"{key}={value!r} is out of bounds: valid values are {valid}")
+        super().__init__(f"{key} must be {valid}, got {value!r}")
         self.key, self.value, self.valid = key, value, valid
 
 
@@ -157,14 +159,14 @@ def check_hparams(kwargs: Mapping[str, Any], *, strict: bool = True) -> None:
             if not bound.accepts(value):
                 raise HparamError(key, value, bound.describe())
         elif strict and not (value is None or isinstance(value, str | bool)):
-            raise HparamError(key, value, "none: no bounds are declared for a number under this name")
+            raise HparamError(key, value, "declared in HPARAM_BOUNDS to be a number (no bounds are declared for it)")
 
 
 def check_preprocessing(d: Mapping[str, Any]) -> None:
     """Check a preprocessing dict (a card's, or ``Preprocessing.to_dict()``) against
     :data:`PREPROCESSING_BOUNDS` and the known inputs; HparamError on the first bad value."""
     if not isinstance(d, Mapping):
-        raise HparamError("preprocessing", d, "an object of preprocessing fields")
+        raise HparamError("preprocessing", d, "a JSON object of preprocessing fields")
     for key, bound in PREPROCESSING_BOUNDS.items():
         if key in d and not bound.accepts(d[key]):
             raise HparamError(key, d[key], bound.describe())
@@ -174,7 +176,7 @@ def check_preprocessing(d: Mapping[str, Any]) -> None:
         or not inputs
         or any(not isinstance(i, str) or i not in PREPROCESSING_INPUTS for i in inputs)
     ):
-        raise HparamError("inputs", inputs, f"a non-empty list of {', '.join(PREPROCESSING_INPUTS)}")
+        raise HparamError("inputs", inputs, f"a non-empty list of {', '.join(map(repr, PREPROCESSING_INPUTS))}")
 
 
 class Method(nn.Module):
