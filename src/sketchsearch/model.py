@@ -248,18 +248,19 @@ def resolve_model(name_or_path: str | Path) -> Path:
         if _is_artifact(p):
             return p
     else:
-        found: dict[Path, Path] = {}  # resolved -> as named, so the same files reached twice count once
-        for c in (p, _local_dir() / p.name, _shipped_dir() / p.name):
+        found: dict[Path, tuple[Path, str]] = {}  # resolved -> (as named, where): the same files count once
+        places = (("current folder", p), ("local models", _local_dir() / p.name), ("shipped", _shipped_dir() / p.name))
+        for where, c in places:
             if _is_artifact(c):
-                found.setdefault(c.resolve(), c)
+                found.setdefault(c.resolve(), (c, where))
         if len(found) > 1:
-            places = " and ".join(_shown(c) for c in found.values())
+            both = " and ".join(f"{_shown(c)} ({where})" for c, where in found.values())
             raise ModelError(
-                f"model name {text!r} is ambiguous: both {places} are artifacts of that name (a local one never "
-                "silently replaces another); pass the path of the one you mean, or rename the local one"
+                f"model name {text!r} is ambiguous: {both} both have it (a local artifact never silently replaces "
+                "another); pass the path of the one you mean, or rename the local one"
             )
         if found:
-            return next(iter(found.values()))
+            return next(iter(found.values()))[0]
     known = ", ".join(sorted({r["name"] for r in list_models()})) or "(none)"
     raise ModelError(
         f"no model artifact {str(name_or_path)!r} (need NAME.json + NAME.safetensors); known models: {known}"
