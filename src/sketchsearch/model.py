@@ -15,14 +15,15 @@ the weights against ``weights_sha256``, derives the id and refuses a card whose 
 differs, so weights of model B under a card claiming A's id are refused, and an index of A refuses B.
 Before any of that it checks every numeric card value against the bounds in
 :data:`~sketchsearch.methods.base.HPARAM_BOUNDS` / ``PREPROCESSING_BOUNDS``, so nothing is allocated for a
-card asking for absurd sizes; and every tensor in the weights file against the network the card builds
-(name, shape, dtype), from the file's header, before the tensors are read.
+card asking for absurd sizes. It then builds the card's network on PyTorch's meta device (shapes, no memory)
+and compares it with the weights file's header tensor by tensor (name, shape, dtype): sizes each in bounds
+but huge together are refused there too, and the network built for real holds exactly what the file holds.
 
 Ids of older versions (``{method}-{size}-{weights sha256[:12]}``, weights only) are not accepted on cards:
 :func:`reidentify_model` rewrites a card's ``model_id`` after checking it (the four shipped cards were
 regenerated this way). An index saved with a shipped model's old id still opens with that model: the
 explicit table :data:`LEGACY_MODEL_IDS` maps each shipped model's old id to its current one (nothing else is
-mapped; indexes of other models made before this change are refused with a message to re-index).
+mapped: an index of another model made before this change is refused, "re-index with the query's model").
 
 **External weights.** A method whose constructor loads pretrained weights from an installed package (e.g.
 Doodle to Search's frozen ImageNet backbone) names them in ``Method.external_weights()`` (state-dict prefix ->
