@@ -269,20 +269,30 @@ class Retriever:
     @classmethod
     def load(cls, folder: str | Path, model: str | Path | Method | None = None, verify: bool = True) -> Retriever:
         """Open an index folder with its model (by default the model named in the index's manifest); its
-        collection fields (name, slug, title, description) are kept for :meth:`save`."""
+        collection fields (name, slug, title, description) are kept for :meth:`save`.
+
+        The index must have been made by that model: its manifest's ``model_id`` must be the one
+        :func:`~sketchsearch.model.load_model` derived from the model's weights and card (a card claiming
+        another model's id is refused there). An index saved before ids covered the card, recording a
+        shipped model's old id, opens with that shipped model (:data:`~sketchsearch.model.LEGACY_MODEL_IDS`)
+        and records the current id when saved again. A ``Method`` object is trusted as the index's model."""
         from .index.store import COLLECTION_FIELDS, load_index, read_manifest
-        from .model import load_model
+        from .model import LEGACY_MODEL_IDS, load_model
 
         manifest = read_manifest(folder)
         if isinstance(model, Method):
             method, model_id = model, manifest.get("model_id", "unsaved")
+            expected = model_id
         else:
             name = model if model is not None else manifest.get("model_name")
             if not name:
                 raise IndexError_(f"{folder}: the index does not name its model; pass one (--model)")
             method, card = load_model(name)
-            model_id = card.model_id
-        index, store = load_index(folder, expected_model_id=model_id, verify=verify)
+            model_id = expected = card.model_id
+            recorded = manifest.get("model_id")
+            if isinstance(recorded, str) and LEGACY_MODEL_IDS.get(recorded) == model_id:
+                expected = recorded  # the same shipped model under its pre-derivation id
+        index, store = load_index(folder, expected_model_id=expected, verify=verify)
         return cls(
             method,
             index,

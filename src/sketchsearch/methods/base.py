@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import numbers
 from collections.abc import Callable, Mapping
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -41,6 +43,140 @@ def check_bounds(
     for n, v in (non_negative or {}).items():
         if v < 0:
             raise ValueError(f"{who}{n} must be >= 0, got {v}")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The valid values of one numeric hyper-parameter: an integer (bools refused, so ``3e7`` is not one) or a
+    finite real number (integers accepted) in ``[lo, hi]``; ``optional``: ``None`` too (the method's default)."""
+
+    kind: type
+    lo: float
+    hi: float
+    optional: bool = False
+
+    def describe(self) -> str:
+        """E.g. ``> 0 and <= 1024 (an integer)``, for messages: ``dz must be ..., got 30000000.0``."""
+        lower = "> 0" if self.kind is int and self.lo == 1 else f">= {self.lo:g}"
+        what = "an integer" if self.kind is int else "a finite number"
+        return f"{lower} and <= {self.hi:g} ({what}{' or null' if self.optional else ''})"
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if self.kind is int else numbers.Real):
+            return False
+        return math.isfinite(value) and self.lo <= value <= self.hi
+
+
+_SIZE = Bound(int, 1, 4096)  # code lengths, embedding and hidden sizes
+_WEIGHT = Bound(float, 0, 1e6)  # loss weights, GRL scales, learning-rate multipliers
+_WIDTH = Bound(float, 0.01, 16)  # channel multipliers
+
+#: The bounds of every numeric constructor argument of every method, by name (one name = one meaning across
+#: methods). ``load_model`` checks a card's kwargs against this table before it builds anything, so a card
+#: cannot ask for a 15 GB layer (``dz=3e7``) or a negative size; a numeric kwarg missing from the table is
+#: refused there (tests/test_model_identity.py checks that every method's numeric arguments are listed).
+#: Constructors check the listed ones too (``Method.__init_subclass__``). Each range is generous next to the
+#: paper's and our values (the comments in the method files) and keeps any one tensor well under 1 GB.
+HPARAM_BOUNDS: dict[str, Bound] = {
+    "nbits": _SIZE,
+    "dim": _SIZE,
+    "embedding_dim": _SIZE,
+    "semantic_dim": _SIZE,
+    "rnn_hidden": _SIZE,
+    "hidden": Bound(int, 0, 16384),  # 0: one linear layer
+    "semantic_hidden": Bound(int, 1, 16384),
+    "domain_hidden": Bound(int, 1, 16384),
+    "dz": Bound(int, 1, 1024),
+    "n_classes": Bound(int, 1, 100_000),
+    "rnn_layers": Bound(int, 1, 16),
+    "gen_width": Bound(int, 1, 512),
+    "disc_width": Bound(int, 1, 512),
+    "hash_width": Bound(int, 1, 512),
+    "gs_res": Bound(int, 0, 64),
+    "gi_res": Bound(int, 0, 64),
+    "input_size": Bound(int, 16, 1024),
+    "image_size": Bound(int, 8, 1024),
+    "iterations": Bound(int, 0, 100_000),
+    "domain_warmup": Bound(int, 0, 10**9),
+    "seed": Bound(int, 0, 2**32 - 1),
+    "cnn_width": _WIDTH,
+    "width": _WIDTH,
+    "dropout": Bound(float, 0, 1),
+    "adam_beta1": Bound(float, 0, 1),
+    "attention_threshold": _WEIGHT,
+    "margin": Bound(float, 0, 1e3, optional=True),
+    "pos_margin": Bound(float, -1e3, 1e3, optional=True),
+    "neg_margin": Bound(float, -1e3, 1e3, optional=True),
+    **dict.fromkeys(
+        (
+            "quant_weight",
+            "centre_weight",
+            "regularizer_weight",
+            "quantization_weight",
+            "triplet_weight",
+            "domain_weight",
+            "semantic_weight",
+            "domain_lambda",
+            "semantic_lambda",
+            "cycle_weight",
+            "alpha",
+            "beta",
+            "hash_lr_mult",
+        ),
+        _WEIGHT,
+    ),
+}
+
+#: The bounds of :class:`Preprocessing`'s numeric fields (``line_width`` in pixels at ``raster_size``).
+PREPROCESSING_BOUNDS: dict[str, Bound] = {
+    "raster_size": Bound(int, 4, 512),
+    "line_width": Bound(float, 0.01, 512),
+    "max_points": Bound(int, 1, 10_000),
+    "photo_size": Bound(int, 8, 1024),
+}
+PREPROCESSING_INPUTS = ("raster", "points", "photo")
+
+
+class HparamError(ValueError):
+    """A hyper-parameter or preprocessing value outside its :class:`Bound`: ``key``, ``value``, ``valid``."""
+
+    def __init__(self, key: str, value: Any, valid: str) -> None:
+        super().__init__(f"{key} must be {valid}, got {value!r}")
+        self.key, self.value, self.valid = key, value, valid
+
+
+def check_hparams(kwargs: Mapping[str, Any], *, strict: bool = True) -> None:
+    """Check constructor kwargs against :data:`HPARAM_BOUNDS` (HparamError on the first bad one).
+
+    ``strict`` (a model card): a number, list or dict under a name the table does not list is refused too, so
+    nothing unbounded reaches a constructor; strings, bools and None are left to the constructor's own checks.
+    """
+    for key, value in kwargs.items():
+        bound = HPARAM_BOUNDS.get(key)
+        if bound is not None:
+            if not bound.accepts(value):
+                raise HparamError(key, value, bound.describe())
+        elif strict and not (value is None or isinstance(value, str | bool)):
+            raise HparamError(key, value, "declared in HPARAM_BOUNDS to be a number (no bounds are declared for it)")
+
+
+def check_preprocessing(d: Mapping[str, Any]) -> None:
+    """Check a preprocessing dict (a card's, or ``Preprocessing.to_dict()``) against
+    :data:`PREPROCESSING_BOUNDS` and the known inputs; HparamError on the first bad value."""
+    if not isinstance(d, Mapping):
+        raise HparamError("preprocessing", d, "a JSON object of preprocessing fields")
+    for key, bound in PREPROCESSING_BOUNDS.items():
+        if key in d and not bound.accepts(d[key]):
+            raise HparamError(key, d[key], bound.describe())
+    inputs = d.get("inputs", ["raster"])
+    if (
+        not isinstance(inputs, list | tuple)
+        or not inputs
+        or any(not isinstance(i, str) or i not in PREPROCESSING_INPUTS for i in inputs)
+    ):
+        raise HparamError("inputs", inputs, f"a non-empty list of {', '.join(map(repr, PREPROCESSING_INPUTS))}")
 
 
 class Method(nn.Module):
@@ -75,6 +211,14 @@ class Method(nn.Module):
         def recording_init(self: Method, *args: Any, **kwargs: Any) -> None:
             outer = "_recording" not in self.__dict__
             if outer:
+                # bounds first: nothing is allocated for an argument out of HPARAM_BOUNDS
+                given = dict(sig.bind(self, *args, **kwargs).arguments)
+                for name, p in sig.parameters.items():  # **kwargs passed through to a parent's constructor
+                    if p.kind is inspect.Parameter.VAR_KEYWORD:
+                        given.update(given.pop(name, {}))
+                check_hparams({k: v for k, v in given.items() if k in HPARAM_BOUNDS}, strict=False)
+                if isinstance(given.get("preprocessing"), Preprocessing):
+                    check_preprocessing(given["preprocessing"].to_dict())
                 object.__setattr__(self, "_recording", True)
             init(self, *args, **kwargs)
             if outer:
@@ -206,10 +350,16 @@ def _import_all() -> None:
 _METHOD_MODULES: list[str] = ["baselines", "gan_encoder", "sketchmate", "dsml", "doodle2search", "gdh"]
 
 __all__ = [
+    "HPARAM_BOUNDS",
     "METHODS",
+    "PREPROCESSING_BOUNDS",
     "Batch",
+    "Bound",
+    "HparamError",
     "Method",
     "Preprocessing",
+    "check_hparams",
+    "check_preprocessing",
     "create_method",
     "field",
     "list_methods",
