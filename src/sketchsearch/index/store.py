@@ -284,6 +284,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     naming the manifest and what is wrong."""
     folder = Path(folder)
     check_path(folder)
+    deadline = time.monotonic() + READ_RETRY_S
+    while not folder.is_dir() and _backups(folder) and time.monotonic() < deadline:
+        time.sleep(0.01)  # a two-rename swap (systems without the atomic exchange) is putting a folder in
     if not folder.is_dir():
         hint = ""
         backups = _backups(folder)
