@@ -82,8 +82,9 @@ SOLID_MAX = 0.2
 
 
 class ImageDecodeError(FormatError):
-    """:func:`open_image` refused an image. ``kind``: ``"too_large"`` (over the pixel limit or the decode budget,
-    or a decompression bomb: refused from the header, nothing decoded), ``"not_an_image"`` (Pillow cannot
+    """:func:`open_image` refused an image. ``kind``: ``"too_large"`` (over the pixel limit, or a decompression
+    bomb), ``"over_budget"`` (over the decode budget; both refused from the header, nothing decoded),
+    ``"not_an_image"`` (Pillow cannot
     identify it, or it is not one of the formats allowed) or ``"corrupt"`` (truncated or damaged data)."""
 
     def __init__(self, file: str | Path, record: int | str | None, reason: str, kind: str) -> None:
@@ -158,8 +159,9 @@ def open_image(
     ``limits.max_image_side`` pixels a side.
 
     In order: the header is read (nothing decoded) and the declared width x height is checked against
+    ``check_size(width, height)`` when given (the service's own bounds, which raise their own error) and
     ``limits.max_pixels`` (and Pillow's ``Image.MAX_IMAGE_PIXELS`` when lower; its bomb warning is an error
-    too) and by ``check_size(width, height)`` when given (the service's own bounds); JPEG is asked to decode
+    too); JPEG is asked to decode
     already scaled down (``Image.draft``: 1/2, 1/4 or 1/8 in the DCT); the decode budget, width x height x
     :func:`decode_bytes_per_pixel` at the size that will be decoded, is checked against
     ``limits.max_decode_bytes``; then the pixels are decoded, converted at once to 8-bit (16-bit and alpha
@@ -185,13 +187,13 @@ def open_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(fp, formats=list(formats) if formats else None) as im:
                 w, h = im.size
+                if check_size is not None:
+                    check_size(w, h)
                 if w * h > pixel_limit:
                     raise refuse(
                         f"refused: the image declares {w} x {h} = {w * h} pixels, more than the limit of "
                         f"{pixel_limit} (a decompression bomb, or raise max_pixels)"
                     )
-                if check_size is not None:
-                    check_size(w, h)
                 orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
                 mode = _working_mode(im)
                 side = lim.max_image_side
@@ -202,9 +204,10 @@ def open_image(
                 bpp = decode_bytes_per_pixel(im)
                 if dw * dh * bpp > lim.max_decode_bytes:
                     raise refuse(
-                        f"refused: decoding {dw} x {dh} pixels of mode {im.mode} "
+                        f"decoding {dw} x {dh} pixels of mode {im.mode} "
                         f"({_rawmode(im) or im.mode}, {bpp} bytes a pixel) needs {dw * dh * bpp} bytes, more "
-                        f"than the decode budget of {lim.max_decode_bytes} (ReadLimits.max_decode_bytes)"
+                        f"than the decode budget of {lim.max_decode_bytes} (ReadLimits.max_decode_bytes)",
+                        "over_budget",
                     )
                 rawmode = _rawmode(im)
                 im.load()
