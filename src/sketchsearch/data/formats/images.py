@@ -194,7 +194,6 @@ def open_image(
                         f"refused: the image declares {w} x {h} = {w * h} pixels, more than the limit of "
                         f"{pixel_limit} (a decompression bomb, or raise max_pixels)"
                     )
-                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
                 mode = _working_mode(im)
                 side = lim.max_image_side
                 if side is not None and im.format == "JPEG" and max(w, h) > side:
@@ -211,6 +210,8 @@ def open_image(
                     )
                 rawmode = _rawmode(im)
                 im.load()
+                # after load: PNG's getexif() decodes the whole image to find an eXIf chunk after the pixels
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
                 work = _to_8bit(im, mode, rawmode)
                 if side is not None and max(work.size) > side:
                     scale = side / max(work.size)
