@@ -12,9 +12,9 @@
 
 A ``.mat`` file is read whole (``loadmat`` cannot stream; the files are <= 20 MB decompressed); items are
 yielded one at a time. Before it is loaded, its variables are bounded by ``ReadLimits.max_member_bytes``
-(:func:`check_mat_sizes`): the shapes in their headers (``scipy.io.whosmat``), and, for compressed
-variables, the bytes they inflate to, counted by streaming them through zlib without keeping them, so a
-compressed bomb is refused after at most that many bytes of CPU work and a few MB of memory.
+(:func:`check_mat_sizes`): the class and dims in their headers, and, for compressed variables, the bytes
+they inflate to, counted by streaming them through zlib without keeping them, so a compressed bomb is
+refused after at most that many bytes of CPU work and ~2 MB of memory.
 """
 
 from __future__ import annotations
@@ -59,92 +59,113 @@ CHAIRV2_FILE = "ChairV2_Coordinate"
 _SPLITS = ("train", "test")
 
 
-#: bytes per element of each MATLAB class ``scipy.io.whosmat`` names (others: 8)
-_MAT_ITEMSIZE = {"int8": 1, "uint8": 1, "logical": 1, "int16": 2, "uint16": 2, "char": 2, "int32": 4}
-_MAT_ITEMSIZE.update({"uint32": 4, "single": 4, "double": 8, "int64": 8, "uint64": 8})
-_MI_COMPRESSED = 15
+#: MATLAB array classes (mxCLASS codes in a v5 array-flags word) -> (name, bytes per element)
+_MX_CLASSES = {
+    4: ("char", 2),
+    6: ("double", 8),
+    7: ("single", 4),
+    8: ("int8", 1),
+    9: ("uint8", 1),
+    10: ("int16", 2),
+    11: ("uint16", 2),
+    12: ("int32", 4),
+    13: ("uint32", 4),
+    14: ("int64", 8),
+    15: ("uint64", 8),
+}
+_MI_MATRIX, _MI_COMPRESSED = 14, 15
+_HEADER_BYTES = 64 * 1024  # inflated to read a variable's header (flags, dims, name): names are <= 63 chars
 
 
-def _inflated_size(fp: IO[bytes], compressed: int, cap: int) -> int:
-    """Bytes the next ``compressed`` bytes of ``fp`` inflate to, counted in 1 MiB pieces and never kept;
-    stops as soon as the count passes ``cap`` (returns it then)."""
+def _matrix_header(buf: bytes, endian: str) -> tuple[str, int, tuple[int, ...], str]:
+    """(class name, bytes per element, dims, variable name) from the start of a v5 miMATRIX element (its tag
+    included)."""
+
+    def element(pos: int) -> tuple[bytes, int]:
+        mdtype, nbytes = struct.unpack_from(endian + "II", buf, pos)
+        if mdtype >> 16:  # small data element: size in the upper half, data in the tag's last 4 bytes
+            return buf[pos + 4 : pos + 4 + (mdtype >> 16)], pos + 8
+        return buf[pos + 8 : pos + 8 + nbytes], pos + 8 + nbytes + (-nbytes % 8)
+
+    mdtype, _ = struct.unpack_from(endian + "II", buf, 0)
+    if mdtype != _MI_MATRIX:
+        raise ValueError(f"expected a miMATRIX element, got type {mdtype}")
+    flags, pos = element(8)
+    dims_raw, pos = element(pos)
+    name_raw, _ = element(pos)
+    (word,) = struct.unpack_from(endian + "I", flags)
+    dims = struct.unpack(f"{endian}{len(dims_raw) // 4}i", dims_raw[: len(dims_raw) // 4 * 4])
+    cls, size = _MX_CLASSES.get(word & 0xFF, (f"class {word & 0xFF}", 8))
+    return cls, size, tuple(dims), name_raw.decode("latin-1")
+
+
+def _inflate_counted(fp: IO[bytes], compressed: int, cap: int) -> tuple[bytes, int]:
+    """Stream the next ``compressed`` bytes of ``fp`` through zlib: (the first ``_HEADER_BYTES`` inflated, the
+    total inflated), at most 1 MiB held at a time; counting stops once past ``cap``."""
     inflate = zlib.decompressobj()
+    head = b""
     total, left = 0, compressed
-    while left > 0 and total <= cap:
+    while left > 0 and total <= cap and not inflate.eof:
         chunk = fp.read(min(MiB, left))
         if not chunk:
             break
         left -= len(chunk)
-        data = inflate.decompress(chunk, MiB)
-        total += len(data)
-        while inflate.unconsumed_tail and total <= cap:
-            data = inflate.decompress(inflate.unconsumed_tail, MiB)
+        while chunk and total <= cap:
+            data = inflate.decompress(chunk, MiB)
+            if len(head) < _HEADER_BYTES:
+                head += data[: _HEADER_BYTES - len(head)]
             total += len(data)
-        if inflate.eof:
-            break
-    return total
+            chunk = inflate.unconsumed_tail
+    return head, total
 
 
 def check_mat_sizes(path: str | Path, limits: ReadLimits | None = None) -> None:
-    """Refuse a MATLAB ``.mat`` whose variables would take more than ``limits.max_member_bytes`` each once
-    loaded, before ``loadmat`` reads it: by the shape and class in each variable's header
-    (``scipy.io.whosmat``), and, for MATLAB v5 compressed variables, by the bytes their zlib stream actually
-    inflates to (streamed and counted, never kept: a header can lie). Raises FormatError(path, variable, ...)."""
-    import scipy.io
+    """Refuse a MATLAB v5 ``.mat`` with a variable that takes more than ``limits.max_member_bytes`` once
+    loaded, before ``loadmat`` reads it: by the class and dims in the variable's header, and, for compressed
+    variables, by the bytes their zlib stream actually inflates to (streamed and counted, never kept: a
+    header can lie). At most ~2 MiB is held. Raises FormatError(path, variable name, ...).
 
+    (``scipy.io.whosmat`` is not used: it inflates a compressed variable's first 128 KB block whole, which a
+    bomb turns into ~130 MB, and with its integrity check the whole variable.) Files that are not v5 (v4,
+    v7.3 HDF5) are left to ``loadmat``: v4 has no compression, v7.3 is refused there."""
     cap = (limits or READ_LIMITS).max_member_bytes
     path = Path(path)
+
+    def refuse(name: str, what: str) -> FormatError:
+        return FormatError(path, name, f"variable {name!r} {what} (ReadLimits.max_member_bytes)")
+
     try:
-        variables = scipy.io.whosmat(path)
-    except NotImplementedError as e:  # MATLAB v7.3 (HDF5)
-        raise FormatError(path, None, f"MATLAB v7.3 files are not supported, expected v5 ({e})") from e
-    except Exception as e:  # corrupt file: scipy fails with many exception types
-        raise FormatError(path, None, f"not a readable MATLAB v5 .mat file ({type(e).__name__}: {e})") from e
-    for name, shape, mclass in variables:
-        n = int(np.prod(shape, dtype=np.float64))
-        size = n * _MAT_ITEMSIZE.get(mclass, 8)
-        if size > cap:
-            raise FormatError(
-                path,
-                name,
-                f"variable {name!r} is {mclass} {tuple(shape)} = {size} bytes, more than {cap} "
-                "(ReadLimits.max_member_bytes)",
-            )
-    names = [v[0] for v in variables]
-    with open(path, "rb") as fp:
+        fp = open(path, "rb")  # noqa: SIM115 - closed by the `with fp` below
+    except OSError as e:
+        raise FormatError(path, None, f"cannot open: {e.strerror or e}") from e
+    with fp:
         head = fp.read(128)
         if len(head) < 128 or head[126:128] not in (b"IM", b"MI"):
-            return  # MATLAB v4: no compression (whosmat/loadmat read it as is)
+            return  # MATLAB v4: no compression, loadmat reads it as is
         endian = "<" if head[126:128] == b"IM" else ">"
+        if struct.unpack(endian + "H", head[124:126])[0] != 0x0100:
+            return  # v7.3 (HDF5): loadmat refuses it
         i = 0
         while True:
             tag = fp.read(8)
             if len(tag) < 8:
                 return
             mdtype, nbytes = struct.unpack(endian + "II", tag)
-            if mdtype >> 16:  # a small data element: its (<= 4) bytes are in the tag
-                i += 1
-                continue
-            name = names[i] if i < len(names) else f"element {i}"
+            at = fp.tell()
             if mdtype == _MI_COMPRESSED:
-                at = fp.tell()
-                inflated = _inflated_size(fp, nbytes, cap)
-                if inflated > cap:
-                    raise FormatError(
-                        path,
-                        name,
-                        f"variable {name!r} decompresses to more than {cap} bytes (ReadLimits.max_member_bytes): "
-                        f"{nbytes} compressed bytes; a compressed bomb, or raise the limit",
-                    )
-                fp.seek(at + nbytes)
+                buf, inflated = _inflate_counted(fp, nbytes, cap)
             else:
-                if nbytes > cap:
-                    raise FormatError(
-                        path,
-                        name,
-                        f"variable {name!r} is {nbytes} bytes, more than {cap} (ReadLimits.max_member_bytes)",
-                    )
-                fp.seek(nbytes + (-nbytes % 8), 1)
+                buf, inflated = tag + fp.read(min(nbytes, _HEADER_BYTES)), nbytes
+            try:
+                cls, size, dims, name = _matrix_header(buf, endian)
+            except (struct.error, ValueError, UnicodeDecodeError) as e:
+                raise FormatError(path, f"element {i}", f"not a readable MATLAB v5 variable ({e})") from e
+            n = int(np.prod(dims, dtype=np.float64)) * size
+            if n > cap:
+                raise refuse(name, f"is {cls} {dims} = {n} bytes, more than {cap}")
+            if inflated > cap:
+                raise refuse(name, f"decompresses to more than {cap} bytes from {nbytes} (a compressed bomb)")
+            fp.seek(at + nbytes + (0 if mdtype == _MI_COMPRESSED else -nbytes % 8))
             i += 1
 
 
