@@ -145,6 +145,39 @@ def _to_8bit(im: Image.Image, mode: str, rawmode: str) -> Image.Image:
     return im if im.mode == mode else im.convert(mode)
 
 
+#: rows of a full-size image composited and box-reduced at a time (see :func:`_reduce_flatten`)
+_BAND_ROWS = 256
+
+
+def _on_white(rgba: Image.Image) -> Image.Image:
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _reduce_flatten(img: Image.Image, side: int | None) -> Image.Image:
+    """``img`` (8-bit L / RGB / RGBA) at most ``side`` pixels a side, alpha composited on white, without a
+    second full-size buffer: bands of rows are composited and box-reduced by an integer factor one at a time
+    (Pillow's own resize and reduce of RGBA first make a premultiplied full-size copy), then the small result
+    is box-resized to ``side``. Bands are a multiple of the factor high, so the result is the whole-image
+    box reduction."""
+    w, h = img.size
+    f = 1 if side is None else max(1, max(w, h) // side)
+    if f == 1 and img.mode != "RGBA":
+        out = img
+    else:
+        out = Image.new("RGB" if img.mode == "RGBA" else img.mode, (-(-w // f), -(-h // f)))
+        step = f * max(1, _BAND_ROWS // f)
+        for y in range(0, h, step):
+            band = img.crop((0, y, w, min(h, y + step)))
+            if band.mode == "RGBA":
+                band = _on_white(band)
+            out.paste(band.reduce(f) if f > 1 else band, (0, y // f))
+    if side is not None and max(out.size) > side:
+        scale = side / max(out.size)
+        out = out.resize((max(1, round(out.size[0] * scale)), max(1, round(out.size[1] * scale))), Image.Resampling.BOX)
+    return out
+
+
 def open_image(
     source: str | Path | bytes,
     *,
@@ -158,15 +191,15 @@ def open_image(
     grey / bilevel images, (H, W, 3) RGB otherwise, upright, alpha composited on white, at most
     ``limits.max_image_side`` pixels a side.
 
-    In order: the header is read (nothing decoded) and the declared width x height is checked against
+    In order: the header is read (nothing decoded) and the declared width x height is checked by
     ``check_size(width, height)`` when given (the service's own bounds, which raise their own error) and
-    ``limits.max_pixels`` (and Pillow's ``Image.MAX_IMAGE_PIXELS`` when lower; its bomb warning is an error
-    too); JPEG is asked to decode
-    already scaled down (``Image.draft``: 1/2, 1/4 or 1/8 in the DCT); the decode budget, width x height x
-    :func:`decode_bytes_per_pixel` at the size that will be decoded, is checked against
-    ``limits.max_decode_bytes``; then the pixels are decoded, converted at once to 8-bit (16-bit and alpha
-    dropped), reduced to ``max_image_side`` (box filter) so the full-size buffer is released, turned upright
-    by the EXIF orientation (once, here) and composited on white.
+    against ``limits.max_pixels`` (and Pillow's ``Image.MAX_IMAGE_PIXELS`` when lower; its bomb warning is
+    an error too); JPEG is asked to decode already scaled down (``Image.draft``: 1/2, 1/4 or 1/8 in the
+    DCT); the decode budget, width x height x :func:`decode_bytes_per_pixel` at the size that will be
+    decoded, is checked against ``limits.max_decode_bytes``; then the pixels are decoded, converted at once
+    to 8-bit (16-bit samples scaled, alpha kept until it is composited), reduced to ``max_image_side`` (box
+    filter) so the full-size buffer is released, turned upright by the EXIF orientation (once, here: the
+    table ``ImageOps.exif_transpose`` applies) and composited on white.
 
     ``name`` names the image in errors (default: the path; ``"<bytes>"`` for bytes); ``record`` is the
     record in the error (None: the file itself). ``formats`` restricts Pillow's formats (``("PNG", "JPEG")``).
@@ -212,19 +245,12 @@ def open_image(
                 im.load()
                 # after load: PNG's getexif() decodes the whole image to find an eXIf chunk after the pixels
                 orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-                work = _to_8bit(im, mode, rawmode)
-                if side is not None and max(work.size) > side:
-                    scale = side / max(work.size)
-                    size = (max(1, round(work.size[0] * scale)), max(1, round(work.size[1] * scale)))
-                    work = work.resize(size, Image.Resampling.BOX)
-                elif work is im:
+                work = _reduce_flatten(_to_8bit(im, mode, rawmode), side)
+                if work is im:
                     work = im.copy()  # outlive the file
             # the full-size decode is released here: only the reduced 8-bit image is left
             if orientation in _ORIENTATION:
                 work = work.transpose(_ORIENTATION[orientation])
-            if work.mode == "RGBA":
-                white = Image.new("RGBA", work.size, (255, 255, 255, 255))
-                work = Image.alpha_composite(white, work).convert("RGB")
             return np.array(work, dtype=np.uint8)
     except FormatError:
         raise
