@@ -139,6 +139,23 @@ def test_reduced_on_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert open_image(png, limits=ReadLimits(max_image_side=None)).shape == (300, 900)
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "RGB", "L"])
+def test_banded_reduction_equals_the_whole_image_one(tmp_path: Path, mode: str) -> None:
+    """Reducing band by band (no second full-size buffer) gives exactly what compositing the whole image on
+    white, box-reducing it by the integer factor and box-resizing to the side gives."""
+    rng = np.random.default_rng(1)
+    channels = {"RGBA": 4, "RGB": 3, "L": 1}[mode]
+    px = rng.integers(0, 256, (701, 1030, channels), dtype=np.uint8)
+    f = tmp_path / "big.png"
+    Image.fromarray(px.squeeze(-1) if mode == "L" else px, mode).save(f)
+    got = open_image(f, limits=ReadLimits(max_image_side=100))
+    im = Image.open(f)
+    if mode == "RGBA":
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
+    ref = np.asarray(im.reduce(10).resize((100, 69), Image.Resampling.BOX))  # 103 x 71 -> 100 x 69
+    np.testing.assert_array_equal(got, ref)
+
+
 def _exif_jpeg(orientation: int = 6) -> bytes:
     """A 40 x 24 JPEG (an L-shaped dark mark on white) whose EXIF says: rotate for display."""
     img = np.full((24, 40, 3), 255, np.uint8)
