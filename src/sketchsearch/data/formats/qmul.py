@@ -23,7 +23,7 @@ import json
 import re
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice, pairwise
 from pathlib import Path
 from typing import IO, Any
@@ -74,7 +74,7 @@ _MX_CLASSES = {
     15: ("uint64", 8),
 }
 _MI_MATRIX, _MI_COMPRESSED = 14, 15
-_HEADER_BYTES = 64 * 1024  # inflated to read a variable's header (flags, dims, name): names are <= 63 chars
+_HEADER_BYTES = 4096  # inflated to read a variable's header (flags, dims, name): names are <= 63 chars
 
 
 def _matrix_header(buf: bytes, endian: str) -> tuple[str, int, tuple[int, ...], str]:
@@ -99,11 +99,13 @@ def _matrix_header(buf: bytes, endian: str) -> tuple[str, int, tuple[int, ...], 
     return cls, size, tuple(dims), name_raw.decode("latin-1")
 
 
-def _inflate_counted(fp: IO[bytes], compressed: int, cap: int) -> tuple[bytes, int]:
-    """Stream the next ``compressed`` bytes of ``fp`` through zlib: (the first ``_HEADER_BYTES`` inflated, the
-    total inflated), at most 1 MiB held at a time; counting stops once past ``cap``."""
+def _inflate_counted(fp: IO[bytes], compressed: int, cap: int, on_header: Callable[[bytes], None]) -> int:
+    """Stream the next ``compressed`` bytes of ``fp`` through zlib, at most 1 MiB held at a time: hand the
+    first ``_HEADER_BYTES`` inflated (or all, when fewer) to ``on_header`` as soon as they are there (it may
+    refuse the variable before the rest is inflated), and return the total inflated; counting stops once
+    past ``cap``."""
     inflate = zlib.decompressobj()
-    head = b""
+    head: bytes | None = b""
     total, left = 0, compressed
     while left > 0 and total <= cap and not inflate.eof:
         chunk = fp.read(min(MiB, left))
@@ -112,11 +114,16 @@ def _inflate_counted(fp: IO[bytes], compressed: int, cap: int) -> tuple[bytes, i
         left -= len(chunk)
         while chunk and total <= cap:
             data = inflate.decompress(chunk, MiB)
-            if len(head) < _HEADER_BYTES:
-                head += data[: _HEADER_BYTES - len(head)]
             total += len(data)
             chunk = inflate.unconsumed_tail
-    return head, total
+            if head is not None:
+                head += data[: _HEADER_BYTES - len(head)]
+                if len(head) >= _HEADER_BYTES:
+                    on_header(head)
+                    head = None
+    if head is not None:
+        on_header(head)
+    return total
 
 
 def check_mat_sizes(path: str | Path, limits: ReadLimits | None = None) -> None:
@@ -152,17 +159,23 @@ def check_mat_sizes(path: str | Path, limits: ReadLimits | None = None) -> None:
                 return
             mdtype, nbytes = struct.unpack(endian + "II", tag)
             at = fp.tell()
+            name = f"element {i}"
+
+            def check_header(buf: bytes, i: int = i) -> None:
+                nonlocal name
+                try:
+                    cls, size, dims, name = _matrix_header(buf, endian)
+                except (struct.error, ValueError, UnicodeDecodeError) as e:
+                    raise FormatError(path, f"element {i}", f"not a readable MATLAB v5 variable ({e})") from e
+                n = int(np.prod(dims, dtype=np.float64)) * size
+                if n > cap:
+                    raise refuse(name, f"is {cls} {dims} = {n} bytes, more than {cap}")
+
             if mdtype == _MI_COMPRESSED:
-                buf, inflated = _inflate_counted(fp, nbytes, cap)
+                inflated = _inflate_counted(fp, nbytes, cap, check_header)
             else:
-                buf, inflated = tag + fp.read(min(nbytes, _HEADER_BYTES)), nbytes
-            try:
-                cls, size, dims, name = _matrix_header(buf, endian)
-            except (struct.error, ValueError, UnicodeDecodeError) as e:
-                raise FormatError(path, f"element {i}", f"not a readable MATLAB v5 variable ({e})") from e
-            n = int(np.prod(dims, dtype=np.float64)) * size
-            if n > cap:
-                raise refuse(name, f"is {cls} {dims} = {n} bytes, more than {cap}")
+                check_header(tag + fp.read(min(nbytes, _HEADER_BYTES)))
+                inflated = nbytes
             if inflated > cap:
                 raise refuse(name, f"decompresses to more than {cap} bytes from {nbytes} (a compressed bomb)")
             fp.seek(at + nbytes + (0 if mdtype == _MI_COMPRESSED else -nbytes % 8))
