@@ -181,7 +181,7 @@ def bounded_lines(fp: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | 
 def line_too_long(path: Path, lineno: int, max_bytes: int) -> FormatError:
     """The error of a line over ``max_bytes`` (see :func:`bounded_lines`)."""
     return FormatError(
-        path, lineno, f"line longer than {max_bytes} bytes (ReadLimits.max_line_bytes); not read, the next line is"
+        path, lineno, f"line longer than {max_bytes} bytes (ReadLimits.max_line_bytes); it is not read"
     )
 
 
