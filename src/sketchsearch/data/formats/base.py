@@ -180,9 +180,7 @@ def bounded_lines(fp: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | 
 
 def line_too_long(path: Path, lineno: int, max_bytes: int) -> FormatError:
     """The error of a line over ``max_bytes`` (see :func:`bounded_lines`)."""
-    return FormatError(
-        path, lineno, f"line longer than {max_bytes} bytes (ReadLimits.max_line_bytes); it is not read"
-    )
+    return FormatError(path, lineno, f"line longer than {max_bytes} bytes (ReadLimits.max_line_bytes); it is not read")
 
 
 def check_points(path: str | Path, record: int | str | None, n_points: int, limits: ReadLimits) -> None:
