@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError
+from .formats.base import ReadLimits
 
 __all__ = ["KANJIVG_VARIANTS", "MAX_ERRORS", "inspect_dataset"]
 
@@ -37,6 +38,7 @@ def inspect_dataset(
     max_errors: int = MAX_ERRORS,
     variants: bool = False,
     modality: str = "auto",
+    limits: ReadLimits | None = None,
 ) -> dict[str, Any]:
     """Read the dataset at ``path`` through the one data entry point
     (:func:`~sketchsearch.data.sources.read_source`) and summarise it. Returns a JSON-serialisable dict:
@@ -53,7 +55,9 @@ def inspect_dataset(
     files deliberately not read, e.g. KanjiVG variants; not errors).
 
     ``path`` ``"kanjivg"`` reads the installed ``kanjivg`` package, ``"default"`` the embedded default;
-    ``variants`` (KanjiVG only) reads the variant files as items too; ``modality`` as in ``read_source``.
+    ``variants`` (KanjiVG only) reads the variant files as items too; ``modality`` and ``limits`` (the bounds on
+    one record: a zip-bomb ``.npz`` member, a compressed-bomb ``.mat``, an over-long ndjson line, an
+    over-budget image is a skipped bad record naming the limit) as in ``read_source``.
     With ``strict`` the first bad record or unreadable file raises :class:`FormatError`; a bad path
     (missing, format unknown) always raises.
     """
@@ -84,7 +88,13 @@ def inspect_dataset(
     elif variants:
         raise ValueError(f"variants applies to KanjiVG data only, not to the {name!r} format")
     reading = read_source(
-        path, fmt=fmt if named_source(path) else name, strict=strict, on_error=on_error, modality=modality, **options
+        path,
+        fmt=fmt if named_source(path) else name,
+        strict=strict,
+        on_error=on_error,
+        modality=modality,
+        limits=limits,
+        **options,
     )
     n = unlabelled = with_strokes = with_images = 0
     for item in reading.items:

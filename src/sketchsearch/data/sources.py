@@ -41,7 +41,7 @@ from typing import Any
 
 from ..errors import FormatError
 from .collection import Collection
-from .formats.base import Item, OnError, check_limit, report
+from .formats.base import Item, OnError, ReadLimits, check_limit, report
 from .formats.images import IMAGE_MODALITIES
 
 __all__ = [
@@ -229,13 +229,16 @@ def read_source(
     limit: int | None = None,
     modality: str = "auto",
     seed: int = 0,
+    limits: ReadLimits | None = None,
     **options: Any,
 ) -> Reading:
     """Start reading ``spec`` (a path, ``"default"`` or ``"kanjivg"``): the :class:`Reading` whose ``items``
     stream lazily, with modality, relative sources and sidecar metadata as in the module docstring.
 
     ``fmt`` forces a reader; ``limit`` counts the items kept (after the ``modality`` filter); ``seed``
-    makes the embedded default; ``options`` go to the reader (e.g. KanjiVG's ``variants``). Raises
+    makes the embedded default; ``limits`` bounds what one record may cost (:class:`~.formats.base.ReadLimits`,
+    default ``READ_LIMITS``: decompressed members, line length, points per drawing, image decode budget);
+    ``options`` go to the reader (e.g. KanjiVG's ``variants``). Raises
     ValueError for an unknown ``modality`` or ``fmt``, FormatError for a bad path."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
@@ -245,6 +248,8 @@ def read_source(
         raise ValueError(f"{name!r} names a built-in source; it cannot be read as {fmt!r} (write a path: ./{name})")
     root: Path | None
     metadata = None
+    if limits is not None:
+        options = {**options, "limits": limits}
     if name == DEFAULT:
         stream: Iterator[Item] = iter(default_items(seed))
         root = None
@@ -281,9 +286,10 @@ def load_collection(
     seed: int = 0,
     fmt: str | None = None,
     modality: str = "auto",
+    limits: ReadLimits | None = None,
 ) -> Collection:
     """Read every item of ``spec`` (a path, ``"default"`` or ``"kanjivg"``) into a Collection named after it
-    (see :func:`read_source` for ``fmt``, ``modality``, ``limit``). The collection's ``skipped`` counts bad
+    (see :func:`read_source` for ``fmt``, ``modality``, ``limit``, ``limits``). The collection's ``skipped`` counts bad
     records and ``errors`` keeps the first 100 of them (FormatError: file, record, reason)."""
     errors: list[FormatError] = []
     skipped = 0
@@ -294,6 +300,8 @@ def load_collection(
         if len(errors) < MAX_ERRORS_KEPT:
             errors.append(e)
 
-    reading = read_source(spec, fmt=fmt, strict=strict, on_error=on_error, limit=limit, modality=modality, seed=seed)
+    reading = read_source(
+        spec, fmt=fmt, strict=strict, on_error=on_error, limit=limit, modality=modality, seed=seed, limits=limits
+    )
     items = list(reading.items)
     return Collection(items, name=Path(str(spec)).name or str(spec), path=str(spec), skipped=skipped, errors=errors)

@@ -9,25 +9,61 @@ or :class:`~sketchsearch.errors.InvalidSketchError` for a drawing (answered by t
 
 from __future__ import annotations
 
-import io
 import json
+import os
 import re
-import warnings
+import threading
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from ..data.formats.base import MiB, ReadLimits
+from ..data.formats.images import ImageDecodeError, open_image
 from ..data.sketch import Sketch
 from ..data.strokes import parse_strokes
 from .limits import Limits, check_image_size, check_k
 from .schemas import SearchRequest
 
-__all__ = ["form_int", "parse_search_request", "read_image"]
+__all__ = [
+    "DECODE_BUDGET_BYTES",
+    "DECODE_SLOTS",
+    "DECODE_WAIT_S",
+    "decode_slots",
+    "form_int",
+    "parse_search_request",
+    "read_image",
+    "set_decode_slots",
+]
 
 _CHOOSE = "choose a drawing saved as PNG or JPEG"
+
+#: At most this many uploads are decoded at once (``$SKETCHSEARCH_DECODE_SLOTS``, default 2; see
+#: :func:`set_decode_slots`): 16 concurrent uploads hold at most this many decode buffers, the others wait.
+DECODE_SLOTS = int(os.environ.get("SKETCHSEARCH_DECODE_SLOTS", "2"))
+#: How long an upload waits for a decode slot before it is answered 503.
+DECODE_WAIT_S = 30.0
+#: One upload's decode budget: width x height x bytes per pixel of its mode (16-bit and alpha counted), from
+#: the header. 64 MiB is a 16-Mpx (the pixel limit) 8-bit RGBA image; the same size in 16-bit RGBA is refused.
+DECODE_BUDGET_BYTES = 64 * MiB
+
+_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+_slots_n = DECODE_SLOTS
+
+
+def decode_slots() -> int:
+    """How many uploads may be decoded at once."""
+    return _slots_n
+
+
+def set_decode_slots(n: int) -> None:
+    """Allow ``n`` (>= 1) concurrent decodes from now on (decodes already running release their old slot)."""
+    global _slots, _slots_n
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"decode slots must be an int >= 1, got {n!r}")
+    _slots, _slots_n = threading.BoundedSemaphore(n), n
 
 
 def parse_search_request(body: bytes, limits: Limits) -> tuple[SearchRequest, Sketch | None]:
@@ -59,45 +95,43 @@ def parse_search_request(body: bytes, limits: Limits) -> tuple[SearchRequest, Sk
 
 
 def read_image(data: bytes, limits: Limits) -> Image.Image:
-    """An uploaded PNG/JPEG -> upright RGB (or L) on white. The size is checked from the header, before
-    any pixel is decoded; Pillow's decompression-bomb warning is an error here, not a log line."""
+    """An uploaded PNG/JPEG -> upright RGB (or L) on white, decoded by the data layer's one image decoder
+    (:func:`~sketchsearch.data.formats.images.open_image`, the same as the CLI's), so a file gives the same
+    pixels, and the same distances, here and there. The size is checked from the header against ``limits``
+    and the decode budget (:data:`DECODE_BUDGET_BYTES`) before any pixel is decoded, and at most
+    :func:`decode_slots` decodes run at once (the others wait up to :data:`DECODE_WAIT_S`, then get 503)."""
     if not data:
         raise HTTPException(422, f"image: the file is empty: {_CHOOSE}")
-    try:
-        # Image.open reads only the header: the size is known before any pixel is decoded.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=["PNG", "JPEG"])
-        w, h = img.size
+    read_limits = ReadLimits(max_pixels=limits.max_image_pixels, max_decode_bytes=DECODE_BUDGET_BYTES)
+
+    def check_size(w: int, h: int) -> None:
         check_image_size(w, h, limits)
         if w < 1 or h < 1:
             raise HTTPException(422, f"image: {w}x{h} has no pixels: {_CHOOSE}")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img.load()
-        return _flatten_image(img)
-    except HTTPException:
-        raise
-    # Pillow's messages name its in-memory file (``<_io.BytesIO object at 0x...>``): not repeated here.
-    except UnidentifiedImageError as e:
-        raise HTTPException(422, f"image: that file is not a PNG or JPEG image: {_CHOOSE}") from e
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's own header check
-        raise HTTPException(413, "image: too large to decode safely: scale the picture down and choose it again") from e
-    except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt files
+
+    slots = _slots
+    if not slots.acquire(timeout=DECODE_WAIT_S):
+        raise HTTPException(503, "image: the server is decoding other pictures; try again in a moment")
+    try:
+        arr = open_image(data, name="image", limits=read_limits, formats=("PNG", "JPEG"), check_size=check_size)
+    except ImageDecodeError as e:
+        # Pillow's messages name its in-memory file (``<_io.BytesIO object at 0x...>``): not repeated here.
+        if e.kind == "not_an_image":
+            raise HTTPException(422, f"image: that file is not a PNG or JPEG image: {_CHOOSE}") from e
+        if e.kind == "over_budget":
+            raise HTTPException(
+                413, f"image: too large to decode safely ({e.reason}): scale the picture down and choose it again"
+            ) from e
+        if e.kind == "too_large":
+            raise HTTPException(
+                413, "image: too large to decode safely: scale the picture down and choose it again"
+            ) from e
         raise HTTPException(
             422, f"image: the file is damaged (cut short or corrupt): save the drawing again, or {_CHOOSE}"
         ) from e
-
-
-def _flatten_image(img: Image.Image) -> Image.Image:
-    """Upright RGB on white: EXIF rotation applied (phone photos), transparency composited on white (a canvas
-    exported as PNG is dark ink on transparent black, which would otherwise read as an all-dark image)."""
-    img = ImageOps.exif_transpose(img) or img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB") if img.mode not in ("RGB", "L") else img
+    finally:
+        slots.release()
+    return Image.fromarray(arr)
 
 
 def form_int(value: Any, field: str, default: int) -> int:

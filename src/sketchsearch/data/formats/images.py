@@ -1,12 +1,16 @@
-"""Any folder of images (png / jpg / jpeg / bmp / gif / webp / tif), the one guarded image decoder every
-raster reader uses, and the rule that tells a drawing from a photograph by its pixels.
+"""Any folder of images (png / jpg / jpeg / bmp / gif / webp / tif), the one guarded image decoder that every
+raster reader, the CLI and the web service use (:func:`open_image`), and the rule that tells a drawing from a
+photograph by its pixels.
 
-:func:`load_image` never crashes on bad input: a file that is not an image (e.g. text named ``.png``),
-a truncated or corrupt image, or a *decompression bomb* (small file, huge declared size) becomes a
-:class:`FormatError` naming the file. Bombs are refused from the header, before any pixel is decoded:
-the declared width x height is checked against ``max_pixels`` (and against Pillow's own
-``Image.MAX_IMAGE_PIXELS`` when that is lower); Pillow's ``DecompressionBombWarning`` is turned into an
-error as well.
+:func:`open_image` (and :func:`load_image`, its file form) never crashes on bad input: a file that is not an
+image (e.g. text named ``.png``), a truncated or corrupt image, or a *decompression bomb* (small file, huge
+declared size) becomes a :class:`FormatError` naming the file. Bombs are refused from the header, before any
+pixel is decoded: the declared width x height is checked against ``max_pixels`` (and against Pillow's own
+``Image.MAX_IMAGE_PIXELS`` when that is lower), Pillow's ``DecompressionBombWarning`` is turned into an
+error as well, and the *decode budget* (pixels x bytes per pixel of the file's mode, 16-bit and alpha
+counted) is checked against ``ReadLimits.max_decode_bytes``. JPEGs are decoded already scaled down
+(``Image.draft``), every image is reduced to ``ReadLimits.max_image_side`` right after it is decoded, and the
+EXIF orientation is applied once, here, so a photo reads the same from the CLI and from the service.
 
 **Drawing or photograph** (:func:`guess_modality`, ``read_images(modality="auto")``). A plain image folder
 does not say what its images are, so each image is judged from its pixels. The image is reduced to at most
@@ -31,32 +35,37 @@ QuickDraw bitmaps are drawings (``tests/test_images_modality.py``).
 
 from __future__ import annotations
 
+import io
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from math import ceil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ...errors import FormatError
-from .base import READERS, Item, Modality, OnError, check_limit, report, require_exists
+from .base import READ_LIMITS, READERS, Item, Modality, OnError, ReadLimits, check_limit, report, require_exists
 
 __all__ = [
     "IMAGE_MODALITIES",
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
+    "ImageDecodeError",
     "PixelStats",
+    "decode_bytes_per_pixel",
     "guess_modality",
     "iter_image_files",
     "load_image",
+    "open_image",
     "pixel_stats",
     "read_images",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 #: Default ceiling on width x height (64 Mpx: 8000 x 8000). Drawings and photos in the datasets are <= 256 px.
-MAX_PIXELS = 64 * 1024 * 1024
+MAX_PIXELS = READ_LIMITS.max_pixels
 
 #: ``read_images``' modality: ``auto`` judges each image from its pixels (:func:`guess_modality`)
 IMAGE_MODALITIES = ("auto", "sketch", "photo")
@@ -72,50 +81,207 @@ PAPER_DARK_MAX = 40
 SOLID_MAX = 0.2
 
 
-def load_image(path: str | Path, *, max_pixels: int | None = MAX_PIXELS, record: int | str | None = None) -> np.ndarray:
-    """Decode ``path`` to uint8: (H, W) for grey / bilevel images, (H, W, 3) RGB otherwise (alpha is
-    composited on white, palettes expanded). ``record`` is used in the error (None: the file itself).
+class ImageDecodeError(FormatError):
+    """:func:`open_image` refused an image. ``kind``: ``"too_large"`` (over the pixel limit, or a decompression
+    bomb), ``"over_budget"`` (over the decode budget; both refused from the header, nothing decoded),
+    ``"not_an_image"`` (Pillow cannot
+    identify it, or it is not one of the formats allowed) or ``"corrupt"`` (truncated or damaged data)."""
 
-    Raises FormatError(path, record, reason) for anything that is not a readable image of at most
-    ``max_pixels`` pixels.
+    def __init__(self, file: str | Path, record: int | str | None, reason: str, kind: str) -> None:
+        super().__init__(file, record, reason)
+        self.kind = kind
+
+
+#: EXIF Orientation (tag 0x0112) -> the transpose that makes the image upright: ``ImageOps.exif_transpose``'s
+#: table, applied here to the already reduced image (its EXIF is read from the file's header).
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION = 0x0112
+
+
+def _rawmode(im: Image.Image) -> str:
+    """The decoder's raw mode of the file's pixels (``"RGBA;16B"`` for a 16-bit RGBA PNG), or ''."""
+    tile = getattr(im, "tile", None) or []
+    args = tile[0].args if tile else None
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        return args[0]
+    return args if isinstance(args, str) else ""
+
+
+def _working_mode(im: Image.Image) -> str:
+    """The 8-bit mode an image is reduced in: ``L`` (grey, bilevel, 16/32-bit grey), ``RGBA`` (any alpha or a
+    transparent palette), ``RGB`` otherwise."""
+    if im.mode in ("1", "L", "I", "F") or im.mode.startswith("I;16"):
+        return "L"
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        return "RGBA"
+    return "RGB"
+
+
+def decode_bytes_per_pixel(im: Image.Image) -> int:
+    """Bytes per pixel the decode of ``im`` (opened, not loaded) costs: its mode's bands x bytes per sample,
+    16-bit samples counted as 2 bytes even where Pillow unpacks them to 8 (a 16-bit RGBA PNG: 8), and at least
+    the 8-bit mode it is converted to (a palette image with transparency: 4)."""
+    from PIL import ImageMode
+
+    desc = ImageMode.getmode(im.mode)
+    sample = max(1, np.dtype(desc.typestr).itemsize)
+    if ";16" in _rawmode(im):
+        sample = max(sample, 2)
+    return max(len(desc.bands) * sample, len(_working_mode(im)))
+
+
+def _to_8bit(im: Image.Image, mode: str, rawmode: str) -> Image.Image:
+    """``im`` (loaded) in the 8-bit working ``mode``; 16-bit grey is scaled (>> 8), not clipped."""
+    if mode == "L" and (im.mode.startswith("I;16") or (im.mode == "I" and ";16" in rawmode)):
+        return Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
+    return im if im.mode == mode else im.convert(mode)
+
+
+#: rows of a full-size image composited and box-reduced at a time (see :func:`_reduce_flatten`)
+_BAND_ROWS = 256
+
+
+def _on_white(rgba: Image.Image) -> Image.Image:
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _reduce_flatten(img: Image.Image, side: int | None) -> Image.Image:
+    """``img`` (8-bit L / RGB / RGBA) at most ``side`` pixels a side, alpha composited on white, without a
+    second full-size buffer: bands of rows are composited and box-reduced by an integer factor one at a time
+    (Pillow's own resize and reduce of RGBA first make a premultiplied full-size copy), then the small result
+    is box-resized to ``side``. Bands are a multiple of the factor high, so the result is the whole-image
+    box reduction."""
+    w, h = img.size
+    f = 1 if side is None else max(1, max(w, h) // side)
+    if f == 1 and img.mode != "RGBA":
+        out = img
+    else:
+        out = Image.new("RGB" if img.mode == "RGBA" else img.mode, (-(-w // f), -(-h // f)))
+        step = f * max(1, _BAND_ROWS // f)
+        for y in range(0, h, step):
+            band = img.crop((0, y, w, min(h, y + step)))
+            if band.mode == "RGBA":
+                band = _on_white(band)
+            out.paste(band.reduce(f) if f > 1 else band, (0, y // f))
+    if side is not None and max(out.size) > side:
+        scale = side / max(out.size)
+        out = out.resize((max(1, round(out.size[0] * scale)), max(1, round(out.size[1] * scale))), Image.Resampling.BOX)
+    return out
+
+
+def open_image(
+    source: str | Path | bytes,
+    *,
+    record: int | str | None = None,
+    name: str | None = None,
+    limits: ReadLimits | None = None,
+    formats: tuple[str, ...] | None = None,
+    check_size: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """The one image decoder (readers, the CLI and the service): a file path or its bytes -> uint8 (H, W) for
+    grey / bilevel images, (H, W, 3) RGB otherwise, upright, alpha composited on white, at most
+    ``limits.max_image_side`` pixels a side.
+
+    In order: the header is read (nothing decoded) and the declared width x height is checked by
+    ``check_size(width, height)`` when given (the service's own bounds, which raise their own error) and
+    against ``limits.max_pixels`` (and Pillow's ``Image.MAX_IMAGE_PIXELS`` when lower; its bomb warning is
+    an error too); JPEG is asked to decode already scaled down (``Image.draft``: 1/2, 1/4 or 1/8 in the
+    DCT); the decode budget, width x height x :func:`decode_bytes_per_pixel` at the size that will be
+    decoded, is checked against ``limits.max_decode_bytes``; then the pixels are decoded, converted at once
+    to 8-bit (16-bit samples scaled, alpha kept until it is composited), reduced to ``max_image_side`` (box
+    filter) so the full-size buffer is released, turned upright by the EXIF orientation (once, here: the
+    table ``ImageOps.exif_transpose`` applies) and composited on white.
+
+    ``name`` names the image in errors (default: the path; ``"<bytes>"`` for bytes); ``record`` is the
+    record in the error (None: the file itself). ``formats`` restricts Pillow's formats (``("PNG", "JPEG")``).
+    Raises :class:`ImageDecodeError` (a FormatError) naming the image, with ``kind`` saying why.
     """
-    limit = max_pixels
+    lim = limits or READ_LIMITS
+    where: str | Path = name if name is not None else ("<bytes>" if isinstance(source, bytes) else source)
+    pixel_limit = lim.max_pixels
     if Image.MAX_IMAGE_PIXELS is not None:
-        limit = Image.MAX_IMAGE_PIXELS if limit is None else min(limit, int(Image.MAX_IMAGE_PIXELS))
+        pixel_limit = min(pixel_limit, int(Image.MAX_IMAGE_PIXELS))
+    fp: str | Path | io.BytesIO = io.BytesIO(source) if isinstance(source, bytes) else source
+
+    def refuse(reason: str, kind: str = "too_large") -> ImageDecodeError:
+        return ImageDecodeError(where, record, reason, kind)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(fp, formats=list(formats) if formats else None) as im:
                 w, h = im.size
-                if limit is not None and w * h > limit:
-                    raise FormatError(
-                        path,
-                        record,
-                        f"refused: the image declares {w} x {h} = {w * h} pixels, more than the limit of {limit} "
-                        "(a decompression bomb, or raise max_pixels)",
+                if check_size is not None:
+                    check_size(w, h)
+                if w * h > pixel_limit:
+                    raise refuse(
+                        f"refused: the image declares {w} x {h} = {w * h} pixels, more than the limit of "
+                        f"{pixel_limit} (a decompression bomb, or raise max_pixels)"
                     )
+                mode = _working_mode(im)
+                side = lim.max_image_side
+                if side is not None and im.format == "JPEG" and max(w, h) > side:
+                    scale = side / max(w, h)
+                    im.draft(mode if im.mode in ("L", "RGB") else None, (ceil(w * scale), ceil(h * scale)))
+                dw, dh = im.size
+                bpp = decode_bytes_per_pixel(im)
+                if dw * dh * bpp > lim.max_decode_bytes:
+                    raise refuse(
+                        f"decoding {dw} x {dh} pixels of mode {im.mode} "
+                        f"({_rawmode(im) or im.mode}, {bpp} bytes a pixel) needs {dw * dh * bpp} bytes, more "
+                        f"than the decode budget of {lim.max_decode_bytes} (ReadLimits.max_decode_bytes)",
+                        "over_budget",
+                    )
+                rawmode = _rawmode(im)
                 im.load()
-                if im.mode in ("1", "L", "I;16", "I", "F"):
-                    arr = np.asarray(im.convert("L"))
-                elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                    rgba = im.convert("RGBA")
-                    bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                    arr = np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
-                else:
-                    arr = np.asarray(im.convert("RGB"))
+                # after load: PNG's getexif() decodes the whole image to find an eXIf chunk after the pixels
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+                work = _reduce_flatten(_to_8bit(im, mode, rawmode), side)
+                if work is im:
+                    work = im.copy()  # outlive the file
+            # the full-size decode is released here: only the reduced 8-bit image is left
+            if orientation in _ORIENTATION:
+                work = work.transpose(_ORIENTATION[orientation])
+            return np.array(work, dtype=np.uint8)
     except FormatError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise FormatError(path, record, f"refused as a decompression bomb: {e}") from e
+        raise refuse(f"refused as a decompression bomb: {e}") from e
     except UnidentifiedImageError:
-        raise FormatError(
-            path,
-            record,
-            f"not an image file (Pillow cannot identify it; its name ends {Path(path).suffix!r})",
-        ) from None
+        allowed = f"not one of {', '.join(formats)}" if formats else "Pillow cannot identify it"
+        suffix = f"; its name ends {Path(where).suffix!r}" if not isinstance(source, bytes) else ""
+        raise refuse(f"not an image file ({allowed}{suffix})", "not_an_image") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated / corrupt data, unreadable file
-        raise FormatError(path, record, f"corrupt or unreadable image: {e}") from e
-    return np.array(arr, dtype=np.uint8)
+        raise refuse(f"corrupt or unreadable image: {e}", "corrupt") from e
+
+
+def load_image(
+    path: str | Path,
+    *,
+    max_pixels: int | None = MAX_PIXELS,
+    record: int | str | None = None,
+    limits: ReadLimits | None = None,
+) -> np.ndarray:
+    """Decode the image file ``path`` with :func:`open_image`: uint8 (H, W) for grey / bilevel images,
+    (H, W, 3) RGB otherwise (alpha composited on white, palettes expanded, EXIF orientation applied, at most
+    ``limits.max_image_side`` a side). ``max_pixels`` overrides ``limits.max_pixels`` (None: no limit of
+    ours; Pillow's own still applies). ``record`` is used in the error (None: the file itself).
+
+    Raises FormatError(path, record, reason) for anything that is not a readable image within the limits.
+    """
+    lim = limits or READ_LIMITS
+    if limits is None or max_pixels != MAX_PIXELS:  # an explicit max_pixels wins over limits'
+        lim = replace(lim, max_pixels=max_pixels if max_pixels is not None else 2**62)
+    return open_image(path, record=record, limits=lim)
 
 
 @dataclass(frozen=True)
@@ -200,6 +366,7 @@ def read_images(
     limit: int | None = None,
     modality: str = "auto",
     max_pixels: int | None = MAX_PIXELS,
+    limits: ReadLimits | None = None,
 ) -> Iterator[Item]:
     """Every image under a folder, at any depth (or one image file). Label = the folder holding the image,
     relative to ``path`` (``"cat"``, ``"Greek/alpha"``), or None for images directly in ``path``; id = the
@@ -218,7 +385,7 @@ def read_images(
         if limit is not None and n >= limit:
             return
         try:
-            img = load_image(f, max_pixels=max_pixels)
+            img = load_image(f, max_pixels=max_pixels, limits=limits)
         except FormatError as e:
             report(e, strict, on_error)
             continue

@@ -27,7 +27,7 @@ from svg.path.path import PathSegment
 
 from ...errors import FormatError
 from ..sketch import Sketch
-from .base import READERS, Item, OnError, check_limit, report, require_exists
+from .base import READ_LIMITS, READERS, Item, OnError, ReadLimits, check_limit, check_points, report, require_exists
 
 __all__ = [
     "KANJIVG_BOX",
@@ -210,6 +210,7 @@ def iter_kanjivg(
     variants: bool = False,
     on_variant: Callable[[Path], None] | None = None,
     step: float = 2.0,
+    limits: ReadLimits | None = None,
 ) -> Iterator[Item]:
     """Stream KanjiVG characters as :class:`Item` objects (``modality='sketch'``), in file-name order.
 
@@ -219,7 +220,7 @@ def iter_kanjivg(
     calling ``on_variant(file)`` (when given) for each file so left out, so callers can count them (the
     package holds 11,662 files: 6,703 characters and 4,959 variants); ``limit`` stops after that many
     items. A malformed file is a bad record: raised under ``strict``, else handed to ``on_error`` and
-    skipped.
+    skipped, and so is a character of more than ``limits.max_points`` points once its paths are sampled.
 
     Item: ``id`` = file stem (``'06f22'``), ``label`` = the character, ``sketch`` in the 109 x 109 box,
     ``source`` = the file path, ``meta`` = the sketch's meta (variant, n_strokes, stroke_types).
@@ -239,6 +240,7 @@ def iter_kanjivg(
             continue
         try:
             sketch = read_kanjivg(f, step=step)
+            check_points(f, None, sketch.n_points, limits or READ_LIMITS)
         except FormatError as e:
             report(e, strict, on_error)
             continue

@@ -27,22 +27,36 @@ import numpy as np
 
 from ...errors import FormatError, InvalidSketchError
 from ..sketch import Sketch
-from .base import READERS, Item, OnError, check_limit, report, require_exists
+from .base import (
+    READ_LIMITS,
+    READERS,
+    Item,
+    OnError,
+    ReadLimits,
+    bounded_lines,
+    check_limit,
+    check_points,
+    line_too_long,
+    report,
+    require_exists,
+)
 from .images import IMAGE_SUFFIXES, load_image
 
 __all__ = ["is_omniglot_stroke_file", "omniglot_roots", "parse_omniglot_strokes", "read_omniglot"]
 
 
-def parse_omniglot_strokes(path: str | Path) -> Sketch:
+def parse_omniglot_strokes(path: str | Path, *, limits: ReadLimits | None = None) -> Sketch:
     """One Omniglot stroke ``.txt`` -> Sketch (y flipped to point down; times in ms).
 
-    Raises FormatError(path, line, reason) for a malformed line, FormatError(path, None, ...) when the file
-    has no points.
+    Raises FormatError(path, line, reason) for a malformed line or one longer than ``limits.max_line_bytes``
+    (read with a bounded readline), FormatError(path, None, ...) when the file has no points or more than
+    ``limits.max_points``.
     """
     path = Path(path)
+    lim = limits or READ_LIMITS
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        fp = open(path, "rb")  # noqa: SIM115 - closed by the `with fp` below
+    except OSError as e:
         raise FormatError(path, None, f"cannot read as text: {e}") from e
     strokes: list[np.ndarray] = []
     times: list[np.ndarray] = []
@@ -55,23 +69,32 @@ def parse_omniglot_strokes(path: str | Path) -> Sketch:
             times.append(a[:, 2])
             current.clear()
 
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line == "START":
-            continue
-        if line == "BREAK":
-            close()
-            continue
-        parts = line.split(",")
-        try:
-            if len(parts) != 3:
-                raise ValueError
-            x, y, t = (float(p) for p in parts)
-        except ValueError:
-            raise FormatError(path, lineno, f"expected 'x,y,t', START or BREAK, got {line[:40]!r}") from None
-        if not all(np.isfinite((x, y, t))):
-            raise FormatError(path, lineno, f"non-finite value in {line[:40]!r}")
-        current.append((x, y, t))
+    n_points = 0
+    with fp:
+        for lineno, raw in bounded_lines(fp, lim.max_line_bytes):
+            if raw is None:
+                raise line_too_long(path, lineno, lim.max_line_bytes)
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise FormatError(path, lineno, f"cannot read as text: {e}") from e
+            if not line or line == "START":
+                continue
+            if line == "BREAK":
+                close()
+                continue
+            parts = line.split(",")
+            try:
+                if len(parts) != 3:
+                    raise ValueError
+                x, y, t = (float(p) for p in parts)
+            except ValueError:
+                raise FormatError(path, lineno, f"expected 'x,y,t', START or BREAK, got {line[:40]!r}") from None
+            if not all(np.isfinite((x, y, t))):
+                raise FormatError(path, lineno, f"non-finite value in {line[:40]!r}")
+            n_points += 1
+            check_points(path, None, n_points, lim)
+            current.append((x, y, t))
     close()  # a file may end without its last BREAK
     try:
         sketch = Sketch(strokes, times)
@@ -134,7 +157,7 @@ def omniglot_roots(path: str | Path) -> list[tuple[str, Path]]:
     return [(k, p) for p in sorted(path.iterdir()) if (k := _kind(p))]
 
 
-def _items(kind: str, root: Path, strict: bool, on_error: OnError | None) -> Iterator[Item]:
+def _items(kind: str, root: Path, strict: bool, on_error: OnError | None, limits: ReadLimits) -> Iterator[Item]:
     for f, in_layout in _layout_files(kind, root):
         if not in_layout:
             where = f"{root.name}/<alphabet>/<character>/{'<name>.txt' if kind == 'strokes' else '<name>.png'}"
@@ -155,11 +178,11 @@ def _items(kind: str, root: Path, strict: bool, on_error: OnError | None) -> Ite
         }
         try:
             if kind == "strokes":
-                sketch = parse_omniglot_strokes(f)
+                sketch = parse_omniglot_strokes(f, limits=limits)
                 sketch.label, sketch.id = label, f"strokes:{pair}"
                 yield Item(sketch.id, label, "sketch", str(f), sketch=sketch, pair=pair, meta=meta)
             else:
-                img = load_image(f)
+                img = load_image(f, limits=limits)
                 yield Item(f"images:{pair}", label, "sketch", str(f), image=img, pair=pair, meta=meta)
         except FormatError as e:
             report(e, strict, on_error)
@@ -172,20 +195,23 @@ def read_omniglot(
     on_error: OnError | None = None,
     limit: int | None = None,
     kinds: Sequence[str] = ("strokes", "images"),
+    limits: ReadLimits | None = None,
 ) -> Iterator[Item]:
     """Omniglot drawings under ``path`` (the folder holding ``strokes_*`` / ``images_*``, or one of those), or
     the one drawing of a stroke ``.txt`` file (label None, id ``strokes:<file stem>``).
 
     Stroke items carry ``sketch`` (y down, times in ms); image items carry ``image`` uint8 (105, 105), black
-    ink (0) on white (255), as on disk. ``kinds`` selects 'strokes' and/or 'images'.
+    ink (0) on white (255), as on disk. ``kinds`` selects 'strokes' and/or 'images'. ``limits``: see
+    ``formats.base`` (a stroke file over ``max_points`` or with a line over ``max_line_bytes`` is a bad record).
     """
+    lim = limits or READ_LIMITS
     if Path(path).is_file() and "strokes" in kinds:
         if not is_omniglot_stroke_file(path):
             raise FormatError(path, None, "not an Omniglot stroke file (a .txt whose first line is START)")
         if check_limit(limit) == 0:
             return
         try:
-            sketch = parse_omniglot_strokes(path)
+            sketch = parse_omniglot_strokes(path, limits=lim)
         except FormatError as e:  # the file is its one record: the bad-record rule
             report(e, strict, on_error)
             return
@@ -195,7 +221,7 @@ def read_omniglot(
     roots = [(k, r) for k, r in omniglot_roots(path) if k in kinds]
     if not roots:
         raise FormatError(path, None, "no Omniglot 'strokes_*' or 'images_*' folder here")
-    items = (it for k, r in roots for it in _items(k, r, strict, on_error))
+    items = (it for k, r in roots for it in _items(k, r, strict, on_error, lim))
     yield from islice(items, check_limit(limit))
 
 

@@ -10,36 +10,184 @@
   (P, 3) rows ``[x, y, pen_lifted_after_point]`` on a 256 canvas (y down), read with the restricted
   unpickler. ``pair`` = photo id (the instance), ``id`` = key without the leading '/'.
 
-A ``.mat`` file is read whole (``loadmat`` cannot stream; the files are <= 10 MB); items are yielded one
-at a time.
+A ``.mat`` file is read whole (``loadmat`` cannot stream; the files are <= 20 MB decompressed); items are
+yielded one at a time. Before it is loaded, its variables are bounded by ``ReadLimits.max_member_bytes``
+(:func:`check_mat_sizes`): the class and dims in their headers, and, for compressed variables, the bytes
+they inflate to, counted by streaming them through zlib without keeping them, so a compressed bomb is
+refused after at most that many bytes of CPU work and ~2 MB of memory.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+import struct
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice, pairwise
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from ...errors import FormatError, InvalidSketchError
 from ..sketch import Sketch
-from .base import READERS, Item, OnError, check_limit, report, require_exists
+from .base import (
+    READ_LIMITS,
+    READERS,
+    Item,
+    MiB,
+    OnError,
+    ReadLimits,
+    check_limit,
+    check_points,
+    report,
+    require_exists,
+)
 from .safe_pickle import load_pickle_untrusted
 
-__all__ = ["CHAIRV2_FILE", "load_mat_images", "qmul_v1_categories", "read_qmul_chairv2", "read_qmul_v1"]
+__all__ = [
+    "CHAIRV2_FILE",
+    "check_mat_sizes",
+    "load_mat_images",
+    "qmul_v1_categories",
+    "read_qmul_chairv2",
+    "read_qmul_v1",
+]
 
 CHAIRV2_FILE = "ChairV2_Coordinate"
 _SPLITS = ("train", "test")
 
 
-def load_mat_images(path: str | Path, key: str = "data") -> np.ndarray:
-    """``key`` of a MATLAB v5 ``.mat`` as uint8 (N, H, W). Raises FormatError(path, None, ...) otherwise."""
+#: MATLAB array classes (mxCLASS codes in a v5 array-flags word) -> (name, bytes per element)
+_MX_CLASSES = {
+    4: ("char", 2),
+    6: ("double", 8),
+    7: ("single", 4),
+    8: ("int8", 1),
+    9: ("uint8", 1),
+    10: ("int16", 2),
+    11: ("uint16", 2),
+    12: ("int32", 4),
+    13: ("uint32", 4),
+    14: ("int64", 8),
+    15: ("uint64", 8),
+}
+_MI_MATRIX, _MI_COMPRESSED = 14, 15
+_HEADER_BYTES = 4096  # inflated to read a variable's header (flags, dims, name): names are <= 63 chars
+
+
+def _matrix_header(buf: bytes, endian: str) -> tuple[str, int, tuple[int, ...], str]:
+    """(class name, bytes per element, dims, variable name) from the start of a v5 miMATRIX element (its tag
+    included)."""
+
+    def element(pos: int) -> tuple[bytes, int]:
+        mdtype, nbytes = struct.unpack_from(endian + "II", buf, pos)
+        if mdtype >> 16:  # small data element: size in the upper half, data in the tag's last 4 bytes
+            return buf[pos + 4 : pos + 4 + (mdtype >> 16)], pos + 8
+        return buf[pos + 8 : pos + 8 + nbytes], pos + 8 + nbytes + (-nbytes % 8)
+
+    mdtype, _ = struct.unpack_from(endian + "II", buf, 0)
+    if mdtype != _MI_MATRIX:
+        raise ValueError(f"expected a miMATRIX element, got type {mdtype}")
+    flags, pos = element(8)
+    dims_raw, pos = element(pos)
+    name_raw, _ = element(pos)
+    (word,) = struct.unpack_from(endian + "I", flags)
+    dims = struct.unpack(f"{endian}{len(dims_raw) // 4}i", dims_raw[: len(dims_raw) // 4 * 4])
+    cls, size = _MX_CLASSES.get(word & 0xFF, (f"class {word & 0xFF}", 8))
+    return cls, size, tuple(dims), name_raw.decode("latin-1")
+
+
+def _inflate_counted(fp: IO[bytes], compressed: int, cap: int, on_header: Callable[[bytes], None]) -> int:
+    """Stream the next ``compressed`` bytes of ``fp`` through zlib, at most 1 MiB held at a time: hand the
+    first ``_HEADER_BYTES`` inflated (or all, when fewer) to ``on_header`` as soon as they are there (it may
+    refuse the variable before the rest is inflated), and return the total inflated; counting stops once
+    past ``cap``."""
+    inflate = zlib.decompressobj()
+    head: bytes | None = b""
+    total, left = 0, compressed
+    while left > 0 and total <= cap and not inflate.eof:
+        chunk = fp.read(min(MiB, left))
+        if not chunk:
+            break
+        left -= len(chunk)
+        while chunk and total <= cap:
+            data = inflate.decompress(chunk, MiB)
+            total += len(data)
+            chunk = inflate.unconsumed_tail
+            if head is not None:
+                head += data[: _HEADER_BYTES - len(head)]
+                if len(head) >= _HEADER_BYTES:
+                    on_header(head)
+                    head = None
+    if head is not None:
+        on_header(head)
+    return total
+
+
+def check_mat_sizes(path: str | Path, limits: ReadLimits | None = None) -> None:
+    """Refuse a MATLAB v5 ``.mat`` with a variable that takes more than ``limits.max_member_bytes`` once
+    loaded, before ``loadmat`` reads it: by the class and dims in the variable's header, and, for compressed
+    variables, by the bytes their zlib stream actually inflates to (streamed and counted, never kept: a
+    header can lie). At most ~2 MiB is held. Raises FormatError(path, variable name, ...).
+
+    (``scipy.io.whosmat`` is not used: it inflates a compressed variable's first 128 KB block whole, which a
+    bomb turns into ~130 MB, and with its integrity check the whole variable.) Files that are not v5 (v4,
+    v7.3 HDF5) are left to ``loadmat``: v4 has no compression, v7.3 is refused there."""
+    cap = (limits or READ_LIMITS).max_member_bytes
+    path = Path(path)
+
+    def refuse(name: str, what: str) -> FormatError:
+        return FormatError(path, name, f"variable {name!r} {what} (ReadLimits.max_member_bytes)")
+
+    try:
+        fp = open(path, "rb")  # noqa: SIM115 - closed by the `with fp` below
+    except OSError as e:
+        raise FormatError(path, None, f"cannot open: {e.strerror or e}") from e
+    with fp:
+        head = fp.read(128)
+        if len(head) < 128 or head[126:128] not in (b"IM", b"MI"):
+            return  # MATLAB v4: no compression, loadmat reads it as is
+        endian = "<" if head[126:128] == b"IM" else ">"
+        if struct.unpack(endian + "H", head[124:126])[0] != 0x0100:
+            return  # v7.3 (HDF5): loadmat refuses it
+        i = 0
+        while True:
+            tag = fp.read(8)
+            if len(tag) < 8:
+                return
+            mdtype, nbytes = struct.unpack(endian + "II", tag)
+            at = fp.tell()
+            name = f"element {i}"
+
+            def check_header(buf: bytes, i: int = i) -> None:
+                nonlocal name
+                try:
+                    cls, size, dims, name = _matrix_header(buf, endian)
+                except (struct.error, ValueError, UnicodeDecodeError) as e:
+                    raise FormatError(path, f"element {i}", f"not a readable MATLAB v5 variable ({e})") from e
+                n = int(np.prod(dims, dtype=np.float64)) * size
+                if n > cap:
+                    raise refuse(name, f"is {cls} {dims} = {n} bytes, more than {cap}")
+
+            if mdtype == _MI_COMPRESSED:
+                inflated = _inflate_counted(fp, nbytes, cap, check_header)
+            else:
+                check_header(tag + fp.read(min(nbytes, _HEADER_BYTES)))
+                inflated = nbytes
+            if inflated > cap:
+                raise refuse(name, f"decompresses to more than {cap} bytes from {nbytes} (a compressed bomb)")
+            fp.seek(at + nbytes + (0 if mdtype == _MI_COMPRESSED else -nbytes % 8))
+            i += 1
+
+
+def load_mat_images(path: str | Path, key: str = "data", limits: ReadLimits | None = None) -> np.ndarray:
+    """``key`` of a MATLAB v5 ``.mat`` as uint8 (N, H, W), after :func:`check_mat_sizes`. Raises
+    FormatError(path, None or the variable, ...) otherwise."""
     import scipy.io
 
+    check_mat_sizes(path, limits)
     try:
         mat = scipy.io.loadmat(path, variable_names=[key])
     except NotImplementedError as e:  # MATLAB v7.3 (HDF5)
@@ -91,6 +239,7 @@ def _v1_items(
     strict: bool,
     on_error: OnError | None,
     kinds: Sequence[str] = ("sketch", "edge"),
+    limits: ReadLimits = READ_LIMITS,
 ) -> Iterator[Item]:
     category = folder.name
 
@@ -98,7 +247,7 @@ def _v1_items(
         if kind not in kinds or not path.is_file():
             return None
         try:
-            return load_mat_images(path)
+            return load_mat_images(path, limits=limits)
         except FormatError as e:  # an unreadable .mat is a bad record: its partner file is still read
             report(e, strict, on_error)
             return None
@@ -155,14 +304,17 @@ def read_qmul_v1(
     on_error: OnError | None = None,
     limit: int | None = None,
     splits: Sequence[str] = _SPLITS,
+    limits: ReadLimits | None = None,
 ) -> Iterator[Item]:
     """QMUL V1 sketches and photo edge maps under ``path``: the folder of categories, one category folder,
     or one ``<category>_{sketch,edge}_db_<split>.mat`` file (only its images; ids and pairs as in the folder).
 
     Label = category (``shoes`` / ``chairs``); the instance is ``pair``. A ``.mat`` holds one array, so an
     unreadable one is one bad record (``FormatError(file, None, reason)``): under ``strict`` it raises,
-    otherwise it is reported and skipped and the other files are still read.
+    otherwise it is reported and skipped and the other files are still read. So is a ``.mat`` with a
+    variable over ``limits.max_member_bytes`` (:func:`check_mat_sizes`), refused before it is loaded.
     """
+    lim = limits or READ_LIMITS
     p = Path(path)
     require_exists(p)
     if p.is_file():
@@ -171,12 +323,12 @@ def read_qmul_v1(
             raise FormatError(p, None, "not a QMUL V1 image file; expected '<category>_{sketch,edge}_db_<split>.mat'")
         if m["category"] != p.parent.name:  # ids and pairs are named by the category folder
             raise FormatError(p, None, f"expected the file inside a folder named {m['category']!r}")
-        items = _v1_items(p.parent, (m["split"],), strict, on_error, (m["kind"],))
+        items = _v1_items(p.parent, (m["split"],), strict, on_error, (m["kind"],), lim)
     else:
         cats = qmul_v1_categories(p)
         if not cats:
             raise FormatError(p, None, "no QMUL V1 '<category>_sketch_db_<split>.mat' files here")
-        items = (it for c in cats for it in _v1_items(c, tuple(splits), strict, on_error))
+        items = (it for c in cats for it in _v1_items(c, tuple(splits), strict, on_error, limits=lim))
     yield from islice(items, check_limit(limit))
 
 
@@ -201,14 +353,21 @@ def _chairv2_sketch(value: Any) -> Sketch:
 
 
 def read_qmul_chairv2(
-    path: str | Path, *, strict: bool = False, on_error: OnError | None = None, limit: int | None = None
+    path: str | Path,
+    *,
+    strict: bool = False,
+    on_error: OnError | None = None,
+    limit: int | None = None,
+    limits: ReadLimits | None = None,
 ) -> Iterator[Item]:
     """ChairV2 stroke sketches: ``path`` is the ``ChairV2_Coordinate`` pickle or a folder holding it.
 
     Each key ``'/<split>/<photo_id>_<k>'`` is one record; a bad key or value follows the bad-record rule,
     and so does a file that cannot be read at all (a refused or corrupt pickle, not a dict): record None.
-    ``meta`` has ``split`` and ``k`` (the sketch number for that photo).
+    ``meta`` has ``split`` and ``k`` (the sketch number for that photo). A drawing of more than
+    ``limits.max_points`` points is a bad record.
     """
+    lim = limits or READ_LIMITS
     path = Path(path)
     require_exists(path)
     if path.is_dir():
@@ -242,7 +401,12 @@ def read_qmul_chairv2(
         split, name = parts
         photo, k = name.rsplit("_", 1)
         try:
+            if isinstance(value, np.ndarray) and value.ndim == 2:
+                check_points(path, key, len(value), lim)
             sketch = _chairv2_sketch(value)
+        except FormatError as e:
+            report(e, strict, on_error)
+            continue
         except ValueError as e:
             report(FormatError(path, key, str(e)), strict, on_error)
             continue

@@ -26,10 +26,25 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import numpy.lib.format as npformat
 
 from ...errors import FormatError, InvalidSketchError
 from ..sketch import Sketch
-from .base import READERS, Item, OnError, check_limit, read_each, report, require_exists
+from .base import (
+    READ_LIMITS,
+    READERS,
+    Item,
+    OnError,
+    ReadLimits,
+    bounded_lines,
+    check_limit,
+    check_npy_member,
+    check_points,
+    line_too_long,
+    read_each,
+    report,
+    require_exists,
+)
 
 __all__ = [
     "QUICKDRAW_SUFFIXES",
@@ -70,10 +85,13 @@ def _numbers(values: Any, what: str) -> np.ndarray:
     return arr.astype(np.float64)
 
 
-def parse_quickdraw_record(obj: Any, *, default_label: str | None = None) -> tuple[Sketch, str, dict[str, Any]]:
+def parse_quickdraw_record(
+    obj: Any, *, default_label: str | None = None, max_points: int | None = None
+) -> tuple[Sketch, str, dict[str, Any]]:
     """One decoded QuickDraw JSON object -> (sketch, format name ``"raw"``/``"simplified"``, meta).
 
-    Raises ValueError with the offending field named when the record is not a QuickDraw drawing.
+    Raises ValueError with the offending field named when the record is not a QuickDraw drawing, or when it
+    has more than ``max_points`` points (None: no bound).
     """
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")  # noqa: TRY004
@@ -93,9 +111,15 @@ def parse_quickdraw_record(obj: Any, *, default_label: str | None = None) -> tup
         raise ValueError("drawing[0] must be [[x...], [y...]] (simplified) or [[x...], [y...], [t...]] (raw)")
     strokes: list[np.ndarray] = []
     times: list[np.ndarray] | None = [] if width == 3 else None
+    n_points = 0
     for i, stroke in enumerate(drawing):
         if not isinstance(stroke, list) or len(stroke) != width:
             raise ValueError(f"drawing[{i}] must be a list of {width} lists like drawing[0]")
+        n_points += len(stroke[0]) if isinstance(stroke[0], list) else 0
+        if max_points is not None and n_points > max_points:
+            raise ValueError(
+                f"more than {max_points} points in one drawing (ReadLimits.max_points; {n_points} by drawing[{i}])"
+            )
         xs = _numbers(stroke[0], f"drawing[{i}][0] (x)")
         ys = _numbers(stroke[1], f"drawing[{i}][1] (y)")
         if len(xs) != len(ys):
@@ -127,14 +151,18 @@ def _json_reason(e: json.JSONDecodeError, text: str, last_line: bool) -> str:
     return f"not valid JSON ({detail})"
 
 
-def _read_ndjson_file(path: Path, strict: bool, on_error: OnError | None) -> Iterator[Item]:
+def _read_ndjson_file(path: Path, strict: bool, on_error: OnError | None, limits: ReadLimits) -> Iterator[Item]:
     stem = path.stem
     try:
         fp: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by the `with fp` below
     except OSError as e:
         raise FormatError(path, None, f"cannot open: {e.strerror or e}") from e
     with fp:
-        for lineno, raw in enumerate(fp, 1):
+        # a bounded readline: a line over max_line_bytes is never held whole; it is one bad record
+        for lineno, raw in bounded_lines(fp, limits.max_line_bytes):
+            if raw is None:
+                report(line_too_long(path, lineno, limits.max_line_bytes), strict, on_error)
+                continue
             if not raw.strip():
                 continue  # blank lines carry no record
             last = not raw.endswith(b"\n")
@@ -155,7 +183,7 @@ def _read_ndjson_file(path: Path, strict: bool, on_error: OnError | None) -> Ite
                 report(FormatError(path, lineno, _json_reason(e, text, last)), strict, on_error)
                 continue
             try:
-                sketch, kind, meta = parse_quickdraw_record(obj, default_label=stem)
+                sketch, kind, meta = parse_quickdraw_record(obj, default_label=stem, max_points=limits.max_points)
             except ValueError as e:
                 report(FormatError(path, lineno, str(e)), strict, on_error)
                 continue
@@ -167,16 +195,23 @@ def _read_ndjson_file(path: Path, strict: bool, on_error: OnError | None) -> Ite
 
 
 def read_quickdraw_ndjson(
-    path: str | Path, *, strict: bool = False, on_error: OnError | None = None, limit: int | None = None
+    path: str | Path,
+    *,
+    strict: bool = False,
+    on_error: OnError | None = None,
+    limit: int | None = None,
+    limits: ReadLimits | None = None,
 ) -> Iterator[Item]:
     """Raw or simplified QuickDraw ndjson: one file, or every ``*.ndjson`` in a folder.
 
     Yields one sketch Item per line; raw strokes carry ``times`` (ms). ``meta['quickdraw_format']`` says
     which form a line was. Bad lines (truncated, non-JSON, missing or mistyped field, empty drawing,
-    x/y length mismatch) follow the bad-record rule (see ``formats.base``).
+    x/y length mismatch, a line over ``limits.max_line_bytes``, more than ``limits.max_points`` points)
+    follow the bad-record rule (see ``formats.base``).
     """
+    lim = limits or READ_LIMITS
     files = iter_quickdraw_files(path, _NDJSON_SUFFIXES)
-    items = read_each(files, lambda f: _read_ndjson_file(f, strict, on_error), strict, on_error)
+    items = read_each(files, lambda f: _read_ndjson_file(f, strict, on_error, lim), strict, on_error)
     yield from islice(items, check_limit(limit))
 
 
@@ -194,7 +229,7 @@ def _read_exact(fp: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
-def _read_bin_file(path: Path, strict: bool, on_error: OnError | None) -> Iterator[Item]:
+def _read_bin_file(path: Path, strict: bool, on_error: OnError | None, limits: ReadLimits) -> Iterator[Item]:
     stem = path.stem
     try:
         fp: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by the `with fp` below
@@ -211,14 +246,28 @@ def _read_bin_file(path: Path, strict: bool, on_error: OnError | None) -> Iterat
                     raise EOFError(f"truncated record: expected a {_HEAD.size}-byte header, got {len(head)}")
                 key_id, country, recognized, timestamp, n_strokes = _HEAD.unpack(head)
                 strokes = []
+                n_points = 0
                 for s in range(n_strokes):
                     (n,) = struct.unpack("<H", _read_exact(fp, 2, f"stroke {s} point count"))
+                    n_points += n
+                    if n_points > limits.max_points:  # read past the rest of the record, keeping nothing
+                        fp.seek(2 * n, 1)
+                        strokes.clear()
+                        continue
                     xy = np.frombuffer(_read_exact(fp, 2 * n, f"stroke {s} points"), dtype=np.uint8)
                     strokes.append(np.stack([xy[:n], xy[n:]], axis=1).astype(np.float32))
+                if n_points > limits.max_points and fp.tell() > path.stat().st_size:
+                    raise EOFError(f"truncated record: its {n_strokes} strokes run past the end of the file")
             except EOFError as e:
                 # The layout has no record delimiter, so nothing after a short read can be trusted.
                 report(FormatError(path, index, f"{e}; the rest of the file is skipped"), strict, on_error)
                 return
+            try:
+                check_points(path, index, n_points, limits)
+            except FormatError as e:
+                report(e, strict, on_error)
+                index += 1
+                continue
             sketch = Sketch(strokes, label=stem, id=str(key_id))
             if sketch.is_empty:
                 report(FormatError(path, index, "empty drawing (no points)"), strict, on_error)
@@ -235,14 +284,21 @@ def _read_bin_file(path: Path, strict: bool, on_error: OnError | None) -> Iterat
 
 
 def read_quickdraw_bin(
-    path: str | Path, *, strict: bool = False, on_error: OnError | None = None, limit: int | None = None
+    path: str | Path,
+    *,
+    strict: bool = False,
+    on_error: OnError | None = None,
+    limit: int | None = None,
+    limits: ReadLimits | None = None,
 ) -> Iterator[Item]:
     """QuickDraw's binary ``.bin`` files (one file or a folder of them); label = file stem.
 
-    A truncated record is reported and ends that file (the format cannot resynchronise).
+    A truncated record is reported and ends that file (the format cannot resynchronise). A drawing of more
+    than ``limits.max_points`` points is reported and skipped (its points are read past, not kept).
     """
+    lim = limits or READ_LIMITS
     files = iter_quickdraw_files(path, (".bin",))
-    items = read_each(files, lambda f: _read_bin_file(f, strict, on_error), strict, on_error)
+    items = read_each(files, lambda f: _read_bin_file(f, strict, on_error, lim), strict, on_error)
     yield from islice(items, check_limit(limit))
 
 
@@ -273,9 +329,31 @@ def _npz_label_names(path: Path, data: Any, labels: np.ndarray) -> list[str] | N
     return None
 
 
-def _read_bitmap_file(path: Path, strict: bool, on_error: OnError | None) -> Iterator[Item]:
+def _check_npz(path: Path, limits: ReadLimits) -> None:
+    """Every ``.npy`` member of the ``.npz`` at ``path`` within ``limits.max_member_bytes`` decompressed, from
+    the zip directory and each member's array header (a few hundred bytes inflated), before numpy reads it."""
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            member = info.filename[:-4]
+            check_npy_member(path, member, info.file_size, (), 1, limits)
+            with zf.open(info) as fp:
+                try:
+                    version = npformat.read_magic(fp)
+                    if version == (1, 0):
+                        shape, _, dtype = npformat.read_array_header_1_0(fp)
+                    else:
+                        shape, _, dtype = npformat.read_array_header_2_0(fp)
+                except ValueError as e:
+                    raise FormatError(path, member, f"not a .npy member ({e})") from e
+            check_npy_member(path, member, info.file_size, shape, dtype.itemsize, limits)
+
+
+def _read_bitmap_file(path: Path, strict: bool, on_error: OnError | None, limits: ReadLimits) -> Iterator[Item]:
     try:
         if path.suffix.lower() == ".npz":
+            _check_npz(path, limits)
             with np.load(path, allow_pickle=False) as data:
                 if "images" not in data.files or "labels" not in data.files:
                     raise FormatError(path, None, f"expected arrays 'images' and 'labels', found {data.files}")
@@ -308,12 +386,19 @@ def _read_bitmap_file(path: Path, strict: bool, on_error: OnError | None) -> Ite
 
 
 def read_quickdraw_bitmap(
-    path: str | Path, *, strict: bool = False, on_error: OnError | None = None, limit: int | None = None
+    path: str | Path,
+    *,
+    strict: bool = False,
+    on_error: OnError | None = None,
+    limit: int | None = None,
+    limits: ReadLimits | None = None,
 ) -> Iterator[Item]:
     """QuickDraw 28x28 bitmaps: ``.npy`` (label = stem, memory-mapped) or ``.npz`` (images + labels), a file
-    or a folder of them. Items carry ``image`` uint8 (28, 28), ink > 0 on 0 background."""
+    or a folder of them. Items carry ``image`` uint8 (28, 28), ink > 0 on 0 background. An ``.npz`` with a
+    member over ``limits.max_member_bytes`` decompressed (a zip bomb) is refused before it is inflated."""
+    lim = limits or READ_LIMITS
     files = iter_quickdraw_files(path, (".npy", ".npz"))
-    items = read_each(files, lambda f: _read_bitmap_file(f, strict, on_error), strict, on_error)
+    items = read_each(files, lambda f: _read_bitmap_file(f, strict, on_error, lim), strict, on_error)
     yield from islice(items, check_limit(limit))
 
 
@@ -321,9 +406,15 @@ READERS.register("quickdraw_bitmap")(read_quickdraw_bitmap)
 
 
 def read_quickdraw(
-    path: str | Path, *, strict: bool = False, on_error: OnError | None = None, limit: int | None = None
+    path: str | Path,
+    *,
+    strict: bool = False,
+    on_error: OnError | None = None,
+    limit: int | None = None,
+    limits: ReadLimits | None = None,
 ) -> Iterator[Item]:
     """Any QuickDraw file, or every QuickDraw file directly in a folder, each read by its suffix."""
+    lim = limits or READ_LIMITS
     readers = {
         ".ndjson": _read_ndjson_file,
         ".jsonl": _read_ndjson_file,
@@ -334,7 +425,7 @@ def read_quickdraw(
     files = list(iter_quickdraw_files(path, tuple(readers)))
     if Path(path).is_file() and Path(path).suffix.lower() not in readers:
         raise FormatError(path, None, f"not a QuickDraw file; expected one of {', '.join(readers)}")
-    items = read_each(files, lambda f: readers[f.suffix.lower()](f, strict, on_error), strict, on_error)
+    items = read_each(files, lambda f: readers[f.suffix.lower()](f, strict, on_error, lim), strict, on_error)
     yield from islice(items, check_limit(limit))
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.lib.format as npformat
 
 from ...errors import FormatError
+from .base import READ_LIMITS, ReadLimits, check_npy_member
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -294,14 +295,18 @@ def _read_header(fp: IO[bytes], path: Path, member: str) -> tuple[tuple[int, ...
     raise FormatError(path, member, f".npy format version {version} is not supported (expected 1.0 or 2.0)")
 
 
-def load_npz_untrusted(path: str | Path, *, keys: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
+def load_npz_untrusted(
+    path: str | Path, *, keys: Callable[[str], bool] | None = None, limits: ReadLimits | None = None
+) -> dict[str, np.ndarray]:
     """All arrays of an ``.npz``, object arrays included, without trusting pickle.
 
     Plain arrays are read by numpy with ``allow_pickle=False``; object arrays (``dtype=object``) are
     rebuilt with :class:`RestrictedUnpickler`. Either way only numeric dtypes (:data:`NUMERIC_KINDS`)
     and object arrays of them are admitted. ``keys`` optionally selects members by name (without
-    ``.npy``). Returns name -> array. Raises FormatError(path, member, ...) for a bad member and
-    FormatError(path, None, ...) when the file is not a zip archive.
+    ``.npy``). A member that decompresses to more than ``limits.max_member_bytes`` (by the zip directory
+    or by its array header) is refused before it is inflated. Returns name -> array. Raises
+    FormatError(path, member, ...) for a bad member and FormatError(path, None, ...) when the file is not
+    a zip archive.
     """
     path = Path(path)
     try:
@@ -317,8 +322,10 @@ def load_npz_untrusted(path: str | Path, *, keys: Callable[[str], bool] | None =
             if keys is not None and not keys(key):
                 continue
             try:
+                check_npy_member(path, key, info.file_size, (), 1, limits or READ_LIMITS)
                 with zf.open(info) as fp:
                     shape, fortran, dtype = _read_header(fp, path, key)
+                    check_npy_member(path, key, info.file_size, shape, dtype.itemsize, limits or READ_LIMITS)
                     try:
                         _check_dtype(dtype, "array header", allow_object=True)
                     except _Refused as e:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ...errors import FormatError, InvalidSketchError
 from ..sketch import Sketch
-from .base import READERS, Item, OnError, check_limit, read_each, report, require_exists
+from .base import READ_LIMITS, READERS, Item, OnError, ReadLimits, check_limit, read_each, report, require_exists
 from .safe_pickle import load_npz_untrusted
 
 __all__ = ["SPLITS", "is_sketchrnn_npz", "read_sketchrnn"]
@@ -44,14 +44,16 @@ def _member_names(path: Path) -> set[str]:
         raise FormatError(path, None, f"not an .npz (zip) archive: {e}") from e
 
 
-def _read_file(path: Path, splits: Sequence[str], strict: bool, on_error: OnError | None) -> Iterator[Item]:
+def _read_file(
+    path: Path, splits: Sequence[str], strict: bool, on_error: OnError | None, limits: ReadLimits
+) -> Iterator[Item]:
     present = [s for s in splits if s in _member_names(path)]
     if not present:
         raise FormatError(path, None, f"no stroke-3 split in the file; expected arrays named {', '.join(splits)}")
     for split in present:
         # one split at a time: a refused or corrupt member is a bad record, the other splits are still read
         try:
-            arr = load_npz_untrusted(path, keys=lambda k, s=split: k == s)[split]
+            arr = load_npz_untrusted(path, keys=lambda k, s=split: k == s, limits=limits)[split]
         except FormatError as e:
             if e.record is None:
                 raise
@@ -75,6 +77,10 @@ def _read_file(path: Path, splits: Sequence[str], strict: bool, on_error: OnErro
             if len(d) == 0:
                 report(FormatError(path, record, "empty drawing (no points)"), strict, on_error)
                 continue
+            if len(d) > limits.max_points:
+                reason = f"{len(d)} points in one drawing, more than {limits.max_points} (ReadLimits.max_points)"
+                report(FormatError(path, record, reason), strict, on_error)
+                continue
             item_id = f"{path.name}:{record}"
             try:
                 sketch = Sketch.from_stroke3(d, id=item_id)
@@ -91,17 +97,21 @@ def read_sketchrnn(
     on_error: OnError | None = None,
     limit: int | None = None,
     splits: Sequence[str] = SPLITS,
+    limits: ReadLimits | None = None,
 ) -> Iterator[Item]:
     """Drawings of a sketch-rnn ``.npz`` (or of every ``.npz`` directly in a folder), split by split.
 
     ``meta['split']`` is the split name. Coordinates are as stored (sketch-rnn's y points down). A file
     that is not a readable sketch-rnn archive (not a zip, no split), and a split whose array is refused or
-    corrupt, follow the bad-record rule: reported and skipped unless ``strict``.
+    corrupt (a member over ``limits.max_member_bytes`` decompressed is refused before it is inflated), follow
+    the bad-record rule: reported and skipped unless ``strict``; so does a drawing of more than
+    ``limits.max_points`` points.
     """
+    lim = limits or READ_LIMITS
     path = Path(path)
     require_exists(path)
     files = [path] if path.is_file() else sorted(p for p in path.glob("*.npz") if p.is_file())
-    items = read_each(files, lambda f: _read_file(f, tuple(splits), strict, on_error), strict, on_error)
+    items = read_each(files, lambda f: _read_file(f, tuple(splits), strict, on_error, lim), strict, on_error)
     yield from islice(items, check_limit(limit))
 
 

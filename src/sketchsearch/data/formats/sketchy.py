@@ -14,7 +14,7 @@ from itertools import islice
 from pathlib import Path
 
 from ...errors import FormatError
-from .base import READERS, Item, Modality, OnError, check_limit, report, require_exists
+from .base import READERS, Item, Modality, OnError, ReadLimits, check_limit, report, require_exists
 from .images import IMAGE_SUFFIXES, load_image
 
 __all__ = ["is_sketchy_root", "read_sketchy", "sketchy_photo_id"]
@@ -34,7 +34,9 @@ def sketchy_photo_id(stem: str) -> str:
     return head if sep and tail.isdigit() else stem
 
 
-def _items(root: Path, folder: str, strict: bool, on_error: OnError | None) -> Iterator[Item]:
+def _items(
+    root: Path, folder: str, strict: bool, on_error: OnError | None, limits: ReadLimits | None
+) -> Iterator[Item]:
     modality = _FOLDERS[folder]
     base = root / folder
     for f in sorted(base.rglob("*")):
@@ -46,7 +48,7 @@ def _items(root: Path, folder: str, strict: bool, on_error: OnError | None) -> I
             report(FormatError(f, None, reason), strict, on_error)
             continue
         try:
-            img = load_image(f)
+            img = load_image(f, limits=limits)
         except FormatError as e:
             report(e, strict, on_error)
             continue
@@ -63,8 +65,10 @@ def read_sketchy(
     on_error: OnError | None = None,
     limit: int | None = None,
     modalities: Sequence[str] = ("sketch", "photo"),
+    limits: ReadLimits | None = None,
 ) -> Iterator[Item]:
-    """Sketchy sketches then photos under ``path`` (the folder holding ``sketch/`` and ``photo/``)."""
+    """Sketchy sketches then photos under ``path`` (the folder holding ``sketch/`` and ``photo/``); images are
+    decoded within ``limits`` (see ``formats.base``)."""
     root = Path(path)
     require_exists(root)
     if not is_sketchy_root(root):
@@ -74,7 +78,7 @@ def read_sketchy(
     bad = [m for m in modalities if m not in _FOLDERS]
     if bad:
         raise ValueError(f"unknown Sketchy modalities {bad}; valid: {', '.join(_FOLDERS)}")
-    items = (it for m in modalities for it in _items(root, m, strict, on_error))
+    items = (it for m in modalities for it in _items(root, m, strict, on_error, limits))
     yield from islice(items, check_limit(limit))
 
 
