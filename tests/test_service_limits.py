@@ -283,3 +283,45 @@ def test_413_over_the_body_limit_carries_the_headers_and_closes(client: TestClie
     r = client.post("/api/search", content=b"x" * 300_000, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.headers["connection"] == "close"
     assert r.headers["x-content-type-options"] == "nosniff"
+
+
+# ----------------------------------------------------------------------------------------------- JSON bounds
+def test_json_bodies_have_their_own_cap_below_uploads() -> None:
+    """A JSON search over ``max_json_bytes`` is refused 413 naming it, announced or streamed, though it is
+    under ``max_body_bytes`` (what an upload may take)."""
+    app = create_app(
+        {"shapes": build_retriever(per_class=1)}, limits=Limits(max_body_bytes=4_000_000, max_json_bytes=50_000)
+    )
+    body = b'{"strokes": [[' + b"[1,2]," * 20_000 + b"[1,2]]]}"
+    with TestClient(app, raise_server_exceptions=False) as c:
+        declared = c.post("/api/search", content=body, headers={"content-type": "application/json"})
+        streamed = c.post(
+            "/api/search", content=iter([body[:40_000], body[40_000:]]), headers={"content-type": "application/json"}
+        )
+    for r in (declared, streamed):
+        assert r.status_code == 413 and "body (JSON): at most 50000 bytes" in r.json()["detail"], r.text
+        assert r.headers["connection"] == "close"
+
+
+def test_too_many_values_are_refused_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More commas than ``max_points`` points can hold: 413 without ``json.loads`` ever being called; a body
+    just within the count is parsed (and then checked point by point, as before)."""
+    import json
+    from types import SimpleNamespace
+
+    from sketchsearch.service import decode
+
+    app = create_app({"shapes": build_retriever(per_class=1)}, limits=Limits(max_points=1000))
+    parsed = []
+    monkeypatch.setattr(decode, "json", SimpleNamespace(loads=lambda b: parsed.append(len(b)) or json.loads(b)))
+
+    def body(n: int) -> bytes:
+        return b'{"strokes": [[' + b",".join(b"[%d,2,3]" % i for i in range(n)) + b"]]}"
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/api/search", content=body(2000), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "at most 1000 points" in r.json()["detail"] and not parsed, r.text
+        r = c.post("/api/search", content=body(1100), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and len(parsed) == 1, r.text  # parsed, then refused by the point count
+        r = c.post("/api/search", content=body(900), headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text

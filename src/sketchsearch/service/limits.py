@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import h11
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -40,8 +41,10 @@ __all__ = [
     "Limits",
     "RateLimitedResourceErrors",
     "check_image_size",
+    "check_json_values",
     "check_k",
     "install_log_filters",
+    "read_body",
 ]
 
 MAX_ID = 2**63 - 1
@@ -54,6 +57,9 @@ class Limits:
     ~30 strokes and ~3,000 points) while keeping one request's work to milliseconds."""
 
     max_body_bytes: int = 4 * 1024 * 1024  # whole request body (JSON or multipart)
+    # A JSON search body: the page's dense 3,000-point sketch is ~115 KB. Parsing JSON holds the interpreter
+    # lock from start to end (~0.2 s a MB on a busy core), stalling every other request: kept well below uploads.
+    max_json_bytes: int = 1024 * 1024
     max_strokes: int = MAX_STROKES
     max_points: int = MAX_POINTS  # over all strokes
     max_image_side: int = 4096  # pixels, width or height, read from the header before decoding
@@ -89,6 +95,40 @@ _CLOSE = {"Connection": "close"}
 class _TooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body is larger than {limit} bytes", headers=_CLOSE)
+
+
+async def read_body(request: Request, max_bytes: int, what: str) -> bytes:
+    """The request's body, refused with 413 (and the connection closed, the rest unread) as soon as it is
+    announced or has streamed past ``max_bytes``; ``what`` names the body in the message."""
+    declared = request.headers.get("content-length", "")
+    too_large = f"{what}: at most {max_bytes} bytes"
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise HTTPException(413, f"{too_large}, got {int(declared)}", headers=_CLOSE)
+    chunks, seen = [], 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > max_bytes:
+            raise HTTPException(413, f"{too_large}, got more", headers=_CLOSE)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# Values a point may take in any stroke form parse_strokes reads, counting the comma after it: x, y, t (and
+# one spare); other fields (k, collection, a label) get a fixed allowance.
+_COMMAS_PER_POINT = 4
+_OTHER_COMMAS = 1024
+
+
+def check_json_values(body: bytes, limits: Limits) -> None:
+    """413 before parsing when a JSON body holds more commas than ``limits.max_points`` points can: parsing
+    would only find out after building every value (one C call that holds the interpreter lock throughout)."""
+    commas = body.count(b",")
+    if commas > _COMMAS_PER_POINT * limits.max_points + _OTHER_COMMAS:
+        raise HTTPException(
+            413,
+            f"strokes: at most {limits.max_points} points; this body holds {commas} values (counted before "
+            "parsing): simplify the drawing",
+        )
 
 
 class BodySizeLimit:

@@ -35,7 +35,7 @@ from ..data.sketch import Sketch
 from ..errors import IndexError_
 from ..retrieval import Hit
 from .decode import form_int, parse_search_request, read_image
-from .limits import MAX_ID, check_k
+from .limits import MAX_ID, check_json_values, check_k, read_body
 from .schemas import CollectionInfo, ErrorOut, Health, HitOut, SearchResponse
 from .state import ServedCollection, ServiceState, get_state
 
@@ -78,7 +78,9 @@ async def search(request: Request, state: State) -> JSONResponse:
     limits = state.limits
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
-        body = await request.body()
+        # bounded before parsing: JSON's own cap (below the upload cap) while it streams, then its value count
+        body = await read_body(request, min(limits.max_json_bytes, limits.max_body_bytes), "body (JSON)")
+        check_json_values(body, limits)
         # parsing and validating up to max_points points is CPU work: off the event loop, so that one
         # large request does not stall every other client (and /api/health)
         req, sketch = await run_in_threadpool(parse_search_request, body, limits)
