@@ -325,3 +325,30 @@ def test_too_many_values_are_refused_before_parsing(monkeypatch: pytest.MonkeyPa
         assert r.status_code == 413 and len(parsed) == 1, r.text  # parsed, then refused by the point count
         r = c.post("/api/search", content=body(900), headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
+
+
+def test_large_json_searches_take_turns_and_small_ones_never_wait() -> None:
+    import asyncio
+
+    from sketchsearch.service.state import ServiceState
+
+    state = ServiceState.build({"shapes": build_retriever(per_class=1)}, Limits(large_json_bytes=1000))
+
+    async def scenario() -> list[str]:
+        order: list[str] = []
+
+        async def search(name: str, size: int, hold: float) -> None:
+            async with state.large_search_slot(size):
+                order.append(name + " in")
+                await asyncio.sleep(hold)
+                order.append(name + " out")
+
+        first = asyncio.create_task(search("large1", 5000, 0.2))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(search("large2", 5000, 0.0))
+        await asyncio.sleep(0.01)
+        await asyncio.wait_for(search("small", 500, 0.0), timeout=0.1)  # passes while large1 holds the slot
+        await asyncio.gather(first, second)
+        return order
+
+    assert asyncio.run(scenario()) == ["large1 in", "small in", "small out", "large1 out", "large2 in", "large2 out"]

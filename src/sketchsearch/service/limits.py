@@ -60,6 +60,10 @@ class Limits:
     # A JSON search body: the page's dense 3,000-point sketch is ~115 KB. Parsing JSON holds the interpreter
     # lock from start to end (~0.2 s a MB on a busy core), stalling every other request: kept well below uploads.
     max_json_bytes: int = 1024 * 1024
+    # JSON searches over large_json_bytes (a drawing of thousands of points) are parsed and encoded
+    # max_large_searches at a time; smaller ones (a typical sketch: tens of KB) are never held back.
+    large_json_bytes: int = 128 * 1024
+    max_large_searches: int = 1
     max_strokes: int = MAX_STROKES
     max_points: int = MAX_POINTS  # over all strokes
     max_image_side: int = 4096  # pixels, width or height, read from the header before decoding
