@@ -19,8 +19,9 @@ if TYPE_CHECKING:  # the service (FastAPI, uvicorn) is imported only when a serv
 __all__ = ["collection_specs", "fit_open_files", "register", "run_server", "serve", "uvicorn_config"]
 
 RESERVED_FILES = 128
-"""Descriptors kept for everything but client sockets (index files, SQLite, logs, threads): the connection
-cap is the open-file limit less these."""
+"""Descriptors kept for everything but admitted client sockets: index files, SQLite, logs, and up to
+``ConnectionLimits.backlog`` (64) sockets accepted in one burst before the cap is applied to them. The
+connection cap is the open-file limit less these."""
 
 
 def collection_specs(
@@ -174,7 +175,10 @@ def serve(
     ),
     max_k: int = typer.Option(200, min=1, help="Most hits one search may ask for."),
     max_body_mb: float = typer.Option(
-        4.0, min=0.001, help="Largest request body in MB (JSON or upload), refused with 413 as it streams in."
+        4.0,
+        min=0.001,
+        help="Largest request body in MB (an image upload; a JSON search: at most 1 MiB), refused with 413 as it "
+        "streams in.",
     ),
     header_timeout: float = typer.Option(
         10.0, min=0.01, help="Seconds a client has to send a request's head; then 408 and the socket is closed."

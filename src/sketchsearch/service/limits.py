@@ -191,6 +191,9 @@ class ConnectionLimits:
     keep_alive_timeout: float = 5.0  # idle time between requests on one connection
     max_connections: int = 1000  # sockets open at once
     max_head_bytes: int = 16 * 1024  # request line + headers (h11's incomplete-event limit)
+    # The listen queue, and so the most sockets asyncio accepts in one go before any is admitted or refused
+    # (uvicorn's default, 2048, would overshoot the cap by that many descriptors in a burst).
+    backlog: int = 64
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -207,6 +210,7 @@ class ConnectionLimits:
             "http": self.protocol(),
             "timeout_keep_alive": self.keep_alive_timeout,
             "h11_max_incomplete_event_size": self.max_head_bytes,
+            "backlog": self.backlog,
         }
 
 
