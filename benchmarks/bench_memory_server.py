@@ -7,9 +7,9 @@ it (``/proc/PID/clear_refs``), cross-checked by polling ``VmRSS`` every 5 ms. Me
 
 1. idle RSS (after a few small searches), in a fresh server for each burst;
 2. peak RSS under 16 concurrent uploads of a 4000 x 4000 RGBA 16-bit PNG (~160 KB compressed, inside the pixel
-   limit; 128 MB of samples), and under 16 concurrent maximum-size JSON bodies: the largest the JSON cap lets
-   through (compact ``[x, y, t]`` points, ~47,000: a valid, very dense drawing) and one the size of the body
-   cap (4 MiB, ~190,000 points: refused);
+   limit; 128 MB of samples), of the same in 8-bit (64 MB of samples), and under 16 concurrent maximum-size
+   JSON bodies: the largest the JSON cap lets through (compact ``[x, y, t]`` points, ~49,000: a valid, very
+   dense drawing) and one the size of the body cap (4 MiB, ~196,000 points: refused);
 3. the median latency of a small search (one client, one at a time) alone, then while 4 clients keep sending
    each of those.
 
@@ -111,22 +111,23 @@ def rss_mb(pid: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- the requests
-def png_rgba16(side: int = 4000) -> bytes:
-    """A ``side`` x ``side`` RGBA 16-bit PNG, opaque white with a dark cross: tiny compressed, 8 bytes a pixel
-    decoded (``side`` = 4000: 128 MB of samples)."""
-    white = b"\xff" * 8 * side
-    dark_px = b"\x00\x00" * 3 + b"\xff\xff"
+def png_rgba(side: int = 4000, bits: int = 16) -> bytes:
+    """A ``side`` x ``side`` RGBA PNG of ``bits`` (8 or 16) per sample, opaque white with a dark cross: tiny
+    compressed, ``bits // 2`` bytes a pixel decoded (4000 px, 16-bit: 128 MB of samples; 8-bit: 64 MB)."""
+    px = bits // 8 * 4
+    white = b"\xff" * px * side
+    dark_px = b"\x00" * (px * 3 // 4) + b"\xff" * (px // 4)
     band = side // 20
     lo, hi = side // 2 - band // 2, side // 2 + band // 2
-    cross_row = white[: 8 * lo] + dark_px * (hi - lo) + white[8 * hi :]
-    bar_row = white[: 8 * (side // 10)] + dark_px * (side * 8 // 10) + white[8 * (side * 9 // 10) :]
+    cross_row = white[: px * lo] + dark_px * (hi - lo) + white[px * hi :]
+    bar_row = white[: px * (side // 10)] + dark_px * (side * 8 // 10) + white[px * (side * 9 // 10) :]
     z = zlib.compressobj(9)
     idat = b"".join(z.compress(b"\0" + (bar_row if lo <= y < hi else cross_row)) for y in range(side)) + z.flush()
 
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
-    ihdr = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", side, side, bits, 6, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from sketchsearch.service import Limits
 
     limits = Limits()
-    png = png_rgba16(args.side)
+    png = png_rgba(args.side, 16)
+    png8 = png_rgba(args.side, 8)
     json_body = max_json_body(min(limits.max_json_bytes, limits.max_body_bytes))
     huge_body = max_json_body(limits.max_body_bytes)
     payloads = query_payloads(10, 10, args.seed)
@@ -322,6 +324,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         phases["idle_rss_mb"] = rss_mb(server[1])
         burst(server, "uploads_16bit_png", upload(png))
     with serving(args, payloads, deadline) as server:
+        burst(server, "uploads_8bit_png", upload(png8))
+    with serving(args, payloads, deadline) as server:
         phases["idle_rss_mb_json"] = rss_mb(server[1])
         burst(server, "json_bodies_at_json_cap", post_json(json_body))
         burst(server, "json_bodies_at_body_cap", post_json(huge_body))
@@ -336,6 +340,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "latency_with_json_at_json_cap": post_json(json_body),
             "latency_with_json_at_body_cap": post_json(huge_body),
             "latency_with_png_uploads": upload(png),
+            "latency_with_png8_uploads": upload(png8),
         }
         for name, send in loads.items():
             if time.monotonic() > deadline:
@@ -360,6 +365,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "mode": "RGBA 16-bit",
             "bytes": len(png),
             "decoded_samples_mb": args.side**2 * 8 / MB,
+        },
+        "png8": {
+            "side": args.side,
+            "mode": "RGBA 8-bit",
+            "bytes": len(png8),
+            "decoded_samples_mb": args.side**2 * 4 / MB,
         },
         "json_body_bytes": {"at_json_cap": len(json_body), "at_body_cap": len(huge_body)},
         "json_body_points": {"at_json_cap": json_body.count(b"],[") + 1, "at_body_cap": huge_body.count(b"],[") + 1},
@@ -417,6 +428,11 @@ def markdown(out: dict[str, Any]) -> str:
                 f"{out['png']['side']}x{out['png']['side']} RGBA 16-bit PNG ({kb:.0f} KB) uploads", "uploads_16bit_png"
             ),
             burst_row(
+                f"{out['png8']['side']}x{out['png8']['side']} RGBA 8-bit PNG ({out['png8']['bytes'] / 1024:.0f} KB) "
+                "uploads",
+                "uploads_8bit_png",
+            ),
+            burst_row(
                 f"{out['json_body_bytes']['at_json_cap'] / MB:.2f} MB JSON bodies "
                 f"({out['json_body_points']['at_json_cap']:,} points), the JSON cap",
                 "json_bodies_at_json_cap",
@@ -433,6 +449,7 @@ def markdown(out: dict[str, Any]) -> str:
             lat_row(f"while {out['load_clients']} clients send JSON at the JSON cap", "latency_with_json_at_json_cap"),
             lat_row(f"while {out['load_clients']} clients send JSON at the body cap", "latency_with_json_at_body_cap"),
             lat_row(f"while {out['load_clients']} clients upload the 16-bit PNG", "latency_with_png_uploads"),
+            lat_row(f"while {out['load_clients']} clients upload the 8-bit PNG", "latency_with_png8_uploads"),
             "",
         ]
     )
