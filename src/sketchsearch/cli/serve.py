@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ..errors import SketchSearchError
 from .app import console, friendly_errors
 
-__all__ = ["collection_specs", "register", "run_server", "serve"]
+if TYPE_CHECKING:  # the service (FastAPI, uvicorn) is imported only when a server starts
+    from ..service.limits import ConnectionLimits
+
+__all__ = ["collection_specs", "fit_open_files", "register", "run_server", "serve", "uvicorn_config"]
+
+RESERVED_FILES = 128
+"""Descriptors kept for everything but admitted client sockets: index files, SQLite, logs, and up to
+``ConnectionLimits.backlog`` (64) sockets accepted in one burst before the cap is applied to them. The
+connection cap is the open-file limit less these."""
 
 
 def collection_specs(
@@ -57,9 +66,57 @@ def _default_name(folder: Path) -> str:
     return slug if isinstance(slug, str) and slug else folder.resolve().name or "collection"
 
 
-def run_server(app: Any, host: str, port: int, log_level: str = "warning") -> None:
-    """Serve ``app`` with uvicorn, printing the address to open first."""
+def fit_open_files(max_connections: int) -> int:
+    """Raise this process's open-file limit to fit ``max_connections`` sockets plus :data:`RESERVED_FILES`
+    (up to the hard limit), and return the cap that fits: ``max_connections``, or less (with a warning) where
+    the hard limit is lower. A server past its limit cannot accept, and logs it on every retry."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + RESERVED_FILES
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return max_connections
+    fits = max(1, soft - RESERVED_FILES)
+    console.print(
+        f"[yellow]warning:[/] --max-connections {max_connections} lowered to {fits}: the open-file limit is {soft} "
+        f"(raise it with `ulimit -n`)",
+        highlight=False,
+    )
+    return fits
+
+
+def uvicorn_config(app: Any, connections: ConnectionLimits | None = None, log_level: str = "warning") -> Any:
+    """The ``uvicorn.Config`` the service runs under: ``connections``' timeouts and cap (through
+    :class:`~sketchsearch.service.limits.GuardedH11Protocol`), no ``Server`` header, and repeated
+    out-of-descriptor accept errors logged once per 10 s."""
     import uvicorn
+
+    from ..service.limits import ConnectionLimits, install_log_filters
+
+    config = uvicorn.Config(
+        app, log_level=log_level, server_header=False, **(connections or ConnectionLimits()).uvicorn_options()
+    )
+    install_log_filters()  # after Config: it configures uvicorn's loggers
+    return config
+
+
+def run_server(
+    app: Any, host: str, port: int, log_level: str = "warning", connections: ConnectionLimits | None = None
+) -> None:
+    """Serve ``app`` with uvicorn under ``connections`` (default :class:`ConnectionLimits`), printing the
+    address to open first."""
+    import uvicorn
+
+    from ..service.limits import ConnectionLimits
 
     shown = f"[{host}]" if ":" in host else host
     try:
@@ -88,8 +145,11 @@ def run_server(app: Any, host: str, port: int, log_level: str = "warning") -> No
         f"sketchsearch: open http://{shown}:{port}/ in a browser (API docs at /docs; Ctrl+C stops)",
         flush=True,
     )
-    config = uvicorn.Config(app, log_level=log_level, server_header=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    connections = connections or ConnectionLimits()
+    cap = fit_open_files(connections.max_connections)
+    if cap != connections.max_connections:
+        connections = dataclasses.replace(connections, max_connections=cap)
+    uvicorn.Server(uvicorn_config(app, connections, log_level)).run(sockets=[sock])
 
 
 @friendly_errors
@@ -114,10 +174,30 @@ def serve(
         help="Allow API calls from pages on this origin (repeatable); CORS is off without it.",
     ),
     max_k: int = typer.Option(200, min=1, help="Most hits one search may ask for."),
+    max_body_mb: float = typer.Option(
+        4.0,
+        min=0.001,
+        help="Largest request body in MB (an image upload; a JSON search: at most 1 MiB), refused with 413 as it "
+        "streams in.",
+    ),
+    header_timeout: float = typer.Option(
+        10.0, min=0.01, help="Seconds a client has to send a request's head; then 408 and the socket is closed."
+    ),
+    body_timeout: float = typer.Option(
+        60.0, min=0.01, help="Seconds a client has to send a request's body after its head; then 408 and closed."
+    ),
+    keep_alive: float = typer.Option(5.0, min=0.01, help="Seconds an idle keep-alive connection is kept open."),
+    max_connections: int = typer.Option(
+        1000,
+        min=1,
+        help="Sockets open at once; at the cap the longest-idle one is closed for a new client (503 if none is "
+        "idle). Lowered to fit the open-file limit.",
+    ),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
 ) -> None:
     """Serve the drawing page and the REST API (POST /api/search, GET /api/collections, /docs)."""
     from ..service.app import Limits, create_app, load_collections, warm_up
+    from ..service.limits import ConnectionLimits
 
     specs = collection_specs(index, model, name)
     try:
@@ -129,8 +209,15 @@ def serve(
         shown = f"{n} ({title!r})" if title and title != n else n
         console.print(f"collection {shown}: {len(r):,} items, model {r.model_id}", highlight=False, markup=False)
     warm_up(collections)
-    app = create_app(collections, cors_origins=cors_origin or None, limits=Limits(max_k=max_k))
-    run_server(app, host, port, log_level)
+    limits = Limits(max_k=max_k, max_body_bytes=max(1, int(max_body_mb * 1024 * 1024)))
+    app = create_app(collections, cors_origins=cors_origin or None, limits=limits)
+    connections = ConnectionLimits(
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        keep_alive_timeout=keep_alive,
+        max_connections=max_connections,
+    )
+    run_server(app, host, port, log_level, connections)
 
 
 def register(app: typer.Typer) -> None:

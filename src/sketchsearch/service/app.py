@@ -2,7 +2,8 @@
 :class:`~sketchsearch.retrieval.Retriever`.
 
 It keeps a :class:`~.state.ServiceState` (the collections and the :class:`~.limits.Limits`) on
-``app.state.service``, installs the body-size limit and (optionally) CORS, turns validation and domain
+``app.state.service``, puts security headers on every response (:class:`~.pages.SecurityHeaders`, outermost),
+installs the body-size limit and (optionally) CORS, turns validation and domain
 errors into 4xx answers with a ``detail`` naming the field, includes the API (:mod:`.routes`) and the
 pages (:mod:`.pages`), mounts their static files, and documents the hand-read search body in OpenAPI.
 Nothing a client sends should produce a 5xx.
@@ -26,8 +27,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp
 from swagger_ui_bundle import swagger_ui_path
 
 from .. import __version__
@@ -59,6 +62,14 @@ OPENAPI_VERSION = "3.0.3"
 """The OpenAPI version the app publishes: the newest one the bundled Swagger UI (4.15) reads."""
 
 
+class _App(FastAPI):
+    """FastAPI with :class:`~.pages.SecurityHeaders` outside Starlette's whole middleware stack: user
+    middleware (``add_middleware``) sits inside the error middleware, whose 500s would go out without them."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return pages.SecurityHeaders(super().build_middleware_stack())
+
+
 def create_app(
     collections: Mapping[str, Retriever],
     *,
@@ -70,14 +81,18 @@ def create_app(
     ``cors_origins``: origins allowed to call the API from other pages (``None`` = CORS off, the default).
     """
     state = ServiceState.build(collections, limits)
-    app = FastAPI(
+    app = _App(
         title="sketchsearch",
         version=__version__,
         description="Search collections by drawing. Draw at `/`; the API is below.",
         responses={400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
         docs_url=None,  # served by pages.router from the swagger-ui-bundle package: FastAPI's default loads a CDN
         redoc_url=None,  # ReDoc has no offline bundle on PyPI; /docs is the one API page
-        exception_handlers={RequestValidationError: _validation_error, SketchSearchError: _domain_error},
+        exception_handlers={
+            RequestValidationError: _validation_error,
+            SketchSearchError: _domain_error,
+            ClientDisconnect: _client_left,
+        },
     )
     app.openapi_version = OPENAPI_VERSION  # an attribute FastAPI reads, not a constructor argument
     app.state.service = state
@@ -122,6 +137,12 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         {"detail": _format_validation(exc.errors()), "errors": jsonable_encoder(exc.errors())},
         status_code=422,
     )
+
+
+async def _client_left(request: Request, exc: ClientDisconnect) -> Response:
+    """The client went away (or was dropped by a timeout) while its body was read: nothing to answer, and
+    nothing to log (without this, every dropped slow client would log a traceback)."""
+    return Response(status_code=400)
 
 
 async def _domain_error(request: Request, exc: SketchSearchError) -> JSONResponse:

@@ -35,7 +35,7 @@ from ..data.sketch import Sketch
 from ..errors import IndexError_
 from ..retrieval import Hit
 from .decode import form_int, parse_search_request, read_image
-from .limits import MAX_ID, check_k
+from .limits import MAX_ID, check_json_values, check_k, read_body
 from .schemas import CollectionInfo, ErrorOut, Health, HitOut, SearchResponse
 from .state import ServedCollection, ServiceState, get_state
 
@@ -78,15 +78,19 @@ async def search(request: Request, state: State) -> JSONResponse:
     limits = state.limits
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
-        body = await request.body()
-        # parsing and validating up to max_points points is CPU work: off the event loop, so that one
-        # large request does not stall every other client (and /api/health)
-        req, sketch = await run_in_threadpool(parse_search_request, body, limits)
-        col = state.pick(req.collection)
-        if sketch is None:  # a search by item: parse_search_request checked that it names one
-            assert req.item is not None
-            return await _search_response(col, req.item, req.k, {"item": req.item})
-        return await _search_response(col, sketch, req.k, {"strokes": len(sketch.strokes), "points": sketch.n_points})
+        # bounded before parsing: JSON's own cap (below the upload cap) while it streams, then its value count
+        body = await read_body(request, min(limits.max_json_bytes, limits.max_body_bytes), "body (JSON)")
+        check_json_values(body, limits)
+        async with state.large_search_slot(len(body)):
+            # parsing and validating up to max_points points is CPU work: off the event loop, so that one
+            # large request does not stall every other client (and /api/health)
+            req, sketch = await run_in_threadpool(parse_search_request, body, limits)
+            col = state.pick(req.collection)
+            if sketch is None:  # a search by item: parse_search_request checked that it names one
+                assert req.item is not None
+                return await _search_response(col, req.item, req.k, {"item": req.item})
+            qinfo = {"strokes": len(sketch.strokes), "points": sketch.n_points}
+            return await _search_response(col, sketch, req.k, qinfo)
     if ctype == "multipart/form-data":
         async with request.form(max_files=1, max_fields=8) as form:
             upload = form.get("image")
@@ -167,17 +171,25 @@ Query = Sketch | Image.Image | int
 
 
 def _run_search(col: ServedCollection, query: Query, k: int) -> tuple[list[Hit], dict[int, dict[str, Any]], float]:
-    """Search under the collection's lock: the hits, their item rows and the ms it took.
+    """Encode the query, then search under the collection's lock: the hits, their item rows and the ms it took.
 
     Hits carry label and source; an item's metadata (the ``meta`` field of its row, when the index stores
     one) is read from the rows the Retriever reads them from (:meth:`Retriever.item_meta`).
     """
+    t0 = time.perf_counter()
+    codes = None
+    if not isinstance(query, int):
+        # Encoding (rasterizing, the network) touches neither the index nor the item store: done outside the
+        # lock, so that one large drawing does not hold up every other search of the collection.
+        if isinstance(query, Sketch):
+            query.validate()
+        codes = col.retriever.encode([query])
     with col.lock:
-        t0 = time.perf_counter()
-        if isinstance(query, int):
-            hits = _search_by_item(col, query, k)
+        if codes is None:
+            hits = _search_by_item(col, int(query), k)
         else:
-            hits = col.retriever.search(query, k=k)
+            dist, found = col.retriever.search_encoded(codes, k)
+            hits = col.retriever.hits(dist[0], found[0])
         rows = col.retriever.item_meta([h.id for h in hits])
         return hits, rows, (time.perf_counter() - t0) * 1000.0
 

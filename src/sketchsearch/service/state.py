@@ -8,11 +8,13 @@ the routes get it through the :func:`get_state` dependency.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -112,10 +114,26 @@ class ServedCollection:
 
 @dataclass(frozen=True)
 class ServiceState:
-    """Everything the routes read: the served collections by name and the request limits."""
+    """Everything the routes read: the served collections by name, the request limits, and the slots for
+    large JSON searches (:meth:`large_search_slot`)."""
 
     collections: dict[str, ServedCollection]
     limits: Limits
+    large_searches: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "large_searches", asyncio.Semaphore(self.limits.max_large_searches))
+
+    @asynccontextmanager
+    async def large_search_slot(self, body_bytes: int) -> AsyncIterator[None]:
+        """Wait for one of ``limits.max_large_searches`` slots when a JSON search's body is over
+        ``limits.large_json_bytes`` (its parsing and encoding hold the interpreter lock for long stretches:
+        several at once would stall every other request); smaller searches pass straight through."""
+        if body_bytes <= self.limits.large_json_bytes:
+            yield
+            return
+        async with self.large_searches:
+            yield
 
     @classmethod
     def build(cls, collections: Mapping[str, Retriever], limits: Limits) -> ServiceState:
