@@ -5,11 +5,13 @@ A code is cut into ``m`` disjoint substrings; table ``t`` lists, for every value
 database codes that have it (CSR: ``offsets`` per value, then the entries: positions, and a copy of the
 codes in the same order, as 64-bit word planes, so that verifying a bucket reads memory sequentially).
 
-**Probing order.** Rounds ``r = 0, 1, 2, ...``; in round ``r`` every table ``t`` (in order) is probed at
-substring radius exactly ``r``: every value at Hamming distance ``r`` from the query's substring
-(enumerated with Gosper's hack). A code whose substring distances are ``s_0 .. s_{m-1}`` is met first at
-step ``(min s, the first t with s_t = min s)``; met again later it is skipped, so no "seen" array is
-needed: its substring distances come from the XOR already computed for its full distance.
+**Probing order.** Rounds ``r = 0, 1, 2, ...``; in round ``r`` every table is probed at substring
+radius exactly ``r``: every value at Hamming distance ``r`` from the query's substring (enumerated with
+Gosper's hack). Within a round the tables go in one order per query, ascending size of the query's own
+bucket (below, ``t`` is a table's place in that order). A code whose substring distances are
+``s_0 .. s_{m-1}`` is met first at step ``(min s, the first t with s_t = min s)``; met again later it is
+skipped, so no "seen" array is needed: its substring distances come from the XOR already computed for
+its full distance.
 
 **Stopping rule** (the paper's incremental search, with unequal substring lengths allowed): after step
 ``(r, t)`` a code not yet met has ``s_j >= r + 1`` for ``j <= t`` and ``s_j >= r`` for ``j > t``, so
@@ -87,8 +89,19 @@ def _probe(  # type: ignore[no-untyped-def]
     for t in range(m):
         maxlen = max(maxlen, sub_len[t])
     done = False
+    # Tables in ascending order of the query's own bucket: where the k-th distance is small the search
+    # stops after the first step or two, and reads the smallest buckets. ``rank[t]``: table t's place.
+    size0 = np.empty(m, np.int64)
+    for t in range(m):
+        at = off_start[t] + qkey[t]
+        size0[t] = offsets[at + 1] - offsets[at]
+    order = np.argsort(size0, kind="mergesort")
+    rank = np.empty(m, np.int64)
+    for tt in range(m):
+        rank[order[tt]] = tt
     for r in range(maxlen + 1):
-        for t in range(m):
+        for tt in range(m):
+            t = order[tt]
             L = sub_len[t]
             if r > L:
                 continue
@@ -128,7 +141,7 @@ def _probe(  # type: ignore[no-untyped-def]
                             s = 0
                             for u in range(w):
                                 s += _popcount64((qw[u] ^ planes[u, e]) & submask[i, u])
-                            if s < r or (s == r and i < t):
+                            if s < r or (s == r and rank[i] < tt):
                                 dup = True
                                 break
                         if dup:
@@ -165,9 +178,9 @@ def _probe(  # type: ignore[no-untyped-def]
                 low = mask & -mask
                 rr = mask + low
                 mask = (((rr ^ mask) >> 2) // low) | rr
-            # After step (r, t): every code at distance <= m * r + t has been met; a table probed to
-            # its full length has met every code.
-            if (thr <= m * r + t and (cnt >= k or not tighten)) or r == L:
+            # After step (r, tt): every code at distance <= m * r + tt has been met; a table probed
+            # to its full length has met every code.
+            if (thr <= m * r + tt and (cnt >= k or not tighten)) or r == L:
                 done = True
                 break
         if done:
