@@ -13,10 +13,11 @@ Data (issue 14's performance goal for MIH):
 * ``uniform``: uniformly random codes and queries (seed 0), where MIH is known to gain little: the k-th
   neighbour of a random query is far, and the search probes many buckets.
 
-Both indexes search the same queries in the same run, one thread each (numba's scan is single-threaded,
-and so is the MIH kernel). Figures: the best of ``--repeats`` runs, ms per query, after a warm-up search
-(kernel compile / cache load; MIH's table build is timed apart, as ``build_s``: the first search after a
-change builds the tables). ``same_results``: ids and distances equal to the scan's (ties by id).
+Every index searches the same queries in the same run, one thread each (numba's scan is single-threaded,
+and so is the MIH kernel), in turn within each of ``--repeats`` rounds, so that a change of the machine's
+load hits them alike. Figures: the best round, ms per query, after a warm-up search (kernel compile / cache
+load; MIH's table build is timed apart, as ``build_s``: the first search after a change builds the tables).
+``same_results``: ids and distances equal to the scan's (ties by id).
 ``table_mb``: memory of MIH's tables (positions, offsets and the codes copied in table order);
 ``codes_mb``: the codes themselves, for scale. ``kth_distance``: the median distance of the k-th hit.
 ``--substrings 0`` is the backend's own choice of m (recorded as ``m``); other values force m.
@@ -97,52 +98,55 @@ def replicate(base: np.ndarray, n: int, flip: float, rng: np.random.Generator, c
     return out
 
 
-def best_ms(index: Any, q: np.ndarray, k: int, repeats: int) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = index.search(q, k)
-        best = min(best, (time.perf_counter() - t0) * 1e3 / len(q))
-    assert out is not None
-    return best, out
-
-
 def run_one(data: str, xb: np.ndarray, q: np.ndarray, k: int, repeats: int, ms: list[int]) -> list[dict[str, Any]]:
+    """Build the scan and one MIH index per ``ms``, then time them in turn, ``repeats`` rounds (best kept),
+    so that a change in the machine's load between measurements hits every backend alike."""
     n, nbits = xb.shape[0], 8 * xb.shape[1]
-    scan = create_index("numba", nbits=nbits)
-    scan.add(xb)
-    scan.search(q[:2], k)  # warm-up: kernels compiled or loaded from numba's cache
-    scan_ms, (ref_d, ref_i) = best_ms(scan, q, k, repeats)
-    del scan
-    log(f"{data:>10} n={n:>9}  scan {scan_ms:8.4f} ms/query")
-    common = {"data": data, "n": n, "queries": len(q), "codes_mb": round(xb.nbytes / 1e6, 1)}
-    kth = float(np.median(ref_d[:, -1]))
-    rows = [{**common, "backend": "numba (scan)", "m": "", "ms_per_query": round(scan_ms, 4), "speedup_vs_scan": 1.0}]
-    rows[0].update(same_results=True, build_s="", table_mb="", kth_distance=kth)
+    backends: dict[str, Any] = {"numba (scan)": create_index("numba", nbits=nbits)}
+    backends["numba (scan)"].add(xb)
+    build: dict[str, float] = {}
     for m in ms:
+        name = f"mih m={m}" if m else "mih (auto m)"
         index = create_index("mih", nbits=nbits, substrings=m or None)
         index.add(xb)
         t0 = time.perf_counter()
-        tables = index.tables()
-        build_s = time.perf_counter() - t0
-        index.search(q[:2], k)  # warm-up
-        t_ms, (d, i) = best_ms(index, q, k, repeats)
+        index.tables()
+        build[name] = time.perf_counter() - t0
+        backends[name] = index
+    for index in backends.values():
+        index.search(q[:2], k)  # warm-up: kernels compiled or loaded from numba's cache
+    best = dict.fromkeys(backends, float("inf"))
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for _ in range(repeats):
+        for name, index in backends.items():
+            t0 = time.perf_counter()
+            out[name] = index.search(q, k)
+            best[name] = min(best[name], (time.perf_counter() - t0) * 1e3 / len(q))
+    ref_d, ref_i = out["numba (scan)"]
+    scan_ms = best["numba (scan)"]
+    kth = float(np.median(ref_d[:, -1]))
+    rows = []
+    for name, index in backends.items():
+        d, i = out[name]
+        mih = name != "numba (scan)"
         same = bool(np.array_equal(d, ref_d) and np.array_equal(i, ref_i))
-        log(f"{data:>10} n={n:>9}  mih m={tables.m} {t_ms:8.4f} ms/query  x{scan_ms / t_ms:.2f}  same={same}")
+        log(f"{data:>10} n={n:>9}  {name:>14} {best[name]:8.4f} ms/query  x{scan_ms / best[name]:.2f}  same={same}")
         rows.append(
             {
-                **common,
-                "backend": "mih" + (" (auto m)" if not m else ""),
-                "m": tables.m,
-                "ms_per_query": round(t_ms, 4),
-                "speedup_vs_scan": round(scan_ms / t_ms, 2),
+                "data": data,
+                "n": n,
+                "backend": name,
+                "m": index.tables().m if mih else "",
+                "queries": len(q),
+                "ms_per_query": round(best[name], 4),
+                "speedup_vs_scan": round(scan_ms / best[name], 2),
                 "same_results": same,
-                "build_s": round(build_s, 2),
-                "table_mb": round(index.table_nbytes / 1e6, 1),
+                "build_s": round(build[name], 2) if mih else "",
+                "table_mb": round(index.table_nbytes / 1e6, 1) if mih else "",
+                "codes_mb": round(xb.nbytes / 1e6, 1),
                 "kth_distance": kth,
             }
         )
-        del index, tables
     return rows
 
 
