@@ -20,7 +20,7 @@ argsort and bincount: per table, the positions of the codes sorted by substring 
 ``2**len + 1`` offsets) and a copy of the codes in that order, so that verifying a bucket reads memory
 sequentially. Memory: ``m * n * (4 + nbits / 8)`` bytes plus the offsets (``m`` copies of the codes;
 :attr:`MultiIndexHashingIndex.table_nbytes`). Changes drop the tables; the next search rebuilds them
-(about 2 s per table for 10^7 codes on one core).
+(2 to 3 s per table for 10^7 codes on one shared core).
 
 **Speed** depends on the data: on codes with the structure of trained codes (neighbours at small
 distances) a query reads a few buckets instead of every code, about 10x faster than the scan at 10^7
