@@ -9,6 +9,7 @@ from .base import IdStore, Index, create_index, list_indexes
 from .codes import pack_bits, sign_to_codes, unpack_bits, validate_codes
 from .dense import DenseIndex
 from .hamming import MISSING_DISTANCE, HammingIndex, knn_hamming
+from .mih import MultiIndexHashingIndex
 
 __all__ = [
     "MISSING_DISTANCE",
@@ -16,6 +17,7 @@ __all__ = [
     "HammingIndex",
     "IdStore",
     "Index",
+    "MultiIndexHashingIndex",
     "create_index",
     "knn_hamming",
     "list_indexes",
