@@ -82,6 +82,7 @@ _WIDTH = Bound(float, 0.01, 16)  # channel multipliers
 HPARAM_BOUNDS: dict[str, Bound] = {
     "nbits": _SIZE,
     "dim": _SIZE,
+    "code_size": Bound(int, 1, 4096, optional=True),  # pretrained: bits (binary) or dims (float); None: default
     "embedding_dim": _SIZE,
     "semantic_dim": _SIZE,
     "rnn_hidden": _SIZE,
@@ -347,7 +348,7 @@ def _import_all() -> None:
                 raise
 
 
-_METHOD_MODULES: list[str] = ["baselines", "gan_encoder", "sketchmate", "dsml", "doodle2search", "gdh"]
+_METHOD_MODULES: list[str] = ["baselines", "gan_encoder", "sketchmate", "dsml", "doodle2search", "gdh", "pretrained"]
 
 __all__ = [
     "HPARAM_BOUNDS",
