@@ -90,11 +90,14 @@ class PretrainedFeatures(Method):
         # (Gong & Lazebnik 2011) does not whiten; on the same QuickDraw classes whitening measured lower: ITQ-64
         # 0.212 vs 0.232, float 256-d 0.286 vs 1280-d centred 0.302
         resolution: int | None = None,  # render / backbone input (None: the backbone's 224 / 260 px, as trained;
-        # Lite0 at 160 px: ~1.7x faster, mAP@all 0.286 vs 0.302 on the same classes)
+        # one CPU thread, rendering included: Lite0 224 px 35 drawings/s, 160 px 62/s (mAP@all 0.286 vs 0.302 on
+        # the classes below), 128 px 83/s (0.274); Lite2 260 px 21/s)
         ink: str = "light",  # drawings shown to the backbone as white ink on black: measured (QuickDraw, the
         # unseen classes of sketchmate-quickdraw-64's split, fit on 1,000 train items, Lite0 224 px) mAP@all
         # 0.302 float / 0.232 ITQ-64 vs 0.293 / 0.227 with dark ink on white ("dark")
-        backbone_norm: str = "imagenet",  # torchvision's ImageNet mean/std ("tf": TensorFlow-Lite's)
+        backbone_norm: str = "imagenet",  # torchvision's ImageNet mean/std ("tf": TensorFlow-Lite's, which the
+        # weights were trained with and Doodle to Search uses for photos: on drawings it measured lower, Lite0
+        # 0.291 / ITQ-64 0.212, Lite2 0.245 vs 0.256 float on the QuickDraw classes of ``ink``'s comment)
         iterations: int = 50,  # ITQ: Gong & Lazebnik 2011, section 3: "50 iterations"
         seed: int = 0,  # ITQ's random initial rotation
         pretrained: bool = True,  # ImageNet weights from the backbone's package (False: random, for tests)
