@@ -71,6 +71,7 @@ CASES: dict[str, Case] = {
     "sketch-gan": Case({}, _gan_features, (2, 1024), low=0.0, extra=[lambda m: _check_samples(m)]),
     "thin-gan": Case({}, _gan_features, (2, 1024), low=0.0, extra=[lambda m: _check_samples(m)]),
     "efficientnet_lite0": Case({"pretrained": False}, lambda m: m(_inputs(1, 3, 32, 32)), (1, 1280)),
+    "efficientnet_lite2": Case({"pretrained": False}, lambda m: m(_inputs(1, 3, 32, 32)), (1, 1280)),
 }
 
 

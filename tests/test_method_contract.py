@@ -24,6 +24,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "itq": {"nbits": 8},
     "lsh": {"nbits": 8},
     "pca": {"dim": 4},
+    "pretrained": {"pretrained": False, "resolution": 64},
 }
 
 

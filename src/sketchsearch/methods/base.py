@@ -82,6 +82,7 @@ _WIDTH = Bound(float, 0.01, 16)  # channel multipliers
 HPARAM_BOUNDS: dict[str, Bound] = {
     "nbits": _SIZE,
     "dim": _SIZE,
+    "code_size": Bound(int, 1, 4096, optional=True),  # pretrained: bits (binary) or dims (float); None: default
     "embedding_dim": _SIZE,
     "semantic_dim": _SIZE,
     "rnn_hidden": _SIZE,
@@ -98,6 +99,7 @@ HPARAM_BOUNDS: dict[str, Bound] = {
     "gi_res": Bound(int, 0, 64),
     "input_size": Bound(int, 16, 1024),
     "image_size": Bound(int, 8, 1024),
+    "resolution": Bound(int, 16, 1024, optional=True),  # pretrained: backbone input; None: the backbone's own
     "iterations": Bound(int, 0, 100_000),
     "domain_warmup": Bound(int, 0, 10**9),
     "seed": Bound(int, 0, 2**32 - 1),
@@ -347,7 +349,7 @@ def _import_all() -> None:
                 raise
 
 
-_METHOD_MODULES: list[str] = ["baselines", "gan_encoder", "sketchmate", "dsml", "doodle2search", "gdh"]
+_METHOD_MODULES: list[str] = ["baselines", "gan_encoder", "sketchmate", "dsml", "doodle2search", "gdh", "pretrained"]
 
 __all__ = [
     "HPARAM_BOUNDS",

