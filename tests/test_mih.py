@@ -138,7 +138,6 @@ def test_save_and_load_give_identical_results(rng: np.random.Generator, tmp_path
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.xfail(strict=True, reason="store.py reloads only 'nbits' of a binary index's config (CONFIG_FIELDS)")
 def test_a_chosen_number_of_substrings_survives_save_and_load(rng: np.random.Generator, tmp_path: Path) -> None:
     index = create_index("mih", nbits=64, substrings=5)
     index.add(random_codes(rng, 50, 64))

@@ -165,7 +165,8 @@ def index_build(
     limit: int | None = typer.Option(None, help="Index at most this many items."),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record."),
     backend: str = typer.Option(
-        "numba", help="Hamming backend: numba (the compiled scan), faiss or numpy ('sketchsearch' = numba)."
+        "numba",
+        help="Hamming backend: numba (the compiled scan), mih (multi-index hashing: exact, sub-linear on large structured collections), faiss or numpy ('sketchsearch' = numba).",
     ),
     modality: str = typer.Option(
         "auto",

@@ -117,6 +117,8 @@ READ_RETRY_S = 10.0
 #: manifest without "backend" (dense manifests written before the dense index was registered).
 CONFIG_FIELDS = {"binary": ("nbits",), "dense": ("dim", "metric")}
 DEFAULT_BACKEND = {"binary": "numba", "dense": "dense"}
+#: Per backend: further ``config()`` fields it reads back when its manifest has them.
+BACKEND_CONFIG_FIELDS = {"mih": ("substrings",)}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -405,7 +407,8 @@ def _load_once(
     kind = manifest["kind"]
     name = backend or manifest.get("backend") or DEFAULT_BACKEND[kind]
     try:
-        index = create_index(name, **{key: manifest[key] for key in CONFIG_FIELDS[kind] if key in manifest})
+        fields = CONFIG_FIELDS[kind] + BACKEND_CONFIG_FIELDS.get(ALIASES.get(name, name), ())
+        index = create_index(name, **{key: manifest[key] for key in fields if key in manifest})
     except (TypeError, ValueError) as e:  # an unknown backend, one of the other kind, a bad nbits / dim
         where = f"backend {name!r}" if backend else f"{folder / MANIFEST}: field 'backend' is {name!r}"
         valid = ", ".join(n for n in list_indexes() if _kind_of(n) == kind)
