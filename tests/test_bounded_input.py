@@ -202,15 +202,18 @@ def test_service_refuses_over_its_decode_budget(tmp_path: Path, monkeypatch: pyt
 
 
 def test_service_decodes_at_most_slots_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """16 uploads at once hold at most decode_slots() decode buffers."""
+    """16 uploads at once hold at most decode_slots() decode buffers, decoded on that many threads of their own
+    (so no more than that many glibc arenas ever hold a decode buffer)."""
     running = peak = 0
     lock = threading.Lock()
+    threads_seen: set[str] = set()
 
     def slow_decode(*args: Any, **kw: Any) -> np.ndarray:
         nonlocal running, peak
         with lock:
             running += 1
             peak = max(peak, running)
+            threads_seen.add(threading.current_thread().name)
         time.sleep(0.02)
         with lock:
             running -= 1
@@ -228,6 +231,7 @@ def test_service_decodes_at_most_slots_at_once(monkeypatch: pytest.MonkeyPatch) 
     finally:
         decode.set_decode_slots(old)
     assert peak == 3
+    assert len(threads_seen) <= 3 and all(n.startswith("sketchsearch-decode") for n in threads_seen), threads_seen
     with pytest.raises(ValueError, match="decode slots"):
         decode.set_decode_slots(0)
 

@@ -193,12 +193,23 @@ def serve(
         help="Sockets open at once; at the cap the longest-idle one is closed for a new client (503 if none is "
         "idle). Lowered to fit the open-file limit.",
     ),
+    decode_slots: int | None = typer.Option(
+        None,
+        min=1,
+        help="Uploaded images decoded at once (each holds up to 64 MiB while it decodes; others wait up to 30 s, "
+        "then 503). Default: $SKETCHSEARCH_DECODE_SLOTS, else 2.",
+        show_default=False,
+    ),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
 ) -> None:
     """Serve the drawing page and the REST API (POST /api/search, GET /api/collections, /docs)."""
     from ..service.app import Limits, create_app, load_collections, warm_up
     from ..service.limits import ConnectionLimits
 
+    if decode_slots is not None:
+        from ..service.decode import set_decode_slots
+
+        set_decode_slots(decode_slots)
     specs = collection_specs(index, model, name)
     try:
         collections = load_collections(specs)

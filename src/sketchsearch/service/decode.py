@@ -9,10 +9,13 @@ or :class:`~sketchsearch.errors.InvalidSketchError` for a drawing (answered by t
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -40,8 +43,9 @@ __all__ = [
 
 _CHOOSE = "choose a drawing saved as PNG or JPEG"
 
-#: At most this many uploads are decoded at once (``$SKETCHSEARCH_DECODE_SLOTS``, default 2; see
-#: :func:`set_decode_slots`): 16 concurrent uploads hold at most this many decode buffers, the others wait.
+#: At most this many uploads are decoded at once (``$SKETCHSEARCH_DECODE_SLOTS``, default 2; ``serve
+#: --decode-slots``; see :func:`set_decode_slots`): 16 concurrent uploads hold at most this many decode
+#: buffers, the others wait.
 DECODE_SLOTS = int(os.environ.get("SKETCHSEARCH_DECODE_SLOTS", "2"))
 #: How long an upload waits for a decode slot before it is answered 503.
 DECODE_WAIT_S = 30.0
@@ -49,21 +53,67 @@ DECODE_WAIT_S = 30.0
 #: the header. 64 MiB is a 16-Mpx (the pixel limit) 8-bit RGBA image; the same size in 16-bit RGBA is refused.
 DECODE_BUDGET_BYTES = 64 * MiB
 
-_slots = threading.BoundedSemaphore(DECODE_SLOTS)
-_slots_n = DECODE_SLOTS
+
+def _trimmer() -> Any:
+    """glibc's ``malloc_trim`` (None elsewhere). Written by hand because no library exposes it: Pillow's
+    decode buffers come from the C heap, and glibc keeps freed heap memory in the arena of the thread that
+    freed it, so without a trim each decode thread's arena stays at its largest decode."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+_malloc_trim = _trimmer()
+
+
+class _Decoder:
+    """``n`` slots and a pool of exactly ``n`` threads that do every decode. The semaphore bounds how many
+    decodes run at once; the pool bounds *which threads* run them. Decoding on whichever of the server's
+    ~40 worker threads took the request let every one of their glibc arenas grow to one decode buffer
+    (16 uploads of a 4000x4000 RGBA PNG with 2 slots: +964 MB); on ``n`` threads, trimmed after each decode,
+    the server holds about ``n`` buffers at the peak and gives them back afterwards (see
+    ``benchmarks/bench_memory_server.py``)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.slots = threading.BoundedSemaphore(n)
+        self.pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sketchsearch-decode")
+
+    def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on a decode thread, after waiting up to :data:`DECODE_WAIT_S` for a slot."""
+        if not self.slots.acquire(timeout=DECODE_WAIT_S):
+            raise HTTPException(503, "image: the server is decoding other pictures; try again in a moment")
+        try:
+            return self.pool.submit(_trimmed, fn, *args, **kwargs).result()
+        finally:
+            self.slots.release()
+
+
+def _trimmed(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if _malloc_trim is not None:
+            _malloc_trim(0)
+
+
+_decoder = _Decoder(max(1, DECODE_SLOTS))
 
 
 def decode_slots() -> int:
     """How many uploads may be decoded at once."""
-    return _slots_n
+    return _decoder.n
 
 
 def set_decode_slots(n: int) -> None:
-    """Allow ``n`` (>= 1) concurrent decodes from now on (decodes already running release their old slot)."""
-    global _slots, _slots_n
+    """Allow ``n`` (>= 1) concurrent decodes from now on (decodes already running finish on the old pool)."""
+    global _decoder
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"decode slots must be an int >= 1, got {n!r}")
-    _slots, _slots_n = threading.BoundedSemaphore(n), n
+    old, _decoder = _decoder, _Decoder(n)
+    old.pool.shutdown(wait=False)
 
 
 def parse_search_request(body: bytes, limits: Limits) -> tuple[SearchRequest, Sketch | None]:
@@ -109,11 +159,10 @@ def read_image(data: bytes, limits: Limits) -> Image.Image:
         if w < 1 or h < 1:
             raise HTTPException(422, f"image: {w}x{h} has no pixels: {_CHOOSE}")
 
-    slots = _slots
-    if not slots.acquire(timeout=DECODE_WAIT_S):
-        raise HTTPException(503, "image: the server is decoding other pictures; try again in a moment")
     try:
-        arr = open_image(data, name="image", limits=read_limits, formats=("PNG", "JPEG"), check_size=check_size)
+        arr = _decoder.run(
+            open_image, data, name="image", limits=read_limits, formats=("PNG", "JPEG"), check_size=check_size
+        )
     except ImageDecodeError as e:
         # Pillow's messages name its in-memory file (``<_io.BytesIO object at 0x...>``): not repeated here.
         if e.kind == "not_an_image":
@@ -129,8 +178,6 @@ def read_image(data: bytes, limits: Limits) -> Image.Image:
         raise HTTPException(
             422, f"image: the file is damaged (cut short or corrupt): save the drawing again, or {_CHOOSE}"
         ) from e
-    finally:
-        slots.release()
     return Image.fromarray(arr)
 
 
