@@ -213,7 +213,9 @@ def test_manifests_with_the_former_backend_names_load(tmp_path: Path, rng: np.ra
     for a, b in zip(loaded.search(index.codes[:4], 5), index.search(index.codes[:4], 5)):
         np.testing.assert_array_equal(a, b)
     (folder / "manifest.json").write_text(json.dumps({**manifest, "backend": "nope"}))
-    with pytest.raises(IndexError_, match="manifest.json: field 'backend' is 'nope'.*binary backends: faiss, numba"):
+    with pytest.raises(
+        IndexError_, match="manifest.json: field 'backend' is 'nope'.*binary backends: faiss, mih, numba, numpy"
+    ):
         load_index(folder)
 
     dense = DenseIndex(6, metric="ip")
