@@ -196,8 +196,21 @@ def knn_scan(xq, xb, k, nbits):  # type: ignore[no-untyped-def]
     C-contiguous; k >= 1; nbits: code length (upper bound of a distance). Returns distances int32
     (nq, k) and positions int64 (nq, k); missing hits are (2**31 - 1, -1).
     """
+    return knn_scan_live(xq, xb, np.zeros(0, np.bool_), k, nbits)
+
+
+@njit(cache=True, nogil=True)
+def knn_scan_live(xq, xb, dead, k, nbits):  # type: ignore[no-untyped-def]
+    """:func:`knn_scan` over the rows of ``xb`` not marked in ``dead`` (bool (n,), or empty: every row).
+
+    A dead row still takes part in the fast path's minimum (a lower bound, so nothing is missed) but
+    never enters a query's buffer: the result is exactly the first ``k`` live rows by (distance,
+    position), fewer (padded with missing hits) when fewer rows are live. The check sits on the slow
+    path only, so the scan without tombstones (``knn_scan``) runs as fast as before.
+    """
     nq, w = xq.shape
     n = xb.shape[0]
+    has_dead = dead.shape[0] > 0
     out_d = np.empty((nq, k), np.int32)
     out_p = np.empty((nq, k), np.int64)
     if nq == 0:
@@ -280,6 +293,8 @@ def knn_scan(xq, xb, k, nbits):  # type: ignore[no-untyped-def]
                             for j in range(t1 - t0):
                                 d = dseg[j]
                                 if d <= acc:
+                                    if has_dead and dead[c0 + t0 + j]:
+                                        continue
                                     cand_pos[qi, f] = c0 + t0 + j
                                     cand_d[qi, f] = d
                                     f += 1
