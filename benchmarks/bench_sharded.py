@@ -1,6 +1,6 @@
 """The sharded backend on 1 and 2 threads vs the numba scan: exact top-k, 64-bit random codes; add and compaction.
 
-    nice -n 5 python benchmarks/bench_sharded.py [--sizes 1000000 10000000] [--queries 200] [--k 100]
+    python benchmarks/bench_sharded.py [--sizes 1000000 10000000] [--queries 200] [--k 100]
         [--shards 2] [--threads 1 2] [--repeats 7] [--add 1000000] [--remove 0.1]
 
 Search (issue "Past one machine's linear scan", item 2: 2 threads over 2 shards >= 1.7x one thread at 10^7):
@@ -229,7 +229,8 @@ def run_maintenance(xb: np.ndarray, q: np.ndarray, k: int, n_add: int, frac_remo
     (d, i), t_search = timed(lambda: index.search(q, k))
     rd, ri = ref.search(q, k)
     same = bool(np.array_equal(d, rd) and np.array_equal(i, ri))
-    op("search after remove", len(q), t_search, "", f"{index.search_threads()} threads; same as numba: {same}")
+    note = f"{t_search * 1e3 / len(q):.3f} ms/query, {index.search_threads()} threads; same as numba's: {same}"
+    op("search after remove", len(q), t_search, "", note)
     dropped, t_compact = timed(index.compact)
     op("compact()", dropped, t_compact, "", f"{len(index)} live rows into {len(index.shards())} shards")
     (d, i), _ = timed(lambda: index.search(q, k))
@@ -268,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "sharded_knn",
         "k": a.k,
         "bits": 64,
-        "command": "nice -n 5 python benchmarks/bench_sharded.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": (f"nice -n {os.nice(0)} " if os.nice(0) else "")
+        + "python benchmarks/bench_sharded.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(),
         "rows": rows,
         "operations": ops,
