@@ -166,8 +166,9 @@ def index_build(
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record."),
     backend: str = typer.Option(
         "numba",
-        help="Hamming backend: numba (the compiled scan), mih (multi-index hashing: exact, sub-linear on "
-        "large structured collections), faiss or numpy ('sketchsearch' = numba).",
+        help="Hamming backend: numba (the compiled scan), sharded (the same scan over shards of 2**20 codes "
+        "in parallel threads, deletes as tombstones), mih (multi-index hashing: exact, sub-linear on large "
+        "structured collections), faiss or numpy ('sketchsearch' = numba).",
     ),
     modality: str = typer.Option(
         "auto",

@@ -10,6 +10,7 @@ from .codes import pack_bits, sign_to_codes, unpack_bits, validate_codes
 from .dense import DenseIndex
 from .hamming import MISSING_DISTANCE, HammingIndex, knn_hamming
 from .mih import MultiIndexHashingIndex
+from .sharded import ShardedHammingIndex
 
 __all__ = [
     "MISSING_DISTANCE",
@@ -18,6 +19,7 @@ __all__ = [
     "IdStore",
     "Index",
     "MultiIndexHashingIndex",
+    "ShardedHammingIndex",
     "create_index",
     "knn_hamming",
     "list_indexes",

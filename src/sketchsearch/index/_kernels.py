@@ -16,6 +16,10 @@ buffer in scan order, the shrink step keeps the *earliest* candidates at the bou
 later candidates need a strictly smaller distance, and the final counting sort is stable. So the
 result is exactly the first ``k`` of the database sorted by (distance, id), ties included.
 
+``knn_scan`` is ``knn_scan_live`` without its two extras, which the ``"sharded"`` backend uses: rows
+marked dead (tombstones) never enter a buffer, and a per-query ``bound`` shared by the scans of several
+blocks of rows (other shards, other threads) prunes rows that cannot be among the k best of their union.
+
 Indexing (_NOTE_ON_INDEXING): numba wraps negative indices, so ``a[j]`` with ``j`` from ``range(s0, s1)``
 (which LLVM cannot prove non-negative) compiles to an index fix-up per element and turns the vector loop
 into ``vpgatherqq`` gathers, about 5x slower. Every hot loop here therefore runs ``range(len(seg))``
@@ -196,8 +200,33 @@ def knn_scan(xq, xb, k, nbits):  # type: ignore[no-untyped-def]
     C-contiguous; k >= 1; nbits: code length (upper bound of a distance). Returns distances int32
     (nq, k) and positions int64 (nq, k); missing hits are (2**31 - 1, -1).
     """
+    return knn_scan_live(xq, xb, np.zeros(0, np.bool_), k, nbits, np.zeros(0, np.int64))
+
+
+@njit(cache=True, nogil=True)
+def knn_scan_live(xq, xb, dead, k, nbits, bound):  # type: ignore[no-untyped-def]
+    """:func:`knn_scan` over the rows of ``xb`` not marked in ``dead``, pruned by a shared ``bound``.
+
+    ``dead``: bool (n,), or empty (every row is live). A dead row still takes part in the fast path's
+    minimum (a lower bound, so nothing is missed) but never enters a query's buffer.
+
+    ``bound``: int64 (nq,), or empty (none). ``bound[i]`` says that ``k`` rows *somewhere* (this scan or
+    another one sharing the array: other blocks of rows, other threads) are at distance ``<= bound[i]``
+    from query ``i``, so a row farther than that cannot be among the ``k`` best of the union; rows at
+    exactly ``bound[i]`` are kept (their ids may be below those others'). The scan reads it at every
+    sub-block and lowers it whenever its own buffer proves a smaller one. Every value ever written is a
+    true bound, so a stale read or a lost update between threads only prunes less (aligned 64-bit loads
+    and stores are not torn); the results stay exact.
+
+    Result: the first ``k`` live rows by (distance, position) among those within the bound, padded with
+    missing hits; with several blocks of rows sharing ``bound``, merging their results by (distance, id)
+    gives exactly the first ``k`` of their union. Both checks sit off the fast path's inner loops, so the
+    scan without them (:func:`knn_scan`) runs as fast as before.
+    """
     nq, w = xq.shape
     n = xb.shape[0]
+    has_dead = dead.shape[0] > 0
+    has_bound = bound.shape[0] > 0
     out_d = np.empty((nq, k), np.int32)
     out_p = np.empty((nq, k), np.int64)
     if nq == 0:
@@ -265,7 +294,11 @@ def knn_scan(xq, xb, k, nbits):  # type: ignore[no-untyped-def]
                         )
                     for rr in range(4):
                         qi = g + rr
-                        if qi >= nblk or r[rr] > thr[qi]:
+                        if qi >= nblk:
+                            continue
+                        if has_bound and bound[q0 + qi] < thr[qi]:
+                            thr[qi] = bound[q0 + qi]
+                        if r[rr] > thr[qi]:
                             continue
                         # Slow path (rare once the threshold is tight): this query alone, in pieces of
                         # SUB2 codes; exact distances of the pieces that hold a hit go to the buffer.
@@ -280,15 +313,22 @@ def knn_scan(xq, xb, k, nbits):  # type: ignore[no-untyped-def]
                             for j in range(t1 - t0):
                                 d = dseg[j]
                                 if d <= acc:
+                                    if has_dead and dead[c0 + t0 + j]:
+                                        continue
                                     cand_pos[qi, f] = c0 + t0 + j
                                     cand_d[qi, f] = d
                                     f += 1
                                     if f == cap:
                                         f, acc = _shrink(cand_pos[qi], cand_d[qi], f, k, nbits)
+                                        if has_bound:  # k rows at <= acc + 1: tell the other scans
+                                            bound[iq] = min(bound[iq], acc + 1)
+                                            acc = min(acc, bound[iq])
                         fill[qi] = f
                         thr[qi] = acc
         for qi in range(nblk):
             _finish(cand_pos[qi], cand_d[qi], fill[qi], k, nbits, out_d[q0 + qi], out_p[q0 + qi])
+            if has_bound and out_p[q0 + qi, k - 1] >= 0 and out_d[q0 + qi, k - 1] < bound[q0 + qi]:
+                bound[q0 + qi] = out_d[q0 + qi, k - 1]
     return out_d, out_p
 
 

@@ -1,10 +1,12 @@
 """The index contract: the :class:`Index` protocol, the :class:`IdStore` every index keeps its rows in,
 and the one registry of index backends.
 
-Every backend (``list_indexes()``: the Hamming scans of ``hamming.py`` and the dense index of
-``dense.py``) satisfies :class:`Index`, and the Retriever and the on-disk store (``store.py``) use
-nothing else. Backends register when their module is imported; ``sketchsearch.index``'s
-``__init__`` imports every backend module, and importing this module runs that ``__init__`` first.
+Every backend (``list_indexes()``: the Hamming scans of ``hamming.py``, multi-index hashing of
+``mih.py``, the sharded scan of ``sharded.py`` and the dense index of ``dense.py``) satisfies
+:class:`Index`, and the Retriever and the on-disk store (``store.py``) use nothing else (the sharded
+backend keeps its rows in shards of its own instead of an :class:`IdStore`). Backends register when their
+module is imported; ``sketchsearch.index``'s ``__init__`` imports every backend module, and importing this
+module runs that ``__init__`` first.
 """
 
 from __future__ import annotations
@@ -108,8 +110,10 @@ ALIASES = {"sketchsearch": "numba"}
 def create_index(name: str, **config: Any) -> Index:
     """An empty index of backend ``name``.
 
-    Hamming backends (``"numba"``, ``"faiss"``, ``"numpy"``) take ``nbits``; ``"dense"`` takes ``dim``
-    and ``metric`` (``"cosine"`` or ``"ip"``). An unknown name raises ValueError listing the valid ones.
+    Hamming backends (``"numba"``, ``"faiss"``, ``"numpy"``, ``"mih"``, ``"sharded"``) take ``nbits`` (and
+    their own options: ``mih``'s ``substrings``, ``sharded``'s ``shard_size``, ``threads``, ``max_deleted``);
+    ``"dense"`` takes ``dim`` and ``metric`` (``"cosine"`` or ``"ip"``). An unknown name raises ValueError
+    listing the valid ones.
     """
     return INDEXES.create(ALIASES.get(name, name), **config)
 
