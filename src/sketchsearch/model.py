@@ -62,6 +62,7 @@ from .methods.base import HparamError, Method, Preprocessing, check_hparams, che
 
 __all__ = [
     "LEGACY_MODEL_IDS",
+    "RESHIPPED_MODELS",
     "ModelCard",
     "list_models",
     "load_model",
@@ -116,8 +117,10 @@ LEGACY_MODEL_IDS: dict[str, str] = {
     "doodle2search-256-8b3ed05f45cf": "doodle2search-256-1c4196809cd5",  # doodle2search-sketchy
     "gan-1024-ae8754c2dde3": "gan-1024-2c0bb6df0691",  # sketch-gan
     "sketchmate-64-b5c90febe46a": "sketchmate-64-57ac8292700a",  # sketchmate-quickdraw-64
-    "gan-1024-7256a546cfc0": "gan-1024-182f1da09a8b",  # thin-gan
 }
+#: Shipped models re-trained since (new weights): their earlier ids are refused, so an index built with the
+#: old weights is never searched with the new ones ("re-index with the query's model").
+RESHIPPED_MODELS = ("thin-gan",)
 
 
 def model_id_of(id_name: str, code_size: int, weights_sha256: str, encoding: dict[str, Any]) -> str:
