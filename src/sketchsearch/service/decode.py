@@ -36,6 +36,7 @@ __all__ = [
     "DECODE_WAIT_S",
     "decode_slots",
     "form_int",
+    "on_decode_thread",
     "parse_search_request",
     "read_image",
     "set_decode_slots",
@@ -100,6 +101,12 @@ def _trimmed(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 _decoder = _Decoder(max(1, DECODE_SLOTS))
+
+
+def on_decode_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` on one of the decode threads, in a decode slot (503 after waiting
+    :data:`DECODE_WAIT_S`): for the work that follows a decode and holds image-sized buffers."""
+    return _decoder.run(fn, *args, **kwargs)
 
 
 def decode_slots() -> int:

@@ -34,7 +34,7 @@ from .. import __version__
 from ..data.sketch import Sketch
 from ..errors import IndexError_
 from ..retrieval import Hit
-from .decode import form_int, parse_search_request, read_image
+from .decode import form_int, on_decode_thread, parse_search_request, read_image
 from .limits import MAX_ID, check_json_values, check_k, read_body
 from .schemas import CollectionInfo, ErrorOut, Health, HitOut, SearchResponse
 from .state import ServedCollection, ServiceState, get_state
@@ -104,7 +104,11 @@ async def search(request: Request, state: State) -> JSONResponse:
             col = state.pick(cname if isinstance(cname, str) and cname else None)
             data = await upload.read()
         img = await run_in_threadpool(read_image, data, limits)  # decoding is CPU work: off the event loop
-        return await _search_response(col, img, k, {"width": img.size[0], "height": img.size[1]})
+        # an image query's preparation (up to 1,024 px a side, in float) also runs on the decode threads, so
+        # 16 concurrent uploads hold at most decode_slots() of those buffers too
+        return await _search_response(
+            col, img, k, {"width": img.size[0], "height": img.size[1]}, runner=on_decode_thread
+        )
     raise HTTPException(
         415,
         f"Content-Type {ctype or '(none)'!r} not supported: "
@@ -247,10 +251,16 @@ def _hit_out(col: ServedCollection, hit: Hit, meta: Mapping[str, str]) -> HitOut
     )
 
 
-async def _search_response(col: ServedCollection, query: Query, k: int, qinfo: dict[str, int]) -> JSONResponse:
-    """Run the search in the thread pool and answer it as a :class:`SearchResponse` with Server-Timing."""
+async def _search_response(
+    col: ServedCollection, query: Query, k: int, qinfo: dict[str, int], runner: Any = None
+) -> JSONResponse:
+    """Run the search in the thread pool (through ``runner(fn, *args)`` when given) and answer it as a
+    :class:`SearchResponse` with Server-Timing."""
     try:
-        hits, rows, took = await run_in_threadpool(_run_search, col, query, k)
+        if runner is None:
+            hits, rows, took = await run_in_threadpool(_run_search, col, query, k)
+        else:
+            hits, rows, took = await run_in_threadpool(runner, _run_search, col, query, k)
     except IndexError_ as e:
         raise HTTPException(409, f"collection {col.name!r}: {e}") from e
     out = SearchResponse(
