@@ -157,6 +157,16 @@ def _check_ids(ids: object, n: int) -> np.ndarray:
     return arr
 
 
+def _sort_new_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, ids[order])`` of checked ids about to be added; an id given twice is refused."""
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    repeated = sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]]
+    if repeated.size:
+        raise IndexArgumentError(f"id {int(repeated[0])} is given more than once", "ids")
+    return order, sorted_ids
+
+
 class IdStore:
     """An index's ids and rows, kept together in ascending id order.
 
@@ -199,11 +209,7 @@ class IdStore:
         ids = _check_ids(ids, n)
         if n == 0:
             return ids
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        repeated = sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]]
-        if repeated.size:
-            raise IndexArgumentError(f"id {int(repeated[0])} is given more than once", "ids")
+        order, sorted_ids = _sort_new_ids(ids)
         stored = sorted_ids[self.positions(sorted_ids) >= 0]
         if stored.size:
             raise IndexArgumentError(f"id {int(stored[0])} is already in the index", "ids")

@@ -58,7 +58,7 @@ from numpy.typing import ArrayLike
 
 from sketchsearch.errors import IndexArgumentError
 
-from .base import INDEXES, IdStore, _check_ids, check_k, readonly_view, state_arrays
+from .base import INDEXES, IdStore, _check_ids, _sort_new_ids, check_k, readonly_view, state_arrays
 from .hamming import MISSING_DISTANCE, HammingIndex, _words
 
 __all__ = [
@@ -331,11 +331,7 @@ class ShardedHammingIndex(HammingIndex):
         ids = _check_ids(ids, m)
         if m == 0:
             return ids
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        repeated = sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]]
-        if repeated.size:
-            raise IndexArgumentError(f"id {int(repeated[0])} is given more than once", "ids")
+        order, sorted_ids = _sort_new_ids(ids)
         if not self._shards or sorted_ids[0] > self._shards[-1].last_id:
             self._append(rows[order], sorted_ids)
         else:
