@@ -217,6 +217,7 @@ def test_instance_protocol_a_sketchs_own_photo_is_the_only_relevant_item() -> No
     # photo at rank 2 (AP 1/2); the other three find their own photo first
     assert (main["n_queries"], main["n_gallery"], main["mean_relevant"]) == (4, 4, 1.0)
     assert main["acc@1"] == pytest.approx(3 / 4) and main["mAP@all"] == pytest.approx((1 + 0.5 + 1 + 1) / 4)
+    assert main["mean_rank"] == pytest.approx((1 + 2 + 1 + 1) / 4)  # the true photo's rank, per query
     # the same ranking by class: p0 is of the right class, so every query is right at rank 1
     by_class = evaluate(Circle(), coll, split, protocol="category", ks=(1,))["main"]
     assert by_class["acc@1"] == pytest.approx(1.0) and by_class["mAP@all"] == pytest.approx(1.0)

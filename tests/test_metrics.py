@@ -13,6 +13,7 @@ from sketchsearch.eval.metrics import (
     map_at_all,
     map_at_k,
     map_at_r,
+    mean_rank,
     n_relevant_from_labels,
     precision_at_k,
     relevance_from_labels,
@@ -70,6 +71,16 @@ def test_precision_and_accuracy_by_hand() -> None:
     # acc@1: q0 hit, q1 miss ; acc@2: both hit
     assert acc_at_k(REL, 1, N_REL) == pytest.approx(0.5)
     assert acc_at_k(REL, 2, N_REL) == pytest.approx(1.0)
+
+
+def test_mean_rank_by_hand() -> None:
+    # first relevant item: q0 at rank 1, q1 at rank 2; q2 (no relevant item) excluded
+    assert mean_rank(REL, N_REL) == pytest.approx(1.5)
+    # a truncated ranking that misses q1's relevant items counts it at n_ranked + 1 = 2 (a lower bound)
+    assert mean_rank(REL[:, :1], N_REL) == pytest.approx((1 + 2) / 2)
+    # instance retrieval: one true photo per query, at ranks 3, 1, 2 of 3
+    one = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], dtype=bool)
+    assert mean_rank(one) == pytest.approx(2.0)
 
 
 def test_map_at_r_by_hand() -> None:

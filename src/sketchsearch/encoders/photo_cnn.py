@@ -65,6 +65,7 @@ __all__ = [
     "EfficientNetLite",
     "EfficientNetLite0",
     "EfficientNetLite2",
+    "TopTunedLite",
     "describe_weights",
     "lite0_weights_file",
     "lite2_weights_file",
@@ -434,3 +435,68 @@ def describe_weights(model: EfficientNetLite) -> dict[str, Any]:
         "file": model.weights_file.name if model.weights_file else None,
         "sha256": model.weights_sha256,
     }
+
+
+# ------------------------------------------------------------------------------------- partial fine-tuning
+@ENCODERS.register("lite_top_tuned")
+class TopTunedLite(nn.Module):
+    """RGB (B, 3, H, W) in [0, 1] -> (B, out_dim): a pretrained EfficientNet-Lite whose stem and first
+    ``frozen_blocks`` MBConv blocks stay frozen (``trunk``: no gradients for its weights, batch norm on its
+    ImageNet statistics even in training mode), the remaining blocks and the 1280-channel head trained
+    (``top``), average pooling, then a linear layer to ``out_dim`` (``fc``) and ``activation``.
+
+    Why: fine-tuning all of Lite0 costs ~3x a forward pass per image, which a CPU cannot afford for hundreds
+    of steps; the top blocks (stride 32, 4 x 4 positions at 128 px) are where the ImageNet network's features
+    become ImageNet-specific, and training them costs a fraction. The trunk still passes gradients to its
+    *input* (GDH trains its generators through the hash network). ``trunk.`` is what
+    ``Method.external_weights`` reports (loaded from the package, not stored in an artifact).
+    Lite0 has 16 blocks: 11 frozen leaves stage 6 (192 channels, 4 blocks) and 7 (320, 1) trained.
+    """
+
+    def __init__(
+        self,
+        out_dim: int,
+        backbone: str = "lite0",
+        frozen_blocks: int = 11,
+        activation: str = "none",
+        pretrained: bool = True,
+        mean: Sequence[float] = TF_LITE_MEAN,
+        std: Sequence[float] = TF_LITE_STD,
+    ) -> None:
+        super().__init__()
+        nets = {"lite0": EfficientNetLite0, "lite2": EfficientNetLite2}
+        if backbone not in nets:
+            raise ValueError(f"backbone must be one of {sorted(nets)}, got {backbone!r}")
+        if activation not in ("none", "tanh"):
+            raise ValueError(f"activation must be 'none' or 'tanh', got {activation!r}")
+        net = nets[backbone](pretrained=pretrained, mean=mean, std=std)
+        n = len(net.blocks)
+        if not isinstance(frozen_blocks, int) or not 0 <= frozen_blocks <= n:
+            raise ValueError(
+                f"frozen_blocks must be an int in [0, {n}] ({backbone} has {n} blocks), got {frozen_blocks!r}"
+            )
+        self.net_description = describe_weights(net) if pretrained else None
+        self.trunk = nn.Sequential(net.stem, *list(net.blocks)[:frozen_blocks])
+        self.top = nn.Sequential(*list(net.blocks)[frozen_blocks:], net.head)
+        self.trunk.requires_grad_(False)
+        self.trunk.eval()
+        self.register_buffer("mean", net.mean.clone(), persistent=False)
+        self.register_buffer("std", net.std.clone(), persistent=False)
+        self.fc = nn.Linear(EfficientNetLite.out_dim, int(out_dim))
+        self.activation = activation
+
+    def train(self, mode: bool = True) -> TopTunedLite:
+        super().train(mode)
+        self.trunk.eval()  # frozen: its ImageNet batch-norm statistics stay
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected RGB images (B, 3, H, W) in [0, 1], got shape {tuple(x.shape)}")
+        h = self.top(self.trunk((x - self.mean) / self.std)).mean(dim=(2, 3))
+        z = self.fc(h)
+        return torch.tanh(z) if self.activation == "tanh" else z
+
+    def external(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """``{prefix + "trunk.": package description}`` when the weights came from the package."""
+        return {f"{prefix}trunk.": self.net_description} if self.net_description else {}

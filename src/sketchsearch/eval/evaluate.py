@@ -2,13 +2,14 @@
 
 * :func:`score` is the engine: encode a gallery and queries through the Retriever (each item with its own
   modality, so sketch queries meet a photo gallery through the photo branch), add the gallery, search every
-  query over the whole gallery and score the ranking: ``mAP@all``, ``MAP@R``, and per k ``mAP@k`` (normalised
-  by #relevant), ``mAP@k_min`` (by min(k, #relevant)), ``P@k``, ``acc@k``; ``ms_per_query`` (search only) and
-  ``encode_per_s`` (rendering included). Relevance is key equality: the class label for category retrieval,
-  the instance (``label``, ``pair``) for fine-grained retrieval. ``leave_one_out``: each gallery item
-  queries the others (the sketch-GAN protocol). On request it also returns the mean interpolated
-  precision-recall curve (``pr_points``) and each query's top hits with their relevance (``top``), and
-  reports its progress (``progress(what, done, total)``: encoding, then searching).
+  query over the whole gallery and score the ranking: ``mAP@all``, ``MAP@R``, ``mean_rank`` (of the first
+  relevant item), and per k ``mAP@k`` (normalised by #relevant), ``mAP@k_min`` (by min(k, #relevant)),
+  ``P@k``, ``acc@k``; ``ms_per_query`` (search only) and ``encode_per_s`` (rendering included). Relevance is
+  key equality: the class label for category retrieval, the instance (``label``, ``pair``) for fine-grained
+  retrieval. ``leave_one_out``: each gallery item queries the others (the sketch-GAN protocol). On request it
+  also returns the mean interpolated precision-recall curve (``pr_points``) and each query's top hits with
+  their relevance (``top``), and reports its progress (``progress(what, done, total)``: encoding, then
+  searching).
 * :func:`evaluate` scores a Retriever on a collection and a :class:`~sketchsearch.data.splits.Split`: each
   evaluation the split holds (``main``: query vs gallery; ``zero_shot``: the unseen classes').
 * :func:`evaluate_rows` scores a table of rows (trained models, closed-form baselines) on one split: a
@@ -48,6 +49,7 @@ from .metrics import (
     map_at_all,
     map_at_k,
     map_at_r,
+    mean_rank,
     n_relevant_from_labels,
     precision_at_k,
     relevance_from_labels,
@@ -195,7 +197,11 @@ def score(
 
     n_q = len(q_codes)
     n_rel_all = n_relevant_from_labels(g_keys, q_keys, leave_one_out=leave_one_out)
-    fns: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"mAP@all": map_at_all, "MAP@R": map_at_r}
+    fns: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+        "mAP@all": map_at_all,
+        "MAP@R": map_at_r,
+        "mean_rank": mean_rank,
+    }
     for k in ks:
         fns[f"mAP@{k}"] = lambda rel, n, k=k: map_at_k(rel, k, n, norm="relevant")
         fns[f"mAP@{k}_min"] = lambda rel, n, k=k: map_at_k(rel, k, n, norm="min")

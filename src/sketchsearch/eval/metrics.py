@@ -29,7 +29,9 @@ Definitions (rank ``i`` is 1-based, ``P@i`` = relevant among the first ``i`` / `
   query, normalised by ``R`` (used by the DSML issue);
 * P@k: relevant among the first ``k`` / ``k`` (DSH, GDH, SketchMate report P@200 this way);
 * acc@k: 1 when any of the first ``k`` is relevant (top-k accuracy / hit rate; acc@1 = nearest-neighbour
-  accuracy, as instance-level SBIR papers report it).
+  accuracy, as instance-level SBIR papers report it);
+* mean rank: the mean 1-based rank of a query's first relevant item (instance-level SBIR's "mean rank" of
+  the true photo; 1 is perfect); a ranking that misses every relevant item counts it at ``n_ranked + 1``.
 
 mAP@all is identical under all three normalisations (the full ranking holds every relevant item).
 Papers that report plain "mAP" on sketch hashing (DSH, Liu et al. CVPR 2017; GDH, Zhang et al. ECCV 2018)
@@ -51,6 +53,7 @@ __all__ = [
     "map_at_all",
     "map_at_k",
     "map_at_r",
+    "mean_rank",
     "n_relevant_from_labels",
     "precision_at_k",
     "relevance_from_labels",
@@ -211,6 +214,18 @@ def acc_at_k(
     n = _as_n_relevant(r, n_relevant)
     k = _check_k(k)
     return _mean(r[:, :k].any(axis=1).astype(np.float64), n > 0)
+
+
+def mean_rank(
+    rel: np.ndarray | Sequence[Sequence[bool]], n_relevant: np.ndarray | Sequence[int] | None = None
+) -> float:
+    """Mean 1-based rank of each query's first relevant item (queries without relevant items excluded). A
+    ranking holding none of a query's relevant items (truncated) counts it at ``n_ranked + 1``: a lower bound."""
+    r = _as_rel(rel)
+    n = _as_n_relevant(r, n_relevant)
+    hit = r.any(axis=1)
+    first = np.where(hit, r.argmax(axis=1) + 1, r.shape[1] + 1).astype(np.float64)
+    return _mean(first, n > 0)
 
 
 def relevance_from_labels(

@@ -95,6 +95,8 @@ HPARAM_BOUNDS: dict[str, Bound] = {
     "gen_width": Bound(int, 1, 512),
     "disc_width": Bound(int, 1, 512),
     "hash_width": Bound(int, 1, 512),
+    "frozen_blocks": Bound(int, 0, 64),
+    "hash_frozen_blocks": Bound(int, 0, 64),
     "gs_res": Bound(int, 0, 64),
     "gi_res": Bound(int, 0, 64),
     "input_size": Bound(int, 16, 1024),
@@ -349,7 +351,16 @@ def _import_all() -> None:
                 raise
 
 
-_METHOD_MODULES: list[str] = ["baselines", "gan_encoder", "sketchmate", "dsml", "doodle2search", "gdh", "pretrained"]
+_METHOD_MODULES: list[str] = [
+    "baselines",
+    "gan_encoder",
+    "sketchmate",
+    "dsml",
+    "doodle2search",
+    "gdh",
+    "pretrained",
+    "siamese",
+]
 
 __all__ = [
     "HPARAM_BOUNDS",

@@ -6,9 +6,11 @@ Zhang, Shen, Liu, Zhu, Shao, "Generative Domain-Migration Hashing for Sketch-to-
 Networks (``encoders/domain_migration.py``, Table 1 scaled down: 64 px, channels / 4, fewer ResBlocks):
 G_I (sketch raster -> RGB image), G_S (image -> sketch raster, with the attention layer: the paper puts it
 in G_S, Table 1, and obtains the mask "by G_S(I)"), the patch discriminators D_I, D_S and the hash network H
-(tanh codes, ``nbits`` bits). Real images enter D_I and H as ``I * mask``; migrated sketches ``G_I(S)`` have no
-background and enter H unmasked. Retrieval: ``encode_sketch = H(G_I(S))``, ``encode_photo = H(I * mask)``,
-relaxed codes whose sign is the code (``output = "binary"``: the Retriever uses the Hamming index).
+(tanh codes, ``nbits`` bits; ``hash_backbone="lite0"``: ImageNet EfficientNet-Lite0 with its top blocks
+trained, for the fine-grained task, ``encoders/photo_cnn.py``'s ``TopTunedLite``). Real images enter D_I
+and H as ``I * mask``; migrated sketches ``G_I(S)`` have no background and enter H unmasked. Retrieval:
+``encode_sketch = H(G_I(S))``, ``encode_photo = H(I * mask)``, relaxed codes whose sign is the code
+(``output = "binary"``: the Retriever uses the Hamming index).
 
 Objective, Eq. (7): ``L_gan + L_sem + lambda L_tri + alpha L_q + beta L_c`` with
 
@@ -56,9 +58,10 @@ from typing import Any
 import numpy as np
 import torch
 from pytorch_metric_learning.distances import BaseDistance, LpDistance
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..encoders.domain_migration import HashCNN, MigrationGenerator, PatchDiscriminator
+from ..encoders.photo_cnn import IMAGENET_MEAN, IMAGENET_STD, TopTunedLite
 from ..losses.distances import get_distance
 from ..losses.gan import discriminator_loss, generator_loss
 from ..losses.hashing import (
@@ -70,7 +73,10 @@ from ..losses.hashing import (
 from ..losses.metric import make_metric_loss
 from .base import METHODS, Batch, Method, Preprocessing, check_bounds
 
-__all__ = ["GDH", "sketch_as_image"]
+__all__ = ["GDH", "HASH_BACKBONES", "sketch_as_image"]
+
+#: hash networks: the small CNN from scratch, or ImageNet EfficientNet-Lite0 with its top blocks trained
+HASH_BACKBONES = ("small", "lite0")
 
 
 def default_preprocessing(size: int = 64) -> Preprocessing:
@@ -110,6 +116,9 @@ class GDH(Method):
         gi_res: int = 3,  # ours: ResBlocks of G_I (Table 1: 9)
         disc_width: int = 8,  # ours: base channels of D_I / D_S (Table 1: 64)
         hash_width: int = 16,  # ours: the hash CNN (the paper: ResNet-18)
+        hash_backbone: str = "small",  # "small": HashCNN from scratch; "lite0": ImageNet EfficientNet-Lite0 with
+        # its top blocks trained (TopTunedLite; the paper's H is an ImageNet ResNet-18)
+        hash_frozen_blocks: int = 11,  # "lite0": stem + this many of its 16 blocks frozen
         attention: bool = True,  # the paper's attention layer in G_S (Table 5 ablates it)
         attention_threshold: float = 1.0,  # ours: keep positions with softmax weight >= 1 x uniform
         migration: bool = True,  # False: the "no GAN" ablation (H on raw sketch rasters and plain photos)
@@ -146,7 +155,19 @@ class GDH(Method):
         self.nu, self.alpha, self.beta = float(cycle_weight), float(alpha), float(beta)
         self.lam, self.hash_lr_mult, self.adam_beta1 = float(triplet_weight), float(hash_lr_mult), adam_beta1
         self.attention = bool(attention)
-        self.hash_net = HashCNN(self.nbits, width=hash_width)
+        if hash_backbone not in HASH_BACKBONES:
+            raise ValueError(f"gdh: hash_backbone must be one of {', '.join(HASH_BACKBONES)}, got {hash_backbone!r}")
+        self.hash_net: nn.Module
+        if hash_backbone == "lite0":
+            self.hash_net = TopTunedLite(
+                self.nbits,
+                frozen_blocks=hash_frozen_blocks,
+                activation="tanh",
+                mean=IMAGENET_MEAN,
+                std=IMAGENET_STD,
+            )
+        else:
+            self.hash_net = HashCNN(self.nbits, width=hash_width)
         if self.migration:
             self.g_image = MigrationGenerator(1, 3, gen_width, gi_res, attention=False)
             self.g_sketch = MigrationGenerator(
@@ -168,6 +189,10 @@ class GDH(Method):
     @property
     def code_size(self) -> int:
         return self.nbits
+
+    def external_weights(self) -> dict[str, dict[str, Any]]:
+        """A Lite0 hash network's frozen trunk comes from its package, not from the artifact."""
+        return self.hash_net.external("hash_net.") if isinstance(self.hash_net, TopTunedLite) else {}
 
     # ------------------------------------------------------------------ the code bank (Algorithm 1)
     def set_training_data(
