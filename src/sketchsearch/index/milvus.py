@@ -345,7 +345,7 @@ class MilvusHammingIndex(HammingIndex):
         dist = np.full((q.shape[0], k), MISSING_DISTANCE, np.int32)
         pos = np.full((q.shape[0], k), -1, np.int64)
         todo = np.arange(q.shape[0])
-        limit = min(n, MAX_TOPK, 2 * kk + 16)
+        limit = min(n, MAX_TOPK, self._first_limit(kk))
         while todo.size:
             retry = []
             for j, (hit_d, hit_ids) in zip(todo, self._milvus_search(client, q[todo], limit)):
@@ -379,6 +379,10 @@ class MilvusHammingIndex(HammingIndex):
                 "changed outside this index?); it is rebuilt from the index's rows on the next use"
             )
         return dist, pos
+
+    def _first_limit(self, k: int) -> int:
+        """Hits the first request for the top ``k`` asks for (the rest proves the tie at the k-th complete)."""
+        return 2 * k + 16
 
     def _milvus_search(self, client: Any, q: np.ndarray, limit: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Per query, Milvus's hits (distances int32, ids int64) in its own order, ``limit`` at most."""
