@@ -3,8 +3,9 @@ distances (ties by id) on codes full of ties, with k beyond the ties and beyond 
 including ties that run past Milvus's first answer (asked again) and past its topk limit (the local scan);
 removed rows are never returned; a save + load through store.py refills the collection (embedded, and a
 milvus-lite file named by ``uri`` recorded in the manifest); ``evaluate`` through it gives the numba backend's
-figures; bad arguments name their field; an unreachable server or a missing pymilvus is one IndexError_ line;
-``index build --backend milvus`` writes a milvus folder and ``--uri`` is checked.
+figures on a small collection; bad arguments name their field; an unreachable server, milvus-lite 3.x or a
+missing pymilvus is one IndexError_ line; ``index build --backend milvus`` writes a milvus folder and ``--uri``
+is checked.
 
 One embedded milvus-lite serves the whole process (started by the first index that reaches it, ~1 s)."""
 
@@ -21,10 +22,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sketchsearch.cli import app
+from sketchsearch.data.collection import Collection
+from sketchsearch.data.formats.base import Item
 from sketchsearch.data.render import rasterize
+from sketchsearch.data.splits import make_split
 from sketchsearch.data.synthetic import merchant_marks
 from sketchsearch.errors import IndexArgumentError, IndexError_
-from sketchsearch.eval.evaluate import score
+from sketchsearch.eval.evaluate import evaluate
 from sketchsearch.index import MISSING_DISTANCE, MilvusHammingIndex, create_index
 from sketchsearch.index import milvus as milvus_module
 from sketchsearch.index.store import load_index, read_manifest, save_index
@@ -145,19 +149,19 @@ def test_save_and_load_refill_the_collection(rng: np.random.Generator, tmp_path:
 
 
 def test_evaluate_through_milvus_gives_the_scans_figures() -> None:
-    rng = np.random.default_rng(0)
-    templates = (rng.random((5, 16, 16)) < 0.2).astype(np.float32)
-    labels = np.repeat(np.arange(5), 24)
-    x = np.clip(templates[labels] * (rng.random((len(labels), 16, 16)) < 0.7) + 0.1 * rng.random((120, 16, 16)), 0, 1)
-    keys = [f"c{i}" for i in labels]
-    method = create_method("lsh", nbits=16, seed=0)  # 16 bits: many ties in the complete rankings
-    method.fit(list(x))
+    marks = merchant_marks(6, 10, seed=3)
+    coll = Collection([Item(s.id, s.label, "sketch", f"{s.id}.json", sketch=s) for s in marks], name="marks")
+    split = make_split("category", coll.items, queries_per_class=3)
+    pre = Preprocessing(inputs=("raster",), raster_size=16, line_width=1.5)
+    method = create_method("lsh", nbits=16, seed=0, preprocessing=pre)  # 16 bits: ties all through the rankings
+    method.fit(np.random.default_rng(0).random((32, 16, 16)))
     figures = {}
     for backend in ("numba", "milvus"):
-        res = score(Retriever(method, backend=backend), list(x), keys, leave_one_out=True, ks=(1, 10, 100), top=20)
-        assert res["n_queries"] == 120
+        res = evaluate(lambda b=backend: Retriever(method, backend=b), coll, split, ks=(1, 10), top=20)["main"]
+        assert (res["n_queries"], res["n_gallery"]) == (18, 42)
         figures[backend] = {k: v for k, v in res.items() if k not in ("ms_per_query", "encode_per_s")}
     assert figures["milvus"] == figures["numba"]
+    assert 0 < figures["numba"]["mAP@all"] < 1
 
 
 def test_bad_arguments_name_their_field(tmp_path: Path) -> None:
@@ -191,6 +195,10 @@ def test_milvus_failures_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert not isinstance(e.value, IndexArgumentError)
     assert str(e.value).startswith("milvus at http://127.0.0.1:9: could not connect (") and "\n" not in str(e.value)
     assert len(index) == 0  # nothing was added
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "3.2.2")  # the 3.x rewrite: no binary vectors
+    with pytest.raises(IndexError_, match=r"milvus-lite 3.2.2 has no binary vectors \(2.5.1 is the last"):
+        milvus(uri=tmp_path / "new.db").add(np.zeros((1, 8), np.uint8))
+    monkeypatch.undo()
     monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if the milvus extra were not installed
     with pytest.raises(IndexError_, match=r"needs pymilvus and milvus-lite: pip install 'sketchsearch\[milvus\]'"):
         milvus(uri=tmp_path / "other.db").add(np.zeros((1, 8), np.uint8))

@@ -184,6 +184,21 @@ def _milvus(uri: str | None, what: str) -> Iterator[None]:
         raise IndexError_(f"{_where(uri)}: could not {what} ({reason})") from e
 
 
+def _check_lite_version() -> None:
+    """Refuse milvus-lite 3.x (no binary vectors) with the fix, rather than Milvus's error at the first insert."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("milvus-lite")
+    except PackageNotFoundError:
+        return  # pymilvus says so when it connects
+    if int(found.split(".")[0]) >= 3:
+        raise IndexError_(
+            f"embedded milvus: milvus-lite {found} has no binary vectors (2.5.1 is the last release with them): "
+            "pip install 'sketchsearch[milvus]'"
+        )
+
+
 def _client(uri: str | None) -> Any:
     """A MilvusClient for ``uri`` (None: this process's embedded milvus-lite), one per process and uri."""
     target = _embedded_file() if uri is None else uri
@@ -200,6 +215,8 @@ def _client(uri: str | None) -> Any:
         raise IndexError_(
             "the milvus backend needs pymilvus and milvus-lite: pip install 'sketchsearch[milvus]'"
         ) from None
+    if uri is None or uri.endswith(".db"):
+        _check_lite_version()
     token = os.environ.get(TOKEN_ENV, "") if uri is not None else ""
     with _milvus(uri, "connect"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
