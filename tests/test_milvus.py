@@ -204,6 +204,22 @@ def test_milvus_failures_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path:
         milvus(uri=tmp_path / "other.db").add(np.zeros((1, 8), np.uint8))
 
 
+def test_a_collection_changed_outside_the_index_is_rebuilt_from_its_rows(rng: np.random.Generator) -> None:
+    xb = tied_codes(rng, 200, 64)
+    index = milvus()
+    index.add(xb)
+    ref = reference(xb, np.arange(200), 64)
+    client = milvus_module._client(None)
+    client.drop_collection(index.collection)
+    with pytest.raises(IndexError_, match=f"embedded milvus-lite: could not search collection '{index.collection}'"):
+        index.search(xb[:3], 5)
+    assert_same(index, ref, xb[:3], (5, 200))  # rebuilt on the next use
+    client.delete(index.collection, ids=[0, 1, 2])  # rows the index still holds
+    with pytest.raises(IndexError_, match="returned 197 hits of 200 .* rebuilt from the index's rows"):
+        index.search(xb[:3], 200)
+    assert_same(index, ref, xb[:3], (5, 200))
+
+
 def test_index_build_with_backend_milvus(tmp_path: Path) -> None:
     pre = Preprocessing(inputs=("raster",), raster_size=16, line_width=1.5)
     method = create_method("lsh", nbits=64, seed=0, preprocessing=pre)

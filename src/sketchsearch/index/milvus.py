@@ -12,9 +12,10 @@ the file name: letters, digits, ``.``, ``-``, ``_``, at most 36 characters). ``u
 ``https://``) is a Milvus server or cluster; a token, when the server wants one, is read from
 ``$SKETCHSEARCH_MILVUS_TOKEN`` at connection time and never recorded. ``collection``: the collection's name
 (default: ``sketchsearch_`` and a random hex id). With a ``uri``, ``config()`` records both, so a saved index
-reloads into the same collection; without one it records neither (each index gets a private collection).
-One index object per collection: loading a saved index *replaces* its collection's contents, so two
-processes must not load the same folder against the same server and collection at once.
+reloads into the same collection; without one, ``uri`` None and the collection only when one was given (an
+index made from that config gets a private collection). One index object per collection: loading a saved
+index *replaces* its collection's contents, so two processes must not load the same folder against the same
+server and collection at once (nor one process twice a folder whose collection is named).
 
 **Exact ties.** Milvus's BIN_FLAT is an exact scan, but it orders hits at equal distance as it likes and
 cuts the list at ``limit``: rows tied with the k-th hit may be left out in favour of ones with larger ids.
@@ -33,13 +34,13 @@ memory-mapped after a load), so the index folder is self-contained as for every 
 (what a load does) drops the collection and inserts every row again (about 1.4 s for 10^5 codes into
 milvus-lite on one shared core); add and remove change the collection and the local copy together. An
 index used in a forked child of the process that filled it (embedded milvus-lite only) fills the child's own
-server first. An embedded index's collection is dropped when the index is garbage-collected; a server's is
-left for a later load. Range search is not offered.
+server first. An embedded index's private collection (no ``collection`` given) is dropped when the index is
+garbage-collected; a server's is left for a later load. Range search is not offered.
 
 **Errors.** Bad arguments raise :class:`~sketchsearch.errors.IndexArgumentError` naming the field; a Milvus
 failure (server unreachable, pymilvus or milvus-lite missing) raises :class:`~sketchsearch.errors.IndexError_`
-with one line naming the uri and what failed. After a failed add or remove the collection is rebuilt from the
-local copy on the next use, so the two never disagree for long.
+with one line naming the uri and what failed. After a failed add, remove or search the collection is rebuilt
+from the local copy on the next use, so the two never disagree for long.
 
 **Versions.** milvus-lite 2.5.1 is the last release that takes binary vectors (the 3.x releases, a rewrite
 in Python, have none); it needs setuptools < 82 (it imports ``pkg_resources``). The ``milvus`` extra of
@@ -49,6 +50,7 @@ pyproject.toml pins them.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import re
 import shutil
@@ -171,9 +173,24 @@ def _where(uri: str | None) -> str:
     return "embedded milvus-lite" if uri is None else f"milvus at {uri}"
 
 
+_INSIDE = threading.local()
+
+
+class _QuietInside(logging.Filter):
+    """Drops pymilvus's error logs (a traceback each) raised inside :func:`_milvus`, which reports them itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_INSIDE, "on", False)
+
+
+logging.getLogger("pymilvus.decorators").addFilter(_QuietInside())
+
+
 @contextmanager
 def _milvus(uri: str | None, what: str) -> Iterator[None]:
     """Turn a failure of pymilvus / Milvus (a MilvusException, a gRPC or OS error) into one IndexError_ line."""
+    outer = getattr(_INSIDE, "on", False)
+    _INSIDE.on = True
     try:
         yield
     except (IndexError_, KeyboardInterrupt):
@@ -182,6 +199,8 @@ def _milvus(uri: str | None, what: str) -> Iterator[None]:
         reason = getattr(e, "message", None) or str(e) or type(e).__name__
         reason = " ".join(str(reason).split())
         raise IndexError_(f"{_where(uri)}: could not {what} ({reason})") from e
+    finally:
+        _INSIDE.on = outer
 
 
 def _check_lite_version() -> None:
@@ -286,7 +305,7 @@ class MilvusHammingIndex(HammingIndex):
             params = client.prepare_index_params()
             params.add_index(field_name=CODE_FIELD, index_type="BIN_FLAT", metric_type="HAMMING")
             client.create_collection(self.collection, schema=schema, index_params=params, consistency_level="Strong")
-        if self.uri is None and self._finalizer is None:
+        if self.uri is None and self._named is None and self._finalizer is None:  # a private collection
             self._finalizer = weakref.finalize(self, _drop_embedded, os.getpid(), self.collection)
             self._finalizer.atexit = False  # at exit the whole server goes
         self._insert(client, self._store.rows, self._store.ids)
@@ -353,7 +372,12 @@ class MilvusHammingIndex(HammingIndex):
                 "k",
             )
         with self._lock:
-            return super().search(queries, k)
+            try:
+                return super().search(queries, k)
+            except IndexError_ as e:
+                if not isinstance(e, IndexArgumentError):
+                    self._synced = None  # the collection may be gone or changed: rebuild it on the next use
+                raise
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         n = len(self)
