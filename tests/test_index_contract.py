@@ -68,7 +68,7 @@ def test_every_backend_is_in_the_one_registry() -> None:
     assert {"dense", "faiss", "mih", "numba", "numpy", "sharded"} <= set(list_indexes())
     assert "sketchsearch" not in list_indexes()  # an alias, not a second backend
     assert create_index("sketchsearch", nbits=NBITS).name == "numba"
-    valid = "valid names: dense, faiss, mih, numba, numpy, sharded"
+    valid = "valid names: dense, faiss, mih, milvus, numba, numpy, sharded"
     with pytest.raises(ValueError, match=f"unknown index backend 'nope'; {valid}"):
         create_index("nope")
 

@@ -164,10 +164,10 @@ def test_an_unknown_backend_names_the_manifest_and_the_valid_backends(setup: dic
         load_index(idx, verify=False)
     assert str(e.value) == (
         f"{idx / 'manifest.json'}: field 'backend' is 'annoy': cannot make a binary index (no such backend); "
-        "valid binary backends: faiss, mih, numba, numpy, sharded"
+        "valid binary backends: faiss, mih, milvus, numba, numpy, sharded"
     )
     line = one_error_line(invoke("search", setup["data"], "--index", idx))
-    assert "manifest.json: field 'backend' is 'annoy'" in line and "faiss, mih, numba, numpy, sharded" in line
+    assert "manifest.json: field 'backend' is 'annoy'" in line and "faiss, mih, milvus, numba, numpy, sharded" in line
 
 
 # ---------------------------------------------------------------------------------------------- names

@@ -215,7 +215,7 @@ def test_manifests_with_the_former_backend_names_load(tmp_path: Path, rng: np.ra
     (folder / "manifest.json").write_text(json.dumps({**manifest, "backend": "nope"}))
     with pytest.raises(
         IndexError_,
-        match="manifest.json: field 'backend' is 'nope'.*binary backends: faiss, mih, numba, numpy, sharded",
+        match="manifest.json: field 'backend' is 'nope'.*binary backends: faiss, mih, milvus, numba, numpy, sharded",
     ):
         load_index(folder)
 

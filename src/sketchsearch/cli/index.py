@@ -168,7 +168,15 @@ def index_build(
         "numba",
         help="Hamming backend: numba (the compiled scan), sharded (the same scan over shards of 2**20 codes "
         "in parallel threads, deletes as tombstones), mih (multi-index hashing: exact, sub-linear on large "
-        "structured collections), faiss or numpy ('sketchsearch' = numba).",
+        "structured collections), milvus (a Milvus collection: embedded milvus-lite, or the server of --uri), "
+        "faiss or numpy ('sketchsearch' = numba).",
+    ),
+    uri: str | None = typer.Option(
+        None,
+        "--uri",
+        help="With --backend milvus: the Milvus server or cluster (http://host:19530) or milvus-lite file (.db) "
+        "to search in, recorded in the index; default: an embedded milvus-lite private to each process (the "
+        "folder keeps the codes; a load fills the collection again). Token: $SKETCHSEARCH_MILVUS_TOKEN.",
     ),
     modality: str = typer.Option(
         "auto",
@@ -205,6 +213,15 @@ def index_build(
     from ..retrieval import Retriever
 
     _writable_out(out)
+    if uri is not None:
+        if backend != "milvus":
+            raise typer.BadParameter(f"--uri: only with --backend milvus (got --backend {backend})")
+        from ..index.milvus import check_uri
+
+        try:
+            uri = check_uri(uri)
+        except IndexArgumentError as e:
+            raise typer.BadParameter(f"--uri: {e.reason}") from None
     try:
         fields = collection_fields(name if name is not None else default_collection_name(out, data), title, description)
     except IndexArgumentError as e:
@@ -216,6 +233,15 @@ def index_build(
                 f"`sketchsearch index add {out} --data ...`"
             )
         r = Retriever.from_model(model, backend=backend)
+        if uri is not None:
+            if not r.binary:
+                raise typer.BadParameter(
+                    f"--uri: model {model} gives float embeddings, searched by the dense index; --backend milvus "
+                    "and --uri apply to binary codes"
+                )
+            from ..index import create_index
+
+            r.index = create_index("milvus", nbits=r.method.code_size, uri=uri)
         r.collection = fields
         res, items = _read_for_model(r, model, data, modality=modality, strict=strict, limit=limit)
         _utf8_sources(items, data)

@@ -2,7 +2,8 @@
 
 Every backend module is imported here so that it registers in :data:`~.base.INDEXES` (see
 ``base.py``). Heavy pieces load lazily: numba only on the first search of the ``"numba"`` backend,
-faiss only when a faiss-backed index is first searched.
+faiss only when a faiss-backed index is first searched, pymilvus (and the embedded milvus-lite)
+only when a ``"milvus"`` index first reaches its collection.
 """
 
 from .base import IdStore, Index, create_index, list_indexes
@@ -10,6 +11,7 @@ from .codes import pack_bits, sign_to_codes, unpack_bits, validate_codes
 from .dense import DenseIndex
 from .hamming import MISSING_DISTANCE, HammingIndex, knn_hamming
 from .mih import MultiIndexHashingIndex
+from .milvus import MilvusHammingIndex
 from .sharded import ShardedHammingIndex
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "HammingIndex",
     "IdStore",
     "Index",
+    "MilvusHammingIndex",
     "MultiIndexHashingIndex",
     "ShardedHammingIndex",
     "create_index",

@@ -2,7 +2,8 @@
 and the one registry of index backends.
 
 Every backend (``list_indexes()``: the Hamming scans of ``hamming.py``, multi-index hashing of
-``mih.py``, the sharded scan of ``sharded.py`` and the dense index of ``dense.py``) satisfies
+``mih.py``, the sharded scan of ``sharded.py``, the Milvus collection of ``milvus.py`` and the dense index of
+``dense.py``) satisfies
 :class:`Index`, and the Retriever and the on-disk store (``store.py``) use nothing else (the sharded
 backend keeps its rows in shards of its own instead of an :class:`IdStore`). Backends register when their
 module is imported; ``sketchsearch.index``'s ``__init__`` imports every backend module, and importing this
@@ -110,8 +111,9 @@ ALIASES = {"sketchsearch": "numba"}
 def create_index(name: str, **config: Any) -> Index:
     """An empty index of backend ``name``.
 
-    Hamming backends (``"numba"``, ``"faiss"``, ``"numpy"``, ``"mih"``, ``"sharded"``) take ``nbits`` (and
-    their own options: ``mih``'s ``substrings``, ``sharded``'s ``shard_size``, ``threads``, ``max_deleted``);
+    Hamming backends (``"numba"``, ``"faiss"``, ``"numpy"``, ``"mih"``, ``"sharded"``, ``"milvus"``) take ``nbits``
+    (and their own options: ``mih``'s ``substrings``, ``sharded``'s ``shard_size``, ``threads``, ``max_deleted``,
+    ``milvus``'s ``uri`` and ``collection``);
     ``"dense"`` takes ``dim`` and ``metric`` (``"cosine"`` or ``"ip"``). An unknown name raises ValueError
     listing the valid ones.
     """

@@ -118,7 +118,11 @@ READ_RETRY_S = 10.0
 CONFIG_FIELDS = {"binary": ("nbits",), "dense": ("dim", "metric")}
 DEFAULT_BACKEND = {"binary": "numba", "dense": "dense"}
 #: Per backend: further ``config()`` fields it reads back when its manifest has them.
-BACKEND_CONFIG_FIELDS = {"mih": ("substrings",), "sharded": ("shard_size", "threads", "max_deleted")}
+BACKEND_CONFIG_FIELDS = {
+    "mih": ("substrings",),
+    "sharded": ("shard_size", "threads", "max_deleted"),
+    "milvus": ("uri", "collection"),
+}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
