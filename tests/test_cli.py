@@ -198,6 +198,21 @@ def test_evaluate_single_baseline(qd_folder: Path) -> None:
     assert (row["main"]["n_queries"], row["main"]["n_gallery"]) == (6, 30)
 
 
+def test_evaluate_through_another_backend_gives_the_same_figures(qd_folder: Path) -> None:
+    args = ("evaluate", "--method", "lsh", "--bits", "8", "--data", str(qd_folder), "--queries-per-class", "2")
+    figures = {}
+    for backend in ("numba", "mih", "milvus"):  # 8-bit codes: ties all through the rankings
+        code, out = run(*args, "--backend", backend, "--json")
+        assert code == 0, out
+        doc = json.loads(out)
+        assert doc["meta"]["backend"] == backend
+        (row,) = doc["rows"]
+        figures[backend] = {k: v for k, v in row["main"].items() if k not in ("ms_per_query", "encode_per_s")}
+    assert figures["mih"] == figures["numba"] == figures["milvus"]
+    code, out = run(*args, "--backend", "annoy")
+    assert code != 0 and "--backend must be one of faiss, mih, milvus, numba" in out and "annoy" in out
+
+
 def test_search_refuses_an_index_from_another_model(
     qd_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

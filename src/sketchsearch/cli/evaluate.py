@@ -160,6 +160,12 @@ def evaluate(
         "a curve per row) and retrieval grids (retrieval-ROW-EVALUATION.png: queries, top hits, relevant "
         "framed).",
     ),
+    backend: str = typer.Option(
+        "numba",
+        "--backend",
+        help="Hamming index the binary rows are searched in: numba, mih, sharded, milvus, faiss or numpy (exact: "
+        "the same figures; float rows use the dense index).",
+    ),
     quiet: bool = QUIET,
 ) -> None:
     """Evaluate models and/or baselines, every row on the same split: mAP@all, MAP@R, mAP@k (two
@@ -175,6 +181,11 @@ def evaluate(
 
     if protocol not in PROTOCOL_CHOICES:
         raise typer.BadParameter(f"--protocol must be one of {', '.join(PROTOCOL_CHOICES)}, got {protocol!r}")
+    from ..index.base import ALIASES, list_indexes
+
+    hamming = [n for n in list_indexes() if n != "dense"]
+    if backend not in hamming and backend not in ALIASES:
+        raise typer.BadParameter(f"--backend must be one of {', '.join(hamming)}, got {backend!r}")
     rows = [Row(label=m, model=m) for m in model or []]
     for name in method or []:
         for b in bits or [64]:
@@ -210,6 +221,7 @@ def evaluate(
             columns=SHOWN[:-1],
             pr_points=PR_POINTS if plot else 0,
             top=GRID_HITS if plot else 0,
+            backend=backend,
         )
     if plot:
         with reporter.phase(f"writing pictures into {plot}"):

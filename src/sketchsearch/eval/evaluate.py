@@ -385,8 +385,11 @@ def evaluate_rows(
     step_progress: Progress | None = None,
     pr_points: int = 0,
     top: int = 0,
+    backend: str = "numba",
 ) -> dict[str, Any]:
     """Score every row on the same split; write JSON and a markdown table (atomically) when paths are given.
+    ``backend``: the Hamming index binary rows are searched in (``sketchsearch.index``'s registry: the same
+    figures from every exact backend); float rows use the dense index.
     ``progress``: called with a line per finished row; ``step_progress``, ``pr_points``, ``top``: as
     :func:`evaluate`'s, ``what`` prefixed with the row's label (``"itq 64: main: encoding"``; fitting a
     baseline is ``"itq 64: fitting"``).
@@ -408,7 +411,7 @@ def evaluate_rows(
             fit = fit_on_split(method, collection, split)
         model_id = card.model_id if card is not None else "unsaved"
         res = evaluate(
-            lambda m=method, i=model_id: Retriever(m, model_id=i),
+            lambda m=method, i=model_id: Retriever(m, model_id=i, backend=backend),
             collection,
             split,
             protocol=protocol,
@@ -443,7 +446,7 @@ def evaluate_rows(
         "split": split.summary(),
         "ks": list(ks),
         "notes": list(notes),
-        "meta": dict(meta or {}),
+        "meta": {**dict(meta or {}), "backend": backend},
         "rows": out_rows,
         "environment": {
             "sketchsearch": __version__,
