@@ -72,6 +72,13 @@ CASES: dict[str, Case] = {
     "thin-gan": Case({}, _gan_features, (2, 1024), low=0.0, extra=[lambda m: _check_samples(m)]),
     "efficientnet_lite0": Case({"pretrained": False}, lambda m: m(_inputs(1, 3, 32, 32)), (1, 1280)),
     "efficientnet_lite2": Case({"pretrained": False}, lambda m: m(_inputs(1, 3, 32, 32)), (1, 1280)),
+    "lite_top_tuned": Case(
+        {"out_dim": 8, "pretrained": False, "frozen_blocks": 14, "activation": "tanh"},
+        lambda m: m(_inputs(2, 3, 32, 32)),
+        (2, 8),
+        low=-1.0,
+        high=1.0,
+    ),
 }
 
 

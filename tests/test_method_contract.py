@@ -25,6 +25,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "lsh": {"nbits": 8},
     "pca": {"dim": 4},
     "pretrained": {"pretrained": False, "resolution": 64},
+    "siamese": {"pretrained": False, "image_size": 32, "dim": 8},
 }
 
 
@@ -35,12 +36,14 @@ def _sketches(n: int = 12) -> tuple[list[Any], torch.Tensor]:
 
 def _batch(method: Any, sketches: list[Any], labels: torch.Tensor) -> dict[str, torch.Tensor]:
     b = make_batch(sketches, method.preprocessing, labels.tolist())
-    if method.name in ("doodle2search", "gdh"):  # cross-modal: photos (random RGB) beside the sketches
+    if method.name in ("doodle2search", "gdh", "siamese"):  # cross-modal: photos (random RGB) beside the sketches
         rgb = [np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8) for i in range(len(sketches))]
         p = make_photo_batch(rgb, method.preprocessing.photo_size, labels.tolist())
         b["photo"] = p["photo"]
         b["negative"] = p["photo"].roll(1, 0)  # Doodle to Search's triplets: a photo of another class
         b["negative_label"] = labels.roll(1, 0)
+        b["instance"] = torch.arange(len(sketches))  # fine-grained pairs: sketch i was drawn from photo i
+        b["own"] = torch.ones(len(sketches), dtype=torch.bool)
     return b
 
 

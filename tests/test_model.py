@@ -63,7 +63,7 @@ def test_card_fields(itq: Method, artifact: Path) -> None:
     raw = json.loads(artifact.with_suffix(".json").read_text())
     sha = _sha(artifact.with_suffix(".safetensors"))
     assert raw["name"] == "itq16" and raw["method"] == "itq" and raw["format"] == 1
-    assert raw["kwargs"] == {"nbits": 16, "iterations": 10, "seed": 1}
+    assert raw["kwargs"] == {"nbits": 16, "iterations": 10, "seed": 1, "features": "pixels"}
     assert raw["preprocessing"] == PRE.to_dict() and raw["preprocessing"]["raster_size"] == 16
     assert raw["output"] == "binary" and raw["code_size"] == 16
     assert raw["weights_sha256"] == sha

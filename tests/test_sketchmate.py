@@ -230,6 +230,33 @@ def test_save_load_round_trip(rng: np.random.Generator, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "sm.json").read_text())["preprocessing"]["inputs"] == ["raster", "points"]
 
 
+def test_pretrained_cnn_branch_trains_its_top_and_round_trips(rng: np.random.Generator, tmp_path: Path) -> None:
+    """``cnn_backbone="lite0"``: ImageNet Lite0 as the CNN branch; a pretraining step moves its top blocks and
+    linear layer but never the frozen trunk, which the artifact leaves to the package."""
+    from sketchsearch.model import load_model, save_model
+    from sketchsearch.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    kw = {**TINY, "cnn_backbone": "lite0", "cnn_frozen_blocks": 14, "cnn_dim": 32}
+    m = create_method("sketchmate", **kw)
+    assert isinstance(m, SketchMate) and m.preprocessing.raster_size == 96
+    assert list(m.external_weights()) == ["cnn.net.trunk."]
+    data = _dataset(rng)
+    data.pre = m.preprocessing  # render at the Lite0 branch's size
+    trunk, top = _snapshot(m.cnn.net.trunk), _snapshot(m.cnn.net.top)
+    res = train(m, data, TrainConfig(iterations=1, batch_size=6, phase="pretrain_cnn", progress=False, log_every=1))
+    assert np.isfinite(res.history[-1]["loss"])
+    assert _changed(top, m.cnn.net.top) and not _changed(trunk, m.cnn.net.trunk)
+    m.compute_centres(_batches(m, data), noise_removal=False)
+    card = save_model(m.eval(), tmp_path / "smp")
+    assert card.external == m.external_weights()
+    m2, _ = load_model(tmp_path / "smp")
+    b = make_batch(data.items[:4], m.preprocessing)
+    torch.testing.assert_close(m2.encode_sketch(b), m.encode_sketch(b))
+    with pytest.raises(ValueError, match="cnn_backbone must be one of sketchanet, lite0"):
+        SketchMate(cnn_backbone="vgg", **TINY)
+
+
 # ---------------------------------------------------------------------------------------------- recipe
 def _write_ndjson(folder: Path, rng: np.random.Generator, classes: int = 4, per_class: int = 8) -> None:
     folder.mkdir(parents=True, exist_ok=True)

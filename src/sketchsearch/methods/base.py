@@ -97,6 +97,8 @@ HPARAM_BOUNDS: dict[str, Bound] = {
     "hash_width": Bound(int, 1, 512),
     "frozen_blocks": Bound(int, 0, 64),
     "hash_frozen_blocks": Bound(int, 0, 64),
+    "cnn_frozen_blocks": Bound(int, 0, 64),
+    "cnn_dim": _SIZE,
     "gs_res": Bound(int, 0, 64),
     "gi_res": Bound(int, 0, 64),
     "input_size": Bound(int, 16, 1024),

