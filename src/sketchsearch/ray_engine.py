@@ -262,7 +262,11 @@ def ray_runtime(workers: int) -> Iterator[Any]:
     no usage stats); a runtime already started by the caller is used as it is and left running."""
     ray = require_ray()
     if ray.is_initialized():
-        yield ray
+        ray_runtime.borrowed = True
+        try:
+            yield ray
+        finally:
+            ray_runtime.borrowed = False
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -277,6 +281,10 @@ def ray_runtime(workers: int) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+#: whether the runtime :func:`ray_runtime` yields is the caller's (set while it is in use)
+ray_runtime.borrowed = False  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -348,8 +356,8 @@ def encode_sharded(
         t0 = time.perf_counter()
         run.workers = min(workers, len(todo))
         with ray_runtime(workers) as ray:
-            free = int(ray.available_resources().get("CPU", workers))
-            run.workers = max(1, min(run.workers, free))
+            if ray_runtime.borrowed:  # the caller's runtime: as many workers as it has CPUs free
+                run.workers = max(1, min(run.workers, int(ray.available_resources().get("CPU", 1))))
             actor = ray.remote(num_cpus=1)(ShardEncoder)
             model_arg = str(Path(model).absolute()) if Path(model).exists() else model
             actors = [actor.remote(model_arg, model_id) for _ in range(run.workers)]
