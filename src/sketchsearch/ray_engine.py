@@ -305,6 +305,19 @@ class ShardedRun:
     encode_seconds: float = 0.0
 
 
+def _redone_lines(redone: dict[int, str], work: Path, shown: int = 5) -> list[str]:
+    """One line per reason a finished shard is encoded again, naming the first ``shown`` shards."""
+    by_reason: dict[str, list[int]] = {}
+    for k, why in redone.items():
+        by_reason.setdefault(why, []).append(k)
+    lines = []
+    for why, ks in by_reason.items():
+        names = ", ".join(map(str, ks[:shown])) + (f" and {len(ks) - shown} more" if len(ks) > shown else "")
+        what = f"shard {names}" if len(ks) == 1 else f"shards {names}"
+        lines.append(f"{what} in {work}: {why}; encoding {'it' if len(ks) == 1 else 'them'} again")
+    return lines
+
+
 def _cause(e: BaseException) -> BaseException:
     """A worker's own error (an invalid drawing, a model that does not load) rather than Ray's wrapper."""
     cause = getattr(e, "cause", None)
@@ -341,9 +354,10 @@ def encode_sharded(
         else:
             if why != "missing":
                 run.redone[sh.k] = why
-                if note:
-                    note(f"shard {sh.k} ({sh.start}-{sh.stop - 1}) in {work}: {why}; encoding it again")
             todo.append(sh)
+    if note:
+        for line in _redone_lines(run.redone, work):
+            note(line)
     done = sum(len(plan[k]) for k in run.reused)
     if run.reused and note:
         note(
