@@ -180,3 +180,68 @@ def test_engine_option_errors(data: dict[str, Path], tmp_path: Path, monkeypatch
     assert "pip install 'sketchsearch[ray]'" in hint
     assert res.stderr.strip().splitlines() == [f"error: --engine ray: Ray is not installed; install it with {hint}"]
     assert not (tmp_path / "idx").exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    import subprocess
+
+    ps = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True).stdout.split()
+    children: dict[int, list[int]] = {}
+    for c, parent in zip(ps[::2], ps[1::2]):
+        children.setdefault(int(parent), []).append(int(c))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out += [c]
+            todo.append(c)
+    return out
+
+
+@pytest.mark.slow
+def test_a_real_kill_of_the_cli_and_a_resume(data: dict[str, Path], tmp_path: Path) -> None:
+    """The CLI in a subprocess, SIGKILLed once 3 shards are written; the same command again reuses every shard
+    the killed run finished and gives the local engine's index."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("ray")
+    lines = []
+    for s in merchant_marks(40, 10, seed=5):  # 400 drawings, shards of 4: 100 shards
+        strokes = [[[round(float(v), 2) for v in st[:, i]] for i in (0, 1)] for st in s.strokes]
+        lines.append(json.dumps({"word": s.label, "key_id": s.id, "drawing": strokes}))
+    (tmp_path / "nd").mkdir()
+    (tmp_path / "nd" / "many.ndjson").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "idx"
+    cmd = [sys.executable, "-m", "sketchsearch", "index", "build", "--model", "sketch-gan", "--data"]
+    cmd += [str(tmp_path / "nd"), "--out", str(out), "--name", "many", "--engine", "ray", "--workers", "2"]
+    cmd += ["--shard-size", "4", "--json"]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    work = ray_engine.work_folder(out)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while p.poll() is None and len(list(work.glob("shard-*.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before it could be killed"
+    tree = _descendants(p.pid)
+    p.kill()
+    p.communicate()
+    time.sleep(1)
+    finished = {m.name for m in work.glob("shard-*.json")}
+    assert 3 <= len(finished) < 100 and not out.exists()
+    for pid in tree:  # Ray's processes of the killed run (they would exit by themselves within a minute)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["count"] == 400 and doc["shards"] == 100
+    assert doc["shards_reused"] == len(finished) and doc["shards_encoded"] == 100 - len(finished)
+    local = _build("--model", "sketch-gan", "--data", tmp_path / "nd", "--out", tmp_path / "local", "--name", "many")
+    assert local.exit_code == 0
+    assert _index(out) == _index(tmp_path / "local")
