@@ -54,7 +54,15 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(((1 - ink) * 255).astype(np.uint8)).save(path)
     (root / "images" / "metadata.csv").write_text("source,title\nmark_001/mark_001_02.png,The key\n")
-    return {"ndjson": root / "nd" / "marks.ndjson", "images": root / "images"}
+    # drawings and photo-like pictures in alternation (read in name order), for a model with a photo branch
+    rng = np.random.default_rng(0)
+    for n, png in enumerate(sorted((root / "images").rglob("*.png"))[:6]):
+        (root / "mixed").mkdir(exist_ok=True)
+        (root / "mixed" / f"{2 * n:02d}.png").write_bytes(png.read_bytes())
+        ramp = np.linspace(0, 255, 96)[None, :, None] * rng.uniform(0.3, 1, (1, 1, 3))
+        photo = np.clip(ramp + rng.normal(0, 40, (96, 96, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(photo).save(root / "mixed" / f"{2 * n + 1:02d}.jpg")
+    return {"ndjson": root / "nd" / "marks.ndjson", "images": root / "images", "mixed": root / "mixed"}
 
 
 def _build(*args: Any, ok: bool = True) -> Any:
@@ -77,7 +85,10 @@ def _index(folder: Path) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(("kind", "model"), [("ndjson", "sketchmate-quickdraw-64"), ("images", "sketch-gan")])
+@pytest.mark.parametrize(
+    ("kind", "model"),
+    [("ndjson", "sketchmate-quickdraw-64"), ("images", "sketch-gan"), ("mixed", "doodle2search-sketchy")],
+)
 def test_same_index_as_the_local_engine(
     ray_up: Any, data: dict[str, Path], tmp_path: Path, kind: str, model: str
 ) -> None:
@@ -90,9 +101,20 @@ def test_same_index_as_the_local_engine(
     assert {**a, "index": None} == {**b, "index": None}  # counts, bad records skipped and their errors
     if kind == "ndjson":
         assert a["count"] == 21 and a["skipped"] == 1 and a["errors"][0]["file"].endswith("marks.ndjson")
-    else:
+    elif kind == "images":
         assert a["count"] == 12 and a["skipped"] == 0
+    else:  # ids: the drawings of a chunk, then its photos, though shards of 5 cut across them
+        assert (a["drawings"], a["photos"]) == (6, 6)
     x, y = _index(tmp_path / "local"), _index(tmp_path / "ray")
+    if kind == "mixed":
+        # Doodle to Search's convolutions round by batch size: shards of 5 cut the local engine's batches (a
+        # chunk's 6 drawings, then its 6 photos), so its float codes agree to rounding (bit for bit when shards
+        # are multiples of the 512-item chunk, as the default 2048 is)
+        a_codes, b_codes = np.load(tmp_path / "local" / "codes.npy"), np.load(tmp_path / "ray" / "codes.npy")
+        np.testing.assert_allclose(a_codes, b_codes, rtol=0, atol=1e-6)
+        for d in (x, y):
+            d.pop("codes")
+            d["manifest"]["files"].pop("codes.npy")
     assert x == y  # byte-identical codes and ids; the same items (sources, labels, metadata, thumbnails)
     assert len({row[2] for row in y["items"]}) == a["count"]  # every source once
     assert not list(tmp_path.glob(".*.ray-parts"))  # the work folder goes once the index is saved

@@ -233,7 +233,11 @@ def index_build(
         None, "--workers", min=1, help="--engine ray: worker processes (default: the CPUs this process may use)."
     ),
     shard_size: int | None = typer.Option(
-        None, "--shard-size", min=1, help="--engine ray: items per shard, the unit of work and resume (default 2048)."
+        None,
+        "--shard-size",
+        min=1,
+        help="--engine ray: items per shard, the unit of work and resume (default 2048). A multiple of 512 (the "
+        "encoding chunk) keeps float codes bit-identical to --engine local's; other sizes can differ in rounding.",
     ),
     as_json: bool = typer.Option(
         False,
