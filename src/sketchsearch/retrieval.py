@@ -8,7 +8,7 @@ Binary methods are searched by Hamming distance over packed codes; float methods
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,11 +24,15 @@ from .errors import IndexError_, InvalidSketchError
 from .methods.base import Method
 
 if TYPE_CHECKING:
+    from .data.formats.base import Item
     from .index.base import Index
 
-__all__ = ["Hit", "Query", "Retriever", "thumbnail_png"]
+__all__ = ["ENCODE_STEP", "Hit", "Query", "Retriever", "encode_order", "thumbnail_png"]
 
 Query = Sketch | np.ndarray | Image.Image
+
+#: items of a collection are encoded (and numbered) in chunks of this many (:meth:`Retriever.add_items`)
+ENCODE_STEP = 512
 
 
 @dataclass
@@ -66,6 +70,15 @@ def thumbnail_png(item: Query, size: int = 96) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+def encode_order(modalities: Sequence[str], step: int = ENCODE_STEP) -> np.ndarray:
+    """The positions of items of these modalities in the order :meth:`Retriever.add_items` numbers them: chunk
+    by chunk of ``step`` items, the drawings of the chunk, then its photos (each modality through its own
+    encoder branch). Item ``order[j]`` gets the j-th id."""
+    kinds = np.asarray(modalities, dtype=object)
+    chunks = np.arange(len(kinds)) // step
+    return np.lexsort((np.arange(len(kinds)), kinds == "photo", chunks)).astype(np.int64)
 
 
 class Retriever:
@@ -188,6 +201,74 @@ class Retriever:
                 meta["thumbnail"] = thumbnail_png(items[j])
             self._meta[i] = meta
         return ids
+
+    def add_items(
+        self,
+        items: Sequence[Item],
+        ids: Sequence[int] | np.ndarray | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Encode data Items (:class:`~sketchsearch.data.formats.base.Item`) and add them with their label,
+        source, metadata, modality and a thumbnail; returns their int64 ids, one per item in item order.
+
+        Items go in chunks of :data:`ENCODE_STEP`, each modality through its own encoder branch; ``ids``
+        default to the next free ones in :func:`encode_order` (a chunk's drawings, then its photos).
+        ``progress(done, total)`` is called after each chunk. ``index build`` / ``add`` (both engines) encode
+        here."""
+        from .data.batching import item_input
+
+        items = list(items)
+        ids = self.next_ids(items) if ids is None else np.asarray(ids, dtype=np.int64)
+        if len(ids) != len(items):
+            raise ValueError(f"{len(ids)} ids for {len(items)} items")
+        for s in range(0, len(items), ENCODE_STEP):
+            for kind in ("sketch", "photo"):
+                part = [j for j in range(s, min(s + ENCODE_STEP, len(items))) if items[j].modality == kind]
+                if part:
+                    self.add(
+                        [item_input(items[j]) for j in part],
+                        ids=ids[part],
+                        labels=[items[j].label for j in part],
+                        sources=[items[j].source for j in part],
+                        metas=[items[j].meta for j in part],
+                        modality=kind,
+                        thumbnails=True,
+                    )
+            if progress is not None:
+                progress(min(s + ENCODE_STEP, len(items)), len(items))
+        return ids
+
+    def next_ids(self, items: Sequence[Item]) -> np.ndarray:
+        """The ids :meth:`add_items` gives ``items`` (one per item, in item order): the next free ones, in
+        :func:`encode_order`."""
+        start = max(int(np.max(np.asarray(self.index.ids), initial=-1)), max(self._meta, default=-1)) + 1
+        ids = np.empty(len(items), np.int64)
+        ids[encode_order([i.modality for i in items])] = np.arange(start, start + len(items), dtype=np.int64)
+        return ids
+
+    def add_encoded(self, codes: np.ndarray, ids: Sequence[int] | np.ndarray, rows: Sequence[dict[str, Any]]) -> None:
+        """Add codes encoded elsewhere (by :meth:`add_items` in a worker of ``--engine ray``: :meth:`rows`) with
+        their item rows as :meth:`rows` gives them (label, source, meta, modality, thumbnail). ``codes`` are as
+        an index of this kind stores them (its ``state()``): an empty index adopts them as they are (as a load
+        does), so a dense index does not normalise its vectors twice; a non-empty one adds them."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(codes) == len(ids) == len(rows):
+            raise ValueError(f"{len(codes)} codes, {len(ids)} ids and {len(rows)} rows")
+        if len(self.index) == 0 and not self._meta:
+            order = np.argsort(ids, kind="stable")
+            self.index.load_state({"codes": np.ascontiguousarray(codes[order]), "ids": ids[order]})
+        else:
+            self.index.add(codes, ids)
+        for i, row in zip(ids.tolist(), rows):
+            self._meta[i] = dict(row)
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """(codes, ids, rows) of an index built in memory (not loaded), in id order: what :meth:`add_encoded`
+        takes."""
+        from .index.base import state_arrays
+
+        codes, ids = state_arrays(self.index.state())
+        return codes, ids, [self._meta[int(i)] for i in ids.tolist()]
 
     def remove(self, ids: Sequence[int]) -> None:
         self.index.remove(np.asarray(ids, dtype=np.int64))

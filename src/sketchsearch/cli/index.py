@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from ..data.collection import Collection
     from ..data.formats.base import Item
     from ..retrieval import Retriever
+
+#: ``index build --engine``: encode in this process, or in shards on Ray workers (:mod:`sketchsearch.ray_engine`)
+ENGINES = ("local", "ray")
 
 #: ``--lock-timeout`` of the commands that change an index
 LOCK_TIMEOUT = typer.Option(
@@ -104,26 +107,58 @@ def _read_for_model(
 
 
 def _encode_into(r: Retriever, items: list[Item], reporter: Reporter) -> None:
-    """Encode ``items`` (data Items) into the retriever, each modality through its own branch, in chunks,
-    keeping label, source, metadata and a thumbnail of each; a bar on stderr (``reporter``)."""
-    from ..data.batching import item_input
-
-    step = 512
+    """Encode ``items`` (data Items) into the retriever (:meth:`~sketchsearch.retrieval.Retriever.add_items`:
+    each modality through its own branch, in chunks, keeping label, source, metadata and a thumbnail of each);
+    a bar on stderr (``reporter``)."""
     with reporter.steps() as update:
-        for s in range(0, len(items), step):
-            chunk = items[s : s + step]
-            for kind in ("sketch", "photo"):  # each modality through its own encoder branch
-                part = [i for i in chunk if i.modality == kind]
-                if part:
-                    r.add(
-                        [item_input(i) for i in part],
-                        labels=[i.label for i in part],
-                        sources=[i.source for i in part],
-                        metas=[i.meta for i in part],
-                        modality=kind,
-                        thumbnails=True,
-                    )
-            update("encoding", s + len(chunk), len(items))
+        r.add_items(items, progress=lambda done, total: update("encoding", done, total))
+
+
+def _encode_on_ray(
+    r: Retriever, items: list[Item], out: Path, workers: int | None, shard_size: int | None, reporter: Reporter
+) -> dict[str, Any]:
+    """``index build --engine ray``: encode ``items`` in shards on Ray workers (:mod:`sketchsearch.ray_engine`)
+    into the (new, empty) retriever, save it to ``out`` and remove the work folder; hold ``out``'s write lock.
+    Returns the run's figures for --json."""
+    import shutil
+
+    from ..index.folder import target
+    from ..index.sharded import usable_cpus
+    from ..ray_engine import DEFAULT_SHARD_SIZE, encode_sharded, work_folder
+
+    def note(line: str) -> None:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    work = work_folder(target(out).absolute())
+    n = workers or usable_cpus()
+    shard_size = shard_size or DEFAULT_SHARD_SIZE
+    with reporter.steps() as update:
+        run = encode_sharded(
+            str(r.model_name),
+            r.model_id,
+            items,
+            r.next_ids(items),
+            work,
+            workers=n,
+            shard_size=shard_size,
+            progress=lambda done, total: update("encoding", done, total),
+            note=note,
+        )
+    r.add_encoded(run.codes, run.ids, run.rows)
+    r.save(out)
+    shutil.rmtree(work, ignore_errors=True)
+    if run.encoded:
+        took = f"{len(run.encoded)} encoded by {run.workers} Ray workers in {run.encode_seconds:.1f} s"
+    else:
+        took = "none left to encode"
+    note(f"ray: {run.shards} shards of up to {shard_size} items: {len(run.reused)} reused from an earlier run, {took}")
+    return {
+        "engine": "ray",
+        "workers": run.workers,
+        "shards": run.shards,
+        "shards_reused": len(run.reused),
+        "shards_encoded": len(run.encoded),
+    }
 
 
 #: bad records ``index build`` / ``add`` name on stderr (``data info`` lists them all)
@@ -195,11 +230,28 @@ def index_build(
     description: str | None = typer.Option(None, "--description", help="A sentence or two about the collection."),
     force: bool = typer.Option(False, "--force", help="Replace the index already at --out."),
     lock_timeout: float | None = LOCK_TIMEOUT,
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="local: encode in this process; ray: encode shards of the items on --workers Ray workers (needs "
+        "`pip install 'sketchsearch[ray]'`), keeping finished shards in .<out>.ray-parts beside --out until the "
+        "index is saved, so that a run killed part-way and started again does not encode them again.",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="--engine ray: worker processes (default: the CPUs this process may use)."
+    ),
+    shard_size: int | None = typer.Option(
+        None,
+        "--shard-size",
+        min=1,
+        help="--engine ray: items per shard, the unit of work and resume (default 2048). A multiple of 512 (the "
+        "encoding chunk) keeps float codes bit-identical to --engine local's; other sizes can differ in rounding.",
+    ),
     as_json: bool = typer.Option(
         False,
         "--json",
         help="Print the result as JSON: index, count, drawings, photos, name, slug, title, description, "
-        "skipped, errors.",
+        "skipped, errors; with --engine ray also engine, workers, shards, shards_reused, shards_encoded.",
     ),
     quiet: bool = QUIET,
 ) -> None:
@@ -207,11 +259,19 @@ def index_build(
 
     The index folder holds codes, ids and items (label, source, metadata, thumbnail) and, in its manifest,
     the collection's name, slug, title and description. The result is a line on stdout (or --json); bad
-    records skipped are named on stderr."""
+    records skipped are named on stderr. --engine ray gives the same index, encoded on several workers."""
     from ..errors import IndexArgumentError
     from ..index.store import collection_fields, default_collection_name, write_lock
     from ..retrieval import Retriever
 
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"--engine {engine!r}: valid engines are {', '.join(ENGINES)}")
+    if engine == "local" and (workers is not None or shard_size is not None):
+        raise typer.BadParameter("--workers and --shard-size apply to --engine ray")
+    if engine == "ray":
+        from ..ray_engine import require_ray
+
+        require_ray()
     _writable_out(out)
     if uri is not None:
         if backend != "milvus":
@@ -245,8 +305,11 @@ def index_build(
         r.collection = fields
         res, items = _read_for_model(r, model, data, modality=modality, strict=strict, limit=limit)
         _utf8_sources(items, data)
-        _encode_into(r, items, Reporter(quiet))
-        r.save(out)
+        if engine == "local":
+            _encode_into(r, items, Reporter(quiet))
+            r.save(out)
+        else:
+            sharded = _encode_on_ray(r, items, out, workers, shard_size, Reporter(quiet))
     if as_json:
         print_json(
             {
@@ -256,6 +319,7 @@ def index_build(
                 **fields,
                 "skipped": res.skipped,
                 "errors": res.error_dicts(),
+                **(sharded if engine == "ray" else {}),
             }
         )
         return
