@@ -27,32 +27,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine_info, write_results
 from bench_service import MODELS, WORKDIR, index_folder, model_path, query_payloads
 
-# (stage, functions whose cumulative time is the stage's): (file suffix, function name); the first match wins
-STAGES: list[tuple[str, list[tuple[str, str]]]] = [
-    ("JSON parse (json.loads)", [("decode.py", "_loads"), ("__init__.py", "loads")]),
-    ("schema validation (pydantic)", [("decode.py", "_validate_request"), ("main.py", "model_validate")]),
-    ("strokes -> Sketch (parse_strokes)", [("strokes.py", "parse_strokes")]),
-    ("sketch checks (Sketch.validate)", [("sketch.py", "validate")]),
-    ("rasterise / prepare input (make_batch)", [("batching.py", "make_batch")]),
-    ("network forward (method.encode)", [("retrieval.py", "_forward")]),
-    ("binarise", [("base.py", "binarize")]),
-    ("Hamming search (index.search)", [("hamming.py", "search")]),
-    ("labels (hits + item store)", [("retrieval.py", "hits"), ("retrieval.py", "item_meta")]),
-    ("response (SearchResponse + JSON)", [("routes.py", "_respond")]),
+STAGES = [
+    "JSON parse (json.loads)",
+    "schema validation (pydantic)",
+    "strokes -> Sketch (parse_strokes)",
+    "rasterise / stroke prep (make_batch)",
+    "network forward (embed - make_batch)",
+    "binarise (encode - embed)",
+    "Hamming search (index.search)",
+    "item rows for labels (item_meta, all calls)",
+    "answer (SearchResponse -> JSON)",
+    "rest: framework, middleware, thread hops, ASGI transport",
 ]
 
 
-def stage_times(stats: pstats.Stats, n: int) -> dict[str, float]:
-    """ms per request of each stage (cumulative time of its functions, summed), from a profile of n requests."""
+def stage_times(stats: pstats.Stats, n: int, total_ms: float) -> dict[str, float]:
+    """ms per request of each stage, from cumulative times of named functions in a profile of ``n`` requests
+    (the same names before and after the changes of this branch, where they exist)."""
     raw = stats.stats  # type: ignore[attr-defined]
-    out: dict[str, float] = {}
-    for stage, funcs in STAGES:
-        total = 0.0
-        for (file, _line, name), (_cc, _nc, _tt, ct, _callers) in raw.items():
-            if any(file.endswith(suffix) and name == fn for suffix, fn in funcs):
-                total += ct
-        out[stage] = round(total * 1000.0 / n, 3)
-    return out
+
+    def cum(suffix: str, name: str) -> float:
+        return sum(v[3] for (f, _l, fn), v in raw.items() if f.endswith(suffix) and fn == name) * 1000.0 / n
+
+    answer = cum("routes.py", "_answer_body")
+    if answer == 0.0:  # before: built inside _search_response, around _run_search
+        answer = cum("routes.py", "_search_response") - cum("routes.py", "_run_search")
+    out = {
+        STAGES[0]: cum("json/__init__.py", "loads"),
+        STAGES[1]: cum("pydantic/main.py", "model_validate"),
+        STAGES[2]: cum("strokes.py", "parse_strokes"),
+        STAGES[3]: cum("batching.py", "make_batch"),
+        STAGES[4]: cum("retrieval.py", "embed") - cum("batching.py", "make_batch"),
+        STAGES[5]: cum("retrieval.py", "encode") - cum("retrieval.py", "embed"),
+        STAGES[6]: cum("hamming.py", "search"),
+        STAGES[7]: cum("retrieval.py", "item_meta"),
+        STAGES[8]: answer,
+    }
+    out[STAGES[9]] = total_ms - sum(out.values())
+    return {k: round(v, 3) for k, v in out.items()}
 
 
 def profile_model(model: str, args: argparse.Namespace, payloads: list[bytes]) -> dict[str, Any]:
@@ -101,8 +113,8 @@ def profile_model(model: str, args: argparse.Namespace, payloads: list[bytes]) -
     asyncio.run(requests(args.requests))
     prof.disable()
     stats = pstats.Stats(prof)
-    stages = stage_times(stats, args.requests)
     total_profiled = sum(v[3] for k, v in stats.stats.items() if k[2] == "requests") * 1000.0 / args.requests  # type: ignore[attr-defined]
+    stages = stage_times(stats, args.requests, total_profiled)
     if args.dump:
         stats.sort_stats("cumulative").print_stats(args.dump)
         stats.sort_stats("tottime").print_stats(args.dump)
@@ -140,7 +152,7 @@ def markdown(out: dict[str, Any]) -> str:
         "| GET /api/health, ms (unprofiled) | " + " | ".join(str(r["health_ms_per_request"]) for r in rows) + " |",
         "| request, ms (profiled) | " + " | ".join(str(r["ms_per_request_profiled"]) for r in rows) + " |",
     ]
-    for stage, _ in STAGES:
+    for stage in STAGES:
         lines.append(f"| {stage} | " + " | ".join(str(r["stages_ms_profiled"][stage]) for r in rows) + " |")
     lines.append("")
     return "\n".join(lines)
