@@ -170,7 +170,9 @@ def start_server(folder: Path, model: str, workers: int, deadline: float) -> tup
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "sketchsearch", "serve", "--index", str(folder), "--model", model]
     cmd += ["--name", "bench", "--port", "0", "--workers", str(workers), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = WORKDIR / f"server-{Path(model).name}-{workers}.log"  # a file: a full stderr pipe would block it
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     assert proc.stdout is not None
     url = None
     for line in proc.stdout:  # the address line comes once every worker is up
@@ -179,9 +181,8 @@ def start_server(folder: Path, model: str, workers: int, deadline: float) -> tup
             url = m.group(1)
             break
     if url is None:
-        err = proc.stderr.read() if proc.stderr else ""
         proc.wait(10)
-        raise SystemExit(f"the server did not come up (exit {proc.returncode}): {err.strip()[-2000:]}")
+        raise SystemExit(f"the server did not come up (exit {proc.returncode}): {log.read_text()[-2000:]}")
     while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/api/health", timeout=2).status_code == 200:
@@ -372,6 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_before = os.getloadavg()
     payloads, what = query_payloads(args.distinct_queries, args.k, args.seed)
     runs = []
+    index_bytes: dict[str, dict[str, int]] = {}  # the saved index folders' files, per model
     for model in args.models:
         mpath = model_path(model, args.workdir, args.seed)
         t0 = time.perf_counter()
@@ -380,6 +382,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from sketchsearch.index.store import read_manifest
 
         nbits = int(read_manifest(folder)["nbits"])
+        index_bytes[model] = {
+            "items": args.items,
+            "nbits": nbits,
+            "codes_bytes": (folder / "codes.npy").stat().st_size,
+            "ids_bytes": (folder / "ids.npy").stat().st_size,
+            "items_bytes": (folder / "items.sqlite").stat().st_size,
+        }
         for w in args.workers:
             row = {"nbits": nbits, **run_one(model, w, folder, payloads, args)}
             row["goals"] = goals(row)
@@ -396,6 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "searches": args.searches,
         "k": args.k,
         "runs": runs,
+        "index_bytes": index_bytes,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "load_note": args.load_note,
