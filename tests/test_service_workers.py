@@ -81,6 +81,27 @@ def test_serve_with_two_workers_answers_searches_with_the_codes_memory_mapped(tm
     assert all(not Path(f"/proc/{p}").exists() for p in mapped)  # the workers went with it
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_end_when_serve_is_killed(tmp_path: Path) -> None:
+    """SIGKILL runs none of serve's clean-up: the kernel still ends its workers (no orphan keeps the port)."""
+    folder = _index(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "sketchsearch", "serve", "--index", str(folder), "--port", "0", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        assert proc.stdout is not None and "2 worker processes" in proc.stdout.readline()
+        codes = str(folder / "codes.npy")
+        workers = [p for p in _children(proc.pid) if codes in Path(f"/proc/{p}/maps").read_text()]
+        assert len(workers) == 2
+    finally:
+        proc.kill()
+        proc.wait(10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{p}").exists() for p in workers)
+
+
 def test_serve_workers_option_errors_are_one_plain_line(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["serve", "--index", str(tmp_path), "--workers", "0"])
     assert res.exit_code == 2

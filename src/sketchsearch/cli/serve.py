@@ -223,11 +223,33 @@ def build_service(opts: ServeOptions) -> tuple[Any, list[str]]:
     return app, lines
 
 
+def _end_with_parent() -> None:
+    """On Linux, have the kernel send this worker SIGTERM when the ``serve`` process that started it dies, even
+    by SIGKILL (which runs none of its clean-up), so that no orphaned worker keeps serving the port."""
+    import ctypes
+    import ctypes.util
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker_main(sock: socket.socket, opts: ServeOptions, conn: Any) -> None:
     """One worker process: build the service, tell the parent (``("ready", lines)`` or ``("error", message)``),
     then serve on the shared socket until SIGTERM / SIGINT."""
     import uvicorn
 
+    _end_with_parent()
     try:
         app, lines = build_service(opts)
     except BaseException as e:  # noqa: BLE001 - reported to the parent as one line, then this process exits
