@@ -140,3 +140,30 @@ def test_dense_index_cosine_and_ties(rng: np.random.Generator) -> None:
     assert (got[0, 10:] == -1).all() and np.isneginf(s[0, 10:]).all()
     with pytest.raises(IndexArgumentError, match=r"\(n, 8\)"):
         index.add(np.zeros((1, 7), np.float32))
+
+
+@pytest.mark.parametrize("nbits, n, k", [(192, 400, 30), (1024, 300, 12), (200, 250, 7), (256, 5, 9)])
+def test_numba_row_scan_of_few_wide_queries_matches_the_oracle_and_the_plane_scan(
+    nbits: int, n: int, k: int, rng: np.random.Generator
+) -> None:
+    """1-3 queries of >= 3 words take the row-by-row kernel (knn_rows): same hits, ties by id, padding."""
+    from sketchsearch.index import _kernels
+    from sketchsearch.index.hamming import _words
+
+    base = rng.integers(0, 256, size=(1, nbits // 8), dtype=np.uint8)
+    flips = rng.random((n, nbits // 8)) < 0.02  # near one code: many equal distances at the k-th hit
+    xb = np.where(flips, rng.integers(0, 256, size=(n, nbits // 8), dtype=np.uint8), base).astype(np.uint8)
+    xb[3:9] = xb[1]  # exact duplicates
+    ids = rng.permutation(10 * n)[:n].astype(np.int64)
+    index = create_index("numba", nbits=nbits)
+    index.add(xb, ids)
+    for q in (base, xb[1:2], np.concatenate([base, xb[2:4]])):
+        d, got = index.search(q, k)
+        assert as_pairs(d, got) == oracle_knn(q, xb, ids, k)
+        if k > n:
+            assert (got[:, n:] == -1).all() and (d[:, n:] == MISSING_DISTANCE).all()
+    nw = (nbits // 8 + 7) // 8
+    qw, db = _words(xb[:2], nw), _words(index.codes, nw)
+    _kernels.ensure_compiled()
+    for a, b in zip(_kernels.knn_rows(qw, db, k, nbits), _kernels.knn_scan(qw, db, k, nbits)):
+        np.testing.assert_array_equal(a, b)

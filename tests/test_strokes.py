@@ -155,3 +155,38 @@ def test_importable_without_the_service() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": str(SRC)}
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_page_points_read_in_bulk_equal_the_point_by_point_reading() -> None:
+    """The bulk reader of the page's {"x", "y", "t"} strokes gives what the point-by-point one gives, and
+    leaves every odd point to it (so its errors still name the point)."""
+    from sketchsearch.data import strokes as mod
+
+    rng = np.random.default_rng(3)
+    plain = [{"x": float(x), "y": int(y), "t": float(t)} for x, y, t in rng.uniform(0, 500, (40, 3))]
+    no_t = [{"x": p["x"], "y": p["y"]} for p in plain]
+    for stroke in (plain, no_t, [{"x": 1, "y": 2, "t": None}]):
+        xy, t = mod._objects_bulk(stroke)  # type: ignore[misc]
+        ref_xy, ref_t = mod._objects_stroke(stroke, "s")
+        np.testing.assert_array_equal(xy, np.asarray(ref_xy, np.float64).reshape(-1, 2))
+        assert (t is None) == (ref_t is None) and (t is None or np.array_equal(t, ref_t))
+    odd = [
+        [],
+        [{"x": True, "y": 1}],
+        [{"x": "1", "y": 1}],
+        [{"x": 1, "y": 1, "z": 0}],
+        [{"x": 1}],
+        [{"x": 10**400, "y": 1}],
+        [{"x": 2e30, "y": 1}],
+        [{"x": float("nan"), "y": 1}],
+        [{"x": 1, "y": 1, "t": -1}],
+        [{"x": 1, "y": 1, "t": 0}, {"x": 1, "y": 1}],
+        [[1, 2]],
+    ]
+    for stroke in odd:
+        assert mod._objects_bulk(stroke) is None, stroke
+    sk = parse_strokes([plain, no_t])
+    assert sk.times is None and sk.n_points == 80
+    with pytest.raises(InvalidSketchError) as e:
+        parse_strokes([plain, [{"x": 1, "y": True}]])
+    assert e.value.field == "strokes[1][0].y"

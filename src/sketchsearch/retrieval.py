@@ -296,7 +296,11 @@ class Retriever:
 
     def hits(self, dist: np.ndarray, ids: np.ndarray) -> list[Hit]:
         """Ranked ids -> Hits with labels, sources and metadata (from memory or the on-disk store)."""
-        valid = [(float(dd), int(i)) for dd, i in zip(dist, ids) if i >= 0]
+        return self.hits_and_rows(dist, ids)[0]
+
+    def hits_and_rows(self, dist: np.ndarray, ids: np.ndarray) -> tuple[list[Hit], dict[int, dict[str, Any]]]:
+        """:meth:`hits` and the item rows they were made from (:meth:`item_meta`), read once."""
+        valid = [(float(dd), int(i)) for dd, i in zip(np.asarray(dist).tolist(), np.asarray(ids).tolist()) if i >= 0]
         rows = self.item_meta([i for _, i in valid])
         return [
             Hit(
@@ -308,7 +312,7 @@ class Retriever:
                 meta=dict(rows.get(i, {}).get("meta") or {}),
             )
             for r, (dd, i) in enumerate(valid)
-        ]
+        ], rows
 
     def item_meta(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         # items added since loading live in memory, the rest in the on-disk store

@@ -16,7 +16,17 @@ from .app import console, friendly_errors
 if TYPE_CHECKING:  # the service (FastAPI, uvicorn) is imported only when a server starts
     from ..service.limits import ConnectionLimits
 
-__all__ = ["collection_specs", "fit_open_files", "register", "run_server", "serve", "uvicorn_config"]
+__all__ = [
+    "ServeOptions",
+    "build_service",
+    "collection_specs",
+    "fit_open_files",
+    "register",
+    "run_server",
+    "run_workers",
+    "serve",
+    "uvicorn_config",
+]
 
 RESERVED_FILES = 128
 """Descriptors kept for everything but admitted client sockets: index files, SQLite, logs, and up to
@@ -109,15 +119,9 @@ def uvicorn_config(app: Any, connections: ConnectionLimits | None = None, log_le
     return config
 
 
-def run_server(
-    app: Any, host: str, port: int, log_level: str = "warning", connections: ConnectionLimits | None = None
-) -> None:
-    """Serve ``app`` with uvicorn under ``connections`` (default :class:`ConnectionLimits`), printing the
-    address to open first."""
-    import uvicorn
-
-    from ..service.limits import ConnectionLimits
-
+def _bind(host: str, port: int) -> tuple[socket.socket, str]:
+    """A socket bound to ``host:port`` (not listening yet) and the host as an URL shows it; a busy port is one
+    clear error, not an address to open and then uvicorn's "[Errno 98]"."""
     shown = f"[{host}]" if ":" in host else host
     try:
         loopback = ipaddress.ip_address(host).is_loopback
@@ -128,8 +132,6 @@ def run_server(
             f"[yellow]warning:[/] listening on {host}: reachable from other machines, with no authentication",
             highlight=False,
         )
-    # Bind first, then print the address: a busy port is one clear error, not an address to open and then
-    # uvicorn's "[Errno 98]". uvicorn serves on the socket it is handed.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -140,16 +142,231 @@ def run_server(
         raise SketchSearchError(
             f"cannot listen on {shown}:{port}: {e.strerror or e}; choose another address or --port"
         ) from e
+    return sock, shown
+
+
+def _announce(shown: str, sock: socket.socket, workers: int = 1) -> None:
     port = sock.getsockname()[1]
+    also = f"; {workers} worker processes" if workers > 1 else ""
     print(
-        f"sketchsearch: open http://{shown}:{port}/ in a browser (API docs at /docs; Ctrl+C stops)",
+        f"sketchsearch: open http://{shown}:{port}/ in a browser (API docs at /docs; Ctrl+C stops{also})",
         flush=True,
     )
+
+
+def _fitted(connections: ConnectionLimits | None) -> ConnectionLimits:
+    from ..service.limits import ConnectionLimits
+
     connections = connections or ConnectionLimits()
     cap = fit_open_files(connections.max_connections)
     if cap != connections.max_connections:
         connections = dataclasses.replace(connections, max_connections=cap)
+    return connections
+
+
+def run_server(
+    app: Any, host: str, port: int, log_level: str = "warning", connections: ConnectionLimits | None = None
+) -> None:
+    """Serve ``app`` with uvicorn under ``connections`` (default :class:`ConnectionLimits`), printing the
+    address to open first."""
+    import uvicorn
+
+    # Bind first, then print the address; uvicorn serves on the socket it is handed.
+    sock, shown = _bind(host, port)
+    _announce(shown, sock)
+    connections = _fitted(connections)
     uvicorn.Server(uvicorn_config(app, connections, log_level)).run(sockets=[sock])
+
+
+# ----------------------------------------------------------------------------------------------- workers
+@dataclasses.dataclass(frozen=True)
+class ServeOptions:
+    """What one server process needs to build and run the service (picklable: handed to worker processes)."""
+
+    specs: tuple[tuple[str, str | None, str], ...]
+    limits: Any  # service.limits.Limits
+    connections: Any  # service.limits.ConnectionLimits
+    cors_origins: tuple[str, ...] | None = None
+    decode_slots: int | None = None
+    log_level: str = "warning"
+    threads: int = 1
+
+
+def set_threads(n: int) -> None:
+    """Intra-op threads of torch in this process: ``serve`` gives each worker its share of the CPUs (several
+    workers each running torch on every core would fight over them)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(n)))
+
+
+def build_service(opts: ServeOptions) -> tuple[Any, list[str]]:
+    """Load the collections (index codes memory-mapped: several workers share them through the page cache),
+    warm them up and build the app; returns (app, one line per collection to print)."""
+    from ..service.app import create_app, load_collections, warm_up
+
+    set_threads(opts.threads)
+    if opts.decode_slots is not None:
+        from ..service.decode import set_decode_slots
+
+        set_decode_slots(opts.decode_slots)
+    collections = load_collections(opts.specs)
+    lines = []
+    for n, r in collections.items():
+        title = (r.collection or {}).get("title")
+        shown = f"{n} ({title!r})" if title and title != n else n
+        lines.append(f"collection {shown}: {len(r):,} items, model {r.model_id}")
+    warm_up(collections)
+    app = create_app(
+        collections, cors_origins=list(opts.cors_origins) if opts.cors_origins else None, limits=opts.limits
+    )
+    return app, lines
+
+
+def _end_with_parent() -> None:
+    """On Linux, have the kernel send this worker SIGTERM when the ``serve`` process that started it dies, even
+    by SIGKILL (which runs none of its clean-up), so that no orphaned worker keeps serving the port."""
+    import ctypes
+    import ctypes.util
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_main(sock: socket.socket, opts: ServeOptions, conn: Any) -> None:
+    """One worker process: build the service, tell the parent (``("ready", lines)`` or ``("error", message)``),
+    then serve on the shared socket until SIGTERM / SIGINT."""
+    import uvicorn
+
+    _end_with_parent()
+    try:
+        app, lines = build_service(opts)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent as one line, then this process exits
+        msg = str(e) if isinstance(e, (SketchSearchError, ValueError)) else f"{type(e).__name__}: {e}"
+        conn.send(("error", msg))
+        conn.close()
+        raise SystemExit(1) from None
+    conn.send(("ready", lines))
+    conn.close()
+    uvicorn.Server(uvicorn_config(app, opts.connections, opts.log_level)).run(sockets=[sock])
+
+
+START_TIMEOUT_S = 600.0
+"""How long a worker may take to load its collections (model, index checksums, warm-up) before ``serve``
+gives up."""
+
+
+class _Workers:
+    """``n`` worker processes (spawned: each loads the model itself, and maps the index files) serving one
+    listening socket; the kernel hands each new connection to one of them. A worker that dies is replaced."""
+
+    def __init__(self, sock: socket.socket, opts: ServeOptions, n: int) -> None:
+        import multiprocessing as mp
+
+        self.ctx = mp.get_context("spawn")
+        self.sock, self.opts, self.n = sock, opts, n
+        self.procs: list[Any] = []
+
+    def _start(self) -> tuple[Any, Any]:
+        parent, child = self.ctx.Pipe(duplex=False)
+        p = self.ctx.Process(
+            target=_worker_main, args=(self.sock, self.opts, child), name="sketchsearch-worker", daemon=True
+        )
+        p.start()
+        child.close()
+        return p, parent
+
+    def _ready(self, p: Any, conn: Any) -> list[str]:
+        """Wait for worker ``p`` to load; its lines, or SketchSearchError with its one-line reason."""
+        import time
+
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not conn.poll(0.2):
+            if not p.is_alive() and not conn.poll(0):
+                raise SketchSearchError(f"a server worker exited (code {p.exitcode}) while loading the collections")
+            if time.monotonic() > deadline:
+                raise SketchSearchError(f"a server worker did not load the collections in {START_TIMEOUT_S:.0f} s")
+        try:
+            kind, payload = conn.recv()
+        except EOFError:
+            p.join(5)
+            raise SketchSearchError(
+                f"a server worker exited (code {p.exitcode}) while loading the collections"
+            ) from None
+        finally:
+            conn.close()
+        if kind == "error":
+            raise SketchSearchError(payload)
+        return list(payload)
+
+    def start(self) -> list[str]:
+        started = [self._start() for _ in range(self.n)]
+        self.procs = [p for p, _ in started]
+        lines: list[str] = []
+        for p, conn in started:
+            lines = self._ready(p, conn)
+        return lines
+
+    def supervise(self) -> None:
+        """Until interrupted: replace any worker that exits."""
+        while True:
+            for i, p in enumerate(self.procs):
+                p.join(0.5 / max(1, len(self.procs)))
+                if p.exitcode is not None:
+                    console.print(
+                        f"[yellow]warning:[/] server worker {p.pid} exited (code {p.exitcode}); starting another",
+                        highlight=False,
+                    )
+                    q, conn = self._start()
+                    self.procs[i] = q
+                    self._ready(q, conn)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.exitcode is None:
+                p.terminate()  # SIGTERM: uvicorn finishes the requests in flight, then exits
+        for p in self.procs:
+            p.join(10)
+            if p.exitcode is None:
+                p.kill()
+                p.join(5)
+
+
+def run_workers(opts: ServeOptions, host: str, port: int, workers: int) -> None:
+    """Serve with ``workers`` processes on one socket, printing the address once every worker is ready."""
+    import signal
+
+    sock, shown = _bind(host, port)
+    opts = dataclasses.replace(opts, connections=_fitted(opts.connections))  # the children inherit the limit
+    pool = _Workers(sock, opts, workers)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        lines = pool.start()
+        for line in lines:
+            console.print(line, highlight=False, markup=False)
+        _announce(shown, sock, workers)
+        pool.supervise()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pool.stop()
+        sock.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 @friendly_errors
@@ -200,35 +417,48 @@ def serve(
         "then 503). Default: $SKETCHSEARCH_DECODE_SLOTS, else 2.",
         show_default=False,
     ),
+    workers: int = typer.Option(
+        1,
+        min=1,
+        max=64,
+        help="Server processes on the one port: each loads the model and maps the index files (shared through "
+        "the page cache, not copied); torch gets cores / workers threads in each.",
+    ),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
 ) -> None:
     """Serve the drawing page and the REST API (POST /api/search, GET /api/collections, /docs)."""
-    from ..service.app import Limits, create_app, load_collections, warm_up
-    from ..service.limits import ConnectionLimits
+    import os
 
-    if decode_slots is not None:
-        from ..service.decode import set_decode_slots
+    from ..service.limits import ConnectionLimits, Limits
+    from ..service.state import check_name
 
-        set_decode_slots(decode_slots)
     specs = collection_specs(index, model, name)
-    try:
-        collections = load_collections(specs)
-    except ValueError as e:  # a collection name that cannot be served
-        raise typer.BadParameter(str(e)) from None
-    for n, r in collections.items():
-        title = (r.collection or {}).get("title")
-        shown = f"{n} ({title!r})" if title and title != n else n
-        console.print(f"collection {shown}: {len(r):,} items, model {r.model_id}", highlight=False, markup=False)
-    warm_up(collections)
-    limits = Limits(max_k=max_k, max_body_bytes=max(1, int(max_body_mb * 1024 * 1024)))
-    app = create_app(collections, cors_origins=cors_origin or None, limits=limits)
-    connections = ConnectionLimits(
-        header_timeout=header_timeout,
-        body_timeout=body_timeout,
-        keep_alive_timeout=keep_alive,
-        max_connections=max_connections,
+    for n, _, _ in specs:
+        try:
+            check_name(n)
+        except ValueError as e:  # a collection name that cannot be served
+            raise typer.BadParameter(str(e)) from None
+    opts = ServeOptions(
+        specs=tuple((n, m, str(p)) for n, m, p in specs),
+        limits=Limits(max_k=max_k, max_body_bytes=max(1, int(max_body_mb * 1024 * 1024))),
+        connections=ConnectionLimits(
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            keep_alive_timeout=keep_alive,
+            max_connections=max_connections,
+        ),
+        cors_origins=tuple(cors_origin) if cors_origin else None,
+        decode_slots=decode_slots,
+        log_level=log_level,
+        threads=max(1, (os.cpu_count() or 1) // workers),
     )
-    run_server(app, host, port, log_level, connections)
+    if workers > 1:
+        run_workers(opts, host, port, workers)
+        return
+    app, lines = build_service(opts)
+    for line in lines:
+        console.print(line, highlight=False, markup=False)
+    run_server(app, host, port, log_level, opts.connections)
 
 
 def register(app: typer.Typer) -> None:

@@ -103,7 +103,9 @@ def parse_strokes(
     if n_points == 0:
         raise InvalidSketchError("the sketch has no points (draw something first)", where)
     parse = {"objects": _objects_stroke, "points": _points_stroke, "quickdraw": _quickdraw_stroke}[form]
-    parsed = [parse(s, f"{where}[{i}]") for i, s in enumerate(obj)]
+    # the page's form is read stroke by stroke in bulk (:func:`_objects_bulk`); a stroke it does not take
+    # whole (any point off the plain case) is read point by point, which names the point at fault
+    parsed = [(_objects_bulk(s) if form == "objects" else None) or parse(s, f"{where}[{i}]") for i, s in enumerate(obj)]
     xy = [np.asarray(p, dtype=np.float64).reshape(-1, 2).astype(np.float32) for p, _ in parsed]
     has_t = all(t is not None for _, t in parsed)
     times = [np.asarray(t, dtype=np.float64) for _, t in parsed] if has_t else None
@@ -152,6 +154,44 @@ def _objects_stroke(stroke: list[Any], where: str) -> _Parsed:
         if p.get("t") is not None:
             times.append(_time(p["t"], f"{at}.t"))
     return xy, times if len(times) == len(xy) else None
+
+
+_XYT = frozenset(("x", "y", "t"))
+_FLOATS = (int, float)
+
+
+def _objects_bulk(stroke: list[Any]) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """A stroke of ``{"x", "y"[, "t"]}`` objects read in bulk: (float64 (n, 2), its times or None); None
+    when any point is not the plain case (a dict with x and y and no other key than t, numbers that are
+    ints or floats, finite, coordinates within :data:`MAX_COORD`, times all given and >= 0, or all absent),
+    so that :func:`_objects_stroke` reads it point by point and names the fault. What it accepts it reads
+    exactly as :func:`_objects_stroke` does; for 1,000 points it is several times faster."""
+    if not stroke:
+        return None
+    for p in stroke:
+        if type(p) is not dict or not p.keys() <= _XYT or "x" not in p or "y" not in p:
+            return None
+    xs = [p["x"] for p in stroke]
+    ys = [p["y"] for p in stroke]
+    ts = [p.get("t") for p in stroke]
+    # type() rather than isinstance(): bool is an int subclass, and a JSON true is not a number
+    if not all(type(v) in _FLOATS for v in xs) or not all(type(v) in _FLOATS for v in ys):
+        return None
+    try:
+        xy = np.array([xs, ys], dtype=np.float64).T
+        if all(t is None for t in ts):
+            times = None
+        elif all(type(t) in _FLOATS for t in ts):
+            times = np.array(ts, dtype=np.float64)
+            if not (np.isfinite(times).all() and (times >= 0).all()):
+                return None
+        else:
+            return None
+    except OverflowError:  # an integer past float range
+        return None
+    if not np.isfinite(xy).all() or np.abs(xy).max() > MAX_COORD:
+        return None
+    return xy, times
 
 
 def _points_stroke(stroke: list[Any], where: str) -> _Parsed:

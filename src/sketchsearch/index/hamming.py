@@ -203,6 +203,8 @@ class NumbaHammingIndex(HammingIndex):
         from . import _kernels
 
         _kernels.ensure_compiled()
+        if self._nwords >= _kernels.ROWS_MIN_WORDS and q.shape[0] < _kernels.ROWS_MAX_QUERIES:
+            return _kernels.knn_rows(_words(q, self._nwords), self._db(), k, self.nbits)  # type: ignore[no-any-return]
         return _kernels.knn_scan(_words(q, self._nwords), self._db(), k, self.nbits)  # type: ignore[no-any-return]
 
     def _range(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -74,7 +74,7 @@ _SEARCH_BODY: dict[str, Any] = {
     responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 415: {"model": ErrorOut}},
     openapi_extra=_SEARCH_BODY,
 )
-async def search(request: Request, state: State) -> JSONResponse:
+async def search(request: Request, state: State) -> Response:
     limits = state.limits
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
@@ -83,14 +83,10 @@ async def search(request: Request, state: State) -> JSONResponse:
         check_json_values(body, limits)
         async with state.large_search_slot(len(body)):
             # parsing and validating up to max_points points is CPU work: off the event loop, so that one
-            # large request does not stall every other client (and /api/health)
-            req, sketch = await run_in_threadpool(parse_search_request, body, limits)
-            col = state.pick(req.collection)
-            if sketch is None:  # a search by item: parse_search_request checked that it names one
-                assert req.item is not None
-                return await _search_response(col, req.item, req.k, {"item": req.item})
-            qinfo = {"strokes": len(sketch.strokes), "points": sketch.n_points}
-            return await _search_response(col, sketch, req.k, qinfo)
+            # large request does not stall every other client (and /api/health); parsing, encoding, the
+            # search and the answer's body are one hop to the thread pool (each hop is a thread switch)
+            content, took = await run_in_threadpool(_json_search, state, body)
+            return _json_answer(content, took)
     if ctype == "multipart/form-data":
         async with request.form(max_files=1, max_fields=8) as form:
             upload = form.get("image")
@@ -174,6 +170,24 @@ Query = Sketch | Image.Image | int
 """A drawing, a picture of one, or the id of an item of the collection."""
 
 
+def _json_search(state: ServiceState, body: bytes) -> tuple[bytes, float]:
+    """A JSON search body -> (the answer's JSON bytes, ms the search took), on a worker thread."""
+    req, sketch = parse_search_request(body, state.limits)
+    col = state.pick(req.collection)
+    if sketch is None:  # a search by item: parse_search_request checked that it names one
+        assert req.item is not None
+        query: Query = req.item
+        qinfo = {"item": req.item}
+    else:
+        query = sketch
+        qinfo = {"strokes": len(sketch.strokes), "points": sketch.n_points}
+    try:
+        hits, rows, took = _run_search(col, query, req.k)
+    except IndexError_ as e:
+        raise HTTPException(409, f"collection {col.name!r}: {e}") from e
+    return _answer_body(col, req.k, took, qinfo, hits, rows), took
+
+
 def _run_search(col: ServedCollection, query: Query, k: int) -> tuple[list[Hit], dict[int, dict[str, Any]], float]:
     """Encode the query, then search under the collection's lock: the hits, their item rows and the ms it took.
 
@@ -190,15 +204,14 @@ def _run_search(col: ServedCollection, query: Query, k: int) -> tuple[list[Hit],
         codes = col.retriever.encode([query])
     with col.lock:
         if codes is None:
-            hits = _search_by_item(col, int(query), k)
+            hits, rows = _search_by_item(col, int(query), k)
         else:
             dist, found = col.retriever.search_encoded(codes, k)
-            hits = col.retriever.hits(dist[0], found[0])
-        rows = col.retriever.item_meta([h.id for h in hits])
+            hits, rows = col.retriever.hits_and_rows(dist[0], found[0])  # the item rows: read once
         return hits, rows, (time.perf_counter() - t0) * 1000.0
 
 
-def _search_by_item(col: ServedCollection, item_id: int, k: int) -> list[Hit]:
+def _search_by_item(col: ServedCollection, item_id: int, k: int) -> tuple[list[Hit], dict[int, dict[str, Any]]]:
     """Search with an indexed item's own stored code as the query (no re-encoding: the item finds itself
     first, at distance 0), through :meth:`Retriever.search_encoded` like any encoded query."""
     r = col.retriever
@@ -210,7 +223,7 @@ def _search_by_item(col: ServedCollection, item_id: int, k: int) -> list[Hit]:
             404, f"item: {item_id} is not in collection {col.name!r}; search with the id of one of its hits"
         )
     dist, found = r.search_encoded(np.asarray(stored["codes"][pos : pos + 1]), k)
-    return r.hits(dist[0], found[0])
+    return r.hits_and_rows(dist[0], found[0])
 
 
 def _meta_out(meta: object) -> dict[str, str]:
@@ -253,7 +266,7 @@ def _hit_out(col: ServedCollection, hit: Hit, meta: Mapping[str, str]) -> HitOut
 
 async def _search_response(
     col: ServedCollection, query: Query, k: int, qinfo: dict[str, int], runner: Any = None
-) -> JSONResponse:
+) -> Response:
     """Run the search in the thread pool (through ``runner(fn, *args)`` when given) and answer it as a
     :class:`SearchResponse` with Server-Timing."""
     try:
@@ -263,6 +276,18 @@ async def _search_response(
             hits, rows, took = await run_in_threadpool(runner, _run_search, col, query, k)
     except IndexError_ as e:
         raise HTTPException(409, f"collection {col.name!r}: {e}") from e
+    return _json_answer(_answer_body(col, k, took, qinfo, hits, rows), took)
+
+
+def _answer_body(
+    col: ServedCollection,
+    k: int,
+    took: float,
+    qinfo: dict[str, int],
+    hits: list[Hit],
+    rows: Mapping[int, Mapping[str, Any]],
+) -> bytes:
+    """A search's answer as JSON bytes (a :class:`SearchResponse`, serialised by pydantic in one call)."""
     out = SearchResponse(
         collection=col.name,
         k=k,
@@ -271,4 +296,12 @@ async def _search_response(
         query=qinfo,
         hits=[_hit_out(col, h, _meta_out(rows.get(h.id, {}).get("meta"))) for h in hits],
     )
-    return JSONResponse(out.model_dump(), headers={"Server-Timing": f"search;dur={took:.2f}"})
+    return out.model_dump_json().encode()
+
+
+def _json_answer(content: bytes, took: float) -> Response:
+    return Response(
+        content,
+        media_type="application/json",
+        headers={"Server-Timing": f"search;dur={took:.2f}"},
+    )
