@@ -317,3 +317,18 @@ def test_recipe_on_a_labelled_set_and_extra_sources(tmp_path: Path) -> None:
         "universal", data, opts, split_file=tmp_path / "u.split.json", iterations=1, batch_size=8, progress=False
     )
     assert res2.split is not None and res2.split.parts == split.parts
+
+
+def test_views_depend_on_the_key_only() -> None:
+    """A view is a function of (seed, index, draw): any worker, any order, the same batch."""
+    from sketchsearch.recipes.universal import ViewDataset, collate_views
+
+    ds = ViewDataset(drawings(), [0, 0, 1, 1, -1, -1], Preprocessing(raster_size=32, line_width=1.5), seed=4)
+    keys = [(i, 10 + i) for i in range(6)]
+    a = collate_views([ds[k] for k in keys])
+    b = collate_views([ds[k] for k in reversed(keys)])
+    assert torch.equal(a["raster"], b["raster"].flip(0)) and torch.equal(a["raster2"], b["raster2"].flip(0))
+    assert not torch.equal(a["raster"], a["raster2"])
+    assert not torch.equal(collate_views([ds[(0, 1)]])["raster"], collate_views([ds[(0, 2)]])["raster"])
+    plain = ViewDataset(drawings(), [0] * 6, Preprocessing(raster_size=32, line_width=1.5), augment=None)[3]
+    assert np.array_equal(plain["raster"], plain["raster2"]) and plain["label"] == 0

@@ -84,7 +84,7 @@ class UniversalEncoder(Method):
         nbits: int = 64,  # the issue: 64- and 128-bit codes
         backbone: str = "lite0",  # or "lite2" (larger, ~2x slower)
         frozen_blocks: int = 11,  # Lite0: stem + 11 of 16 blocks frozen, stages 6-7 + head trained (Lite2: of 21)
-        input_size: int = 96,  # ours: a CPU budget (Lite0 at 96 px encodes > 50 drawings/s on one thread)
+        input_size: int = 96,  # ours: a CPU budget (Lite0 at 96 px: 56-67 drawings/s on one thread, rendering included)
         feature_dim: int = 512,  # h (Sketch-a-Net's fc7 width, SketchMate's CNN branch)
         projection_dim: int = 128,  # SimCLR's projection output
         temperature: float = 0.1,  # SupCon's (Khosla et al.); PML's default 0.1

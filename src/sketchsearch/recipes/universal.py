@@ -25,28 +25,45 @@ invariance study's raster scale / shift), seeded by ``(seed, index, draw)``; dra
 :class:`~sketchsearch.data.sampling.MixedSampler`: groups of ``per_class`` drawings of one seen class
 (positives of each other under SupCon) with probability ``labelled_fraction``, else random extras.
 
-Smoke run (CPU, one thread; ``OMP_NUM_THREADS=1``): 20 iterations of batch 32 on QuickDraw raw + sketch-rnn
-Omniglot, ``--split`` the shipped sketchmate-quickdraw-64 split (figures in the commit that added this file)::
+Smoke run (CPU, one thread, on the 2-core development machine while other jobs loaded it; the pipeline end to
+end, *not* a result): 20 iterations of batch 32 on QuickDraw raw + sketch-rnn Omniglot with the shipped
+sketchmate-quickdraw-64 split::
 
-    sketchsearch train universal --data ../shared/data/quickdraw/raw,../shared/data/sketchrnn/omniglot.npz \\
+    OMP_NUM_THREADS=1 sketchsearch train universal \\
+        --data ../shared/data/quickdraw/raw,../shared/data/sketchrnn/omniglot.npz \\
         --split src/sketchsearch/pretrained/sketchmate-quickdraw-64.split.json --iterations 20 --batch-size 32 \\
         --out /tmp/universal-smoke/universal-64 --workdir /tmp/universal-smoke/run
 
+1 min 36 s wall: 22.0 s of training (1.10 s / iteration: 64 views rendered, augmented and through the
+network), ~60 s evaluating both of the split's evaluations (4,127 drawings), the rest reading the data. The
+saved model encodes 56-67 drawings/s one at a time on one thread, rendering from strokes included
+(``benchmarks/pretrained_zero_shot.py``'s ``encode_per_s``). A view takes ~4 ms to make on one core (QuickDraw
+raw, 96 px), so the data, not the network, bounds a GPU run: ``--set workers=N`` renders in N processes.
+
 **The full training run** (a later session; not run yet, no quality claimed), on a GPU if one is lent (the
-loop picks CUDA and bf16 autocast by itself; ``--device cpu`` otherwise, ~1.5 s / iteration at batch 64 on
-one core: days), all the drawings the issue names, 64 bits (then ``--set nbits=128``)::
+loop picks CUDA and bf16 autocast by itself; on one CPU core it would be ~2 s / iteration at batch 64), all
+the drawings the issue names, 64 bits (then ``--set nbits=128``)::
 
     D=../shared/data
     sketchsearch train universal \\
         --data $D/quickdraw/raw,$D/quickdraw/simplified,$D/quickdraw/bitmap,$D/sketchrnn/omniglot.npz,\\
-    $D/sketchrnn/kanji.rdp100.npz,kanjivg,$D/sketchy/sketch \\
+    $D/sketchrnn/kanji.rdp100.npz,kanjivg,$D/sketchy \\
         --split src/sketchsearch/pretrained/sketchmate-quickdraw-64.split.json \\
-        --iterations 20000 --batch-size 256 --lr 1e-3 --set nbits=64 --set frozen_blocks=6 \\
+        --iterations 20000 --batch-size 256 --lr 1e-3 --set nbits=64 --set frozen_blocks=6 --set workers=14 \\
         --out models/universal-64 --workdir runs/universal-64
 
-(``frozen_blocks=6`` trains stages 4-7 on a GPU; the CPU default is 11. The kanji sets are the same drawings
+Checked here (reading only): the spec reads 92,995 items in 31 s; with that split, 4,232 train drawings and
+71,295 extras train (20,184 of them labelled by a seen class: QuickDraw simplified and bitmaps, Sketchy
+sketches); dropped: 8,825 extras of unseen classes, 2,316 copies of query / gallery drawings, 2,200 photos.
+Estimated (not measured): 512 views of ~4 ms over 14 workers, ~0.15 s / iteration, about an hour for 20,000.
+``frozen_blocks=6`` trains stages 4-7 (the CPU default 11: stages 6-7). The kanji sets are the same drawings
 at three simplifications: one is enough. Omniglot ``small1`` is *not* an extra: it is the evaluation set of
-the Omniglot goal; sketch-rnn's omniglot.npz is unlabelled, as it is for the shipped sketch-gan.)
+the Omniglot goal (sketch-rnn's omniglot.npz, drawn from all of Omniglot, is unlabelled here, as for the
+shipped sketch-gan). Then (commands not run here)::
+
+    sketchsearch evaluate --data $D/quickdraw/raw --model models/universal-64
+    sketchsearch evaluate --data $D/omniglot/strokes_background_small1 --model models/universal-64 \\
+        --split src/sketchsearch/pretrained/sketch-gan.split.json --protocol leave-one-out
 
 Compare with ``benchmarks/pretrained_zero_shot.py``'s rows (pixel ITQ-64, frozen Lite0 float and ITQ-64) on
 the same two evaluations: QuickDraw's unseen classes of sketchmate-quickdraw-64's split (this recipe's
@@ -211,6 +228,7 @@ def fit(
     labelled_fraction: float = 0.5,  # share of the groups drawn from the labelled classes (when there are extras)
     augment: bool = True,  # False: both views are the plain rendering (a control, not a training setting)
     affine_p: float = 0.5,  # the raster-level scale / shift's probability (data/augment.py)
+    workers: int = 0,  # DataLoader processes rendering the views (0: in the training process)
 ) -> dict[str, Any]:
     """Train on :func:`training_set` with two views per drawing; returns counts, timings, the last losses."""
     if split is None:
@@ -224,7 +242,9 @@ def fit(
     cfg_aug = AugmentConfig(affine_p=float(affine_p)) if augment else None
     ds = ViewDataset(inputs, labels, method.preprocessing, cfg_aug, seed=cfg.seed)
     sampler = MixedSampler(labels, per_class=per_class, labelled_fraction=labelled_fraction, seed=cfg.seed)
-    res = train(method, ds, cfg, collate_fn=collate_views, sampler=sampler)
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    res = train(method, ds, replace(cfg, num_workers=int(workers)), collate_fn=collate_views, sampler=sampler)
     return {
         **info,
         "labelled_fraction": sampler.labelled_fraction,
