@@ -21,7 +21,7 @@ from sketchsearch.data.formats.base import Item
 from sketchsearch.data.sampling import MixedSampler
 from sketchsearch.data.sketch import Sketch
 from sketchsearch.data.splits import Split
-from sketchsearch.errors import InvalidSketchError
+from sketchsearch.errors import FormatError, InvalidSketchError
 from sketchsearch.eval import invariance
 from sketchsearch.methods.base import create_method
 from sketchsearch.methods.universal import UniversalEncoder, contrastive_labels
@@ -310,6 +310,8 @@ def test_recipe_on_a_labelled_set_and_extra_sources(tmp_path: Path) -> None:
     from sketchsearch.recipes.universal import load_sources
 
     coll = load_sources(data)
+    with pytest.raises(FormatError, match="no such file"):
+        load_sources(f"{tmp_path / 'qd'},{tmp_path / 'missing.npz'}")
     assert not {coll[i].label for i in saved.train} & set(saved.unseen_classes)
     saved.check(coll.items)
     # a given split file is used as it is (ids of the first source are kept)

@@ -177,13 +177,17 @@ class UniversalEncoder(Method):
             label = torch.full((n,), -1, dtype=torch.long, device=h.device)
         lab = contrastive_labels(label.to(h.device))
         u = self.hash(h)
+        z = self.projection(h) if self.projection_weight > 0 else None
         out: dict[str, Tensor] = {}
-        if self.projection_weight > 0:
-            out["contrastive_loss"] = self.projection_weight * self.contrast(self.projection(h), lab)
-        if self.code_weight > 0:
-            out["code_contrastive_loss"] = self.code_weight * self.contrast(u, lab)
-        q = quantization_loss(u, threshold=0.0, low=-1.0, high=1.0)  # the mean over both views
-        out["quantization_loss"] = self.quant_weight * q
+        # the losses in float32 even under the loop's bf16 autocast (CUDA): softmax over 2B similarities
+        with torch.autocast(h.device.type, enabled=False):
+            u = u.float()
+            if z is not None:
+                out["contrastive_loss"] = self.projection_weight * self.contrast(z.float(), lab)
+            if self.code_weight > 0:
+                out["code_contrastive_loss"] = self.code_weight * self.contrast(u, lab)
+            q = quantization_loss(u, threshold=0.0, low=-1.0, high=1.0)  # the mean over both views
+            out["quantization_loss"] = self.quant_weight * q
         with torch.no_grad():
             out["bits_saturated"] = (u.abs() > 0.9).float().mean()
             same = (u[:n] > 0) == (u[n:] > 0)
