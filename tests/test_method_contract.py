@@ -26,6 +26,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "pca": {"dim": 4},
     "pretrained": {"pretrained": False, "resolution": 64},
     "siamese": {"pretrained": False, "image_size": 32, "dim": 8},
+    "universal": {"pretrained": False, "input_size": 32, "nbits": 16, "feature_dim": 16, "projection_dim": 8},
 }
 
 
@@ -44,6 +45,8 @@ def _batch(method: Any, sketches: list[Any], labels: torch.Tensor) -> dict[str, 
         b["negative_label"] = labels.roll(1, 0)
         b["instance"] = torch.arange(len(sketches))  # fine-grained pairs: sketch i was drawn from photo i
         b["own"] = torch.ones(len(sketches), dtype=torch.bool)
+    if method.name == "universal":  # trains on two views of each drawing: the second here a mirror image
+        b["raster2"] = b["raster"].flip(-1)
     return b
 
 

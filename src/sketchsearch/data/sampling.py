@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["ClassBalancedSampler", "Indexed"]
+__all__ = ["ClassBalancedSampler", "Indexed", "MixedSampler"]
 
 
 class ClassBalancedSampler(Sampler[tuple[int, int]]):
@@ -77,3 +77,62 @@ class Indexed(Dataset[Any]):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         return self.base[key[0]]
+
+
+class MixedSampler(Sampler[tuple[int, int]]):
+    """Groups of ``per_class`` draws: with probability ``labelled_fraction`` (when there are both kinds) the
+    items of one labelled class (classes drawn uniformly; with replacement when a class has fewer items),
+    else ``per_class`` distinct random unlabelled items (label < 0). One epoch = ``len(labels)`` draws
+    rounded up to whole groups. So a batch of a self-supervised + supervised recipe holds several items of
+    a few classes (positives for a supervised contrastive loss) beside unlabelled drawings, whatever the
+    sizes of the two pools. Deterministic for ``(seed, epoch)``; yields ``(index, draw)`` as
+    :class:`ClassBalancedSampler`.
+    """
+
+    def __init__(
+        self, labels: Sequence[int] | np.ndarray, per_class: int = 2, labelled_fraction: float = 0.5, seed: int = 0
+    ) -> None:
+        lab = np.asarray(labels, dtype=np.int64)
+        if lab.ndim != 1 or len(lab) == 0:
+            raise ValueError("labels must be a non-empty 1-d sequence (class index >= 0, or -1: unlabelled)")
+        if per_class < 1:
+            raise ValueError(f"per_class must be >= 1, got {per_class}")
+        if not 0.0 <= labelled_fraction <= 1.0:
+            raise ValueError(f"labelled_fraction must be in [0, 1], got {labelled_fraction}")
+        self.per_class, self.seed, self.epoch = int(per_class), int(seed), 0
+        self.unlabelled = np.flatnonzero(lab < 0)
+        classes = np.unique(lab[lab >= 0])
+        self.members = [np.flatnonzero(lab == c) for c in classes]
+        if not self.members:
+            labelled_fraction = 0.0
+        elif len(self.unlabelled) == 0:
+            labelled_fraction = 1.0
+        self.labelled_fraction = float(labelled_fraction)
+        self.n_groups = -(-len(lab) // self.per_class)
+        self.num_replicas, self.rank = 1, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def shard(self, num_replicas: int, rank: int) -> None:
+        """Under DDP: this process takes every ``num_replicas``-th group, starting at ``rank``."""
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n_groups, self.num_replicas)) * self.per_class
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        base = self.epoch * self.n_groups * self.per_class
+        n_u = len(self.unlabelled)
+        for g in range(self.n_groups):
+            # every group's draws are made on every rank, so that shards partition one sequence
+            if rng.random() < self.labelled_fraction:
+                members = self.members[int(rng.integers(len(self.members)))]
+                pick = rng.choice(members, size=self.per_class, replace=len(members) < self.per_class)
+            else:
+                pick = self.unlabelled[rng.choice(n_u, size=self.per_class, replace=n_u < self.per_class)]
+            if g % self.num_replicas != self.rank:
+                continue
+            for j, i in enumerate(pick):
+                yield int(i), base + g * self.per_class + j

@@ -99,6 +99,9 @@ HPARAM_BOUNDS: dict[str, Bound] = {
     "hash_frozen_blocks": Bound(int, 0, 64),
     "cnn_frozen_blocks": Bound(int, 0, 64),
     "cnn_dim": _SIZE,
+    "feature_dim": _SIZE,
+    "projection_dim": _SIZE,
+    "temperature": Bound(float, 1e-3, 100),  # a contrastive loss's softmax temperature
     "gs_res": Bound(int, 0, 64),
     "gi_res": Bound(int, 0, 64),
     "input_size": Bound(int, 16, 1024),
@@ -130,6 +133,9 @@ HPARAM_BOUNDS: dict[str, Bound] = {
             "alpha",
             "beta",
             "hash_lr_mult",
+            "top_lr_mult",
+            "projection_weight",
+            "code_weight",
         ),
         _WEIGHT,
     ),
@@ -362,6 +368,7 @@ _METHOD_MODULES: list[str] = [
     "gdh",
     "pretrained",
     "siamese",
+    "universal",
 ]
 
 __all__ = [

@@ -66,7 +66,7 @@ class Recipe:
 
 
 RECIPES: Registry[Recipe] = Registry("training recipe")
-_RECIPE_MODULES = ("baselines", "gan", "sketchmate", "dsml", "doodle2search", "gdh", "pretrained")
+_RECIPE_MODULES = ("baselines", "gan", "sketchmate", "dsml", "doodle2search", "gdh", "pretrained", "universal")
 
 
 def _import_all() -> None:

@@ -1,0 +1,272 @@
+"""The universal encoder's recipe: one labelled set split by class, any number of extra drawing sources, two
+augmented views of every drawing, the one training loop, the one evaluation on the split's unseen classes.
+
+``--data EVAL[,EXTRA,...]``: the first spec is the **labelled evaluation set**, split ``class_holdout`` (or
+read from ``--split``, e.g. the shipped ``sketchmate-quickdraw-64``'s, so the figures compare with the
+pretrained benchmark's rows); its ids are kept. Each further spec (any path or named source the data entry
+point reads) is a **training-only extra**: its items join the collection with ids prefixed ``"<n>:"`` and no
+label (the source's label kept in ``meta["source_label"]``), so they are in no part of the split.
+
+What trains (:func:`training_set`): the split's ``train`` items, labelled by seen class, and the extras, except
+
+* an extra whose source label is one of the split's **unseen classes** (e.g. the simplified copy of an unseen
+  QuickDraw class): unseen classes never train, not even without labels;
+* an extra whose own id is the id of a query / gallery item of the split (the same drawing in another
+  format: QuickDraw's raw and simplified files share ``key_id``);
+* photos (the encoder is for drawings).
+
+Extras are unlabelled (``extra_labels="none"``), or (``"seen"``, default) labelled by the seen class their
+source label names (same name as a class of the split), or (``"all"``) also labelled by their own source's
+other labels (as new classes; mind that a source's labels then train: never for a set you will evaluate on).
+
+Batches (:class:`ViewDataset`, :func:`collate_views`): two views of each drawing (``data/augment.py``:
+stroke-level partial drawing, dropped / shortened strokes, jitter, rotation, stretch; line width; the
+invariance study's raster scale / shift), seeded by ``(seed, index, draw)``; drawn by the one
+:class:`~sketchsearch.data.sampling.MixedSampler`: groups of ``per_class`` drawings of one seen class
+(positives of each other under SupCon) with probability ``labelled_fraction``, else random extras.
+
+Smoke run (CPU, one thread, on the 2-core development machine while other jobs loaded it; the pipeline end to
+end, *not* a result): 20 iterations of batch 32 on QuickDraw raw + sketch-rnn Omniglot with the shipped
+sketchmate-quickdraw-64 split::
+
+    OMP_NUM_THREADS=1 sketchsearch train universal \\
+        --data ../shared/data/quickdraw/raw,../shared/data/sketchrnn/omniglot.npz \\
+        --split src/sketchsearch/pretrained/sketchmate-quickdraw-64.split.json --iterations 20 --batch-size 32 \\
+        --out /tmp/universal-smoke/universal-64 --workdir /tmp/universal-smoke/run
+
+1 min 36 s wall: 22.0 s of training (1.10 s / iteration: 64 views rendered, augmented and through the
+network), ~60 s evaluating both of the split's evaluations (4,127 drawings), the rest reading the data. The
+saved model encodes 56-67 drawings/s one at a time on one thread, rendering from strokes included
+(``benchmarks/pretrained_zero_shot.py``'s ``encode_per_s``). A view takes ~4 ms to make on one core (QuickDraw
+raw, 96 px), so the data, not the network, bounds a GPU run: ``--set workers=N`` renders in N processes.
+
+**The full training run** (a later session; not run yet, no quality claimed), on a GPU if one is lent (the
+loop picks CUDA and bf16 autocast by itself; on one CPU core it would be ~2 s / iteration at batch 64), all
+the drawings the issue names, 64 bits (then ``--set nbits=128``)::
+
+    D=../shared/data
+    sketchsearch train universal \\
+        --data $D/quickdraw/raw,$D/quickdraw/simplified,$D/quickdraw/bitmap,$D/sketchrnn/omniglot.npz,\\
+    $D/sketchrnn/kanji.rdp100.npz,kanjivg,$D/sketchy \\
+        --split src/sketchsearch/pretrained/sketchmate-quickdraw-64.split.json \\
+        --iterations 20000 --batch-size 256 --lr 1e-3 --set nbits=64 --set frozen_blocks=6 --set workers=14 \\
+        --out models/universal-64 --workdir runs/universal-64
+
+Checked here (reading only): the spec reads 92,995 items in 31 s; with that split, 4,232 train drawings and
+71,295 extras train (20,184 of them labelled by a seen class: QuickDraw simplified and bitmaps, Sketchy
+sketches); dropped: 8,825 extras of unseen classes, 2,316 copies of query / gallery drawings, 2,200 photos.
+Estimated (not measured): 512 views of ~4 ms over 14 workers, ~0.15 s / iteration, about an hour for 20,000.
+``frozen_blocks=6`` trains stages 4-7 (the CPU default 11: stages 6-7). The kanji sets are the same drawings
+at three simplifications: one is enough. Omniglot ``small1`` is *not* an extra: it is the evaluation set of
+the Omniglot goal (sketch-rnn's omniglot.npz, drawn from all of Omniglot, is unlabelled here, as for the
+shipped sketch-gan). Then (commands not run here)::
+
+    sketchsearch evaluate --data $D/quickdraw/raw --model models/universal-64
+    sketchsearch evaluate --data $D/omniglot/strokes_background_small1 --model models/universal-64 \\
+        --split src/sketchsearch/pretrained/sketch-gan.split.json --protocol leave-one-out
+
+Compare with ``benchmarks/pretrained_zero_shot.py``'s rows (pixel ITQ-64, frozen Lite0 float and ITQ-64) on
+the same two evaluations: QuickDraw's unseen classes of sketchmate-quickdraw-64's split (this recipe's
+``zero_shot`` figures with that ``--split``) and Omniglot small1 leave-one-out on sketch-gan's split
+(``sketchsearch evaluate`` with the trained model). The issue's goals: 64-bit mAP@all >= 2.5x pixel ITQ-64 on
+the unseen QuickDraw classes, >= 2x on the unseen Omniglot alphabets, above the frozen backbone's float
+figure on both, and >= 50 drawings/s encoded on one CPU thread, rendering included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..data.augment import AugmentConfig, render_view
+from ..data.batching import Batch, Preprocessing, item_input, make_example
+from ..data.collection import Collection
+from ..data.sampling import MixedSampler
+from ..data.sources import load_collection, named_source
+from ..data.splits import Split
+from ..errors import FormatError
+from ..methods.base import Method
+from ..progress import phase
+from ..train import TrainConfig, train
+from . import RECIPES, Recipe
+
+__all__ = ["EXTRA_LABELS", "ViewDataset", "collate_views", "fit", "load_sources", "training_set"]
+
+EXTRA_LABELS = ("none", "seen", "all")
+
+
+def load_sources(data: str) -> Collection:
+    """The first ``","``-separated spec as it is (the labelled evaluation set), then every further spec's items
+    with ids ``"<n>:<id>"`` (n = its position, from 1), no label and ``meta["source_label"]`` /
+    ``meta["extra_source"]`` (see the module docstring)."""
+    specs = [p.strip() for p in data.split(",") if p.strip()]
+    if not specs:
+        raise FormatError(data, None, "no data spec given")
+    items, skipped, errors = [], 0, []
+    for n, part in enumerate(specs):
+        if n and named_source(part) is None and not Path(part).exists():
+            raise FormatError(part, None, "no such file or folder (an extra source: a data path or a named source)")
+        coll = load_collection(part)
+        if n == 0:
+            items += coll.items
+        else:
+            items += [
+                replace(
+                    it, id=f"{n}:{it.id}", label=None, meta={**it.meta, "source_label": it.label, "extra_source": n}
+                )
+                for it in coll.items
+            ]
+        skipped, errors = skipped + coll.skipped, errors + coll.errors
+    return Collection(items, name=data, path=data, skipped=skipped, errors=errors)
+
+
+def training_set(coll: Collection, split: Split, extra_labels: str = "seen") -> tuple[list[Any], list[int], dict]:
+    """What trains: (drawings as encoders read them, labels (class index, -1 unlabelled), counts); see the
+    module docstring. Class indices: the split's seen classes in order, then (``extra_labels="all"``) the
+    extras' other labels as ``"<n>:<label>"``."""
+    if extra_labels not in EXTRA_LABELS:
+        raise ValueError(f"extra_labels must be one of {', '.join(EXTRA_LABELS)}, got {extra_labels!r}")
+    index = {c: i for i, c in enumerate(split.seen_classes)}
+    unseen = set(split.unseen_classes)
+    held = {i for name, ids in split.parts.items() if name != "train" for i in ids}
+    inputs: list[Any] = []
+    labels: list[int] = []
+    for i in split.train:
+        it = coll[i]
+        if str(it.label) in unseen:  # Split.check refuses such a split; never trained, whatever made it
+            raise FormatError(coll.path or "data", f"parts.train: {i}", f"unseen class {it.label!r} in train")
+        inputs.append(item_input(it))
+        labels.append(index[str(it.label)])
+    counts = {"train_items": len(inputs), "extras": 0, "extras_labelled": 0}
+    dropped = {"unseen_class": 0, "held_out_id": 0, "photo": 0, "empty": 0}
+    for it in coll.items:
+        n = it.meta.get("extra_source")
+        if not n:
+            continue
+        src = it.meta.get("source_label")
+        src = None if src is None else str(src)
+        own_id = it.id.split(":", 1)[1]
+        if src is not None and src in unseen:
+            dropped["unseen_class"] += 1
+        elif own_id in held:
+            dropped["held_out_id"] += 1
+        elif it.modality != "sketch":
+            dropped["photo"] += 1
+        elif (it.sketch is None or it.sketch.is_empty) and it.image is None:
+            dropped["empty"] += 1
+        else:
+            y = -1
+            if src is not None and extra_labels != "none":
+                if src in index:
+                    y = index[src]
+                elif extra_labels == "all":
+                    y = index.setdefault(f"{n}:{src}", len(index))
+            inputs.append(item_input(it))
+            labels.append(y)
+            counts["extras"] += 1
+            counts["extras_labelled"] += int(y >= 0)
+    counts["classes"] = len(index)
+    return inputs, labels, {**counts, "dropped_extras": dropped}
+
+
+class ViewDataset(Dataset[dict[str, Any]]):
+    """Two augmented views of each drawing, keyed by ``(index, draw)`` (the sampler's): the views of a key are
+    seeded by ``(seed, index, draw)``, so a run is reproducible from its seed whatever the workers.
+    ``augment=None``: both views are the plain rendering."""
+
+    def __init__(
+        self,
+        inputs: Sequence[Any],
+        labels: Sequence[int],
+        pre: Preprocessing,
+        augment: AugmentConfig | None = AugmentConfig(),
+        seed: int = 0,
+    ) -> None:
+        if len(inputs) != len(labels):
+            raise ValueError(f"{len(labels)} labels for {len(inputs)} drawings")
+        self.inputs, self.labels, self.pre, self.augment, self.seed = list(inputs), list(labels), pre, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i, draw = (key, 0) if isinstance(key, int | np.integer) else key
+        x = self.inputs[i]
+        if self.augment is None:
+            r = make_example(x, self.pre)["raster"]
+            return {"raster": r, "raster2": r, "label": int(self.labels[i])}
+        rng = np.random.default_rng([self.seed, int(i), int(draw)])
+        v1 = render_view(x, self.pre, rng, self.augment)
+        v2 = render_view(x, self.pre, rng, self.augment)
+        return {"raster": v1, "raster2": v2, "label": int(self.labels[i])}
+
+
+def collate_views(examples: Sequence[dict[str, Any]]) -> Batch:
+    """Stack :class:`ViewDataset` examples: ``raster`` / ``raster2`` (B, 1, S, S), ``label`` (B,)."""
+    return {
+        "raster": torch.from_numpy(np.stack([e["raster"] for e in examples]))[:, None],
+        "raster2": torch.from_numpy(np.stack([e["raster2"] for e in examples]))[:, None],
+        "label": torch.tensor([int(e["label"]) for e in examples], dtype=torch.long),
+    }
+
+
+def fit(
+    method: Method,
+    coll: Collection,
+    split: Split | None,
+    cfg: TrainConfig,
+    *,
+    extra_labels: str = "seen",  # "none" | "seen" | "all" (module docstring)
+    per_class: int = 2,  # drawings of one class in a row: SupCon positives beyond the two views
+    labelled_fraction: float = 0.5,  # share of the groups drawn from the labelled classes (when there are extras)
+    augment: bool = True,  # False: both views are the plain rendering (a control, not a training setting)
+    affine_p: float = 0.5,  # the raster-level scale / shift's probability (data/augment.py)
+    workers: int = 0,  # DataLoader processes rendering the views (0: in the training process)
+) -> dict[str, Any]:
+    """Train on :func:`training_set` with two views per drawing; returns counts, timings, the last losses."""
+    if split is None:
+        raise ValueError("universal trains on a class_holdout split of its first (labelled) data source")
+    t0 = time.perf_counter()
+    with phase("collecting the training drawings"):
+        inputs, labels, info = training_set(coll, split, extra_labels)
+    collect_s = time.perf_counter() - t0
+    if not inputs:
+        raise ValueError("no training drawings: the split's train part and the extras are empty")
+    cfg_aug = AugmentConfig(affine_p=float(affine_p)) if augment else None
+    ds = ViewDataset(inputs, labels, method.preprocessing, cfg_aug, seed=cfg.seed)
+    sampler = MixedSampler(labels, per_class=per_class, labelled_fraction=labelled_fraction, seed=cfg.seed)
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    res = train(method, ds, replace(cfg, num_workers=int(workers)), collate_fn=collate_views, sampler=sampler)
+    return {
+        **info,
+        "labelled_fraction": sampler.labelled_fraction,
+        "augment": cfg_aug.to_dict() if cfg_aug else None,
+        "collect_seconds": round(collect_s, 1),
+        "train_seconds": round(res.seconds, 1),
+        "seconds_per_iteration": round(res.seconds / max(cfg.iterations, 1), 3),
+        "device": res.device,
+        "last": res.history[-1] if res.history else {},
+    }
+
+
+RECIPES.register("universal")(
+    lambda: Recipe(
+        method="universal",
+        fit=fit,
+        iterations=300,  # CPU-sized default (a smoke run); the full run's settings: the module docstring
+        batch_size=64,
+        lr=1e-3,  # the heads'; the pretrained top blocks get lr x top_lr_mult
+        split="class_holdout",
+        split_defaults={"unseen": 50, "query_frac": 0.1, "gallery_frac": 0.3},  # sketchmate-quickdraw-64's
+        load=load_sources,
+        doc="two-view contrastive hashing on an ImageNet Lite backbone, extras as training-only sources",
+    )
+)

