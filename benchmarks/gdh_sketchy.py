@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=a.split_seed,
         n_classes=a.classes if a.classes < len(coll.classes) else None,
     )
-    split_file = a.out.parent / "gdh_sketchy_split.json"
+    split_file = a.out.parent / f"{a.out.name}_split.json"  # gdh_sketchy_split.json for the default --out
     split.save(split_file)
     train = {m: [coll[i] for i in split.train if coll[i].modality == m] for m in ("sketch", "photo")}
     payload: dict[str, Any] = {
