@@ -23,7 +23,28 @@ from torch.utils.data import Dataset, Sampler
 __all__ = ["ClassBalancedSampler", "Indexed", "MixedSampler"]
 
 
-class ClassBalancedSampler(Sampler[tuple[int, int]]):
+class _GroupSampler(Sampler[tuple[int, int]]):
+    """What both samplers share: ``n_groups`` groups of ``per_class`` draws an epoch, seeded by ``(seed,
+    epoch)``, and sharding of the groups across DDP processes."""
+
+    per_class: int
+    n_groups: int
+    epoch: int
+    num_replicas: int
+    rank: int
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def shard(self, num_replicas: int, rank: int) -> None:
+        """Under DDP: this process takes every ``num_replicas``-th group, starting at ``rank``."""
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n_groups, self.num_replicas)) * self.per_class
+
+
+class ClassBalancedSampler(_GroupSampler):
     """Groups of ``per_class`` items of one class, classes in a seeded random order, one epoch =
     ``len(labels)`` draws (rounded up to whole groups). With ``batch_size`` a multiple of ``per_class`` a batch
     holds ``batch_size // per_class`` classes. A class with fewer than ``per_class`` items is drawn with
@@ -43,16 +64,6 @@ class ClassBalancedSampler(Sampler[tuple[int, int]]):
         self.members = [np.flatnonzero(lab == c) for c in self.classes]
         self.n_groups = max(len(self.classes), -(-len(lab) // self.per_class))
         self.num_replicas, self.rank = 1, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def shard(self, num_replicas: int, rank: int) -> None:
-        """Under DDP: this process takes every ``num_replicas``-th group, starting at ``rank``."""
-        self.num_replicas, self.rank = int(num_replicas), int(rank)
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n_groups, self.num_replicas)) * self.per_class
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -79,7 +90,7 @@ class Indexed(Dataset[Any]):
         return self.base[key[0]]
 
 
-class MixedSampler(Sampler[tuple[int, int]]):
+class MixedSampler(_GroupSampler):
     """Groups of ``per_class`` draws: with probability ``labelled_fraction`` (when there are both kinds) the
     items of one labelled class (classes drawn uniformly; with replacement when a class has fewer items),
     else ``per_class`` distinct random unlabelled items (label < 0). One epoch = ``len(labels)`` draws
@@ -110,16 +121,6 @@ class MixedSampler(Sampler[tuple[int, int]]):
         self.labelled_fraction = float(labelled_fraction)
         self.n_groups = -(-len(lab) // self.per_class)
         self.num_replicas, self.rank = 1, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def shard(self, num_replicas: int, rank: int) -> None:
-        """Under DDP: this process takes every ``num_replicas``-th group, starting at ``rank``."""
-        self.num_replicas, self.rank = int(num_replicas), int(rank)
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n_groups, self.num_replicas)) * self.per_class
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
