@@ -14,9 +14,10 @@ import scipy.io
 import torch
 
 from sketchsearch.encoders.photo_cnn import TopTunedLite
+from sketchsearch.losses.metric import fine_grained_triplets
 from sketchsearch.methods import create_method
 from sketchsearch.methods.baselines import feature_dim, hog_features
-from sketchsearch.methods.siamese import fine_grained_triplets, pair_augmentation
+from sketchsearch.methods.siamese import pair_augmentation
 from sketchsearch.model import load_model, save_model
 from sketchsearch.recipes import recipe_options, run_recipe
 from sketchsearch.retrieval import Retriever
@@ -117,7 +118,7 @@ def test_pair_augmentation_flips_a_pair_together() -> None:
 def test_triplets_are_own_sketch_own_photo_other_photo() -> None:
     b = pair_batch(3)
     b["own"][2] = False
-    a, neg = fine_grained_triplets(b)
+    a, neg = fine_grained_triplets(b["instance"], b["own"])
     assert sorted(zip(a.tolist(), neg.tolist(), strict=True)) == [(0, 1), (0, 2), (1, 0), (1, 2)]
 
 

@@ -36,6 +36,8 @@ __all__ = [
     "DEFAULT_REGULARIZER_WEIGHT",
     "MinedLoss",
     "NormalizedZeroMeanRegularizer",
+    "fine_grained_triplet_loss",
+    "fine_grained_triplets",
     "list_miners",
     "make_metric_loss",
     "make_miner",
@@ -180,3 +182,23 @@ class MinedLoss(nn.Module):
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         indices = self.miner(embeddings, labels) if self.miner is not None else None
         return self.loss(embeddings, labels, indices)
+
+
+def fine_grained_triplets(instance: Tensor, own: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(anchor rows, negative rows) of every (own sketch i, its photo i, another instance's photo j) triplet of
+    a pair batch (``instance`` (B,) the photo's instance; ``own`` (B,) bool, the sketch was drawn from that
+    photo; None: all); the positive of anchor i is photo i."""
+    own = own.bool() if own is not None else torch.ones_like(instance, dtype=torch.bool)
+    return torch.nonzero(own[:, None] & (instance[:, None] != instance[None, :]), as_tuple=True)
+
+
+def fine_grained_triplet_loss(
+    loss: BaseMetricLossFunction, h_sketch: Tensor, h_photo: Tensor, instance: Tensor, own: Tensor | None = None
+) -> Tensor:
+    """``loss`` (PML, indices given) over :func:`fine_grained_triplets` of a batch of (sketch, photo) pair
+    embeddings (B, D) each; 0 (with a graph) when the batch holds no triplet."""
+    a, neg = fine_grained_triplets(instance, own)
+    if len(a) == 0:
+        return h_sketch.sum() * 0.0
+    n = len(h_sketch)
+    return loss(torch.cat([h_sketch, h_photo]), torch.cat([instance, instance]), (a, a + n, neg + n))

@@ -70,7 +70,7 @@ from ..losses.hashing import (
     semantic_projection_step,
     unification_loss,
 )
-from ..losses.metric import make_metric_loss
+from ..losses.metric import fine_grained_triplet_loss, make_metric_loss
 from .base import METHODS, Batch, Method, Preprocessing, check_bounds
 
 __all__ = ["GDH", "HASH_BACKBONES", "sketch_as_image"]
@@ -332,15 +332,7 @@ class GDH(Method):
 
     def _triplet(self, h_s: Tensor, h_i: Tensor, batch: Batch) -> Tensor:
         """Every (own sketch, its photo, another instance's photo) triplet of the batch (PML, indices given)."""
-        inst = batch["instance"]
-        own = batch["own"].bool() if "own" in batch else torch.ones_like(inst, dtype=torch.bool)
-        n = len(inst)
-        a, neg = torch.nonzero(own[:, None] & (inst[:, None] != inst[None, :]), as_tuple=True)
-        if len(a) == 0:
-            return h_s.sum() * 0.0
-        emb = torch.cat([h_s, h_i])
-        labels = torch.cat([inst, inst])
-        return self.triplet(emb, labels, (a, a + n, neg + n))
+        return fine_grained_triplet_loss(self.triplet, h_s, h_i, batch["instance"], batch.get("own"))
 
     def _discriminator_losses(self, batch: Batch) -> dict[str, Tensor]:
         f = self._fakes

@@ -33,23 +33,15 @@ from pytorch_metric_learning.distances import LpDistance
 from torch import Tensor
 
 from ..encoders.photo_cnn import IMAGENET_MEAN, IMAGENET_STD, TopTunedLite, raster_to_rgb
-from ..losses.metric import make_metric_loss
+from ..losses.metric import fine_grained_triplet_loss, make_metric_loss
 from .base import METHODS, Batch, Method, Preprocessing
 
-__all__ = ["TripletSiamese", "fine_grained_triplets", "pair_augmentation"]
+__all__ = ["TripletSiamese", "pair_augmentation"]
 
 
 def default_preprocessing(size: int) -> Preprocessing:
     """Sketch rasters and photos at ``size`` px, lines ~2 px at 128."""
     return Preprocessing(inputs=("raster",), raster_size=size, line_width=max(1.5, size / 64), photo_size=size)
-
-
-def fine_grained_triplets(batch: Batch) -> tuple[Tensor, Tensor]:
-    """(anchor rows, negative rows) of every (own sketch i, its photo i, another instance's photo j) triplet
-    of a pair batch; the positive of anchor i is photo i."""
-    inst = batch["instance"]
-    own = batch["own"].bool() if "own" in batch else torch.ones_like(inst, dtype=torch.bool)
-    return torch.nonzero(own[:, None] & (inst[:, None] != inst[None, :]), as_tuple=True)
 
 
 class _PairAugment(torch.nn.Module):
@@ -133,12 +125,7 @@ class TripletSiamese(Method):
             raster, photo = self.augmenter(raster, photo)
         h_s = self.encode_sketch({"raster": raster})
         h_p = self.encode_photo({"photo": photo})
-        a, neg = fine_grained_triplets(batch)
-        if len(a) == 0:
-            return {"triplet_loss": h_s.sum() * 0.0}
-        n = len(h_s)
-        labels = torch.cat([batch["instance"], batch["instance"]])
-        loss = self.triplet(torch.cat([h_s, h_p]), labels, (a, a + n, neg + n))
+        loss = fine_grained_triplet_loss(self.triplet, h_s, h_p, batch["instance"], batch.get("own"))
         return {"triplet_loss": loss}
 
 
