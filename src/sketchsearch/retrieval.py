@@ -100,8 +100,14 @@ class Retriever:
         store: Any | None = None,
         model_name: str | None = None,
         collection: dict[str, Any] | None = None,
+        attachments: dict[str, Path] | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> None:
         self.method = method.eval()
+        #: further files saved with the index (file name -> path to copy it from: a page collection's
+        #: ``pages.sqlite``) and extra manifest fields (``"pages"``); see :mod:`sketchsearch.index.store`
+        self.attachments: dict[str, Path] = dict(attachments or {})
+        self.fields: dict[str, Any] = dict(fields or {})
         #: the collection's name, slug, title and description (index.store.collection_fields), saved in the
         #: manifest; None keeps those of the folder saved into
         self.collection = collection
@@ -349,6 +355,8 @@ class Retriever:
             items=items,
             model_name=self.model_name,
             collection=self.collection,
+            attachments=self.attachments,
+            fields=self.fields,
         )
 
     @classmethod
@@ -361,7 +369,7 @@ class Retriever:
         another model's id is refused there). An index saved before ids covered the card, recording a
         shipped model's old id, opens with that shipped model (:data:`~sketchsearch.model.LEGACY_MODEL_IDS`)
         and records the current id when saved again. A ``Method`` object is trusted as the index's model."""
-        from .index.store import COLLECTION_FIELDS, load_index, read_manifest
+        from .index.store import COLLECTION_FIELDS, EXTRA_FIELDS, attachment_names, load_index, read_manifest
         from .model import LEGACY_MODEL_IDS, load_model
 
         manifest = read_manifest(folder)
@@ -387,4 +395,6 @@ class Retriever:
             if model is not None and not isinstance(model, Method)
             else manifest.get("model_name"),
             collection={k: manifest[k] for k in COLLECTION_FIELDS if k in manifest} or None,
+            attachments={name: Path(folder) / name for name in attachment_names(manifest)},
+            fields={k: manifest[k] for k in EXTRA_FIELDS if k in manifest},
         )

@@ -9,7 +9,8 @@ from . import core, index  # noqa: F401
 from .app import app, data_app
 
 # Modules that expose `register(app)`, owned by the method / service code they drive.
-for _mod, _target in (("gan", app), ("serve", app), ("evaluate", app), ("demo", app), ("download", data_app)):
+_MODULES = (("gan", app), ("serve", app), ("evaluate", app), ("demo", app), ("download", data_app), ("pages", app))
+for _mod, _target in _MODULES:
     try:
         _m = importlib.import_module(f"sketchsearch.cli.{_mod}")
     except ModuleNotFoundError as e:  # pragma: no cover - a module not written yet

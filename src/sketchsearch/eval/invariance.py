@@ -30,6 +30,7 @@ __all__ = [
     "scale",
     "scale_curve",
     "shift",
+    "shift_curve",
     "shift_map",
     "study",
     "summary",
@@ -135,6 +136,27 @@ def shift_map(
     for dy in shifts:
         rows.append([float(cosine_to_reference(_encode(encode_fn, shift(x, dx, dy)), ref).mean()) for dx in shifts])
     return {"x": [float(s) for s in shifts], "y": [float(s) for s in shifts], "mean": rows}
+
+
+def shift_curve(
+    encode_fn: EncodeFn, rasters: np.ndarray | Tensor, shifts: Sequence[int] = tuple(SHIFTS)
+) -> dict[str, list[float]]:
+    """The shift map's two axes in one curve: for each shift ``s``, the mean over the rasters of the
+    similarities at (dx = s, dy = 0) and (dx = 0, dy = s). ``{"x": shifts, "mean": [...], "std": [...]}``;
+    2 x len(shifts) batches instead of the map's len(shifts) ** 2 (what a page index's window step needs)."""
+
+    def both(x: Tensor, s: float) -> Tensor:
+        return torch.cat([shift(x, s, 0.0), shift(x, 0.0, s)])
+
+    x = _as_batch(rasters)
+    ref = _encode(encode_fn, x)
+    ref2 = torch.cat([ref, ref])
+    mean, std = [], []
+    for s in shifts:
+        sim = cosine_to_reference(_encode(encode_fn, both(x, float(s))), ref2)
+        mean.append(float(sim.mean()))
+        std.append(float(sim.std(unbiased=False)))
+    return {"x": [float(s) for s in shifts], "mean": mean, "std": std}
 
 
 def summary(curve: dict[str, list[float]] | dict[str, list[float] | list[list[float]]]) -> float:

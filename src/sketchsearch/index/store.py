@@ -6,7 +6,7 @@ Layout (format version 1)::
       manifest.json   {"format": "sketchsearch-index", "format_version": 1, "kind": "binary"|"dense",
                        "nbits" | "dim", "count", "model_id", "model_name", "metric", "backend",
                        "created", "updated", "files": {name: {"sha256", "bytes"}},
-                       optional: "name", "slug", "title", "description"}
+                       optional: "name", "slug", "title", "description", "attachments", "pages"}
       codes.npy       binary: uint8 (count, nbits // 8), packed as in codes.py; dense: float32 (count, dim)
       ids.npy         int64 (count,), strictly ascending (the codes are stored in id order)
       items.sqlite    table items(id INTEGER PRIMARY KEY, label TEXT, source TEXT, thumbnail BLOB,
@@ -16,6 +16,11 @@ Layout (format version 1)::
                       meta = JSON object of the item's metadata (sidecar title, date, place, url, ...,
                       and the reader's extras), NULL when it has none; extra = JSON object of any
                       further fields of an item
+
+**Attachments.** An index may carry further files of its own (``save_index(attachments=...)``: a page
+collection's ``pages.sqlite``, see :mod:`sketchsearch.pages`), listed in the manifest's ``"attachments"``,
+checksummed in ``"files"`` and verified on load like the data files. Extra manifest fields
+(:data:`EXTRA_FIELDS`, e.g. ``"pages"``: how a page collection's boxes were proposed) are kept as given.
 
 **Collection.** ``name`` is what a person calls the collection (any text, spaces allowed), ``slug`` the
 URL-safe id derived from it (:func:`slugify`: lowercase ASCII letters, digits and ``-``), ``title`` the
@@ -92,10 +97,12 @@ from .items import write_items as _write_items
 
 __all__ = [
     "COLLECTION_FIELDS",
+    "EXTRA_FIELDS",
     "FORMAT",
     "FORMAT_VERSION",
     "GENERIC_NAMES",
     "ItemStore",
+    "attachment_names",
     "collection_fields",
     "default_collection_name",
     "load_index",
@@ -110,6 +117,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CODES, IDS, ITEMS = "codes.npy", "ids.npy", "items.sqlite"
 DATA_FILES = (CODES, IDS, ITEMS)
+#: manifest fields a caller may add (``save_index(fields=...)``): a page collection's proposal settings
+EXTRA_FIELDS = ("pages",)
 #: seconds a load keeps retrying while writers swap new generations in under it
 READ_RETRY_S = 10.0
 
@@ -177,6 +186,8 @@ def _write_folder(
     rows: Sequence[tuple[Any, ...]],
     created: str | None,
     collection: Mapping[str, Any],
+    attachments: Mapping[str, Path],
+    fields: Mapping[str, Any],
 ) -> None:
     codes, ids = state_arrays(index.state())
     for name, arr in ((CODES, codes), (IDS, ids)):
@@ -187,6 +198,11 @@ def _write_folder(
     with _writing(tmp / ITEMS):
         _write_items(tmp / ITEMS, rows)
         _fsync_file(tmp / ITEMS)
+    for name, src in sorted(attachments.items()):
+        with _writing(tmp / name):
+            shutil.copyfile(src, tmp / name)
+            _fsync_file(tmp / name)
+    files = (*DATA_FILES, *sorted(attachments))
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -198,10 +214,12 @@ def _write_folder(
         "backend": index.name,
         **index.config(),
         **{key: collection[key] for key in COLLECTION_FIELDS if key in collection},
+        **dict(fields),
+        **({"attachments": sorted(attachments)} if attachments else {}),
         "created": created or _now(),
         "updated": _now(),
         "generation": uuid.uuid4().hex,
-        "files": {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in DATA_FILES},
+        "files": {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in files},
     }
     with _writing(tmp / MANIFEST), open(tmp / MANIFEST, "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True, default=json_default)
@@ -242,6 +260,8 @@ def save_index(
     items: Sequence[Mapping[str, Any]] | None = None,
     model_name: str | None = None,
     collection: Mapping[str, Any] | None = None,
+    attachments: Mapping[str, str | Path] | None = None,
+    fields: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``index`` and its ``items`` to ``folder`` atomically (replacing an index already there), under
     the folder's write lock (:func:`~sketchsearch.index.folder.write_lock`: taken here unless this thread
@@ -252,9 +272,16 @@ def save_index(
     dict of JSON-serialisable fields), ``thumbnail`` (PNG bytes) and any JSON-serialisable extra fields.
     Items are optional per id. The manifest records the index's backend name, metric and config (see the
     module docstring) and ``collection``'s fields (:func:`collection_fields`); None keeps those of the
-    index already in ``folder``, if any.
+    index already in ``folder``, if any. ``attachments``: further files (file name in the folder -> the path to
+    copy it from; a name of the folder's own files is refused), checksummed and verified on load like the
+    data files. ``fields``: extra manifest fields, among :data:`EXTRA_FIELDS`.
     """
     _index_kind(index)
+    atts = _check_attachments(attachments or {})
+    extra = dict(fields or {})
+    bad = sorted(set(extra) - set(EXTRA_FIELDS))
+    if bad:
+        raise IndexArgumentError(f"unknown field(s) {bad}; valid: {', '.join(EXTRA_FIELDS)}", "fields")
     if not isinstance(model_id, str) or not model_id:
         raise IndexArgumentError(f"expected a non-empty string, got {model_id!r}", "model_id")
     rows = [_item_row(it, n) for n, it in enumerate(items or [])]
@@ -280,8 +307,33 @@ def save_index(
         created = old.get("created") if isinstance(old, dict) else None
         if collection is None:
             collection = {k: old[k] for k in COLLECTION_FIELDS if isinstance(old, dict) and k in old}
-        fields = collection
-        return _atomic_replace(real, lambda tmp: _write_folder(tmp, index, model_id, model_name, rows, created, fields))
+        coll = collection
+        return _atomic_replace(
+            real, lambda tmp: _write_folder(tmp, index, model_id, model_name, rows, created, coll, atts, extra)
+        )
+
+
+def _check_attachments(attachments: Mapping[str, str | Path]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for name, src in attachments.items():
+        if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+            raise IndexArgumentError(f"expected a plain file name, got {name!r}", "attachments")
+        if name in (*DATA_FILES, MANIFEST):
+            raise IndexArgumentError(f"{name!r} is one of the index's own files; choose another name", "attachments")
+        if not Path(src).is_file():
+            raise IndexArgumentError(f"{src}: no such file", f"attachments[{name!r}]")
+        out[name] = Path(src)
+    return out
+
+
+def attachment_names(manifest: Mapping[str, Any]) -> list[str]:
+    """The attachments a manifest lists (plain file names; anything else is refused as corrupt)."""
+    names = manifest.get("attachments", [])
+    if not isinstance(names, list) or not all(
+        isinstance(n, str) and n and Path(n).name == n and n not in (*DATA_FILES, MANIFEST) for n in names
+    ):
+        raise IndexError_(f"field 'attachments' is not a list of file names: {names!r}")
+    return names
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -331,7 +383,11 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 def _check_files(folder: Path, manifest: Mapping[str, Any], verify: bool) -> None:
     files = manifest["files"]
-    for name in DATA_FILES:
+    try:
+        attached = attachment_names(manifest)
+    except IndexError_ as e:
+        raise IndexError_(f"{folder / MANIFEST}: {e}") from None
+    for name in (*DATA_FILES, *attached):
         path = folder / name
         if name not in files:
             raise IndexError_(f"{folder / MANIFEST}: no checksum recorded for {name}")
