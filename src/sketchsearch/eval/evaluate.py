@@ -12,6 +12,10 @@
   searching).
 * :func:`evaluate` scores a Retriever on a collection and a :class:`~sketchsearch.data.splits.Split`: each
   evaluation the split holds (``main``: query vs gallery; ``zero_shot``: the unseen classes').
+* :func:`score_pages` scores search *inside pages* (a :class:`~sketchsearch.pages.PageIndex`): a hit is
+  relevant when its box overlaps (IoU >= ``iou``) a true box of the query's key on its page, each true box
+  counted once; ``recall@k`` (the share of a query's true boxes found), ``acc@k``, ``P@k``, ``mAP@k``,
+  ``mean_rank`` from the same metric functions, and ``ms_per_query`` (search, suppression included).
 * :func:`evaluate_rows` scores a table of rows (trained models, closed-form baselines) on one split: a
   baseline is fitted on that split's ``train`` part (or, without one, on its gallery without labels).
 
@@ -30,7 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,8 +56,12 @@ from .metrics import (
     mean_rank,
     n_relevant_from_labels,
     precision_at_k,
+    recall_at_k,
     relevance_from_labels,
 )
+
+if TYPE_CHECKING:
+    from ..pages.index import PageIndex
 
 __all__ = [
     "DEFAULT_KS",
@@ -65,6 +73,7 @@ __all__ = [
     "interpolated_precision",
     "markdown_table",
     "score",
+    "score_pages",
 ]
 
 #: cut-offs reported by default: acc@1 (nearest neighbour), @10, P@100 (baseline tables), @200 (DSH / GDH)
@@ -262,6 +271,85 @@ def score(
         out["pr_curve"] = {"recall": levels.tolist(), "precision": mean.tolist()}
     if top > 0:
         out.update(top_ids=top_ids, top_relevant=top_rel)
+    return out
+
+
+def score_pages(
+    pages: PageIndex,
+    queries: Sequence[Any],
+    query_keys: Sequence[Any],
+    truth: Mapping[int, Sequence[tuple[Any, Sequence[int]]]],
+    *,
+    ks: Iterable[int] = (1, 5, 10),
+    iou: float = 0.5,
+    by_page: bool = False,
+    nms_iou: float = 0.3,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Score page search (module docstring): ``queries`` (drawings) with their ``query_keys`` against the
+    page index ``pages``, whose true marks are ``truth``: page id -> [(key, box x0 y0 x1 y1), ...]. Each query
+    gets ``max(ks)`` hits after per-page suppression (``by_page``: one a page); a hit is relevant when it is
+    on a page holding a true box of the query's key with IoU >= ``iou`` that no better hit matched already.
+    Returns ``recall@k``, ``acc@k``, ``P@k``, ``mAP@k`` (normalised by the query's number of true boxes),
+    ``mean_rank`` (of the first true box; misses count at max(ks) + 1), ``n_queries``, ``n_excluded``
+    (queries whose key is on no page), ``ms_per_query`` (search with suppression, encoding apart),
+    ``encode_per_s`` (queries), ``n_pages``, ``n_boxes``."""
+    from ..pages.proposals import box_iou
+
+    ks = tuple(int(k) for k in ks)
+    if len(queries) == 0 or len(queries) != len(query_keys):
+        raise ValueError(f"need one key per query, got {len(query_keys)} keys for {len(queries)} queries")
+    k_max = max(ks)
+    report = progress or (lambda what, done, total: None)
+    report("encoding", 0, len(queries))
+    t0 = time.perf_counter()
+    codes = pages.retriever.encode(list(queries))
+    t_encode = time.perf_counter() - t0
+    report("encoding", len(queries), len(queries))
+    pages.search_encoded(codes[:1], 1, by_page=by_page, nms_iou=nms_iou)  # untimed warm-up (kernel compile)
+    by_key: dict[Any, int] = {}
+    for marks in truth.values():
+        for key, _ in marks:
+            by_key[key] = by_key.get(key, 0) + 1
+    rel = np.zeros((len(queries), k_max), dtype=bool)
+    t_search = 0.0
+    for q, key in enumerate(query_keys):
+        t1 = time.perf_counter()
+        hits = pages.search_encoded(codes[q : q + 1], k_max, by_page=by_page, nms_iou=nms_iou)[0]
+        t_search += time.perf_counter() - t1
+        used: set[tuple[int, int]] = set()
+        for r, h in enumerate(hits):
+            marks = truth.get(h.page, ())
+            for m, (mkey, box) in enumerate(marks):
+                if mkey == key and (h.page, m) not in used and box_iou(np.array([box]), np.array([h.box]))[0, 0] >= iou:
+                    used.add((h.page, m))
+                    rel[q, r] = True
+                    break
+        report("searching", q + 1, len(queries))
+    n_rel = np.array([by_key.get(k, 0) for k in query_keys], dtype=np.int64)
+    out: dict[str, Any] = {"mean_rank": mean_rank(rel, n_rel)}
+    for k in ks:
+        out[f"recall@{k}"] = recall_at_k(rel, k, n_rel)
+        out[f"acc@{k}"] = acc_at_k(rel, k, n_rel)
+        out[f"P@{k}"] = precision_at_k(rel, k, n_rel)
+        out[f"mAP@{k}"] = map_at_k(rel, k, n_rel, norm="relevant")
+    m = pages.retriever.method
+    out.update(
+        {
+            "n_queries": len(queries),
+            "n_excluded": int((n_rel == 0).sum()),
+            "n_pages": int(pages.page_count),
+            "n_boxes": len(pages.retriever),
+            "iou": iou,
+            "by_page": by_page,
+            "ks": list(ks),
+            "ms_per_query": 1000.0 * t_search / len(queries),
+            "encode_per_s": len(queries) / t_encode if t_encode > 0 else float("inf"),
+            "method": m.name,
+            "code_size": int(m.code_size),
+            "model_id": pages.retriever.model_id,
+        }
+    )
     return out
 
 

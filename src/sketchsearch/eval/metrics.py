@@ -28,6 +28,7 @@ Definitions (rank ``i`` is 1-based, ``P@i`` = relevant among the first ``i`` / `
 * MAP@R (Musgrave, Belongie & Lim, "A Metric Learning Reality Check", ECCV 2020): mAP@k with ``k = R`` per
   query, normalised by ``R`` (used by the DSML issue);
 * P@k: relevant among the first ``k`` / ``k`` (DSH, GDH, SketchMate report P@200 this way);
+* recall@k: relevant among the first ``k`` / ``R`` (page search: the share of a query's true boxes found);
 * acc@k: 1 when any of the first ``k`` is relevant (top-k accuracy / hit rate; acc@1 = nearest-neighbour
   accuracy, as instance-level SBIR papers report it);
 * mean rank: the mean 1-based rank of a query's first relevant item (instance-level SBIR's "mean rank" of
@@ -56,6 +57,7 @@ __all__ = [
     "mean_rank",
     "n_relevant_from_labels",
     "precision_at_k",
+    "recall_at_k",
     "relevance_from_labels",
     "valid_queries",
 ]
@@ -204,6 +206,16 @@ def precision_at_k(
     n = _as_n_relevant(r, n_relevant)
     k = _check_k(k)
     return _mean(r[:, :k].sum(axis=1) / k, n > 0)
+
+
+def recall_at_k(
+    rel: np.ndarray | Sequence[Sequence[bool]], k: int, n_relevant: np.ndarray | Sequence[int] | None = None
+) -> float:
+    """Mean recall@k = (relevant among the first k) / R: the share of each query's relevant items found."""
+    r = _as_rel(rel)
+    n = _as_n_relevant(r, n_relevant)
+    k = _check_k(k)
+    return _mean(r[:, :k].sum(axis=1) / np.maximum(n, 1), n > 0)
 
 
 def acc_at_k(
