@@ -205,5 +205,38 @@ def pages_search(
     )
 
 
+@pages_app.command("compose")
+@friendly_errors
+def pages_compose(
+    data: str = typer.Option(
+        "default", "--data", help="Drawings to place: any data path or source `data info` reads, or 'default'."
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder to write the pages (PNG) and their truth.json into."),
+    pages: int = typer.Option(8, "--pages", min=1, max=10000, help="How many pages."),
+    seed: int = typer.Option(0, "--seed", help="Seed: page i depends only on (seed, i)."),
+    width: int = typer.Option(1000, "--width", min=200, max=8000, help="Page width, pixels."),
+    height: int = typer.Option(1400, "--height", min=200, max=8000, help="Page height, pixels."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Read at most this many drawings."),
+    clean: bool = typer.Option(False, "--clean", help="Marks alone on flat paper: no text, stains, noise."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
+) -> None:
+    """Generate document pages with drawings of --data placed on them among handwriting-like text, and the
+    true box of every placed drawing (truth.json), for trying and evaluating page search."""
+    from ..data.page_compose import PageStyle, compose_pages, write_pages
+    from ..data.sources import load_collection
+
+    coll = load_collection(data, limit=limit, modality="sketch")
+    if not coll.items:
+        raise typer.BadParameter(f"--data {data}: no drawings to place ({coll.skipped} bad records skipped)")
+    style = PageStyle.clean(size=(width, height)) if clean else PageStyle(size=(width, height))
+    made = compose_pages(coll.items, pages, seed=seed, style=style)
+    write_pages(made, out)
+    marks = sum(len(p.marks) for p in made)
+    if as_json:
+        print_json({"out": str(out), "pages": len(made), "marks": marks, "truth": str(out / "truth.json")})
+        return
+    print(f"wrote {len(made)} pages with {marks} placed drawings and their truth.json to {out}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(pages_app, name="pages")

@@ -156,46 +156,50 @@ def window_sizes(width: int, height: int, config: ProposalConfig) -> list[int]:
     return sorted({int(round(config.min_size * ratio**i)) for i in range(n)})
 
 
-def _tighten(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Each window (x0, y0, x1, y1) -> the bounding box of the mask inside it (-1 row when empty), from the
-    per-row and per-column prefix sums ``rows`` (H, W + 1) and ``cols`` (W, H + 1) of the mask."""
-    out = np.full_like(boxes, -1)
-    for n, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
-        ry = rows[y0:y1, x1] - rows[y0:y1, x0]  # ink per row of the window
-        ys = np.flatnonzero(ry)
-        if not len(ys):
-            continue
-        cx = cols[x0:x1, y1] - cols[x0:x1, y0]
-        xs = np.flatnonzero(cx)
-        out[n] = (x0 + xs[0], y0 + ys[0], x0 + xs[-1] + 1, y0 + ys[-1] + 1)
-    return out
+def _first_last(counts: np.ndarray, starts: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """For ``counts`` (L, n): per column j and each start ``s`` of ``starts``, the first and last index in
+    [s, s + side) where ``counts[:, j] > 0`` -> two (len(starts), n) arrays (first = -1 where none)."""
+    n_len = counts.shape[0]
+    idx = np.arange(n_len)[:, None]
+    has = counts > 0
+    nxt = np.where(has, idx, n_len)
+    nxt = np.minimum.accumulate(nxt[::-1], axis=0)[::-1]  # first ink index at or after each index
+    prv = np.where(has, idx, -1)
+    prv = np.maximum.accumulate(prv, axis=0)  # last ink index at or before each index
+    ends = np.minimum(starts + side, n_len) - 1
+    first = nxt[starts]
+    last = prv[ends]
+    empty = first > ends[:, None]
+    first[empty] = -1
+    return first, last
 
 
 def _window_boxes(mask: np.ndarray, config: ProposalConfig) -> np.ndarray:
+    """Square windows at every size and step, each tightened to the bounding box of the ink inside it (all
+    windows of a size at once: per-row and per-column ink counts of every window position from prefix sums,
+    then the first / last inked row and column by running minima / maxima)."""
     h, w = mask.shape
     m = mask.astype(np.int32)
-    rows = np.zeros((h, w + 1), np.int32)
+    rows = np.zeros((h, w + 1), np.int32)  # rows[y, x]: ink in row y left of x
     np.cumsum(m, axis=1, out=rows[:, 1:])
-    cols = np.zeros((w, h + 1), np.int32)
+    cols = np.zeros((w, h + 1), np.int32)  # cols[x, y]: ink in column x above y
     np.cumsum(m.T, axis=1, out=cols[:, 1:])
     found = []
     for side in sorted(window_sizes(w, h, config), reverse=True):  # larger marks first
+        side = min(side, w, h)
         step = max(1, int(round(config.step * side)))
-        xs = list(range(0, max(1, w - side) + 1, step))
-        ys = list(range(0, max(1, h - side) + 1, step))
-        if xs[-1] + side < w:
-            xs.append(w - side)
-        if ys[-1] + side < h:
-            ys.append(h - side)
-        gx, gy = np.meshgrid(np.clip(xs, 0, None), np.clip(ys, 0, None))
-        win = np.stack([gx.ravel(), gy.ravel(), gx.ravel() + side, gy.ravel() + side], 1)
-        win[:, 2] = np.minimum(win[:, 2], w)
-        win[:, 3] = np.minimum(win[:, 3], h)
-        tight = _tighten(mask, rows, cols, win)
-        tight = tight[tight[:, 0] >= 0]
-        if len(tight):
-            found.append(np.unique(tight, axis=0))
-    return np.concatenate(found) if found else np.zeros((0, 4), np.int32)
+        xs = np.unique(np.r_[np.arange(0, w - side + 1, step), w - side])
+        ys = np.unique(np.r_[np.arange(0, h - side + 1, step), h - side])
+        row_ink = rows[:, xs + side] - rows[:, xs]  # (h, nx): ink of row y within window column range
+        col_ink = cols[:, ys + side] - cols[:, ys]  # (w, ny)
+        y_first, y_last = _first_last(row_ink, ys, side)  # (ny, nx)
+        x_first, x_last = _first_last(col_ink, xs, side)  # (nx, ny)
+        ok = y_first >= 0
+        if not ok.any():
+            continue
+        tight = np.stack([x_first.T, y_first, x_last.T + 1, y_last + 1], axis=-1)[ok]
+        found.append(np.unique(tight, axis=0))
+    return np.concatenate(found).astype(np.int32) if found else np.zeros((0, 4), np.int32)
 
 
 def _component_boxes(mask: np.ndarray, config: ProposalConfig) -> np.ndarray:
@@ -230,6 +234,23 @@ def _keep(boxes: np.ndarray, mask_sum: np.ndarray, width: int, height: int, conf
     return boxes[ok & (ink >= config.min_ink)]
 
 
+def _dedupe(boxes: np.ndarray, iou: float) -> np.ndarray:
+    """Indices of the boxes kept when near-duplicates are dropped, the first of each kept (proposal order).
+
+    Greedy NMS over the tens of thousands of boxes a page of handwriting gives would cost O(n * kept) IoU rows
+    (seconds a page); instead each box is reduced to a cell of a grid of its four corners, a cell being about
+    ``(1 - iou) / 2`` of the box's longer side (cells of similar sizes share a grid, 4 per octave), and one box
+    is kept per cell: boxes in one cell overlap at least about ``iou``. Approximate by design; the search's
+    own per-page suppression (:func:`nms`, on a few hundred hits) is exact."""
+    longer = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).astype(np.float64)
+    cell = np.maximum(1.0, longer * (1.0 - iou) / 2.0)
+    scale = np.round(np.log2(cell) * 4)  # cells of similar size share a grid
+    grid = np.floor(boxes / (2.0 ** (scale / 4))[:, None]).astype(np.int64)
+    keys = np.concatenate([scale[:, None].astype(np.int64), grid], axis=1)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    return np.sort(first)
+
+
 def propose_boxes(ink: np.ndarray, config: ProposalConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Candidate boxes on a page's ink map (:func:`page_ink`) -> (boxes int32 (n, 4), kinds: array of
     ``"ink"`` / ``"window"``), near-duplicates removed, at most ``max_boxes`` (see the module docstring)."""
@@ -250,7 +271,7 @@ def propose_boxes(ink: np.ndarray, config: ProposalConfig | None = None) -> tupl
     boxes = np.concatenate(parts).astype(np.int32) if parts else np.zeros((0, 4), np.int32)
     kind = np.asarray(kinds, dtype=object)
     if len(boxes):
-        keep = nms(boxes, None, cfg.dedupe_iou)[: cfg.max_boxes]
+        keep = _dedupe(boxes, cfg.dedupe_iou)[: cfg.max_boxes]
         boxes, kind = boxes[keep], kind[keep]
     return boxes, kind
 
