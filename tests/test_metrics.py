@@ -16,6 +16,7 @@ from sketchsearch.eval.metrics import (
     mean_rank,
     n_relevant_from_labels,
     precision_at_k,
+    recall_at_k,
     relevance_from_labels,
 )
 
@@ -71,6 +72,14 @@ def test_precision_and_accuracy_by_hand() -> None:
     # acc@1: q0 hit, q1 miss ; acc@2: both hit
     assert acc_at_k(REL, 1, N_REL) == pytest.approx(0.5)
     assert acc_at_k(REL, 2, N_REL) == pytest.approx(1.0)
+
+
+def test_recall_by_hand() -> None:
+    # recall@3: q0 2 of 3, q1 1 of 2 ; recall@6: both all ; q2 (no relevant item) excluded
+    assert recall_at_k(REL, 3, N_REL) == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert recall_at_k(REL, 6, N_REL) == pytest.approx(1.0)
+    # truncated: relevant items beyond the ranking count as not found
+    assert recall_at_k(REL[:, :2], 10, N_REL) == pytest.approx((1 / 3 + 1 / 2) / 2)
 
 
 def test_mean_rank_by_hand() -> None:

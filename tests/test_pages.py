@@ -177,6 +177,30 @@ def test_nms_and_by_page(page_index, by_label: dict[str, list]) -> None:
         assert 0 <= h.box[0] < h.box[2] <= w and 0 <= h.box[1] < h.box[3] <= h_
 
 
+def test_score_pages_by_hand(page_index, by_label: dict[str, list]) -> None:
+    """Relevance checked against the hits themselves: a right box on the right page counts, once."""
+    from sketchsearch.eval.evaluate import score_pages
+
+    folder, pages = page_index
+    index = PageIndex.load(folder)
+    label, tb = pages[0][1][0]
+    q = by_label[label][1]
+    hits = index.search(q, k=10)
+    rank = next(h.rank for h in hits if h.page == 0 and box_iou(np.array([tb]), np.array([h.box]))[0, 0] >= 0.5)
+    truth = {0: [(label, tb)], 1: []}
+    res = score_pages(index, [q, q], [label, "absent"], truth, ks=(1, 10))
+    assert res["n_queries"] == 2 and res["n_excluded"] == 1  # "absent" is on no page
+    assert res["recall@10"] == 1.0 and res["acc@1"] == float(rank == 1) and res["mean_rank"] == rank
+    # the same true box twice on the page: one hit can match only one of them
+    twice = score_pages(index, [q], [label], {0: [(label, tb), (label, tb)]}, ks=(10,))
+    assert twice["recall@10"] == pytest.approx(0.5)
+    # a box on another page never counts
+    moved = score_pages(index, [q], [label], {1: [(label, tb)]}, ks=(10,))
+    assert moved["recall@10"] == float(
+        any(h.page == 1 and box_iou(np.array([tb]), np.array([h.box]))[0, 0] >= 0.5 for h in hits)
+    )
+
+
 def test_page_index_round_trip_and_add(page_index, by_label: dict[str, list], tmp_path: Path) -> None:
     folder, pages = page_index
     index = PageIndex.load(folder)
@@ -289,6 +313,19 @@ def test_cli_pages_index_and_search(by_label: dict[str, list], tmp_path: Path) -
     assert Image.open(hits["pictures"][0]).size == (500, 650)
     res = invoke("pages", "search", str(q), "--index", str(out), "-k", "2")
     assert res.exit_code == 0 and res.stdout.splitlines()[0].split("\t")[:3] == ["rank", "page", "source"]
+
+
+def test_cli_pages_compose(tmp_path: Path) -> None:
+    from sketchsearch.data.page_compose import read_truth
+
+    res = invoke("pages", "compose", "--out", str(tmp_path / "p"), "--pages", "2", "--width", "500", "--height", "600")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.startswith("wrote 2 pages with ")
+    truth = read_truth(tmp_path / "p")
+    assert [t["file"] for t in truth] == ["page-0000.png", "page-0001.png"]
+    assert Image.open(tmp_path / "p" / "page-0000.png").size == (500, 600)
+    res = invoke("pages", "compose", "--out", str(tmp_path / "q"), "--pages", "2", "--width", "500", "--height", "600")
+    assert (tmp_path / "q" / "page-0001.png").read_bytes() == (tmp_path / "p" / "page-0001.png").read_bytes()
 
 
 def test_cli_pages_errors_are_one_line(tmp_path: Path) -> None:
