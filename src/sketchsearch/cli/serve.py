@@ -210,12 +210,18 @@ def build_service(opts: ServeOptions) -> tuple[Any, list[str]]:
         from ..service.decode import set_decode_slots
 
         set_decode_slots(opts.decode_slots)
+    from ..pages import PageIndex
+
     collections = load_collections(opts.specs)
     lines = []
-    for n, r in collections.items():
+    for n, served in collections.items():
+        r = served.retriever if isinstance(served, PageIndex) else served
         title = (r.collection or {}).get("title")
         shown = f"{n} ({title!r})" if title and title != n else n
-        lines.append(f"collection {shown}: {len(r):,} items, model {r.model_id}")
+        size = (
+            f"{served.page_count:,} pages, {len(r):,} boxes" if isinstance(served, PageIndex) else f"{len(r):,} items"
+        )
+        lines.append(f"collection {shown}: {size}, model {r.model_id}")
     warm_up(collections)
     app = create_app(
         collections, cors_origins=list(opts.cors_origins) if opts.cors_origins else None, limits=opts.limits

@@ -253,14 +253,27 @@ class PageIndex:
     # ------------------------------------------------------------------ persistence
     @classmethod
     def load(cls, folder: str | Path, model: Any = None, verify: bool = True) -> PageIndex:
-        r = Retriever.load(folder, model, verify=verify)
+        return cls.from_retriever(Retriever.load(folder, model, verify=verify), folder)
+
+    @staticmethod
+    def holds_pages(retriever: Retriever) -> bool:
+        """Whether ``retriever`` (loaded with :meth:`Retriever.load`) is a page index's: its manifest has the
+        ``"pages"`` field (then :meth:`from_retriever` opens it, or says what is wrong with it)."""
+        return "pages" in retriever.fields
+
+    @classmethod
+    def from_retriever(cls, r: Retriever, folder: str | Path | None = None) -> PageIndex:
+        """The page index whose boxes ``r`` holds (``r`` loaded from a page index folder, named ``folder`` in
+        errors): IndexError_ when its manifest has no page table or a malformed ``"pages"`` field."""
+        where = folder if folder is not None else "this index"
         info = r.fields.get("pages")
         if not isinstance(info, dict) or PAGES_FILE not in r.attachments:
-            raise IndexError_(f"{folder}: not a page index (no page table); build one with `sketchsearch pages index`")
+            raise IndexError_(f"{where}: not a page index (no page table); build one with `sketchsearch pages index`")
         try:
             config = ProposalConfig.from_dict(dict(info.get("config") or {}))
         except (TypeError, ValueError) as e:
-            raise IndexError_(f"{Path(folder) / 'manifest.json'}: field 'pages.config' is not valid ({e})") from None
+            manifest = Path(folder) / "manifest.json" if folder is not None else "the manifest"
+            raise IndexError_(f"{manifest}: field 'pages.config' is not valid ({e})") from None
         return cls(r, config, PageStore(r.attachments[PAGES_FILE]))
 
     def save(self, folder: str | Path) -> None:

@@ -1,11 +1,13 @@
 """The web service's assembly: :func:`create_app` builds the FastAPI app over one or more
-:class:`~sketchsearch.retrieval.Retriever`.
+:class:`~sketchsearch.retrieval.Retriever` (item collections) or :class:`~sketchsearch.pages.PageIndex`
+(page collections: boxes on document pages).
 
 It keeps a :class:`~.state.ServiceState` (the collections and the :class:`~.limits.Limits`) on
 ``app.state.service``, puts security headers on every response (:class:`~.pages.SecurityHeaders`, outermost),
 installs the body-size limit and (optionally) CORS, turns validation and domain
-errors into 4xx answers with a ``detail`` naming the field, includes the API (:mod:`.routes`) and the
-pages (:mod:`.pages`), mounts their static files, and documents the hand-read search body in OpenAPI.
+errors into 4xx answers with a ``detail`` naming the field, includes the API (:mod:`.routes`, and
+:mod:`.page_images` for page collections' pictures) and the pages (:mod:`.pages`), mounts their static
+files, and documents the hand-read search body in OpenAPI.
 Nothing a client sends should produce a 5xx.
 
 The OpenAPI document is published as version 3.0 (:data:`OPENAPI_VERSION`): the Swagger UI served at
@@ -14,7 +16,7 @@ writes are turned into their 3.0 spelling (:func:`_openapi_30`).
 
 The pieces: :mod:`.schemas` (request/response models), :mod:`.limits` (bounds and their checks),
 :mod:`.decode` (strokes JSON and image uploads -> queries), :mod:`.state` (loading and serving
-collections), :mod:`.routes` and :mod:`.pages` (the endpoints).
+collections), :mod:`.routes`, :mod:`.page_images` and :mod:`.pages` (the endpoints).
 """
 
 from __future__ import annotations
@@ -36,11 +38,21 @@ from swagger_ui_bundle import swagger_ui_path
 from .. import __version__
 from ..data.strokes import SketchTooLargeError
 from ..errors import InvalidSketchError, SketchSearchError
-from ..retrieval import Retriever
-from . import pages, routes
+from . import page_images, pages, routes
 from .limits import BodySizeLimit, Limits
-from .schemas import CollectionInfo, ErrorOut, Health, HitOut, SearchRequest, SearchResponse, StrokePoint
-from .state import CollectionSpec, ServiceState, load_collections, warm_up
+from .schemas import (
+    CollectionInfo,
+    ErrorOut,
+    Health,
+    HitOut,
+    PageHitOut,
+    PageSearchRequest,
+    PageSearchResponse,
+    SearchRequest,
+    SearchResponse,
+    StrokePoint,
+)
+from .state import CollectionSpec, Served, ServiceState, load_collections, warm_up
 
 # The models and loaders are re-exported: this module has been their public home.
 __all__ = [
@@ -50,6 +62,9 @@ __all__ = [
     "Health",
     "HitOut",
     "Limits",
+    "PageHitOut",
+    "PageSearchRequest",
+    "PageSearchResponse",
     "SearchRequest",
     "SearchResponse",
     "StrokePoint",
@@ -71,12 +86,13 @@ class _App(FastAPI):
 
 
 def create_app(
-    collections: Mapping[str, Retriever],
+    collections: Mapping[str, Served],
     *,
     cors_origins: list[str] | None = None,
     limits: Limits = Limits(),
 ) -> FastAPI:
-    """The FastAPI app serving ``collections`` (name -> Retriever) and the drawing page.
+    """The FastAPI app serving ``collections`` (name -> Retriever, or PageIndex for a page collection; a
+    Retriever loaded from a page index is served as one) and the drawing page.
 
     ``cors_origins``: origins allowed to call the API from other pages (``None`` = CORS off, the default).
     """
@@ -106,6 +122,7 @@ def create_app(
         )
 
     app.include_router(routes.router)
+    app.include_router(page_images.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     # Swagger UI from the installed swagger-ui-bundle wheel, so /docs works offline like the page does.
@@ -157,8 +174,8 @@ async def _domain_error(request: Request, exc: SketchSearchError) -> JSONRespons
 
 # ----------------------------------------------------------------------------------------------- OpenAPI
 def _openapi_schema(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema plus SearchRequest (the JSON search body is read by hand, to take JSON or multipart
-    on one route, so FastAPI does not find the model itself), in OpenAPI 3.0."""
+    """FastAPI's schema plus SearchRequest and PageSearchRequest (the JSON search body is read by hand, to
+    take JSON or multipart on one route, so FastAPI does not find the models itself), in OpenAPI 3.0."""
     schema = get_openapi(
         title=app.title,
         version=app.version,
@@ -167,9 +184,10 @@ def _openapi_schema(app: FastAPI) -> dict[str, Any]:
         routes=app.routes,
     )
     comps = schema.setdefault("components", {}).setdefault("schemas", {})
-    req = SearchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    comps.update(req.pop("$defs", {}))
-    comps["SearchRequest"] = req
+    for model in (SearchRequest, PageSearchRequest):
+        req = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        comps.update(req.pop("$defs", {}))
+        comps[model.__name__] = req
     return _openapi_30(schema)
 
 

@@ -28,13 +28,14 @@ from ..data.formats.images import ImageDecodeError, open_image
 from ..data.sketch import Sketch
 from ..data.strokes import parse_strokes
 from .limits import Limits, check_image_size, check_k
-from .schemas import SearchRequest
+from .schemas import PageSearchRequest
 
 __all__ = [
     "DECODE_BUDGET_BYTES",
     "DECODE_SLOTS",
     "DECODE_WAIT_S",
     "decode_slots",
+    "form_bool",
     "form_int",
     "on_decode_thread",
     "parse_search_request",
@@ -123,8 +124,10 @@ def set_decode_slots(n: int) -> None:
     old.pool.shutdown(wait=False)
 
 
-def parse_search_request(body: bytes, limits: Limits) -> tuple[SearchRequest, Sketch | None]:
-    """A JSON body -> (request, its drawing; None for a search by item). Bad JSON -> 400; schema errors ->
+def parse_search_request(body: bytes, limits: Limits) -> tuple[PageSearchRequest, Sketch | None]:
+    """A JSON body -> (request, its drawing; None for a search by item), read as a
+    :class:`~.schemas.PageSearchRequest` (a SearchRequest plus the options of page collections, which the
+    route checks against the collection searched). Bad JSON -> 400; schema errors ->
     ``RequestValidationError`` (answered 422 with every error listed, like FastAPI's own); neither or both
     of ``strokes`` and ``item`` -> 422; k or the drawing over ``limits`` -> 4xx."""
     try:
@@ -134,7 +137,7 @@ def parse_search_request(body: bytes, limits: Limits) -> tuple[SearchRequest, Sk
     except (ValueError, RecursionError) as e:
         raise HTTPException(400, f"body: not valid JSON ({type(e).__name__}: {e})") from e
     try:
-        req = SearchRequest.model_validate(raw)
+        req = PageSearchRequest.model_validate(raw)
     except ValidationError as e:
         errs = e.errors(include_url=False, include_context=False, include_input=False)
         raise RequestValidationError(errs) from e
@@ -195,3 +198,19 @@ def form_int(value: Any, field: str, default: int) -> int:
     if not isinstance(value, str) or not re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value):
         raise HTTPException(422, f"{field}: expected an integer, got {str(value)[:40]!r}")
     return int(value)
+
+
+_TRUE, _FALSE = ("true", "1", "on", "yes"), ("false", "0", "off", "no")
+
+
+def form_bool(value: Any, field: str, default: bool) -> bool:
+    """A multipart form field -> bool (``default`` when absent or empty): true/false, 1/0, on/off, yes/no in any
+    case; anything else -> 422 naming ``field``."""
+    if value is None or value == "":
+        return default
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise HTTPException(422, f"{field}: expected true or false, got {str(value)[:40]!r}")

@@ -5,10 +5,14 @@
   ``{"collection", "k", "item": id}``: the item's own stored code is the query), or as an uploaded PNG/JPEG
   (``multipart/form-data`` with fields ``image``, ``k``, ``collection``; for a model that reads stroke order the
   picture's strokes are traced from its pixels, :mod:`sketchsearch.data.trace`). Answers the ranked hits (id, rank,
-  title, label, source, metadata, distance, thumbnail URL) and the time the search took.
+  title, label, source, metadata, distance, thumbnail URL) and the time the search took. A page collection
+  (:mod:`sketchsearch.pages`) answers boxes on its pages instead (:class:`~.schemas.PageSearchResponse`: page,
+  source, box, page size, distance, preview and crop URLs), and takes ``by_page`` (JSON or form field): the
+  best box of each page only.
 * ``GET /api/items/{id}/thumbnail?collection=NAME`` — a PNG from the index's own item store only:
   the id is an integer (validated), never a path, so nothing a client sends reaches the file system.
-* ``GET /api/collections`` (name, title, description, size, method), ``GET /api/health``.
+* ``GET /api/collections`` (name, title, description, size, method, kind: items or pages), ``GET /api/health``.
+* A page collection's page images: :mod:`.page_images`.
 
 The routes read the served collections and the limits from :class:`~sketchsearch.service.state.ServiceState`
 through ``Depends(get_state)``. CPU work (parsing, decoding, searching) runs off the event loop.
@@ -33,10 +37,20 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from ..data.sketch import Sketch
 from ..errors import IndexError_
+from ..pages import PageHit
 from ..retrieval import Hit
-from .decode import form_int, on_decode_thread, parse_search_request, read_image
+from .decode import form_bool, form_int, on_decode_thread, parse_search_request, read_image
 from .limits import MAX_ID, check_json_values, check_k, read_body
-from .schemas import CollectionInfo, ErrorOut, Health, HitOut, SearchResponse
+from .schemas import (
+    CollectionInfo,
+    ErrorOut,
+    Health,
+    HitOut,
+    PageHitOut,
+    PageSearchResponse,
+    PageSize,
+    SearchResponse,
+)
 from .state import ServedCollection, ServiceState, get_state
 
 __all__ = ["router"]
@@ -45,12 +59,19 @@ router = APIRouter()
 State = Annotated[ServiceState, Depends(get_state)]
 
 # The body is read by hand (JSON strokes or a multipart image on one route), so it is described here;
-# the app adds SearchRequest's schema to the OpenAPI components.
+# the app adds the request models' schemas to the OpenAPI components.
 _SEARCH_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}},
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/SearchRequest"},
+                        {"$ref": "#/components/schemas/PageSearchRequest"},
+                    ]
+                }
+            },
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -59,6 +80,11 @@ _SEARCH_BODY: dict[str, Any] = {
                         "image": {"type": "string", "format": "binary", "description": "PNG or JPEG"},
                         "k": {"type": "integer", "default": 10, "minimum": 1},
                         "collection": {"type": "string"},
+                        "by_page": {
+                            "type": "boolean",
+                            "default": False,
+                            "description": "page collections only: the best box of each page (true/false)",
+                        },
                     },
                 }
             },
@@ -69,8 +95,10 @@ _SEARCH_BODY: dict[str, Any] = {
 
 @router.post(
     "/api/search",
-    response_model=SearchResponse,
+    response_model=SearchResponse | PageSearchResponse,
     summary="Search a collection by strokes or by an item of it (JSON), or by an uploaded PNG/JPEG drawing (multipart)",
+    description="An item collection answers its items (SearchResponse); a page collection answers boxes on its "
+    "pages (PageSearchResponse, `kind: pages`), the best box of each page only with `by_page`.",
     responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 415: {"model": ErrorOut}},
     openapi_extra=_SEARCH_BODY,
 )
@@ -96,14 +124,16 @@ async def search(request: Request, state: State) -> Response:
             if k < 1:
                 raise HTTPException(422, f"k: must be >= 1, got {k}")
             check_k(k, limits)
+            by_page = form_bool(form.get("by_page"), "by_page", default=False)
             cname = form.get("collection")
             col = state.pick(cname if isinstance(cname, str) and cname else None)
+            _check_options(col, by_page)
             data = await upload.read()
         img = await run_in_threadpool(read_image, data, limits)  # decoding is CPU work: off the event loop
         # an image query's preparation (up to 1,024 px a side, in float) also runs on the decode threads, so
         # 16 concurrent uploads hold at most decode_slots() of those buffers too
         return await _search_response(
-            col, img, k, {"width": img.size[0], "height": img.size[1]}, runner=on_decode_thread
+            col, img, k, {"width": img.size[0], "height": img.size[1]}, runner=on_decode_thread, by_page=by_page
         )
     raise HTTPException(
         415,
@@ -151,6 +181,9 @@ def list_collections(state: State) -> list[CollectionInfo]:
                 metric=c.metric,
                 code_size=r.method.code_size,
                 inputs=inputs,
+                kind=c.kind,
+                pages=c.pages.page_count if c.pages is not None else None,
+                boxes=len(r) if c.pages is not None else None,
             )
         )
     return out
@@ -174,6 +207,7 @@ def _json_search(state: ServiceState, body: bytes) -> tuple[bytes, float]:
     """A JSON search body -> (the answer's JSON bytes, ms the search took), on a worker thread."""
     req, sketch = parse_search_request(body, state.limits)
     col = state.pick(req.collection)
+    _check_options(col, req.by_page)
     if sketch is None:  # a search by item: parse_search_request checked that it names one
         assert req.item is not None
         query: Query = req.item
@@ -181,11 +215,41 @@ def _json_search(state: ServiceState, body: bytes) -> tuple[bytes, float]:
     else:
         query = sketch
         qinfo = {"strokes": len(sketch.strokes), "points": sketch.n_points}
+    return _search_body(col, query, req.k, qinfo, req.by_page)
+
+
+def _check_options(col: ServedCollection, by_page: bool) -> None:
+    """422 when a search asks an item collection for what only page collections do."""
+    if by_page and col.pages is None:
+        raise HTTPException(
+            422, f"by_page: collection {col.name!r} holds items, not pages; by_page is for page collections"
+        )
+
+
+def _search_body(
+    col: ServedCollection, query: Query, k: int, qinfo: dict[str, int], by_page: bool = False
+) -> tuple[bytes, float]:
+    """Search ``col`` (:func:`_run_search`, or :func:`_run_page_search` for a page collection) and answer: the
+    JSON bytes and the ms the search took. An empty index is a 409 naming the collection."""
     try:
-        hits, rows, took = _run_search(col, query, req.k)
+        if col.pages is not None:
+            page_hits, took = _run_page_search(col, query, k, by_page)
+            return _page_answer_body(col, k, by_page, took, qinfo, page_hits), took
+        hits, rows, took = _run_search(col, query, k)
     except IndexError_ as e:
         raise HTTPException(409, f"collection {col.name!r}: {e}") from e
-    return _answer_body(col, req.k, took, qinfo, hits, rows), took
+    return _answer_body(col, k, took, qinfo, hits, rows), took
+
+
+def _encode(col: ServedCollection, query: Query) -> np.ndarray | None:
+    """The query's code (None for an item: its stored code is read under the lock). Encoding (rasterizing,
+    the network) touches neither the index nor the item store: done outside the lock, so that one large
+    drawing does not hold up every other search of the collection."""
+    if isinstance(query, int):
+        return None
+    if isinstance(query, Sketch):
+        query.validate()
+    return col.retriever.encode([query])
 
 
 def _run_search(col: ServedCollection, query: Query, k: int) -> tuple[list[Hit], dict[int, dict[str, Any]], float]:
@@ -195,35 +259,42 @@ def _run_search(col: ServedCollection, query: Query, k: int) -> tuple[list[Hit],
     one) is read from the rows the Retriever reads them from (:meth:`Retriever.item_meta`).
     """
     t0 = time.perf_counter()
-    codes = None
-    if not isinstance(query, int):
-        # Encoding (rasterizing, the network) touches neither the index nor the item store: done outside the
-        # lock, so that one large drawing does not hold up every other search of the collection.
-        if isinstance(query, Sketch):
-            query.validate()
-        codes = col.retriever.encode([query])
+    codes = _encode(col, query)
     with col.lock:
         if codes is None:
-            hits, rows = _search_by_item(col, int(query), k)
-        else:
-            dist, found = col.retriever.search_encoded(codes, k)
-            hits, rows = col.retriever.hits_and_rows(dist[0], found[0])  # the item rows: read once
+            codes = _stored_code(col, int(query))
+        dist, found = col.retriever.search_encoded(codes, k)
+        hits, rows = col.retriever.hits_and_rows(dist[0], found[0])  # the item rows: read once
         return hits, rows, (time.perf_counter() - t0) * 1000.0
 
 
-def _search_by_item(col: ServedCollection, item_id: int, k: int) -> tuple[list[Hit], dict[int, dict[str, Any]]]:
-    """Search with an indexed item's own stored code as the query (no re-encoding: the item finds itself
-    first, at distance 0), through :meth:`Retriever.search_encoded` like any encoded query."""
-    r = col.retriever
-    stored = r.index.state()  # the index's own arrays, ids ascending: no copy
+def _run_page_search(col: ServedCollection, query: Query, k: int, by_page: bool) -> tuple[list[PageHit], float]:
+    """A page collection's search: encoded like any query (:func:`_encode`), then its boxes searched and
+    suppressed per page by :meth:`PageIndex.search_encoded <sketchsearch.pages.PageIndex.search_encoded>`
+    under the collection's lock. The page hits and the ms it took."""
+    t0 = time.perf_counter()
+    pages = col.pages
+    assert pages is not None  # _search_body's choice
+    codes = _encode(col, query)
+    with col.lock:
+        if codes is None:
+            codes = _stored_code(col, int(query))
+        hits = pages.search_encoded(codes, k, by_page=by_page)[0]
+        return hits, (time.perf_counter() - t0) * 1000.0
+
+
+def _stored_code(col: ServedCollection, item_id: int) -> np.ndarray:
+    """An indexed item's own stored code, (1, code bytes or dims), to search with it (no re-encoding: the
+    item finds itself first, at distance 0) like any encoded query; 404 naming it when it is not indexed.
+    Called under the collection's lock."""
+    stored = col.retriever.index.state()  # the index's own arrays, ids ascending: no copy
     ids = stored["ids"]
     pos = int(np.searchsorted(ids, item_id))
     if pos == len(ids) or int(ids[pos]) != item_id:
         raise HTTPException(
             404, f"item: {item_id} is not in collection {col.name!r}; search with the id of one of its hits"
         )
-    dist, found = r.search_encoded(np.asarray(stored["codes"][pos : pos + 1]), k)
-    return r.hits_and_rows(dist[0], found[0])
+    return np.asarray(stored["codes"][pos : pos + 1])
 
 
 def _meta_out(meta: object) -> dict[str, str]:
@@ -247,8 +318,13 @@ def _title(hit: Hit, meta: Mapping[str, str]) -> str:
     return hit.label or f"item {hit.id}"
 
 
-def _hit_out(col: ServedCollection, hit: Hit, meta: Mapping[str, str]) -> HitOut:
+def _similarity(col: ServedCollection, distance: float) -> float:
+    # float rounding can put an item's distance to itself a hair below 0
     code_size = col.retriever.method.code_size
+    return min(1.0, (1.0 - distance / code_size) if col.metric == "hamming" else 1.0 - distance)
+
+
+def _hit_out(col: ServedCollection, hit: Hit, meta: Mapping[str, str]) -> HitOut:
     distance = float(hit.distance)
     return HitOut(
         id=hit.id,
@@ -258,25 +334,53 @@ def _hit_out(col: ServedCollection, hit: Hit, meta: Mapping[str, str]) -> HitOut
         source=hit.source,
         meta=dict(meta),
         distance=distance,
-        # float rounding can put an item's distance to itself a hair below 0
-        similarity=min(1.0, (1.0 - distance / code_size) if col.metric == "hamming" else 1.0 - distance),
+        similarity=_similarity(col, distance),
         thumbnail_url=f"/api/items/{hit.id}/thumbnail?collection={quote(col.name)}",
     )
 
 
+def page_url(collection: str, page: int) -> str:
+    """Where a page collection's page preview is served (:mod:`.page_images`)."""
+    return f"/api/collections/{quote(collection, safe='')}/pages/{page}"
+
+
+def _page_title(hit: PageHit) -> str:
+    """What to call a hit's page: its source's file name (with a PDF page's ``:n``), else ``page <id>``."""
+    if hit.source:
+        return PurePosixPath(hit.source.replace("\\", "/")).name or hit.source
+    return f"page {hit.page}"
+
+
+def _page_hit_out(col: ServedCollection, hit: PageHit) -> PageHitOut:
+    distance = float(hit.distance)
+    width, height = hit.page_size or (0, 0)
+    box = [int(v) for v in hit.box]
+    return PageHitOut(
+        id=hit.id,
+        rank=hit.rank,
+        page=hit.page,
+        title=_page_title(hit),
+        source=hit.source,
+        box=box,
+        page_size=PageSize(width=width, height=height),
+        proposal=hit.proposal,
+        distance=distance,
+        similarity=_similarity(col, distance),
+        preview_url=page_url(col.name, hit.page),
+        crop_url=f"{page_url(col.name, hit.page)}/crop?box={','.join(map(str, box))}",
+    )
+
+
 async def _search_response(
-    col: ServedCollection, query: Query, k: int, qinfo: dict[str, int], runner: Any = None
+    col: ServedCollection, query: Query, k: int, qinfo: dict[str, int], runner: Any = None, by_page: bool = False
 ) -> Response:
     """Run the search in the thread pool (through ``runner(fn, *args)`` when given) and answer it as a
-    :class:`SearchResponse` with Server-Timing."""
-    try:
-        if runner is None:
-            hits, rows, took = await run_in_threadpool(_run_search, col, query, k)
-        else:
-            hits, rows, took = await run_in_threadpool(runner, _run_search, col, query, k)
-    except IndexError_ as e:
-        raise HTTPException(409, f"collection {col.name!r}: {e}") from e
-    return _json_answer(_answer_body(col, k, took, qinfo, hits, rows), took)
+    :class:`SearchResponse` (a :class:`PageSearchResponse` for a page collection) with Server-Timing."""
+    if runner is None:
+        content, took = await run_in_threadpool(_search_body, col, query, k, qinfo, by_page)
+    else:
+        content, took = await run_in_threadpool(runner, _search_body, col, query, k, qinfo, by_page)
+    return _json_answer(content, took)
 
 
 def _answer_body(
@@ -295,6 +399,23 @@ def _answer_body(
         took_ms=round(took, 3),
         query=qinfo,
         hits=[_hit_out(col, h, _meta_out(rows.get(h.id, {}).get("meta"))) for h in hits],
+    )
+    return out.model_dump_json().encode()
+
+
+def _page_answer_body(
+    col: ServedCollection, k: int, by_page: bool, took: float, qinfo: dict[str, int], hits: list[PageHit]
+) -> bytes:
+    """A page search's answer as JSON bytes (a :class:`PageSearchResponse`)."""
+    out = PageSearchResponse(
+        collection=col.name,
+        kind="pages",
+        k=k,
+        by_page=by_page,
+        metric=col.metric,
+        took_ms=round(took, 3),
+        query=qinfo,
+        hits=[_page_hit_out(col, h) for h in hits],
     )
     return out.model_dump_json().encode()
 

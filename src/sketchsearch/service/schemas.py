@@ -11,9 +11,14 @@ from .limits import MAX_ID
 
 __all__ = [
     "CollectionInfo",
+    "CollectionKind",
     "ErrorOut",
     "Health",
     "HitOut",
+    "PageHitOut",
+    "PageSearchRequest",
+    "PageSearchResponse",
+    "PageSize",
     "SearchRequest",
     "SearchResponse",
     "StrokePoint",
@@ -21,6 +26,10 @@ __all__ = [
 
 Metric = Literal["hamming", "cosine"]
 """How a collection compares codes: Hamming distance (binary) or cosine (float)."""
+
+CollectionKind = Literal["items", "pages"]
+"""What a collection's hits are: its items (drawings, pictures), or boxes on its document pages (a page
+index, :mod:`sketchsearch.pages`)."""
 
 
 class StrokePoint(BaseModel):
@@ -78,6 +87,18 @@ class SearchRequest(BaseModel):
     collection: str | None = Field(default=None, description="collection name; optional when only one is served")
 
 
+class PageSearchRequest(SearchRequest):
+    """A search of a page collection: a :class:`SearchRequest` plus how to rank its boxes (``item`` is then
+    a box's id: a page hit's ``id``). The API reads every JSON search body as this; ``by_page`` is refused
+    by an item collection."""
+
+    by_page: bool = Field(
+        default=False,
+        description="page collections only: the best box of each page, the pages ranked by it (k pages); "
+        "false: the best k boxes, several per page where they match",
+    )
+
+
 class HitOut(BaseModel):
     """One ranked item of a search."""
 
@@ -112,6 +133,54 @@ class SearchResponse(BaseModel):
     hits: list[HitOut]
 
 
+class PageSize(BaseModel):
+    width: int = Field(description="pixels, as the page was indexed (boxes are given in these pixels)")
+    height: int
+
+
+class PageHitOut(BaseModel):
+    """One ranked box on a page of a page collection."""
+
+    id: int = Field(description="the box's id in its collection (search with it: SearchRequest.item)")
+    rank: int
+    page: int = Field(description="the page's id in its collection (its preview: preview_url)")
+    title: str = Field(description="what to call the page: its source's file name, else 'page <id>'")
+    source: str | None = Field(
+        description="the page's file, relative to the folder that was indexed ('file.pdf:3': a PDF's third page)"
+    )
+    box: list[int] = Field(
+        min_length=4,
+        max_length=4,
+        description="x0, y0, x1, y1 in the page's pixels (page_size), x1 and y1 exclusive",
+    )
+    page_size: PageSize
+    proposal: str | None = Field(description="how the box was proposed: 'ink' (a group of ink) or 'window'")
+    distance: float = Field(
+        description="Hamming distance (binary codes) or 1 - cosine (float embeddings) of the box's crop to the "
+        "query; smaller is closer"
+    )
+    similarity: float = Field(
+        description="1 - distance / nbits (binary) or cosine (float), in [-1, 1]; larger is closer"
+    )
+    preview_url: str = Field(description="the whole page as a JPEG (the box is not drawn on it)")
+    crop_url: str = Field(description="the box's region of the page, enlarged, as a PNG")
+
+
+class PageSearchResponse(BaseModel):
+    """A page collection's answer: boxes on its pages."""
+
+    collection: str
+    kind: Literal["pages"] = Field(description="page hits (an item collection answers a SearchResponse)")
+    k: int
+    by_page: bool = Field(description="whether each page gave only its best box")
+    metric: Metric
+    took_ms: float = Field(
+        description="time the search took on the server (encode + index search + per-page suppression), ms"
+    )
+    query: dict[str, int] = Field(description="what was searched: strokes/points, the image's width/height, or item")
+    hits: list[PageHitOut]
+
+
 class CollectionInfo(BaseModel):
     name: str = Field(description="the collection's id: what a search's `collection` names")
     title: str = Field(description="what to call it: its index's title, else its name")
@@ -124,6 +193,15 @@ class CollectionInfo(BaseModel):
     inputs: list[str] = Field(
         description="what the model reads: raster (strokes or images), points (stroke order: strokes, or "
         "traced from an image's pixels)"
+    )
+    kind: CollectionKind = Field(
+        default="items",
+        description="items: hits are its items (SearchResponse); pages: a page collection, hits are boxes on "
+        "its document pages (PageSearchResponse)",
+    )
+    pages: int | None = Field(default=None, description="page collections: how many pages; null otherwise")
+    boxes: int | None = Field(
+        default=None, description="page collections: how many candidate boxes (its searched items); null otherwise"
     )
 
 

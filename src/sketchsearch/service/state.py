@@ -1,6 +1,11 @@
 """What the service serves: the collections (name -> :class:`Retriever`, one lock each, with the title and
 description their collection fields give: an index's manifest) and the limits.
 
+A collection may be a page collection (a page index, :class:`~sketchsearch.pages.PageIndex`: boxes on
+document pages, whose manifest has the ``"pages"`` field): it is served through its
+:attr:`PageIndex.retriever <sketchsearch.pages.PageIndex.retriever>` like any other, and its page table
+gives the page hits their pages and previews.
+
 :func:`load_collections` opens collections from disk and :func:`warm_up` runs a first search in each;
 :func:`~sketchsearch.service.app.create_app` keeps a :class:`ServiceState` on ``app.state.service``, and
 the routes get it through the :func:`get_state` dependency.
@@ -23,9 +28,10 @@ from starlette.exceptions import HTTPException
 
 from ..data.sketch import Sketch
 from ..errors import IndexError_, SketchSearchError
+from ..pages import PageIndex
 from ..retrieval import Retriever
 from .limits import Limits
-from .schemas import Metric
+from .schemas import CollectionKind, Metric
 
 __all__ = [
     "CollectionSpec",
@@ -42,6 +48,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CollectionSpec = tuple[str, "str | Path | None", "str | Path"]
 """(name, model name/path or None for the model the index's manifest names, index folder)."""
 
+Served = Retriever | PageIndex
+"""What a collection is served from: a Retriever (an item collection), or a page index (a page collection)."""
+
 
 def check_name(name: str) -> None:
     """ValueError unless ``name`` is a valid collection name (it appears in URLs and thumbnail links)."""
@@ -52,19 +61,21 @@ def check_name(name: str) -> None:
         )
 
 
-def load_collections(specs: Sequence[CollectionSpec]) -> dict[str, Retriever]:
-    """Open every ``(name, model, index_folder)`` with :meth:`Retriever.load`.
+def load_collections(specs: Sequence[CollectionSpec]) -> dict[str, Served]:
+    """Open every ``(name, model, index_folder)`` with :meth:`Retriever.load`; a page index (its manifest has
+    the ``"pages"`` field) is opened as a :class:`~sketchsearch.pages.PageIndex` over that Retriever.
 
     Raises :class:`~sketchsearch.errors.IndexError_` naming the collection, the folder and the cause when
     any of them fails (the CLI prints it and stops: a half-started service is worse than none).
     """
-    out: dict[str, Retriever] = {}
+    out: dict[str, Served] = {}
     for name, model, folder in specs:
         check_name(name)
         if name in out:
             raise IndexError_(f"collection {name!r} is given twice; give each --index its own --name")
         try:
-            out[name] = Retriever.load(folder, model)
+            r = Retriever.load(folder, model)
+            out[name] = PageIndex.from_retriever(r, folder) if PageIndex.holds_pages(r) else r
         except Exception as e:
             what = f"model {str(model)!r} and index {str(folder)!r}" if model else f"index {str(folder)!r}"
             cause = str(e) if isinstance(e, SketchSearchError) else f"{type(e).__name__}: {e}"
@@ -72,12 +83,13 @@ def load_collections(specs: Sequence[CollectionSpec]) -> dict[str, Retriever]:
     return out
 
 
-def warm_up(collections: Mapping[str, Retriever]) -> dict[str, float]:
+def warm_up(collections: Mapping[str, Served]) -> dict[str, float]:
     """Run one small search per non-empty collection so the first visitor does not pay for lazy set-up
     (JIT-compiled search kernels, index caches). Returns the ms each took."""
     probe = Sketch([np.array([[0, 0], [10, 10], [20, 0]], dtype=np.float32)])
     out = {}
-    for name, r in collections.items():
+    for name, served in collections.items():
+        r = served.retriever if isinstance(served, PageIndex) else served
         if len(r):
             t0 = time.perf_counter()
             r.search(probe, k=1)
@@ -97,7 +109,8 @@ def _presentation(name: str, retriever: Retriever) -> tuple[str, str | None]:
 
 @dataclass
 class ServedCollection:
-    """One collection as served: its name, title and description, its Retriever and the lock searches take."""
+    """One collection as served: its name, title and description, its Retriever and the lock searches take,
+    and for a page collection its :class:`~sketchsearch.pages.PageIndex` (whose ``retriever`` is this one)."""
 
     name: str
     retriever: Retriever
@@ -106,10 +119,23 @@ class ServedCollection:
     lock: threading.Lock
     title: str
     description: str | None
+    pages: PageIndex | None = None
 
     @property
     def metric(self) -> Metric:
         return "hamming" if self.retriever.binary else "cosine"
+
+    @property
+    def kind(self) -> CollectionKind:
+        return "items" if self.pages is None else "pages"
+
+    def page_index(self) -> PageIndex:
+        """Its page index; 404 naming the collection when it is an item collection."""
+        if self.pages is None:
+            raise HTTPException(
+                404, f"collection {self.name!r} holds items, not pages: it has no page images; see GET /api/collections"
+            )
+        return self.pages
 
 
 @dataclass(frozen=True)
@@ -136,14 +162,21 @@ class ServiceState:
             yield
 
     @classmethod
-    def build(cls, collections: Mapping[str, Retriever], limits: Limits) -> ServiceState:
-        """Check every name and give each collection its own lock; ValueError when there is none."""
+    def build(cls, collections: Mapping[str, Served], limits: Limits) -> ServiceState:
+        """Check every name and give each collection its own lock; ValueError when there is none. A
+        Retriever loaded from a page index (:meth:`PageIndex.holds_pages`) is served as its page index."""
         if not collections:
-            raise ValueError("create_app needs at least one collection (name -> Retriever)")
+            raise ValueError("create_app needs at least one collection (name -> Retriever or PageIndex)")
         served: dict[str, ServedCollection] = {}
-        for name, retriever in collections.items():
+        for name, given in collections.items():
             check_name(name)
-            served[name] = ServedCollection(name, retriever, threading.Lock(), *_presentation(name, retriever))
+            if isinstance(given, Retriever) and PageIndex.holds_pages(given):
+                given = PageIndex.from_retriever(given)
+            pages = given if isinstance(given, PageIndex) else None
+            retriever = given.retriever if isinstance(given, PageIndex) else given
+            served[name] = ServedCollection(
+                name, retriever, threading.Lock(), *_presentation(name, retriever), pages=pages
+            )
         return cls(served, limits)
 
     def pick(self, name: str | None) -> ServedCollection:
