@@ -1,6 +1,8 @@
 // sketchsearch page: records strokes with timing (pointer events: mouse, pen, touch; or the keyboard),
 // searches while drawing (debounced) and on demand, shows ranked thumbnails; a hit opens a larger view
-// with its source and metadata, from which it can be the next query. No dependencies.
+// with its source and metadata, from which it can be the next query. A page collection's hits are boxes on
+// document pages: each shows its page with the box drawn and the box enlarged; it opens the page large with
+// every hit box of that page on it. No dependencies.
 "use strict";
 
 (() => {
@@ -14,8 +16,14 @@
     emptyHint: $("empty-hint"), peek: $("peek"), queryNote: $("query-note"),
     detail: $("detail"), detailImg: $("detail-img"), detailTitle: $("detail-title"), detailFacts: $("detail-facts"),
     detailSearch: $("detail-search"), detailClose: $("detail-close"),
+    byPage: $("by-page"), byPageOption: $("by-page-option"),
+    pageView: $("page-view"), pageViewTitle: $("page-view-title"), pageViewNote: $("page-view-note"),
+    pageFigure: $("page-figure"), pageViewImg: $("page-view-img"), pageViewCrop: $("page-view-crop"),
+    pageViewFacts: $("page-view-facts"), pageViewSearch: $("page-view-search"), pageViewClose: $("page-view-close"),
   };
   const PEEK = 4;            // hits mirrored under the canvas on narrow screens (hidden by CSS elsewhere)
+  const PAGE_THUMB = 320;    // px a side asked for a page's thumbnail (about twice its CSS size: sharp on HiDPI)
+  const THUMB_HEIGHT = 150;  // CSS px: the tallest a page thumbnail is drawn in the grid
 
   const DEBOUNCE_MS = 300;   // search once the pen has paused this long
   const LINE_WIDTH = 4;      // CSS pixels
@@ -38,6 +46,7 @@
   let inflight = null;       // AbortController of the running request
   let seq = 0;               // request counter: late answers to old queries are dropped
   let opened = null;         // {hit, collection} shown in the larger view
+  let pageShown = null;      // the page view's {hit highlighted, collection, hits on the page, their box buttons}
   const keyPen = { x: 0, y: 0, down: false, active: false };
 
   // ---------------------------------------------------------------- canvas
@@ -152,7 +161,7 @@
     canvas.classList.remove("pointer-focus"); if (keyPen.down) { keyPen.down = false; endStroke(); } keyPen.active = false; redraw(); });
 
   document.addEventListener("keydown", (e) => {
-    if (els.detail.open) return;  // the larger view has its own buttons (and Escape closes it)
+    if (els.detail.open || els.pageView.open) return;  // the larger views have their own buttons (Escape closes them)
     if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") { e.preventDefault(); undo(); }
     else if (e.key === "Enter" && (e.target === canvas || e.target === document.body)) { e.preventDefault(); runQuery(); }
   });
@@ -168,6 +177,7 @@
   els.clear.addEventListener("click", clearAll);
   els.search.addEventListener("click", runQuery);
   els.k.addEventListener("change", rerun);
+  els.byPage.addEventListener("change", rerun);
   els.collection.addEventListener("change", () => {
     const from = query.kind === "item" ? collections.find((c) => c.name === query.collection) : null;
     describeCollection();
@@ -205,8 +215,9 @@
     const picture = new Image();
     const q = { kind: "item", id: hit.id, collection, title: hit.title, picture };
     picture.addEventListener("load", () => { if (query === q) redraw(); });
-    picture.src = hit.thumbnail_url;
-    setPicture(q, `Searching with “${hit.title}” from this collection. Draw to start a new search.`);
+    picture.src = thumbOf(hit);
+    const what = hit.box ? `the mark #${hit.rank} on “${hit.title}”` : `“${hit.title}”`;
+    setPicture(q, `Searching with ${what} from this collection. Draw to start a new search.`);
     runQuery();
   }
 
@@ -224,6 +235,12 @@
     if (query.kind !== "strokes" || (drawn && (els.live.checked || els.results.childElementCount))) runQuery();
   }
 
+  /** The search options a collection takes beyond k: by_page for a page collection, none for items. */
+  function options(name) {
+    const c = collections.find((x) => x.name === name);
+    return c && c.kind === "pages" ? { by_page: els.byPage.checked } : {};
+  }
+
   function runQuery() {
     clearTimeout(debounceTimer);
     const k = Number(els.k.value), collection = els.collection.value || null;
@@ -231,13 +248,14 @@
       const q = query, form = new FormData();
       form.append("image", q.file); form.append("k", String(k));
       if (collection) form.append("collection", collection);
+      for (const [key, value] of Object.entries(options(collection))) form.append(key, String(value));
       send(form, {}).then((ok) => { if (ok === false && query === q) { dropPicture(); redraw(); } });
     } else if (query.kind === "item") {
-      send(JSON.stringify({ item: query.id, k, collection: query.collection }), JSON_HEADERS);
+      send(JSON.stringify({ item: query.id, k, collection: query.collection, ...options(query.collection) }), JSON_HEADERS);
     } else {
       const sent = strokes.filter((s) => s.length).map((s) => s.map((p) => ({ x: p.x, y: p.y, t: p.t })));
       if (!sent.length) { showError("Draw something first, or choose a picture of a drawing."); return; }
-      send(JSON.stringify({ strokes: sent, k, collection }), JSON_HEADERS);
+      send(JSON.stringify({ strokes: sent, k, collection, ...options(collection) }), JSON_HEADERS);
     }
   }
 
@@ -289,45 +307,166 @@
     return metric === "hamming" ? `${Math.round(h.distance)} bits` : Math.max(0, h.distance).toFixed(3);
   }
 
+  /** A hit's small picture: an item's thumbnail, or a page hit's box enlarged. */
+  function thumbOf(h) { return h.crop_url || h.thumbnail_url; }
+
+  /** A hit opens its larger view: the item's, or the page with its boxes. */
+  function openHit(h, data) { if (data.kind === "pages") openPage(h, data); else openDetail(h, data); }
+
   function showResults(data) {
     els.results.replaceChildren();
     const hits = data ? data.hits : [];
+    const pages = !!data && data.kind === "pages";
+    els.results.classList.toggle("page-results", pages);
     els.peek.replaceChildren(...hits.slice(0, PEEK).map((h) => {
       const li = document.createElement("li");
       const img = document.createElement("img");
-      img.alt = ""; img.width = 56; img.height = 56; img.src = h.thumbnail_url;
+      img.alt = ""; img.width = 56; img.height = 56; img.src = thumbOf(h);
       const lab = document.createElement("span"); lab.textContent = h.title;
       li.append(img, lab);
-      li.addEventListener("click", () => openDetail(h, data));  // a pointer shortcut; the grid has the buttons
+      li.addEventListener("click", () => openHit(h, data));  // a pointer shortcut; the grid has the buttons
       return li;
     }));
     els.placeholder.hidden = hits.length > 0;
     els.placeholder.textContent = data && !hits.length ? "No results." : "Results appear here as you draw.";
-    for (const h of hits) {
-      const li = document.createElement("li");
-      li.className = "hit";
-      const open = document.createElement("button");
-      open.type = "button"; open.className = "hit-open";
-      const dist = distanceText(h, data.metric);
-      const also = h.label && h.label !== h.title ? ` (${h.label})` : "";
-      open.setAttribute("aria-label", `Rank ${h.rank}: ${h.title}${also}, distance ${dist}. Open a larger view.`);
-      const img = document.createElement("img");
-      img.className = "thumb"; img.alt = ""; img.loading = "lazy"; img.decoding = "async";
-      img.width = 96; img.height = 96; img.src = h.thumbnail_url;
-      img.addEventListener("error", () => { img.removeAttribute("src"); img.classList.add("missing"); });
-      const text = document.createElement("span"); text.className = "meta";
-      const name = document.createElement("span"); name.className = "name"; name.textContent = h.title; name.title = h.title;
-      text.append(name);
-      if (also) {
-        const lab = document.createElement("span"); lab.className = "label"; lab.textContent = h.label; lab.title = h.label;
-        text.append(lab);
-      }
-      const d = document.createElement("span"); d.className = "dist"; d.textContent = `#${h.rank} · ${dist}`;
-      d.title = `rank ${h.rank}, distance ${dist} (smaller is closer)`;
-      text.append(d); open.append(img, text); li.append(open); els.results.append(li);
-      open.addEventListener("click", () => openDetail(h, data));
-    }
+    for (const h of hits) els.results.append(pages ? pageHit(h, data) : itemHit(h, data));
   }
+
+  function itemHit(h, data) {
+    const li = document.createElement("li");
+    li.className = "hit";
+    const open = document.createElement("button");
+    open.type = "button"; open.className = "hit-open";
+    const dist = distanceText(h, data.metric);
+    const also = h.label && h.label !== h.title ? ` (${h.label})` : "";
+    open.setAttribute("aria-label", `Rank ${h.rank}: ${h.title}${also}, distance ${dist}. Open a larger view.`);
+    const img = document.createElement("img");
+    img.className = "thumb"; img.alt = ""; img.loading = "lazy"; img.decoding = "async";
+    img.width = 96; img.height = 96; img.src = h.thumbnail_url;
+    missing(img);
+    const text = document.createElement("span"); text.className = "meta";
+    const name = document.createElement("span"); name.className = "name"; name.textContent = h.title; name.title = h.title;
+    text.append(name);
+    if (also) {
+      const lab = document.createElement("span"); lab.className = "label"; lab.textContent = h.label; lab.title = h.label;
+      text.append(lab);
+    }
+    text.append(rankLine(h, dist)); open.append(img, text); li.append(open);
+    open.addEventListener("click", () => openDetail(h, data));
+    return li;
+  }
+
+  function rankLine(h, dist) {
+    const d = document.createElement("span"); d.className = "dist"; d.textContent = `#${h.rank} · ${dist}`;
+    d.title = `rank ${h.rank}, distance ${dist} (smaller is closer)`;
+    return d;
+  }
+
+  // ---------------------------------------------------------------- page hits
+  /** Place ``el`` over a picture of the page as ``box`` (page pixels) is on the page: in % of its size. */
+  function placeBox(el, box, size) {
+    const [x0, y0, x1, y1] = box;
+    el.style.left = `${(100 * x0) / size.width}%`; el.style.top = `${(100 * y0) / size.height}%`;
+    el.style.width = `${(100 * (x1 - x0)) / size.width}%`; el.style.height = `${(100 * (y1 - y0)) / size.height}%`;
+  }
+
+  function boxText(box) {
+    const [x0, y0, x1, y1] = box;
+    return `${x0}, ${y0} – ${x1}, ${y1} (${x1 - x0} × ${y1 - y0} px)`;
+  }
+
+  /** A picture that cannot be loaded: shown as an empty hatched frame. */
+  function missing(img) {
+    img.addEventListener("error", () => { img.removeAttribute("src"); img.classList.add("missing"); });
+  }
+
+  /** A page hit in the grid: the page (scaled) with the box drawn over it, the box enlarged beside it. */
+  function pageHit(h, data) {
+    const li = document.createElement("li");
+    li.className = "hit page-hit";
+    const open = document.createElement("button");
+    open.type = "button"; open.className = "hit-open page-open";
+    const dist = distanceText(h, data.metric);
+    open.setAttribute("aria-label",
+      `Rank ${h.rank}: a mark on ${h.title} (page ${h.page}) at ${boxText(h.box)}, distance ${dist}. Open the page.`);
+    const pics = document.createElement("span"); pics.className = "page-pics";
+    const thumb = document.createElement("span"); thumb.className = "page-thumb";
+    const { width, height } = h.page_size;
+    thumb.style.aspectRatio = `${width} / ${height}`;
+    thumb.style.width = `min(100%, ${Math.round((THUMB_HEIGHT * width) / height)}px)`;
+    const page = document.createElement("img");
+    page.className = "page-img"; page.alt = `Page ${h.page}, ${h.title}, the mark outlined`;
+    page.loading = "lazy"; page.decoding = "async"; page.src = `${h.preview_url}?size=${PAGE_THUMB}`;
+    missing(page);
+    const mark = document.createElement("span"); mark.className = "box-mark"; placeBox(mark, h.box, h.page_size);
+    thumb.append(page, mark);
+    const crop = document.createElement("img");
+    crop.className = "crop"; crop.alt = `The mark ranked ${h.rank}, enlarged`;
+    crop.loading = "lazy"; crop.decoding = "async"; crop.src = h.crop_url;
+    missing(crop);
+    pics.append(thumb, crop);
+    const text = document.createElement("span"); text.className = "meta";
+    const name = document.createElement("span"); name.className = "name"; name.textContent = h.title;
+    name.title = h.source || h.title;
+    const where = document.createElement("span"); where.className = "where";
+    where.textContent = `page ${h.page} · ${h.box[2] - h.box[0]} × ${h.box[3] - h.box[1]} px`;
+    text.append(name, where, rankLine(h, dist));
+    open.append(pics, text); li.append(open);
+    open.addEventListener("click", () => openPage(h, data));
+    return li;
+  }
+
+  /** The page large, every hit box of it drawn (buttons: one picks the box shown); ``h`` highlighted. */
+  function openPage(h, data) {
+    const onPage = data.hits.filter((x) => x.page === h.page);
+    const { width, height } = h.page_size;
+    els.pageViewTitle.textContent = h.title;
+    els.pageFigure.style.aspectRatio = `${width} / ${height}`;
+    // as wide as the dialog allows, as tall as the screen does
+    els.pageFigure.style.width = `min(100%, calc((100vh - 11rem) * ${width / height}))`;
+    els.pageViewImg.src = h.preview_url;
+    els.pageViewImg.alt = `Page ${h.page} of ${h.source || h.title}, ${width} × ${height} px, with the ${onPage.length} ` +
+      `hit ${onPage.length === 1 ? "box" : "boxes"} of this search outlined`;
+    const buttons = onPage.map((x) => {
+      const b = document.createElement("button");
+      b.type = "button"; b.className = "box-mark";
+      b.setAttribute("aria-label", `Hit #${x.rank}, distance ${distanceText(x, data.metric)}`);
+      const r = document.createElement("span"); r.className = "box-rank"; r.textContent = String(x.rank);
+      r.setAttribute("aria-hidden", "true");
+      b.append(r); placeBox(b, x.box, x.page_size);
+      b.addEventListener("click", () => showBox(x, data));
+      return b;
+    });
+    els.pageFigure.replaceChildren(els.pageViewImg, ...buttons);
+    const n = onPage.length;
+    els.pageViewNote.textContent = `Page ${h.page} · ${width} × ${height} px · ${n} of the ${data.hits.length} hits ` +
+      `${n === 1 ? "is" : "are"} on this page; choose a box to see it enlarged.`;
+    pageShown = { hit: h, collection: data.collection, hits: onPage, buttons };
+    showBox(h, data);
+    els.pageView.showModal();
+  }
+
+  function showBox(h, data) {
+    pageShown.hit = h;
+    pageShown.hits.forEach((x, i) => {
+      const b = pageShown.buttons[i], current = x === h;
+      b.classList.toggle("current", current); b.setAttribute("aria-pressed", String(current));
+    });
+    els.pageViewCrop.src = h.crop_url;
+    els.pageViewCrop.alt = `The mark ranked ${h.rank}, enlarged`;
+    const facts = [["Source", h.source || h.title], ["Page", String(h.page)], ["Box", boxText(h.box)],
+      ["Match", `#${h.rank} · distance ${distanceText(h, data.metric)}`]];
+    if (h.proposal) facts.push(["Found by", h.proposal === "ink" ? "a group of ink" : "a sliding window"]);
+    facts.push(["Box id", String(h.id)]);
+    els.pageViewFacts.replaceChildren(...facts.flatMap(([name, value]) => fact(name, value)));
+  }
+
+  els.pageViewClose.addEventListener("click", () => els.pageView.close());
+  els.pageView.addEventListener("click", (e) => { if (e.target === els.pageView) els.pageView.close(); });  // the backdrop
+  els.pageViewSearch.addEventListener("click", () => {
+    els.pageView.close();
+    searchWithItem(pageShown.hit, pageShown.collection);
+  });
 
   // ---------------------------------------------------------------- larger view
   function fact(name, value) {
@@ -374,7 +513,10 @@
     document.title = `${c.title} — sketchsearch`;
     els.description.textContent = c.description || ""; els.description.hidden = !c.description;
     const metric = c.metric === "hamming" ? `${c.code_size}-bit codes, Hamming distance` : `${c.code_size}-d embeddings, cosine`;
-    els.details.textContent = `${c.items.toLocaleString()} items · ${c.method} · ${metric}`;
+    const size = c.kind === "pages" ? `${c.pages.toLocaleString()} pages, ${c.boxes.toLocaleString()} boxes`
+      : `${c.items.toLocaleString()} items`;
+    els.details.textContent = `${size} · ${c.method} · ${metric}`;
+    els.byPageOption.hidden = c.kind !== "pages";
   }
 
   async function loadCollections() {
@@ -382,7 +524,8 @@
       const resp = await fetch("/api/collections");
       if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
       collections = await resp.json();
-      els.collection.replaceChildren(...collections.map((c) => new Option(`${c.title} (${c.items.toLocaleString()})`, c.name)));
+      els.collection.replaceChildren(...collections.map((c) => new Option(
+        c.kind === "pages" ? `${c.title} (${c.pages.toLocaleString()} pages)` : `${c.title} (${c.items.toLocaleString()})`, c.name)));
       describeCollection();
     } catch (err) {
       showError(`Could not load the collections (${err.message}): check that sketchsearch serve is running, then reload the page.`);
