@@ -218,9 +218,11 @@ def build_service(opts: ServeOptions) -> tuple[Any, list[str]]:
         r = served.retriever if isinstance(served, PageIndex) else served
         title = (r.collection or {}).get("title")
         shown = f"{n} ({title!r})" if title and title != n else n
-        size = (
-            f"{served.page_count:,} pages, {len(r):,} boxes" if isinstance(served, PageIndex) else f"{len(r):,} items"
-        )
+        if isinstance(served, PageIndex):
+            n = served.page_count
+            size = f"{n:,} page{'' if n == 1 else 's'}, {len(r):,} boxes"
+        else:
+            size = f"{len(r):,} items"
         lines.append(f"collection {shown}: {size}, model {r.model_id}")
     warm_up(collections)
     app = create_app(

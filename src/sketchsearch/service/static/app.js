@@ -506,6 +506,8 @@
   });
 
   // ---------------------------------------------------------------- collections
+  function pageCount(n) { return `${n.toLocaleString()} ${n === 1 ? "page" : "pages"}`; }
+
   function describeCollection() {
     const c = collections.find((x) => x.name === els.collection.value);
     if (!c) return;
@@ -513,7 +515,7 @@
     document.title = `${c.title} — sketchsearch`;
     els.description.textContent = c.description || ""; els.description.hidden = !c.description;
     const metric = c.metric === "hamming" ? `${c.code_size}-bit codes, Hamming distance` : `${c.code_size}-d embeddings, cosine`;
-    const size = c.kind === "pages" ? `${c.pages.toLocaleString()} pages, ${c.boxes.toLocaleString()} boxes`
+    const size = c.kind === "pages" ? `${pageCount(c.pages)}, ${c.boxes.toLocaleString()} boxes`
       : `${c.items.toLocaleString()} items`;
     els.details.textContent = `${size} · ${c.method} · ${metric}`;
     els.byPageOption.hidden = c.kind !== "pages";
@@ -525,7 +527,7 @@
       if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
       collections = await resp.json();
       els.collection.replaceChildren(...collections.map((c) => new Option(
-        c.kind === "pages" ? `${c.title} (${c.pages.toLocaleString()} pages)` : `${c.title} (${c.items.toLocaleString()})`, c.name)));
+        c.kind === "pages" ? `${c.title} (${pageCount(c.pages)})` : `${c.title} (${c.items.toLocaleString()})`, c.name)));
       describeCollection();
     } catch (err) {
       showError(`Could not load the collections (${err.message}): check that sketchsearch serve is running, then reload the page.`);
