@@ -161,9 +161,11 @@ def test_best_box_per_page_and_back_to_an_item_collection(browser: Any, served: 
     ]
     assert page.locator("#results .page-hit .name").first.inner_text() == "b.png"  # mark_030's letter first
 
-    # an item collection: no page option, item hits as ever
+    # an item collection: no page option, item hits as ever (the drawing is searched there at once)
     page.select_option("#collection", "shapes")
     assert not page.locator("#by-page-option").is_visible()
+    page.wait_for_function("() => document.querySelectorAll('#results .hit img.thumb').length === 12")
+    assert page.locator("#results .page-hit").count() == 0
     page.click("#clear")
     page.check("#live")
     draw_circle(page)
