@@ -16,9 +16,11 @@ when its box overlaps the mark's true box with IoU >= 0.5 (each true box counts 
 :func:`sketchsearch.eval.evaluate.score_pages`.
 
 **Rows**: each model at each window step: ``auto`` (the model's measured shift / scale invariance sets the
-step and the ratio of window sizes, ``pages index --step auto``), and fixed steps with the window sizes 1.6x
-apart. ``pixel-lsh-64`` (random hyperplanes on 64 px rasters, no training) and ``pixel-itq-64`` (ITQ fitted on
-up to 2,000 drawings of the data that are neither on a page nor queries, without labels) are the pixel
+step and the ratio of window sizes, ``pages index --step auto``), fixed steps with the window sizes 1.6x
+apart, and ``none`` (no windows: connected groups of ink only, ``pages index --no-windows``). Rows of an
+earlier run in ``<out>.json`` that this run does not redo (same model and step) are kept.
+``pixel-lsh-64`` (random hyperplanes on 64 px rasters, no training) and ``pixel-itq-64`` (ITQ fitted on up to
+2,000 drawings of the data that are neither on a page nor queries, without labels) are the pixel
 baselines; the shipped models are used as they are (sketch-GAN and thin-GAN were trained on unlabelled
 sketch-rnn Omniglot, which holds these characters' drawings among others; SketchMate on 80 QuickDraw classes).
 
@@ -35,6 +37,7 @@ with the hit boxes drawn, for the best row); progress on stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -165,6 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     fit_items = [rest[i] for i in np.random.default_rng(a.seed).permutation(len(rest))[:2000]]
 
     rows: list[dict[str, Any]] = []
+    earlier: list[dict[str, Any]] = []
+    if a.out.with_suffix(".json").is_file():
+        old = json.loads(a.out.with_suffix(".json").read_text())
+        redo = {(m, st) for m in a.models for st in a.steps}
+        if (old.get("data"), old.get("pages"), old.get("seed")) == (str(spec), a.pages, a.seed):
+            earlier = [row for row in old.get("rows", []) if (row["model"], row.get("steps_arg")) not in redo]
     recall_cache: dict[tuple[float, float], float] = {}
     best: tuple[float, PageIndex | None, dict[str, Any] | None] = (-1.0, None, None)
     for name in a.models:
@@ -175,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
             curves: dict[str, Any] = {}
             if step == "auto":
                 cfg, curves = measure_config(r, default_pairs(r.method), cfg)
+            elif step == "none":
+                cfg = replace(cfg, windows=False)
             else:
                 cfg = replace(cfg, step=float(step), scale_ratio=a.scale_ratio)
             key = (cfg.step, cfg.scale_ratio)
@@ -189,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
             page_at_1 = float(np.mean([p == n for p, (n, _) in zip(first_page, marks)]))
             row = {
                 "model": name,
-                "step": f"{cfg.step:g}" + (" (auto)" if step == "auto" else ""),
+                "step": "no windows" if step == "none" else f"{cfg.step:g}" + (" (auto)" if step == "auto" else ""),
+                "steps_arg": step,
                 "scale_ratio": round(cfg.scale_ratio, 3),
                 "recall@1": round(res["recall@1"], 4),
                 "recall@5": round(res["recall@5"], 4),
@@ -221,11 +233,11 @@ def main(argv: list[str] | None = None) -> None:
                 "threads": a.threads,
                 "min_size": a.min_size,
                 "machine": machine_info(),
-                "rows": rows,
+                "rows": earlier + rows,
             }
             md = (
                 "# Search inside pages: recall of the true box (IoU >= 0.5) for a query drawn by another hand\n\n"
-                + markdown_table(rows, COLUMNS)
+                + markdown_table(earlier + rows, COLUMNS)
                 + f"\n\n{a.pages} generated pages ({spec.name}: {len(marks)} marks, 70-200 px, up to 10 degrees, among "
                 "handwriting-like text on noisy, unevenly lit paper), one query per mark drawn by another hand. "
                 f"Smallest window / box {a.min_size} px; one thread ({machine_info().get('cpu', '')}). "

@@ -253,9 +253,9 @@ def test_unknown_method_lists_valid_names(qd_folder: Path, tmp_path: Path) -> No
 
 def test_demo_without_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKETCHSEARCH_MODELS", str(tmp_path / "none"))
-    code, out = run("demo", "--no-serve", "--workdir", str(tmp_path / "demo"))
+    code, out = run("demo", "--no-serve", "--no-pages", "--workdir", str(tmp_path / "demo"))  # pages: test_demo_pages
     assert code == 0, out
-    assert (tmp_path / "demo" / "index" / "manifest.json").is_file()
+    assert (tmp_path / "demo" / "index" / "manifest.json").is_file() and not (tmp_path / "demo" / "pages").exists()
     assert (tmp_path / "demo" / "retrieval.png").stat().st_size > 1000
     assert "mAP@all" in out
 
@@ -291,14 +291,30 @@ def test_demo_fits_itq_when_no_model_ships(tmp_path: Path, monkeypatch: pytest.M
     from sketchsearch.retrieval import Retriever
 
     monkeypatch.setattr(demo_mod, "DEMO_MODELS", ("no-such-model",))
-    _, report = demo_mod.build_demo(tmp_path, model=None, seed=0)
-    assert report["model"].startswith("itq-64 fitted")
+    served, report = demo_mod.build_demo(tmp_path, model=None, seed=0, pages=False)
+    assert set(served) == {"default"} and report["model"].startswith("itq-64 fitted")
     assert (tmp_path / "itq-64-default.json").is_file() and (tmp_path / "itq-64-default.safetensors").is_file()
     assert report["mAP@all"] > 0.2  # 80 classes: chance is about 0.0125
     again = Retriever.load(tmp_path / "index")  # reopens with the fitted model named in its manifest
     assert again.method.name == "itq"
     hits = again.search(default_collection(seed=0).items[0].sketch, k=3)
     assert len(hits) == 3 and all(h.label for h in hits)
+
+
+def test_demo_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's page collection: generated pages with their truth, a page index that reopens, a score."""
+    from sketchsearch.cli import demo as demo_mod
+    from sketchsearch.data.page_compose import read_truth
+    from sketchsearch.pages import PageIndex
+
+    monkeypatch.setattr(demo_mod, "DEMO_MODELS", ("no-such-model",))  # ITQ-64: fast
+    monkeypatch.setattr(demo_mod, "DEMO_PAGES", 2)
+    served, report = demo_mod.build_demo(tmp_path, model=None, seed=0)
+    assert set(served) == {"default", "pages"} and report["pages"].startswith("2 generated pages")
+    truth = read_truth(tmp_path / "pages")
+    again = PageIndex.load(tmp_path / "pages-index")
+    assert again.page_count == 2 and again.page(0)["meta"]["truth"] == truth[0]["marks"]
+    assert 0.0 <= report["page recall@1"] <= report["page recall@5"] <= 1.0
 
 
 @pytest.mark.skipif(

@@ -576,7 +576,7 @@ def test_openapi_documents_both_request_bodies(client: TestClient) -> None:
     body = spec["paths"]["/api/search"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
     req = spec["components"]["schemas"]["SearchRequest"]["properties"]
-    assert {"strokes", "item", "k", "collection"} == set(req)
+    assert {"strokes", "item", "k", "collection", "by_page"} == set(req)
     forms = req["strokes"]["anyOf"]
     assert set(forms[0]["items"]["items"]["properties"]) == {"x", "y", "t"}  # the page's form
     assert len(forms) == 4 and "QuickDraw" in req["strokes"]["description"]

@@ -296,7 +296,7 @@ def test_serve_loads_a_page_index_like_any_index(pages_folder: tuple[Path, Any])
 def test_openapi_documents_page_collections(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
-    assert "by_page" in schemas["PageSearchRequest"]["properties"]
+    assert "by_page" in schemas["SearchRequest"]["properties"]
     assert {"page", "box", "page_size", "preview_url", "crop_url"} <= set(schemas["PageHitOut"]["properties"])
     assert {"kind", "pages", "boxes"} <= set(schemas["CollectionInfo"]["properties"])
     search_op = spec["paths"]["/api/search"]["post"]

@@ -17,7 +17,7 @@ import typer
 from ..progress import phase, report_phases
 from .app import QUIET, Reporter, friendly_errors, print_table
 
-__all__ = ["build_demo", "demo", "register"]
+__all__ = ["build_demo", "build_page_demo", "demo", "register"]
 
 #: shipped models tried in order for the embedded default (the first that exists is used)
 DEMO_MODELS = ("sketch-gan-default", "sketch-gan")
@@ -50,8 +50,12 @@ def _pick_model(model: str | None, train_items: list[Any], workdir: Path, seed: 
     )
 
 
-def build_demo(workdir: Path, model: str | None = None, seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    """Build everything the demo serves; returns (retriever, report)."""
+def build_demo(
+    workdir: Path, model: str | None = None, seed: int = 0, pages: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Build everything the demo serves; returns ({collection name: Retriever or PageIndex}, report): the
+    embedded default's gallery as ``default`` and, with ``pages``, generated document pages as ``pages``
+    (:func:`build_page_demo`)."""
     from ..data.render import rasterize
     from ..data.splits import zero_shot_split
     from ..data.synthetic import default_collection
@@ -98,10 +102,64 @@ def build_demo(workdir: Path, model: str | None = None, seed: int = 0) -> tuple[
         "model": desc,
         "gallery": len(gallery),
         "queries": len(queries),
-        "seconds": round(time.perf_counter() - t0, 1),
         **{k: metrics[k] for k in DEMO_METRICS if k in metrics},
     }
-    return r, report
+    served: dict[str, Any] = {"default": r}
+    if pages:
+        served["pages"], page_report = build_page_demo(workdir, method, model_id, model_ref, gallery, queries, seed)
+        report.update(page_report)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return served, report
+
+
+#: pages the demo generates for page search (small: a few seconds to index)
+DEMO_PAGES = 4
+
+
+def build_page_demo(
+    workdir: Path, method: Any, model_id: str, model_ref: str, gallery: list[Any], queries: list[Any], seed: int = 0
+) -> tuple[Any, dict[str, Any]]:
+    """Page search on the embedded default: :data:`DEMO_PAGES` generated pages (``workdir/pages``, with their
+    truth.json) holding gallery drawings among handwriting-like text, indexed with the demo's model
+    (``workdir/pages-index``, window step from the model's invariance), and scored with a query drawing of
+    each placed mark's class by another hand (a held-out query of that class). Returns (page index, report)."""
+    from ..data.page_compose import PageStyle, compose_pages, read_truth, write_pages
+    from ..eval.evaluate import score_pages
+    from ..pages import PageIndex, ProposalConfig, iter_pages
+    from ..pages.index import default_pairs, measure_config, read_truth_metas
+    from ..retrieval import Retriever
+
+    query_of: dict[str, Any] = {}
+    for q in queries:
+        query_of.setdefault(str(q.label), q)
+    # one gallery drawing per class that has a held-out query: the marks to place
+    placeable, seen = [], set()
+    for g in gallery:
+        if str(g.label) in query_of and g.label not in seen:
+            seen.add(g.label)
+            placeable.append(g)
+    with phase(f"composing {DEMO_PAGES} document pages"):
+        pages = compose_pages(placeable, DEMO_PAGES, seed=seed, style=PageStyle(size=(900, 1200)))
+        folder = write_pages(pages, workdir / "pages")
+    r = Retriever(method, model_id=model_id, model_name=model_ref)
+    with phase("measuring the model's shift and scale invariance"):
+        cfg, _ = measure_config(r, default_pairs(method), ProposalConfig(min_size=48))
+    index = PageIndex(r, cfg)
+    with phase(f"indexing {DEMO_PAGES} pages"):
+        t0 = time.perf_counter()
+        rep = index.add_pages(iter_pages(folder), metas=read_truth_metas(folder))
+        took = time.perf_counter() - t0
+        index.save(workdir / "pages-index")
+    truth = {n: [(m["label"], m["box"]) for m in p["marks"]] for n, p in enumerate(read_truth(folder))}
+    labels = [lab for marks in truth.values() for lab, _ in marks]
+    with phase(f"scoring {len(labels)} page queries"):
+        res = score_pages(index, [query_of[lab].sketch for lab in labels], labels, truth, ks=(1, 5))
+    return index, {
+        "pages": f"{rep.pages} generated pages, {len(labels)} marks, {rep.boxes // max(rep.pages, 1)} boxes a page",
+        "page recall@1": res["recall@1"],
+        "page recall@5": res["recall@5"],
+        "pages_per_s": rep.pages / took,
+    }
 
 
 @friendly_errors
@@ -112,19 +170,25 @@ def demo(
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, help="Port."),
     seed: int = typer.Option(0, help="Seed of the embedded default and its split."),
+    pages: bool = typer.Option(
+        True, "--pages/--no-pages", help="Also generate document pages holding some of the drawings, and serve them."
+    ),
     quiet: bool = QUIET,
 ) -> None:
-    """Build the embedded default collection, index and evaluate it, then serve the drawing page."""
+    """Build the embedded default collection, index and evaluate it, then serve the drawing page (with a
+    collection of generated document pages to search inside, unless --no-pages)."""
     with report_phases(Reporter(quiet).phase):
-        r, report = build_demo(workdir, model, seed)
+        served, report = build_demo(workdir, model, seed, pages)
     rows = [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in report.items()]
     print_table(("measure", "value"), rows, title="sketchsearch demo (embedded default)")
     typer.echo(f"index: {workdir / 'index'}   figure: {workdir / 'retrieval.png'}")
+    if pages:
+        typer.echo(f"pages: {workdir / 'pages'}   page index: {workdir / 'pages-index'}")
     if serve:
         from ..service.app import create_app
         from .serve import run_server
 
-        run_server(create_app({"default": r}), host, port)
+        run_server(create_app(served), host, port)
 
 
 def register(app: typer.Typer) -> None:

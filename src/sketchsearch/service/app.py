@@ -46,7 +46,6 @@ from .schemas import (
     Health,
     HitOut,
     PageHitOut,
-    PageSearchRequest,
     PageSearchResponse,
     SearchRequest,
     SearchResponse,
@@ -63,7 +62,6 @@ __all__ = [
     "HitOut",
     "Limits",
     "PageHitOut",
-    "PageSearchRequest",
     "PageSearchResponse",
     "SearchRequest",
     "SearchResponse",
@@ -174,7 +172,7 @@ async def _domain_error(request: Request, exc: SketchSearchError) -> JSONRespons
 
 # ----------------------------------------------------------------------------------------------- OpenAPI
 def _openapi_schema(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema plus SearchRequest and PageSearchRequest (the JSON search body is read by hand, to
+    """FastAPI's schema plus SearchRequest (the JSON search body is read by hand, to
     take JSON or multipart on one route, so FastAPI does not find the models itself), in OpenAPI 3.0."""
     schema = get_openapi(
         title=app.title,
@@ -184,10 +182,9 @@ def _openapi_schema(app: FastAPI) -> dict[str, Any]:
         routes=app.routes,
     )
     comps = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (SearchRequest, PageSearchRequest):
-        req = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        comps.update(req.pop("$defs", {}))
-        comps[model.__name__] = req
+    req = SearchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    comps.update(req.pop("$defs", {}))
+    comps["SearchRequest"] = req
     return _openapi_30(schema)
 
 

@@ -28,7 +28,7 @@ from ..data.formats.images import ImageDecodeError, open_image
 from ..data.sketch import Sketch
 from ..data.strokes import parse_strokes
 from .limits import Limits, check_image_size, check_k
-from .schemas import PageSearchRequest
+from .schemas import SearchRequest
 
 __all__ = [
     "DECODE_BUDGET_BYTES",
@@ -124,10 +124,10 @@ def set_decode_slots(n: int) -> None:
     old.pool.shutdown(wait=False)
 
 
-def parse_search_request(body: bytes, limits: Limits) -> tuple[PageSearchRequest, Sketch | None]:
+def parse_search_request(body: bytes, limits: Limits) -> tuple[SearchRequest, Sketch | None]:
     """A JSON body -> (request, its drawing; None for a search by item), read as a
-    :class:`~.schemas.PageSearchRequest` (a SearchRequest plus the options of page collections, which the
-    route checks against the collection searched). Bad JSON -> 400; schema errors ->
+    :class:`~.schemas.SearchRequest` (its ``by_page``, an option of page collections, is checked by the route
+    against the collection searched). Bad JSON -> 400; schema errors ->
     ``RequestValidationError`` (answered 422 with every error listed, like FastAPI's own); neither or both
     of ``strokes`` and ``item`` -> 422; k or the drawing over ``limits`` -> 4xx."""
     try:
@@ -137,7 +137,7 @@ def parse_search_request(body: bytes, limits: Limits) -> tuple[PageSearchRequest
     except (ValueError, RecursionError) as e:
         raise HTTPException(400, f"body: not valid JSON ({type(e).__name__}: {e})") from e
     try:
-        req = PageSearchRequest.model_validate(raw)
+        req = SearchRequest.model_validate(raw)
     except ValidationError as e:
         errs = e.errors(include_url=False, include_context=False, include_input=False)
         raise RequestValidationError(errs) from e

@@ -64,14 +64,7 @@ _SEARCH_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {
-                "schema": {
-                    "anyOf": [
-                        {"$ref": "#/components/schemas/SearchRequest"},
-                        {"$ref": "#/components/schemas/PageSearchRequest"},
-                    ]
-                }
-            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",

@@ -16,7 +16,6 @@ __all__ = [
     "Health",
     "HitOut",
     "PageHitOut",
-    "PageSearchRequest",
     "PageSearchResponse",
     "PageSize",
     "SearchRequest",
@@ -85,17 +84,11 @@ class SearchRequest(BaseModel):
     )
     k: int = Field(default=10, ge=1, description="number of hits wanted (at most the server's max_k)")
     collection: str | None = Field(default=None, description="collection name; optional when only one is served")
-
-
-class PageSearchRequest(SearchRequest):
-    """A search of a page collection: a :class:`SearchRequest` plus how to rank its boxes (``item`` is then
-    a box's id: a page hit's ``id``). The API reads every JSON search body as this; ``by_page`` is refused
-    by an item collection."""
-
     by_page: bool = Field(
         default=False,
-        description="page collections only: the best box of each page, the pages ranked by it (k pages); "
-        "false: the best k boxes, several per page where they match",
+        description="page collections only (refused by item collections): the best box of each page, the pages "
+        "ranked by it (k pages); false: the best k boxes, several per page where they match. ``item`` is then a "
+        "box's id (a page hit's ``id``)",
     )
 
 
