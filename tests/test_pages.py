@@ -133,6 +133,33 @@ def test_window_step_from_invariance_curves() -> None:
     assert flat.step == 0.05 and flat.scale_ratio == 1.2  # clamped to the smallest
 
 
+def test_clip_strokes_by_hand() -> None:
+    from sketchsearch.pages.index import clip_strokes
+
+    line = np.array([[0, 5], [10, 5], [20, 5], [30, 5], [40, 5]], np.float32)  # leaves and re-enters nothing
+    zigzag = np.array([[5, 0], [5, 10], [25, 10], [5, 12], [6, 14]], np.float32)  # in, out, back in
+    dot = np.array([[7, 7]], np.float32)
+    far = np.array([[100, 100], [110, 110]], np.float32)
+    got = clip_strokes([line, zigzag, dot, far], (0, 0, 21, 20), margin=0)
+    assert [g.tolist() for g in got] == [
+        [[0, 5], [10, 5], [20, 5]],
+        [[5, 0], [5, 10]],
+        [[5, 12], [6, 14]],
+        [[7, 7]],
+    ]
+
+
+def test_stroke_models_read_the_page_strokes_clipped_to_boxes(by_label: dict[str, list]) -> None:
+    """SketchMate (stroke order) indexes a page from its traced strokes, and finds a mark with them."""
+    page, truth = make_page(by_label, 0)
+    index = PageIndex(Retriever.from_model("sketchmate-quickdraw-64"), FAST)
+    rep = index.add_pages([("p.png", lambda: page)])
+    assert rep.pages == 1 and rep.boxes > 3
+    label, tb = truth[0]
+    exact = index.search(by_label[label][0], k=50)  # the placed drawing itself, as strokes
+    assert any(box_iou(np.array([tb]), np.array([h.box]))[0, 0] >= 0.5 for h in exact[:10])
+
+
 # ---------------------------------------------------------------------------------------------- index
 @pytest.fixture(scope="module")
 def page_index(by_label: dict[str, list], tmp_path_factory: pytest.TempPathFactory):
