@@ -101,7 +101,8 @@ def _curve(
     ref = _encode(encode_fn, x)
     mean, std = [], []
     for p in params:
-        sim = cosine_to_reference(_encode(encode_fn, fn(x, float(p))), ref)
+        z = _encode(encode_fn, fn(x, float(p)))  # ``fn`` may return several transforms of each raster, stacked
+        sim = cosine_to_reference(z, ref.repeat(len(z) // len(ref), 1))
         mean.append(float(sim.mean()))
         std.append(float(sim.std(unbiased=False)))
     return {"x": [float(p) for p in params], "mean": mean, "std": std}
@@ -143,20 +144,13 @@ def shift_curve(
 ) -> dict[str, list[float]]:
     """The shift map's two axes in one curve: for each shift ``s``, the mean over the rasters of the
     similarities at (dx = s, dy = 0) and (dx = 0, dy = s). ``{"x": shifts, "mean": [...], "std": [...]}``;
-    2 x len(shifts) batches instead of the map's len(shifts) ** 2 (what a page index's window step needs)."""
+    len(shifts) batches of both shifts of every raster instead of the map's len(shifts) ** 2 (what a page
+    index's window step needs)."""
 
     def both(x: Tensor, s: float) -> Tensor:
         return torch.cat([shift(x, s, 0.0), shift(x, 0.0, s)])
 
-    x = _as_batch(rasters)
-    ref = _encode(encode_fn, x)
-    ref2 = torch.cat([ref, ref])
-    mean, std = [], []
-    for s in shifts:
-        sim = cosine_to_reference(_encode(encode_fn, both(x, float(s))), ref2)
-        mean.append(float(sim.mean()))
-        std.append(float(sim.std(unbiased=False)))
-    return {"x": [float(s) for s in shifts], "mean": mean, "std": std}
+    return _curve(encode_fn, rasters, shifts, both)
 
 
 def summary(curve: dict[str, list[float]] | dict[str, list[float] | list[list[float]]]) -> float:

@@ -134,7 +134,3 @@ class PageStore:
     def preview(self, page_id: int) -> bytes | None:
         r = self._db().execute("SELECT preview FROM pages WHERE id = ?", (int(page_id),)).fetchone()
         return None if r is None else r[0]
-
-    def preview_image(self, page_id: int) -> Image.Image | None:
-        data = self.preview(page_id)
-        return None if data is None else Image.open(io.BytesIO(data)).convert("RGB")
