@@ -20,7 +20,7 @@ steps, all on the CPU with numpy / scipy / scikit-image:
 
    Boxes holding fewer than ``min_ink`` ink pixels, more elongated than ``max_aspect`` or outside the size
    range are dropped, and near-duplicates (IoU above ``dedupe_iou``, e.g. many windows tightened to one mark)
-   are kept once (:func:`nms` without scores: the first in proposal order wins).
+   are kept once (one box per cell of a grid of box corners, the first in proposal order; see ``_dedupe``).
 3. **Crops** (:func:`crop`): the ink inside a box, drawn dark on white as a small image. Every encoder reads
    it the way it reads an uploaded drawing (its ink fitted into the frame), so a mark on a page meets the
    encoder as a drawn query does.
@@ -203,22 +203,17 @@ def _window_boxes(mask: np.ndarray, config: ProposalConfig) -> np.ndarray:
 
 
 def _component_boxes(mask: np.ndarray, config: ProposalConfig) -> np.ndarray:
+    from skimage.morphology import disk  # here, not at import: the service imports this module at start-up
+
     out = []
     for radius in config.group_radii:
-        grown = ndimage.binary_dilation(mask, structure=_disk(radius)) if radius > 0 else mask
-        labels, n = ndimage.label(grown)
-        if n == 0:
-            continue
+        grown = ndimage.binary_dilation(mask, structure=disk(radius).astype(bool)) if radius > 0 else mask
+        labels, _ = ndimage.label(grown)
         own = np.where(mask, labels, 0)  # each group's own (undilated) ink
-        for n_, sl in enumerate(ndimage.find_objects(own)):
+        for sl in ndimage.find_objects(own):
             if sl is not None:
                 out.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
     return np.asarray(out, dtype=np.int32).reshape(-1, 4)
-
-
-def _disk(radius: int) -> np.ndarray:
-    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
-    return x * x + y * y <= radius * radius
 
 
 def _keep(boxes: np.ndarray, mask_sum: np.ndarray, width: int, height: int, config: ProposalConfig) -> np.ndarray:
