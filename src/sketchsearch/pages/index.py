@@ -292,8 +292,8 @@ class PageIndex:
             "pages": {"config": self.config.to_dict(), "count": self.page_count, "boxes": len(self.retriever)}
         }
         self.retriever.save(folder)
-        self.pages = PageStore(Path(folder) / PAGES_FILE) if (Path(folder) / PAGES_FILE).is_file() else None
-        self.retriever.attachments = {PAGES_FILE: Path(folder) / PAGES_FILE}
+        self.pages = PageStore(Path(folder) / PAGES_FILE)  # the saved table (save_index wrote it or raised)
+        self.retriever.attachments = {PAGES_FILE: self.pages.path}
         self._added.clear()
         self._previews.clear()
         self.close()
