@@ -1,7 +1,7 @@
 """Frozen ImageNet backbones (``pretrained``) vs pixel ITQ vs the shipped models, on classes no model was trained on.
 
     nice -n 5 python benchmarks/pretrained_zero_shot.py [--backbones lite0 lite2] [--fit-limit 1000]
-        [--omniglot-chars 0] [--threads 2]
+        [--omniglot-chars 0] [--threads 2] [--models models/universal-64 ...] [--no-pixel] [--no-shipped]
 
 * **QuickDraw** (raw strokes): the shipped ``sketchmate-quickdraw-64``'s own split (``model_split``): its
   ``unseen_query`` / ``unseen_gallery`` parts are 50 classes no model saw (zero-shot), evaluated query ->
@@ -15,7 +15,8 @@
   a seeded N of the characters (all 20 drawings each) to fit a time budget; 0 = all.
 
 Rows: pixel ITQ-64 (``itq``, 32 x 32), frozen Lite0 / Lite2 float (1280-d centred, cosine) and + ITQ-64 (Hamming),
-and the shipped model of each set. Columns: mAP@all, P@100, ms/query (search only, the evaluation's), and
+the shipped model of each set, and any ``--models`` (a trained ``universal`` model also as its float
+features, same weights). Columns: mAP@all, P@100, ms/query (search only, the evaluation's), and
 encode/s: drawings per second on **one CPU thread, rendering from strokes included**, one drawing per call
 (as the page encodes while a person draws). Every row is scored by ``eval.evaluate.evaluate`` on the same split.
 
@@ -130,8 +131,9 @@ def run_dataset(
     speed = [item_input(coll[i]) for i in split.part(q_part)[: args.speed_n]]
     rows = []
     t0 = time.perf_counter()
-    itq = create_method("itq", nbits=64)
-    rows.append(_row(data, "pixel ITQ-64", itq, coll, split, speed, fit_on_split(itq, coll, split), t0))
+    if args.pixel:
+        itq = create_method("itq", nbits=64)
+        rows.append(_row(data, "pixel ITQ-64", itq, coll, split, speed, fit_on_split(itq, coll, split), t0))
     for bb in backbones:
         store: dict[bytes, torch.Tensor] = {}
         for output, label in (("float", "float 1280-d"), ("binary", "+ ITQ-64")):
@@ -168,8 +170,19 @@ def run_dataset(
             )
             rows.append(row)
     t0 = time.perf_counter()
-    model, _ = load_model(shipped)
-    rows.append(_row(data, f"{shipped} (shipped)", model, coll, split, speed, None, t0))
+    if shipped:
+        model, _ = load_model(shipped)
+        rows.append(_row(data, f"{shipped} (shipped)", model, coll, split, speed, None, t0))
+    for spec in args.models:
+        t0 = time.perf_counter()
+        model, _ = load_model(spec)
+        label = Path(spec).name
+        rows.append(_row(data, label, model, coll, split, speed, None, t0))
+        if model.name == "universal" and model.output == "binary":  # its float features, same weights
+            t0 = time.perf_counter()
+            flt = create_method("universal", **{**model.hparams, "output": "float", "pretrained": True})
+            flt.load_state_dict(model.state_dict())
+            rows.append(_row(data, f"{label} float {flt.code_size}-d", flt, coll, split, speed, None, t0))
     return rows
 
 
@@ -201,7 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quickdraw", default=str(DATA_ROOT / "quickdraw" / "raw"))
     ap.add_argument("--omniglot", default=str(DATA_ROOT / "omniglot" / "strokes_background_small1"))
-    ap.add_argument("--backbones", nargs="+", default=["lite0", "lite2"])
+    ap.add_argument("--backbones", nargs="*", default=["lite0", "lite2"], help="frozen backbone rows (none: skip)")
+    ap.add_argument("--models", nargs="*", default=[], help="trained models (names or paths) to add as rows")
+    ap.add_argument("--no-pixel", dest="pixel", action="store_false", help="skip the pixel ITQ-64 row")
+    ap.add_argument("--no-shipped", dest="shipped", action="store_false", help="skip the shipped models' rows")
     ap.add_argument("--datasets", nargs="+", default=["quickdraw", "omniglot"])
     ap.add_argument("--fit-limit", type=int, default=1000, help="QuickDraw train items the closed-form rows fit on")
     ap.add_argument("--omniglot-chars", type=int, default=0, help="seeded subset of characters (0: all 136)")
@@ -216,11 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     if "quickdraw" in args.datasets:
         coll, split = quickdraw_split(args.quickdraw, args.fit_limit)
         print(f"quickdraw: {split.summary()}", flush=True)
-        rows += run_dataset("quickdraw", coll, split, "sketchmate-quickdraw-64", args.backbones, args)
+        rows += run_dataset("quickdraw", coll, split, args.shipped and "sketchmate-quickdraw-64", args.backbones, args)
     if "omniglot" in args.datasets:
         coll, split = omniglot_split(args.omniglot, args.omniglot_chars)
         print(f"omniglot: {split.summary()}", flush=True)
-        rows += run_dataset("omniglot", coll, split, "sketch-gan", args.backbones, args)
+        rows += run_dataset("omniglot", coll, split, args.shipped and "sketch-gan", args.backbones, args)
     doc = {
         "title": "Frozen pretrained backbones on unseen classes",
         "args": {k: v for k, v in vars(args).items()},

@@ -334,3 +334,105 @@ def test_views_depend_on_the_key_only() -> None:
     assert not torch.equal(collate_views([ds[(0, 1)]])["raster"], collate_views([ds[(0, 2)]])["raster"])
     plain = ViewDataset(drawings(), [0] * 6, Preprocessing(raster_size=32, line_width=1.5), augment=None)[3]
     assert np.array_equal(plain["raster"], plain["raster2"]) and plain["label"] == 0
+
+
+# ---------------------------------------------------------------- frozen backbone, cached features
+FROZEN = {**TINY, "frozen_blocks": 17, "pretrained": False, "nbits": 8}
+
+
+def test_a_frozen_backbone_trains_only_what_follows_pooling() -> None:
+    m = UniversalEncoder(**FROZEN)
+    assert m.cacheable and not UniversalEncoder(**{**FROZEN, "frozen_blocks": 16}).cacheable
+    trained = {n for n, p in m.net.named_parameters() if p.requires_grad}
+    assert trained == {"fc.weight", "fc.bias"}
+    with pytest.raises(ValueError, match=r"frozen_blocks must be an int in \[0, 17\]"):
+        UniversalEncoder(**{**FROZEN, "frozen_blocks": 18})
+    raster = torch.rand(3, 1, 32, 32)
+    # the cached path computes exactly what the raster path does
+    m.eval()
+    assert torch.allclose(m.features({"pooled": m.pooled(raster)}), m.features({"raster": raster}), atol=1e-6)
+    with pytest.raises(ValueError, match="frozen backbone"):
+        UniversalEncoder(**{**FROZEN, "frozen_blocks": 16}).features({"pooled": torch.zeros(1, 1280)})
+    # the float variant: the same weights, its features h searched by cosine
+    flt = UniversalEncoder(**{**FROZEN, "output": "float"})
+    flt.load_state_dict(m.state_dict())
+    flt.eval()
+    assert (flt.output, flt.code_size, m.output, m.code_size) == ("float", 16, "binary", 8)
+    assert torch.equal(flt.encode_sketch({"raster": raster}), m.features({"raster": raster}))
+    with pytest.raises(ValueError, match="output must be"):
+        UniversalEncoder(**{**FROZEN, "output": "ternary"})
+    with pytest.raises(ValueError, match="'pooled2'"):
+        m.training_losses({"pooled": torch.zeros(2, 1280), "label": torch.tensor([0, -1])})
+
+
+def _view_dataset(n: int = 6, seed: int = 0):
+    """ImageNet weights: a random network's pooled features are ~1e-7, below float16's range."""
+    from sketchsearch.recipes.universal import ViewDataset
+
+    rng = np.random.default_rng(3)
+    sketches = [Sketch([rng.uniform(0, 255, (12, 2)), rng.uniform(0, 255, (6, 2))]) for _ in range(n)]
+    m = UniversalEncoder(**{**FROZEN, "pretrained": True})
+    return m, ViewDataset(sketches, [0, 0, 1, 1, -1, -1][:n], m.preprocessing, AugmentConfig(), seed=seed)
+
+
+@needs_lite0
+def test_cached_features_are_the_views_the_recipe_would_render(tmp_path: Path, monkeypatch) -> None:
+    from sketchsearch.recipes.universal import CachedViews, cache_features, collate_cached
+
+    m, ds = _view_dataset()
+    feats = cache_features(m, ds, 3, batch_size=4, path=tmp_path / "views.npy")
+    assert feats.shape == (6, 3, 1280) and feats.dtype == np.float16 and (feats > 0).mean() > 0.01
+    m.eval()
+    with torch.no_grad():
+        for i in (0, 5):
+            for d in (0, 1):
+                ex = ds[(i, d)]
+                want = m.pooled(torch.from_numpy(np.stack([ex["raster"], ex["raster2"]]))[:, None]).numpy()
+                np.testing.assert_allclose(feats[i, 2 * d], want[0], rtol=1e-2, atol=1e-2)
+                if 2 * d + 1 < 3:
+                    np.testing.assert_allclose(feats[i, 2 * d + 1], want[1], rtol=1e-2, atol=1e-2)
+    # read back while the fingerprint matches (nothing recomputed); recomputed when it does not
+    monkeypatch.setattr(m, "pooled", lambda raster: (_ for _ in ()).throw(AssertionError("recomputed")))
+    np.testing.assert_array_equal(cache_features(m, ds, 3, path=tmp_path / "views.npy"), feats)
+    with pytest.raises(AssertionError, match="recomputed"):
+        cache_features(m, ds, 2, path=tmp_path / "views.npy")
+    # two different views of a drawing per key, seeded by the key
+    cv = CachedViews(feats, ds.labels, seed=1)
+    a, b = cv[(2, 7)], cv[(2, 7)]
+    assert np.array_equal(a["pooled"], b["pooled"]) and not np.array_equal(a["pooled"], a["pooled2"])
+    batch = collate_cached([cv[(i, 0)] for i in range(6)])
+    assert batch["pooled"].dtype == torch.float32 and batch["pooled"].shape == (6, 1280)
+    with pytest.raises(ValueError, match="frozen backbone"):
+        cache_features(UniversalEncoder(**{**FROZEN, "frozen_blocks": 16}), ds, 2)
+
+
+@needs_lite0
+def test_one_step_on_cached_features_trains_the_heads(tmp_path: Path) -> None:
+    from sketchsearch.recipes.universal import CachedViews, cache_features, collate_cached
+
+    m, ds = _view_dataset()
+    cv = CachedViews(cache_features(m, ds, 2), ds.labels)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.train()
+    opts = m.configure_optimizers(1e-2)
+    stats = m.step(lambda b, **kw: m(b, **kw), collate_cached([cv[(i, 0)] for i in range(6)]), opts)
+    assert "code_contrastive_loss" in stats and "quantization_loss" in stats
+    assert np.isfinite(stats["loss"])
+    after = m.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {"net.fc.weight", "hash.linear.weight", "projection.0.weight"} <= changed
+    assert not any(k.startswith("net.trunk.") for k in changed)
+
+
+def test_recipe_trains_on_cached_views(tmp_path: Path) -> None:
+    from sketchsearch.recipes import run_recipe
+
+    _write_ndjson(tmp_path / "qd", np.random.default_rng(5))
+    opts = {**FROZEN, "unseen": 1, "cache_views": 2}
+    res = run_recipe(
+        "universal", str(tmp_path / "qd"), opts, out=tmp_path / "run", iterations=2, batch_size=8, progress=False
+    )
+    assert res.training["cache_views"] == 2 and np.isfinite(res.training["last"]["loss"])
+    assert np.load(tmp_path / "run" / "views.npy").shape == (res.training["train_items"], 2, 1280)
+    with pytest.raises(ValueError, match="frozen_blocks=17"):
+        run_recipe("universal", str(tmp_path / "qd"), {**opts, "frozen_blocks": 16}, iterations=1, progress=False)

@@ -451,6 +451,9 @@ class TopTunedLite(nn.Module):
     *input* (GDH trains its generators through the hash network). ``trunk.`` is what
     ``Method.external_weights`` reports (loaded from the package, not stored in an artifact).
     Lite0 has 16 blocks: 11 frozen leaves stage 6 (192 channels, 4 blocks) and 7 (320, 1) trained.
+    ``frozen_blocks = len(blocks) + 1`` freezes the 1280-channel head too: the whole ImageNet network is then
+    a fixed feature extractor (``frozen``), only ``fc`` trains, and :meth:`pooled` features can be computed
+    once and cached (the universal encoder's recipe does, ``cache_views``).
     """
 
     def __init__(
@@ -471,13 +474,15 @@ class TopTunedLite(nn.Module):
             raise ValueError(f"activation must be 'none' or 'tanh', got {activation!r}")
         net = nets[backbone](pretrained=pretrained, mean=mean, std=std)
         n = len(net.blocks)
-        if not isinstance(frozen_blocks, int) or not 0 <= frozen_blocks <= n:
+        if not isinstance(frozen_blocks, int) or not 0 <= frozen_blocks <= n + 1:
             raise ValueError(
-                f"frozen_blocks must be an int in [0, {n}] ({backbone} has {n} blocks), got {frozen_blocks!r}"
+                f"frozen_blocks must be an int in [0, {n + 1}] ({backbone} has {n} blocks; {n + 1} also freezes"
+                f" the head), got {frozen_blocks!r}"
             )
         self.net_description = describe_weights(net) if pretrained else None
-        self.trunk = nn.Sequential(net.stem, *list(net.blocks)[:frozen_blocks])
-        self.top = nn.Sequential(*list(net.blocks)[frozen_blocks:], net.head)
+        layers = [net.stem, *net.blocks, net.head]
+        self.trunk = nn.Sequential(*layers[: frozen_blocks + 1])
+        self.top = nn.Sequential(*layers[frozen_blocks + 1 :])
         self.trunk.requires_grad_(False)
         self.trunk.eval()
         self.register_buffer("mean", net.mean.clone(), persistent=False)
@@ -490,12 +495,24 @@ class TopTunedLite(nn.Module):
         self.trunk.eval()  # frozen: its ImageNet batch-norm statistics stay
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
+    @property
+    def frozen(self) -> bool:
+        """True when nothing before ``fc`` trains (``frozen_blocks = len(blocks) + 1``)."""
+        return len(self.top) == 0
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """RGB (B, 3, H, W) in [0, 1] -> (B, 1280) pooled features, before ``fc``."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected RGB images (B, 3, H, W) in [0, 1], got shape {tuple(x.shape)}")
-        h = self.top(self.trunk((x - self.mean) / self.std)).mean(dim=(2, 3))
+        return self.top(self.trunk((x - self.mean) / self.std)).mean(dim=(2, 3))
+
+    def head(self, h: Tensor) -> Tensor:
+        """Pooled features (B, 1280) -> (B, out_dim): ``fc`` and ``activation``."""
         z = self.fc(h)
         return torch.tanh(z) if self.activation == "tanh" else z
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.pooled(x))
 
     def external(self, prefix: str) -> dict[str, dict[str, Any]]:
         """``{prefix + "trunk.": package description}`` when the weights came from the package."""

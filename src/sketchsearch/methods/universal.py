@@ -24,9 +24,8 @@ NT-Xent (SimCLR's loss). The recipe (``recipes/universal.py``) gives labels only
 split; unseen classes never train. The quantization term is SketchMate's (``losses/hashing.py``: the squared
 distance of the relaxed code to its binary corner, summed over bits; here on the tanh scale, corners +-1).
 
-Encoding: ``encode_sketch`` -> ``u`` (B, nbits), ``output="binary"`` (Hamming search of ``u > 0``). Float
-features for a cosine index, if wanted: ``F.normalize(method.features(batch), dim=1)`` (the ``feature_dim``
-``h``; not an ``output`` of the method, so not served; a float variant would be a kwarg when measured useful).
+Encoding: ``encode_sketch`` -> ``u`` (B, nbits), ``output="binary"`` (Hamming search of ``u > 0``), or with
+``output="float"`` the ``feature_dim`` features ``h`` (cosine); the same weights serve both.
 
 Stroke order is not used: a sequence branch (SketchMate's GRU) is the issue's "if it helps; measure it",
 left for a measured follow-up. Weights chosen by scale (comments at the constructor); none measured yet.
@@ -83,7 +82,8 @@ class UniversalEncoder(Method):
         *,
         nbits: int = 64,  # the issue: 64- and 128-bit codes
         backbone: str = "lite0",  # or "lite2" (larger, ~2x slower)
-        frozen_blocks: int = 11,  # Lite0: stem + 11 of 16 blocks frozen, stages 6-7 + head trained (Lite2: of 21)
+        frozen_blocks: int = 11,  # Lite0: stem + 11 of 16 blocks frozen, stages 6-7 + head trained (Lite2: of 21);
+        # 17 (Lite2: 22) freezes the head too: only the layers after pooling train, on cached features (CPU)
         input_size: int = 96,  # ours: a CPU budget (Lite0 at 96 px: 56-67 drawings/s on one thread, rendering included)
         feature_dim: int = 512,  # h (Sketch-a-Net's fc7 width, SketchMate's CNN branch)
         projection_dim: int = 128,  # SimCLR's projection output
@@ -97,7 +97,11 @@ class UniversalEncoder(Method):
         supervised: bool = True,  # labelled drawings of one class are positives of each other (False: views only)
         ink: str = "light",  # white ink on black (see the module docstring)
         pretrained: bool = True,  # ImageNet weights from the backbone's package (False: random, for tests)
+        output: str = "binary",  # "binary": the nbits codes (Hamming); "float": the feature_dim features h (cosine),
+        # the same weights (a float view of a trained binary model: load its weights into this variant)
     ) -> None:
+        if output not in ("binary", "float"):
+            raise ValueError(f"universal: output must be 'binary' or 'float', got {output!r}")
         if backbone not in BACKBONES:
             raise ValueError(f"universal: backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
         if ink not in INKS:
@@ -118,6 +122,8 @@ class UniversalEncoder(Method):
             raise ValueError(f"universal reads rasters; preprocessing.inputs must include 'raster', got {pre.inputs}")
         super().__init__(pre)
         self.nbits, self.input_size, self.ink = int(nbits), int(input_size), ink
+        self.output = output  # type: ignore[misc]  # per instance: the float variant shares the weights
+        self.feature_dim = int(feature_dim)
         self.projection_weight, self.code_weight = float(projection_weight), float(code_weight)
         self.quant_weight, self.top_lr_mult, self.supervised = float(quant_weight), float(top_lr_mult), supervised
         self.net = TopTunedLite(
@@ -138,7 +144,7 @@ class UniversalEncoder(Method):
 
     @property
     def code_size(self) -> int:
-        return self.nbits
+        return self.nbits if self.output == "binary" else self.feature_dim
 
     def external_weights(self) -> dict[str, dict[str, Any]]:
         """The frozen trunk comes from the backbone's package, not from the artifact."""
@@ -158,20 +164,45 @@ class UniversalEncoder(Method):
         x = 1.0 - x if self.ink == "light" else x
         return x.contiguous(memory_format=torch.channels_last)
 
+    @property
+    def cacheable(self) -> bool:
+        """True when the whole backbone is frozen (``frozen_blocks`` = its blocks + 1): its pooled features of a
+        view never change in training, so the recipe can compute them once (``pooled``) and train on them."""
+        return self.net.frozen
+
+    def pooled(self, raster: Tensor) -> Tensor:
+        """(B, 1, S, S) rasters -> (B, 1280) pooled backbone features (what ``batch["pooled"]`` caches)."""
+        return self.net.pooled(self.backbone_input(raster))
+
     def features(self, batch: Batch) -> Tensor:
-        """(B, feature_dim) features ``h`` of ``batch["raster"]`` (>= 0, after the ReLU)."""
+        """(B, feature_dim) features ``h`` (>= 0, after the ReLU) of ``batch["raster"]``, or of cached pooled
+        backbone features ``batch["pooled"]`` (B, 1280) when the backbone is frozen (:attr:`cacheable`)."""
+        if "pooled" in batch:
+            if not self.cacheable:
+                raise ValueError(
+                    "universal: cached 'pooled' features need a frozen backbone (frozen_blocks = blocks + 1)"
+                )
+            return F.relu(self.net.head(batch["pooled"].float()))
         return F.relu(self.net(self.backbone_input(batch["raster"])))
 
     def encode_sketch(self, batch: Batch) -> Tensor:
-        """(B, nbits) relaxed codes in (-1, 1); the bits are ``u > 0``."""
-        return self.hash(self.features(batch))
+        """(B, nbits) relaxed codes in (-1, 1), the bits are ``u > 0``; ``output="float"``: the (B, feature_dim)
+        features ``h``, searched by cosine."""
+        h = self.features(batch)
+        return self.hash(h) if self.output == "binary" else h
 
     # ------------------------------------------------------------------ training
     def training_losses(self, batch: Batch, phase: str = "all") -> dict[str, Tensor]:
-        if "raster2" not in batch:
+        if "pooled" in batch:  # cached backbone features of the two views (recipe option cache_views)
+            if "pooled2" not in batch:
+                raise ValueError("universal: cached features need both views, 'pooled' and 'pooled2'")
+            n = len(batch["pooled"])
+            h = self.features({"pooled": torch.cat([batch["pooled"], batch["pooled2"]])})
+        elif "raster2" not in batch:
             raise ValueError("universal trains on two views of each drawing: the batch needs 'raster' and 'raster2'")
-        n = len(batch["raster"])
-        h = self.features({"raster": torch.cat([batch["raster"], batch["raster2"]])})
+        else:
+            n = len(batch["raster"])
+            h = self.features({"raster": torch.cat([batch["raster"], batch["raster2"]])})
         label = batch.get("label")
         if label is None or not self.supervised:
             label = torch.full((n,), -1, dtype=torch.long, device=h.device)

@@ -75,6 +75,7 @@ figure on both, and >= 50 drawings/s encoded on one CPU thread, rendering includ
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -83,7 +84,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, Dataset
 
 from ..data.augment import AugmentConfig, render_view
 from ..data.batching import Batch, Preprocessing, item_input, make_example
@@ -91,13 +94,24 @@ from ..data.collection import Collection
 from ..data.sampling import MixedSampler
 from ..data.sources import load_collection, named_source
 from ..data.splits import Split
+from ..encoders.photo_cnn import EfficientNetLite
 from ..errors import FormatError
 from ..methods.base import Method
 from ..progress import phase
 from ..train import TrainConfig, train
 from . import RECIPES, Recipe
 
-__all__ = ["EXTRA_LABELS", "ViewDataset", "collate_views", "fit", "load_sources", "training_set"]
+__all__ = [
+    "EXTRA_LABELS",
+    "CachedViews",
+    "ViewDataset",
+    "cache_features",
+    "collate_cached",
+    "collate_views",
+    "fit",
+    "load_sources",
+    "training_set",
+]
 
 EXTRA_LABELS = ("none", "seen", "all")
 
@@ -208,6 +222,126 @@ class ViewDataset(Dataset[dict[str, Any]]):
         return {"raster": v1, "raster2": v2, "label": int(self.labels[i])}
 
 
+class CachedViews(Dataset[dict[str, Any]]):
+    """The frozen backbone's pooled features of ``k`` augmented views of each drawing, ``feats`` (N, k, D);
+    a key ``(index, draw)`` picks two different views of drawing ``index``, seeded by ``(seed, index, draw)``
+    (one view, ``k = 1``: the same one twice)."""
+
+    def __init__(self, feats: np.ndarray, labels: Sequence[int], seed: int = 0) -> None:
+        if feats.ndim != 3 or len(feats) != len(labels):
+            raise ValueError(f"feats must be (N, k, D) for {len(labels)} drawings, got shape {feats.shape}")
+        self.feats, self.labels, self.seed = feats, list(labels), seed
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i, draw = (key, 0) if isinstance(key, int | np.integer) else key
+        k = self.feats.shape[1]
+        a, b = np.random.default_rng([self.seed, int(i), int(draw)]).permutation(k)[:2] if k > 1 else (0, 0)
+        return {"pooled": self.feats[i, a], "pooled2": self.feats[i, b], "label": int(self.labels[i])}
+
+
+def collate_cached(examples: Sequence[dict[str, Any]]) -> Batch:
+    """Stack :class:`CachedViews` examples: ``pooled`` / ``pooled2`` (B, D) float32, ``label`` (B,)."""
+    return {
+        "pooled": torch.from_numpy(np.stack([e["pooled"] for e in examples]).astype(np.float32)),
+        "pooled2": torch.from_numpy(np.stack([e["pooled2"] for e in examples]).astype(np.float32)),
+        "label": torch.tensor([int(e["label"]) for e in examples], dtype=torch.long),
+    }
+
+
+class _Keys(Dataset[dict[str, Any]]):
+    """``ds[keys[j]]`` for j: the cache's pass over every (drawing, draw) once, in order."""
+
+    def __init__(self, ds: ViewDataset, keys: list[tuple[int, int]]) -> None:
+        self.ds, self.keys = ds, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        return self.ds[self.keys[j]]
+
+
+def cache_features(
+    method: Method, ds: ViewDataset, k: int, *, batch_size: int = 64, workers: int = 0, path: Path | None = None
+) -> np.ndarray:
+    """(N, k, 1280) float16: the frozen backbone's pooled features of ``k`` views of each of ``ds``'s drawings
+    (view pairs ``(i, d)`` of :class:`ViewDataset`, d < ceil(k / 2), so a view is the one the on-the-fly
+    recipe would render for that key). With ``path``, a cache whose fingerprint (drawings, labels, k, seed,
+    augmentation, preprocessing, backbone settings) matches is read back instead of recomputed; a new one is written
+    there. Why a cache: with the whole backbone frozen, its forward pass is >99% of a training step on a CPU,
+    and the same views would be recomputed every epoch."""
+    if k < 1:
+        raise ValueError(f"cache_views must be >= 1, got {k}")
+    if not getattr(method, "cacheable", False):
+        raise ValueError(
+            "cache_views needs a frozen backbone: --set frozen_blocks=17 (Lite0; Lite2: 22) freezes all of it"
+        )
+    n = len(ds)
+    fingerprint = {
+        "n": n,
+        "labels": int(np.asarray(ds.labels, dtype=np.int64) @ np.arange(1, n + 1, dtype=np.int64) % 1_000_000_007),
+        "k": k,
+        "seed": ds.seed,
+        "augment": ds.augment.to_dict() if ds.augment else None,
+        "preprocessing": repr(ds.pre),
+        # what the backbone's features depend on (not the heads': one cache serves 64 and 128 bits)
+        "backbone": {
+            k: method.hparams.get(k) for k in ("backbone", "frozen_blocks", "input_size", "ink", "pretrained")
+        },
+    }
+    meta_path = path.with_suffix(".json") if path else None
+    if (
+        path
+        and meta_path
+        and path.is_file()
+        and meta_path.is_file()
+        and json.loads(meta_path.read_text()) == fingerprint
+    ):
+        feats = np.load(path, mmap_mode="r")
+        if feats.shape[:2] == (n, k):
+            return np.asarray(feats)
+    keys = [(i, d) for d in range(-(-k // 2)) for i in range(n)]
+    loader = DataLoader(_Keys(ds, keys), batch_size=batch_size, collate_fn=collate_views, num_workers=workers)
+    feats = np.zeros((n, k, EfficientNetLite.out_dim), dtype=np.float16)
+    was_training = method.training
+    method.eval()
+    done = 0
+    with (
+        torch.no_grad(),
+        Progress(
+            TextColumn("[bold]caching[/] backbone features"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} views"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        ) as bar,
+    ):
+        task = bar.add_task("cache", total=n * k)
+        for batch in loader:
+            rows = keys[done : done + len(batch["raster"])]
+            done += len(rows)
+            idx = np.array([i for i, _ in rows])
+            col = np.array([2 * d for _, d in rows])
+            feats[idx, col] = method.pooled(batch["raster"]).numpy()
+            second = col + 1 < k
+            if second.any():
+                h2 = method.pooled(batch["raster2"][torch.from_numpy(second)]).numpy()
+                feats[idx[second], col[second] + 1] = h2
+            bar.update(task, advance=int(len(rows) + second.sum()))
+    method.train(was_training)
+    if path and meta_path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npy")
+        np.save(tmp, feats)
+        tmp.replace(path)
+        meta_path.write_text(json.dumps(fingerprint))
+    return feats
+
+
 def collate_views(examples: Sequence[dict[str, Any]]) -> Batch:
     """Stack :class:`ViewDataset` examples: ``raster`` / ``raster2`` (B, 1, S, S), ``label`` (B,)."""
     return {
@@ -229,6 +363,9 @@ def fit(
     augment: bool = True,  # False: both views are the plain rendering (a control, not a training setting)
     affine_p: float = 0.5,  # the raster-level scale / shift's probability (data/augment.py)
     workers: int = 0,  # DataLoader processes rendering the views (0: in the training process)
+    cache_views: int = 0,  # > 0: a frozen backbone's features of this many views per drawing, computed once
+    # (cache_features) and trained on for every iteration (CPU: the head trains in seconds, the views cost ~10
+    # ms each); 0: views rendered and passed through the backbone every step
 ) -> dict[str, Any]:
     """Train on :func:`training_set` with two views per drawing; returns counts, timings, the last losses."""
     if split is None:
@@ -244,12 +381,23 @@ def fit(
     sampler = MixedSampler(labels, per_class=per_class, labelled_fraction=labelled_fraction, seed=cfg.seed)
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    res = train(method, ds, replace(cfg, num_workers=int(workers)), collate_fn=collate_views, sampler=sampler)
+    cache_s = 0.0
+    if cache_views:
+        t1 = time.perf_counter()
+        cache = Path(cfg.out) / "views.npy" if cfg.out else None
+        with phase(f"backbone features of {cache_views} views of {len(inputs)} drawings"):
+            feats = cache_features(method, ds, int(cache_views), workers=int(workers), path=cache)
+        cache_s = time.perf_counter() - t1
+        res = train(method, CachedViews(feats, labels, seed=cfg.seed), cfg, collate_fn=collate_cached, sampler=sampler)
+    else:
+        res = train(method, ds, replace(cfg, num_workers=int(workers)), collate_fn=collate_views, sampler=sampler)
     return {
         **info,
         "labelled_fraction": sampler.labelled_fraction,
         "augment": cfg_aug.to_dict() if cfg_aug else None,
         "collect_seconds": round(collect_s, 1),
+        "cache_views": int(cache_views),
+        "cache_seconds": round(cache_s, 1),
         "train_seconds": round(res.seconds, 1),
         "seconds_per_iteration": round(res.seconds / max(cfg.iterations, 1), 3),
         "device": res.device,
