@@ -17,12 +17,17 @@ both and their ratios.
   of codes and their width, not on what they encode, and encoding 10^6 drawings per model would time the
   encoder (which ``sketchmate_quickdraw.py`` measures) and need 10^6 drawings (the raw QuickDraw subset here
   has ~8,000). The folders are cached in ``--workdir`` between runs.
+* Request batching (``--batch-max``, ``--batch-wait-ms``: passed to ``serve``, recorded with the results):
+  the searches that arrive together are encoded and scanned together; ``--batch-max 1`` serves each alone (as
+  before batching). The server says each answer's batch size (``Server-Timing``); the table gives their mean
+  and largest.
 * Queries: real QuickDraw drawings (``$SKETCHSEARCH_SHARED_DATA/quickdraw/raw``: first drawings of the first
   classes, with their times), sent as the drawing page sends them (``{"x", "y", "t"}`` points); the embedded
   synthetic marks where that folder is absent (the JSON says which).
 
     python benchmarks/bench_service.py --models pixel-lsh sketch-gan sketchmate-quickdraw-64 --workers 1 2
     -> benchmarks/results/service.json, service.md
+    python benchmarks/bench_service.py ... --batch-max 1      # the same without batching
 
 Bounded: ``--searches`` per phase and ``--time-limit`` seconds per (model, workers) run; loopback only.
 """
@@ -46,7 +51,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA_ROOT, RESULTS, ROOT, machine_info, write_results
 
+from sketchsearch.service.batching import BatchOptions
+
 MODELS = ("pixel-lsh", "sketch-gan", "sketchmate-quickdraw-64")
+BATCH_RE = re.compile(r'batch;desc="(\d+)"')
 WORKDIR = Path(os.environ.get("TMPDIR", "/tmp")) / "sketchsearch-bench-service"
 QUICKDRAW_RAW = DATA_ROOT / "quickdraw" / "raw"
 
@@ -163,13 +171,16 @@ def query_payloads(n_distinct: int, k: int, seed: int, collection: str = "bench"
 
 
 # ----------------------------------------------------------------------------------------------- server
-def start_server(folder: Path, model: str, workers: int, deadline: float) -> tuple[subprocess.Popen, str]:
-    """``sketchsearch serve`` on a free loopback port; returns (process, base URL) once it answers."""
+def start_server(
+    folder: Path, model: str, workers: int, deadline: float, extra: list[str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``sketchsearch serve`` (with the ``extra`` options) on a free loopback port; returns (process, base URL)
+    once it answers."""
     import httpx
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "sketchsearch", "serve", "--index", str(folder), "--model", model]
-    cmd += ["--name", "bench", "--port", "0", "--workers", str(workers), "--log-level", "warning"]
+    cmd += ["--name", "bench", "--port", "0", "--workers", str(workers), "--log-level", "warning", *(extra or [])]
     log = WORKDIR / f"server-{Path(model).name}-{workers}.log"  # a file: a full stderr pipe would block it
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
@@ -212,6 +223,7 @@ async def load(
 
     latencies: list[float] = []
     server_ms: list[float] = []
+    batches: list[int] = []  # each search's batch size, from its Server-Timing header (batch;desc="N")
     errors: dict[str, int] = {}
     next_i = 0
 
@@ -236,6 +248,8 @@ async def load(
                 elif r.status_code == 200 and r.json()["hits"]:
                     latencies.append(dt)
                     server_ms.append(float(r.json()["took_ms"]))
+                    m = BATCH_RE.search(r.headers.get("server-timing", ""))
+                    batches.append(int(m.group(1)) if m else 1)
                 else:
                     errors[f"HTTP {r.status_code}"] = errors.get(f"HTTP {r.status_code}", 0) + 1
             except httpx.HTTPError as e:
@@ -248,7 +262,14 @@ async def load(
         t0 = time.perf_counter()
         await asyncio.gather(*(client(c) for _ in range(clients)))
         wall = time.perf_counter() - t0
-    return {"latencies_ms": latencies, "server_ms": server_ms, "errors": errors, "wall_s": wall, "asked": next_i}
+    return {
+        "latencies_ms": latencies,
+        "server_ms": server_ms,
+        "batches": batches,
+        "errors": errors,
+        "wall_s": wall,
+        "asked": next_i,
+    }
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -276,7 +297,8 @@ def run_one(model: str, workers: int, folder: Path, payloads: list[bytes], args:
     deadline = time.monotonic() + args.time_limit
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    proc, url = start_server(folder, model_path(model, args.workdir, args.seed), workers, deadline)
+    batching = ["--batch-max", str(args.batch_max), "--batch-wait-ms", str(args.batch_wait_ms)]
+    proc, url = start_server(folder, model_path(model, args.workdir, args.seed), workers, deadline, batching)
     setup_s = time.perf_counter() - t0
     try:
         ref = asyncio.run(load(url, payloads, args.searches, args.clients, deadline, health_only=True))
@@ -291,6 +313,8 @@ def run_one(model: str, workers: int, folder: Path, payloads: list[bytes], args:
             **search,
             "server_took_ms_p50": round(pct(res["server_ms"], 50), 3),
             "server_took_ms_p99": round(pct(res["server_ms"], 99), 3),
+            "batch_mean": round(statistics.fmean(res["batches"]), 2) if res["batches"] else None,
+            "batch_max": max(res["batches"], default=None),
         },
         "health": health,
         "throughput_ratio": round(search["per_s"] / health["per_s"], 3)
@@ -319,7 +343,8 @@ def markdown(out: dict[str, Any]) -> str:
         (
             f"`{out['command'].strip()}` — `sketchsearch serve --workers W` on 127.0.0.1, {out['clients']} concurrent "
             f"httpx clients in one process, {out['items']:,} items per index ({out['codes']}), k = {out['k']}, "
-            f"{out['searches']:,} requests per phase; queries: {out['queries']}. {m['cores']} CPUs ({m['cpu']}, "
+            f"{out['searches']:,} requests per phase; queries: {out['queries']}. Request batching: "
+            f"{_batching(out['batching'])}. {m['cores']} CPUs ({m['cpu']}, "
             f"{m['platform']}): clients and workers share them. 1-minute load average "
             f"{out['load_average_before'][0]} before, {out['load_average_after'][0]} after "
             f"({out['load_note']})."
@@ -327,9 +352,9 @@ def markdown(out: dict[str, Any]) -> str:
         "",
         (
             "| model | bits | workers | searches/s | p50 (ms) | p99 (ms) | health/s | health p50 / p99 (ms) "
-            "| throughput vs health | p99 vs health | errors | server took p50 / p99 (ms) |"
+            "| throughput vs health | p99 vs health | errors | server took p50 / p99 (ms) | batch mean / max |"
         ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in out["runs"]:
         s, h, g = r["search"], r["health"], r["goals"]
@@ -338,7 +363,8 @@ def markdown(out: dict[str, Any]) -> str:
             f"{h['per_s']} | {h['p50_ms']} / {h['p99_ms']} | "
             f"**{r['throughput_ratio']:.2f}x** {'✓' if g['throughput_ge_0.7x'] else '✗'} | "
             f"**{r['p99_ratio']:.2f}x** {'✓' if g['p99_le_2x'] else '✗'} | "
-            f"{s['errors'] + h['errors']} | {s['server_took_ms_p50']} / {s['server_took_ms_p99']} |"
+            f"{s['errors'] + h['errors']} | {s['server_took_ms_p50']} / {s['server_took_ms_p99']} | "
+            f"{s['batch_mean']} / {s['batch_max']} |"
         )
     lines += [
         "",
@@ -347,11 +373,18 @@ def markdown(out: dict[str, Any]) -> str:
             "p99 ≤ 2x its p99, in the same run, zero errors (✓ met, ✗ not). Health is measured right before the "
             "searches, with the same server, workers and clients. Latency is client-side (sent to answer parsed), "
             "under full concurrency, so it includes queueing; the server's `took_ms` is encode + Hamming search + "
-            "labels of one query."
+            "labels of one query, with the wait for its batch and the batch's encode and scan; batch: how many "
+            "searches each search was encoded and scanned with (Server-Timing), mean and largest."
         ),
         "",
     ]
     return "\n".join(lines)
+
+
+def _batching(b: dict[str, Any]) -> str:
+    if b["batch_max"] <= 1:
+        return "off (`--batch-max 1`: each search encoded and scanned alone)"
+    return f"up to {b['batch_max']} searches encoded and scanned together, gathered for up to {b['batch_wait_ms']} ms"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -368,7 +401,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workdir", type=Path, default=WORKDIR, help="where the index folders are made and kept")
     ap.add_argument("--load-note", default="a shared machine", help="what else ran on the machine")
     ap.add_argument("--out", type=Path, default=RESULTS / "service")
+    defaults = BatchOptions()
+    ap.add_argument(
+        "--batch-max",
+        type=int,
+        default=defaults.max_batch,
+        help="serve --batch-max: searches encoded and scanned together at most (1: off)",
+    )
+    ap.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=defaults.max_wait_ms,
+        help="serve --batch-wait-ms: how long a batch waits for more after its first search",
+    )
     args = ap.parse_args(argv)
+    BatchOptions(max_batch=args.batch_max, max_wait_ms=args.batch_wait_ms)  # checked here, not by a server later
     args.workdir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     payloads, what = query_payloads(args.distinct_queries, args.k, args.seed)
@@ -404,6 +451,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "clients": args.clients,
         "searches": args.searches,
         "k": args.k,
+        "batching": {"batch_max": args.batch_max, "batch_wait_ms": args.batch_wait_ms},
         "runs": runs,
         "index_bytes": index_bytes,
         "load_average_before": [round(x, 2) for x in load_before],

@@ -3,8 +3,10 @@ validation, rasterisation, network, Hamming search, labels, response) run in thi
 per model, over an index of ``--items`` codes (the index folders of ``bench_service.py``, memory-mapped).
 
 The route's thread-pool hops (``run_in_threadpool``) are made inline here so that the profiler, which sees
-one thread, sees all of the request's work; everything else is the real app (``load_collections`` +
-``create_app``) driven through ``httpx.ASGITransport``, with torch on 1 thread as ``serve`` sets it.
+one thread, sees all of the request's work; for the same reason request batching is off (``serve --batch-max
+1``: a batched search is encoded and scanned on its batcher's thread, and one request at a time would only be a
+batch of one that waits ``--batch-wait-ms`` for company). Everything else is the real app (``load_collections``
++ ``create_app``) driven through ``httpx.ASGITransport``, with torch on 1 thread as ``serve`` sets it.
 
     python benchmarks/profile_service.py --models pixel-lsh sketch-gan sketchmate-quickdraw-64
     -> benchmarks/results/service_profile.json, service_profile.md
@@ -79,7 +81,7 @@ def profile_model(model: str, args: argparse.Namespace, payloads: list[bytes]) -
     folder = index_folder(mpath, args.items, args.workdir, args.seed)
     cols = app_module.load_collections([("bench", mpath, folder)])
     app_module.warm_up(cols)
-    app = app_module.create_app(cols)
+    app = app_module.create_app(cols, batching=app_module.BatchOptions(max_batch=1))  # see the docstring
 
     async def inline(fn: Any, *a: Any, **kw: Any) -> Any:
         return fn(*a, **kw)

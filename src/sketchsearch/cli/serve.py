@@ -190,6 +190,7 @@ class ServeOptions:
     decode_slots: int | None = None
     log_level: str = "warning"
     threads: int = 1
+    batching: Any = None  # service.batching.BatchOptions; None: its defaults
 
 
 def set_threads(n: int) -> None:
@@ -203,7 +204,7 @@ def set_threads(n: int) -> None:
 def build_service(opts: ServeOptions) -> tuple[Any, list[str]]:
     """Load the collections (index codes memory-mapped: several workers share them through the page cache),
     warm them up and build the app; returns (app, one line per collection to print)."""
-    from ..service.app import create_app, load_collections, warm_up
+    from ..service.app import BatchOptions, create_app, load_collections, warm_up
 
     set_threads(opts.threads)
     if opts.decode_slots is not None:
@@ -226,7 +227,10 @@ def build_service(opts: ServeOptions) -> tuple[Any, list[str]]:
         lines.append(f"collection {shown}: {size}, model {r.model_id}")
     warm_up(collections)
     app = create_app(
-        collections, cors_origins=list(opts.cors_origins) if opts.cors_origins else None, limits=opts.limits
+        collections,
+        cors_origins=list(opts.cors_origins) if opts.cors_origins else None,
+        limits=opts.limits,
+        batching=opts.batching or BatchOptions(),
     )
     return app, lines
 
@@ -432,11 +436,25 @@ def serve(
         help="Server processes on the one port: each loads the model and maps the index files (shared through "
         "the page cache, not copied); torch gets cores / workers threads in each.",
     ),
+    batch_max: int = typer.Option(
+        32,
+        min=1,
+        max=1024,
+        help="Most searches of a collection encoded and scanned together (one forward pass of the model, one "
+        "scan of the index); 1: each search alone. Per worker process.",
+    ),
+    batch_wait_ms: float = typer.Option(
+        2.0,
+        min=0.0,
+        max=1000.0,
+        help="Milliseconds a batch waits for more searches after its first arrived (0: takes what is queued).",
+    ),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
 ) -> None:
     """Serve the drawing page and the REST API (POST /api/search, GET /api/collections, /docs)."""
     import os
 
+    from ..service.batching import BatchOptions
     from ..service.limits import ConnectionLimits, Limits
     from ..service.state import check_name
 
@@ -459,6 +477,7 @@ def serve(
         decode_slots=decode_slots,
         log_level=log_level,
         threads=max(1, (os.cpu_count() or 1) // workers),
+        batching=BatchOptions(max_batch=batch_max, max_wait_ms=batch_wait_ms),
     )
     if workers > 1:
         run_workers(opts, host, port, workers)

@@ -4,6 +4,6 @@
 >>> app = create_app(load_collections([("quickdraw", None, "indexes/quickdraw")]))
 """
 
-from .app import Limits, create_app, load_collections, warm_up
+from .app import BatchOptions, Limits, create_app, load_collections, warm_up
 
-__all__ = ["Limits", "create_app", "load_collections", "warm_up"]
+__all__ = ["BatchOptions", "Limits", "create_app", "load_collections", "warm_up"]

@@ -2,12 +2,12 @@
 :class:`~sketchsearch.retrieval.Retriever` (item collections) or :class:`~sketchsearch.pages.PageIndex`
 (page collections: boxes on document pages).
 
-It keeps a :class:`~.state.ServiceState` (the collections and the :class:`~.limits.Limits`) on
-``app.state.service``, puts security headers on every response (:class:`~.pages.SecurityHeaders`, outermost),
-installs the body-size limit and (optionally) CORS, turns validation and domain
-errors into 4xx answers with a ``detail`` naming the field, includes the API (:mod:`.routes`, and
-:mod:`.page_images` for page collections' pictures) and the pages (:mod:`.pages`), mounts their static
-files, and documents the hand-read search body in OpenAPI.
+It keeps a :class:`~.state.ServiceState` (the collections, the :class:`~.limits.Limits` and each item
+collection's :class:`~.batching.SearchBatcher`, stopped at shutdown) on ``app.state.service``, puts
+security headers on every response (:class:`~.pages.SecurityHeaders`, outermost), installs the body-size
+limit and (optionally) CORS, turns validation and domain errors into 4xx answers with a ``detail`` naming
+the field, includes the API (:mod:`.routes`, and :mod:`.page_images` for page collections' pictures) and the
+pages (:mod:`.pages`), mounts their static files, and documents the hand-read search body in OpenAPI.
 Nothing a client sends should produce a 5xx.
 
 The OpenAPI document is published as version 3.0 (:data:`OPENAPI_VERSION`): the Swagger UI served at
@@ -15,13 +15,15 @@ The OpenAPI document is published as version 3.0 (:data:`OPENAPI_VERSION`): the 
 writes are turned into their 3.0 spelling (:func:`_openapi_30`).
 
 The pieces: :mod:`.schemas` (request/response models), :mod:`.limits` (bounds and their checks),
+:mod:`.batching` (searches that arrive together encoded and scanned together),
 :mod:`.decode` (strokes JSON and image uploads -> queries), :mod:`.state` (loading and serving
 collections), :mod:`.routes`, :mod:`.page_images` and :mod:`.pages` (the endpoints).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,6 +33,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp
 from swagger_ui_bundle import swagger_ui_path
@@ -39,6 +42,7 @@ from .. import __version__
 from ..data.strokes import SketchTooLargeError
 from ..errors import InvalidSketchError, SketchSearchError
 from . import page_images, pages, routes
+from .batching import BatchOptions
 from .limits import BodySizeLimit, Limits
 from .schemas import (
     CollectionInfo,
@@ -56,6 +60,7 @@ from .state import CollectionSpec, Served, ServiceState, load_collections, warm_
 # The models and loaders are re-exported: this module has been their public home.
 __all__ = [
     "OPENAPI_VERSION",
+    "BatchOptions",
     "CollectionInfo",
     "CollectionSpec",
     "Health",
@@ -88,13 +93,22 @@ def create_app(
     *,
     cors_origins: list[str] | None = None,
     limits: Limits = Limits(),
+    batching: BatchOptions = BatchOptions(),
 ) -> FastAPI:
     """The FastAPI app serving ``collections`` (name -> Retriever, or PageIndex for a page collection; a
     Retriever loaded from a page index is served as one) and the drawing page.
 
     ``cors_origins``: origins allowed to call the API from other pages (``None`` = CORS off, the default).
+    ``batching``: how an item collection's concurrent searches are batched (:mod:`.batching`; on by default,
+    ``BatchOptions(max_batch=1)``: off).
     """
-    state = ServiceState.build(collections, limits)
+    state = ServiceState.build(collections, limits, batching)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(state.close)  # the batchers' threads; each process (serve --workers) has its own
+
     app = _App(
         title="sketchsearch",
         version=__version__,
@@ -107,6 +121,7 @@ def create_app(
             SketchSearchError: _domain_error,
             ClientDisconnect: _client_left,
         },
+        lifespan=lifespan,
     )
     app.openapi_version = OPENAPI_VERSION  # an attribute FastAPI reads, not a constructor argument
     app.state.service = state

@@ -15,7 +15,10 @@
 * A page collection's page images: :mod:`.page_images`.
 
 The routes read the served collections and the limits from :class:`~sketchsearch.service.state.ServiceState`
-through ``Depends(get_state)``. CPU work (parsing, decoding, searching) runs off the event loop.
+through ``Depends(get_state)``. CPU work (parsing, decoding, searching) runs off the event loop. An item
+collection's searches by strokes or by item are encoded and scanned in batches with the searches that arrive
+with them (:mod:`.batching`; the answer's ``Server-Timing`` header gives the batch's size as
+``batch;desc="N"``); uploaded images and page collections are searched one by one.
 """
 
 from __future__ import annotations
@@ -106,8 +109,7 @@ async def search(request: Request, state: State) -> Response:
             # parsing and validating up to max_points points is CPU work: off the event loop, so that one
             # large request does not stall every other client (and /api/health); parsing, encoding, the
             # search and the answer's body are one hop to the thread pool (each hop is a thread switch)
-            content, took = await run_in_threadpool(_json_search, state, body)
-            return _json_answer(content, took)
+            return _json_answer(*await run_in_threadpool(_json_search, state, body))
     if ctype == "multipart/form-data":
         async with request.form(max_files=1, max_fields=8) as form:
             upload = form.get("image")
@@ -196,8 +198,9 @@ Query = Sketch | Image.Image | int
 """A drawing, a picture of one, or the id of an item of the collection."""
 
 
-def _json_search(state: ServiceState, body: bytes) -> tuple[bytes, float]:
-    """A JSON search body -> (the answer's JSON bytes, ms the search took), on a worker thread."""
+def _json_search(state: ServiceState, body: bytes) -> tuple[bytes, float, int | None]:
+    """A JSON search body -> (the answer's JSON bytes, ms the search took, its batch's size or None), on a
+    worker thread."""
     req, sketch = parse_search_request(body, state.limits)
     col = state.pick(req.collection)
     _check_options(col, req.by_page)
@@ -221,17 +224,18 @@ def _check_options(col: ServedCollection, by_page: bool) -> None:
 
 def _search_body(
     col: ServedCollection, query: Query, k: int, qinfo: dict[str, int], by_page: bool = False
-) -> tuple[bytes, float]:
+) -> tuple[bytes, float, int | None]:
     """Search ``col`` (:func:`_run_search`, or :func:`_run_page_search` for a page collection) and answer: the
-    JSON bytes and the ms the search took. An empty index is a 409 naming the collection."""
+    JSON bytes, the ms the search took and how many searches were scanned with it (None: not batched). An
+    empty index is a 409 naming the collection."""
     try:
         if col.pages is not None:
             page_hits, took = _run_page_search(col, query, k, by_page)
-            return _page_answer_body(col, k, by_page, took, qinfo, page_hits), took
-        hits, rows, took = _run_search(col, query, k)
+            return _page_answer_body(col, k, by_page, took, qinfo, page_hits), took, None
+        hits, rows, took, batch = _run_search(col, query, k)
     except IndexError_ as e:
         raise HTTPException(409, f"collection {col.name!r}: {e}") from e
-    return _answer_body(col, k, took, qinfo, hits, rows), took
+    return _answer_body(col, k, took, qinfo, hits, rows), took, batch
 
 
 def _encode(col: ServedCollection, query: Query) -> np.ndarray | None:
@@ -245,20 +249,38 @@ def _encode(col: ServedCollection, query: Query) -> np.ndarray | None:
     return col.retriever.encode([query])
 
 
-def _run_search(col: ServedCollection, query: Query, k: int) -> tuple[list[Hit], dict[int, dict[str, Any]], float]:
-    """Encode the query, then search under the collection's lock: the hits, their item rows and the ms it took.
+def _run_search(
+    col: ServedCollection, query: Query, k: int
+) -> tuple[list[Hit], dict[int, dict[str, Any]], float, int | None]:
+    """Encode the query, then search under the collection's lock: the hits, their item rows, the ms it took
+    (waiting for its batch included) and its batch's size (None: searched alone, not through a batcher).
+
+    A drawing or an item's stored code goes through the collection's batcher when it has one (encoded and
+    scanned with the searches that arrive with it, :mod:`.batching`); an uploaded image is searched alone (its
+    preparation, up to 1,024 px a side and traced for stroke-order models, would hold up the whole batch).
 
     Hits carry label and source; an item's metadata (the ``meta`` field of its row, when the index stores
     one) is read from the rows the Retriever reads them from (:meth:`Retriever.item_meta`).
     """
     t0 = time.perf_counter()
+    if col.batcher is not None and not isinstance(query, Image.Image):
+        if isinstance(query, int):
+            with col.lock:
+                code = np.array(_stored_code(col, query))  # a copy: scanned later, outside this lock
+            dist, found, batch = col.batcher.search(k, code=code)
+        else:
+            query.validate()  # here, so that a bad drawing is refused before it can join a batch
+            dist, found, batch = col.batcher.search(k, query=query)
+        with col.lock:
+            hits, rows = col.retriever.hits_and_rows(dist, found)
+        return hits, rows, (time.perf_counter() - t0) * 1000.0, batch
     codes = _encode(col, query)
     with col.lock:
         if codes is None:
             codes = _stored_code(col, int(query))
         dist, found = col.retriever.search_encoded(codes, k)
         hits, rows = col.retriever.hits_and_rows(dist[0], found[0])  # the item rows: read once
-        return hits, rows, (time.perf_counter() - t0) * 1000.0
+        return hits, rows, (time.perf_counter() - t0) * 1000.0, None
 
 
 def _run_page_search(col: ServedCollection, query: Query, k: int, by_page: bool) -> tuple[list[PageHit], float]:
@@ -370,10 +392,10 @@ async def _search_response(
     """Run the search in the thread pool (through ``runner(fn, *args)`` when given) and answer it as a
     :class:`SearchResponse` (a :class:`PageSearchResponse` for a page collection) with Server-Timing."""
     if runner is None:
-        content, took = await run_in_threadpool(_search_body, col, query, k, qinfo, by_page)
+        answer = await run_in_threadpool(_search_body, col, query, k, qinfo, by_page)
     else:
-        content, took = await run_in_threadpool(runner, _search_body, col, query, k, qinfo, by_page)
-    return _json_answer(content, took)
+        answer = await run_in_threadpool(runner, _search_body, col, query, k, qinfo, by_page)
+    return _json_answer(*answer)
 
 
 def _answer_body(
@@ -413,9 +435,8 @@ def _page_answer_body(
     return out.model_dump_json().encode()
 
 
-def _json_answer(content: bytes, took: float) -> Response:
-    return Response(
-        content,
-        media_type="application/json",
-        headers={"Server-Timing": f"search;dur={took:.2f}"},
-    )
+def _json_answer(content: bytes, took: float, batch: int | None = None) -> Response:
+    """The answer, with the search's time (and its batch's size, when it went through a batcher) in
+    ``Server-Timing``: a header, so that the JSON answer's fields stay as they were."""
+    timing = f"search;dur={took:.2f}" + (f', batch;desc="{batch}"' if batch is not None else "")
+    return Response(content, media_type="application/json", headers={"Server-Timing": timing})

@@ -121,7 +121,10 @@ class SearchResponse(BaseModel):
     collection: str
     k: int
     metric: Metric
-    took_ms: float = Field(description="time the search took on the server (encode + index search + labels), ms")
+    took_ms: float = Field(
+        description="time the search took on the server (encode + index search + labels; for a batched search, "
+        "with the wait for its batch), ms"
+    )
     query: dict[str, int] = Field(description="what was searched: strokes/points, or the image's width/height")
     hits: list[HitOut]
 

@@ -1,5 +1,6 @@
 """What the service serves: the collections (name -> :class:`Retriever`, one lock each, with the title and
-description their collection fields give: an index's manifest) and the limits.
+description their collection fields give: an index's manifest, and for an item collection the
+:class:`~.batching.SearchBatcher` its searches go through) and the limits.
 
 A collection may be a page collection (a page index, :class:`~sketchsearch.pages.PageIndex`: boxes on
 document pages, whose manifest has the ``"pages"`` field): it is served through its
@@ -30,6 +31,7 @@ from ..data.sketch import Sketch
 from ..errors import IndexError_, SketchSearchError
 from ..pages import PageIndex
 from ..retrieval import Retriever
+from .batching import BatchOptions, SearchBatcher
 from .limits import Limits
 from .schemas import CollectionKind, Metric
 
@@ -110,7 +112,8 @@ def _presentation(name: str, retriever: Retriever) -> tuple[str, str | None]:
 @dataclass
 class ServedCollection:
     """One collection as served: its name, title and description, its Retriever and the lock searches take,
-    and for a page collection its :class:`~sketchsearch.pages.PageIndex` (whose ``retriever`` is this one)."""
+    for a page collection its :class:`~sketchsearch.pages.PageIndex` (whose ``retriever`` is this one), and for
+    an item collection served with batching its :class:`~.batching.SearchBatcher` (None: each search alone)."""
 
     name: str
     retriever: Retriever
@@ -120,6 +123,7 @@ class ServedCollection:
     title: str
     description: str | None
     pages: PageIndex | None = None
+    batcher: SearchBatcher | None = None
 
     @property
     def metric(self) -> Metric:
@@ -141,7 +145,7 @@ class ServedCollection:
 @dataclass(frozen=True)
 class ServiceState:
     """Everything the routes read: the served collections by name, the request limits, and the slots for
-    large JSON searches (:meth:`large_search_slot`)."""
+    large JSON searches (:meth:`large_search_slot`). :meth:`close` stops the collections' batchers."""
 
     collections: dict[str, ServedCollection]
     limits: Limits
@@ -162,9 +166,16 @@ class ServiceState:
             yield
 
     @classmethod
-    def build(cls, collections: Mapping[str, Served], limits: Limits) -> ServiceState:
-        """Check every name and give each collection its own lock; ValueError when there is none. A
-        Retriever loaded from a page index (:meth:`PageIndex.holds_pages`) is served as its page index."""
+    def build(
+        cls, collections: Mapping[str, Served], limits: Limits, batching: BatchOptions = BatchOptions()
+    ) -> ServiceState:
+        """Check every name and give each collection its own lock, and each item collection a batcher when
+        ``batching`` is on; ValueError when there is none. A Retriever loaded from a page index
+        (:meth:`PageIndex.holds_pages`) is served as its page index.
+
+        Page collections are not batched: their search (:meth:`PageIndex.search_encoded
+        <sketchsearch.pages.PageIndex.search_encoded>`) takes ``by_page`` and scans a number of candidate boxes
+        that depends on ``k``, so a batch would have to be grouped by both; they are searched one by one."""
         if not collections:
             raise ValueError("create_app needs at least one collection (name -> Retriever or PageIndex)")
         served: dict[str, ServedCollection] = {}
@@ -174,10 +185,18 @@ class ServiceState:
                 given = PageIndex.from_retriever(given)
             pages = given if isinstance(given, PageIndex) else None
             retriever = given.retriever if isinstance(given, PageIndex) else given
+            lock = threading.Lock()
+            batcher = SearchBatcher(retriever, lock, batching, name) if batching.enabled and pages is None else None
             served[name] = ServedCollection(
-                name, retriever, threading.Lock(), *_presentation(name, retriever), pages=pages
+                name, retriever, lock, *_presentation(name, retriever), pages=pages, batcher=batcher
             )
         return cls(served, limits)
+
+    def close(self) -> None:
+        """Stop the batchers' worker threads (the app's shutdown); searches already queued are answered."""
+        for col in self.collections.values():
+            if col.batcher is not None:
+                col.batcher.close()
 
     def pick(self, name: str | None) -> ServedCollection:
         """The collection a request names: 404 when it is not served; 422 when none is named and several are."""
