@@ -39,9 +39,30 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine_info, write_results
-from bench_service import build_app, query_payloads
+from bench_service import query_payloads
 
 MB = 1024 * 1024
+
+
+def build_app(items: int, nbits: int, seed: int) -> Any:
+    """The app over one collection ``bench`` of ``items`` random ``nbits`` codes with labels and a pixel-LSH
+    encoder (what is measured here is the server's memory under large requests, not a model)."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from sketchsearch.data.synthetic import merchant_marks
+    from sketchsearch.index.base import create_index
+    from sketchsearch.methods.base import create_method
+    from sketchsearch.retrieval import Retriever
+    from sketchsearch.service import create_app
+
+    method = create_method("lsh", nbits=nbits, seed=seed)
+    method.fit(merchant_marks(10, 4, seed=seed))
+    retriever = Retriever(method, create_index("numba", nbits=nbits), model_id=f"bench-lsh-{nbits}")
+    codes = np.random.default_rng(seed).integers(0, 256, size=(items, nbits // 8), dtype=np.uint8)
+    retriever.add([], labels=[f"class_{i % 345:03d}" for i in range(items)], encoded=codes)
+    return create_app({"bench": retriever})
 
 
 # ----------------------------------------------------------------------------------------------- the server
@@ -298,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     png8 = png_rgba(args.side, 8)
     json_body = max_json_body(min(limits.max_json_bytes, limits.max_body_bytes))
     huge_body = max_json_body(limits.max_body_bytes)
-    payloads = query_payloads(10, 10, args.seed)
+    payloads, _ = query_payloads(10, 10, args.seed)  # (request bodies, where the drawings came from)
     load_before = os.getloadavg()[0]
 
     deadline = time.monotonic() + args.time_limit
