@@ -128,7 +128,7 @@ def test_concurrent_searches_are_one_batch_and_answer_what_each_alone_does(
 
 
 def test_the_default_options_batch_what_is_queued(collections: dict[str, Retriever]) -> None:
-    """Defaults (32 searches, 2 ms): every search answered, in batches of 1 up to what arrived together."""
+    """Defaults (32 searches, no wait): every search answered, in batches of 1 up to what arrived together."""
     bodies = mixed_bodies("lsh") * 3
     answers = post_all(create_app(collections), bodies)
     sizes = [batch_of(r) for r in answers]

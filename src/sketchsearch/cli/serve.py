@@ -444,7 +444,7 @@ def serve(
         "scan of the index); 1: each search alone. Per worker process.",
     ),
     batch_wait_ms: float = typer.Option(
-        2.0,
+        0.0,
         min=0.0,
         max=1000.0,
         help="Milliseconds a batch waits for more searches after its first arrived (0: takes what is queued).",
