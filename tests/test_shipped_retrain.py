@@ -8,7 +8,8 @@ counts (see the determinism test in test_sketchmate.py: on one machine with one 
 bit-identical): 0.02 of mAP@all, several times the seed-to-seed spread the README reports for each.
 
 Run them with ``make test-slow`` (CPU times measured on the 2-core dev machine: sketch-gan ~65 min, thin-gan
-~24 min, sketchmate-quickdraw-64 ~23 min, doodle2search-sketchy ~4 min with the EfficientNet features).
+~24 min, sketchmate-quickdraw-64 ~23 min, doodle2search-sketchy ~4 min with the EfficientNet features,
+universal-64 ~30 min: 25 of them computing its cache of backbone features).
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ COMPARED: dict[str, list[tuple[str, str]]] = {
     "thin-gan": [("omniglot_small1_leave_one_out", "main")],
     "sketchmate-quickdraw-64": [("seen", "main"), ("zero_shot", "zero_shot")],
     "doodle2search-sketchy": [("seen_heldout", "main"), ("zero_shot", "zero_shot")],
+    "universal-64": [("main", "main"), ("zero_shot", "zero_shot")],
 }
 BAND = 0.02  # of mAP@all
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _local(path: str, shared_data: Path) -> str:
@@ -51,8 +54,12 @@ def card_command(card: Any, shared_data: Path, tmp: Path) -> list[str]:
     for a in it:
         if a in ("--data", "--out", "--workdir"):
             v = next(it)
-            v = _local(v, shared_data) if a == "--data" else str(tmp / a.lstrip("-"))
+            # --data may list several sources (the universal encoder's extras), each moved
+            v = ",".join(_local(p, shared_data) for p in v.split(",")) if a == "--data" else str(tmp / a.lstrip("-"))
             out += [a, v]
+        elif a == "--split":  # a split file of the repository (a shipped model's), relative to its root
+            v = next(it)
+            out += [a, str(v if Path(v).is_absolute() else ROOT / v)]
         elif a == "--set":
             key, _, v = next(it).partition("=")
             if key.endswith("cache"):  # a cache of backbone features: a fresh one here
@@ -98,7 +105,11 @@ def test_every_shipped_card_names_a_command_this_test_can_run(name: str, tmp_pat
     argv = card_command(card, shared, tmp_path)
     assert argv[1:4] == ["-m", "sketchsearch.cli", "train"]
     data = argv[argv.index("--data") + 1]
-    assert data.startswith(str(shared)), data
-    paths = [a.split("=", 1)[-1] for a in argv[4:] if "/" in a and a != data]
+    assert all(p.startswith(str(shared)) for p in data.split(",")), data
+    inputs = {data}
+    if "--split" in argv:  # an input: the repository's split file, which must exist
+        inputs.add(argv[argv.index("--split") + 1])
+        assert Path(argv[argv.index("--split") + 1]).is_file()
+    paths = [a.split("=", 1)[-1] for a in argv[4:] if "/" in a and a not in inputs]
     assert paths and all(p.startswith(str(tmp_path)) for p in paths), paths
     assert set(COMPARED[name]) and all(k in card.metrics for k, _ in COMPARED[name])

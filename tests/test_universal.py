@@ -361,6 +361,24 @@ def test_a_frozen_backbone_trains_only_what_follows_pooling() -> None:
     assert torch.equal(flt.encode_sketch({"raster": raster}), m.features({"raster": raster}))
     with pytest.raises(ValueError, match="output must be"):
         UniversalEncoder(**{**FROZEN, "output": "ternary"})
+    with pytest.raises(ValueError, match="code_contrast must be"):
+        UniversalEncoder(**{**FROZEN, "code_contrast": "soft"})
+
+
+def test_sign_contrast_scores_the_binary_codes_and_passes_gradients() -> None:
+    torch.manual_seed(0)
+    m = UniversalEncoder(**{**FROZEN, "code_contrast": "sign", "projection_weight": 0.0, "quant_weight": 0.0})
+    pooled = torch.rand(4, 1280) * 3
+    batch = {"pooled": pooled, "pooled2": pooled + 0.01 * torch.rand(4, 1280), "label": torch.tensor([0, 0, -1, -1])}
+    losses = m.training_losses(batch)
+    h = m.features({"pooled": torch.cat([batch["pooled"], batch["pooled2"]])})
+    b = torch.sign(m.hash(h))  # the loss is SupCon of the +-1 codes themselves
+    from sketchsearch.methods.universal import contrastive_labels
+
+    want = m.contrast(b, contrastive_labels(batch["label"]))
+    assert torch.allclose(losses["code_contrastive_loss"], want, atol=1e-5)
+    losses["code_contrastive_loss"].backward()  # straight through: the hash layer still gets a gradient
+    assert m.hash.linear.weight.grad is not None and m.hash.linear.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="'pooled2'"):
         m.training_losses({"pooled": torch.zeros(2, 1280), "label": torch.tensor([0, -1])})
 
@@ -393,7 +411,9 @@ def test_cached_features_are_the_views_the_recipe_would_render(tmp_path: Path, m
                     np.testing.assert_allclose(feats[i, 2 * d + 1], want[1], rtol=1e-2, atol=1e-2)
     # read back while the fingerprint matches (nothing recomputed); recomputed when it does not
     monkeypatch.setattr(m, "pooled", lambda raster: (_ for _ in ()).throw(AssertionError("recomputed")))
-    np.testing.assert_array_equal(cache_features(m, ds, 3, path=tmp_path / "views.npy"), feats)
+    info: dict = {}
+    np.testing.assert_array_equal(cache_features(m, ds, 3, path=tmp_path / "views.npy", stats=info), feats)
+    assert info == {"cache_reused": str(tmp_path / "views.npy")}
     with pytest.raises(AssertionError, match="recomputed"):
         cache_features(m, ds, 2, path=tmp_path / "views.npy")
     # two different views of a drawing per key, seeded by the key

@@ -13,7 +13,7 @@ Issue "A sketch encoder worth defaulting to", item 2. Not a paper's method: the 
 
 Loss (``training_losses``), on a batch of two augmented views of each drawing (``raster``, ``raster2``)::
 
-    L = projection_weight * SupCon(proj(h1), proj(h2)) + code_weight * SupCon(u1, u2)
+    L = projection_weight * SupCon(proj(h1), proj(h2)) + code_weight * SupCon(c1, c2)
         + quant_weight * 1/2 (||u1 - sign(u1)||^2 + ||u2 - sign(u2)||^2)
 
 SupCon is pytorch-metric-learning's ``SupConLoss`` (Khosla et al., NeurIPS 2020; cosine similarity,
@@ -21,7 +21,9 @@ SupCon is pytorch-metric-learning's ``SupConLoss`` (Khosla et al., NeurIPS 2020;
 ``supervised=True``, every view of a drawing of the same class (``label >= 0``). An unlabelled drawing
 (``label = -1``) gets a label of its own, so its only positive is its other view: SupCon is then exactly
 NT-Xent (SimCLR's loss). The recipe (``recipes/universal.py``) gives labels only to the seen classes of its
-split; unseen classes never train. The quantization term is SketchMate's (``losses/hashing.py``: the squared
+split; unseen classes never train. ``c = u`` (``code_contrast="relaxed"``) or ``c = sign(u)`` with a
+straight-through gradient (``"sign"``: Greedy Hash, Su et al., NeurIPS 2018), so that the code contrast ranks
+by the Hamming distance itself. The quantization term is SketchMate's (``losses/hashing.py``: the squared
 distance of the relaxed code to its binary corner, summed over bits; here on the tanh scale, corners +-1).
 
 Encoding: ``encode_sketch`` -> ``u`` (B, nbits), ``output="binary"`` (Hamming search of ``u > 0``), or with
@@ -90,6 +92,9 @@ class UniversalEncoder(Method):
         temperature: float = 0.1,  # SupCon's (Khosla et al.); PML's default 0.1
         projection_weight: float = 1.0,  # the SimCLR head's loss; 0: contrast on the codes only
         code_weight: float = 1.0,  # contrast on the relaxed codes themselves (what is searched)
+        code_contrast: str = "relaxed",  # "relaxed": SupCon on u; "sign": on sign(u) with a straight-through
+        # gradient (Greedy Hash, Su et al., NeurIPS 2018): the cosine of two +-1 codes is 1 - 2 hamming / nbits,
+        # so the contrast then ranks by the Hamming distance that is searched
         quant_weight: float = 0.01,  # chosen by scale: ||u - sign(u)||^2 summed over 64 bits starts near 30 for
         # tanh codes; 0.01 keeps it under a tenth of SupCon (~log 2B = 4.8 at batch 64) so the codes saturate
         # without stalling the contrast (SketchMate's 0.01, on its sigmoid scale)
@@ -115,6 +120,8 @@ class UniversalEncoder(Method):
             raise ValueError(f"universal: nbits must be a multiple of 8 (packed bytes), got {nbits}")
         if temperature <= 0:
             raise ValueError(f"universal: temperature must be > 0, got {temperature}")
+        if code_contrast not in ("relaxed", "sign"):
+            raise ValueError(f"universal: code_contrast must be 'relaxed' or 'sign', got {code_contrast!r}")
         if projection_weight == 0 and code_weight == 0:
             raise ValueError("universal: projection_weight and code_weight are both 0: nothing to contrast")
         pre = preprocessing or default_preprocessing(input_size)
@@ -125,6 +132,7 @@ class UniversalEncoder(Method):
         self.output = output  # type: ignore[misc]  # per instance: the float variant shares the weights
         self.feature_dim = int(feature_dim)
         self.projection_weight, self.code_weight = float(projection_weight), float(code_weight)
+        self.code_contrast = code_contrast
         self.quant_weight, self.top_lr_mult, self.supervised = float(quant_weight), float(top_lr_mult), supervised
         self.net = TopTunedLite(
             feature_dim,
@@ -136,8 +144,13 @@ class UniversalEncoder(Method):
         )
         # channels-last convolutions: ~1.3x faster on one CPU thread (measured: 17 -> 13 ms a drawing at 96 px)
         self.net.to(memory_format=torch.channels_last)
-        self.projection = nn.Sequential(
-            nn.Linear(feature_dim, feature_dim), nn.ReLU(inplace=True), nn.Linear(feature_dim, projection_dim)
+        # no projection head at all without its loss (it would be saved untrained)
+        self.projection = (
+            nn.Sequential(
+                nn.Linear(feature_dim, feature_dim), nn.ReLU(inplace=True), nn.Linear(feature_dim, projection_dim)
+            )
+            if projection_weight > 0
+            else None
         )
         self.hash = HashHead(feature_dim, nbits, activation="tanh")
         self.contrast = SupConLoss(temperature=float(temperature))
@@ -208,7 +221,7 @@ class UniversalEncoder(Method):
             label = torch.full((n,), -1, dtype=torch.long, device=h.device)
         lab = contrastive_labels(label.to(h.device))
         u = self.hash(h)
-        z = self.projection(h) if self.projection_weight > 0 else None
+        z = self.projection(h) if self.projection is not None else None
         out: dict[str, Tensor] = {}
         # the losses in float32 even under the loop's bf16 autocast (CUDA): softmax over 2B similarities
         with torch.autocast(h.device.type, enabled=False):
@@ -216,7 +229,8 @@ class UniversalEncoder(Method):
             if z is not None:
                 out["contrastive_loss"] = self.projection_weight * self.contrast(z.float(), lab)
             if self.code_weight > 0:
-                out["code_contrastive_loss"] = self.code_weight * self.contrast(u, lab)
+                c = u + (torch.sign(u) - u).detach() if self.code_contrast == "sign" else u
+                out["code_contrastive_loss"] = self.code_weight * self.contrast(c, lab)
             q = quantization_loss(u, threshold=0.0, low=-1.0, high=1.0)  # the mean over both views
             out["quantization_loss"] = self.quant_weight * q
         with torch.no_grad():

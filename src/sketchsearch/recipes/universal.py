@@ -40,9 +40,25 @@ saved model encodes 56-67 drawings/s one at a time on one thread, rendering from
 (``benchmarks/pretrained_zero_shot.py``'s ``encode_per_s``). A view takes ~4 ms to make on one core (QuickDraw
 raw, 96 px), so the data, not the network, bounds a GPU run: ``--set workers=N`` renders in N processes.
 
-**The full training run** (a later session; not run yet, no quality claimed), on a GPU if one is lent (the
-loop picks CUDA and bf16 autocast by itself; on one CPU core it would be ~2 s / iteration at batch 64), all
-the drawings the issue names, 64 bits (then ``--set nbits=128``)::
+**The shipped ``universal-64``** (CPU, 2 cores): the whole backbone frozen (``frozen_blocks=17``) at 128 px, its
+features of two views of each drawing computed once (``cache_views=2``: 51,624 drawings, 103,248 views, 25
+min; ``views.npy`` in the work folder, reused by every run with the same drawings and backbone settings), then
+2,000 steps of 256 drawings on them (70 s), contrast on the codes' signs only (``code_contrast=sign``,
+``projection_weight=0``)::
+
+    OMP_NUM_THREADS=2 sketchsearch train universal \
+        --data $D/quickdraw/raw,$D/quickdraw/simplified,$D/sketchrnn/omniglot.npz,$D/sketchrnn/kanji.rdp100.npz \
+        --split src/sketchsearch/pretrained/sketchmate-quickdraw-64.split.json --iterations 2000 \
+        --batch-size 256 --lr 1e-3 --set frozen_blocks=17 --set input_size=128 --set cache_views=2 \
+        --set workers=1 --set code_contrast=sign --set projection_weight=0 --set nbits=64 \
+        --out models/universal-64 --workdir runs/universal
+
+Unseen QuickDraw classes: mAP@all 0.251 (64 bits), 0.307 (its float features); the README's table has the rest
+and how the head settings were chosen (on seen classes held out of head training).
+
+**A full training run with the top blocks trained** (a later session; not run yet, no quality claimed), on a
+GPU if one is lent (the loop picks CUDA and bf16 autocast by itself; on one CPU core it would be ~2 s /
+iteration at batch 64), all the drawings the issue names, 64 bits (then ``--set nbits=128``)::
 
     D=../shared/data
     sketchsearch train universal \\
@@ -265,14 +281,22 @@ class _Keys(Dataset[dict[str, Any]]):
 
 
 def cache_features(
-    method: Method, ds: ViewDataset, k: int, *, batch_size: int = 64, workers: int = 0, path: Path | None = None
+    method: Method,
+    ds: ViewDataset,
+    k: int,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    path: Path | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """(N, k, 1280) float16: the frozen backbone's pooled features of ``k`` views of each of ``ds``'s drawings
     (view pairs ``(i, d)`` of :class:`ViewDataset`, d < ceil(k / 2), so a view is the one the on-the-fly
     recipe would render for that key). With ``path``, a cache whose fingerprint (drawings, labels, k, seed,
-    augmentation, preprocessing, backbone settings) matches is read back instead of recomputed; a new one is written
-    there. Why a cache: with the whole backbone frozen, its forward pass is >99% of a training step on a CPU,
-    and the same views would be recomputed every epoch."""
+    augmentation, preprocessing, backbone settings) matches is read back instead of recomputed (and
+    ``stats["cache_reused"]`` names the file); a new one is written there. Why a cache: with the whole backbone
+    frozen, its forward pass is >99% of a training step on a CPU, and the same views would be recomputed every
+    epoch."""
     if k < 1:
         raise ValueError(f"cache_views must be >= 1, got {k}")
     if not getattr(method, "cacheable", False):
@@ -302,6 +326,8 @@ def cache_features(
     ):
         feats = np.load(path, mmap_mode="r")
         if feats.shape[:2] == (n, k):
+            if stats is not None:
+                stats["cache_reused"] = str(path)
             return np.asarray(feats)
     keys = [(i, d) for d in range(-(-k // 2)) for i in range(n)]
     loader = DataLoader(_Keys(ds, keys), batch_size=batch_size, collate_fn=collate_views, num_workers=workers)
@@ -381,12 +407,12 @@ def fit(
     sampler = MixedSampler(labels, per_class=per_class, labelled_fraction=labelled_fraction, seed=cfg.seed)
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    cache_s = 0.0
+    cache_s, cache_info = 0.0, {}
     if cache_views:
         t1 = time.perf_counter()
         cache = Path(cfg.out) / "views.npy" if cfg.out else None
         with phase(f"backbone features of {cache_views} views of {len(inputs)} drawings"):
-            feats = cache_features(method, ds, int(cache_views), workers=int(workers), path=cache)
+            feats = cache_features(method, ds, int(cache_views), workers=int(workers), path=cache, stats=cache_info)
         cache_s = time.perf_counter() - t1
         res = train(method, CachedViews(feats, labels, seed=cfg.seed), cfg, collate_fn=collate_cached, sampler=sampler)
     else:
@@ -397,7 +423,8 @@ def fit(
         "augment": cfg_aug.to_dict() if cfg_aug else None,
         "collect_seconds": round(collect_s, 1),
         "cache_views": int(cache_views),
-        "cache_seconds": round(cache_s, 1),
+        "cache_seconds": round(cache_s, 1),  # reading it back, when it was reused (cache_reused)
+        **cache_info,
         "train_seconds": round(res.seconds, 1),
         "seconds_per_iteration": round(res.seconds / max(cfg.iterations, 1), 3),
         "device": res.device,
