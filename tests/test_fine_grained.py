@@ -99,7 +99,10 @@ def test_top_tuned_lite_freezes_the_trunk_and_passes_gradients_to_its_input() ->
     assert x.grad is not None and float(x.grad.abs().sum()) > 0  # GDH trains its generators through it
     assert net.external("h.") == {}  # random weights: nothing comes from a package
     with pytest.raises(ValueError, match="frozen_blocks must be an int in"):
-        TopTunedLite(8, frozen_blocks=17, pretrained=False)
+        TopTunedLite(8, frozen_blocks=18, pretrained=False)
+    whole = TopTunedLite(8, frozen_blocks=17, pretrained=False)  # 16 blocks + the head: nothing before fc trains
+    assert whole.frozen and not net.frozen and len(whole.top) == 0
+    assert {n for n, p in whole.named_parameters() if p.requires_grad} == {"fc.weight", "fc.bias"}
 
 
 # --------------------------------------------------------------------------------------- triplet Siamese

@@ -664,7 +664,8 @@ def test_json_roundtrip_of_a_real_page_payload(client: TestClient) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- binary codes
-def test_binary_collection_reports_hamming_distances() -> None:
+def lsh_retriever() -> Retriever:
+    """A binary (Hamming) collection of the shapes: 64-bit LSH."""
     from sketchsearch.methods import create_method
 
     method = create_method("lsh", nbits=64)
@@ -672,6 +673,12 @@ def test_binary_collection_reports_hamming_distances() -> None:
     method.fit(items)
     r = Retriever(method, model_id="test-lsh-64")
     r.add(items, labels=[s.label for s in items], thumbnails=True)
+    return r
+
+
+def test_binary_collection_reports_hamming_distances() -> None:
+    r = lsh_retriever()
+    items = [shape_sketch(kind, seed) for kind in SHAPES for seed in range(6)]  # the collection's, in order
     with TestClient(create_app({"lsh": r}), raise_server_exceptions=False) as c:
         q = shape_sketch("zigzag", 500)
         body = c.post("/api/search", json={"strokes": strokes_json(q), "k": 8}).json()

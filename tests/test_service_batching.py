@@ -21,13 +21,12 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from test_service import SHAPES, build_retriever, shape_sketch, strokes_json
+from test_service import SHAPES, build_retriever, lsh_retriever, shape_sketch, strokes_json
 from typer.testing import CliRunner
 
 from sketchsearch.cli import app as cli_app
 from sketchsearch.data.sketch import Sketch
 from sketchsearch.errors import IndexError_, InvalidSketchError
-from sketchsearch.methods import create_method
 from sketchsearch.retrieval import Retriever
 from sketchsearch.service import Limits, create_app
 from sketchsearch.service.batching import BatchOptions, SearchBatcher
@@ -36,16 +35,6 @@ OFF = BatchOptions(max_batch=1)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def lsh_retriever() -> Retriever:
-    """A binary (Hamming) collection of the shapes: 64-bit LSH."""
-    method = create_method("lsh", nbits=64)
-    items = [shape_sketch(kind, seed) for kind in SHAPES for seed in range(6)]
-    method.fit(items)
-    r = Retriever(method, model_id="test-lsh-64")
-    r.add(items, labels=[s.label for s in items], thumbnails=True)
-    return r
-
-
 def count_encodes(r: Retriever, refuse: Callable[[Sequence[Any]], bool] | None = None) -> list[int]:
     """Wrap ``r.encode`` (on the instance) to record each call's number of queries; ``refuse(items)`` true ->
     InvalidSketchError, as an encoder refusing a drawing would."""
