@@ -154,7 +154,8 @@ def test_dense_index_cosine_and_ties(rng: np.random.Generator) -> None:
 def test_numba_row_scan_of_few_wide_queries_matches_the_oracle_and_the_plane_scan(
     nbits: int, n: int, k: int, rng: np.random.Generator
 ) -> None:
-    """1-3 queries of >= 3 words take the row-by-row kernel (knn_rows): same hits, ties by id, padding."""
+    """Few queries of >= 3 words take the row-by-row kernel (knn_rows): same hits, ties by id, padding; and
+    when that kernel is chosen."""
     from sketchsearch.index import _kernels
     from sketchsearch.index.hamming import _words
 
@@ -175,3 +176,6 @@ def test_numba_row_scan_of_few_wide_queries_matches_the_oracle_and_the_plane_sca
     _kernels.ensure_compiled()
     for a, b in zip(_kernels.knn_rows(qw, db, k, nbits), _kernels.knn_scan(qw, db, k, nbits)):
         np.testing.assert_array_equal(a, b)
+    # rows for up to half as many queries as words (16 words: 8), planes beyond, never for narrow codes
+    assert _kernels.rows_pay(8, 16) and not _kernels.rows_pay(9, 16) and _kernels.rows_pay(2, 4)
+    assert not _kernels.rows_pay(3, 4) and not _kernels.rows_pay(1, 2) and _kernels.rows_pay(1, 3)

@@ -204,11 +204,20 @@ def knn_scan(xq, xb, k, nbits):  # type: ignore[no-untyped-def]
 
 
 ROWS_MIN_WORDS = 3
-"""Codes of at least this many 64-bit words are searched row by row (:func:`knn_rows`) when there are fewer
-than :data:`ROWS_MAX_QUERIES` queries: :func:`knn_scan` copies each chunk into word planes to share it
-between a block of queries, which a lone query of wide codes pays for alone (one 1,024-bit query over 10^6
-codes: ~60-80 ms in planes, ~10 ms row by row, on the 2-core EPYC box)."""
-ROWS_MAX_QUERIES = 4
+"""Codes of at least this many 64-bit words may be searched row by row (:func:`knn_rows`, see
+:func:`rows_pay`): :func:`knn_scan` copies each chunk into word planes to share it between a block of
+queries, which a lone query of wide codes pays for alone (one 1,024-bit query over 10^6 codes: ~55 ms in
+planes, ~11 ms row by row, on the 2-core EPYC box)."""
+
+
+def rows_pay(nq: int, nwords: int) -> bool:
+    """Whether ``nq`` queries of ``nwords``-word codes are searched faster row by row than in word planes.
+
+    Measured (one thread, 10^6 random codes, k = 10, ms per query rows / planes): 1,024 bits (16 words) at
+    1 / 4 / 8 / 12 queries 10.8 / 55, 6.5 / 12.8, 7.3 / 8.1, 7.7 / 5.8; 256 bits (4 words) at 1 / 2 / 4
+    queries 3.3 / 7.8, 3.4 / 3.9, 3.8 / 2.2. The planes win once there are more queries than half the words
+    (a batch of the service's searches is often 4-8 queries of sketch-gan's 1,024-bit codes)."""
+    return nwords >= ROWS_MIN_WORDS and nq <= nwords // 2
 
 
 @njit(cache=True, nogil=True)

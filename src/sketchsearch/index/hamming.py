@@ -203,7 +203,7 @@ class NumbaHammingIndex(HammingIndex):
         from . import _kernels
 
         _kernels.ensure_compiled()
-        if self._nwords >= _kernels.ROWS_MIN_WORDS and q.shape[0] < _kernels.ROWS_MAX_QUERIES:
+        if _kernels.rows_pay(q.shape[0], self._nwords):
             return _kernels.knn_rows(_words(q, self._nwords), self._db(), k, self.nbits)  # type: ignore[no-any-return]
         return _kernels.knn_scan(_words(q, self._nwords), self._db(), k, self.nbits)  # type: ignore[no-any-return]
 
