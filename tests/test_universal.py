@@ -416,6 +416,11 @@ def test_cached_features_are_the_views_the_recipe_would_render(tmp_path: Path, m
     assert info == {"cache_reused": str(tmp_path / "views.npy")}
     with pytest.raises(AssertionError, match="recomputed"):
         cache_features(m, ds, 2, path=tmp_path / "views.npy")
+    # as many drawings with the same labels, one of them drawn otherwise (kanji at another simplification)
+    other = [*ds.inputs[:5], Sketch([s + 1.0 for s in ds.inputs[5].strokes])]
+    moved = type(ds)(other, ds.labels, ds.pre, ds.augment, seed=ds.seed)
+    with pytest.raises(AssertionError, match="recomputed"):
+        cache_features(m, moved, 3, path=tmp_path / "views.npy")
     # two different views of a drawing per key, seeded by the key
     cv = CachedViews(feats, ds.labels, seed=1)
     a, b = cv[(2, 7)], cv[(2, 7)]

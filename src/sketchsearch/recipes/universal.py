@@ -91,6 +91,7 @@ figure on both, and >= 50 drawings/s encoded on one CPU thread, rendering includ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -108,6 +109,7 @@ from ..data.augment import AugmentConfig, render_view
 from ..data.batching import Batch, Preprocessing, item_input, make_example
 from ..data.collection import Collection
 from ..data.sampling import MixedSampler
+from ..data.sketch import Sketch
 from ..data.sources import load_collection, named_source
 from ..data.splits import Split
 from ..encoders.photo_cnn import EfficientNetLite
@@ -124,6 +126,7 @@ __all__ = [
     "cache_features",
     "collate_cached",
     "collate_views",
+    "drawings_digest",
     "fit",
     "load_sources",
     "training_set",
@@ -280,6 +283,21 @@ class _Keys(Dataset[dict[str, Any]]):
         return self.ds[self.keys[j]]
 
 
+def drawings_digest(inputs: Sequence[Any], labels: Sequence[int]) -> str:
+    """SHA-256 of every drawing (its strokes' points, or its image's pixels) and label, in order: what a cache
+    of their features is keyed by. A count and labels are not enough: sketch-rnn's kanji files hold the same
+    drawings, unlabelled, at three simplifications."""
+    h = hashlib.sha256()
+    for x, y in zip(inputs, labels, strict=True):
+        if isinstance(x, Sketch):
+            for s in x.strokes:
+                h.update(np.ascontiguousarray(s, dtype=np.float64).tobytes() + b"|")
+        else:  # a PIL image (item_input)
+            h.update(f"{x.mode}{x.size}".encode() + x.tobytes())
+        h.update(f"#{int(y)};".encode())
+    return h.hexdigest()
+
+
 def cache_features(
     method: Method,
     ds: ViewDataset,
@@ -292,11 +310,11 @@ def cache_features(
 ) -> np.ndarray:
     """(N, k, 1280) float16: the frozen backbone's pooled features of ``k`` views of each of ``ds``'s drawings
     (view pairs ``(i, d)`` of :class:`ViewDataset`, d < ceil(k / 2), so a view is the one the on-the-fly
-    recipe would render for that key). With ``path``, a cache whose fingerprint (drawings, labels, k, seed,
-    augmentation, preprocessing, backbone settings) matches is read back instead of recomputed (and
-    ``stats["cache_reused"]`` names the file); a new one is written there. Why a cache: with the whole backbone
-    frozen, its forward pass is >99% of a training step on a CPU, and the same views would be recomputed every
-    epoch."""
+    recipe would render for that key). With ``path``, a cache whose fingerprint (the drawings and labels
+    themselves, :func:`drawings_digest`; k, seed, augmentation, preprocessing, backbone settings) matches is
+    read back instead of recomputed (and ``stats["cache_reused"]`` names the file); a new one is written there.
+    Why a cache: with the whole backbone frozen, its forward pass is >99% of a training step on a CPU, and the
+    same views would be recomputed every epoch."""
     if k < 1:
         raise ValueError(f"cache_views must be >= 1, got {k}")
     if not getattr(method, "cacheable", False):
@@ -306,7 +324,7 @@ def cache_features(
     n = len(ds)
     fingerprint = {
         "n": n,
-        "labels": int(np.asarray(ds.labels, dtype=np.int64) @ np.arange(1, n + 1, dtype=np.int64) % 1_000_000_007),
+        "drawings": drawings_digest(ds.inputs, ds.labels),
         "k": k,
         "seed": ds.seed,
         "augment": ds.augment.to_dict() if ds.augment else None,
