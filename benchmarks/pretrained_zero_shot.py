@@ -13,6 +13,14 @@
   baselines; the ImageNet backbones never saw a character of any alphabet. (sketch-GAN was trained,
   unlabelled, on sketch-rnn's omniglot.npz, drawn from the whole Omniglot set.) ``--omniglot-chars N`` keeps
   a seeded N of the characters (all 20 drawings each) to fit a time budget; 0 = all.
+* **Sketchy sketches** (sketch -> sketch, 128 px PNG rasters, no strokes): the 25 classes the shipped
+  ``doodle2search-sketchy``'s split keeps unseen, leave-one-out over their 625 sketches; the closed-form rows
+  fitted (no labels) on ``--fit-limit`` of that split's training sketches (seen classes).
+* **Sketchy sketch -> photo** (``sketchy-photo``): the same split's zero-shot part (625 unseen sketches query
+  625 unseen photos), rows only for models with a photo branch: the shipped ``doodle2search-sketchy`` (the
+  paper's configuration) and ``doodle2search-residual-sketchy`` (power-centred features, residual heads), and
+  any such ``--models``. The frozen and pixel rows cannot encode photos; ``benchmarks/d2s_sketchy.py`` has the
+  frozen-features references and the ablations.
 
 Rows: pixel ITQ-64 (``itq``, 32 x 32), frozen Lite0 / Lite2 float (1280-d centred, cosine) and + ITQ-64 (Hamming),
 the shipped model of each set, and any ``--models`` (a trained ``universal`` model also as its float
@@ -51,6 +59,7 @@ from sketchsearch.methods.pretrained import PretrainedFeatures
 from sketchsearch.model import load_model, model_split
 
 KS = (1, 10, 100)
+DATASETS = ("quickdraw", "omniglot", "sketchy", "sketchy-photo")
 COLUMNS = ("data", "label", "mAP@all", "P@100", "ms/query", "encode/s", "fit_items", "seconds")
 
 
@@ -124,14 +133,21 @@ def _row(
     return row
 
 
+def encodes_photos(method: Method) -> bool:
+    return type(method).encode_photo is not Method.encode_photo
+
+
 def run_dataset(
-    data: str, coll: Collection, split: Split, shipped: str, backbones: list[str], args: argparse.Namespace
+    data: str, coll: Collection, split: Split, shipped: list[str], backbones: list[str], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     q_part = split.evaluations()[0][1]
     speed = [item_input(coll[i]) for i in split.part(q_part)[: args.speed_n]]
+    photos = any(coll[i].modality == "photo" for i in split.part(split.evaluations()[0][2]))
     rows = []
     t0 = time.perf_counter()
-    if args.pixel:
+    if photos:  # sketch -> photo: only models with a photo branch
+        backbones = []
+    if args.pixel and not photos:
         itq = create_method("itq", nbits=64)
         rows.append(_row(data, "pixel ITQ-64", itq, coll, split, speed, fit_on_split(itq, coll, split), t0))
     for bb in backbones:
@@ -169,13 +185,16 @@ def run_dataset(
                 flush=True,
             )
             rows.append(row)
-    t0 = time.perf_counter()
-    if shipped:
-        model, _ = load_model(shipped)
-        rows.append(_row(data, f"{shipped} (shipped)", model, coll, split, speed, None, t0))
+    for name in shipped:
+        t0 = time.perf_counter()
+        model, _ = load_model(name)
+        rows.append(_row(data, f"{name} (shipped)", model, coll, split, speed, None, t0))
     for spec in args.models:
         t0 = time.perf_counter()
         model, _ = load_model(spec)
+        if photos and not encodes_photos(model):
+            print(f"{data:9s} {spec}: no photo branch, no row", file=sys.stderr, flush=True)
+            continue
         label = Path(spec).name
         rows.append(_row(data, label, model, coll, split, speed, None, t0))
         if model.name == "universal" and model.output == "binary":  # its float features, same weights
@@ -210,6 +229,23 @@ def omniglot_split(path: str, chars: int) -> tuple[Collection, Split]:
     return coll, Split(full.kind, full.seed, dict(full.params), {"gallery": gallery}, data=path)
 
 
+def sketchy_split(path: str, fit_limit: int, photos: bool) -> tuple[Collection, Split]:
+    """The shipped doodle2search-sketchy's split: its zero-shot part (``photos``), or leave-one-out over its
+    unseen sketches with (a seeded ``fit_limit`` of) its training sketches to fit closed-form rows on."""
+    coll = load_collection(path)
+    full = model_split("doodle2search-sketchy")
+    assert full is not None
+    if photos:
+        parts = {k: full.part(k) for k in ("unseen_query", "unseen_gallery")}
+        return coll, Split(full.kind, full.seed, dict(full.params), parts, full.seen_classes, full.unseen_classes, path)
+    train = [i for i in full.part("train") if coll[i].modality == "sketch"]
+    if fit_limit and fit_limit < len(train):
+        keep = np.sort(np.random.default_rng(0).choice(len(train), fit_limit, replace=False))
+        train = [train[i] for i in keep]
+    parts = {"train": train, "gallery": full.part("unseen_query")}
+    return coll, Split("leave_one_out", full.seed, {}, parts, full.unseen_classes, data=path)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quickdraw", default=str(DATA_ROOT / "quickdraw" / "raw"))
@@ -218,7 +254,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", nargs="*", default=[], help="trained models (names or paths) to add as rows")
     ap.add_argument("--no-pixel", dest="pixel", action="store_false", help="skip the pixel ITQ-64 row")
     ap.add_argument("--no-shipped", dest="shipped", action="store_false", help="skip the shipped models' rows")
-    ap.add_argument("--datasets", nargs="+", default=["quickdraw", "omniglot"])
+    ap.add_argument("--sketchy", default=str(DATA_ROOT / "sketchy"))
+    ap.add_argument(
+        "--datasets", nargs="+", default=["quickdraw", "omniglot", "sketchy", "sketchy-photo"], choices=DATASETS
+    )
     ap.add_argument("--fit-limit", type=int, default=1000, help="QuickDraw train items the closed-form rows fit on")
     ap.add_argument("--omniglot-chars", type=int, default=0, help="seeded subset of characters (0: all 136)")
     ap.add_argument("--resolution", type=int, default=None, help="backbone input (default: 224 Lite0, 260 Lite2)")
@@ -232,13 +271,21 @@ def main(argv: list[str] | None = None) -> None:
     if "quickdraw" in args.datasets:
         coll, split = quickdraw_split(args.quickdraw, args.fit_limit)
         print(f"quickdraw: {split.summary()}", flush=True)
-        rows += run_dataset("quickdraw", coll, split, args.shipped and "sketchmate-quickdraw-64", args.backbones, args)
+        shipped = ["sketchmate-quickdraw-64"] if args.shipped else []
+        rows += run_dataset("quickdraw", coll, split, shipped, args.backbones, args)
     if "omniglot" in args.datasets:
         coll, split = omniglot_split(args.omniglot, args.omniglot_chars)
         print(f"omniglot: {split.summary()}", flush=True)
-        rows += run_dataset("omniglot", coll, split, args.shipped and "sketch-gan", args.backbones, args)
+        rows += run_dataset("omniglot", coll, split, ["sketch-gan"] if args.shipped else [], args.backbones, args)
+    for name in ("sketchy", "sketchy-photo"):
+        if name in args.datasets:
+            photos = name == "sketchy-photo"
+            coll, split = sketchy_split(args.sketchy, args.fit_limit, photos)
+            print(f"{name}: {split.summary()}", flush=True)
+            shipped = ["doodle2search-sketchy", "doodle2search-residual-sketchy"] if args.shipped and photos else []
+            rows += run_dataset(name, coll, split, shipped, args.backbones, args)
     doc = {
-        "title": "Frozen pretrained backbones on unseen classes",
+        "title": "Zero-shot: every labelled set, unseen classes",
         "args": {k: v for k, v in vars(args).items()},
         "command": "python benchmarks/pretrained_zero_shot.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "rows": rows,
@@ -252,8 +299,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.fit_limit or 'all'} of its train items (seen classes, no labels). Omniglot: sketch-gan's "
         "leave-one-out split"
         + (f" on {args.omniglot_chars} seeded characters" if args.omniglot_chars else "")
-        + ", closed-form rows fitted on the gallery without labels. encode/s: one CPU thread, one drawing per "
-        "call, rendering from strokes included; ms/query: search only.\n"
+        + ", closed-form rows fitted on the gallery without labels. Sketchy: doodle2search-sketchy's 25 unseen "
+        "classes, sketch -> sketch leave-one-out (closed-form rows fitted on its seen training sketches) and "
+        "sketch -> photo (models with a photo branch). encode/s: one CPU thread, one drawing per call, rendering "
+        "from strokes included (Sketchy: from 128 px images); ms/query: search only.\n"
     )
     write_results(args.out, doc, md)
     print(md)

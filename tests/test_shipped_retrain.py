@@ -8,7 +8,8 @@ counts (see the determinism test in test_sketchmate.py: on one machine with one 
 bit-identical): 0.02 of mAP@all, several times the seed-to-seed spread the README reports for each.
 
 Run them with ``make test-slow`` (CPU times measured on the 2-core dev machine: sketch-gan ~65 min, thin-gan
-~24 min, sketchmate-quickdraw-64 ~23 min, doodle2search-sketchy ~4 min with the EfficientNet features,
+~24 min, sketchmate-quickdraw-64 ~23 min, doodle2search-sketchy and doodle2search-residual-sketchy ~4 min each
+with the EfficientNet features,
 universal-64 ~30 min: 25 of them computing its cache of backbone features).
 """
 
@@ -33,6 +34,7 @@ COMPARED: dict[str, list[tuple[str, str]]] = {
     "thin-gan": [("omniglot_small1_leave_one_out", "main")],
     "sketchmate-quickdraw-64": [("seen", "main"), ("zero_shot", "zero_shot")],
     "doodle2search-sketchy": [("seen_heldout", "main"), ("zero_shot", "zero_shot")],
+    "doodle2search-residual-sketchy": [("main", "main"), ("zero_shot", "zero_shot")],
     "universal-64": [("main", "main"), ("zero_shot", "zero_shot")],
 }
 BAND = 0.02  # of mAP@all

@@ -87,6 +87,7 @@ HPARAM_BOUNDS: dict[str, Bound] = {
     "semantic_dim": _SIZE,
     "rnn_hidden": _SIZE,
     "hidden": Bound(int, 0, 16384),  # 0: one linear layer
+    "rank": Bound(int, 0, 16384),  # doodle2search residual heads: 0 = full rank
     "semantic_hidden": Bound(int, 1, 16384),
     "domain_hidden": Bound(int, 1, 16384),
     "dz": Bound(int, 1, 1024),

@@ -228,6 +228,11 @@ def fit(
     sl, pl = [index[str(coll[i].label)] for i in sk], [index[str(coll[i].label)] for i in ph]
     semantic = class_name_embeddings(split.seen_classes) if method.weights["semantic"] > 0 else None
     info: dict[str, Any] = {}
+    if method.finetune_backbone and method.needs_feature_stats:
+        raise ValueError(
+            "feature_norm='power_centred' is fitted on a frozen backbone's features: "
+            "set finetune_backbone=False or feature_norm='none'"
+        )
     if method.finetune_backbone:
         pre = method.preprocessing
         ds = TripletDataset(
@@ -245,18 +250,22 @@ def fit(
         with phase(f"backbone features of {len(sk) + len(ph)} items"):
             feats = cached_backbone_features(method, coll, sk + ph, cache)
         info["feature_seconds"] = round(time.perf_counter() - t0, 1)
+        sk_feats, ph_feats = np.stack([feats[i] for i in sk]), np.stack([feats[i] for i in ph])
+        method.fit_feature_stats(torch.from_numpy(sk_feats), torch.from_numpy(ph_feats))  # no-op unless needed
         ds = TripletDataset(
-            np.stack([feats[i] for i in sk]),
+            sk_feats,
             sl,
-            np.stack([feats[i] for i in ph]),
+            ph_feats,
             pl,
             semantic,
             features=True,
             seed=cfg.seed,
         )
+    method.expand_heads()  # rank > 0: train full-rank updates, factored below (no-op otherwise)
     res = train(
         method, ds, cfg, collate_fn=collate_triplets, sampler=ClassBalancedSampler(sl, per_class=1, seed=cfg.seed)
     )
+    method.factor_heads()
     info.update(
         {"train_seconds": round(res.seconds, 1), "device": res.device, "last": res.history[-1] if res.history else {}}
     )
