@@ -23,7 +23,9 @@
   frozen-features references and the ablations.
 
 Rows: pixel ITQ-64 (``itq``, 32 x 32), frozen Lite0 / Lite2 float (1280-d centred, cosine) and + ITQ-64 (Hamming),
-the shipped model of each set, and any ``--models`` (a trained ``universal`` model also as its float
+the shipped sketch models (``sketch-gan``, ``sketchmate-quickdraw-64``, ``universal-64``, on every sketch set;
+each was trained on one of them: sketch-GAN on unlabelled Omniglot drawings, the other two on QuickDraw's seen
+classes), and any ``--models`` (a trained ``universal`` model also as its float
 features, same weights). Columns: mAP@all, P@100, ms/query (search only, the evaluation's), and
 encode/s: drawings per second on **one CPU thread, rendering from strokes included**, one drawing per call
 (as the page encodes while a person draws). Every row is scored by ``eval.evaluate.evaluate`` on the same split.
@@ -60,6 +62,9 @@ from sketchsearch.model import load_model, model_split
 
 KS = (1, 10, 100)
 DATASETS = ("quickdraw", "omniglot", "sketchy", "sketchy-photo")
+#: the shipped models of every sketch -> sketch set, and of sketch -> photo
+SHIPPED_SKETCH = ["sketch-gan", "sketchmate-quickdraw-64", "universal-64"]
+SHIPPED_PHOTO = ["doodle2search-sketchy", "doodle2search-residual-sketchy"]
 COLUMNS = ("data", "label", "mAP@all", "P@100", "ms/query", "encode/s", "fit_items", "seconds")
 
 
@@ -185,17 +190,13 @@ def run_dataset(
                 flush=True,
             )
             rows.append(row)
-    for name in shipped:
-        t0 = time.perf_counter()
-        model, _ = load_model(name)
-        rows.append(_row(data, f"{name} (shipped)", model, coll, split, speed, None, t0))
-    for spec in args.models:
+    specs = [(f"{name} (shipped)", name) for name in shipped] + [(Path(spec).name, spec) for spec in args.models]
+    for label, spec in specs:
         t0 = time.perf_counter()
         model, _ = load_model(spec)
         if photos and not encodes_photos(model):
             print(f"{data:9s} {spec}: no photo branch, no row", file=sys.stderr, flush=True)
             continue
-        label = Path(spec).name
         rows.append(_row(data, label, model, coll, split, speed, None, t0))
         if model.name == "universal" and model.output == "binary":  # its float features, same weights
             t0 = time.perf_counter()
@@ -271,18 +272,17 @@ def main(argv: list[str] | None = None) -> None:
     if "quickdraw" in args.datasets:
         coll, split = quickdraw_split(args.quickdraw, args.fit_limit)
         print(f"quickdraw: {split.summary()}", flush=True)
-        shipped = ["sketchmate-quickdraw-64"] if args.shipped else []
-        rows += run_dataset("quickdraw", coll, split, shipped, args.backbones, args)
+        rows += run_dataset("quickdraw", coll, split, SHIPPED_SKETCH if args.shipped else [], args.backbones, args)
     if "omniglot" in args.datasets:
         coll, split = omniglot_split(args.omniglot, args.omniglot_chars)
         print(f"omniglot: {split.summary()}", flush=True)
-        rows += run_dataset("omniglot", coll, split, ["sketch-gan"] if args.shipped else [], args.backbones, args)
+        rows += run_dataset("omniglot", coll, split, SHIPPED_SKETCH if args.shipped else [], args.backbones, args)
     for name in ("sketchy", "sketchy-photo"):
         if name in args.datasets:
             photos = name == "sketchy-photo"
             coll, split = sketchy_split(args.sketchy, args.fit_limit, photos)
             print(f"{name}: {split.summary()}", flush=True)
-            shipped = ["doodle2search-sketchy", "doodle2search-residual-sketchy"] if args.shipped and photos else []
+            shipped = (SHIPPED_PHOTO if photos else SHIPPED_SKETCH) if args.shipped else []
             rows += run_dataset(name, coll, split, shipped, args.backbones, args)
     doc = {
         "title": "Zero-shot: every labelled set, unseen classes",

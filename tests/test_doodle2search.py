@@ -616,24 +616,19 @@ def test_recipe_fits_the_means_trains_full_rank_and_stores_the_factored_heads(tm
     """Through the recipe: the means fitted on the training features, the heads trained full-rank and stored
     at ``rank``; the artifact (no auxiliary heads: their losses are off) loads back to identical encodings."""
     data = write_sketchy(tmp_path / "sk")
-    res = run_recipe(
-        "doodle2search",
-        str(data),
-        out=tmp_path / "run",
-        iterations=3,
-        batch_size=4,
-        device="cpu",
-        progress=False,
-        n_unseen=1,
-        pretrained=False,
-        input_size=SIZE,
-        embedding_dim=1280,
-        feature_norm="power_centred",
-        head="residual",
-        rank=3,
-        domain_weight=0.0,
-        semantic_weight=0.0,
-    )
+    kw = {
+        "batch_size": 4,
+        "device": "cpu",
+        "progress": False,
+        "n_unseen": 1,
+        "pretrained": False,
+        "input_size": SIZE,
+        "embedding_dim": 1280,
+        "feature_norm": "power_centred",
+        "head": "residual",
+        "semantic_weight": 0.0,
+    }
+    res = run_recipe("doodle2search", str(data), out=tmp_path / "run", iterations=3, rank=3, domain_weight=0.0, **kw)
     m = res.method.eval()
     assert bool(m.stats_fitted) and m.sketch_mean.abs().sum() > 0 and not torch.equal(m.sketch_mean, m.photo_mean)
     assert tuple(m.sketch_head.down.weight.shape) == (3, 1280) and tuple(m.photo_head.up.weight.shape) == (1280, 3)
@@ -653,23 +648,7 @@ def test_recipe_fits_the_means_trains_full_rank_and_stores_the_factored_heads(tm
         assert torch.equal(m.encode_sketch({"raster": raster}), m2.encode_sketch({"raster": raster}))
         assert torch.equal(m.encode_photo({"photo": photo}), m2.encode_photo({"photo": photo}))
     with pytest.raises(ValueError, match="frozen backbone"):
-        run_recipe(
-            "doodle2search",
-            str(data),
-            out=tmp_path / "ft",
-            iterations=1,
-            batch_size=4,
-            device="cpu",
-            progress=False,
-            n_unseen=1,
-            pretrained=False,
-            input_size=SIZE,
-            embedding_dim=1280,
-            feature_norm="power_centred",
-            head="residual",
-            semantic_weight=0.0,
-            finetune_backbone=True,
-        )
+        run_recipe("doodle2search", str(data), out=tmp_path / "ft", iterations=1, finetune_backbone=True, **kw)
 
 
 @pytest.mark.parametrize(
