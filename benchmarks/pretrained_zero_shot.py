@@ -2,6 +2,7 @@
 
     nice -n 5 python benchmarks/pretrained_zero_shot.py [--backbones lite0 lite2] [--fit-limit 1000]
         [--omniglot-chars 0] [--threads 2] [--models models/universal-64 ...] [--no-pixel] [--no-shipped]
+        [--datasets quickdraw omniglot sketchy sketchy-photo] [--power]
 
 * **QuickDraw** (raw strokes): the shipped ``sketchmate-quickdraw-64``'s own split (``model_split``): its
   ``unseen_query`` / ``unseen_gallery`` parts are 50 classes no model saw (zero-shot), evaluated query ->
@@ -160,7 +161,7 @@ def run_dataset(
         for output, label in (("float", "float 1280-d"), ("binary", "+ ITQ-64")):
             t0 = time.perf_counter()
             kw = {"code_size": 64} if output == "binary" else {}
-            m = PretrainedFeatures(backbone=bb, output=output, resolution=args.resolution, **kw)
+            m = PretrainedFeatures(backbone=bb, output=output, resolution=args.resolution, power=args.power, **kw)
             undo = _memoise(m, store)
             fit = fit_on_split(m, coll, split)
             res = evaluate(m, coll, split, ks=KS)
@@ -168,7 +169,7 @@ def run_dataset(
             name, r = next(iter(res.items()))
             row = {
                 "data": data,
-                "label": f"frozen {bb} {label}",
+                "label": f"frozen {bb} {label}" + (", power" if args.power else ""),
                 "evaluation": name,
                 "mAP@all": r["mAP@all"],
                 "P@100": r["P@100"],
@@ -244,7 +245,7 @@ def sketchy_split(path: str, fit_limit: int, photos: bool) -> tuple[Collection, 
         keep = np.sort(np.random.default_rng(0).choice(len(train), fit_limit, replace=False))
         train = [train[i] for i in keep]
     parts = {"train": train, "gallery": full.part("unseen_query")}
-    return coll, Split("leave_one_out", full.seed, {}, parts, full.unseen_classes, data=path)
+    return coll, Split("leave_one_out", full.seed, {}, parts, seen_classes=full.unseen_classes, data=path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fit-limit", type=int, default=1000, help="QuickDraw train items the closed-form rows fit on")
     ap.add_argument("--omniglot-chars", type=int, default=0, help="seeded subset of characters (0: all 136)")
     ap.add_argument("--resolution", type=int, default=None, help="backbone input (default: 224 Lite0, 260 Lite2)")
+    ap.add_argument("--power", action="store_true", help="frozen rows: signed square roots of the features")
     ap.add_argument("--speed-n", type=int, default=30, help="drawings timed one by one on one thread")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the evaluation itself")
     ap.add_argument("--out", default=str(RESULTS / "pretrained_zero_shot"))

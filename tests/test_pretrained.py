@@ -107,6 +107,24 @@ def test_float_pca_whitening_gives_unit_variance_on_the_fit_items() -> None:
     assert _encode(m, drawings[:5]).shape == (5, 16)
 
 
+def test_power_normalisation_fits_and_encodes_signed_square_roots() -> None:
+    """With ``power`` the mean is of the signed square roots of the backbone's features, and a drawing encodes as
+    its signed square-root features minus that mean, L2-normalised (the same raw features as without)."""
+    drawings = _sketches()
+    plain, powered = PretrainedFeatures(**SMALL), PretrainedFeatures(power=True, **SMALL)
+    powered.load_state_dict(plain.state_dict())  # the same random backbone
+    plain.fit(drawings)
+    powered.fit(drawings)
+    raw = plain.drawing_features(drawings)
+    want_mean = (np.sign(raw) * np.sqrt(np.abs(raw))).mean(axis=0)
+    np.testing.assert_allclose(powered.mean.double().numpy(), want_mean, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        f = plain.features(make_batch(drawings[:6], plain.preprocessing))
+        want = torch.nn.functional.normalize(torch.sign(f) * f.abs().sqrt() - powered.mean, dim=1)
+    assert torch.allclose(_encode(powered, drawings[:6]), want, atol=1e-5)
+    assert not torch.allclose(_encode(plain, drawings[:6]), want, atol=1e-3)
+
+
 def test_binary_codes_are_itq_on_the_features_packed_to_code_size_bits() -> None:
     m = PretrainedFeatures(output="binary", code_size=16, **SMALL)
     drawings = _sketches()

@@ -365,6 +365,23 @@ def test_a_frozen_backbone_trains_only_what_follows_pooling() -> None:
         UniversalEncoder(**{**FROZEN, "code_contrast": "soft"})
 
 
+def test_feature_power_feeds_signed_square_roots_on_both_paths() -> None:
+    """With ``feature_power`` the feature layer reads sign(p) sqrt(|p|) of the pooled features, from rasters and
+    from cached pooled features alike."""
+    torch.manual_seed(0)
+    m = UniversalEncoder(**{**FROZEN, "feature_power": True}).eval()
+    raster = (torch.rand(3, 1, 32, 32) > 0.9).float()
+    with torch.no_grad():
+        p = m.pooled(raster)
+        want = torch.relu(m.net.head(torch.sign(p) * p.abs().sqrt()))
+        assert torch.allclose(m.features({"raster": raster}), want, atol=1e-6)
+        assert torch.allclose(m.features({"pooled": p}), want, atol=1e-6)
+        q = torch.rand(4, 1280) * 3  # features of the size a pretrained backbone pools
+        root = torch.relu(m.net.head(q.sqrt()))
+        assert torch.allclose(m.features({"pooled": q}), root, atol=1e-6)
+        assert not torch.allclose(torch.relu(m.net.head(q)), root, atol=1e-3)
+
+
 def test_sign_contrast_scores_the_binary_codes_and_passes_gradients() -> None:
     torch.manual_seed(0)
     m = UniversalEncoder(**{**FROZEN, "code_contrast": "sign", "projection_weight": 0.0, "quant_weight": 0.0})

@@ -104,6 +104,8 @@ class UniversalEncoder(Method):
         pretrained: bool = True,  # ImageNet weights from the backbone's package (False: random, for tests)
         output: str = "binary",  # "binary": the nbits codes (Hamming); "float": the feature_dim features h (cosine),
         # the same weights (a float view of a trained binary model: load its weights into this variant)
+        feature_power: bool = False,  # ours: signed square roots of the pooled backbone features before the
+        # feature layer (power normalisation; it lifts the frozen features on every set, methods/pretrained.py)
     ) -> None:
         if output not in ("binary", "float"):
             raise ValueError(f"universal: output must be 'binary' or 'float', got {output!r}")
@@ -133,6 +135,7 @@ class UniversalEncoder(Method):
         self.feature_dim = int(feature_dim)
         self.projection_weight, self.code_weight = float(projection_weight), float(code_weight)
         self.code_contrast = code_contrast
+        self.feature_power = bool(feature_power)
         self.quant_weight, self.top_lr_mult, self.supervised = float(quant_weight), float(top_lr_mult), supervised
         self.net = TopTunedLite(
             feature_dim,
@@ -195,8 +198,14 @@ class UniversalEncoder(Method):
                 raise ValueError(
                     "universal: cached 'pooled' features need a frozen backbone (frozen_blocks = blocks + 1)"
                 )
-            return F.relu(self.net.head(batch["pooled"].float()))
+            return F.relu(self.net.head(self._power(batch["pooled"].float())))
+        if self.feature_power:
+            return F.relu(self.net.head(self._power(self.pooled(batch["raster"]))))
         return F.relu(self.net(self.backbone_input(batch["raster"])))
+
+    def _power(self, pooled: Tensor) -> Tensor:
+        """The pooled features as the feature layer reads them: signed square roots with ``feature_power``."""
+        return torch.sign(pooled) * pooled.abs().sqrt() if self.feature_power else pooled
 
     def encode_sketch(self, batch: Batch) -> Tensor:
         """(B, nbits) relaxed codes in (-1, 1), the bits are ``u > 0``; ``output="float"``: the (B, feature_dim)
