@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -483,24 +484,31 @@ def test_frozen_imagenet_features_beat_chance_on_sketchy(shared_data: Path) -> N
     assert sk_map > 0.15, sk_map  # chance ~0.1 (4 relevant of 40)
 
 
-@needs_lite0
-def test_shipped_model_loads_with_the_installed_backbone() -> None:
+def shipped(name: str, max_bytes: int) -> tuple[Doodle2Search, Any]:
+    """A shipped model (skip when this checkout lacks it): heads only in the artifact (under ``max_bytes``), the
+    backbone the installed package's file; it searches photos with a drawing."""
     from sketchsearch.encoders.photo_cnn import lite0_weights_file, sha256_of
     from sketchsearch.model import resolve_model
 
     try:
-        stem = resolve_model("doodle2search-sketchy")
+        stem = resolve_model(name)
     except ModelError:
-        pytest.skip("the shipped doodle2search-sketchy artifact is not built in this checkout")
-    assert stem.with_suffix(".safetensors").stat().st_size < 5_000_000  # heads only: no backbone inside
-    m, card = load_model("doodle2search-sketchy")
+        pytest.skip(f"the shipped {name} artifact is not built in this checkout")
+    assert stem.with_suffix(".safetensors").stat().st_size < max_bytes  # heads only: no backbone inside
+    m, card = load_model(name)
     assert card.external["backbone."]["sha256"] == sha256_of(lite0_weights_file())
     assert card.training["command"].startswith("sketchsearch train doodle2search")
-    assert len(card.training["unseen_classes"]) == 25 and card.metrics["zero_shot"]["queries"] == 625
     r = Retriever(m, batch_size=4)
     rng = np.random.default_rng(0)
     r.add([photo_array(rng, 64) for _ in range(3)], modality="photo")
     assert len(r.search(sketch_image(rng), k=2)) == 2
+    return m, card  # type: ignore[return-value]
+
+
+@needs_lite0
+def test_shipped_model_loads_with_the_installed_backbone() -> None:
+    _, card = shipped("doodle2search-sketchy", 5_000_000)
+    assert len(card.training["unseen_classes"]) == 25 and card.metrics["zero_shot"]["queries"] == 625
 
 
 @pytest.mark.data
@@ -669,25 +677,12 @@ def test_bad_feature_norm_head_and_rank_are_refused(kw: dict, match: str) -> Non
 
 @needs_lite0
 def test_shipped_residual_model_loads_small_with_its_fitted_means() -> None:
-    from sketchsearch.encoders.photo_cnn import lite0_weights_file, sha256_of
-    from sketchsearch.model import resolve_model
-
-    try:
-        stem = resolve_model("doodle2search-residual-sketchy")
-    except ModelError:
-        pytest.skip("the shipped doodle2search-residual-sketchy artifact is not built in this checkout")
-    assert stem.with_suffix(".safetensors").stat().st_size < 2_000_000  # rank-64 heads and two means only
-    m, card = load_model("doodle2search-residual-sketchy")
-    assert card.external["backbone."]["sha256"] == sha256_of(lite0_weights_file())
+    m, _ = shipped("doodle2search-residual-sketchy", 2_000_000)  # rank-64 heads and two means only
     assert (m.feature_norm, m.head, m.rank) == ("power_centred", "residual", 64) and bool(m.stats_fitted)
     assert m.domain_classifier is None and m.semantic_decoder is None
     # trained on the same split as the paper's configuration, so the two are compared on the same classes
     ours, paper = model_split_of("doodle2search-residual-sketchy"), model_split_of("doodle2search-sketchy")
     assert ours.parts == paper.parts and ours.unseen_classes == paper.unseen_classes
-    r = Retriever(m, batch_size=4)
-    rng = np.random.default_rng(0)
-    r.add([photo_array(rng, 64) for _ in range(3)], modality="photo")
-    assert len(r.search(sketch_image(rng), k=2)) == 2
 
 
 def model_split_of(name: str) -> Split:
