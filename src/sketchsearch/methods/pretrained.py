@@ -44,6 +44,7 @@ from ..encoders.photo_cnn import (
     EfficientNetLite2,
     describe_weights,
     raster_to_rgb,
+    signed_sqrt,
 )
 from ..errors import ModelError
 from .base import METHODS, Batch, Method, Preprocessing
@@ -177,7 +178,7 @@ class PretrainedFeatures(Method):
 
     def _normalised(self, f: Tensor) -> Tensor:
         """Features as fitted and encoded: signed square roots with ``power``, else as they are."""
-        return torch.sign(f) * f.abs().sqrt() if self.power else f
+        return signed_sqrt(f) if self.power else f
 
     def drawing_features(self, data: Any) -> np.ndarray:
         """float64 (N, 1280) features (signed square roots with ``power``) of drawings: a sequence of sketches /

@@ -43,7 +43,7 @@ from pytorch_metric_learning.losses import SupConLoss
 from torch import Tensor, nn
 
 from ..encoders.heads import HashHead
-from ..encoders.photo_cnn import IMAGENET_MEAN, IMAGENET_STD, TopTunedLite, raster_to_rgb
+from ..encoders.photo_cnn import IMAGENET_MEAN, IMAGENET_STD, TopTunedLite, raster_to_rgb, signed_sqrt
 from ..losses.hashing import quantization_loss
 from .base import METHODS, Batch, Method, Preprocessing, check_bounds
 
@@ -199,13 +199,11 @@ class UniversalEncoder(Method):
                     "universal: cached 'pooled' features need a frozen backbone (frozen_blocks = blocks + 1)"
                 )
             return F.relu(self.net.head(self._power(batch["pooled"].float())))
-        if self.feature_power:
-            return F.relu(self.net.head(self._power(self.pooled(batch["raster"]))))
-        return F.relu(self.net(self.backbone_input(batch["raster"])))
+        return F.relu(self.net.head(self._power(self.pooled(batch["raster"]))))
 
     def _power(self, pooled: Tensor) -> Tensor:
         """The pooled features as the feature layer reads them: signed square roots with ``feature_power``."""
-        return torch.sign(pooled) * pooled.abs().sqrt() if self.feature_power else pooled
+        return signed_sqrt(pooled) if self.feature_power else pooled
 
     def encode_sketch(self, batch: Batch) -> Tensor:
         """(B, nbits) relaxed codes in (-1, 1), the bits are ``u > 0``; ``output="float"``: the (B, feature_dim)
