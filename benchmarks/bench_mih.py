@@ -2,6 +2,7 @@
 
     nice -n 5 python benchmarks/bench_mih.py [--sizes 1000000 10000000] [--base 10000] [--queries 200]
         [--k 100] [--flip 0.03] [--substrings 0 4 5] [--repeats 3] [--datasets structured uniform]
+        [--folder runs/bench_mih_folders]
 
 Data (issue 14's performance goal for MIH):
 
@@ -22,12 +23,20 @@ load; MIH's table build is timed apart, as ``build_s``: the first search after a
 ``codes_mb``: the codes themselves, for scale. ``kth_distance``: the median distance of the k-th hit.
 ``--substrings 0`` is the backend's own choice of m (recorded as ``m``); other values force m.
 
+``--folder DIR``: the codes of each size are written once as an index folder under ``DIR`` (``save_index``),
+dropped from memory, and every backend searches them **memory-mapped** from that folder (``load_index(...,
+mmap=True)``, the path ``sketchsearch serve`` and ``search`` take); MIH's tables are still built in memory from
+the mapped codes. ``peak_rss_mb``: the process's peak resident memory so far (it only grows). Without it the
+codes are generated and searched in memory.
+
 Output: ``benchmarks/results/mih.{json,md}``; progress on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA_ROOT, RESULTS, ROOT, machine_info, table_markdown, write_results
 
 from sketchsearch.index import create_index
+from sketchsearch.index.store import load_index, save_index
 
 MODEL = "sketchmate-quickdraw-64"
 COLUMNS = [
@@ -54,6 +64,8 @@ COLUMNS = [
     "table_mb",
     "codes_mb",
     "kth_distance",
+    "memory",
+    "peak_rss_mb",
 ]
 
 
@@ -98,17 +110,59 @@ def replicate(base: np.ndarray, n: int, flip: float, rng: np.random.Generator, c
     return out
 
 
-def run_one(data: str, xb: np.ndarray, q: np.ndarray, k: int, repeats: int, ms: list[int]) -> list[dict[str, Any]]:
-    """Build the scan and one MIH index per ``ms``, then time them in turn, ``repeats`` rounds (best kept),
-    so that a change in the machine's load between measurements hits every backend alike."""
-    n, nbits = xb.shape[0], 8 * xb.shape[1]
-    backends: dict[str, Any] = {"numba (scan)": create_index("numba", nbits=nbits)}
-    backends["numba (scan)"].add(xb)
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, MB (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def to_folder(xb: np.ndarray, folder: Path) -> Path:
+    """Write ``xb`` as an index folder (the scan's backend; any binary backend opens it)."""
+    index = create_index("numba", nbits=8 * xb.shape[1])
+    index.add(xb)
+    if folder.exists():
+        shutil.rmtree(folder)
+    return save_index(index, folder, model_id=MODEL)
+
+
+def filled(name: str, nbits: int, xb: np.ndarray | None, folder: Path | None, **config: Any) -> Any:
+    """An index of backend ``name`` holding ``xb``, or the codes of ``folder`` memory-mapped."""
+    index = create_index(name, nbits=nbits, **config)
+    if folder is None:
+        index.add(xb)
+    else:
+        mapped, store = load_index(folder, mmap=True, verify=False)
+        store.close()
+        if not is_mapped(mapped.state()["codes"]):
+            raise SystemExit(f"{folder}: the codes were not memory-mapped")
+        index.load_state(mapped.state())
+        if not is_mapped(index.state()["codes"]):
+            raise SystemExit(f"{folder}: backend {name!r} copied the mapped codes")
+    return index
+
+
+def is_mapped(a: np.ndarray) -> bool:
+    """Whether ``a`` is (a view of) a memory-mapped file."""
+    while a is not None:
+        if isinstance(a, np.memmap):
+            return True
+        a = a.base if isinstance(a.base, np.ndarray) else None
+    return False
+
+
+def run_one(
+    data: str, xb: np.ndarray | None, q: np.ndarray, k: int, repeats: int, ms: list[int], folder: Path | None = None
+) -> list[dict[str, Any]]:
+    """Build the scan and one MIH index per ``ms`` (over ``xb``, or the codes of ``folder`` memory-mapped),
+    then time them in turn, ``repeats`` rounds (best kept), so that a change in the machine's load between
+    measurements hits every backend alike."""
+    nbits = 8 * q.shape[1]
+    backends: dict[str, Any] = {"numba (scan)": filled("numba", nbits, xb, folder)}
+    n = len(backends["numba (scan)"])
+    codes_mb = n * q.shape[1] / 1e6
     build: dict[str, float] = {}
     for m in ms:
         name = f"mih m={m}" if m else "mih (auto m)"
-        index = create_index("mih", nbits=nbits, substrings=m or None)
-        index.add(xb)
+        index = filled("mih", nbits, xb, folder, substrings=m or None)
         t0 = time.perf_counter()
         index.tables()
         build[name] = time.perf_counter() - t0
@@ -143,8 +197,10 @@ def run_one(data: str, xb: np.ndarray, q: np.ndarray, k: int, repeats: int, ms: 
                 "same_results": same,
                 "build_s": round(build[name], 2) if mih else "",
                 "table_mb": round(index.table_nbytes / 1e6, 1) if mih else "",
-                "codes_mb": round(xb.nbytes / 1e6, 1),
+                "codes_mb": round(codes_mb, 1),
                 "kth_distance": kth,
+                "memory": "mmap" if folder is not None else "in memory",
+                "peak_rss_mb": peak_rss_mb(),
             }
         )
     return rows
@@ -162,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=ROOT / "runs" / "bench_mih_codes.npz")
     ap.add_argument("--out", type=Path, default=RESULTS / "mih", help="results path without suffix")
+    ap.add_argument("--folder", type=Path, help="search the codes memory-mapped from index folders written here")
     a = ap.parse_args(argv)
 
     import numba
@@ -179,8 +236,15 @@ def main(argv: list[str] | None = None) -> None:
                 xb = replicate(base, n, a.flip, rng)
             else:
                 xb = rng.integers(0, 256, size=(n, 8), dtype=np.uint8)
-            rows += run_one(data, xb, q, a.k, a.repeats, a.substrings)
-            del xb
+            if a.folder is not None:
+                folder = to_folder(xb, a.folder / f"{data}-{n}")
+                del xb
+                log(f"{data:>10} n={n:>9}  written to {folder}; searched memory-mapped")
+                rows += run_one(data, None, q, a.k, a.repeats, a.substrings, folder)
+                shutil.rmtree(folder)
+            else:
+                rows += run_one(data, xb, q, a.k, a.repeats, a.substrings)
+                del xb
     doc = {
         "benchmark": "mih_knn",
         "k": a.k,
@@ -189,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": MODEL,
         "base_drawings": int(base.shape[0]) if "structured" in a.datasets else 0,
         "flip": a.flip,
+        "memory": "mmap" if a.folder is not None else "in memory",
         "command": "nice -n 5 python benchmarks/bench_mih.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(),
         "rows": rows,
@@ -199,8 +264,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{MODEL}, "
         f"repeated with each bit flipped with p={a.flip}; queries: {a.queries} other drawings' codes. "
         "uniform: random codes and queries. `same_results`: ids and distances equal to the scan's. "
-        "`build_s`, `table_mb`: MIH's tables (built on the first search after a change). Others' jobs may share "
-        "the cores: compare rows of one run.\n"
+        "`build_s`, `table_mb`: MIH's tables (built on the first search after a change). `memory`: codes searched "
+        "in memory, or memory-mapped from an index folder (`--folder`); `peak_rss_mb`: the process's peak resident "
+        "memory so far. Others' jobs may share the cores: compare rows of one run.\n"
     )
     write_results(a.out, doc, md)
     print(md)
