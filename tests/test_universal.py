@@ -478,3 +478,57 @@ def test_recipe_trains_on_cached_views(tmp_path: Path) -> None:
     assert np.load(tmp_path / "run" / "views.npy").shape == (res.training["train_items"], 2, 1280)
     with pytest.raises(ValueError, match="frozen_blocks=17"):
         run_recipe("universal", str(tmp_path / "qd"), {**opts, "frozen_blocks": 16}, iterations=1, progress=False)
+
+
+def test_a_validation_run_never_trains_its_classes_and_scores_them(tmp_path: Path) -> None:
+    """validate_classes: the chosen seen classes' drawings (train items and labelled copies) leave training after
+    the views are cached (the full run's cache is reused), and their held-out drawings are scored."""
+    from sketchsearch.recipes import run_recipe
+    from sketchsearch.recipes.universal import load_sources, validation_split
+
+    _write_ndjson(tmp_path / "qd", np.random.default_rng(5), classes=5)
+    _write_ndjson(tmp_path / "copy", np.random.default_rng(5), classes=5)
+    data = f"{tmp_path / 'qd'},{tmp_path / 'copy'}"
+    opts = {**FROZEN, "unseen": 1, "cache_views": 2}
+    full = run_recipe("universal", data, opts, out=tmp_path / "run", iterations=1, batch_size=8, progress=False)
+    split = full.split
+    assert split is not None and "validation" not in full.training
+    val = run_recipe(
+        "universal",
+        data,
+        {**opts, "validate_classes": 2},
+        split_file=tmp_path / "run" / "split.json",
+        out=tmp_path / "run",
+        iterations=1,
+        batch_size=8,
+        progress=False,
+    )
+    tr = val.training
+    assert tr["cache_reused"] == str(tmp_path / "run" / "views.npy")  # the full run's views, not new ones
+    classes = tr["validation"]["classes"]
+    coll = load_sources(data)
+    chosen, vsplit = validation_split(coll, split, 2, seed=0)
+    assert classes == chosen and len(classes) == 2 and set(classes) <= set(split.seen_classes)
+    # their train items and the copies of those (labelled by their class) are what left training
+    n_train = sum(str(coll[i].label) in classes for i in split.train)
+    assert tr["validation_dropped"] == 2 * n_train
+    assert {str(coll[i].label) for i in vsplit.query + vsplit.gallery} == set(classes)
+    assert not set(vsplit.query + vsplit.gallery) & set(split.train)
+    assert tr["validation"]["n_queries"] == len(vsplit.query) and 0 <= tr["validation"]["mAP@all"] <= 1
+    # another training seed keeps the validation classes (validate_seed draws them)
+    again = run_recipe(
+        "universal",
+        data,
+        {**opts, "validate_classes": 2},
+        split_file=tmp_path / "run" / "split.json",
+        seed=1,
+        out=tmp_path / "run",
+        iterations=1,
+        batch_size=8,
+        progress=False,
+    )
+    assert again.training["validation"]["classes"] == classes
+    with pytest.raises(ValueError, match="validate_classes must be in"):
+        validation_split(coll, split, len(split.seen_classes), seed=0)
+    with pytest.raises(ValueError, match="extra_labels"):
+        run_recipe("universal", data, {**opts, "validate_classes": 1, "extra_labels": "none"}, iterations=1)

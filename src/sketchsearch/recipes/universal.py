@@ -56,6 +56,12 @@ min; ``views.npy`` in the work folder, reused by every run with the same drawing
 Unseen QuickDraw classes: mAP@all 0.251 (64 bits), 0.307 (its float features); the README's table has the rest
 and how the head settings were chosen (on seen classes held out of head training).
 
+**Choosing settings** (``--set validate_classes=N``): a validation run of the same command keeps N of the split's
+*seen* classes (drawn by ``validate_seed``, :func:`validation_split`) out of training (their train drawings and the
+extras labelled by them) and scores its model on their held-out query / gallery drawings (the record's
+``validation``, in the card's ``training``). The views are cached before anything is left out, so a
+validation run and the full run share one ``views.npy``. The split's unseen classes are never looked at.
+
 **A full training run with the top blocks trained** (a later session; not run yet, no quality claimed), on a
 GPU if one is lent (the loop picks CUDA and bf16 autocast by itself; on one CPU core it would be ~2 s /
 iteration at batch 64), all the drawings the issue names, 64 bits (then ``--set nbits=128``)::
@@ -114,6 +120,7 @@ from ..data.sources import load_collection, named_source
 from ..data.splits import Split
 from ..encoders.photo_cnn import EfficientNetLite
 from ..errors import FormatError
+from ..eval.evaluate import evaluate
 from ..methods.base import Method
 from ..progress import phase
 from ..train import TrainConfig, train
@@ -130,6 +137,7 @@ __all__ = [
     "fit",
     "load_sources",
     "training_set",
+    "validation_split",
 ]
 
 EXTRA_LABELS = ("none", "seen", "all")
@@ -283,6 +291,21 @@ class _Keys(Dataset[dict[str, Any]]):
         return self.ds[self.keys[j]]
 
 
+def validation_split(coll: Collection, split: Split, n: int, seed: int) -> tuple[list[str], Split]:
+    """``n`` of ``split``'s seen classes, drawn by ``seed``, and a split whose query / gallery are those classes'
+    drawings in ``split``'s own query / gallery parts (held out of training already): what a validation run
+    keeps out of training and scores, so that settings are chosen without the split's unseen classes."""
+    seen = list(split.seen_classes)
+    if not 0 < n < len(seen):
+        raise ValueError(f"validate_classes must be in [1, {len(seen) - 1}] (the split has {len(seen)} seen classes)")
+    order = np.random.default_rng(seed).permutation(len(seen))
+    classes = sorted(seen[i] for i in order[:n])
+    chosen = set(classes)
+    parts = {p: [i for i in split.part(p) if str(coll[i].label) in chosen] for p in ("query", "gallery")}
+    params = {**split.params, "validate_classes": n, "validation_seed": seed}
+    return classes, Split(split.kind, split.seed, params, parts, seen_classes=classes, data=split.data)
+
+
 def drawings_digest(inputs: Sequence[Any], labels: Sequence[int]) -> str:
     """SHA-256 of every drawing (its strokes' points, or its image's pixels) and label, in order: what a cache
     of their features is keyed by. A count and labels are not enough: sketch-rnn's kanji files hold the same
@@ -410,21 +433,36 @@ def fit(
     cache_views: int = 0,  # > 0: a frozen backbone's features of this many views per drawing, computed once
     # (cache_features) and trained on for every iteration (CPU: the head trains in seconds, the views cost ~10
     # ms each); 0: views rendered and passed through the backbone every step
+    validate_classes: int = 0,  # > 0: a validation run. This many seen classes (validation_split, by the seed)
+    # never train: their drawings (train items and extras labelled by them) are left out after the views are
+    # cached, so the cache is the full run's; the record's "validation" holds the figures on their held-out
+    # query / gallery drawings. How settings are chosen without looking at the split's unseen classes.
+    validate_seed: int = 0,  # draws the validation classes (apart from --seed, so that seeds of training can be
+    # compared on the same classes)
 ) -> dict[str, Any]:
     """Train on :func:`training_set` with two views per drawing; returns counts, timings, the last losses."""
     if split is None:
         raise ValueError("universal trains on a class_holdout split of its first (labelled) data source")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
     t0 = time.perf_counter()
     with phase("collecting the training drawings"):
         inputs, labels, info = training_set(coll, split, extra_labels)
     collect_s = time.perf_counter() - t0
     if not inputs:
         raise ValueError("no training drawings: the split's train part and the extras are empty")
+    val_classes, val_split, keep = [], None, np.ones(len(labels), bool)
+    if validate_classes:
+        if extra_labels == "none":  # an unlabelled extra may be a copy of a held-out class's drawing
+            raise ValueError("validate_classes needs extra_labels 'seen' or 'all', got 'none'")
+        val_classes, val_split = validation_split(coll, split, int(validate_classes), int(validate_seed))
+        held = {split.seen_classes.index(c) for c in val_classes}  # training_set's class indices
+        keep = np.array([y not in held for y in labels], bool)
+        info["validation_dropped"] = int((~keep).sum())
+    kept = [y for y, k in zip(labels, keep, strict=True) if k]
     cfg_aug = AugmentConfig(affine_p=float(affine_p)) if augment else None
     ds = ViewDataset(inputs, labels, method.preprocessing, cfg_aug, seed=cfg.seed)
-    sampler = MixedSampler(labels, per_class=per_class, labelled_fraction=labelled_fraction, seed=cfg.seed)
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+    sampler = MixedSampler(kept, per_class=per_class, labelled_fraction=labelled_fraction, seed=cfg.seed)
     cache_s, cache_info = 0.0, {}
     if cache_views:
         t1 = time.perf_counter()
@@ -432,9 +470,17 @@ def fit(
         with phase(f"backbone features of {cache_views} views of {len(inputs)} drawings"):
             feats = cache_features(method, ds, int(cache_views), workers=int(workers), path=cache, stats=cache_info)
         cache_s = time.perf_counter() - t1
-        res = train(method, CachedViews(feats, labels, seed=cfg.seed), cfg, collate_fn=collate_cached, sampler=sampler)
+        feats = feats if keep.all() else feats[np.flatnonzero(keep)]
+        res = train(method, CachedViews(feats, kept, seed=cfg.seed), cfg, collate_fn=collate_cached, sampler=sampler)
     else:
+        if not keep.all():
+            only = [x for x, k in zip(inputs, keep, strict=True) if k]
+            ds = ViewDataset(only, kept, method.preprocessing, cfg_aug, seed=cfg.seed)
         res = train(method, ds, replace(cfg, num_workers=int(workers)), collate_fn=collate_views, sampler=sampler)
+    validation = {}
+    if val_split is not None:
+        with phase(f"evaluating on the {len(val_classes)} validation classes"):
+            validation = {"classes": val_classes, **evaluate(method, coll, val_split)["main"]}
     return {
         **info,
         "labelled_fraction": sampler.labelled_fraction,
@@ -447,6 +493,7 @@ def fit(
         "seconds_per_iteration": round(res.seconds / max(cfg.iterations, 1), 3),
         "device": res.device,
         "last": res.history[-1] if res.history else {},
+        **({"validation": validation} if validation else {}),
     }
 
 
