@@ -433,7 +433,7 @@ def fit(
     cache_views: int = 0,  # > 0: a frozen backbone's features of this many views per drawing, computed once
     # (cache_features) and trained on for every iteration (CPU: the head trains in seconds, the views cost ~10
     # ms each); 0: views rendered and passed through the backbone every step
-    validate_classes: int = 0,  # > 0: a validation run. This many seen classes (validation_split, by the seed)
+    validate_classes: int = 0,  # > 0: a validation run. This many seen classes (validation_split, validate_seed)
     # never train: their drawings (train items and extras labelled by them) are left out after the views are
     # cached, so the cache is the full run's; the record's "validation" holds the figures on their held-out
     # query / gallery drawings. How settings are chosen without looking at the split's unseen classes.
