@@ -119,9 +119,15 @@ def uvicorn_config(app: Any, connections: ConnectionLimits | None = None, log_le
     return config
 
 
+#: uvicorn's default backlog (it listens again on the socket with its own, the same, when it starts serving)
+BACKLOG = 2048
+
+
 def _bind(host: str, port: int) -> tuple[socket.socket, str]:
-    """A socket bound to ``host:port`` (not listening yet) and the host as an URL shows it; a busy port is one
-    clear error, not an address to open and then uvicorn's "[Errno 98]"."""
+    """A socket bound to ``host:port`` and listening, and the host as an URL shows it; a busy port is one clear
+    error, not an address to open and then uvicorn's "[Errno 98]". Listening starts here, before the address is
+    printed: a client that connects at once waits in the backlog until uvicorn (or a worker) accepts, instead
+    of being refused while the server is still starting (a race seen with 2 workers on a loaded machine)."""
     shown = f"[{host}]" if ":" in host else host
     try:
         loopback = ipaddress.ip_address(host).is_loopback
@@ -137,6 +143,7 @@ def _bind(host: str, port: int) -> tuple[socket.socket, str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(BACKLOG)
     except OSError as e:
         sock.close()
         raise SketchSearchError(
