@@ -124,20 +124,14 @@ def to_folder(xb: np.ndarray, folder: Path) -> Path:
     return save_index(index, folder, model_id=MODEL)
 
 
-def filled(name: str, nbits: int, xb: np.ndarray | None, folder: Path | None, **config: Any) -> Any:
-    """An index of backend ``name`` holding ``xb``, or the codes of ``folder`` memory-mapped."""
-    index = create_index(name, nbits=nbits, **config)
-    if folder is None:
-        index.add(xb)
-    else:
-        mapped, store = load_index(folder, mmap=True, verify=False)
-        store.close()
-        if not is_mapped(mapped.state()["codes"]):
-            raise SystemExit(f"{folder}: the codes were not memory-mapped")
-        index.load_state(mapped.state())
-        if not is_mapped(index.state()["codes"]):
-            raise SystemExit(f"{folder}: backend {name!r} copied the mapped codes")
-    return index
+def mapped_state(folder: Path) -> dict[str, np.ndarray]:
+    """The state (codes memory-mapped, ids) of the index folder, read once and shared by every backend."""
+    mapped, store = load_index(folder, mmap=True, verify=False)
+    store.close()
+    state = mapped.state()
+    if not is_mapped(state["codes"]):
+        raise SystemExit(f"{folder}: the codes were not memory-mapped")
+    return state
 
 
 def is_mapped(a: np.ndarray) -> bool:
@@ -156,13 +150,26 @@ def run_one(
     then time them in turn, ``repeats`` rounds (best kept), so that a change in the machine's load between
     measurements hits every backend alike."""
     nbits = 8 * q.shape[1]
-    backends: dict[str, Any] = {"numba (scan)": filled("numba", nbits, xb, folder)}
+    state = mapped_state(folder) if folder is not None else None
+
+    def filled(name: str, **config: Any) -> Any:
+        """An index of backend ``name`` holding ``xb``, or adopting the folder's mapped state (no copy)."""
+        index = create_index(name, nbits=nbits, **config)
+        if state is None:
+            index.add(xb)
+        else:
+            index.load_state(state)
+            if not is_mapped(index.state()["codes"]):
+                raise SystemExit(f"{folder}: backend {name!r} copied the mapped codes")
+        return index
+
+    backends: dict[str, Any] = {"numba (scan)": filled("numba")}
     n = len(backends["numba (scan)"])
     codes_mb = n * q.shape[1] / 1e6
     build: dict[str, float] = {}
     for m in ms:
         name = f"mih m={m}" if m else "mih (auto m)"
-        index = filled("mih", nbits, xb, folder, substrings=m or None)
+        index = filled("mih", substrings=m or None)
         t0 = time.perf_counter()
         index.tables()
         build[name] = time.perf_counter() - t0

@@ -477,11 +477,7 @@ def fit(
             only = [x for x, k in zip(inputs, keep, strict=True) if k]
             ds = ViewDataset(only, kept, method.preprocessing, cfg_aug, seed=cfg.seed)
         res = train(method, ds, replace(cfg, num_workers=int(workers)), collate_fn=collate_views, sampler=sampler)
-    validation = {}
-    if val_split is not None:
-        with phase(f"evaluating on the {len(val_classes)} validation classes"):
-            validation = {"classes": val_classes, **evaluate(method, coll, val_split)["main"]}
-    return {
+    record = {
         **info,
         "labelled_fraction": sampler.labelled_fraction,
         "augment": cfg_aug.to_dict() if cfg_aug else None,
@@ -493,8 +489,11 @@ def fit(
         "seconds_per_iteration": round(res.seconds / max(cfg.iterations, 1), 3),
         "device": res.device,
         "last": res.history[-1] if res.history else {},
-        **({"validation": validation} if validation else {}),
     }
+    if val_split is not None:
+        with phase(f"evaluating on the {len(val_classes)} validation classes"):
+            record["validation"] = {"classes": val_classes, **evaluate(method, coll, val_split)["main"]}
+    return record
 
 
 RECIPES.register("universal")(
