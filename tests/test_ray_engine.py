@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,9 @@ def test_resume_encodes_only_unfinished_shards_and_redoes_a_corrupt_one(
         _build(*args, "--json", ok=False)
     assert not out.exists()
     work = ray_engine.work_folder(out)
+    files = sorted(p.name for p in work.iterdir())
+    time.sleep(1.0)  # the stopped run has ended its workers' tasks: nothing is written behind its back
+    assert sorted(p.name for p in work.iterdir()) == files
     finished = sorted(int(p.stem.split("-")[1]) for p in work.glob("shard-*.json"))
     assert set(stopped_after) <= set(finished) and len(finished) < 7  # shards in flight may have finished too
     corrupt = finished[0]
@@ -227,7 +231,6 @@ def test_a_real_kill_of_the_cli_and_a_resume(data: dict[str, Path], tmp_path: Pa
     import signal
     import subprocess
     import sys
-    import time
 
     pytest.importorskip("ray")
     lines = []

@@ -79,6 +79,8 @@ INSTALL_HINT = "pip install 'sketchsearch[ray]' (or: pip install ray)"
 SHARD_FORMAT = "sketchsearch-code-shard-1"
 #: shards in flight per worker: one encoding, one waiting, so a worker never waits for the driver
 IN_FLIGHT = 2
+#: the most a stopped run waits for its killed workers' tasks to end (seconds)
+KILL_WAIT_S = 60.0
 
 #: Test hook: called in the driver with a shard's number each time a worker has written a shard (a test makes
 #: it raise to stop a run part-way, as a kill would).
@@ -408,6 +410,12 @@ def encode_sharded(
             finally:
                 for a in actors:
                     ray.kill(a)
+                # ray.kill returns before the worker process is gone: a run stopped part-way (an error, Ctrl-C)
+                # would otherwise return, release the index's write lock, and still have a worker finishing a
+                # shard into the work folder behind it. Wait for every task in flight to end (a killed task ends
+                # in an actor error; its temporary file is cleaned by the next run).
+                if pending:
+                    ray.wait(list(pending), num_returns=len(pending), timeout=KILL_WAIT_S)
         run.encode_seconds = time.perf_counter() - t0
     parts = [read_shard(work, sh) for sh in plan]
     if parts:
