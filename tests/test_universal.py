@@ -532,3 +532,123 @@ def test_a_validation_run_never_trains_its_classes_and_scores_them(tmp_path: Pat
         validation_split(coll, split, len(split.seen_classes), seed=0)
     with pytest.raises(ValueError, match="extra_labels"):
         run_recipe("universal", data, {**opts, "validate_classes": 1, "extra_labels": "none"}, iterations=1)
+
+
+# ---------------------------------------------------------------------------------------------- stroke branch
+SB = {**FROZEN, "stroke_branch": True, "rnn_hidden": 8}
+
+
+def test_stroke_views_are_valid_points_and_images_have_none() -> None:
+    from sketchsearch.recipes.universal import stroke_view
+
+    pre = UniversalEncoder(**SB).preprocessing
+    assert pre.inputs == ("raster", "points") and pre.max_points == 64
+    assert UniversalEncoder(**FROZEN).preprocessing.inputs == ("raster",)
+    for seed in range(40):
+        for s in drawings():
+            p = stroke_view(s, pre, np.random.default_rng(seed), HARSH)
+            assert p.dtype == np.float32 and 1 <= len(p) <= 64 and np.isfinite(p).all()
+            assert np.array_equal(p[:, 2] + p[:, 3], np.ones(len(p)))  # pen down xor up, each point
+    plain = stroke_view(drawings()[3], pre, None, None)
+    assert np.array_equal(plain, stroke_view(drawings()[3], pre, np.random.default_rng(0), None))
+    assert stroke_view(Image.new("L", (32, 32), 255), pre, np.random.default_rng(0), HARSH).shape == (0, 4)
+
+
+def test_stroke_branch_trains_fuses_and_round_trips(tmp_path: Path) -> None:
+    """One step on rendered views: the GRU and the fusion layer learn; encoding reads the points (traced from an
+    image when the drawing is one); the card keeps the points preprocessing and reloads to the same codes."""
+    from sketchsearch.data.batching import make_batch
+    from sketchsearch.recipes.universal import ViewDataset, collate_views
+
+    torch.manual_seed(0)
+    m = UniversalEncoder(**SB)
+    ds = ViewDataset(drawings(), [0, 0, 1, 1, -1, -1], m.preprocessing, AugmentConfig(), seed=2)
+    batch = collate_views([ds[(i, 0)] for i in range(6)])
+    assert {"points", "lengths", "points2", "lengths2"} <= set(batch) and batch["points"].shape[2] == 4
+    assert not torch.equal(batch["points"], batch["points2"])  # two stroke views
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.train()
+    stats = m.step(lambda b, **kw: m(b, **kw), batch, m.configure_optimizers(1e-2))
+    assert np.isfinite(stats["loss"])
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], m.state_dict()[k])}
+    assert {"rnn", "fusion", "hash"} <= changed
+    with pytest.raises(ValueError, match="points2"):
+        m.training_losses({k: v for k, v in batch.items() if k not in ("points2", "lengths2")})
+    m.eval()
+    queries = [
+        *drawings()[2:4],
+        Image.fromarray(
+            ((1 - render_view(drawings()[3], m.preprocessing, np.random.default_rng(0))) * 255).astype(np.uint8)
+        ),
+    ]
+    b = make_batch(queries, m.preprocessing)
+    assert b["lengths"][2] > 1  # the image's strokes, traced
+    z = m.encode_sketch(b)
+    assert z.shape == (3, 8)
+    with pytest.raises(ValueError, match="'points' and 'lengths'"):
+        m.encode_sketch({"raster": b["raster"]})
+    # the strokes matter: other points, other features
+    assert not torch.equal(m.features(b), m.features({**b, "points": b["points"].flip(1)}))
+    card = save_model(m, tmp_path / "sb")
+    assert card.preprocessing["inputs"] == ["raster", "points"] and card.preprocessing["max_points"] == 64
+    m2, _ = load_model(tmp_path / "sb")
+    assert torch.equal(m2.encode_sketch(b), z)
+
+
+def test_cached_stroke_views_go_with_their_raster_views() -> None:
+    from sketchsearch.recipes.universal import CachedViews, cache_strokes, collate_cached, stroke_view
+
+    pre = UniversalEncoder(**SB).preprocessing
+    sketches = drawings()
+    pts, n = cache_strokes(sketches, pre, 3, seed=4, augment=AugmentConfig())
+    assert pts.shape == (6, 3, 64, 4) and n.shape == (6, 3) and (n >= 1).all()
+    rng = np.random.default_rng([4, 5, 1])  # drawing 5's stream: its views in order
+    for v in range(3):
+        assert np.array_equal(pts[5, v, : n[5, v]], stroke_view(sketches[5], pre, rng, AugmentConfig()))
+        assert not pts[5, v, n[5, v] :].any()
+    # a drawing's raster view a and stroke view a are picked together
+    feats = np.arange(6 * 3, dtype=np.float16).reshape(6, 3, 1)
+    cv = CachedViews(feats, [0, 0, 1, 1, -1, -1], seed=1, strokes=(pts, n))
+    for i in range(6):
+        ex = cv[(i, 9)]
+        a, b = int(ex["pooled"][0]) - 3 * i, int(ex["pooled2"][0]) - 3 * i
+        assert a != b and np.array_equal(ex["points"], pts[i, a, : n[i, a]])
+        assert np.array_equal(ex["points2"], pts[i, b, : n[i, b]])
+    batch = collate_cached([cv[(i, 0)] for i in range(6)])
+    assert batch["points"].shape == (6, int(batch["lengths"].max()), 4) and batch["lengths2"].shape == (6,)
+    with pytest.raises(ValueError, match="stroke views must be"):
+        CachedViews(feats, [0] * 6, strokes=(pts[:, :2], n[:, :2]))
+
+
+def test_recipe_trains_a_stroke_branch_on_cached_and_rendered_views(tmp_path: Path) -> None:
+    from sketchsearch.recipes import run_recipe
+
+    _write_ndjson(tmp_path / "qd", np.random.default_rng(5))
+    for cache in (2, 0):
+        opts = {**SB, "unseen": 1, "cache_views": cache}
+        res = run_recipe(
+            "universal",
+            str(tmp_path / "qd"),
+            opts,
+            out=tmp_path / f"run{cache}",
+            iterations=2,
+            batch_size=8,
+            progress=False,
+        )
+        assert np.isfinite(res.training["last"]["loss"]) and ("stroke_views_seconds" in res.training) == bool(cache)
+        assert 0 <= res.metrics["zero_shot"]["mAP@all"] <= 1
+
+
+@needs_lite0
+def test_a_stroke_branch_run_reuses_the_raster_views(tmp_path: Path, monkeypatch) -> None:
+    """The cached views are rasters: a model that also reads points reads the same cache."""
+    from sketchsearch.recipes.universal import ViewDataset, cache_features
+
+    m, ds = _view_dataset()
+    feats = cache_features(m, ds, 2, batch_size=4, path=tmp_path / "views.npy")
+    sb = UniversalEncoder(**{**SB, "pretrained": True})
+    ds_sb = ViewDataset(ds.inputs, ds.labels, sb.preprocessing, ds.augment, seed=ds.seed)
+    monkeypatch.setattr(sb, "pooled", lambda raster: (_ for _ in ()).throw(AssertionError("recomputed")))
+    info: dict = {}
+    np.testing.assert_array_equal(cache_features(sb, ds_sb, 2, path=tmp_path / "views.npy", stats=info), feats)
+    assert info == {"cache_reused": str(tmp_path / "views.npy")}

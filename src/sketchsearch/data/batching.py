@@ -30,8 +30,10 @@ __all__ = [
     "item_input",
     "make_batch",
     "make_photo_batch",
+    "pad_points",
     "photo_to_tensor",
     "query_to_batch",
+    "simplify_to",
     "sketch_points",
 ]
 
@@ -80,16 +82,21 @@ def item_input(item: Item) -> Query:
     return Image.fromarray(np.ascontiguousarray(item.image))
 
 
-def sketch_points(sketch: Sketch, max_points: int) -> np.ndarray:
-    """4-d stroke points (dx, dy, pen_down, pen_up) of the sketch normalised to the unit box, at most
-    ``max_points`` rows (RDP-simplified with a growing tolerance first, then cut)."""
-    s = sketch.normalise(1.0)
+def simplify_to(sketch: Sketch, max_points: int) -> Sketch:
+    """The sketch normalised to the unit box and RDP-simplified with a growing tolerance until it has at most
+    ``max_points`` points (or the tolerance reaches 0.2 of the box)."""
+    s = base = sketch.normalise(1.0)
     eps = 0.005
     while s.n_points > max_points and eps < 0.2:
-        s = sketch.normalise(1.0).simplify(eps)
+        s = base.simplify(eps)
         eps *= 1.6
-    pts = s.to_4d()
-    return pts[:max_points]
+    return s
+
+
+def sketch_points(sketch: Sketch, max_points: int) -> np.ndarray:
+    """4-d stroke points (dx, dy, pen_down, pen_up) of the sketch normalised to the unit box, at most
+    ``max_points`` rows (:func:`simplify_to`, then cut)."""
+    return simplify_to(sketch, max_points).to_4d()[:max_points]
 
 
 def _raster_of(x: Sketch | np.ndarray | Image.Image, pre: Preprocessing) -> np.ndarray:
@@ -126,19 +133,23 @@ def make_example(x: Sketch | np.ndarray | Image.Image, pre: Preprocessing, label
     return ex
 
 
+def pad_points(seqs: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
+    """(T_i, 4) stroke points -> ``points`` (B, max T_i, 4) float32 zero-padded (at least one step) and their
+    ``lengths`` (B,) long."""
+    lengths = [len(p) for p in seqs]
+    pts = np.zeros((len(seqs), max(max(lengths, default=0), 1), 4), dtype=np.float32)
+    for i, p in enumerate(seqs):
+        pts[i, : len(p)] = p
+    return torch.from_numpy(pts), torch.tensor(lengths, dtype=torch.long)
+
+
 def collate(examples: Sequence[dict[str, Any]]) -> Batch:
     """Stack examples; ``points`` are zero-padded to the longest with ``lengths``."""
     out: Batch = {"label": torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)}
     if "raster" in examples[0]:
         out["raster"] = torch.from_numpy(np.stack([e["raster"] for e in examples]))[:, None]
     if "points" in examples[0]:
-        lengths = [len(e["points"]) for e in examples]
-        T = max(max(lengths), 1)
-        pts = np.zeros((len(examples), T, 4), dtype=np.float32)
-        for i, e in enumerate(examples):
-            pts[i, : len(e["points"])] = e["points"]
-        out["points"] = torch.from_numpy(pts)
-        out["lengths"] = torch.tensor(lengths, dtype=torch.long)
+        out["points"], out["lengths"] = pad_points([e["points"] for e in examples])
     if "domain" in examples[0]:
         out["domain"] = torch.tensor([int(e["domain"]) for e in examples], dtype=torch.long)
     return out

@@ -29,8 +29,13 @@ distance of the relaxed code to its binary corner, summed over bits; here on the
 Encoding: ``encode_sketch`` -> ``u`` (B, nbits), ``output="binary"`` (Hamming search of ``u > 0``), or with
 ``output="float"`` the ``feature_dim`` features ``h`` (cosine); the same weights serve both.
 
-Stroke order is not used: a sequence branch (SketchMate's GRU) is the issue's "if it helps; measure it",
-left for a measured follow-up. Weights chosen by scale (comments at the constructor); none measured yet.
+**Stroke order** (``stroke_branch=True``; the issue's "if it helps; measure it"): SketchMate's bidirectional
+GRU (``encoders/stroke_rnn.py``) reads the drawing's 4-d stroke points (``points``, at most ``max_points`` after
+RDP) and a fusion layer (Linear, ReLU; SketchMate's late fusion) maps ``[h; gru]`` back to ``feature_dim``: the
+fused features are ``h`` for the heads and the float output. In training each view's points come from its own
+stroke-level augmentation (the recipe). A drawing given only as an image is traced into strokes at encoding
+(``data/batching.make_example``). Measured in the README ("The universal encoder"). Weights chosen by scale
+(comments at the constructor).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from torch import Tensor, nn
 
 from ..encoders.heads import HashHead
 from ..encoders.photo_cnn import IMAGENET_MEAN, IMAGENET_STD, TopTunedLite, raster_to_rgb, signed_sqrt
+from ..encoders.stroke_rnn import StrokeRNN
 from ..losses.hashing import quantization_loss
 from .base import METHODS, Batch, Method, Preprocessing, check_bounds
 
@@ -53,9 +59,12 @@ BACKBONES = ("lite0", "lite2")
 INKS = ("dark", "light")
 
 
-def default_preprocessing(size: int = 96) -> Preprocessing:
-    """Rasters at the backbone's input size, lines 1.5 px at 64 (2.25 px at 96, SketchMate's Lite0 branch)."""
-    return Preprocessing(inputs=("raster",), raster_size=size, line_width=1.5 * size / 64)
+def default_preprocessing(size: int = 96, stroke_branch: bool = False) -> Preprocessing:
+    """Rasters at the backbone's input size, lines 1.5 px at 64 (2.25 px at 96, SketchMate's Lite0 branch); with
+    the stroke branch also at most 64 stroke points (SketchMate's, ``methods/sketchmate.py``)."""
+    inputs = ("raster", "points") if stroke_branch else ("raster",)
+    points = {"max_points": 64} if stroke_branch else {}
+    return Preprocessing(inputs=inputs, raster_size=size, line_width=1.5 * size / 64, **points)
 
 
 def contrastive_labels(label: Tensor) -> Tensor:
@@ -106,6 +115,8 @@ class UniversalEncoder(Method):
         # the same weights (a float view of a trained binary model: load its weights into this variant)
         feature_power: bool = False,  # ours: signed square roots of the pooled backbone features before the
         # feature layer (power normalisation; it lifts the frozen features on every set, methods/pretrained.py)
+        stroke_branch: bool = False,  # SketchMate's GRU on the stroke points, fused with h (module docstring)
+        rnn_hidden: int = 128,  # GRU units per direction, one layer (SketchMate's CPU setting here)
     ) -> None:
         if output not in ("binary", "float"):
             raise ValueError(f"universal: output must be 'binary' or 'float', got {output!r}")
@@ -114,7 +125,12 @@ class UniversalEncoder(Method):
         if ink not in INKS:
             raise ValueError(f"universal: ink must be one of {', '.join(INKS)}, got {ink!r}")
         check_bounds(
-            positive={"nbits": nbits, "feature_dim": feature_dim, "projection_dim": projection_dim},
+            positive={
+                "nbits": nbits,
+                "feature_dim": feature_dim,
+                "projection_dim": projection_dim,
+                "rnn_hidden": rnn_hidden,
+            },
             non_negative={"projection_weight": projection_weight, "code_weight": code_weight},
             who="universal: ",
         )
@@ -126,9 +142,11 @@ class UniversalEncoder(Method):
             raise ValueError(f"universal: code_contrast must be 'relaxed' or 'sign', got {code_contrast!r}")
         if projection_weight == 0 and code_weight == 0:
             raise ValueError("universal: projection_weight and code_weight are both 0: nothing to contrast")
-        pre = preprocessing or default_preprocessing(input_size)
+        pre = preprocessing or default_preprocessing(input_size, stroke_branch)
         if "raster" not in pre.inputs:
             raise ValueError(f"universal reads rasters; preprocessing.inputs must include 'raster', got {pre.inputs}")
+        if stroke_branch and "points" not in pre.inputs:
+            raise ValueError(f"universal: stroke_branch reads points; preprocessing.inputs has {pre.inputs}")
         super().__init__(pre)
         self.nbits, self.input_size, self.ink = int(nbits), int(input_size), ink
         self.output = output  # type: ignore[misc]  # per instance: the float variant shares the weights
@@ -147,6 +165,13 @@ class UniversalEncoder(Method):
         )
         # channels-last convolutions: ~1.3x faster on one CPU thread (measured: 17 -> 13 ms a drawing at 96 px)
         self.net.to(memory_format=torch.channels_last)
+        self.stroke_branch = bool(stroke_branch)
+        self.rnn = StrokeRNN(hidden=int(rnn_hidden), layers=1) if stroke_branch else None
+        self.fusion = (
+            nn.Sequential(nn.Linear(feature_dim + self.rnn.out_dim, feature_dim), nn.ReLU(inplace=True))
+            if self.rnn is not None
+            else None
+        )
         # no projection head at all without its loss (it would be saved untrained)
         self.projection = (
             nn.Sequential(
@@ -192,14 +217,22 @@ class UniversalEncoder(Method):
 
     def features(self, batch: Batch) -> Tensor:
         """(B, feature_dim) features ``h`` (>= 0, after the ReLU) of ``batch["raster"]``, or of cached pooled
-        backbone features ``batch["pooled"]`` (B, 1280) when the backbone is frozen (:attr:`cacheable`)."""
+        backbone features ``batch["pooled"]`` (B, 1280) when the backbone is frozen (:attr:`cacheable`); with
+        the stroke branch, fused with the GRU's features of ``batch["points"]`` / ``batch["lengths"]``."""
         if "pooled" in batch:
             if not self.cacheable:
                 raise ValueError(
                     "universal: cached 'pooled' features need a frozen backbone (frozen_blocks = blocks + 1)"
                 )
-            return F.relu(self.net.head(self._power(batch["pooled"].float())))
-        return F.relu(self.net.head(self._power(self.pooled(batch["raster"]))))
+            h = F.relu(self.net.head(self._power(batch["pooled"].float())))
+        else:
+            h = F.relu(self.net.head(self._power(self.pooled(batch["raster"]))))
+        if self.rnn is None or self.fusion is None:
+            return h
+        if "points" not in batch or "lengths" not in batch:
+            raise ValueError("universal: the stroke branch needs 'points' and 'lengths' in the batch")
+        g = self.rnn(batch["points"].to(h.device).float(), batch["lengths"])
+        return self.fusion(torch.cat([h, g.to(h.dtype)], dim=1))
 
     def _power(self, pooled: Tensor) -> Tensor:
         """The pooled features as the feature layer reads them: signed square roots with ``feature_power``."""
@@ -212,17 +245,30 @@ class UniversalEncoder(Method):
         return self.hash(h) if self.output == "binary" else h
 
     # ------------------------------------------------------------------ training
+    def _both_points(self, batch: Batch) -> Batch:
+        """The stroke branch's input for the two views stacked as one batch (``points`` / ``lengths`` of view 1,
+        ``points2`` / ``lengths2`` of view 2, zero-padded to one length); nothing without the branch."""
+        if self.rnn is None:
+            return {}
+        need = ("points", "lengths", "points2", "lengths2")
+        if any(k not in batch for k in need):
+            raise ValueError(f"universal: the stroke branch trains on both views' points: the batch needs {need}")
+        a, b = batch["points"], batch["points2"]
+        t = max(a.shape[1], b.shape[1])
+        a, b = F.pad(a, (0, 0, 0, t - a.shape[1])), F.pad(b, (0, 0, 0, t - b.shape[1]))
+        return {"points": torch.cat([a, b]), "lengths": torch.cat([batch["lengths"], batch["lengths2"]])}
+
     def training_losses(self, batch: Batch, phase: str = "all") -> dict[str, Tensor]:
         if "pooled" in batch:  # cached backbone features of the two views (recipe option cache_views)
             if "pooled2" not in batch:
                 raise ValueError("universal: cached features need both views, 'pooled' and 'pooled2'")
             n = len(batch["pooled"])
-            h = self.features({"pooled": torch.cat([batch["pooled"], batch["pooled2"]])})
+            h = self.features({"pooled": torch.cat([batch["pooled"], batch["pooled2"]]), **self._both_points(batch)})
         elif "raster2" not in batch:
             raise ValueError("universal trains on two views of each drawing: the batch needs 'raster' and 'raster2'")
         else:
             n = len(batch["raster"])
-            h = self.features({"raster": torch.cat([batch["raster"], batch["raster2"]])})
+            h = self.features({"raster": torch.cat([batch["raster"], batch["raster2"]]), **self._both_points(batch)})
         label = batch.get("label")
         if label is None or not self.supervised:
             label = torch.full((n,), -1, dtype=torch.long, device=h.device)
