@@ -7,6 +7,7 @@ One local Ray runtime of 2 CPUs serves the module (the CLI uses a runtime that i
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ def ray_up() -> Any:
     import logging
 
     ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'sketchsearch[ray]'")
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")  # as ray_engine.ray_runtime: a loaded machine
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield ray
     ray.shutdown()
@@ -227,7 +229,6 @@ def _descendants(pid: int) -> list[int]:
 def test_a_real_kill_of_the_cli_and_a_resume(data: dict[str, Path], tmp_path: Path) -> None:
     """The CLI in a subprocess, SIGKILLed once 3 shards are written; the same command again reuses every shard
     the killed run finished and gives the local engine's index."""
-    import os
     import signal
     import subprocess
     import sys

@@ -275,6 +275,9 @@ def ray_runtime(workers: int) -> Iterator[Any]:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Ray waits 30 s for its GCS process to start; on a loaded 2-core machine it took longer (seen in a test
+    # run beside training jobs: "Timed out waiting for file ...gcs_server_port"). Ray's own override, 120 s.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
     ray.init(
         num_cpus=workers,
         include_dashboard=False,
