@@ -33,7 +33,6 @@ __all__ = [
     "pad_points",
     "photo_to_tensor",
     "query_to_batch",
-    "simplify_to",
     "sketch_points",
 ]
 
@@ -82,21 +81,15 @@ def item_input(item: Item) -> Query:
     return Image.fromarray(np.ascontiguousarray(item.image))
 
 
-def simplify_to(sketch: Sketch, max_points: int) -> Sketch:
-    """The sketch normalised to the unit box and RDP-simplified with a growing tolerance until it has at most
-    ``max_points`` points (or the tolerance reaches 0.2 of the box)."""
+def sketch_points(sketch: Sketch, max_points: int) -> np.ndarray:
+    """4-d stroke points (dx, dy, pen_down, pen_up) of the sketch normalised to the unit box, at most
+    ``max_points`` rows (RDP-simplified with a growing tolerance first, then cut)."""
     s = base = sketch.normalise(1.0)
     eps = 0.005
     while s.n_points > max_points and eps < 0.2:
         s = base.simplify(eps)
         eps *= 1.6
-    return s
-
-
-def sketch_points(sketch: Sketch, max_points: int) -> np.ndarray:
-    """4-d stroke points (dx, dy, pen_down, pen_up) of the sketch normalised to the unit box, at most
-    ``max_points`` rows (:func:`simplify_to`, then cut)."""
-    return simplify_to(sketch, max_points).to_4d()[:max_points]
+    return s.to_4d()[:max_points]
 
 
 def _raster_of(x: Sketch | np.ndarray | Image.Image, pre: Preprocessing) -> np.ndarray:

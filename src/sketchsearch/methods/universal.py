@@ -167,7 +167,6 @@ class UniversalEncoder(Method):
         )
         # channels-last convolutions: ~1.3x faster on one CPU thread (measured: 17 -> 13 ms a drawing at 96 px)
         self.net.to(memory_format=torch.channels_last)
-        self.stroke_branch = bool(stroke_branch)
         self.rnn = StrokeRNN(hidden=int(rnn_hidden), layers=1) if stroke_branch else None
         self.fusion = (
             nn.Sequential(nn.Linear(feature_dim + self.rnn.out_dim, feature_dim), nn.ReLU(inplace=True))
