@@ -231,12 +231,18 @@ def stroke_view(x: Any, pre: Preprocessing, rng: np.random.Generator | None, cfg
     return sketch_points(s, pre.max_points).astype(np.float32)
 
 
+def _stroke_views(x: Any, pre: Preprocessing, seed: list[int], cfg: AugmentConfig | None, k: int) -> list[np.ndarray]:
+    """``k`` stroke views of one drawing (:func:`stroke_view`) on their own random stream, ``seed + [1]`` (apart
+    from the raster views' ``seed``)."""
+    rng = np.random.default_rng([*seed, 1])
+    return [stroke_view(x, pre, rng, cfg) for _ in range(k)]
+
+
 def _with_points(ex: dict[str, Any], x: Any, pre: Preprocessing, seed: list[int], cfg: AugmentConfig | None) -> None:
-    """Add ``points`` / ``points2`` (two stroke views, their own random stream ``seed + [1]``) to ``ex`` when
-    ``pre`` asks for points."""
+    """Add ``points`` / ``points2`` (two stroke views, :func:`_stroke_views`) to ``ex`` when ``pre`` asks for
+    points."""
     if "points" in pre.inputs:
-        rng = np.random.default_rng([*seed, 1])
-        ex["points"], ex["points2"] = stroke_view(x, pre, rng, cfg), stroke_view(x, pre, rng, cfg)
+        ex["points"], ex["points2"] = _stroke_views(x, pre, seed, cfg, 2)
 
 
 def _collate_points(out: Batch, examples: Sequence[dict[str, Any]]) -> Batch:
@@ -320,8 +326,8 @@ class CachedViews(Dataset[dict[str, Any]]):
 
 
 class _StrokeViews(Dataset[tuple[np.ndarray, np.ndarray]]):
-    """Drawing ``i``'s ``k`` stroke views (:func:`stroke_view`, seeded by ``(seed, i, 1)``): what
-    :func:`cache_strokes` computes in its workers."""
+    """Drawing ``i``'s ``k`` stroke views (:func:`_stroke_views` of ``(seed, i)``), zero-padded, and their
+    lengths: what :func:`cache_strokes` computes in its workers."""
 
     def __init__(self, inputs: Sequence[Any], pre: Preprocessing, k: int, seed: int, augment: AugmentConfig | None):
         self.inputs, self.pre, self.k, self.seed, self.augment = inputs, pre, k, seed, augment
@@ -330,11 +336,9 @@ class _StrokeViews(Dataset[tuple[np.ndarray, np.ndarray]]):
         return len(self.inputs)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng([self.seed, int(i), 1])
         pts = np.zeros((self.k, self.pre.max_points, 4), np.float32)
         n = np.zeros(self.k, np.int64)
-        for v in range(self.k):
-            p = stroke_view(self.inputs[i], self.pre, rng, self.augment)
+        for v, p in enumerate(_stroke_views(self.inputs[i], self.pre, [self.seed, int(i)], self.augment, self.k)):
             pts[v, : len(p)], n[v] = p, len(p)
         return pts, n
 
