@@ -342,7 +342,7 @@ FROZEN = {**TINY, "frozen_blocks": 17, "pretrained": False, "nbits": 8}
 
 def test_a_frozen_backbone_trains_only_what_follows_pooling() -> None:
     m = UniversalEncoder(**FROZEN)
-    assert m.cacheable and not UniversalEncoder(**{**FROZEN, "frozen_blocks": 16}).cacheable
+    assert m.cache_key == "pooled" and UniversalEncoder(**{**FROZEN, "frozen_blocks": 16}).cache_key == "trunk"
     trained = {n for n, p in m.net.named_parameters() if p.requires_grad}
     assert trained == {"fc.weight", "fc.bias"}
     with pytest.raises(ValueError, match=r"frozen_blocks must be an int in \[0, 17\]"):
@@ -427,7 +427,7 @@ def test_cached_features_are_the_views_the_recipe_would_render(tmp_path: Path, m
                 if 2 * d + 1 < 3:
                     np.testing.assert_allclose(feats[i, 2 * d + 1], want[1], rtol=1e-2, atol=1e-2)
     # read back while the fingerprint matches (nothing recomputed); recomputed when it does not
-    monkeypatch.setattr(m, "pooled", lambda raster: (_ for _ in ()).throw(AssertionError("recomputed")))
+    monkeypatch.setattr(m, "cache_input", lambda raster: (_ for _ in ()).throw(AssertionError("recomputed")))
     info: dict = {}
     np.testing.assert_array_equal(cache_features(m, ds, 3, path=tmp_path / "views.npy", stats=info), feats)
     assert info == {"cache_reused": str(tmp_path / "views.npy")}
@@ -444,8 +444,42 @@ def test_cached_features_are_the_views_the_recipe_would_render(tmp_path: Path, m
     assert np.array_equal(a["pooled"], b["pooled"]) and not np.array_equal(a["pooled"], a["pooled2"])
     batch = collate_cached([cv[(i, 0)] for i in range(6)])
     assert batch["pooled"].dtype == torch.float32 and batch["pooled"].shape == (6, 1280)
-    with pytest.raises(ValueError, match="frozen backbone"):
-        cache_features(UniversalEncoder(**{**FROZEN, "frozen_blocks": 16}), ds, 2)
+
+
+@needs_lite0
+def test_with_top_blocks_trained_the_cache_holds_the_trunk_maps_and_the_top_trains_on_them(tmp_path: Path) -> None:
+    """frozen_blocks < 17: the cache holds the frozen trunk's output maps, the model reads them as ``trunk``
+    exactly as it would compute them from the rasters, and a step on them trains the top blocks."""
+    from sketchsearch.recipes.universal import CachedViews, cache_features, collate_cached
+
+    _, ds = _view_dataset()
+    torch.manual_seed(0)
+    m = UniversalEncoder(**{**FROZEN, "frozen_blocks": 15, "pretrained": True, "input_size": 64})
+    ds.pre = m.preprocessing
+    assert m.cache_key == "trunk"
+    feats = cache_features(m, ds, 2, batch_size=4, path=tmp_path / "views.npy")
+    assert feats.shape == (6, 2, 192, 2, 2) and feats.dtype == np.float16  # stage 6's output, stride 32
+    m.eval()
+    with torch.no_grad():
+        ex = ds[(3, 0)]
+        raster = torch.from_numpy(np.stack([ex["raster"], ex["raster2"]]))[:, None]
+        from_maps = m.features({"trunk": torch.from_numpy(feats[3].astype(np.float32))})
+        torch.testing.assert_close(from_maps, m.features({"raster": raster}), rtol=2e-2, atol=2e-2)
+    with pytest.raises(ValueError, match="'pooled' features need a frozen backbone"):
+        m.features({"pooled": torch.zeros(1, 1280)})
+    cv = CachedViews(feats, ds.labels, seed=1, key="trunk")
+    batch = collate_cached([cv[(i, 0)] for i in range(6)])
+    assert batch["trunk"].shape == (6, 192, 2, 2) and batch["trunk2"].dtype == torch.float32
+    top = {k: v.clone() for k, v in m.net.top.state_dict().items()}
+    trunk = {k: v.clone() for k, v in m.net.trunk.state_dict().items()}
+    m.train()
+    stats = m.step(lambda b, **kw: m(b, **kw), batch, m.configure_optimizers(1e-2))
+    assert np.isfinite(stats["loss"])
+    assert any(not torch.equal(v, m.net.top.state_dict()[k]) for k, v in top.items())
+    assert all(torch.equal(v, m.net.trunk.state_dict()[k]) for k, v in trunk.items())
+    # a cache too large for the allowance is refused before a view is rendered, naming the option
+    with pytest.raises(ValueError, match=r"cache_max_gib=1e-06: raise it, or freeze more blocks"):
+        cache_features(m, ds, 2, max_gib=1e-6)
 
 
 @needs_lite0
@@ -476,8 +510,13 @@ def test_recipe_trains_on_cached_views(tmp_path: Path) -> None:
     )
     assert res.training["cache_views"] == 2 and np.isfinite(res.training["last"]["loss"])
     assert np.load(tmp_path / "run" / "views.npy").shape == (res.training["train_items"], 2, 1280)
-    with pytest.raises(ValueError, match="frozen_blocks=17"):
-        run_recipe("universal", str(tmp_path / "qd"), {**opts, "frozen_blocks": 16}, iterations=1, progress=False)
+    # top blocks trained: the trunk's maps are cached (their own file's fingerprint names frozen_blocks)
+    top = {**opts, "frozen_blocks": 15}
+    res = run_recipe("universal", str(tmp_path / "qd"), top, out=tmp_path / "top", iterations=2, progress=False)
+    assert np.load(tmp_path / "top" / "views.npy").shape == (res.training["train_items"], 2, 192, 1, 1)
+    assert np.isfinite(res.training["last"]["loss"])
+    with pytest.raises(ValueError, match="cache_max_gib"):
+        run_recipe("universal", str(tmp_path / "qd"), {**top, "cache_max_gib": 1e-9}, iterations=1, progress=False)
 
 
 def test_a_validation_run_never_trains_its_classes_and_scores_them(tmp_path: Path) -> None:
@@ -648,7 +687,7 @@ def test_a_stroke_branch_run_reuses_the_raster_views(tmp_path: Path, monkeypatch
     feats = cache_features(m, ds, 2, batch_size=4, path=tmp_path / "views.npy")
     sb = UniversalEncoder(**{**SB, "pretrained": True})
     ds_sb = ViewDataset(ds.inputs, ds.labels, sb.preprocessing, ds.augment, seed=ds.seed)
-    monkeypatch.setattr(sb, "pooled", lambda raster: (_ for _ in ()).throw(AssertionError("recomputed")))
+    monkeypatch.setattr(sb, "cache_input", lambda raster: (_ for _ in ()).throw(AssertionError("recomputed")))
     info: dict = {}
     np.testing.assert_array_equal(cache_features(sb, ds_sb, 2, path=tmp_path / "views.npy", stats=info), feats)
     assert info == {"cache_reused": str(tmp_path / "views.npy")}

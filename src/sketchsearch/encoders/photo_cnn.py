@@ -460,7 +460,8 @@ class TopTunedLite(nn.Module):
     Lite0 has 16 blocks: 11 frozen leaves stage 6 (192 channels, 4 blocks) and 7 (320, 1) trained.
     ``frozen_blocks = len(blocks) + 1`` freezes the 1280-channel head too: the whole ImageNet network is then
     a fixed feature extractor (``frozen``), only ``fc`` trains, and :meth:`pooled` features can be computed
-    once and cached (the universal encoder's recipe does, ``cache_views``).
+    once and cached (the universal encoder's recipe does, ``cache_views``); otherwise the recipe caches the
+    trunk's output (:meth:`trunk_maps`) and trains the top on it (:meth:`pool_top`).
     """
 
     def __init__(
@@ -507,11 +508,20 @@ class TopTunedLite(nn.Module):
         """True when nothing before ``fc`` trains (``frozen_blocks = len(blocks) + 1``)."""
         return len(self.top) == 0
 
-    def pooled(self, x: Tensor) -> Tensor:
-        """RGB (B, 3, H, W) in [0, 1] -> (B, 1280) pooled features, before ``fc``."""
+    def trunk_maps(self, x: Tensor) -> Tensor:
+        """RGB (B, 3, H, W) in [0, 1] -> the frozen trunk's output maps (B, C, h, w): what training never changes
+        (the universal recipe caches them, ``cache_views``)."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected RGB images (B, 3, H, W) in [0, 1], got shape {tuple(x.shape)}")
-        return self.top(self.trunk((x - self.mean) / self.std)).mean(dim=(2, 3))
+        return self.trunk((x - self.mean) / self.std)
+
+    def pool_top(self, maps: Tensor) -> Tensor:
+        """The trunk's output maps -> (B, 1280) pooled features: the trained blocks and head, average pooling."""
+        return self.top(maps).mean(dim=(2, 3))
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """RGB (B, 3, H, W) in [0, 1] -> (B, 1280) pooled features, before ``fc``."""
+        return self.pool_top(self.trunk_maps(x))
 
     def head(self, h: Tensor) -> Tensor:
         """Pooled features (B, 1280) -> (B, out_dim): ``fc`` and ``activation``."""

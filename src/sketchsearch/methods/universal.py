@@ -207,27 +207,39 @@ class UniversalEncoder(Method):
         return x.contiguous(memory_format=torch.channels_last)
 
     @property
-    def cacheable(self) -> bool:
-        """True when the whole backbone is frozen (``frozen_blocks`` = its blocks + 1): its pooled features of a
-        view never change in training, so the recipe can compute them once (``pooled``) and train on them."""
-        return self.net.frozen
+    def cache_key(self) -> str:
+        """What the recipe's cache of a view holds (``cache_views``), the batch key its features are read from:
+        ``"pooled"``, the (B, 1280) pooled features, when the whole backbone is frozen (``frozen_blocks`` = its
+        blocks + 1); else ``"trunk"``, the frozen trunk's output maps (B, C, h, w) (Lite0 at 128 px with 15
+        blocks frozen: 192 x 4 x 4), which the trained top blocks read in every step."""
+        return "pooled" if self.net.frozen else "trunk"
+
+    def cache_input(self, raster: Tensor) -> Tensor:
+        """(B, 1, S, S) rasters -> what training never changes (:attr:`cache_key`), computed once per view."""
+        x = self.backbone_input(raster)
+        return self.net.pooled(x) if self.net.frozen else self.net.trunk_maps(x)
 
     def pooled(self, raster: Tensor) -> Tensor:
-        """(B, 1, S, S) rasters -> (B, 1280) pooled backbone features (what ``batch["pooled"]`` caches)."""
+        """(B, 1, S, S) rasters -> (B, 1280) pooled backbone features."""
         return self.net.pooled(self.backbone_input(raster))
 
     def features(self, batch: Batch) -> Tensor:
-        """(B, feature_dim) features ``h`` (>= 0, after the ReLU) of ``batch["raster"]``, or of cached pooled
-        backbone features ``batch["pooled"]`` (B, 1280) when the backbone is frozen (:attr:`cacheable`); with
-        the stroke branch, fused with the GRU's features of ``batch["points"]`` / ``batch["lengths"]``."""
+        """(B, feature_dim) features ``h`` (>= 0, after the ReLU) of ``batch["raster"]``, or of a cache's
+        (:attr:`cache_key`): pooled backbone features ``batch["pooled"]`` (B, 1280) of a frozen backbone, or the
+        frozen trunk's maps ``batch["trunk"]``; with the stroke branch, fused with the GRU's features of
+        ``batch["points"]`` / ``batch["lengths"]``."""
         if "pooled" in batch:
-            if not self.cacheable:
+            if not self.net.frozen:
                 raise ValueError(
-                    "universal: cached 'pooled' features need a frozen backbone (frozen_blocks = blocks + 1)"
+                    "universal: cached 'pooled' features need a frozen backbone (frozen_blocks = blocks + 1); "
+                    "a partly trained one reads the trunk's maps, 'trunk'"
                 )
-            h = F.relu(self.net.head(self._power(batch["pooled"].float())))
+            p = batch["pooled"].float()
+        elif "trunk" in batch:
+            p = self.net.pool_top(batch["trunk"].float().contiguous(memory_format=torch.channels_last))
         else:
-            h = F.relu(self.net.head(self._power(self.pooled(batch["raster"]))))
+            p = self.pooled(batch["raster"])
+        h = F.relu(self.net.head(self._power(p)))
         if self.rnn is None or self.fusion is None:
             return h
         if "points" not in batch or "lengths" not in batch:
@@ -260,11 +272,12 @@ class UniversalEncoder(Method):
         return {"points": torch.cat([a, b]), "lengths": torch.cat([batch["lengths"], batch["lengths2"]])}
 
     def training_losses(self, batch: Batch, phase: str = "all") -> dict[str, Tensor]:
-        if "pooled" in batch:  # cached backbone features of the two views (recipe option cache_views)
-            if "pooled2" not in batch:
-                raise ValueError("universal: cached features need both views, 'pooled' and 'pooled2'")
-            n = len(batch["pooled"])
-            h = self.features({"pooled": torch.cat([batch["pooled"], batch["pooled2"]]), **self._both_points(batch)})
+        key = next((k for k in ("pooled", "trunk") if k in batch), None)
+        if key is not None:  # cached backbone features of the two views (recipe option cache_views)
+            if key + "2" not in batch:
+                raise ValueError(f"universal: cached features need both views, {key!r} and '{key}2'")
+            n = len(batch[key])
+            h = self.features({key: torch.cat([batch[key], batch[key + "2"]]), **self._both_points(batch)})
         elif "raster2" not in batch:
             raise ValueError("universal trains on two views of each drawing: the batch needs 'raster' and 'raster2'")
         else:

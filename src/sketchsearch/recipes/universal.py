@@ -118,7 +118,6 @@ from ..data.sampling import MixedSampler
 from ..data.sketch import Sketch
 from ..data.sources import load_collection, named_source
 from ..data.splits import Split
-from ..encoders.photo_cnn import EfficientNetLite
 from ..errors import FormatError
 from ..eval.evaluate import evaluate
 from ..methods.base import Method
@@ -289,10 +288,12 @@ class ViewDataset(Dataset[dict[str, Any]]):
 
 
 class CachedViews(Dataset[dict[str, Any]]):
-    """The frozen backbone's pooled features of ``k`` augmented views of each drawing, ``feats`` (N, k, D);
-    a key ``(index, draw)`` picks two different views of drawing ``index``, seeded by ``(seed, index, draw)``
-    (one view, ``k = 1``: the same one twice). With ``strokes`` (:func:`cache_strokes`: ``points`` (N, k, T, 4)
-    and ``lengths`` (N, k)), the same two views' stroke points too: view ``a``'s raster and strokes go together."""
+    """The frozen backbone's features of ``k`` augmented views of each drawing, ``feats`` (N, k, ...): pooled
+    (N, k, 1280) or the trunk's maps (N, k, C, h, w), given to the model as ``key`` / ``key + "2"`` (the
+    model's ``cache_key``). A key ``(index, draw)`` picks two different views of drawing ``index``, seeded by
+    ``(seed, index, draw)`` (one view, ``k = 1``: the same one twice). With ``strokes`` (:func:`cache_strokes`:
+    ``points`` (N, k, T, 4) and ``lengths`` (N, k)), the same two views' stroke points too: view ``a``'s raster
+    and strokes go together."""
 
     def __init__(
         self,
@@ -301,15 +302,16 @@ class CachedViews(Dataset[dict[str, Any]]):
         seed: int = 0,
         *,
         strokes: tuple[np.ndarray, np.ndarray] | None = None,
+        key: str = "pooled",
     ) -> None:
-        if feats.ndim != 3 or len(feats) != len(labels):
-            raise ValueError(f"feats must be (N, k, D) for {len(labels)} drawings, got shape {feats.shape}")
+        if feats.ndim < 3 or len(feats) != len(labels):
+            raise ValueError(f"feats must be (N, k, ...) for {len(labels)} drawings, got shape {feats.shape}")
         if strokes is not None and (strokes[0].shape[:2] != feats.shape[:2] or strokes[1].shape != feats.shape[:2]):
             raise ValueError(
                 f"stroke views must be (N, k, T, 4) and (N, k) with (N, k) = {feats.shape[:2]}, "
                 f"got {strokes[0].shape} and {strokes[1].shape}"
             )
-        self.feats, self.labels, self.seed, self.strokes = feats, list(labels), seed, strokes
+        self.feats, self.labels, self.seed, self.strokes, self.key = feats, list(labels), seed, strokes, key
 
     def __len__(self) -> int:
         return len(self.feats)
@@ -318,7 +320,7 @@ class CachedViews(Dataset[dict[str, Any]]):
         i, draw = (key, 0) if isinstance(key, int | np.integer) else key
         k = self.feats.shape[1]
         a, b = np.random.default_rng([self.seed, int(i), int(draw)]).permutation(k)[:2] if k > 1 else (0, 0)
-        ex = {"pooled": self.feats[i, a], "pooled2": self.feats[i, b], "label": int(self.labels[i])}
+        ex = {self.key: self.feats[i, a], self.key + "2": self.feats[i, b], "label": int(self.labels[i])}
         if self.strokes is not None:
             pts, n = self.strokes
             ex["points"], ex["points2"] = pts[i, a, : n[i, a]], pts[i, b, : n[i, b]]
@@ -371,13 +373,12 @@ def cache_strokes(
 
 
 def collate_cached(examples: Sequence[dict[str, Any]]) -> Batch:
-    """Stack :class:`CachedViews` examples: ``pooled`` / ``pooled2`` (B, D) float32, ``label`` (B,); stroke
-    views as ``points`` / ``lengths`` and ``points2`` / ``lengths2`` (zero-padded)."""
-    out = {
-        "pooled": torch.from_numpy(np.stack([e["pooled"] for e in examples]).astype(np.float32)),
-        "pooled2": torch.from_numpy(np.stack([e["pooled2"] for e in examples]).astype(np.float32)),
-        "label": torch.tensor([int(e["label"]) for e in examples], dtype=torch.long),
-    }
+    """Stack :class:`CachedViews` examples: ``pooled`` / ``pooled2`` (B, 1280) or ``trunk`` / ``trunk2``
+    (B, C, h, w), float32, ``label`` (B,); stroke views as ``points`` / ``lengths`` and ``points2`` / ``lengths2``
+    (zero-padded)."""
+    key = "pooled" if "pooled" in examples[0] else "trunk"
+    out = {k: torch.from_numpy(np.stack([e[k] for e in examples]).astype(np.float32)) for k in (key, key + "2")}
+    out["label"] = torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)
     return _collate_points(out, examples)
 
 
@@ -433,20 +434,23 @@ def cache_features(
     workers: int = 0,
     path: Path | None = None,
     stats: dict[str, Any] | None = None,
+    max_gib: float = 8.0,
 ) -> np.ndarray:
-    """(N, k, 1280) float16: the frozen backbone's pooled features of ``k`` views of each of ``ds``'s drawings
-    (view pairs ``(i, d)`` of :class:`ViewDataset`, d < ceil(k / 2), so a view is the one the on-the-fly
-    recipe would render for that key). With ``path``, a cache whose fingerprint (the drawings and labels
+    """(N, k, ...) float16: what training never changes in ``k`` views of each of ``ds``'s drawings, the model's
+    ``cache_input`` (:attr:`~sketchsearch.methods.universal.UniversalEncoder.cache_key`): a frozen backbone's
+    pooled features (N, k, 1280), or the frozen trunk's output maps (N, k, C, h, w) under trained top blocks.
+    The views are :class:`ViewDataset`'s pairs ``(i, d)``, d < ceil(k / 2), so a view is the one the on-the-fly
+    recipe would render for that key. With ``path``, a cache whose fingerprint (the drawings and labels
     themselves, :func:`drawings_digest`; k, seed, augmentation, preprocessing, backbone settings) matches is
     read back instead of recomputed (and ``stats["cache_reused"]`` names the file); a new one is written there.
-    Why a cache: with the whole backbone frozen, its forward pass is >99% of a training step on a CPU, and the
-    same views would be recomputed every epoch."""
+    Why a cache: the frozen part's forward pass is most of a training step on a CPU (>99% with the whole backbone
+    frozen; Lite0 at 128 px with stages 1-6 frozen: a step of 512 views through stage 7 and the head takes
+    ~0.6 s on 2 cores, the trunk ~3 s more), and the same views would be recomputed every epoch. A cache larger
+    than ``max_gib`` is refused before anything is computed (the option to raise it, or freeze more blocks)."""
     if k < 1:
         raise ValueError(f"cache_views must be >= 1, got {k}")
-    if not getattr(method, "cacheable", False):
-        raise ValueError(
-            "cache_views needs a frozen backbone: --set frozen_blocks=17 (Lite0; Lite2: 22) freezes all of it"
-        )
+    if not hasattr(method, "cache_input"):
+        raise ValueError(f"cache_views: method {method.name!r} has no frozen part to cache (universal has)")
     n = len(ds)
     fingerprint = {
         "n": n,
@@ -477,10 +481,19 @@ def cache_features(
             return np.asarray(feats)
     keys = [(i, d) for d in range(-(-k // 2)) for i in range(n)]
     ds = ViewDataset(ds.inputs, ds.labels, replace(ds.pre, inputs=("raster",)), ds.augment, ds.seed)  # no strokes
-    loader = DataLoader(_Keys(ds, keys), batch_size=batch_size, collate_fn=collate_views, num_workers=workers)
-    feats = np.zeros((n, k, EfficientNetLite.out_dim), dtype=np.float16)
     was_training = method.training
     method.eval()
+    with torch.no_grad():  # the shape of one view's cache entry, from one plain rendering
+        shape = tuple(method.cache_input(collate_views([ds[0]])["raster"]).shape[1:])
+    gib = n * k * int(np.prod(shape)) * 2 / 2**30
+    if gib > max_gib:
+        method.train(was_training)
+        raise ValueError(
+            f"cache_views: {k} views of {n} drawings at {shape} float16 need {gib:.1f} GiB, over "
+            f"cache_max_gib={max_gib:g}: raise it, or freeze more blocks (frozen_blocks)"
+        )
+    loader = DataLoader(_Keys(ds, keys), batch_size=batch_size, collate_fn=collate_views, num_workers=workers)
+    feats = np.zeros((n, k, *shape), dtype=np.float16)
     done = 0
     with (
         torch.no_grad(),
@@ -499,10 +512,10 @@ def cache_features(
             done += len(rows)
             idx = np.array([i for i, _ in rows])
             col = np.array([2 * d for _, d in rows])
-            feats[idx, col] = method.pooled(batch["raster"]).numpy()
+            feats[idx, col] = method.cache_input(batch["raster"]).numpy()
             second = col + 1 < k
             if second.any():
-                h2 = method.pooled(batch["raster2"][torch.from_numpy(second)]).numpy()
+                h2 = method.cache_input(batch["raster2"][torch.from_numpy(second)]).numpy()
                 feats[idx[second], col[second] + 1] = h2
             bar.update(task, advance=int(len(rows) + second.sum()))
     method.train(was_training)
@@ -540,7 +553,9 @@ def fit(
     workers: int = 0,  # DataLoader processes rendering the views (0: in the training process)
     cache_views: int = 0,  # > 0: a frozen backbone's features of this many views per drawing, computed once
     # (cache_features) and trained on for every iteration (CPU: the head trains in seconds, the views cost ~10
-    # ms each); 0: views rendered and passed through the backbone every step
+    # ms each); 0: views rendered and passed through the backbone every step. With top blocks trained
+    # (frozen_blocks < 17), the frozen trunk's output maps are cached instead and the top runs every step
+    cache_max_gib: float = 8.0,  # the largest cache_views cache allowed (refused before computing it)
     validate_classes: int = 0,  # > 0: a validation run. This many seen classes (validation_split, validate_seed)
     # never train: their drawings (train items and extras labelled by them) are left out after the views are
     # cached, so the cache is the full run's; the record's "validation" holds the figures on their held-out
@@ -576,7 +591,15 @@ def fit(
         t1 = time.perf_counter()
         cache = Path(cfg.out) / "views.npy" if cfg.out else None
         with phase(f"backbone features of {cache_views} views of {len(inputs)} drawings"):
-            feats = cache_features(method, ds, int(cache_views), workers=int(workers), path=cache, stats=cache_info)
+            feats = cache_features(
+                method,
+                ds,
+                int(cache_views),
+                workers=int(workers),
+                path=cache,
+                stats=cache_info,
+                max_gib=float(cache_max_gib),
+            )
         cache_s = time.perf_counter() - t1
         rows = np.flatnonzero(keep)
         strokes = None
@@ -591,7 +614,7 @@ def fit(
         feats = feats if keep.all() else feats[rows]
         res = train(
             method,
-            CachedViews(feats, kept, seed=cfg.seed, strokes=strokes),
+            CachedViews(feats, kept, seed=cfg.seed, strokes=strokes, key=method.cache_key),
             cfg,
             collate_fn=collate_cached,
             sampler=sampler,
