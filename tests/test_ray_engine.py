@@ -195,6 +195,27 @@ def test_shard_checks(data: dict[str, Path]) -> None:
     assert encode_order(["photo", "sketch"], step=1).tolist() == [0, 1]
 
 
+def test_workers_in_the_callers_runtime_wait_for_cpus_being_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a runtime the caller started, an earlier run's killed actors give their CPUs back a moment later:
+    the run waits for them (bounded), never asks beyond the runtime's total, and takes what is free after."""
+
+    class Runtime:
+        def __init__(self, total: int, free: list[int]) -> None:
+            self.total, self.free = total, free
+
+        def cluster_resources(self) -> dict[str, float]:
+            return {"CPU": float(self.total)}
+
+        def available_resources(self) -> dict[str, float]:
+            return {"CPU": float(self.free.pop(0) if len(self.free) > 1 else self.free[0])}
+
+    assert ray_engine._free_cpus(Runtime(2, [1, 1, 1, 2]), 2) == 2  # released after three looks
+    assert ray_engine._free_cpus(Runtime(1, [1]), 4) == 1  # never beyond the runtime's CPUs
+    monkeypatch.setattr(ray_engine, "FREE_CPU_WAIT_S", 0.2)
+    assert ray_engine._free_cpus(Runtime(4, [1]), 3) == 1  # held by someone else: what is free
+    assert ray_engine._free_cpus(Runtime(4, [0]), 3) == 1  # at least one (it queues for a CPU)
+
+
 def test_engine_option_errors(data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     common = ["--model", "sketch-gan", "--data", data["ndjson"], "--out", tmp_path / "idx"]
     res = _build(*common, "--workers", 2, ok=False)

@@ -295,6 +295,22 @@ def ray_runtime(workers: int) -> Iterator[Any]:
 ray_runtime.borrowed = False  # type: ignore[attr-defined]
 
 
+#: how long a run in the caller's runtime waits for CPUs still held by actors being torn down (seconds)
+FREE_CPU_WAIT_S = 10.0
+
+
+def _free_cpus(ray: Any, want: int) -> int:
+    """How many of ``want`` CPUs the caller's runtime has free (at least 1). ``ray.kill`` releases an actor's
+    CPU asynchronously, so right after an earlier run in the same runtime its actors may still hold theirs (a
+    CI run saw 1 of 2 free): wait up to :data:`FREE_CPU_WAIT_S` for ``want`` to come free, never beyond the
+    runtime's total, then take what is free."""
+    want = max(1, min(want, int(ray.cluster_resources().get("CPU", 1))))
+    deadline = time.monotonic() + FREE_CPU_WAIT_S
+    while (free := int(ray.available_resources().get("CPU", 0))) < want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return max(1, min(want, free))
+
+
 # ---------------------------------------------------------------------------------------------- driver
 @dataclass
 class ShardedRun:
@@ -379,7 +395,7 @@ def encode_sharded(
         run.workers = min(workers, len(todo))
         with ray_runtime(workers) as ray:
             if ray_runtime.borrowed:  # the caller's runtime: as many workers as it has CPUs free
-                run.workers = max(1, min(run.workers, int(ray.available_resources().get("CPU", 1))))
+                run.workers = _free_cpus(ray, run.workers)
             actor = ray.remote(num_cpus=1)(ShardEncoder)
             model_arg = str(Path(model).absolute()) if Path(model).exists() else model
             actors = [actor.remote(model_arg, model_id) for _ in range(run.workers)]
