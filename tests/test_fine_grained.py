@@ -105,6 +105,25 @@ def test_top_tuned_lite_freezes_the_trunk_and_passes_gradients_to_its_input() ->
     assert {n for n, p in whole.named_parameters() if p.requires_grad} == {"fc.weight", "fc.bias"}
 
 
+def test_top_tuned_lite_top_bn_keeps_or_reestimates_the_top_statistics() -> None:
+    """top_bn="frozen": a training step leaves the trained blocks' batch-norm statistics as they came (their
+    scale and shift still get gradients); "train" re-estimates them."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, S, S)
+    stats = {}
+    for mode in ("train", "frozen"):
+        net = TopTunedLite(8, frozen_blocks=15, pretrained=False, top_bn=mode).train()
+        bns = [m for m in net.top.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert bns and all(m.training == (mode == "train") for m in bns)
+        before = [m.running_mean.clone() for m in bns]
+        net(x).sum().backward()
+        stats[mode] = [not torch.equal(b, m.running_mean) for b, m in zip(before, bns, strict=True)]
+        assert all(m.weight.grad is not None for m in bns)
+    assert all(stats["train"]) and not any(stats["frozen"])
+    with pytest.raises(ValueError, match="top_bn must be 'train' or 'frozen', got 'eval'"):
+        TopTunedLite(8, pretrained=False, top_bn="eval")
+
+
 # --------------------------------------------------------------------------------------- triplet Siamese
 def test_pair_augmentation_flips_a_pair_together() -> None:
     torch.manual_seed(3)

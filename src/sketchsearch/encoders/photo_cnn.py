@@ -462,6 +462,11 @@ class TopTunedLite(nn.Module):
     a fixed feature extractor (``frozen``), only ``fc`` trains, and :meth:`pooled` features can be computed
     once and cached (the universal encoder's recipe does, ``cache_views``); otherwise the recipe caches the
     trunk's output (:meth:`trunk_maps`) and trains the top on it (:meth:`pool_top`).
+
+    ``top_bn``: ``"train"`` (PyTorch's default) re-estimates the trained blocks' batch-norm statistics on the
+    training batches; ``"frozen"`` keeps them at ImageNet's (the layers' scale and shift still train), as
+    fine-tuning recipes with small or shifted batches do: drawings are not ImageNet photos, and a statistic
+    re-estimated on seen classes' drawings is a statistic fitted to them.
     """
 
     def __init__(
@@ -473,9 +478,13 @@ class TopTunedLite(nn.Module):
         pretrained: bool = True,
         mean: Sequence[float] = TF_LITE_MEAN,
         std: Sequence[float] = TF_LITE_STD,
+        top_bn: str = "train",
     ) -> None:
         super().__init__()
         nets = {"lite0": EfficientNetLite0, "lite2": EfficientNetLite2}
+        if top_bn not in ("train", "frozen"):
+            raise ValueError(f"top_bn must be 'train' or 'frozen', got {top_bn!r}")
+        self.top_bn = top_bn
         if backbone not in nets:
             raise ValueError(f"backbone must be one of {sorted(nets)}, got {backbone!r}")
         if activation not in ("none", "tanh"):
@@ -501,6 +510,10 @@ class TopTunedLite(nn.Module):
     def train(self, mode: bool = True) -> TopTunedLite:
         super().train(mode)
         self.trunk.eval()  # frozen: its ImageNet batch-norm statistics stay
+        if self.top_bn == "frozen":
+            for m in self.top.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
 
     @property

@@ -110,6 +110,8 @@ class UniversalEncoder(Method):
         # tanh codes; 0.01 keeps it under a tenth of SupCon (~log 2B = 4.8 at batch 64) so the codes saturate
         # without stalling the contrast (SketchMate's 0.01, on its sigmoid scale)
         top_lr_mult: float = 0.1,  # the pretrained top blocks learn 10x slower than the new heads
+        top_bn: str = "train",  # the trained top blocks' batch-norm statistics: re-estimated ("train") or kept at
+        # ImageNet's ("frozen"; scale and shift still train), photo_cnn.TopTunedLite
         supervised: bool = True,  # labelled drawings of one class are positives of each other (False: views only)
         ink: str = "light",  # white ink on black (see the module docstring)
         pretrained: bool = True,  # ImageNet weights from the backbone's package (False: random, for tests)
@@ -164,6 +166,7 @@ class UniversalEncoder(Method):
             pretrained=pretrained,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
+            top_bn=top_bn,
         )
         # channels-last convolutions: ~1.3x faster on one CPU thread (measured: 17 -> 13 ms a drawing at 96 px)
         self.net.to(memory_format=torch.channels_last)
