@@ -400,6 +400,43 @@ def test_sign_contrast_scores_the_binary_codes_and_passes_gradients() -> None:
         m.training_losses({"pooled": torch.zeros(2, 1280), "label": torch.tensor([0, -1])})
 
 
+def test_relational_distillation_is_zero_for_the_teacher_s_ranking_and_trains_the_codes() -> None:
+    """The distillation term is the KL between the teacher's and the codes' neighbour softmaxes: 0 when they
+    hold the same cosines, > 0 otherwise, checked against a loop; with ``distill_weight`` it enters the loss and
+    reaches the hash layer through the straight-through signs; a bad teacher name is refused."""
+    from sketchsearch.methods.universal import relational_distillation
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 16)
+    assert relational_distillation(x, 3 * x, 0.1).abs() < 1e-6  # scale-free
+    y = torch.randn(6, 16)
+    got = relational_distillation(x, y, 0.5)
+    want = 0.0
+    for i in range(6):
+        others = [j for j in range(6) if j != i]
+        s = torch.nn.functional.cosine_similarity(x[i : i + 1], x[others]) / 0.5
+        t = torch.nn.functional.cosine_similarity(y[i : i + 1], y[others]) / 0.5
+        pt = t.softmax(0)
+        want += float((pt * (pt.log() - s.log_softmax(0))).sum()) / 6
+    assert got > 0 and abs(float(got) - want) < 1e-5
+    for teacher in ("pooled", "features"):
+        m = UniversalEncoder(
+            **{**FROZEN, "code_contrast": "sign", "projection_weight": 0.0, "distill_weight": 1.0},
+            distill_from=teacher,
+        )
+        pooled = torch.rand(4, 1280) * 3
+        batch = {"pooled": pooled, "pooled2": pooled.flip(1), "label": torch.tensor([0, 0, -1, -1])}
+        losses = m.training_losses(batch)
+        assert float(losses["distill_loss"]) > 0
+        losses["distill_loss"].backward()
+        assert m.hash.linear.weight.grad is not None and m.hash.linear.weight.grad.abs().sum() > 0
+    assert "distill_loss" not in UniversalEncoder(**FROZEN).training_losses(batch)
+    with pytest.raises(ValueError, match="distill_from must be one of pooled, features, got 'h'"):
+        UniversalEncoder(**FROZEN, distill_from="h")
+    with pytest.raises(ValueError, match="distill_weight must be >= 0"):
+        UniversalEncoder(**FROZEN, distill_weight=-1.0)
+
+
 def _view_dataset(n: int = 6, seed: int = 0):
     """ImageNet weights: a random network's pooled features are ~1e-7, below float16's range."""
     from sketchsearch.recipes.universal import ViewDataset

@@ -137,6 +137,7 @@ HPARAM_BOUNDS: dict[str, Bound] = {
             "top_lr_mult",
             "projection_weight",
             "code_weight",
+            "distill_weight",
         ),
         _WEIGHT,
     ),

@@ -15,6 +15,7 @@ Loss (``training_losses``), on a batch of two augmented views of each drawing (`
 
     L = projection_weight * SupCon(proj(h1), proj(h2)) + code_weight * SupCon(c1, c2)
         + quant_weight * 1/2 (||u1 - sign(u1)||^2 + ||u2 - sign(u2)||^2)
+        + distill_weight * KL(P_teacher || P_c)
 
 SupCon is pytorch-metric-learning's ``SupConLoss`` (Khosla et al., NeurIPS 2020; cosine similarity,
 ``temperature``) over the 2B embeddings: a drawing's positives are its other view and, with
@@ -25,6 +26,11 @@ split; unseen classes never train. ``c = u`` (``code_contrast="relaxed"``) or ``
 straight-through gradient (``"sign"``: Greedy Hash, Su et al., NeurIPS 2018), so that the code contrast ranks
 by the Hamming distance itself. The quantization term is SketchMate's (``losses/hashing.py``: the squared
 distance of the relaxed code to its binary corner, summed over bits; here on the tanh scale, corners +-1).
+The distillation term (ours, off by default; :func:`relational_distillation`) asks the codes to rank the
+batch's other drawings as a teacher does: row i of P is the softmax over j != i of cosine(i, j) / temperature,
+the teacher being the backbone's pooled features centred on the batch (``distill_from="pooled"``) or ``h``
+detached (``"features"``). Its aim: the codes lose 0.05-0.10 mAP to the float features on unseen classes, and
+the supervised contrast pulls them towards the seen classes' structure.
 
 Encoding: ``encode_sketch`` -> ``u`` (B, nbits), ``output="binary"`` (Hamming search of ``u > 0``), or with
 ``output="float"`` the ``feature_dim`` features ``h`` (cosine); the same weights serve both.
@@ -55,10 +61,11 @@ from ..encoders.stroke_rnn import StrokeRNN
 from ..losses.hashing import quantization_loss
 from .base import METHODS, Batch, Method, Preprocessing, check_bounds
 
-__all__ = ["BACKBONES", "UniversalEncoder", "contrastive_labels", "default_preprocessing"]
+__all__ = ["BACKBONES", "UniversalEncoder", "contrastive_labels", "default_preprocessing", "relational_distillation"]
 
 BACKBONES = ("lite0", "lite2")
 INKS = ("dark", "light")
+DISTILL_FROM = ("pooled", "features")
 
 
 def default_preprocessing(size: int = 96, stroke_branch: bool = False) -> Preprocessing:
@@ -121,6 +128,9 @@ class UniversalEncoder(Method):
         # feature layer (power normalisation; it lifts the frozen features on every set, methods/pretrained.py)
         stroke_branch: bool = False,  # SketchMate's GRU on the stroke points, fused with h (module docstring)
         rnn_hidden: int = 128,  # GRU units per direction, one layer (SketchMate's CPU setting here)
+        distill_weight: float = 0.0,  # ours: relational distillation into the codes (module docstring); 0: off
+        distill_from: str = "pooled",  # its teacher: "pooled", the backbone's pooled features, batch-centred;
+        # "features": h itself, detached (the float view, which scores above the codes on unseen classes)
     ) -> None:
         if output not in ("binary", "float"):
             raise ValueError(f"universal: output must be 'binary' or 'float', got {output!r}")
@@ -135,7 +145,11 @@ class UniversalEncoder(Method):
                 "projection_dim": projection_dim,
                 "rnn_hidden": rnn_hidden,
             },
-            non_negative={"projection_weight": projection_weight, "code_weight": code_weight},
+            non_negative={
+                "projection_weight": projection_weight,
+                "code_weight": code_weight,
+                "distill_weight": distill_weight,
+            },
             who="universal: ",
         )
         if nbits % 8:
@@ -144,6 +158,8 @@ class UniversalEncoder(Method):
             raise ValueError(f"universal: temperature must be > 0, got {temperature}")
         if code_contrast not in ("relaxed", "sign"):
             raise ValueError(f"universal: code_contrast must be 'relaxed' or 'sign', got {code_contrast!r}")
+        if distill_from not in DISTILL_FROM:
+            raise ValueError(f"universal: distill_from must be one of {', '.join(DISTILL_FROM)}, got {distill_from!r}")
         if projection_weight == 0 and code_weight == 0:
             raise ValueError("universal: projection_weight and code_weight are both 0: nothing to contrast")
         pre = preprocessing or default_preprocessing(input_size, stroke_branch)
@@ -159,6 +175,11 @@ class UniversalEncoder(Method):
         self.code_contrast = code_contrast
         self.feature_power = bool(feature_power)
         self.quant_weight, self.top_lr_mult, self.supervised = float(quant_weight), float(top_lr_mult), supervised
+        self.distill_weight, self.distill_from, self.temperature = (
+            float(distill_weight),
+            distill_from,
+            float(temperature),
+        )
         self.net = TopTunedLite(
             feature_dim,
             backbone=backbone,
@@ -231,6 +252,11 @@ class UniversalEncoder(Method):
         (:attr:`cache_key`): pooled backbone features ``batch["pooled"]`` (B, 1280) of a frozen backbone, or the
         frozen trunk's maps ``batch["trunk"]``; with the stroke branch, fused with the GRU's features of
         ``batch["points"]`` / ``batch["lengths"]``."""
+        return self._features_and_pooled(batch)[0]
+
+    def _features_and_pooled(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """:meth:`features` and the pooled backbone features they were made from (as the feature layer reads
+        them, after ``feature_power``)."""
         if "pooled" in batch:
             if not self.net.frozen:
                 raise ValueError(
@@ -242,13 +268,14 @@ class UniversalEncoder(Method):
             p = self.net.pool_top(batch["trunk"].float().contiguous(memory_format=torch.channels_last))
         else:
             p = self.pooled(batch["raster"])
-        h = F.relu(self.net.head(self._power(p)))
+        p = self._power(p)
+        h = F.relu(self.net.head(p))
         if self.rnn is None or self.fusion is None:
-            return h
+            return h, p
         if "points" not in batch or "lengths" not in batch:
             raise ValueError("universal: the stroke branch needs 'points' and 'lengths' in the batch")
         g = self.rnn(batch["points"].to(h.device).float(), batch["lengths"])
-        return self.fusion(torch.cat([h, g.to(h.dtype)], dim=1))
+        return self.fusion(torch.cat([h, g.to(h.dtype)], dim=1)), p
 
     def _power(self, pooled: Tensor) -> Tensor:
         """The pooled features as the feature layer reads them: signed square roots with ``feature_power``."""
@@ -280,12 +307,16 @@ class UniversalEncoder(Method):
             if key + "2" not in batch:
                 raise ValueError(f"universal: cached features need both views, {key!r} and '{key}2'")
             n = len(batch[key])
-            h = self.features({key: torch.cat([batch[key], batch[key + "2"]]), **self._both_points(batch)})
+            h, p = self._features_and_pooled(
+                {key: torch.cat([batch[key], batch[key + "2"]]), **self._both_points(batch)}
+            )
         elif "raster2" not in batch:
             raise ValueError("universal trains on two views of each drawing: the batch needs 'raster' and 'raster2'")
         else:
             n = len(batch["raster"])
-            h = self.features({"raster": torch.cat([batch["raster"], batch["raster2"]]), **self._both_points(batch)})
+            h, p = self._features_and_pooled(
+                {"raster": torch.cat([batch["raster"], batch["raster2"]]), **self._both_points(batch)}
+            )
         label = batch.get("label")
         if label is None or not self.supervised:
             label = torch.full((n,), -1, dtype=torch.long, device=h.device)
@@ -298,9 +329,14 @@ class UniversalEncoder(Method):
             u = u.float()
             if z is not None:
                 out["contrastive_loss"] = self.projection_weight * self.contrast(z.float(), lab)
+            c = u + (torch.sign(u) - u).detach() if self.code_contrast == "sign" else u
             if self.code_weight > 0:
-                c = u + (torch.sign(u) - u).detach() if self.code_contrast == "sign" else u
                 out["code_contrastive_loss"] = self.code_weight * self.contrast(c, lab)
+            if self.distill_weight > 0:
+                teacher = p - p.mean(0, keepdim=True) if self.distill_from == "pooled" else h
+                out["distill_loss"] = self.distill_weight * relational_distillation(
+                    c, teacher.detach().float(), self.temperature
+                )
             q = quantization_loss(u, threshold=0.0, low=-1.0, high=1.0)  # the mean over both views
             out["quantization_loss"] = self.quant_weight * q
         with torch.no_grad():
@@ -308,6 +344,23 @@ class UniversalEncoder(Method):
             same = (u[:n] > 0) == (u[n:] > 0)
             out["view_bit_agreement"] = same.float().mean()  # the two views' codes, bit by bit
         return out
+
+
+def relational_distillation(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """KL(P_teacher || P_student) averaged over rows, where row i of P is the softmax over j != i of the cosine
+    similarities of item i to the others, divided by ``temperature`` (both sides): the student learns the
+    teacher's neighbour ranking, not its similarity scale (the codes' cosines are 1 - 2 hamming / nbits, the
+    features' are not). Written here: pytorch-metric-learning has no distillation loss; this is the relational
+    form of CompRess (Abbasi Koohpayegani et al., NeurIPS 2020) / SEED (Fang et al., ICLR 2021) on one batch."""
+    n = len(student)
+    if n < 2:
+        return student.sum() * 0.0
+    eye = torch.eye(n, dtype=torch.bool, device=student.device)
+    s = F.normalize(student, dim=1) @ F.normalize(student, dim=1).T / temperature
+    t = F.normalize(teacher, dim=1) @ F.normalize(teacher, dim=1).T / temperature
+    log_ps = F.log_softmax(s.masked_fill(eye, float("-inf")), dim=1).masked_fill(eye, 0.0)
+    log_pt = F.log_softmax(t.masked_fill(eye, float("-inf")), dim=1).masked_fill(eye, 0.0)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(1).mean()
 
 
 @METHODS.register("universal")
