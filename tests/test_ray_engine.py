@@ -29,12 +29,9 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def ray_up() -> Any:
-    """One local Ray runtime (2 CPUs) for the module's builds."""
-    import logging
-
+    """One local Ray runtime (2 CPUs) for the module's builds, started as the engine starts its own."""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'sketchsearch[ray]'")
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")  # as ray_engine.ray_runtime: a loaded machine
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    ray_engine.start_ray(ray, 2)
     yield ray
     ray.shutdown()
 
@@ -214,6 +211,37 @@ def test_workers_in_the_callers_runtime_wait_for_cpus_being_released(monkeypatch
     monkeypatch.setattr(ray_engine, "FREE_CPU_WAIT_S", 0.2)
     assert ray_engine._free_cpus(Runtime(4, [1]), 3) == 1  # held by someone else: what is free
     assert ray_engine._free_cpus(Runtime(4, [0]), 3) == 1  # at least one (it queues for a CPU)
+
+
+def test_a_local_node_that_did_not_start_is_started_once_more() -> None:
+    """Ray's "timed out during startup" (its raylet did not register in a fixed 30 s) gets one more start after a
+    shutdown, said through ``note``; a second such failure, or any other error, is raised as Ray raised it."""
+
+    class Runtime:
+        def __init__(self, errors: list[Exception | None]) -> None:
+            self.errors, self.calls = errors, []
+
+        def init(self, **kw: Any) -> None:
+            self.calls.append(("init", kw["num_cpus"]))
+            err = self.errors.pop(0)
+            if err is not None:
+                raise err
+
+        def shutdown(self) -> None:
+            self.calls.append(("shutdown", None))
+
+    timeout = Exception("The current node timed out during startup. This could happen because ...")
+    notes: list[str] = []
+    rt = Runtime([timeout, None])
+    ray_engine.start_ray(rt, 2, note=notes.append)
+    assert rt.calls == [("init", 2), ("shutdown", None), ("init", 2)]
+    assert len(notes) == 1 and "starting it again (2 of 2)" in notes[0] and "timed out during startup" in notes[0]
+    with pytest.raises(Exception, match="timed out during startup"):
+        ray_engine.start_ray(Runtime([timeout, timeout]), 2)
+    other = Runtime([RuntimeError("no such resource")])
+    with pytest.raises(RuntimeError, match="no such resource"):
+        ray_engine.start_ray(other, 1)
+    assert other.calls == [("init", 1)]
 
 
 def test_engine_option_errors(data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

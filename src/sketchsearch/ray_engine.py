@@ -261,8 +261,43 @@ class ShardEncoder:
         return shard.k, os.getpid(), time.perf_counter() - t0
 
 
+#: how many times :func:`start_ray` starts a local runtime whose raylet did not come up
+RAY_START_ATTEMPTS = 2
+
+
+def start_ray(
+    ray: Any, num_cpus: int, attempts: int = RAY_START_ATTEMPTS, note: Callable[[str], None] | None = None
+) -> None:
+    """``ray.init`` of a quiet local runtime of ``num_cpus`` CPUs (no dashboard, logs off the terminal, no usage
+    stats), started again (after ``ray.shutdown``) when Ray reports that its node "timed out during startup":
+    Ray waits a fixed 30 s for the raylet to register, with no setting to lengthen it, and a CI run on an idle
+    2-core machine once saw the raylet never come up while the same tests passed right after (``note`` hears of
+    each new start). Any other error, or the last attempt's, is raised as Ray raised it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Ray waits 30 s for its GCS process to start; on a loaded 2-core machine it took longer (seen in a test
+    # run beside training jobs: "Timed out waiting for file ...gcs_server_port"). Ray's own override, 120 s.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                configure_logging=True,
+            )
+            return
+        except Exception as e:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(e) or attempt == attempts:
+                raise
+            if note:
+                note(f"ray: the local node did not start ({e}); starting it again ({attempt + 1} of {attempts})")
+            ray.shutdown()
+
+
 @contextmanager
-def ray_runtime(workers: int) -> Iterator[Any]:
+def ray_runtime(workers: int, note: Callable[[str], None] | None = None) -> Iterator[Any]:
     """A local Ray runtime of ``workers`` CPUs for the block, quiet (no dashboard, logs off the terminal,
     no usage stats); a runtime already started by the caller is used as it is and left running."""
     ray = require_ray()
@@ -273,18 +308,7 @@ def ray_runtime(workers: int) -> Iterator[Any]:
         finally:
             ray_runtime.borrowed = False
         return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    # Ray waits 30 s for its GCS process to start; on a loaded 2-core machine it took longer (seen in a test
-    # run beside training jobs: "Timed out waiting for file ...gcs_server_port"). Ray's own override, 120 s.
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
-    ray.init(
-        num_cpus=workers,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        configure_logging=True,
-    )
+    start_ray(ray, workers, note=note)
     try:
         yield ray
     finally:
@@ -393,7 +417,7 @@ def encode_sharded(
     if todo:
         t0 = time.perf_counter()
         run.workers = min(workers, len(todo))
-        with ray_runtime(workers) as ray:
+        with ray_runtime(workers, note=note) as ray:
             if ray_runtime.borrowed:  # the caller's runtime: as many workers as it has CPUs free
                 run.workers = _free_cpus(ray, run.workers)
             actor = ray.remote(num_cpus=1)(ShardEncoder)
