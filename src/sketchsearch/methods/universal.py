@@ -175,11 +175,7 @@ class UniversalEncoder(Method):
         self.code_contrast = code_contrast
         self.feature_power = bool(feature_power)
         self.quant_weight, self.top_lr_mult, self.supervised = float(quant_weight), float(top_lr_mult), supervised
-        self.distill_weight, self.distill_from, self.temperature = (
-            float(distill_weight),
-            distill_from,
-            float(temperature),
-        )
+        self.distill_weight, self.distill_from = float(distill_weight), distill_from
         self.net = TopTunedLite(
             feature_dim,
             backbone=backbone,
@@ -335,7 +331,7 @@ class UniversalEncoder(Method):
             if self.distill_weight > 0:
                 teacher = p - p.mean(0, keepdim=True) if self.distill_from == "pooled" else h
                 out["distill_loss"] = self.distill_weight * relational_distillation(
-                    c, teacher.detach().float(), self.temperature
+                    c, teacher.detach().float(), self.contrast.temperature
                 )
             q = quantization_loss(u, threshold=0.0, low=-1.0, high=1.0)  # the mean over both views
             out["quantization_loss"] = self.quant_weight * q
@@ -356,8 +352,8 @@ def relational_distillation(student: Tensor, teacher: Tensor, temperature: float
     if n < 2:
         return student.sum() * 0.0
     eye = torch.eye(n, dtype=torch.bool, device=student.device)
-    s = F.normalize(student, dim=1) @ F.normalize(student, dim=1).T / temperature
-    t = F.normalize(teacher, dim=1) @ F.normalize(teacher, dim=1).T / temperature
+    a, b = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
+    s, t = a @ a.T / temperature, b @ b.T / temperature
     log_ps = F.log_softmax(s.masked_fill(eye, float("-inf")), dim=1).masked_fill(eye, 0.0)
     log_pt = F.log_softmax(t.masked_fill(eye, float("-inf")), dim=1).masked_fill(eye, 0.0)
     return (log_pt.exp() * (log_pt - log_ps)).sum(1).mean()
