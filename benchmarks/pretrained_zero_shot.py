@@ -2,7 +2,8 @@
 
     nice -n 5 python benchmarks/pretrained_zero_shot.py [--backbones lite0 lite2] [--fit-limit 1000]
         [--omniglot-chars 0] [--threads 2] [--models models/universal-64 ...] [--no-pixel] [--no-shipped]
-        [--datasets quickdraw omniglot sketchy sketchy-photo] [--power]
+        [--datasets quickdraw omniglot sketchy sketchy-photo quickdraw-seen omniglot-other] [--power]
+        [--levels stage5+stage6+head]
 
 * **QuickDraw** (raw strokes): the shipped ``sketchmate-quickdraw-64``'s own split (``model_split``): its
   ``unseen_query`` / ``unseen_gallery`` parts are 50 classes no model saw (zero-shot), evaluated query ->
@@ -17,6 +18,10 @@
 * **Sketchy sketches** (sketch -> sketch, 128 px PNG rasters, no strokes): the 25 classes the shipped
   ``doodle2search-sketchy``'s split keeps unseen, leave-one-out over their 625 sketches; the closed-form rows
   fitted (no labels) on ``--fit-limit`` of that split's training sketches (seen classes).
+* **Validation sets** (not zero-shot figures; where settings are chosen): ``quickdraw-seen``, 1,500 seeded
+  training drawings of the split's *seen* classes, leave-one-out, closed-form rows fitted on ``--fit-limit``
+  others (no frozen backbone saw a QuickDraw class; trained models did); ``omniglot-other``, the small1
+  characters outside the ``--omniglot-chars`` subset the Omniglot rows evaluate, leave-one-out.
 * **Sketchy sketch -> photo** (``sketchy-photo``): the same split's zero-shot part (625 unseen sketches query
   625 unseen photos), rows only for models with a photo branch: the shipped ``doodle2search-sketchy`` (the
   paper's configuration) and ``doodle2search-residual-sketchy`` (power-centred features, residual heads), and
@@ -62,7 +67,7 @@ from sketchsearch.methods.pretrained import PretrainedFeatures
 from sketchsearch.model import load_model, model_split
 
 KS = (1, 10, 100)
-DATASETS = ("quickdraw", "omniglot", "sketchy", "sketchy-photo")
+DATASETS = ("quickdraw", "omniglot", "sketchy", "sketchy-photo", "quickdraw-seen", "omniglot-other")
 #: the shipped models of every sketch -> sketch set, and of sketch -> photo
 SHIPPED_SKETCH = ["sketch-gan", "sketchmate-quickdraw-64", "universal-64"]
 SHIPPED_PHOTO = ["doodle2search-sketchy", "doodle2search-residual-sketchy"]
@@ -158,10 +163,12 @@ def run_dataset(
         rows.append(_row(data, "pixel ITQ-64", itq, coll, split, speed, fit_on_split(itq, coll, split), t0))
     for bb in backbones:
         store: dict[bytes, torch.Tensor] = {}
-        for output, label in (("float", "float 1280-d"), ("binary", "+ ITQ-64")):
+        for output, label in (("float", "float {}-d"), ("binary", "+ ITQ-64")):
             t0 = time.perf_counter()
             kw = {"code_size": 64} if output == "binary" else {}
-            m = PretrainedFeatures(backbone=bb, output=output, resolution=args.resolution, power=args.power, **kw)
+            m = PretrainedFeatures(
+                backbone=bb, output=output, resolution=args.resolution, power=args.power, levels=args.levels, **kw
+            )
             undo = _memoise(m, store)
             fit = fit_on_split(m, coll, split)
             res = evaluate(m, coll, split, ks=KS)
@@ -169,7 +176,9 @@ def run_dataset(
             name, r = next(iter(res.items()))
             row = {
                 "data": data,
-                "label": f"frozen {bb} {label}" + (", power" if args.power else ""),
+                "label": f"frozen {bb} {label.format(m.code_size)}"
+                + (", power" if args.power else "")
+                + (f", {args.levels}" if args.levels != "head" else ""),
                 "evaluation": name,
                 "mAP@all": r["mAP@all"],
                 "P@100": r["P@100"],
@@ -219,7 +228,23 @@ def quickdraw_split(path: str, fit_limit: int) -> tuple[Collection, Split]:
     return coll, Split(full.kind, full.seed, dict(full.params), parts, full.seen_classes, full.unseen_classes, path)
 
 
-def omniglot_split(path: str, chars: int) -> tuple[Collection, Split]:
+def quickdraw_seen_split(path: str, fit_limit: int, n: int = 1500) -> tuple[Collection, Split]:
+    """Validation for the closed-form rows' settings: ``n`` seeded training drawings of sketchmate-quickdraw-64's
+    *seen* classes, leave-one-out, the rows fitted on ``fit_limit`` others. No frozen backbone saw any QuickDraw
+    class, so choices made here never look at the unseen ones; a model trained on the split's seen classes has
+    seen these (its figure here is not zero-shot)."""
+    coll = load_collection(path)
+    full = model_split("sketchmate-quickdraw-64")
+    assert full is not None
+    train = full.part("train")
+    order = np.random.default_rng(1).permutation(len(train))
+    fit, gallery = [train[i] for i in order[:fit_limit]], [train[i] for i in order[fit_limit : fit_limit + n]]
+    return coll, Split("leave_one_out", full.seed, {}, {"train": fit, "gallery": gallery}, data=path)
+
+
+def omniglot_split(path: str, chars: int, other: bool = False) -> tuple[Collection, Split]:
+    """sketch-gan's leave-one-out split; ``chars``: a seeded subset of its characters (the zero-shot table's), or
+    with ``other`` every character outside that subset (a validation set no table evaluates)."""
     coll = load_collection(path)
     full = model_split("sketch-gan")
     assert full is not None
@@ -227,7 +252,9 @@ def omniglot_split(path: str, chars: int) -> tuple[Collection, Split]:
     if chars:
         labels = sorted({coll[i].label for i in gallery})
         keep = set(np.random.default_rng(0).choice(labels, chars, replace=False).tolist())
-        gallery = [i for i in gallery if coll[i].label in keep]
+        gallery = [i for i in gallery if (coll[i].label in keep) != other]
+    elif other:
+        raise ValueError("omniglot-other is the characters outside --omniglot-chars: give --omniglot-chars N > 0")
     return coll, Split(full.kind, full.seed, dict(full.params), {"gallery": gallery}, data=path)
 
 
@@ -264,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--omniglot-chars", type=int, default=0, help="seeded subset of characters (0: all 136)")
     ap.add_argument("--resolution", type=int, default=None, help="backbone input (default: 224 Lite0, 260 Lite2)")
     ap.add_argument("--power", action="store_true", help="frozen rows: signed square roots of the features")
+    ap.add_argument("--levels", default="head", help="frozen rows: pooled levels, e.g. stage5+stage6+head")
     ap.add_argument("--speed-n", type=int, default=30, help="drawings timed one by one on one thread")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the evaluation itself")
     ap.add_argument("--out", default=str(RESULTS / "pretrained_zero_shot"))
@@ -279,6 +307,14 @@ def main(argv: list[str] | None = None) -> None:
         coll, split = omniglot_split(args.omniglot, args.omniglot_chars)
         print(f"omniglot: {split.summary()}", flush=True)
         rows += run_dataset("omniglot", coll, split, SHIPPED_SKETCH if args.shipped else [], args.backbones, args)
+    if "quickdraw-seen" in args.datasets:
+        coll, split = quickdraw_seen_split(args.quickdraw, args.fit_limit or 600)
+        print(f"quickdraw-seen: {split.summary()}", flush=True)
+        rows += run_dataset("qd-seen", coll, split, SHIPPED_SKETCH if args.shipped else [], args.backbones, args)
+    if "omniglot-other" in args.datasets:
+        coll, split = omniglot_split(args.omniglot, args.omniglot_chars, other=True)
+        print(f"omniglot-other: {split.summary()}", flush=True)
+        rows += run_dataset("omni-oth", coll, split, SHIPPED_SKETCH if args.shipped else [], args.backbones, args)
     for name in ("sketchy", "sketchy-photo"):
         if name in args.datasets:
             photos = name == "sketchy-photo"
@@ -304,7 +340,15 @@ def main(argv: list[str] | None = None) -> None:
         + ", closed-form rows fitted on the gallery without labels. Sketchy: doodle2search-sketchy's 25 unseen "
         "classes, sketch -> sketch leave-one-out (closed-form rows fitted on its seen training sketches) and "
         "sketch -> photo (models with a photo branch). encode/s: one CPU thread, one drawing per call, rendering "
-        "from strokes included (Sketchy: from 128 px images); ms/query: search only.\n"
+        "from strokes included (Sketchy: from 128 px images); ms/query: search only."
+        + (
+            " Validation sets (for choosing settings, not zero-shot figures): qd-seen, 1,500 seeded training "
+            "drawings of the seen classes, leave-one-out (trained models saw those classes); omni-oth, the "
+            "Omniglot characters outside the evaluated subset, leave-one-out."
+            if {"quickdraw-seen", "omniglot-other"} & set(args.datasets)
+            else ""
+        )
+        + "\n"
     )
     write_results(args.out, doc, md)
     print(md)

@@ -19,7 +19,9 @@ from sketchsearch.encoders.photo_cnn import (
     LITE2_BLOCKS,
     EfficientNetLite0,
     EfficientNetLite2,
+    level_indices,
     map_lite_state_dict,
+    parse_levels,
     scaled_blocks,
 )
 from sketchsearch.errors import ModelError
@@ -123,6 +125,57 @@ def test_power_normalisation_fits_and_encodes_signed_square_roots() -> None:
         want = torch.nn.functional.normalize(torch.sign(f) * f.abs().sqrt() - powered.mean, dim=1)
     assert torch.allclose(_encode(powered, drawings[:6]), want, atol=1e-5)
     assert not torch.allclose(_encode(plain, drawings[:6]), want, atol=1e-3)
+
+
+def test_levels_are_stage_outputs_pooled_in_network_order() -> None:
+    """``stageK`` is the pooled output of the last block of stage K, ``head`` the network's own pooled output;
+    levels come back in network order whatever order they were named in, and bad names say what is valid."""
+    assert parse_levels("head+stage5+stage6", LITE0_BLOCKS) == ("stage5", "stage6", "head")
+    assert parse_levels(["stage7"], LITE2_BLOCKS) == ("stage7",)
+    # [stem, 16 blocks, head]: stage 5 ends at block 11 (1 + 2 + 2 + 3 + 3), stage 6 at 15, the head is 17
+    assert level_indices(("stage5", "stage6", "head"), LITE0_BLOCKS) == ([11, 15, 17], [112, 192, 1280])
+    assert level_indices(("stage5",), LITE2_BLOCKS) == ([15], [120])
+    for bad, says in (("stage8", "'stage8' unknown"), ("head+head", "distinct"), ("", "stage1, stage2"), ("s5", "s5")):
+        with pytest.raises(ValueError, match=says):
+            parse_levels(bad, LITE0_BLOCKS)
+    torch.manual_seed(0)
+    net = EfficientNetLite0(pretrained=False).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(net.pooled_levels(x, ("head",)), net(x), atol=1e-6)
+        y = net.normalize(x)
+        y = net.blocks[:11](net.stem(y))  # stage 5's output: 112 channels at stride 16
+        got = net.pooled_levels(x, ("stage5", "head"))
+        assert got.shape == (2, 112 + 1280)
+        assert torch.allclose(got[:, :112], y.mean(dim=(2, 3)), atol=1e-6)
+        assert torch.allclose(got[:, 112:], net(x), atol=1e-5)
+
+
+def test_several_levels_are_each_centred_and_normalised_then_centred_and_round_trip(tmp_path: Path) -> None:
+    """With several levels each level's block of the (power-normalised) features is centred on the fit items'
+    mean of it and brought to one norm before the fit's own centring, so a 112-channel stage weighs as much as
+    the 1280-channel head; the card keeps the levels and the levels' means."""
+    drawings = _sketches()
+    m = PretrainedFeatures(levels="stage5+head", power=True, **SMALL)
+    m.fit(drawings)
+    with torch.no_grad():
+        raw = m.backbone.pooled_levels(m.backbone_input(make_batch(drawings, m.preprocessing)["raster"]), m.levels)
+    root = (torch.sign(raw) * raw.abs().sqrt()).double()
+    assert torch.allclose(m.level_mean.double(), root.mean(0), atol=1e-6)
+    scale = np.sqrt((112 + 1280) / 2)  # every element's root mean square 1
+    f = torch.cat([torch.nn.functional.normalize(b) for b in (root - root.mean(0)).split([112, 1280], 1)], 1) * scale
+    x = m.drawing_features(drawings)
+    assert x.shape == (len(drawings), 112 + 1280) and m.mean.shape == (112 + 1280,)
+    np.testing.assert_allclose(x, f.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m.mean.double().numpy(), x.mean(axis=0), atol=1e-5)
+    want = torch.nn.functional.normalize(f[:4] - m.mean.double(), dim=1).float()
+    assert torch.allclose(_encode(m, drawings[:4]), want, atol=1e-5)
+    save_model(m, tmp_path / "m")
+    loaded, card = load_model(tmp_path / "m")
+    assert card.kwargs["levels"] == "stage5+head"
+    assert torch.equal(_encode(loaded, drawings[:4]), _encode(m, drawings[:4]))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="exceeds the backbone's 304"):
+        PretrainedFeatures(levels="stage5+stage6", code_size=512, **SMALL)
 
 
 def test_binary_codes_are_itq_on_the_features_packed_to_code_size_bits() -> None:

@@ -382,6 +382,49 @@ def test_feature_power_feeds_signed_square_roots_on_both_paths() -> None:
         assert not torch.allclose(torch.relu(m.net.head(q)), root, atol=1e-3)
 
 
+def test_several_levels_feed_each_level_normalised_and_round_trip(tmp_path: Path) -> None:
+    """``levels``: the pooled outputs of stages 5 and 6 and the head, concatenated (what a cache holds), reach the
+    feature layer as signed square roots with each level normalised to one norm; only a frozen backbone has them."""
+    torch.manual_seed(0)
+    kw = {**FROZEN, "feature_power": True, "levels": "stage5+stage6+head"}
+    m = UniversalEncoder(**kw).eval()
+    assert m.net.level_sizes == [112, 192, 1280] and m.net.fc.in_features == 1584
+    raster = (torch.rand(3, 1, 32, 32) > 0.9).float()
+    with torch.no_grad():
+        p = m.pooled(raster)
+        assert p.shape == (3, 1584) and torch.equal(m.cache_input(raster), p)
+        x = m.backbone_input(raster)
+        assert torch.allclose(p[:, 1584 - 1280 :], m.net.pool_top(m.net.trunk_maps(x)), atol=1e-6)
+        r = torch.sign(p) * p.abs().sqrt()
+        scale = (1584 / 3) ** 0.5  # equal norms, every element's root mean square 1
+        blocks = [torch.nn.functional.normalize(b, dim=1) * scale for b in r.split([112, 192, 1280], dim=1)]
+        want = torch.relu(m.net.head(torch.cat(blocks, dim=1)))
+        assert torch.allclose(m.features({"raster": raster}), want, atol=1e-6)
+        assert torch.allclose(m.features({"pooled": p}), want, atol=1e-6)
+    # the distillation teacher: each level of the signed square roots centred on the batch, brought to one
+    # norm, then centred together
+    from sketchsearch.methods.universal import relational_distillation
+
+    m = UniversalEncoder(**{**kw, "distill_weight": 1.0, "code_contrast": "sign", "projection_weight": 0.0})
+    two = torch.cat([p, p * 1.01 + 0.01])
+    losses = m.training_losses({"pooled": p, "pooled2": two[3:], "label": torch.tensor([0, 0, -1])})
+    r = torch.sign(two) * two.abs().sqrt()
+    t = torch.cat([torch.nn.functional.normalize(b - b.mean(0), dim=1) for b in r.split([112, 192, 1280], 1)], 1)
+    u = m.hash(m.features({"pooled": two}))
+    want = relational_distillation(torch.sign(u), t - t.mean(0), m.contrast.temperature)
+    assert torch.allclose(losses["distill_loss"], want, atol=1e-5)
+    sum(v for k, v in losses.items() if k.endswith("_loss")).backward()
+    assert m.net.fc.weight.grad is not None and m.net.fc.weight.grad.abs().sum() > 0
+    save_model(m, tmp_path / "m")
+    loaded, card = load_model(tmp_path / "m")
+    assert card.kwargs["levels"] == "stage5+stage6+head"
+    assert torch.equal(loaded.encode_sketch({"raster": raster}), m.encode_sketch({"raster": raster}))
+    with pytest.raises(ValueError, match="needs the whole backbone frozen"):
+        UniversalEncoder(**{**kw, "frozen_blocks": 16})
+    with pytest.raises(ValueError, match="'stage9' unknown"):
+        UniversalEncoder(**{**kw, "levels": "stage9+head"})
+
+
 def test_sign_contrast_scores_the_binary_codes_and_passes_gradients() -> None:
     torch.manual_seed(0)
     m = UniversalEncoder(**{**FROZEN, "code_contrast": "sign", "projection_weight": 0.0, "quant_weight": 0.0})
@@ -470,6 +513,10 @@ def test_cached_features_are_the_views_the_recipe_would_render(tmp_path: Path, m
     assert info == {"cache_reused": str(tmp_path / "views.npy")}
     with pytest.raises(AssertionError, match="recomputed"):
         cache_features(m, ds, 2, path=tmp_path / "views.npy")
+    leveled = UniversalEncoder(**{**m.hparams, "levels": "stage6+head"})  # other features: another cache
+    monkeypatch.setattr(leveled, "cache_input", lambda raster: (_ for _ in ()).throw(AssertionError("recomputed")))
+    with pytest.raises(AssertionError, match="recomputed"):
+        cache_features(leveled, ds, 3, path=tmp_path / "views.npy")
     # as many drawings with the same labels, one of them drawn otherwise (kanji at another simplification)
     other = [*ds.inputs[:5], Sketch([s + 1.0 for s in ds.inputs[5].strokes])]
     moved = type(ds)(other, ds.labels, ds.pre, ds.augment, seed=ds.seed)

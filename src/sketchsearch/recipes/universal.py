@@ -481,6 +481,9 @@ def cache_features(
             k: method.hparams.get(k) for k in ("backbone", "frozen_blocks", "input_size", "ink", "pretrained")
         },
     }
+    levels = method.hparams.get("levels", "head")
+    if levels != "head":  # the default stays out of the key: caches made before the option stay valid
+        fingerprint["backbone"]["levels"] = levels
     meta_path = path.with_suffix(".json") if path else None
     if (
         path
