@@ -92,6 +92,13 @@ def test_weights_sha_changes_with_the_weights(itq: Method, tmp_path: Path, raste
     assert save_model(itq, tmp_path / "a").model_id != save_model(other, tmp_path / "b").model_id
 
 
+def test_the_same_weights_always_get_the_same_digest_and_id(itq: Method, tmp_path: Path) -> None:
+    """A retrained model with the same weights is the same model: the weights file's bytes (and so the id) do not
+    depend on the order a map happens to be written in (safetensors writes its metadata in a random order)."""
+    cards = [save_model(itq, tmp_path / f"m{i}") for i in range(12)]
+    assert len({c.weights_sha256 for c in cards}) == 1 and len({c.model_id for c in cards}) == 1
+
+
 def test_list_and_resolve_local_models(artifact: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SKETCHSEARCH_MODELS", str(tmp_path))
     (tmp_path / "orphan.json").write_text("{}")  # a card without weights is not a model

@@ -166,7 +166,9 @@ def save_model(
     }
     wpath = stem.with_suffix(".safetensors")
     with atomic_path(wpath) as tmp:
-        save_file(tensors, str(tmp), metadata={"method": method.name, "format": str(FORMAT)})
+        # one metadata key: safetensors writes its metadata map in a Rust HashMap's random order, so two keys
+        # gave the same weights two file digests (two model ids) about half the time
+        save_file(tensors, str(tmp), metadata={"sketchsearch": f"method={method.name} format={FORMAT}"})
         digest = _sha256(tmp)
     card = ModelCard(
         name=stem.name,
