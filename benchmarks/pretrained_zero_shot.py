@@ -200,7 +200,7 @@ def run_dataset(
                 flush=True,
             )
             rows.append(row)
-    specs = [(f"{name} (shipped)", name) for name in shipped] + [(Path(spec).name, spec) for spec in args.models]
+    specs = [(f"{name} (shipped)", name) for name in shipped] + [(_model_label(spec), spec) for spec in args.models]
     for label, spec in specs:
         t0 = time.perf_counter()
         model, _ = load_model(spec)
@@ -214,6 +214,12 @@ def run_dataset(
             flt.load_state_dict(model.state_dict())
             rows.append(_row(data, f"{label} float {flt.code_size}-d", flt, coll, split, speed, None, t0))
     return rows
+
+
+def _model_label(spec: str) -> str:
+    """A model's row label: its file name, or its folder's when the file is a recipe's ``.../model``."""
+    path = Path(spec)
+    return f"{path.parent.name}/{path.name}" if path.name == "model" and path.parent.name else path.name
 
 
 def quickdraw_split(path: str, fit_limit: int) -> tuple[Collection, Split]:

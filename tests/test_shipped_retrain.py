@@ -10,7 +10,7 @@ bit-identical): 0.02 of mAP@all, several times the seed-to-seed spread the READM
 Run them with ``make test-slow`` (CPU times measured on the 2-core dev machine: sketch-gan ~65 min, thin-gan
 ~24 min, sketchmate-quickdraw-64 ~23 min, doodle2search-sketchy and doodle2search-residual-sketchy ~4 min each
 with the EfficientNet features,
-universal-64 ~30 min: 25 of them computing its cache of backbone features).
+universal-64 ~22 min: 18 of them computing its cache of backbone features).
 """
 
 from __future__ import annotations

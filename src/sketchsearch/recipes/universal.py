@@ -40,24 +40,26 @@ saved model encodes 56-67 drawings/s one at a time on one thread, rendering from
 (``benchmarks/pretrained_zero_shot.py``'s ``encode_per_s``). A view takes ~4 ms to make on one core (QuickDraw
 raw, 96 px), so the data, not the network, bounds a GPU run: ``--set workers=N`` renders in N processes.
 
-**The shipped ``universal-64``** (CPU, 2 cores): the whole backbone frozen (``frozen_blocks=17``) at 128 px, its
-features of two views of each drawing computed once (``cache_views=2``: 51,624 drawings, 103,248 views, 25
-min; ``views.npy`` in the work folder, reused by every run with the same drawings and backbone settings), then
-2,000 steps of 256 drawings on them (70 s), contrast on the codes' signs only (``code_contrast=sign``,
-``projection_weight=0``), the frozen features' neighbour ranking distilled into the codes (``distill_weight=1``)
-and the feature layer on their signed square roots (``feature_power=true``)::
+**The shipped ``universal-64``** (CPU, 2 cores): the whole backbone frozen (``frozen_blocks=17``) at 128 px, the
+pooled features of three of its levels (``levels=stage5+stage6+head``) of two views of each drawing computed
+once (``cache_views=2``: 51,624 drawings, 103,248 views, 18 min; ``views.npy`` in the work folder, reused by
+every run with the same drawings and backbone settings), then 2,000 steps of 256 drawings on them (~3 min),
+contrast on the codes' signs only (``code_contrast=sign``, ``projection_weight=0``), the frozen features'
+neighbour ranking distilled into the codes (``distill_weight=1``) and the feature layer on their signed square
+roots (``feature_power=true``)::
 
     OMP_NUM_THREADS=2 sketchsearch train universal \
         --data $D/quickdraw/raw,$D/quickdraw/simplified,$D/sketchrnn/omniglot.npz,$D/sketchrnn/kanji.rdp100.npz \
         --split src/sketchsearch/pretrained/sketchmate-quickdraw-64.split.json --iterations 2000 \
         --batch-size 256 --lr 1e-3 --set frozen_blocks=17 --set input_size=128 --set cache_views=2 \
         --set workers=1 --set code_contrast=sign --set projection_weight=0 --set nbits=64 \
-        --set distill_weight=1 --set feature_power=true --out models/universal-64 --workdir runs/universal
+        --set distill_weight=1 --set feature_power=true --set levels=stage5+stage6+head \
+        --out models/universal-64 --workdir runs/universal
 
-Unseen QuickDraw classes: mAP@all 0.261 (64 bits), 0.300 (its float features); without the last two options
-0.251 / 0.307. The README's tables have the rest and how the settings were chosen (validation runs below, on
-seen classes held out of head training: 64 bits 0.255 / 0.288 on sets 0 / 1 without distillation, 0.282 / 0.318
-with both options).
+Unseen QuickDraw classes: mAP@all 0.265 (64 bits), 0.320 (its float features); Omniglot 0.440 / 0.540; without
+``levels`` 0.261 / 0.300 and 0.383 / 0.484. The README's tables have the rest and how the settings were chosen
+(validation runs below, on seen classes held out of head training: 64 bits on sets 0 / 1 0.255 / 0.288 without
+distillation, 0.282 / 0.318 with it and ``feature_power``, 0.309 / 0.338 with ``levels`` too).
 
 **Choosing settings** (``--set validate_classes=N``): a validation run of the same command keeps N of the split's
 *seen* classes (drawn by ``validate_seed``, :func:`validation_split`) out of training (their train drawings and the
