@@ -480,8 +480,8 @@ def pool_levels(layers: Sequence[nn.Module], x: Tensor, at: Sequence[int]) -> Te
     layers ``at`` (B, sum of their channels). Why several levels: at 128 px Lite0's last stages see a 4 x 4 map,
     and the stride-16 stages keep shape detail a drawing's class depends on: frozen, centred, power-normalised
     features of 1,500 drawings of QuickDraw's *seen* classes (leave-one-out, the levels chosen there), mAP@all
-    0.174 head only, 0.190 stage5 + stage6 + head (each level L2-normalised; stage7 too: 0.192; stage4 added:
-    0.179); at 224 px the head alone is as good (0.181 vs 0.178)."""
+    0.174 head only, 0.190 stage5 + stage6 + head (each level centred and brought to one norm; stage7 too:
+    0.192; stage4 added: 0.179); at 224 px the head alone is as good (0.181 vs 0.178)."""
     out, last = [], max(at)
     for i, layer in enumerate(layers[: last + 1]):
         x = layer(x)

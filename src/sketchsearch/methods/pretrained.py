@@ -105,9 +105,10 @@ class PretrainedFeatures(Method):
         power: bool = False,  # signed square root of every feature before centring (power normalisation,
         # Perronnin et al., ECCV 2010): on Sketchy it lifted Doodle to Search's frozen features on unseen
         # classes (sketch -> photo 0.234 -> 0.250 with each domain centred, methods/doodle2search.py)
-        levels: str = "head",  # the pooled levels, e.g. "stage5+stage6+head" (photo_cnn.parse_levels; each level
-        # L2-normalised after ``power``, then centred together): at 128 px they lift the frozen features
-        # (photo_cnn.pool_levels; measured on seen QuickDraw classes), at 224 px the head alone is as good
+        levels: str = "head",  # the pooled levels, e.g. "stage5+stage6+head" (photo_cnn.parse_levels; after
+        # ``power`` each level centred on the fit items and brought to one norm, then all centred together): at
+        # 128 px they lift the frozen features (photo_cnn.pool_levels; chosen on validation sets), at 224 px the
+        # head alone is as good
         iterations: int = 50,  # ITQ: Gong & Lazebnik 2011, section 3: "50 iterations"
         seed: int = 0,  # ITQ's random initial rotation
         pretrained: bool = True,  # ImageNet weights from the backbone's package (False: random, for tests)
@@ -188,8 +189,8 @@ class PretrainedFeatures(Method):
         return (self.backbone(x) if self.levels == ("head",) else self.backbone.pooled_levels(x, self.levels)).float()
 
     def _normalised(self, f: Tensor, levels: bool = True) -> Tensor:
-        """Features as fitted and encoded: signed square roots with ``power``; with several ``levels`` (and
-        ``levels``) each level centred on the fit items' mean of it, then brought to one norm
+        """Features as fitted and encoded: signed square roots with ``power``; with several ``levels`` (unless
+        ``levels=False``) each level centred on the fit items' mean of it, then brought to one norm
         (photo_cnn.normalize_levels). Centring a level before normalising it measured better than after on
         Omniglot characters no table evaluates (76 of small1's 136, leave-one-out, 128 px, power): mAP@all 0.427
         vs 0.401, and the same on QuickDraw's seen classes (0.190 vs 0.190)."""

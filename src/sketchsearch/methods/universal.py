@@ -137,7 +137,7 @@ class UniversalEncoder(Method):
         levels: str = "head",  # ours: the backbone levels pooled for the feature layer and the distillation
         # teacher, e.g. "stage5+stage6+head" (photo_cnn.parse_levels; each level brought to one norm after
         # feature_power; a frozen backbone only): at 128 px the stride-16 stages keep shape detail the 4 x 4 head
-        # map loses (chosen on validation classes, README "Several backbone levels")
+        # map loses (chosen on validation classes, README "Several levels in the encoder")
         stroke_branch: bool = False,  # SketchMate's GRU on the stroke points, fused with h (module docstring)
         rnn_hidden: int = 128,  # GRU units per direction, one layer (SketchMate's CPU setting here)
         distill_weight: float = 0.0,  # ours: relational distillation into the codes (module docstring); 0: off
