@@ -247,9 +247,7 @@ class EfficientNetLite(nn.Module):
 
     def feature_map(self, x: Tensor) -> Tensor:
         """(B, 1280, H/32, W/32) after the head conv."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected RGB images (B, 3, H, W) in [0, 1], got shape {tuple(x.shape)}")
-        return self.head(self.blocks(self.stem(self.normalize(x))))
+        return self.head(self.blocks(self.stem(self.normalize(_checked_rgb(x)))))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.feature_map(x).mean(dim=(2, 3))
@@ -257,10 +255,8 @@ class EfficientNetLite(nn.Module):
     def pooled_levels(self, x: Tensor, levels: Sequence[str]) -> Tensor:
         """RGB (B, 3, H, W) -> the average-pooled outputs of parsed ``levels`` (:func:`parse_levels`),
         concatenated: (B, sum of their channels); ``("head",)`` is :meth:`forward`."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected RGB images (B, 3, H, W) in [0, 1], got shape {tuple(x.shape)}")
         at, _ = level_indices(levels, self.blocks_table)
-        return pool_levels([self.stem, *self.blocks, self.head], self.normalize(x), at)
+        return pool_levels([self.stem, *self.blocks, self.head], self.normalize(_checked_rgb(x)), at)
 
     def logits(self, x: Tensor) -> Tensor:
         """ImageNet logits (B, 1000) (only with ``classifier=True``; dropout is an identity at eval)."""
@@ -441,6 +437,13 @@ def raster_to_rgb(raster: Tensor, size: int | None = None) -> Tensor:
     return x.expand(-1, 3, -1, -1)
 
 
+def _checked_rgb(x: Tensor) -> Tensor:
+    """``x`` when it is a batch of RGB images (B, 3, H, W); else a ValueError saying what is expected."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected RGB images (B, 3, H, W) in [0, 1], got shape {tuple(x.shape)}")
+    return x
+
+
 # ------------------------------------------------------------------------------------------ feature levels
 #: the default feature level: the 1280-channel head's pooled output, what ImageNet's classifier reads
 HEAD_LEVEL = "head"
@@ -609,9 +612,11 @@ class TopTunedLite(nn.Module):
     def trunk_maps(self, x: Tensor) -> Tensor:
         """RGB (B, 3, H, W) in [0, 1] -> the frozen trunk's output maps (B, C, h, w): what training never changes
         (the universal recipe caches them, ``cache_views``)."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected RGB images (B, 3, H, W) in [0, 1], got shape {tuple(x.shape)}")
-        return self.trunk((x - self.mean) / self.std)
+        return self.trunk(self._normalized(x))
+
+    def _normalized(self, x: Tensor) -> Tensor:
+        """RGB (B, 3, H, W) in [0, 1] -> the backbone's normalised input."""
+        return (_checked_rgb(x) - self.mean) / self.std
 
     def pool_top(self, maps: Tensor) -> Tensor:
         """The trunk's output maps -> (B, 1280) pooled features: the trained blocks and head, average pooling."""
@@ -622,9 +627,7 @@ class TopTunedLite(nn.Module):
         level's, concatenated, (B, sum of :attr:`level_sizes`))."""
         if self.levels == (HEAD_LEVEL,):
             return self.pool_top(self.trunk_maps(x))
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected RGB images (B, 3, H, W) in [0, 1], got shape {tuple(x.shape)}")
-        return pool_levels(list(self.trunk), (x - self.mean) / self.std, self._level_at)
+        return pool_levels(list(self.trunk), self._normalized(x), self._level_at)
 
     def head(self, h: Tensor) -> Tensor:
         """Pooled features (B, 1280) -> (B, out_dim): ``fc`` and ``activation``."""

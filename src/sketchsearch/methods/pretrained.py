@@ -185,8 +185,7 @@ class PretrainedFeatures(Method):
     @torch.no_grad()
     def features(self, batch: Batch) -> Tensor:
         """(B, 1280) pooled backbone features of ``batch["raster"]`` (with several ``levels``: concatenated)."""
-        x = self.backbone_input(batch["raster"])
-        return (self.backbone(x) if self.levels == ("head",) else self.backbone.pooled_levels(x, self.levels)).float()
+        return self.backbone.pooled_levels(self.backbone_input(batch["raster"]), self.levels).float()
 
     def _normalised(self, f: Tensor, levels: bool = True) -> Tensor:
         """Features as fitted and encoded: signed square roots with ``power``; with several ``levels`` (unless
