@@ -305,29 +305,21 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    if "quickdraw" in args.datasets:
-        coll, split = quickdraw_split(args.quickdraw, args.fit_limit)
-        print(f"quickdraw: {split.summary()}", flush=True)
-        rows += run_dataset("quickdraw", coll, split, SHIPPED_SKETCH if args.shipped else [], args.backbones, args)
-    if "omniglot" in args.datasets:
-        coll, split = omniglot_split(args.omniglot, args.omniglot_chars)
-        print(f"omniglot: {split.summary()}", flush=True)
-        rows += run_dataset("omniglot", coll, split, SHIPPED_SKETCH if args.shipped else [], args.backbones, args)
-    if "quickdraw-seen" in args.datasets:
-        coll, split = quickdraw_seen_split(args.quickdraw, args.fit_limit or 600)
-        print(f"quickdraw-seen: {split.summary()}", flush=True)
-        rows += run_dataset("qd-seen", coll, split, SHIPPED_SKETCH if args.shipped else [], args.backbones, args)
-    if "omniglot-other" in args.datasets:
-        coll, split = omniglot_split(args.omniglot, args.omniglot_chars, other=True)
-        print(f"omniglot-other: {split.summary()}", flush=True)
-        rows += run_dataset("omni-oth", coll, split, SHIPPED_SKETCH if args.shipped else [], args.backbones, args)
-    for name in ("sketchy", "sketchy-photo"):
+    # each set: (its name, its rows' label, how its collection and split are read), in the table's order
+    sets: list[tuple[str, str, Callable[[], tuple[Collection, Split]]]] = [
+        ("quickdraw", "quickdraw", lambda: quickdraw_split(args.quickdraw, args.fit_limit)),
+        ("omniglot", "omniglot", lambda: omniglot_split(args.omniglot, args.omniglot_chars)),
+        ("quickdraw-seen", "qd-seen", lambda: quickdraw_seen_split(args.quickdraw, args.fit_limit or 600)),
+        ("omniglot-other", "omni-oth", lambda: omniglot_split(args.omniglot, args.omniglot_chars, other=True)),
+        ("sketchy", "sketchy", lambda: sketchy_split(args.sketchy, args.fit_limit, False)),
+        ("sketchy-photo", "sketchy-photo", lambda: sketchy_split(args.sketchy, args.fit_limit, True)),
+    ]
+    for name, label, read in sets:
         if name in args.datasets:
-            photos = name == "sketchy-photo"
-            coll, split = sketchy_split(args.sketchy, args.fit_limit, photos)
+            coll, split = read()
             print(f"{name}: {split.summary()}", flush=True)
-            shipped = (SHIPPED_PHOTO if photos else SHIPPED_SKETCH) if args.shipped else []
-            rows += run_dataset(name, coll, split, shipped, args.backbones, args)
+            shipped = (SHIPPED_PHOTO if name == "sketchy-photo" else SHIPPED_SKETCH) if args.shipped else []
+            rows += run_dataset(label, coll, split, shipped, args.backbones, args)
     doc = {
         "title": "Zero-shot: every labelled set, unseen classes",
         "args": {k: v for k, v in vars(args).items()},
